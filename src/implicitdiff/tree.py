@@ -1,0 +1,122 @@
+"""Arithmetic on pytrees of arrays.
+
+Every function here treats a pytree as one vector: the concatenation of its leaves. Two trees
+given to a binary function must share their structure and leaf shapes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+__all__ = [
+    "add",
+    "axpy",
+    "dtype",
+    "full_like",
+    "map",
+    "neg",
+    "norm",
+    "ones_like",
+    "scale",
+    "size",
+    "sub",
+    "sum",
+    "vdot",
+    "where",
+    "zeros_like",
+]
+
+map = jax.tree_util.tree_map
+
+
+def add(x: PyTree, y: PyTree) -> PyTree:
+    """x + y, leaf by leaf."""
+    return map(operator.add, x, y)
+
+
+def sub(x: PyTree, y: PyTree) -> PyTree:
+    """x − y, leaf by leaf."""
+    return map(operator.sub, x, y)
+
+
+def neg(x: PyTree) -> PyTree:
+    """−x, leaf by leaf."""
+    return map(operator.neg, x)
+
+
+def scale(a: Any, x: PyTree) -> PyTree:
+    """a · x for a scalar a."""
+    return map(lambda leaf: a * leaf, x)
+
+
+def axpy(a: Any, x: PyTree, y: PyTree) -> PyTree:
+    """a · x + y for a scalar a."""
+    return map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def vdot(x: PyTree, y: PyTree) -> jax.Array:
+    """⟨x, y⟩ = Σᵢ Σⱼ conj(xᵢⱼ) yᵢⱼ over all leaves i and their entries j."""
+    parts = jax.tree_util.tree_leaves(map(lambda a, b: jnp.vdot(a, b), x, y))
+    return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
+
+
+def sum(x: PyTree) -> jax.Array:
+    """Σ of every entry of every leaf."""
+    parts = [jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(x)]
+    return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
+
+
+def norm(x: PyTree, ord: int | float = 2) -> jax.Array:
+    """‖x‖ of the flattened tree: ord 2 (Euclidean, the default), 1 or ``jnp.inf``."""
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves:
+        return jnp.asarray(0.0)
+    if ord == 2:
+        squares = [jnp.sum(jnp.real(leaf * jnp.conj(leaf))) for leaf in leaves]
+        return jnp.sqrt(functools.reduce(operator.add, squares))
+    if ord == 1:
+        return functools.reduce(operator.add, [jnp.sum(jnp.abs(leaf)) for leaf in leaves])
+    if ord == jnp.inf:
+        return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(leaf)) for leaf in leaves])
+    raise ValueError(f"norm: ord must be 1, 2 or inf, got {ord!r}")
+
+
+def zeros_like(x: PyTree) -> PyTree:
+    """A tree of zeros shaped like x."""
+    return map(jnp.zeros_like, x)
+
+
+def ones_like(x: PyTree) -> PyTree:
+    """A tree of ones shaped like x."""
+    return map(jnp.ones_like, x)
+
+
+def full_like(x: PyTree, value: Any) -> PyTree:
+    """A tree shaped like x, every entry equal to value."""
+    return map(lambda leaf: jnp.full_like(leaf, value), x)
+
+
+def where(condition: Any, x: PyTree, y: PyTree) -> PyTree:
+    """x where condition holds, y elsewhere; condition is a scalar or broadcasts to every leaf."""
+    return map(lambda a, b: jnp.where(condition, a, b), x, y)
+
+
+def size(x: PyTree) -> int:
+    """Number of entries in the whole tree (a Python int: shapes are static)."""
+    return int(builtins.sum(leaf.size for leaf in jax.tree_util.tree_leaves(x)))
+
+
+def dtype(x: PyTree) -> Any:
+    """The common floating dtype of the leaves (promoted); float32/64 per JAX's x64 flag if none."""
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves:
+        return jnp.result_type(float)
+    return jnp.result_type(*[jnp.result_type(leaf) for leaf in leaves], float)

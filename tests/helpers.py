@@ -1,0 +1,49 @@
+"""Shared checks for derivative tests: central finite differences and comparisons, in float64."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+
+def finite_difference_jvp(fun: Callable, primal: Any, tangent: Any, eps: float = 1e-6) -> Any:
+    """(fun(x + eps t) − fun(x − eps t)) / (2 eps): a central difference along a pytree tangent."""
+    plus = jax.tree_util.tree_map(lambda x, t: x + eps * t, primal, tangent)
+    minus = jax.tree_util.tree_map(lambda x, t: x - eps * t, primal, tangent)
+    return jax.tree_util.tree_map(lambda a, b: (a - b) / (2 * eps), fun(plus), fun(minus))
+
+
+def finite_difference_grad(fun: Callable, primal: Any, eps: float = 1e-6) -> Any:
+    """The gradient of a scalar fun by central differences along every coordinate of a pytree."""
+    flat, unravel = ravel_pytree(primal)
+    flat = np.asarray(flat, dtype=np.float64)
+    grad = np.zeros_like(flat)
+    for i in range(flat.size):
+        e = np.zeros_like(flat)
+        e[i] = eps
+        grad[i] = (float(fun(unravel(flat + e))) - float(fun(unravel(flat - e)))) / (2 * eps)
+    return unravel(jnp.asarray(grad))
+
+
+def random_tangent(primal: Any, seed: int = 0) -> Any:
+    """A pytree of standard normal entries shaped like primal."""
+    leaves, treedef = jax.tree_util.tree_flatten(primal)
+    keys = jax.random.split(jax.random.PRNGKey(seed), max(len(leaves), 1))
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)],
+    )
+
+
+def assert_tree_allclose(actual: Any, expected: Any, rtol: float = 1e-7, atol: float = 1e-9):
+    """Leaf-by-leaf np.testing.assert_allclose, with the same structure required."""
+    a_leaves, a_tree = jax.tree_util.tree_flatten(actual)
+    e_leaves, e_tree = jax.tree_util.tree_flatten(expected)
+    assert a_tree == e_tree, f"structures differ: {a_tree} vs {e_tree}"
+    for a, e in zip(a_leaves, e_leaves):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
