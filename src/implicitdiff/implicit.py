@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
+from jax.experimental import io_callback
 
 from implicitdiff import linear_solve, tree
 
@@ -162,7 +163,8 @@ def _failure_callback(policy: str):
 def _checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
     """``solve(matvec, b) -> x`` from a user's choice, with structure and residual checks.
 
-    After solving, one more matvec gives the relative residual ‖A x − b‖ / ‖b‖. It fails when it
+    After solving, one more matvec gives the relative residual ‖A x − b‖ / ‖b‖ (for a
+    least-squares solver such as ``normal_cg``, ‖Aᵀ(A x − b)‖ / ‖Aᵀb‖). It fails when it
     is not finite or exceeds 100 × the solver's tolerance (its ``tol`` if it declares one, else
     ``linear_solve.default_tol``). Then ``on_failure`` decides: "warn" (the default) warns with
     the residual at run time, "raise" raises :class:`BackwardSolveError`, "nan" returns NaN, and
@@ -174,6 +176,7 @@ def _checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
     if symmetric and linear_solve.accepts_keyword(base, "symmetric"):
         base = functools.partial(base, symmetric=True)
     declared = linear_solve.declared_tol(base)
+    least_squares = linear_solve.is_least_squares(base)
     solve_name = getattr(base, "__name__", None) or getattr(
         getattr(base, "func", None), "__name__", repr(base)
     )
@@ -186,12 +189,18 @@ def _checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
         dtype = tree.dtype(b)
         tol = declared if declared is not None else linear_solve.default_tol(dtype)
         threshold = max(100.0 * tol, 1000.0 * float(jnp.finfo(dtype).eps))
+        r = tree.sub(matvec(x), b)
+        if least_squares:  # a least-squares solver only makes the normal residual Aᵀr vanish
+            transpose = jax.linear_transpose(matvec, b)
+            r, b = transpose(r)[0], transpose(b)[0]
         b_norm = tree.norm(b)
-        residual = tree.norm(tree.sub(matvec(x), b)) / jnp.where(b_norm > 0, b_norm, 1.0)
+        residual = tree.norm(r) / jnp.where(b_norm > 0, b_norm, 1.0)
         failed = jnp.logical_not(residual <= threshold)  # True for NaN too
         if on_failure == "nan":
             return tree.map(lambda leaf: jnp.where(failed, jnp.nan, leaf), x)
-        jax.debug.callback(_failure_callback(on_failure), failed, residual)
+        # An unordered io_callback: kept by the compiler, and batched by a rolled loop under
+        # vmap (jax.debug.callback unrolls one call per batch element, slow to compile).
+        io_callback(_failure_callback(on_failure), None, failed, residual, ordered=False)
         return x
 
     return checked
@@ -248,12 +257,10 @@ def _implicit_solver(
     fun_name: str,
     solver: Callable,
     has_aux: bool,
-    solve: Any,
+    checked: Callable,
     symmetric: bool,
-    on_failure: str,
 ) -> Callable:
     """Wrap ``solver`` so that its output is differentiated through residual_fun(x, ...) = 0."""
-    checked = _checked_solve(solve, symmetric, on_failure)
 
     @functools.wraps(solver)
     def wrapped(init_params, *args, **kwargs):
@@ -367,17 +374,11 @@ def custom_root(
       >>> dx_dlam = jax.jacobian(ridge, argnums=1)(jnp.zeros(3), 1.0, X, y)
     """
     hint = _symmetric_hint(optimality_fun, symmetric)
+    checked = _checked_solve(solve, hint, on_failure)
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            optimality_fun,
-            optimality_fun,
-            "optimality_fun",
-            solver,
-            has_aux,
-            solve,
-            hint,
-            on_failure,
+            optimality_fun, optimality_fun, "optimality_fun", solver, has_aux, checked, hint
         )
 
     return decorator
@@ -409,13 +410,14 @@ def custom_fixed_point(
       ...     return x
     """
     hint = _symmetric_hint(fixed_point_fun, symmetric)
+    checked = _checked_solve(solve, hint, on_failure)
 
     def residual(x, *args, **kwargs):  # x − T(x): the root's sign that makes I − ∂T appear
         return tree.sub(x, fixed_point_fun(x, *args, **kwargs))
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            residual, fixed_point_fun, "fixed_point_fun", solver, has_aux, solve, hint, on_failure
+            residual, fixed_point_fun, "fixed_point_fun", solver, has_aux, checked, hint
         )
 
     return decorator

@@ -207,6 +207,9 @@ def normal_cg(
     return x
 
 
+normal_cg.least_squares = True  # the engine checks its normal-equation residual Aᵀ(Ax − b)
+
+
 def _materialize(matvec: Matvec, b: PyTree):
     """The dense matrix of ``matvec`` on the flattened space of ``b``, and the flat b."""
     b_flat, unravel = ravel_pytree(b)
@@ -301,6 +304,13 @@ def accepts_keyword(fun: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def is_least_squares(fun: Callable) -> bool:
+    """Whether a solver returns least-squares solutions (so only Aᵀ(Ax − b) need vanish)."""
+    while isinstance(fun, functools.partial):
+        fun = fun.func
+    return bool(getattr(fun, "least_squares", False))
 
 
 def declared_tol(fun: Callable) -> float | None:

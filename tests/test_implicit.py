@@ -1,0 +1,578 @@
+"""The engine: custom_root, custom_fixed_point, root_jvp, root_vjp.
+
+Every derivative is checked against a closed form (autodiff of an explicit formula for the
+solution) or central finite differences, in float64.
+"""
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_tree_allclose, finite_difference_jvp, random_tangent
+
+import implicitdiff
+from implicitdiff import custom_fixed_point, custom_root, linear_solve, root_jvp, root_vjp
+
+# ---------------------------------------------------------------------------------------------
+# Problems with known solutions.
+
+
+def _data(n=12, p=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.normal(size=(n, p))), jnp.asarray(rng.normal(size=n))
+
+
+X, Y = _data()
+LAM = 0.7
+
+
+def ridge_optimality(x, lam, X, y):
+    """∇ₓ of ½‖Xx − y‖² + ½ λ‖x‖²."""
+    return X.T @ (X @ x - y) + lam * x
+
+
+def ridge_closed_form(lam, X, y):
+    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
+
+
+def ridge_by_cg(init, lam, X, y):
+    """An iterative solver: what the engine wraps is never differentiated."""
+    x, _ = jax.scipy.sparse.linalg.cg(
+        lambda v: X.T @ (X @ v) + lam * v, X.T @ y, x0=init, tol=1e-14
+    )
+    return x
+
+
+ridge = custom_root(ridge_optimality, symmetric=True)(ridge_by_cg)
+
+
+# A contraction T(x, θ) = M x + tanh(x)/4 + θ, ‖M‖ ≤ 0.5: fixed point by iteration.
+M = jnp.asarray(np.random.default_rng(1).normal(size=(4, 4)))
+M = 0.5 * M / jnp.linalg.norm(M, 2)
+
+
+def contraction(x, theta):
+    return M @ x + 0.25 * jnp.tanh(x) + theta
+
+
+def iterate_to_fixed_point(x, theta):
+    return jax.lax.fori_loop(0, 200, lambda _, x: contraction(x, theta), x)
+
+
+fixed_point = custom_fixed_point(contraction)(iterate_to_fixed_point)
+
+
+def linear_contraction(x, theta):  # x* = (I − M)⁻¹ θ
+    return M @ x + theta
+
+
+# A non-symmetric root system G(x, θ) = A x + tanh(x)/10 − θ with A non-symmetric.
+A_NONSYM = jnp.asarray(np.random.default_rng(2).normal(size=(4, 4))) + 4.0 * jnp.eye(4)
+
+
+def nonsym_root(x, theta):
+    return A_NONSYM @ x + 0.1 * jnp.tanh(x) - theta
+
+
+def newton_solve(x, theta):
+    def step(_, x):
+        jac = A_NONSYM + 0.1 * jnp.diag(1 - jnp.tanh(x) ** 2)
+        return x - jnp.linalg.solve(jac, nonsym_root(x, theta))
+
+    return jax.lax.fori_loop(0, 30, step, x)
+
+
+THETA = jnp.array([0.3, -1.0, 0.5, 2.0])
+
+# ---------------------------------------------------------------------------------------------
+# Values and first derivatives against closed forms, every argument, both modes.
+
+
+def test_solution_is_the_solvers_output():
+    assert_tree_allclose(ridge(jnp.zeros(4), LAM, X, Y), ridge_closed_form(LAM, X, Y), rtol=1e-10)
+
+
+@pytest.mark.parametrize("argnum", [1, 2, 3])
+@pytest.mark.parametrize("jac", [jax.jacfwd, jax.jacrev], ids=["jacfwd", "jacrev"])
+def test_ridge_jacobians_match_closed_form(argnum, jac):
+    got = jac(ridge, argnums=argnum)(jnp.zeros(4), LAM, X, Y)
+    want = jax.jacobian(ridge_closed_form, argnums=argnum - 1)(LAM, X, Y)
+    assert_tree_allclose(got, want, rtol=1e-8, atol=1e-11)
+
+
+def test_ridge_against_finite_differences():
+    args = (LAM, X, Y)
+    tangents = random_tangent((jnp.asarray(LAM), X, Y), seed=3)
+    _, got = jax.jvp(lambda *a: ridge(jnp.zeros(4), *a), args, tangents)
+    want = finite_difference_jvp(lambda a: ridge_closed_form(*a), args, tangents)
+    assert_tree_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+def test_linear_fixed_point_matches_closed_form():
+    solver = custom_fixed_point(linear_contraction)(
+        lambda x, theta: jax.lax.fori_loop(0, 200, lambda _, x: linear_contraction(x, theta), x)
+    )
+    got = jax.jacrev(solver, argnums=1)(jnp.zeros(4), THETA)
+    assert_tree_allclose(got, jnp.linalg.inv(jnp.eye(4) - M), rtol=1e-10, atol=1e-12)
+
+
+def test_nonlinear_fixed_point_matches_ift_and_finite_differences():
+    x_star = fixed_point(jnp.zeros(4), THETA)
+    assert_tree_allclose(contraction(x_star, THETA), x_star, atol=1e-12)
+    jac_t = M + 0.25 * jnp.diag(1 - jnp.tanh(x_star) ** 2)
+    want = jnp.linalg.inv(jnp.eye(4) - jac_t)
+    assert_tree_allclose(jax.jacfwd(fixed_point, 1)(jnp.zeros(4), THETA), want, rtol=1e-10)
+    assert_tree_allclose(jax.jacrev(fixed_point, 1)(jnp.zeros(4), THETA), want, rtol=1e-10)
+    v = random_tangent(THETA, seed=4)
+    fd = finite_difference_jvp(lambda t: iterate_to_fixed_point(jnp.zeros(4), t), THETA, v)
+    assert_tree_allclose(
+        jax.jvp(lambda t: fixed_point(jnp.zeros(4), t), (THETA,), (v,))[1], fd, rtol=1e-6, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("solve", ["gmres", "bicgstab", "normal_cg", "lu", "auto"])
+def test_nonsymmetric_root_all_suitable_solvers(solve):
+    solver = custom_root(nonsym_root, solve=solve)(newton_solve)
+    x_star = newton_solve(jnp.zeros(4), THETA)
+    want = jnp.linalg.inv(A_NONSYM + 0.1 * jnp.diag(1 - jnp.tanh(x_star) ** 2))
+    for jac in (jax.jacfwd, jax.jacrev):
+        assert_tree_allclose(jac(solver, 1)(jnp.zeros(4), THETA), want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "solve", ["cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky", "auto"]
+)
+def test_symmetric_system_every_solver(solve):
+    solver = custom_root(ridge_optimality, solve=solve, symmetric=True)(ridge_by_cg)
+    got = jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(4), lam, X, Y) ** 2))(LAM)
+    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X, Y) ** 2))(LAM)
+    np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
+def test_fixed_point_with_cholesky_is_positive_definite():
+    # The engine solves (I − ∂T) u = ∂T v: positive definite for a gradient-step T, so Cholesky
+    # (which fails on a negative definite matrix) must work.
+    def step(x, lam):
+        return x - 0.05 * ridge_optimality(x, lam, X, Y)
+
+    solver = custom_fixed_point(step, solve="cholesky")(lambda x, lam: ridge_closed_form(lam, X, Y))
+    got = jax.jacrev(solver, 1)(jnp.zeros(4), LAM)
+    assert_tree_allclose(got, jax.jacrev(ridge_closed_form)(LAM, X, Y), rtol=1e-9)
+
+
+def test_init_params_get_zero_derivative():
+    g = jax.grad(lambda init: jnp.sum(ridge(init, LAM, X, Y)))(jnp.ones(4))
+    assert_tree_allclose(g, jnp.zeros(4), atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every transformation.
+
+
+def outer_loss(lam):
+    return jnp.sum((X @ ridge(jnp.zeros(4), lam, X, Y) - Y) ** 2)
+
+
+def outer_loss_closed(lam):
+    return jnp.sum((X @ ridge_closed_form(lam, X, Y) - Y) ** 2)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        jax.grad,
+        lambda f: lambda x: jax.value_and_grad(f)(x)[1],
+        lambda f: lambda x: jax.jvp(f, (x,), (1.0,))[1],
+        lambda f: lambda x: jax.vjp(f, x)[1](1.0)[0],
+        jax.jacfwd,
+        jax.jacrev,
+        jax.hessian,
+        lambda f: jax.grad(jax.grad(f)),  # reverse over reverse
+        lambda f: jax.jacfwd(jax.jacfwd(f)),  # forward over forward
+        lambda f: jax.jacrev(jax.jacfwd(f)),  # reverse over forward
+        lambda f: jax.grad(jax.grad(jax.grad(f))),  # third order
+    ],
+    ids=[
+        "grad",
+        "value_and_grad",
+        "jvp",
+        "vjp",
+        "jacfwd",
+        "jacrev",
+        "hessian",
+        "rev_rev",
+        "fwd_fwd",
+        "rev_fwd",
+        "third_order",
+    ],
+)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_every_transform_matches_closed_form(transform, jit):
+    got, want = transform(outer_loss), transform(outer_loss_closed)
+    if jit:
+        got = jax.jit(got)
+    np.testing.assert_allclose(got(LAM), want(LAM), rtol=1e-7)
+
+
+def test_value_and_grad_value():
+    value, _ = jax.value_and_grad(outer_loss)(LAM)
+    np.testing.assert_allclose(value, outer_loss_closed(LAM), rtol=1e-10)
+
+
+LAMS = jnp.array([0.1, 0.7, 3.0])
+
+
+LAMS_2D = jnp.stack([LAMS, 2 * LAMS])
+
+
+@pytest.mark.parametrize(
+    ("compose", "lams"),
+    [
+        (lambda f: jax.vmap(jax.grad(f)), LAMS),
+        (lambda f: jax.grad(lambda lams: jnp.sum(jax.vmap(f)(lams))), LAMS),
+        (lambda f: jax.jit(jax.vmap(jax.grad(f))), LAMS),
+        (lambda f: jax.vmap(jax.hessian(f)), LAMS),
+        (lambda f: jax.jacfwd(jax.vmap(f)), LAMS),
+        (lambda f: jax.vmap(jax.vmap(jax.grad(f))), LAMS_2D),
+    ],
+    ids=["vmap_grad", "grad_vmap", "jit_vmap_grad", "vmap_hessian", "jacfwd_vmap", "vmap_vmap"],
+)
+def test_vmap_compositions(compose, lams):
+    np.testing.assert_allclose(
+        compose(outer_loss)(lams), compose(outer_loss_closed)(lams), rtol=1e-7
+    )
+
+
+def test_vmap_over_data():
+    Xs = jnp.stack([X, 2 * X, X + 1])
+
+    def loss(X):
+        return jnp.sum(ridge(jnp.zeros(4), LAM, X, Y))
+
+    def loss_closed(X):
+        return jnp.sum(ridge_closed_form(LAM, X, Y))
+
+    assert_tree_allclose(
+        jax.vmap(jax.grad(loss))(Xs), jax.vmap(jax.grad(loss_closed))(Xs), rtol=1e-8, atol=1e-11
+    )
+
+
+def test_jit_does_not_retrace_on_repeated_calls():
+    traces = []
+
+    def counting_solver(init, lam, X, y):
+        traces.append(1)
+        return ridge_by_cg(init, lam, X, y)
+
+    solver = custom_root(ridge_optimality)(counting_solver)
+    f = jax.jit(jax.grad(lambda lam, X: jnp.sum(solver(jnp.zeros(4), lam, X, Y))))
+    for lam in (0.5, 0.6, 0.7):
+        f(lam, X).block_until_ready()
+    f(0.8, 2 * X).block_until_ready()
+    assert len(traces) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Pytrees, keywords, aux, static arguments, closures.
+
+
+def test_pytree_params_and_args():
+    def F(params, hyper, data):
+        X, y = data["X"], data["y"]
+        w, b = params["w"], params["b"]
+        r = X @ w + b - y
+        return {"w": X.T @ r + hyper[0] * w, "b": jnp.sum(r) + hyper[1] * b}
+
+    def closed(hyper, data):
+        X, y = data["X"], data["y"]
+        Xa = jnp.concatenate([X, jnp.ones((X.shape[0], 1))], axis=1)
+        reg = jnp.diag(jnp.concatenate([jnp.full(X.shape[1], hyper[0]), hyper[1][None]]))
+        z = jnp.linalg.solve(Xa.T @ Xa + reg, Xa.T @ y)
+        return {"w": z[:-1], "b": z[-1]}
+
+    solver = custom_root(F)(lambda init, hyper, data: closed(hyper, data))
+    init = {"w": jnp.zeros(4), "b": jnp.asarray(0.0)}
+    hyper = (jnp.asarray(0.5), jnp.asarray(2.0))
+    data = {"X": X, "y": Y}
+    for argnum in (1, 2):
+        for jac in (jax.jacfwd, jax.jacrev):
+            got = jax.jit(jac(solver, argnums=argnum))(init, hyper, data)
+            want = jac(closed, argnums=argnum - 1)(hyper, data)
+            assert_tree_allclose(got, want, rtol=1e-8, atol=1e-11)
+
+
+def test_keyword_arguments_are_differentiated():
+    solver = custom_root(ridge_optimality)(ridge_by_cg)
+
+    def loss(lam, y):
+        return jnp.sum(solver(jnp.zeros(4), lam, X=X, y=y) ** 2)
+
+    def loss_closed(lam, y):
+        return jnp.sum(ridge_closed_form(lam, X, y) ** 2)
+
+    assert_tree_allclose(
+        jax.grad(loss, (0, 1))(LAM, Y), jax.grad(loss_closed, (0, 1))(LAM, Y), rtol=1e-8
+    )
+
+
+def test_has_aux_returns_aux_without_derivative():
+    def solver(init, lam, X, y):
+        x = ridge_by_cg(init, lam, X, y)
+        return x, {"residual": jnp.linalg.norm(ridge_optimality(x, lam, X, y)), "iters": 7}
+
+    wrapped = custom_root(ridge_optimality, has_aux=True)(solver)
+    _, aux = wrapped(jnp.zeros(4), LAM, X, Y)
+    assert aux["iters"] == 7 and aux["residual"] < 1e-10
+
+    def loss(lam):
+        x, aux = wrapped(jnp.zeros(4), lam, X, Y)
+        return jnp.sum(x**2) + aux["residual"]
+
+    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X, Y) ** 2))(LAM)
+    np.testing.assert_allclose(jax.grad(loss)(LAM), want, rtol=1e-8)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(LAM), want, rtol=1e-8)
+
+
+def test_static_arguments_pass_through():
+    def F(x, lam, X, y, n_iter, method, transform, nothing):
+        assert isinstance(n_iter, int) and method == "cg" and nothing is None
+        return ridge_optimality(x, transform(lam), X, y)
+
+    def solver(init, lam, X, y, n_iter, method, transform, nothing):
+        assert isinstance(n_iter, int) and method == "cg" and callable(transform)
+        for _ in range(n_iter):  # a Python loop on a static int
+            init = init
+        return ridge_closed_form(transform(lam), X, y)
+
+    wrapped = custom_root(F)(solver)
+
+    def loss(log_lam):
+        return jnp.sum(wrapped(jnp.zeros(4), log_lam, X, Y, 3, "cg", jnp.exp, None) ** 2)
+
+    want = jax.grad(lambda t: jnp.sum(ridge_closed_form(jnp.exp(t), X, Y) ** 2))(0.1)
+    np.testing.assert_allclose(jax.grad(loss)(0.1), want, rtol=1e-8)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(0.1), want, rtol=1e-8)
+
+
+def test_integer_arguments_pass_through_as_data():
+    def F(x, lam, X, y, idx):
+        return ridge_optimality(x, lam, X[idx], y[idx])
+
+    def solver(init, lam, X, y, idx):
+        return ridge_closed_form(lam, X[idx], y[idx])
+
+    wrapped = custom_root(F)(solver)
+    idx = jnp.arange(8)
+    got = jax.grad(lambda lam: jnp.sum(wrapped(jnp.zeros(4), lam, X, Y, idx)))(LAM)
+    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X[:8], Y[:8])))(LAM)
+    np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
+def closure_loss(lam, y):
+    """The optimality function captures λ in a closure inside the differentiated function."""
+
+    def F(x, X):
+        return X.T @ (X @ x - y) + lam * x
+
+    solver = custom_root(F)(lambda init, X: ridge_closed_form(lam, X, y))
+    return jnp.sum(solver(jnp.zeros(4), X) ** 2)
+
+
+def closure_loss_closed(lam, y):
+    return jnp.sum(ridge_closed_form(lam, X, y) ** 2)
+
+
+@pytest.mark.parametrize(
+    ("transform", "lam"),
+    [
+        (lambda f: jax.grad(f, (0, 1)), LAM),
+        (lambda f: jax.jit(jax.grad(f, (0, 1))), LAM),
+        (lambda f: jax.jacfwd(f, (0, 1)), LAM),
+        (lambda f: jax.hessian(f, (0, 1)), LAM),
+        (lambda f: jax.vmap(jax.grad(f), (0, None)), LAMS),
+    ],
+    ids=["grad", "jit_grad", "jacfwd", "hessian", "vmap_grad"],
+)
+def test_closed_over_arrays_are_differentiated(transform, lam):
+    got = transform(closure_loss)(lam, Y)
+    want = transform(closure_loss_closed)(lam, Y)
+    assert_tree_allclose(got, want, rtol=1e-7, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# root_jvp and root_vjp on their own.
+
+
+def test_root_jvp_and_vjp_match_closed_form():
+    sol = ridge_closed_form(LAM, X, Y)
+    args = (LAM, X, Y)
+    tangents = random_tangent((jnp.asarray(LAM), X, Y), seed=5)
+    _, want = jax.jvp(ridge_closed_form, args, tangents)
+    assert_tree_allclose(root_jvp(ridge_optimality, sol, args, tangents), want, rtol=1e-9)
+    # None for an unperturbed argument
+    _, want_lam = jax.jvp(lambda lam: ridge_closed_form(lam, X, Y), (LAM,), (1.0,))
+    got = root_jvp(ridge_optimality, sol, args, (1.0, None, None), solve="cg")
+    assert_tree_allclose(got, want_lam, rtol=1e-8)
+
+    v = random_tangent(sol, seed=6)
+    _, vjp = jax.vjp(ridge_closed_form, *args)
+    got = root_vjp(ridge_optimality, sol, args, v)
+    assert_tree_allclose(got, vjp(v), rtol=1e-9, atol=1e-12)
+
+
+def test_root_vjp_marks_non_array_arguments_none():
+    def F(x, lam, name):
+        assert name == "ridge"
+        return ridge_optimality(x, lam, X, Y)
+
+    sol = ridge_closed_form(LAM, X, Y)
+    ct_lam, ct_name = root_vjp(F, sol, (LAM, "ridge"), jnp.ones(4))
+    assert ct_name is None
+    want = jnp.sum(jax.jacfwd(ridge_closed_form)(LAM, X, Y))
+    np.testing.assert_allclose(ct_lam, want, rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error at trace time, naming the culprit.
+
+
+def test_wrong_optimality_signature_is_named():
+    solver = custom_root(lambda x, lam: x * lam)(ridge_by_cg)
+    with pytest.raises(TypeError, match=r"optimality_fun .* cannot be called"):
+        solver(jnp.zeros(4), LAM, X, Y)
+
+
+def test_fixed_point_wrong_signature_is_named():
+    solver = custom_fixed_point(lambda x: x)(iterate_to_fixed_point)
+    with pytest.raises(TypeError, match="fixed_point_fun"):
+        solver(jnp.zeros(4), THETA)
+
+
+def test_optimality_output_of_wrong_structure():
+    solver = custom_root(lambda x, lam, X, y: (x, x))(ridge_by_cg)
+    with pytest.raises(TypeError, match="optimality_fun must return a pytree with the structure"):
+        solver(jnp.zeros(4), LAM, X, Y)
+    solver = custom_root(lambda x, lam, X, y: X @ x)(ridge_by_cg)
+    with pytest.raises(TypeError, match="shaped like the solution"):
+        solver(jnp.zeros(4), LAM, X, Y)
+
+
+def test_solve_returning_wrong_structure_is_named():
+    def bad_solve(matvec, b):
+        return (b, b)
+
+    solver = custom_root(ridge_optimality, solve=bad_solve)(ridge_by_cg)
+    with pytest.raises(TypeError, match="solve \\(bad_solve\\) must return"):
+        jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(4), lam, X, Y)))(LAM)
+
+
+def test_unknown_solver_name_and_policy():
+    with pytest.raises(ValueError, match="solve='qr' is not a known linear solver"):
+        custom_root(ridge_optimality, solve="qr")
+    with pytest.raises(ValueError, match="on_failure must be one of"):
+        custom_root(ridge_optimality, on_failure="shout")
+
+
+def test_has_aux_solver_must_return_a_pair():
+    solver = custom_root(ridge_optimality, has_aux=True)(ridge_by_cg)
+    with pytest.raises(TypeError, match="has_aux=True"):
+        solver(jnp.zeros(4), LAM, X, Y)
+
+
+def test_integer_tangent_is_rejected_by_root_jvp():
+    sol = ridge_closed_form(LAM, X, Y)
+
+    def F(x, lam, k):
+        return ridge_optimality(x, lam, X, Y) + 0 * k
+
+    with pytest.raises(TypeError, match="args\\[1\\] has the integer or boolean dtype"):
+        root_jvp(F, sol, (LAM, jnp.arange(3)), (None, jnp.ones(3)))
+
+
+def test_grad_wrt_integer_argument_is_refused():
+    solver = custom_root(lambda x, lam, k: ridge_optimality(x, lam, X, Y))(
+        lambda init, lam, k: ridge_closed_form(lam, X, Y)
+    )
+    with pytest.raises(TypeError, match="integer"):
+        jax.grad(lambda k: jnp.sum(solver(jnp.zeros(4), LAM, k)))(jnp.arange(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# A backward solve that fails is never silent.
+
+
+def _badly_solved(policy):
+    solve = functools.partial(linear_solve.cg, maxiter=1)
+    solver = custom_root(ridge_optimality, solve=solve, on_failure=policy)(ridge_by_cg)
+    return jax.jit(jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(4), lam, X, Y) ** 2)))
+
+
+def test_failed_backward_solve_warns_by_default():
+    with pytest.warns(implicitdiff.BackwardSolveWarning, match="relative residual"):
+        _badly_solved("warn")(LAM).block_until_ready()
+
+
+def test_failed_backward_solve_nan_policy():
+    assert np.isnan(_badly_solved("nan")(LAM))
+
+
+def test_failed_backward_solve_raise_policy():
+    with pytest.raises(Exception, match="linear system of an implicit derivative"):
+        _badly_solved("raise")(LAM).block_until_ready()
+
+
+def test_failed_backward_solve_ignore_policy_is_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(_badly_solved("ignore")(LAM))
+
+
+def test_converged_backward_solve_is_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.jit(jax.grad(outer_loss))(LAM).block_until_ready()
+
+
+def test_singular_system_nonfinite_is_reported():
+    # λ = 0 with more features than samples: XᵀX is singular; the dense LU solve returns inf/NaN
+    # or garbage and the residual check reports it.
+    Xw, yw = _data(n=3, p=6, seed=7)
+    solver = custom_root(ridge_optimality, solve="lu", on_failure="nan")(
+        lambda init, lam, X, y: jnp.linalg.lstsq(X, y)[0]
+    )
+    g = jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(6), lam, Xw, yw)))(0.0)
+    assert np.isnan(g)
+    # normal_cg copes: it solves the transposed system Aᵀu = v in the least-squares sense, which
+    # gives −vᵀ(XᵀX)⁺x, the limit λ → 0⁺ of the ridge derivative −vᵀ(XᵀX + λI)⁻¹x.
+    solver = custom_root(ridge_optimality, solve="normal_cg")(
+        lambda init, lam, X, y: jnp.linalg.lstsq(X, y)[0]
+    )
+    v = jnp.arange(1.0, 7.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = jax.grad(lambda lam: v @ solver(jnp.zeros(6), lam, Xw, yw))(0.0)
+    x0 = jnp.linalg.lstsq(Xw, yw)[0]
+    np.testing.assert_allclose(g, -v @ jnp.linalg.pinv(Xw.T @ Xw) @ x0, rtol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# float32.
+
+
+def test_float32_gradients_are_accurate_to_float32():
+    X32, Y32 = X.astype(jnp.float32), Y.astype(jnp.float32)
+
+    def solver(init, lam, X, y):
+        return jnp.linalg.solve(X.T @ X + lam * jnp.eye(4, dtype=X.dtype), X.T @ y)
+
+    for solve in ("cg", "gmres", "lu", "auto"):
+        wrapped = custom_root(ridge_optimality, solve=solve, symmetric=True)(solver)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            g = jax.jacrev(wrapped, (1, 2))(jnp.zeros(4, jnp.float32), jnp.float32(LAM), X32, Y32)
+        assert g[0].dtype == jnp.float32
+        want = jax.jacrev(ridge_closed_form, (0, 1))(LAM, X, Y)
+        assert_tree_allclose(g, want, rtol=2e-4, atol=2e-5)

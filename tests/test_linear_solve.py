@@ -1,0 +1,150 @@
+"""Linear solvers: each against numpy's dense solve, on arrays and pytrees."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_tree_allclose
+
+from implicitdiff import linear_solve
+
+RNG = np.random.default_rng(0)
+N = 6
+_B = RNG.normal(size=(N, N))
+SPD = jnp.asarray(_B @ _B.T + N * np.eye(N))
+NONSYM = jnp.asarray(RNG.normal(size=(N, N)) + 3 * np.eye(N))
+RHS = jnp.asarray(RNG.normal(size=N))
+
+ALL = ["cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky", "auto"]
+GENERAL = ["gmres", "bicgstab", "normal_cg", "lu", "auto"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_spd_system(name):
+    solve = linear_solve.resolve(name)
+    x = solve(lambda v: SPD @ v, RHS)
+    np.testing.assert_allclose(x, np.linalg.solve(SPD, RHS), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", GENERAL)
+def test_nonsymmetric_system(name):
+    x = linear_solve.resolve(name)(lambda v: NONSYM @ v, RHS)
+    np.testing.assert_allclose(x, np.linalg.solve(NONSYM, RHS), rtol=1e-8, atol=1e-10)
+
+
+def test_cg_on_negative_definite_system():
+    x = linear_solve.cg(lambda v: -SPD @ v, RHS)
+    np.testing.assert_allclose(x, np.linalg.solve(-SPD, RHS), rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pytree_right_hand_side(name):
+    # A block-diagonal operator on {"a": (2,), "b": (2, 2)}, with the SPD matrix on the flat vector.
+    mat = SPD[:6, :6]
+
+    def matvec(t):
+        flat = jnp.concatenate([t["a"], t["b"].ravel()])
+        out = mat @ flat
+        return {"a": out[:2], "b": out[2:].reshape(2, 2)}
+
+    b = {"a": RHS[:2], "b": RHS[2:6].reshape(2, 2)}
+    x = linear_solve.resolve(name)(matvec, b)
+    want = np.linalg.solve(mat, RHS[:6])
+    assert_tree_allclose(x, {"a": want[:2], "b": want[2:].reshape(2, 2)}, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n != "normal_cg"])
+def test_ridge(name):
+    x = linear_solve.resolve(name)(lambda v: SPD @ v, RHS, ridge=0.5)
+    np.testing.assert_allclose(x, np.linalg.solve(SPD + 0.5 * np.eye(N), RHS), rtol=1e-8)
+
+
+def test_normal_cg_ridge_is_on_the_normal_equations():
+    x = linear_solve.normal_cg(lambda v: NONSYM @ v, RHS, ridge=0.3)
+    want = np.linalg.solve(NONSYM.T @ NONSYM + 0.3 * np.eye(N), NONSYM.T @ RHS)
+    np.testing.assert_allclose(x, want, rtol=1e-8)
+
+
+def test_normal_cg_gives_minimum_norm_least_squares_solution():
+    low_rank = jnp.asarray(RNG.normal(size=(N, 2)) @ RNG.normal(size=(2, N)))
+    x = linear_solve.normal_cg(lambda v: low_rank @ v, RHS)
+    np.testing.assert_allclose(x, np.linalg.pinv(low_rank) @ RHS, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["cg", "gmres", "bicgstab"])
+def test_warm_start_and_preconditioner(name):
+    solve = linear_solve.resolve(name)
+    exact = np.linalg.solve(SPD, RHS)
+    jacobi = 1.0 / jnp.diag(SPD)
+    x = solve(lambda v: SPD @ v, RHS, init=jnp.asarray(exact), maxiter=1)
+    np.testing.assert_allclose(x, exact, rtol=1e-8)
+    x = solve(lambda v: SPD @ v, RHS, preconditioner=lambda v: jacobi * v)
+    np.testing.assert_allclose(x, exact, rtol=1e-8)
+
+
+def test_tolerance_and_maxiter_are_honoured():
+    big = jnp.asarray(np.diag(np.linspace(1, 1e4, 300)))
+    b = jnp.ones(300)
+    loose = linear_solve.cg(lambda v: big @ v, b, tol=1e-2)
+    tight = linear_solve.cg(lambda v: big @ v, b, tol=1e-12)
+    exact = b / jnp.diag(big)
+    assert np.linalg.norm(big @ loose - b) <= 1e-2 * np.linalg.norm(b) * 1.01
+    assert np.linalg.norm(big @ loose - b) > 1e-6 * np.linalg.norm(b)
+    np.testing.assert_allclose(tight, exact, rtol=1e-9)
+    one_step = linear_solve.cg(lambda v: big @ v, b, maxiter=1)
+    assert np.linalg.norm(big @ one_step - b) > 0.1 * np.linalg.norm(b)
+
+
+def test_default_tolerance_by_dtype():
+    assert linear_solve.default_tol(jnp.float64) == 1e-10
+    assert 1e-5 < linear_solve.default_tol(jnp.float32) < 1e-4
+    with pytest.raises(ValueError, match="tol must be a non-negative number"):
+        linear_solve.cg(lambda v: v, RHS, tol=-1.0)
+
+
+def test_auto_is_dense_when_small_and_matrix_free_when_large(monkeypatch):
+    calls = []
+    original = linear_solve._materialize
+
+    def spy(matvec, b):
+        calls.append(1)
+        return original(matvec, b)
+
+    monkeypatch.setattr(linear_solve, "_materialize", spy)
+    linear_solve.auto(lambda v: SPD @ v, RHS)
+    assert calls == [1]
+    n = linear_solve.DENSE_MAX_SIZE + 1
+    diag = jnp.linspace(1.0, 2.0, n)
+    for symmetric in (True, False):
+        x = linear_solve.auto(lambda v: diag * v, jnp.ones(n), symmetric=symmetric)
+        np.testing.assert_allclose(x, 1.0 / diag, rtol=1e-8)
+    assert calls == [1], "auto built a dense matrix above DENSE_MAX_SIZE"
+
+
+def test_resolve():
+    assert linear_solve.resolve(None) is linear_solve.auto
+    assert linear_solve.resolve("gmres") is linear_solve.gmres
+    custom = functools.partial(linear_solve.cg, tol=1e-3)
+    assert linear_solve.resolve(custom) is custom
+    with pytest.raises(ValueError, match="not a known linear solver"):
+        linear_solve.resolve("qr")
+    with pytest.raises(TypeError, match="solve must be"):
+        linear_solve.resolve(3)
+    assert linear_solve.declared_tol(custom) == 1e-3
+    assert linear_solve.declared_tol(linear_solve.cg) is None
+    assert linear_solve.is_least_squares(functools.partial(linear_solve.normal_cg, tol=1e-3))
+    assert not linear_solve.is_least_squares(linear_solve.cg)
+
+
+def test_solvers_under_jit_and_vmap():
+    mats = jnp.stack([SPD, 2 * SPD, SPD + jnp.eye(N)])
+
+    @jax.jit
+    def solve_all(mats, b):
+        return jax.vmap(lambda m: linear_solve.cg(lambda v: m @ v, b))(mats)
+
+    np.testing.assert_allclose(
+        solve_all(mats, RHS), np.linalg.solve(mats, RHS[None, :, None])[..., 0], rtol=1e-8
+    )
