@@ -36,7 +36,10 @@ def random_tangent(primal: Any, seed: int = 0) -> Any:
     keys = jax.random.split(jax.random.PRNGKey(seed), max(len(leaves), 1))
     return jax.tree_util.tree_unflatten(
         treedef,
-        [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)],
+        [
+            jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+            for k, x in zip(keys, leaves, strict=False)
+        ],
     )
 
 
@@ -45,5 +48,5 @@ def assert_tree_allclose(actual: Any, expected: Any, rtol: float = 1e-7, atol: f
     a_leaves, a_tree = jax.tree_util.tree_flatten(actual)
     e_leaves, e_tree = jax.tree_util.tree_flatten(expected)
     assert a_tree == e_tree, f"structures differ: {a_tree} vs {e_tree}"
-    for a, e in zip(a_leaves, e_leaves):
+    for a, e in zip(a_leaves, e_leaves, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
