@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+CODE := $(wildcard src tests benchmarks examples)
 
 .PHONY: demo test lint format bench clean
 
@@ -25,12 +26,12 @@ demo: $(VENV)/.demo-deps
 	$(PY) examples/ridge_hypergradient.py
 
 lint: $(VENV)/.test-deps
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
 
 format: $(VENV)/.test-deps
-	$(VENV)/bin/ruff format src tests benchmarks examples
-	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+	$(VENV)/bin/ruff format $(CODE)
+	$(VENV)/bin/ruff check --fix $(CODE)
 
 test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
