@@ -145,7 +145,8 @@ def _failure_callback(policy: str):
         failed = np.asarray(failed)
         if not failed.any():
             return
-        worst = float(np.nanmax(np.where(failed, np.asarray(residual), -np.inf)))
+        residual = np.nan_to_num(np.asarray(residual, dtype=float), nan=np.inf)
+        worst = float(np.max(np.where(failed, residual, -np.inf)))
         message = (
             "the linear system of an implicit derivative was not solved: relative residual "
             f"{worst:.3e}. The derivative is inaccurate. Likely causes: the solution is not "

@@ -1,0 +1,207 @@
+"""Loss functions for one example, numerically stable; ``jax.vmap`` them over a batch.
+
+Catalog (k classes; y a class index, eᵧ its one-hot vector; z a vector of k scores):
+
+- :func:`multiclass_hinge_loss`: Crammer–Singer, maxⱼ (zⱼ + 1[j ≠ y]) − zᵧ.
+- :func:`multiclass_logistic_loss`: logsumexp(z) − zᵧ (softmax cross-entropy).
+- :func:`binary_logistic_loss`: softplus(z) − y z for a label y ∈ {0, 1} and a scalar logit z.
+- :func:`sparsemax_loss`: the sparsemax loss of Martins & Astudillo (2016).
+- :func:`squared_loss`: ½‖target − prediction‖².
+- :func:`sparsemax`: the Euclidean projection of z onto the probability simplex.
+
+The multiclass losses take the label either as an integer class index (an array with one
+dimension fewer than the scores, normally a scalar) or as a vector of the scores' shape: a
+one-hot vector, or more generally a vector of weights y, in which case eᵧ is replaced by y in
+the formulas. A concrete integer label outside [0, k) raises ``ValueError``; under ``jax.jit``
+it is not checked (and gives an all-zero one-hot vector).
+
+>>> import jax
+>>> import jax.numpy as jnp
+>>> from implicitdiff import losses
+>>> labels = jnp.array([0, 2])
+>>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+>>> print(jax.vmap(losses.multiclass_logistic_loss)(labels, logits).round(4))
+[0.2395 1.0986]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from implicitdiff import projections, tree
+
+PyTree = Any
+
+__all__ = [
+    "binary_logistic_loss",
+    "multiclass_hinge_loss",
+    "multiclass_logistic_loss",
+    "sparsemax",
+    "sparsemax_loss",
+    "squared_loss",
+]
+
+
+def _float_array(x: Any) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def _label_vector(label: Any, scores: jax.Array, fn_name: str) -> jax.Array:
+    """The label as a vector shaped like the scores: one-hot for a class index, else as given."""
+    label = jnp.asarray(label)
+    if label.ndim == scores.ndim:
+        return label.astype(scores.dtype)
+    if label.ndim != scores.ndim - 1:
+        raise ValueError(
+            f"{fn_name}: label must be a class index (shape {scores.shape[:-1]}) or a vector "
+            f"shaped like the scores {scores.shape}, got shape {label.shape}"
+        )
+    num_classes = scores.shape[-1]
+    try:
+        concrete = np.asarray(label)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        concrete = None
+    if (
+        concrete is not None
+        and concrete.size
+        and (np.any(concrete < 0) or np.any(concrete >= num_classes) or np.any(concrete % 1 != 0))
+    ):
+        raise ValueError(
+            f"{fn_name}: label must be an integer class index in [0, {num_classes}), "
+            f"got {concrete.tolist()}"
+        )
+    return jax.nn.one_hot(label, num_classes, dtype=scores.dtype)
+
+
+def multiclass_hinge_loss(label: Any, scores: Any) -> jax.Array:
+    """The multiclass hinge loss of Crammer & Singer.
+
+    For a class index y and scores z (k,)::
+
+        loss = maxⱼ (zⱼ + 1[j ≠ y]) − zᵧ  ≥ 0,
+
+    zero when zᵧ beats every other score by a margin of at least 1. For a label vector y (one-hot
+    or weights), maxⱼ (zⱼ − ⟨y, z⟩ + 1 − yⱼ). A (sub)gradient in z is e_{j*} − eᵧ, j* the
+    maximizing index.
+
+    >>> import jax.numpy as jnp
+    >>> print(multiclass_hinge_loss(1, jnp.array([0.5, 1.0, -1.0])))
+    0.5
+    """
+    scores = _float_array(scores)
+    y = _label_vector(label, scores, "multiclass_hinge_loss")
+    # Subtract the label's score before adding the margin: no cancellation for large scores.
+    true_score = jnp.sum(y * scores, axis=-1, keepdims=True)
+    return jnp.max(scores - true_score + (1 - y), axis=-1)
+
+
+def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
+    """The multiclass logistic (softmax cross-entropy) loss.
+
+    For a class index y and logits z (k,)::
+
+        loss = logsumexp(z) − zᵧ = −log softmax(z)ᵧ,
+
+    with gradient softmax(z) − eᵧ. For a label vector y, logsumexp(z) · Σⱼ yⱼ − ⟨y, z⟩ (the
+    cross-entropy with the distribution y when y sums to 1). Stable for any finite logits.
+
+    >>> import jax.numpy as jnp
+    >>> print(multiclass_logistic_loss(0, jnp.array([0.0, 0.0])).round(4))  # log 2
+    0.6931
+    """
+    logits = _float_array(logits)
+    y = _label_vector(label, logits, "multiclass_logistic_loss")
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return lse * jnp.sum(y, axis=-1) - jnp.sum(y * logits, axis=-1)
+
+
+def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
+    """The binary logistic loss of a scalar logit z for a label y ∈ {0, 1}.
+
+    ::
+
+        loss = softplus(z) − y z = log(1 + eᶻ) − y z = −log σ(z)  (y = 1)  or  −log σ(−z)  (y = 0),
+
+    computed as (1 − y) softplus(z) + y softplus(−z) (equal for any y), which neither
+    overflows nor cancels for large |z|. A y in [0, 1] is a soft label (the cross-entropy with the
+    Bernoulli distribution of parameter y). The gradient in z is σ(z) − y. Element-wise: arrays
+    of labels and logits give one loss per entry.
+
+    >>> import jax.numpy as jnp
+    >>> print(binary_logistic_loss(1, 0.0).round(4))  # log 2
+    0.6931
+    """
+    logit = _float_array(logit)
+    label = jnp.asarray(label, dtype=logit.dtype)
+    return (1 - label) * jax.nn.softplus(logit) + label * jax.nn.softplus(-logit)
+
+
+def sparsemax(scores: Any) -> jax.Array:
+    """Sparsemax (Martins & Astudillo, 2016): the Euclidean projection onto the simplex.
+
+    ::
+
+        sparsemax(z) = argmin_{p ≥ 0, Σ p = 1} ‖p − z‖² = max(z − τ, 0),
+
+    where τ solves Σⱼ max(zⱼ − τ, 0) = 1. With z₍₁₎ ≥ … ≥ z₍ₖ₎ sorted in decreasing order, the
+    support size is K = max{j : 1 + j z₍ⱼ₎ > Σ_{i ≤ j} z₍ᵢ₎} and τ = (Σ_{i ≤ K} z₍ᵢ₎ − 1) / K. The
+    Jacobian is diag(s) − s sᵀ / K, s the indicator of the support. Acts on the last axis.
+
+    >>> import jax.numpy as jnp
+    >>> print(sparsemax(jnp.array([1.0, 0.5, -1.0])))
+    [0.75 0.25 0.  ]
+    """
+    z = _float_array(scores)
+    # The projection commutes with adding a constant to every entry; shift the largest entry to
+    # 0 so that the cumulative sums stay small (the shift has zero derivative: stop it).
+    z = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    rows = z.reshape(-1, z.shape[-1])
+    return jax.vmap(projections.simplex)(rows).reshape(z.shape)
+
+
+def sparsemax_loss(label: Any, scores: Any) -> jax.Array:
+    """The sparsemax loss (Martins & Astudillo, 2016), a Fenchel–Young loss.
+
+    With p = :func:`sparsemax` (z) and y the label (one-hot eᵧ for a class index)::
+
+        loss = ⟨p − y, z⟩ + ½ (‖y‖² − ‖p‖²)
+             = ½ Σ_{j ∈ S} (zⱼ² − τ²) − zᵧ + ½     (class index y; S the support of p, τ as in
+                                                 sparsemax)
+
+    For a label on the simplex (one-hot or a probability vector) it is ≥ 0, zero exactly when
+    p = y, convex in z, invariant to adding a constant to every score, and its gradient in z is
+    p − y (also for any other label vector y, with which the formula is evaluated as written).
+
+    >>> import jax.numpy as jnp
+    >>> print(sparsemax_loss(0, jnp.array([0.0, 0.0])))
+    0.25
+    """
+    scores = _float_array(scores)
+    y = _label_vector(label, scores, "sparsemax_loss")
+    # Shift the largest score to 0. The formula changes by shift · (1 − Σ y) (zero for a one-hot
+    # or probability vector y), added back; its derivative in z is p − y either way.
+    shift = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    z = scores - shift
+    p = sparsemax(z)
+    value = jnp.sum((p - y) * z, axis=-1) + 0.5 * jnp.sum(y * y - p * p, axis=-1)
+    return value + shift[..., 0] * (1 - jnp.sum(y, axis=-1))
+
+
+def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:
+    """½‖target − prediction‖², summed over every entry (of every leaf, for pytrees).
+
+    The gradient in ``prediction`` is prediction − target.
+
+    >>> import jax.numpy as jnp
+    >>> print(squared_loss(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
+    2.5
+    """
+    residual = tree.sub(target, prediction)
+    return 0.5 * tree.vdot(residual, residual)

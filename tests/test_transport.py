@@ -1,0 +1,290 @@
+"""Projections onto transportation and Birkhoff polytopes: values against independent references
+(scipy's SLSQP for the Euclidean projection, a plain numpy Sinkhorn for the KL one), feasibility,
+invariances, and implicit derivatives against central finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_tree_allclose, finite_difference_jvp, random_tangent
+from scipy.optimize import minimize
+
+from implicitdiff import BackwardSolveWarning
+from implicitdiff._transport import (
+    birkhoff_polytope,
+    kl_birkhoff_polytope,
+    kl_transport_polytope,
+    transport_polytope,
+)
+
+# A derivative whose linear system was not solved is a failure here, not a warning.
+pytestmark = pytest.mark.filterwarnings(
+    f"error::{BackwardSolveWarning.__module__}.BackwardSolveWarning"
+)
+
+TIGHT = 1e-13  # solver tolerance for comparisons and finite differences (one compilation each)
+
+TRANSPORT = {"euclidean": transport_polytope, "kl": kl_transport_polytope}
+BIRKHOFF = {"euclidean": birkhoff_polytope, "kl": kl_birkhoff_polytope}
+
+
+def problem(seed: int, n: int = 4, m: int = 5, spread: float = 1.0):
+    """Random X (n × m) and positive marginals a, b with equal totals (not 1)."""
+    rng = np.random.default_rng(seed)
+    x = spread * rng.normal(size=(n, m))
+    a = rng.uniform(0.5, 1.5, size=n)
+    b = rng.uniform(0.5, 1.5, size=m)
+    b *= a.sum() / b.sum()
+    return jnp.asarray(x), jnp.asarray(a), jnp.asarray(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent references.
+
+
+def scipy_euclidean(x, a, b) -> np.ndarray:
+    """argmin ½‖P − X‖² over U(a, b) by SLSQP (the last column constraint is implied)."""
+    x, a, b = (np.asarray(v, dtype=np.float64) for v in (x, a, b))
+    n, m = x.shape
+    rows = np.kron(np.eye(n), np.ones(m))  # (n, nm): row sums of P.ravel()
+    cols = np.kron(np.ones(n), np.eye(m))[:-1]  # (m − 1, nm): column sums but the last
+    constraints = np.vstack([rows, cols])
+    rhs = np.concatenate([a, b[:-1]])
+    result = minimize(
+        lambda p: 0.5 * np.sum((p - x.ravel()) ** 2),
+        np.full(n * m, a.sum() / (n * m)),
+        jac=lambda p: p - x.ravel(),
+        method="SLSQP",
+        bounds=[(0.0, None)] * (n * m),
+        constraints=[
+            {"type": "eq", "fun": lambda p: constraints @ p - rhs, "jac": lambda p: constraints}
+        ],
+        options={"ftol": 1e-12, "maxiter": 500},
+    )
+    assert result.success, result.message
+    return result.x.reshape(n, m)
+
+
+def numpy_sinkhorn(x, a, b, iterations: int = 100_000) -> np.ndarray:
+    """diag(u) exp(X) diag(v) by plain multiplicative Sinkhorn, run to rounding level."""
+    k = np.exp(np.asarray(x, dtype=np.float64))
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    v = np.ones(k.shape[1])
+    for _ in range(iterations):
+        u = a / (k @ v)
+        v = b / (k.T @ u)
+        p = u[:, None] * k * v[None, :]
+        if np.max(np.abs(p.sum(axis=1) - a)) < 1e-15:
+            break
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Values.
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_euclidean_matches_scipy(seed):
+    x, a, b = problem(seed)
+    p = transport_polytope(x, (a, b), tol=TIGHT)
+    expected = scipy_euclidean(x, a, b)
+    # The case is not the trivial one where P ≥ 0 is inactive.
+    assert np.sum(expected < 1e-9) >= 3
+    np.testing.assert_allclose(p, expected, atol=1e-7)
+
+
+def test_birkhoff_matches_scipy():
+    x, _, _ = problem(3, n=5, m=5)
+    ones = np.ones(5)
+    expected = scipy_euclidean(x, ones, ones)
+    assert np.sum(expected < 1e-9) >= 2
+    np.testing.assert_allclose(birkhoff_polytope(x, tol=TIGHT), expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kl_matches_numpy_sinkhorn(seed):
+    x, a, b = problem(seed, spread=2.0)
+    p = kl_transport_polytope(x, (a, b), tol=TIGHT)
+    np.testing.assert_allclose(p, numpy_sinkhorn(x, a, b), rtol=1e-9, atol=1e-12)
+    x, _, _ = problem(seed + 10, n=5, m=5, spread=2.0)
+    ones = np.ones(5)
+    np.testing.assert_allclose(
+        kl_birkhoff_polytope(x, tol=TIGHT), numpy_sinkhorn(x, ones, ones), rtol=1e-9, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+@pytest.mark.parametrize("tol", [None, 1e-4])
+def test_marginals_met_to_tolerance(kind, tol):
+    x, a, b = problem(4, spread=3.0)
+    bound = (1e-10 if tol is None else tol) * max(a.max(), b.max())
+    p = TRANSPORT[kind](x, (a, b), tol=tol)
+    assert np.all(p >= 0)
+    assert np.max(np.abs(p.sum(axis=1) - a)) <= bound
+    assert np.max(np.abs(p.sum(axis=0) - b)) <= bound
+    x, _, _ = problem(5, n=5, m=5, spread=3.0)
+    p = BIRKHOFF[kind](x, tol=tol)
+    bound = 1e-10 if tol is None else tol
+    assert np.all(p >= 0)
+    assert np.max(np.abs(p.sum(axis=1) - 1)) <= bound
+    assert np.max(np.abs(p.sum(axis=0) - 1)) <= bound
+    if tol is not None and kind == "kl":  # Sinkhorn stops early: tol is what stops it
+        assert np.max(np.abs(p.sum(axis=1) - 1)) > 1e-9
+
+
+def test_projection_of_a_point_of_the_polytope_is_itself():
+    rng = np.random.default_rng(6)
+    # A doubly stochastic matrix with zeros: a mixture of two permutation matrices.
+    p = 0.3 * np.eye(5) + 0.7 * np.eye(5)[rng.permutation(5)]
+    np.testing.assert_allclose(birkhoff_polytope(p, tol=TIGHT), p, atol=1e-12)
+    full = 0.5 * p + 0.1  # doubly stochastic with full support: the KL projection of its log
+    np.testing.assert_allclose(kl_birkhoff_polytope(np.log(full), tol=TIGHT), full, atol=1e-12)
+    x, a, b = problem(7)
+    q = np.asarray(kl_transport_polytope(x, (a, b), tol=TIGHT))
+    np.testing.assert_allclose(transport_polytope(q, (a, b), tol=TIGHT), q, atol=1e-12)
+    np.testing.assert_allclose(kl_transport_polytope(np.log(q), (a, b), tol=TIGHT), q, atol=1e-12)
+
+
+def test_kl_is_invariant_to_row_and_column_shifts():
+    x, a, b = problem(8)
+    shifted = x + jnp.arange(4.0)[:, None] - 2.0 * jnp.arange(5.0)[None, :]
+    assert_tree_allclose(
+        kl_transport_polytope(shifted, (a, b), tol=TIGHT),
+        kl_transport_polytope(x, (a, b), tol=TIGHT),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_unequal_totals_project_the_marginals_first(kind):
+    x, a, b = problem(9)
+    b_off = b * 1.2
+    s = (a.sum() - b_off.sum()) / 9
+    p = TRANSPORT[kind](x, (a, b_off), tol=TIGHT)
+    assert_tree_allclose(p, TRANSPORT[kind](x, (a - s, b_off + s), tol=TIGHT), atol=1e-11)
+    np.testing.assert_allclose(p.sum(axis=1), a - s, atol=1e-11)
+
+
+def test_float32():
+    x64, a64, b64 = problem(10)
+    x, a, b = (v.astype(jnp.float32) for v in (x64, a64, b64))
+    for fun in (transport_polytope, kl_transport_polytope):
+        p = fun(x, (a, b))
+        assert p.dtype == jnp.float32
+        np.testing.assert_allclose(p, fun(x64, (a64, b64)), atol=1e-4)
+        np.testing.assert_allclose(p.sum(axis=1), a, atol=1e-4)
+        np.testing.assert_allclose(p.sum(axis=0), b, atol=1e-4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="square"):
+        birkhoff_polytope(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="shapes"):
+        transport_polytope(jnp.ones((2, 3)), (jnp.ones(3), jnp.ones(2)))
+    with pytest.raises(TypeError, match="pair"):
+        kl_transport_polytope(jnp.ones((2, 3)), jnp.ones(2))
+    with pytest.raises(ValueError, match="tol"):
+        kl_birkhoff_polytope(jnp.ones((2, 2)), tol=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Derivatives: jvp and vjp against central finite differences. Each function is differentiated
+# as a function of (X, (a, b)) with tight solves, so one compilation serves every tangent.
+
+
+def tight(kind):
+    return lambda x, ab: TRANSPORT[kind](x, ab, tol=TIGHT)
+
+
+def tight_birkhoff(kind):
+    return lambda x: BIRKHOFF[kind](x, tol=TIGHT)
+
+
+def check_jvp_and_vjp(fun, primals, tangents, cotangent, rtol=1e-5, atol=1e-6):
+    """J t (jax.jvp) and ⟨w, J t⟩ = ⟨Jᵀw, t⟩ (jax.vjp) against J t by central differences."""
+    expected = finite_difference_jvp(lambda p: fun(*p), primals, tangents)
+    _, jvp_out = jax.jvp(fun, primals, tangents)
+    assert_tree_allclose(jvp_out, expected, rtol=rtol, atol=atol)
+    vjp_out = jax.vjp(fun, *primals)[1](cotangent)
+    lhs = float(jnp.vdot(cotangent, expected))
+    rhs = sum(
+        float(jnp.vdot(u, v))
+        for u, v in zip(
+            jax.tree_util.tree_leaves(vjp_out), jax.tree_util.tree_leaves(tangents), strict=True
+        )
+    )
+    np.testing.assert_allclose(rhs, lhs, rtol=rtol, atol=atol)
+    assert float(jnp.max(jnp.abs(expected))) > 1e-2  # not a derivative that is trivially zero
+
+
+def transport_tangents(x, a, b, which):
+    dx = random_tangent(x, seed=1)
+    da, db = random_tangent((a, b), seed=2)
+    if which != "marginals, totals changed":  # stay on {⟨a, 1⟩ = ⟨b, 1⟩}
+        db = db - (db.sum() - da.sum()) / b.shape[0]
+    if which == "x":
+        da, db = jnp.zeros_like(a), jnp.zeros_like(b)
+    elif which.startswith("marginals"):
+        dx = jnp.zeros_like(x)
+    return dx, (da, db)
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+@pytest.mark.parametrize("which", ["x", "marginals", "all", "marginals, totals changed"])
+def test_derivative(kind, which):
+    x, a, b = problem(11)
+    tangents = transport_tangents(x, a, b, which)
+    check_jvp_and_vjp(tight(kind), (x, (a, b)), tangents, random_tangent(x, seed=3))
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_derivative_birkhoff(kind):
+    x, _, _ = problem(12, n=5, m=5)
+    t, w = random_tangent(x, seed=4), random_tangent(x, seed=5)
+    check_jvp_and_vjp(tight_birkhoff(kind), (x,), (t,), w)
+
+
+def test_derivative_with_a_disconnected_support():
+    # A wide spread splits the Birkhoff projection into blocks (here blocks of one entry, equal
+    # to 1): the dual Hessian is singular beyond the direction that the gauge term fixes.
+    x, _, _ = problem(2, n=5, m=5, spread=3.0)
+    p = birkhoff_polytope(x, tol=TIGHT)
+    assert np.sum(np.isclose(p, 1.0)) >= 1
+    t, w = random_tangent(x, seed=6), random_tangent(x, seed=7)
+    check_jvp_and_vjp(tight_birkhoff("euclidean"), (x,), (t,), w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformations.
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_jit(kind):
+    x, a, b = problem(11)
+    w = random_tangent(x, seed=3)
+
+    def loss(x, a, b):
+        return jnp.vdot(w, tight(kind)(x, (a, b)))
+
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, a, b)
+    out, vjp = jax.vjp(tight(kind), x, (a, b))
+    np.testing.assert_allclose(value, jnp.vdot(w, out), rtol=1e-12)
+    gx, (ga, gb) = vjp(w)
+    assert_tree_allclose(grads, (gx, ga, gb), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(jax.jit(tight(kind))(x, (a, b)), out, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_vmap(kind):
+    # Spreads 1, 2, 3: the last gives a disconnected support for the Euclidean projection.
+    xs = jnp.stack([problem(seed, n=5, m=5, spread=1.0 + seed)[0] for seed in range(3)])
+    ts = random_tangent(xs, seed=8)
+    fun = tight_birkhoff(kind)
+    batched, batched_t = jax.jvp(jax.vmap(fun), (xs,), (ts,))
+    for x, t, p, pt in zip(xs, ts, batched, batched_t, strict=True):
+        single, single_t = jax.jvp(fun, (x,), (t,))
+        np.testing.assert_allclose(p, single, atol=1e-11)
+        np.testing.assert_allclose(pt, single_t, atol=1e-9)
