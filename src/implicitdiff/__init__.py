@@ -6,6 +6,10 @@ implicit function theorem.
 """
 
 from implicitdiff import linear_solve as linear_solve
+from implicitdiff import losses as losses
+from implicitdiff import optimality as optimality
+from implicitdiff import projections as projections
+from implicitdiff import prox as prox
 from implicitdiff import tree as tree
 from implicitdiff.implicit import BackwardSolveError as BackwardSolveError
 from implicitdiff.implicit import BackwardSolveWarning as BackwardSolveWarning

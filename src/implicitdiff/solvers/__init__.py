@@ -1,0 +1,9 @@
+"""Solvers that are differentiable by default.
+
+Each is configured once and called as ``solver.run(init_params, *args, **kwargs)``, which
+returns ``(params, state)``; see :mod:`implicitdiff.solvers._base` for the protocol.
+"""
+
+from implicitdiff.solvers._base import IterativeSolver as IterativeSolver
+from implicitdiff.solvers._base import OptStep as OptStep
+from implicitdiff.solvers.gradient_descent import GradientDescent as GradientDescent
