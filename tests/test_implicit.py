@@ -576,3 +576,17 @@ def test_float32_gradients_are_accurate_to_float32():
         assert g[0].dtype == jnp.float32
         want = jax.jacrev(ridge_closed_form, (0, 1))(LAM, X, Y)
         assert_tree_allclose(g, want, rtol=2e-4, atol=2e-5)
+
+
+def test_reverse_mode_when_one_leaf_of_the_solution_does_not_move():
+    # The right-hand side of that leaf is a constant zero: custom_linear_solve's transpose needs
+    # every leaf linear, so the engine passes a flat vector across it.
+    def F(p, t):
+        return {"a": 2 * (p["a"] - t), "b": 2 * (p["b"] - 3.0)}
+
+    solver = custom_root(F)(lambda init, t: {"a": t, "b": jnp.asarray(3.0)})
+    t = jnp.arange(3.0)
+    jac = jax.jacrev(lambda t: solver(None, t))(t)
+    assert_tree_allclose(jac, {"a": jnp.eye(3), "b": jnp.zeros(3)}, atol=1e-12)
+    hess = jax.hessian(lambda t: jnp.sum(solver(None, t)["a"] ** 3))(t)
+    assert_tree_allclose(hess, jnp.diag(6 * t), atol=1e-10)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import io_callback
+from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve, tree
 
@@ -208,10 +209,30 @@ def _checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
 
 
 def _linear_solve(matvec: Callable, b: PyTree, solve: Callable, symmetric: bool) -> PyTree:
-    """x = A⁻¹ b as a transposable ``custom_linear_solve``, A given by ``matvec``."""
-    return jax.lax.custom_linear_solve(
-        matvec, b, solve=solve, transpose_solve=solve, symmetric=symmetric
+    """x = A⁻¹ b as a transposable ``custom_linear_solve``, A given by ``matvec``.
+
+    A right-hand side of several leaves crosses ``custom_linear_solve`` as one flat vector: its
+    transpose rule needs every leaf of b to be linear in the tangents, which fails when one leaf
+    of the solution does not move with the perturbed arguments (its b leaf is a constant zero).
+    ``solve`` and ``matvec`` still see pytrees.
+    """
+    if len(jax.tree_util.tree_leaves(b)) <= 1:
+        return jax.lax.custom_linear_solve(
+            matvec, b, solve=solve, transpose_solve=solve, symmetric=symmetric
+        )
+    b_flat, unravel = ravel_pytree(b)
+
+    def flat(fun):
+        return lambda v: ravel_pytree(fun(unravel(v)))[0]
+
+    def flat_solve(flat_matvec, rhs):
+        tree_matvec = lambda x: unravel(flat_matvec(ravel_pytree(x)[0]))  # noqa: E731
+        return ravel_pytree(solve(tree_matvec, unravel(rhs)))[0]
+
+    x_flat = jax.lax.custom_linear_solve(
+        flat(matvec), b_flat, solve=flat_solve, transpose_solve=flat_solve, symmetric=symmetric
     )
+    return unravel(x_flat)
 
 
 def _tangent(residual: Callable, sol: PyTree, theta: list, t_theta: list, solve, symmetric):

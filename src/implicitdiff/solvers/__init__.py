@@ -6,4 +6,9 @@ returns ``(params, state)``; see :mod:`implicitdiff.solvers._base` for the proto
 
 from implicitdiff.solvers._base import IterativeSolver as IterativeSolver
 from implicitdiff.solvers._base import OptStep as OptStep
+from implicitdiff.solvers.external import HostSolver as HostSolver
+from implicitdiff.solvers.external import ScipyBoundedMinimize as ScipyBoundedMinimize
+from implicitdiff.solvers.external import ScipyLeastSquares as ScipyLeastSquares
+from implicitdiff.solvers.external import ScipyMinimize as ScipyMinimize
+from implicitdiff.solvers.external import ScipyRootFinding as ScipyRootFinding
 from implicitdiff.solvers.gradient_descent import GradientDescent as GradientDescent

@@ -27,7 +27,7 @@ from implicitdiff.implicit import custom_fixed_point, custom_root
 
 PyTree = Any
 
-__all__ = ["IterativeSolver", "OptStep"]
+__all__ = ["DifferentiableRun", "IterativeSolver", "OptStep"]
 
 
 class OptStep(NamedTuple):
@@ -63,8 +63,58 @@ class _ArgsSplit:
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+class DifferentiableRun:
+    """``run`` for every solver: ``self._solution`` wrapped for implicit differentiation, jitted.
+
+    A subclass provides ``_solution(init_params, *args, **kwargs) -> (params, state)`` and
+    ``optimality() -> ("root", F) | ("fixed_point", T)``, and has the attributes
+    ``implicit_diff``, ``solve`` and ``jit``; ``__post_init__`` must set ``self._compiled = {}``.
+    """
+
+    def _solution(self, init_params: PyTree, *args, **kwargs) -> tuple[PyTree, Any]:
+        raise NotImplementedError(f"{type(self).__name__} must define _solution")
+
+    def optimality(self) -> tuple[str, Callable]:
+        raise NotImplementedError(f"{type(self).__name__} must define optimality")
+
+    def _differentiable_solution(self) -> Callable:
+        if not self.implicit_diff:
+            return self._solution
+        kind, fun = self.optimality()
+        decorator = custom_root if kind == "root" else custom_fixed_point
+        return decorator(fun, has_aux=True, solve=self.solve)(self._solution)
+
+    def run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
+        """Solve from ``init_params``; returns ``OptStep(params, state)``.
+
+        The arguments after ``init_params`` are those of the solver's objective (or of its
+        operators), as each solver documents; the solution is differentiable with respect to
+        each of them (not with respect to ``init_params``).
+        """
+        solution = self._differentiable_solution()
+        if not self.jit:
+            return OptStep(*solution(init_params, *args, **kwargs))
+        split = _ArgsSplit(args, kwargs)
+        key = split.key()
+        try:
+            compiled = self._compiled.get(key)
+        except TypeError:
+            raise TypeError(
+                f"{type(self).__name__}.run: with jit=True, arguments that are not arrays must be "
+                "hashable (they are compile-time constants); pass arrays, or jit=False"
+            ) from None
+        if compiled is None:
+
+            def run_arrays(init_params, arrays):
+                a, k = _ArgsSplit.merge(key, arrays)
+                return solution(init_params, *a, **k)
+
+            compiled = self._compiled[key] = jax.jit(run_arrays)
+        return OptStep(*compiled(init_params, split.arrays))
+
+
 @dataclasses.dataclass(eq=False)
-class IterativeSolver:
+class IterativeSolver(DifferentiableRun):
     """Base of every iterative solver.
 
     Subclasses are dataclasses that define ``init_state``, ``update`` and ``optimality``; this
@@ -100,9 +150,6 @@ class IterativeSolver:
     def update(self, params: PyTree, state: Any, *args, **kwargs) -> OptStep:
         raise NotImplementedError(f"{type(self).__name__} must define update")
 
-    def optimality(self) -> tuple[str, Callable]:
-        raise NotImplementedError(f"{type(self).__name__} must define optimality")
-
     def __post_init__(self):
         if not (isinstance(self.maxiter, int) and self.maxiter >= 1):
             raise ValueError(f"maxiter must be a positive int, got {self.maxiter!r}")
@@ -126,6 +173,9 @@ class IterativeSolver:
         converged = (state.error <= self.tol) & finite & jnp.isfinite(state.error)
         return params, state._replace(converged=converged)
 
+    def _solution(self, init_params, *args, **kwargs):
+        return self._iterate(init_params, *args, **kwargs)
+
     def _iterate(self, init_params, *args, **kwargs):
         state = self.init_state(init_params, *args, **kwargs)
 
@@ -147,38 +197,3 @@ class IterativeSolver:
                 masked_step = jax.checkpoint(masked_step)
             carry, _ = jax.lax.scan(masked_step, (init_params, state), None, length=self.maxiter)
         return self._finish(*carry)
-
-    def _differentiable_iterate(self) -> Callable:
-        if not self.implicit_diff:
-            return self._iterate
-        kind, fun = self.optimality()
-        decorator = custom_root if kind == "root" else custom_fixed_point
-        return decorator(fun, has_aux=True, solve=self.solve)(self._iterate)
-
-    def run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
-        """Solve from ``init_params``; returns ``OptStep(params, state)``.
-
-        The arguments after ``init_params`` are those of the solver's objective (or of its
-        operators), as each solver documents; the solution is differentiable with respect to
-        each of them (not with respect to ``init_params``).
-        """
-        iterate = self._differentiable_iterate()
-        if not self.jit:
-            return OptStep(*iterate(init_params, *args, **kwargs))
-        split = _ArgsSplit(args, kwargs)
-        key = split.key()
-        try:
-            compiled = self._compiled.get(key)
-        except TypeError:
-            raise TypeError(
-                f"{type(self).__name__}.run: with jit=True, arguments that are not arrays must be "
-                "hashable (they are compile-time constants); pass arrays, or jit=False"
-            ) from None
-        if compiled is None:
-
-            def run_arrays(init_params, arrays):
-                a, k = _ArgsSplit.merge(key, arrays)
-                return iterate(init_params, *a, **k)
-
-            compiled = self._compiled[key] = jax.jit(run_arrays)
-        return OptStep(*compiled(init_params, split.arrays))
