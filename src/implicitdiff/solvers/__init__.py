@@ -12,3 +12,8 @@ from implicitdiff.solvers.external import ScipyLeastSquares as ScipyLeastSquares
 from implicitdiff.solvers.external import ScipyMinimize as ScipyMinimize
 from implicitdiff.solvers.external import ScipyRootFinding as ScipyRootFinding
 from implicitdiff.solvers.gradient_descent import GradientDescent as GradientDescent
+from implicitdiff.solvers.lbfgsb import LBFGSB as LBFGSB
+from implicitdiff.solvers.proximal import BlockCoordinateDescent as BlockCoordinateDescent
+from implicitdiff.solvers.proximal import MirrorDescent as MirrorDescent
+from implicitdiff.solvers.proximal import ProjectedGradient as ProjectedGradient
+from implicitdiff.solvers.proximal import ProximalGradient as ProximalGradient

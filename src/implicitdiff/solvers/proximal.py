@@ -1,0 +1,616 @@
+"""Proximal-type solvers: ProximalGradient, ProjectedGradient, MirrorDescent and
+BlockCoordinateDescent.
+
+Each minimizes a smooth ``fun(params, *args, **kwargs)`` plus a simple non-smooth term (a prox, a
+constraint set, a Bregman geometry, or a block-separable prox) and is differentiated through the
+fixed point of its own iteration, a builder of :mod:`implicitdiff.optimality` whose arguments are
+those of ``run`` after ``init_params``, in the same order. The fixed point does not depend on the
+step size of the map, so the condition uses a fixed one (each class says which); only the
+conditioning of the linear system I − ∂₁T depends on it.
+
+Step sizes found by a line search are computed on values cut from the graph (``stop_gradient``)
+and enter the iteration as constants, as in :mod:`implicitdiff.solvers._linesearch`: unrolled
+derivatives (``implicit_diff=False``) are then finite and correct almost everywhere. Errors are
+computed on cut values too: they decide when to stop and are never differentiated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from implicitdiff import optimality, tree
+from implicitdiff import prox as prox_operators
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+
+PyTree = Any
+
+__all__ = [
+    "BlockCoordinateDescent",
+    "BlockCoordinateDescentState",
+    "MirrorDescent",
+    "MirrorDescentState",
+    "ProjectedGradient",
+    "ProximalGradient",
+    "ProximalGradientState",
+]
+
+
+def _cut(x: PyTree) -> PyTree:
+    """stop_gradient on the floating array leaves of x (arguments may hold strings, callables)."""
+
+    def leaf_cut(leaf):
+        if isinstance(leaf, jax.Array) or hasattr(leaf, "__array__"):
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                return jax.lax.stop_gradient(leaf)
+        return leaf
+
+    return tree.map(leaf_cut, x)
+
+
+def _check_positive_number(value: Any, name: str, owner: str, *, allow_zero: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and value < float("inf")
+    if not ok:
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The backtracking line search of proximal gradient.
+
+
+def _prox_backtracking(
+    value_fun: Callable[[PyTree], jax.Array],
+    grad_fun: Callable[[PyTree], PyTree],
+    prox_step: Callable[[PyTree, jax.Array], PyTree],
+    point: PyTree,
+    value: jax.Array,
+    grad: PyTree,
+    stepsize: jax.Array,
+    *,
+    shrink: float = 0.5,
+    maxiter: int = 30,
+) -> jax.Array:
+    """The accepted step η of proximal gradient from ``point`` y, a constant (cut from the graph).
+
+    Starting at ``stepsize``, multiply η by ``shrink`` until x⁺ = prox_step(y − η∇f(y), η)
+    satisfies the sufficient decrease of proximal gradient (Beck & Teboulle, 2009)
+
+        f(x⁺) − f(y) − ⟨∇f(y), x⁺ − y⟩ ≤ ‖x⁺ − y‖² / (2η),
+
+    or for ``maxiter`` trials. A non-finite f(x⁺) fails. Near a solution the right side falls
+    below the rounding error of f (a few ulps of |f(y)|), and the left side, computed by
+    cancellation, is noise: the test would then accept any η, or reject every one. There the left
+    side is replaced by its gradient form ½⟨∇f(x⁺) − ∇f(y), x⁺ − y⟩ (equal for a quadratic f,
+    and computed without that cancellation; the gradient is only evaluated in that case).
+    Everything runs on values cut from the graph: η is piecewise constant in the problem's data,
+    its derivative is zero almost everywhere.
+    """
+    point, value, grad, stepsize = jax.lax.stop_gradient((point, value, grad, stepsize))
+    noise = 8 * jnp.finfo(jnp.result_type(value)).eps * jnp.abs(value)
+
+    def accepted(eta):
+        candidate = prox_step(tree.axpy(-eta, grad, point), eta)
+        diff = tree.sub(candidate, point)
+        new_value = value_fun(candidate)
+        model = tree.vdot(diff, diff) / (2 * eta)
+        by_value = new_value - value - tree.vdot(grad, diff) <= model
+
+        def by_gradient(_):
+            return 0.5 * tree.vdot(tree.sub(grad_fun(candidate), grad), diff) <= model
+
+        resolved = model > noise
+        ok = jax.lax.cond(resolved, lambda _: by_value, by_gradient, None)
+        return ok & jnp.isfinite(new_value)
+
+    def not_done(carry):
+        _, ok, k = carry
+        return jnp.logical_not(ok) & (k < maxiter)
+
+    def shrink_step(carry):
+        eta, _, k = carry
+        eta = eta * shrink
+        return eta, accepted(eta), k + 1
+
+    eta, _, _ = jax.lax.while_loop(not_done, shrink_step, (stepsize, accepted(stepsize), 0))
+    return eta
+
+
+# ---------------------------------------------------------------------------------------------
+# Proximal and projected gradient.
+
+
+class ProximalGradientState(NamedTuple):
+    """iter_num, error = ‖x⁺ − y‖/η (the gradient mapping at y), converged, the extrapolated point
+    y (``velocity``; y = x without acceleration), the momentum t, the last step size η."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    velocity: PyTree
+    t: jax.Array
+    stepsize: jax.Array
+
+
+@dataclasses.dataclass(eq=False)
+class _ProximalGradientBase(IterativeSolver):
+    """The proximal gradient loop, shared by ProximalGradient and ProjectedGradient."""
+
+    fun: Callable | None = None
+    stepsize: float = 0.0
+    acceleration: bool = True
+    increase_factor: float = 1.5
+    maxiter: int = 500
+    tol: float = 1e-6
+
+    def _prox(self) -> Callable:
+        raise NotImplementedError
+
+    def _check_options(self, name: str) -> None:
+        if not callable(self.fun):
+            raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
+        _check_positive_number(self.stepsize, "stepsize", name, allow_zero=True)
+        if not isinstance(self.acceleration, bool):
+            raise TypeError(f"{name}: acceleration must be a bool, got {self.acceleration!r}")
+        if not (isinstance(self.increase_factor, (int, float)) and self.increase_factor >= 1):
+            raise ValueError(f"{name}: increase_factor must be ≥ 1, got {self.increase_factor!r}")
+        self._value_and_grad = jax.value_and_grad(self.fun)
+
+    @property
+    def _fixed_point_stepsize(self) -> float:
+        """η of the fixed point that differentiates: the fixed step, or 1 with backtracking."""
+        return float(self.stepsize) if self.stepsize > 0 else 1.0
+
+    def _init_state(self, init_params) -> ProximalGradientState:
+        dtype = tree.dtype(init_params)
+        return ProximalGradientState(
+            iter_num=jnp.asarray(0),
+            error=jnp.asarray(jnp.inf, dtype),
+            converged=jnp.asarray(False),
+            velocity=init_params,
+            t=jnp.asarray(1.0, dtype),
+            stepsize=jnp.asarray(self.stepsize if self.stepsize > 0 else 1.0, dtype),
+        )
+
+    def _update(self, params, state: ProximalGradientState, hyperparams, args, kwargs) -> OptStep:
+        prox = self._prox()
+        y = state.velocity
+        value, grad = self._value_and_grad(y, *args, **kwargs)
+        eta = state.stepsize
+        if self.stepsize == 0:
+            cut_hyperparams, cut_args, cut_kwargs = _cut((hyperparams, args, kwargs))
+            eta = _prox_backtracking(
+                lambda x: self.fun(x, *cut_args, **cut_kwargs),
+                lambda x: jax.grad(self.fun)(x, *cut_args, **cut_kwargs),
+                lambda z, s: prox(z, cut_hyperparams, s),
+                y,
+                value,
+                grad,
+                eta * self.increase_factor,
+            )
+        new_params = prox(tree.axpy(-eta, grad, y), hyperparams, eta)
+        diff = jax.lax.stop_gradient(tree.sub(new_params, y))
+        error = (tree.norm(diff) / jax.lax.stop_gradient(eta)).astype(state.error.dtype)
+        if self.acceleration:
+            t = state.t
+            new_t = 0.5 * (1 + jnp.sqrt(1 + 4 * t**2))
+            velocity = tree.axpy((t - 1) / new_t, tree.sub(new_params, params), new_params)
+        else:
+            new_t, velocity = state.t, new_params
+        state = ProximalGradientState(
+            iter_num=state.iter_num + 1,
+            error=error,
+            converged=state.converged,
+            velocity=velocity,
+            t=new_t.astype(state.t.dtype),
+            stepsize=jnp.asarray(eta).astype(state.stepsize.dtype),
+        )
+        return OptStep(new_params, state)
+
+
+@dataclasses.dataclass(eq=False)
+class ProximalGradient(_ProximalGradientBase):
+    """min_x fun(x, *args) + g(x, hyperparams_prox) by proximal gradient (ISTA), or its
+    accelerated form FISTA (Beck & Teboulle, 2009).
+
+    ``run(init_params, hyperparams_prox, *args, **kwargs)``, as in JAXopt. ``prox(y,
+    hyperparams_prox, scaling)`` is the proximal operator of g (see :mod:`implicitdiff.prox`).
+    Each iteration, from the point y (y = x without acceleration)::
+
+        x⁺ = prox(y − η∇f(y), hyperparams_prox, η)
+        t⁺ = (1 + √(1 + 4t²)) / 2,   y⁺ = x⁺ + ((t − 1)/t⁺)(x⁺ − x)       (FISTA; t₀ = 1)
+
+    With ``stepsize`` = 0 (the default), η is found by backtracking from ``increase_factor`` × the
+    last accepted η (1 at the start), halving it until the sufficient decrease
+    f(x⁺) ≤ f(y) + ⟨∇f(y), x⁺ − y⟩ + ‖x⁺ − y‖²/(2η) holds (a constant in the derivative, see
+    the module; once ‖x⁺ − y‖²/(2η) is below the rounding error of f, the left side is taken in
+    its gradient form, f(y) + ⟨∇f(y), x⁺ − y⟩ + ½⟨∇f(x⁺) − ∇f(y), x⁺ − y⟩, exact for a
+    quadratic f, so that rounding neither accepts every step nor rejects them all). The error
+    is the norm of the gradient mapping at y, ‖x⁺ − y‖/η, which is 0 exactly at a solution; the
+    loop stops when it is ≤ ``tol``, returning x⁺.
+
+    The solution is differentiated through the fixed point
+    x = prox(x − η∇₁f(x, *args), hyperparams_prox, η)
+    (:func:`implicitdiff.optimality.proximal_gradient`) with η = ``stepsize`` when it is fixed,
+    η = 1 with backtracking (any η > 0 has the same fixed points; η ≈ 1/L conditions the linear
+    system best: pass a fixed ``stepsize`` when f is badly scaled and the system is large).
+
+    Attributes:
+      fun: the smooth part f(x, *args, **kwargs), a scalar.
+      prox: the proximal operator of the non-smooth part (default :func:`implicitdiff.prox.none`).
+      stepsize: η > 0 fixed (≤ 1/L for convergence), or 0 for backtracking (default).
+      acceleration: FISTA (True, default) or ISTA (False).
+      increase_factor: with backtracking, each search starts at this × the last step (1.5).
+      maxiter, tol: at most ``maxiter`` (500) iterations; stop when the error ≤ ``tol`` (1e-6).
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff import prox
+      >>> from implicitdiff.solvers.proximal import ProximalGradient
+      >>> X, y = jnp.array([[1.0, 0.5], [0.0, 2.0], [1.0, 1.0]]), jnp.array([1.0, 2.0, 0.5])
+      >>> f = lambda w, X, y: 0.5 * jnp.sum((X @ w - y) ** 2)
+      >>> w, state = ProximalGradient(fun=f, prox=prox.l1).run(jnp.zeros(2), 0.1, X, y)  # lasso
+    """
+
+    prox: Callable = prox_operators.none
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_options("ProximalGradient")
+        if not callable(self.prox):
+            raise TypeError(f"ProximalGradient: prox must be callable, got {self.prox!r}")
+
+    def _prox(self) -> Callable:
+        return self.prox
+
+    def init_state(self, init_params, hyperparams_prox, *args, **kwargs) -> ProximalGradientState:
+        return self._init_state(init_params)
+
+    def update(self, params, state, hyperparams_prox, *args, **kwargs) -> OptStep:
+        return self._update(params, state, hyperparams_prox, args, kwargs)
+
+    def optimality(self):
+        return "fixed_point", optimality.proximal_gradient(
+            self.fun, self.prox, stepsize=self._fixed_point_stepsize
+        )
+
+
+@dataclasses.dataclass(eq=False)
+class ProjectedGradient(_ProximalGradientBase):
+    """min_{x ∈ C(hyperparams_proj)} fun(x, *args) by projected gradient, accelerated or not.
+
+    ``run(init_params, hyperparams_proj, *args, **kwargs)``, as in JAXopt. This is
+    :class:`ProximalGradient` with the prox of the indicator of C,
+    ``prox.from_projection(projection)``: each iteration is x⁺ = projection(y − η∇f(y),
+    hyperparams_proj) from y (the FISTA extrapolation, or x), with the same step sizes (fixed or
+    backtracking), error ‖x⁺ − y‖/η and stopping rule.
+
+    The solution is differentiated through the fixed point x = projection(x − η∇₁f(x, *args),
+    hyperparams_proj) (:func:`implicitdiff.optimality.projected_gradient`), η = ``stepsize`` when
+    fixed, else 1.
+
+    Attributes:
+      fun: the objective f(x, *args, **kwargs), a scalar.
+      projection: ``projection(y, hyperparams_proj)``, the Euclidean projection onto C (see
+        :mod:`implicitdiff.projections`).
+      stepsize, acceleration, increase_factor, maxiter, tol: as in :class:`ProximalGradient`.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff import projections
+      >>> from implicitdiff.solvers.proximal import ProjectedGradient
+      >>> A, b = jnp.array([[1.0, 0.5], [0.0, 2.0], [1.0, 1.0]]), jnp.array([1.0, -2.0, 0.5])
+      >>> f = lambda x, A, b: 0.5 * jnp.sum((A @ x - b) ** 2)
+      >>> solver = ProjectedGradient(fun=f, projection=projections.non_negative)  # NNLS
+      >>> x, state = solver.run(jnp.zeros(2), None, A, b)
+    """
+
+    projection: Callable | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_options("ProjectedGradient")
+        if not callable(self.projection):
+            raise TypeError(
+                f"ProjectedGradient: projection must be callable, got {self.projection!r}"
+            )
+        self._projection_prox = prox_operators.from_projection(self.projection)
+
+    def _prox(self) -> Callable:
+        return self._projection_prox
+
+    def init_state(self, init_params, hyperparams_proj, *args, **kwargs) -> ProximalGradientState:
+        return self._init_state(init_params)
+
+    def update(self, params, state, hyperparams_proj, *args, **kwargs) -> OptStep:
+        return self._update(params, state, hyperparams_proj, args, kwargs)
+
+    def optimality(self):
+        return "fixed_point", optimality.projected_gradient(
+            self.fun, self.projection, stepsize=self._fixed_point_stepsize
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Mirror descent.
+
+
+class MirrorDescentState(NamedTuple):
+    """iter_num, error = ‖T(x) − x‖/η at the last iterate x, converged."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+
+
+@dataclasses.dataclass(eq=False)
+class MirrorDescent(IterativeSolver):
+    """min_{x ∈ C} fun(x, *args) by mirror descent with a fixed step.
+
+    ``run(init_params, hyperparams_proj, *args, **kwargs)``, as in JAXopt. With ``mapping`` = ∇φ
+    the mirror map of a strictly convex φ and ``projection(z, hyperparams_proj)`` = P^φ the
+    Bregman projection onto C of the point whose mirror image is z, each iteration is::
+
+        x⁺ = T(x) = P^φ(∇φ(x) − η∇f(x), hyperparams_proj).
+
+    The default (both None) is the negative entropy on simplices: every row of the last axis of
+    each leaf of x is a simplex of total ``hyperparams_proj`` (1 if None), and
+    x⁺ = x ⊙ exp(−η∇f(x)) / Σ(x ⊙ exp(−η∇f(x))) row by row, in the stable multiplicative form of
+    :func:`implicitdiff.optimality.negative_entropy` (exponent shifted by its row maximum; no
+    log x). Its iterates keep the support of ``init_params``: start from a point with positive
+    entries (e.g. uniform rows). The loop stops when ‖x⁺ − x‖/η ≤ ``tol``, returning x⁺.
+
+    η is fixed (no schedule): for f L-smooth with respect to the norm in which φ is 1-strongly
+    convex (‖·‖₁ for the entropy, so L bounds |∂²f/∂xᵢ∂xⱼ|, row by row), η ≤ 1/L converges.
+    The solution is differentiated through the same fixed point x = T(x)
+    (:func:`implicitdiff.optimality.mirror_descent` with this ``projection``, ``mapping`` and η).
+    With the entropy, I − ∂₁T has 1 − exp(−η δⱼ) on the coordinates j off the support (δⱼ the gap
+    between their gradient and the row's minimum): too small an η makes it ill-conditioned.
+
+    Attributes:
+      fun: the objective f(x, *args, **kwargs), a scalar.
+      projection, mapping: P^φ and ∇φ, both or neither (None: the entropy on simplices).
+      stepsize: η > 0 (default 1).
+      maxiter, tol: at most ``maxiter`` (1000) iterations; stop when the error ≤ ``tol`` (1e-6).
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.proximal import MirrorDescent
+      >>> f = lambda p, c: 0.5 * jnp.sum(p**2) + c @ p  # a quadratic on the simplex
+      >>> p, state = MirrorDescent(fun=f, stepsize=0.5).run(jnp.ones(3) / 3, None, jnp.arange(3.0))
+    """
+
+    fun: Callable | None = None
+    projection: Callable | None = None
+    mapping: Callable | None = None
+    stepsize: float = 1.0
+    maxiter: int = 1000
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not callable(self.fun):
+            raise TypeError(f"MirrorDescent: fun must be callable, got {self.fun!r}")
+        _check_positive_number(self.stepsize, "stepsize", "MirrorDescent", allow_zero=False)
+        if (self.projection is None) != (self.mapping is None):
+            raise TypeError(
+                "MirrorDescent: give both projection and mapping, or neither (the negative "
+                "entropy on simplices)"
+            )
+        for name in ("projection", "mapping"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"MirrorDescent: {name} must be callable, got {value!r}")
+        self._grad = jax.grad(self.fun)
+
+    def _step(self, params, hyperparams, grad):
+        if self.projection is None:
+            return optimality.negative_entropy(params, grad, self.stepsize, hyperparams)
+        dual = tree.axpy(-self.stepsize, grad, self.mapping(params))
+        return self.projection(dual, hyperparams)
+
+    def init_state(self, init_params, hyperparams_proj, *args, **kwargs) -> MirrorDescentState:
+        return MirrorDescentState(
+            iter_num=jnp.asarray(0),
+            error=jnp.asarray(jnp.inf, tree.dtype(init_params)),
+            converged=jnp.asarray(False),
+        )
+
+    def update(
+        self, params, state: MirrorDescentState, hyperparams_proj, *args, **kwargs
+    ) -> OptStep:
+        grad = self._grad(params, *args, **kwargs)
+        new_params = self._step(params, hyperparams_proj, grad)
+        diff = jax.lax.stop_gradient(tree.sub(new_params, params))
+        error = (tree.norm(diff) / self.stepsize).astype(state.error.dtype)
+        return OptStep(new_params, MirrorDescentState(state.iter_num + 1, error, state.converged))
+
+    def optimality(self):
+        return "fixed_point", optimality.mirror_descent(
+            self.fun, self.projection, self.mapping, stepsize=self.stepsize
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Block coordinate descent.
+
+
+def _block_lipschitz(fun: Callable, x: jax.Array, args: tuple, kwargs: dict) -> jax.Array:
+    """Lᵢ = ‖∇²_{xᵢxᵢ} f(x)‖₂ for each row xᵢ of x: the curvature of f along each block, exact.
+
+    The diagonal blocks of the Hessian are formed column by column with Hessian-vector products
+    (as many as x has entries, the cost of one dense Hessian: one per block at a time, in a
+    ``lax.map``), symmetrized, and their spectral norms taken by ``eigvalsh``. For a quadratic f
+    (constant Hessian) Lᵢ is the Lipschitz constant of the block gradient; otherwise it is the
+    curvature at x. Cut from the graph.
+    """
+    x, args, kwargs = _cut((x, args, kwargs))
+    grad = jax.grad(fun)
+    _, hvp = jax.linearize(lambda z: grad(z, *args, **kwargs), x)
+    m, width = x.shape[0], x[0].size
+    eye = jnp.eye(width, dtype=x.dtype).reshape((width, *x.shape[1:]))
+
+    def block_hessian(i):
+        basis = jnp.zeros((width, *x.shape), x.dtype).at[:, i].set(eye)
+        columns = jax.vmap(hvp)(basis)[:, i].reshape(width, width)
+        return 0.5 * (columns + columns.T)
+
+    hessians = jax.lax.map(block_hessian, jnp.arange(m))
+    return jax.lax.stop_gradient(jnp.max(jnp.abs(jnp.linalg.eigvalsh(hessians)), axis=-1))
+
+
+class BlockCoordinateDescentState(NamedTuple):
+    """iter_num, error (the block gradient mapping, see the class), converged, the per-block
+    step sizes ηᵢ."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    stepsize: jax.Array
+
+
+@dataclasses.dataclass(eq=False)
+class BlockCoordinateDescent(IterativeSolver):
+    """min_x fun(x, *args) + Σᵢ g(xᵢ, hyperparams_prox) by cyclic block coordinate descent.
+
+    ``run(init_params, hyperparams_prox, *args, **kwargs)``, as in JAXopt. The blocks xᵢ are the
+    rows (leading axis) of the array x, and ``block_prox(y, hyperparams_prox, scaling)`` is the
+    prox of g on one row (e.g. ``prox.from_projection(projections.simplex)`` for one simplex per
+    row). One iteration is one sweep, a ``lax.fori_loop`` over i = 1, …, m::
+
+        xᵢ ← block_prox(xᵢ − ηᵢ[∇f(x)]ᵢ, hyperparams_prox, ηᵢ),   each with the latest x,
+
+    with ηᵢ = 1/Lᵢ, Lᵢ = ‖∇²_{xᵢxᵢ}f‖₂ the Lipschitz constant of the block gradient, computed
+    exactly at ``init_params`` from the diagonal blocks of the Hessian (Hessian-vector products, as
+    many as x has entries: the cost of one dense Hessian, about ``width`` sweeps). This is exact
+    for a quadratic f; for another f it is the curvature at ``init_params``, which may be too
+    small elsewhere: give ``stepsize`` then. A block with Lᵢ = 0 gets the largest step of the
+    others. Each block step computes the full gradient of f (f is a black box), so a sweep costs
+    m gradients.
+
+    The error is the block gradient mapping of the simultaneous map after the sweep,
+    (Σᵢ ‖Tᵢ(x) − xᵢ‖²/ηᵢ²)^½ with Tᵢ(x) = block_prox(xᵢ − ηᵢ[∇f(x)]ᵢ, ·, ηᵢ) (one more
+    gradient per sweep); it is 0 exactly at a solution, and the loop stops when it is ≤ ``tol``.
+    The solution is differentiated through that fixed point x = T(x)
+    (:func:`implicitdiff.optimality.block_proximal_gradient`) with these ηᵢ: ``stepsize`` when
+    given, else 1/Lᵢ computed where the condition is evaluated (the solution; equal to the
+    solver's for a quadratic f, and any ηᵢ > 0 has the same fixed points), as constants.
+
+    Attributes:
+      fun: the smooth part f(x, *args, **kwargs), a scalar; x a JAX array (not a pytree).
+      block_prox: the prox of g on one block, ``block_prox(xᵢ, hyperparams_prox, scaling)``.
+      stepsize: 0 (default) for ηᵢ = 1/Lᵢ; a number > 0, or an array of one ηᵢ > 0 per block.
+      maxiter, tol: at most ``maxiter`` (500) sweeps; stop when the error ≤ ``tol`` (1e-6).
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff import prox
+      >>> from implicitdiff.solvers.proximal import BlockCoordinateDescent
+      >>> X, y = jnp.array([[1.0, 0.5], [0.0, 2.0], [1.0, 1.0]]), jnp.array([1.0, 2.0, 0.5])
+      >>> f = lambda w, X, y: 0.5 * jnp.sum((X @ w - y) ** 2)  # coordinate descent for the lasso
+      >>> w, state = BlockCoordinateDescent(fun=f, block_prox=prox.l1).run(jnp.zeros(2), 0.1, X, y)
+    """
+
+    fun: Callable | None = None
+    block_prox: Callable | None = None
+    stepsize: Any = 0.0
+    maxiter: int = 500
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        name = "BlockCoordinateDescent"
+        if not callable(self.fun):
+            raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
+        if not callable(self.block_prox):
+            raise TypeError(f"{name}: block_prox must be callable, got {self.block_prox!r}")
+        if isinstance(self.stepsize, (int, float)) and not isinstance(self.stepsize, bool):
+            _check_positive_number(self.stepsize, "stepsize", name, allow_zero=True)
+        else:
+            try:
+                steps = jnp.asarray(self.stepsize)
+            except TypeError:
+                steps = None
+            if steps is None or steps.ndim != 1 or not bool(jnp.all(steps > 0)):
+                raise ValueError(
+                    f"{name}: stepsize must be a number ≥ 0 or a 1-d array of positive "
+                    f"per-block steps, got {self.stepsize!r}"
+                )
+        self._grad = jax.grad(self.fun)
+
+    def _stepsizes(self, x: jax.Array, args: tuple, kwargs: dict) -> jax.Array:
+        """ηᵢ, one per row of x: the given ``stepsize``, or 1/Lᵢ at x (cut from the graph)."""
+        x = jnp.asarray(x)
+        if not (isinstance(self.stepsize, (int, float)) and self.stepsize == 0):
+            steps = jnp.asarray(self.stepsize, x.dtype)
+            if steps.ndim == 1 and steps.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"BlockCoordinateDescent: stepsize has {steps.shape[0]} entries for "
+                    f"{x.shape[0]} blocks"
+                )
+            return jnp.broadcast_to(steps, x.shape[:1])
+        lipschitz = _block_lipschitz(self.fun, x, args, kwargs)
+        fallback = jnp.max(lipschitz)
+        fallback = jnp.where(fallback > 0, fallback, 1.0)
+        return 1.0 / jnp.where(lipschitz > 0, lipschitz, fallback)
+
+    def _error(self, x, steps, hyperparams, args, kwargs) -> jax.Array:
+        x, steps, hyperparams, args, kwargs = _cut((x, steps, hyperparams, args, kwargs))
+        fixed_point = optimality.block_proximal_gradient(self.fun, self.block_prox, steps)
+        diff = (fixed_point(x, hyperparams, *args, **kwargs) - x) / steps.reshape(
+            (-1,) + (1,) * (x.ndim - 1)
+        )
+        return tree.norm(diff)
+
+    def init_state(
+        self, init_params, hyperparams_prox, *args, **kwargs
+    ) -> BlockCoordinateDescentState:
+        init_params = jnp.asarray(init_params)
+        if init_params.ndim < 1:
+            raise ValueError("BlockCoordinateDescent: params must be an array with ≥ 1 axis")
+        dtype = tree.dtype(init_params)
+        return BlockCoordinateDescentState(
+            iter_num=jnp.asarray(0),
+            error=jnp.asarray(jnp.inf, dtype),
+            converged=jnp.asarray(False),
+            stepsize=self._stepsizes(init_params, args, kwargs).astype(dtype),
+        )
+
+    def update(
+        self, params, state: BlockCoordinateDescentState, hyperparams_prox, *args, **kwargs
+    ) -> OptStep:
+        params, steps = jnp.asarray(params), state.stepsize
+
+        def block_step(i, x):
+            g = self._grad(x, *args, **kwargs)[i]
+            new_block = self.block_prox(x[i] - steps[i] * g, hyperparams_prox, steps[i])
+            return x.at[i].set(new_block)
+
+        new_params = jax.lax.fori_loop(0, params.shape[0], block_step, params)
+        error = self._error(new_params, steps, hyperparams_prox, args, kwargs)
+        state = BlockCoordinateDescentState(
+            iter_num=state.iter_num + 1,
+            error=error.astype(state.error.dtype),
+            converged=state.converged,
+            stepsize=steps,
+        )
+        return OptStep(new_params, state)
+
+    def optimality(self):
+        def fixed_point_fun(x, hyperparams_prox, *args, **kwargs):
+            steps = self._stepsizes(jax.lax.stop_gradient(x), args, kwargs)
+            condition = optimality.block_proximal_gradient(self.fun, self.block_prox, steps)
+            return condition(x, hyperparams_prox, *args, **kwargs)
+
+        fixed_point_fun.symmetric = False
+        fixed_point_fun.__name__ = "block_proximal_gradient_fixed_point"
+        return "fixed_point", fixed_point_fun
