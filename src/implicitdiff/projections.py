@@ -32,6 +32,7 @@ function                 set C                                            hyperp
 ``box_section``          {α ≤ y ≤ β, wᵀy = c}                             (alpha, beta, w, c)
 ``second_order_cone``    {(t, z): ‖z‖₂ ≤ t}                               None
 ``psd_cone``             {Y = Yᵀ ⪰ 0}                                     None
+``polyhedron``           {Ay = b, Gy ≤ h}, through the OSQP solver          (A, b, G, h)
 ``transport_polytope``   {P ≥ 0, P1 = a, Pᵀ1 = b}                         (a, b)
 ``birkhoff_polytope``    doubly stochastic matrices, U(1, 1)              None
 =======================  ===============================================  ======================
@@ -59,6 +60,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from implicitdiff import tree
+from implicitdiff._polyhedron import polyhedron
 from implicitdiff._transport import (
     birkhoff_polytope,
     kl_birkhoff_polytope,
@@ -85,6 +87,7 @@ __all__ = [
     "l2_sphere",
     "linf_ball",
     "non_negative",
+    "polyhedron",
     "psd_cone",
     "second_order_cone",
     "simplex",

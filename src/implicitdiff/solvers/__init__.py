@@ -17,3 +17,7 @@ from implicitdiff.solvers.proximal import BlockCoordinateDescent as BlockCoordin
 from implicitdiff.solvers.proximal import MirrorDescent as MirrorDescent
 from implicitdiff.solvers.proximal import ProjectedGradient as ProjectedGradient
 from implicitdiff.solvers.proximal import ProximalGradient as ProximalGradient
+from implicitdiff.solvers.qp import OSQP as OSQP
+from implicitdiff.solvers.qp import BoxCDQP as BoxCDQP
+from implicitdiff.solvers.qp import EqualityConstrainedQP as EqualityConstrainedQP
+from implicitdiff.solvers.qp import KKTSolution as KKTSolution
