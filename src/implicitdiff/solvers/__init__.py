@@ -11,8 +11,12 @@ from implicitdiff.solvers.external import ScipyBoundedMinimize as ScipyBoundedMi
 from implicitdiff.solvers.external import ScipyLeastSquares as ScipyLeastSquares
 from implicitdiff.solvers.external import ScipyMinimize as ScipyMinimize
 from implicitdiff.solvers.external import ScipyRootFinding as ScipyRootFinding
+from implicitdiff.solvers.fixed_point import AndersonAcceleration as AndersonAcceleration
+from implicitdiff.solvers.fixed_point import FixedPointIteration as FixedPointIteration
 from implicitdiff.solvers.gradient_descent import GradientDescent as GradientDescent
 from implicitdiff.solvers.lbfgsb import LBFGSB as LBFGSB
+from implicitdiff.solvers.least_squares import GaussNewton as GaussNewton
+from implicitdiff.solvers.least_squares import LevenbergMarquardt as LevenbergMarquardt
 from implicitdiff.solvers.proximal import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.proximal import MirrorDescent as MirrorDescent
 from implicitdiff.solvers.proximal import ProjectedGradient as ProjectedGradient
@@ -21,3 +25,5 @@ from implicitdiff.solvers.qp import OSQP as OSQP
 from implicitdiff.solvers.qp import BoxCDQP as BoxCDQP
 from implicitdiff.solvers.qp import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers.qp import KKTSolution as KKTSolution
+from implicitdiff.solvers.root import Bisection as Bisection
+from implicitdiff.solvers.root import Broyden as Broyden

@@ -1,0 +1,291 @@
+"""Fixed points x = T(x, *args): plain iteration and Anderson acceleration.
+
+Both are differentiated through the fixed-point condition x = T(x, *args)
+(:func:`implicitdiff.custom_fixed_point`), whose linear system (I − ∂₁T) u = ∂₂T v is solvable
+when 1 is not an eigenvalue of ∂₁T at the solution (always so for a contraction).
+
+The default ``tol`` (1e-6) is reachable in float32. The error of an implicit derivative is
+proportional to the solution's: in float64, pass a smaller ``tol`` (1e-10, say) for derivatives
+accurate to more digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from implicitdiff import tree
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+
+PyTree = Any
+
+__all__ = [
+    "AndersonAcceleration",
+    "AndersonState",
+    "FixedPointIteration",
+    "FixedPointState",
+]
+
+
+def _error(residual: PyTree, dtype: Any) -> jax.Array:
+    # The stopping test needs no derivative, and sqrt has none at an exact zero.
+    return tree.norm(jax.lax.stop_gradient(residual)).astype(dtype)
+
+
+def _check_fixed_point_fun(name: str, fixed_point_fun: Any) -> None:
+    if not callable(fixed_point_fun):
+        raise TypeError(f"{name}: fixed_point_fun must be callable, got {fixed_point_fun!r}")
+
+
+class FixedPointState(NamedTuple):
+    """iter_num, error = ‖T(x) − x‖ at the current x, converged, and T(x) (the next iterate)."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    next_params: PyTree
+
+
+@dataclasses.dataclass(eq=False)
+class FixedPointIteration(IterativeSolver):
+    """x = T(x, *args) by plain (Picard) iteration: x ← T(x, *args).
+
+    ``run(init_params, *args, **kwargs)``, with ``fixed_point_fun(x, *args, **kwargs)`` returning
+    a pytree like x. Converges (linearly, at the rate of the contraction factor) when T is a
+    contraction in x; :class:`AndersonAcceleration` is usually much faster.
+
+    Stops when ‖T(x) − x‖ ≤ tol (``state.error``, measured at the returned x: T(x) is computed
+    once per iteration and kept in the state as the next iterate) or after ``maxiter``
+    iterations. The solution is differentiated through x = T(x, *args)
+    (:func:`implicitdiff.custom_fixed_point`).
+
+    Attributes:
+      fixed_point_fun: T(x, *args, **kwargs), a pytree like x.
+      maxiter, tol: stop when ‖T(x) − x‖ ≤ tol (default 1e-6) or after maxiter (1000) iterations.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.fixed_point import FixedPointIteration
+      >>> T = lambda x, theta: 0.5 * jnp.cos(x) + theta
+      >>> x, state = FixedPointIteration(fixed_point_fun=T).run(jnp.zeros(3), jnp.arange(3.0))
+    """
+
+    fixed_point_fun: Callable | None = None
+    maxiter: int = 1000
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_fixed_point_fun("FixedPointIteration", self.fixed_point_fun)
+
+    def init_state(self, init_params, *args, **kwargs) -> FixedPointState:
+        next_params = self.fixed_point_fun(init_params, *args, **kwargs)
+        return FixedPointState(
+            iter_num=jnp.asarray(0),
+            error=_error(tree.sub(next_params, init_params), tree.dtype(init_params)),
+            converged=jnp.asarray(False),
+            next_params=next_params,
+        )
+
+    def update(self, params, state: FixedPointState, *args, **kwargs) -> OptStep:
+        params = state.next_params
+        next_params = self.fixed_point_fun(params, *args, **kwargs)
+        state = FixedPointState(
+            iter_num=state.iter_num + 1,
+            error=_error(tree.sub(next_params, params), state.error.dtype),
+            converged=state.converged,
+            next_params=next_params,
+        )
+        return OptStep(params, state)
+
+    def optimality(self):
+        return "fixed_point", self.fixed_point_fun
+
+
+class AndersonState(NamedTuple):
+    """iter_num, error = ‖T(x) − x‖ at the current x, converged; the ring buffers of the last
+    ``history_size`` iterates xᵢ (``params_history``) and residuals gᵢ = T(xᵢ) − xᵢ
+    (``residuals_history``), pytrees whose leaves have a leading axis of length history_size,
+    the current x and g being at index iter_num mod history_size; ``gram``, the matrix of
+    ⟨gᵢ, gⱼ⟩ (entries of slots not yet filled are meaningless)."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    params_history: PyTree
+    residuals_history: PyTree
+    gram: jax.Array
+
+
+def _stack_slot(history: PyTree, position: jax.Array, value: PyTree) -> PyTree:
+    return tree.map(lambda h, v: h.at[position].set(v), history, value)
+
+
+def _slot_products(history: PyTree, value: PyTree) -> jax.Array:
+    """⟨hᵢ, value⟩ for every slot i of the history (a vector of length history_size)."""
+    parts = [
+        jnp.tensordot(h.reshape(h.shape[0], -1), v.reshape(-1), axes=1)
+        for h, v in zip(
+            jax.tree_util.tree_leaves(history), jax.tree_util.tree_leaves(value), strict=True
+        )
+    ]
+    return sum(parts[1:], parts[0])
+
+
+@dataclasses.dataclass(eq=False)
+class AndersonAcceleration(IterativeSolver):
+    """x = T(x, *args) by Anderson acceleration (type II, Walker & Ni 2011).
+
+    ``run(init_params, *args, **kwargs)``, with ``fixed_point_fun(x, *args, **kwargs)`` returning
+    a pytree like x. With the last m = min(k + 1, ``history_size``) iterates xᵢ and residuals
+    gᵢ = T(xᵢ) − xᵢ kept in ring buffers, an extrapolation step is
+
+        α = argmin_{Σαᵢ = 1} ‖Σᵢ αᵢ gᵢ‖² + λ Σᵢ αᵢ² ‖gᵢ‖²,   x ← Σᵢ αᵢ (xᵢ + β gᵢ),
+
+    λ = ``ridge``: a Tikhonov term relative to each residual's size, so that it neither
+    vanishes nor swamps the system as the residuals shrink by orders of magnitude. The weights
+    solve the m × m system (G + λD) w = 1, α = w / Σw, G = [⟨gᵢ, gⱼ⟩], D = diag(G), in its
+    Jacobi-scaled form D^-½ G D^-½ (unit diagonal, well-conditioned for a positive ridge). The
+    Gram matrix is updated by one row per iteration. Every ``mixing_frequency``-th iteration
+    extrapolates; the others take the damped step x ← x + β g. One evaluation of T per
+    iteration; memory 2m copies of x.
+
+    The mixed point is computed as x + βg + Σᵢ αᵢ((xᵢ + βgᵢ) − (x + βg)), x the newest iterate:
+    the weights multiply differences that vanish at convergence, so that unrolled derivatives
+    (``implicit_diff=False``, which differentiate α too) do not lose precision as the residuals
+    shrink. ``ridge = 0`` can make the weights' system singular: keep it positive when unrolling.
+
+    Stops when ‖T(x) − x‖ ≤ tol (``state.error``, at the returned x) or after ``maxiter``
+    iterations. The solution is differentiated through x = T(x, *args)
+    (:func:`implicitdiff.custom_fixed_point`).
+
+    Attributes:
+      fixed_point_fun: T(x, *args, **kwargs), a pytree like x.
+      history_size: m ≥ 1, the number of past iterates mixed (default 5).
+      mixing_frequency: extrapolate every this many iterations (≥ 1, default 1: always).
+      beta: β > 0, the damping of the residuals in the mixed step (default 1: undamped).
+      ridge: λ ≥ 0, the relative Tikhonov regularization of the weights (default 1e-5).
+      maxiter, tol: stop when ‖T(x) − x‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.fixed_point import AndersonAcceleration
+      >>> T = lambda x, theta: 0.5 * jnp.cos(x) + theta
+      >>> solver = AndersonAcceleration(fixed_point_fun=T, history_size=3)
+      >>> x, state = solver.run(jnp.zeros(3), jnp.arange(3.0))
+    """
+
+    fixed_point_fun: Callable | None = None
+    history_size: int = 5
+    mixing_frequency: int = 1
+    beta: float = 1.0
+    ridge: float = 1e-5
+    maxiter: int = 500
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_fixed_point_fun("AndersonAcceleration", self.fixed_point_fun)
+        for name in ("history_size", "mixing_frequency"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(
+                    f"AndersonAcceleration: {name} must be a positive int, got {value!r}"
+                )
+        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
+            raise ValueError(f"AndersonAcceleration: beta must be > 0, got {self.beta!r}")
+        if not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):
+            raise ValueError(f"AndersonAcceleration: ridge must be ≥ 0, got {self.ridge!r}")
+
+    def _record(self, state_parts, position, params, residual):
+        params_history, residuals_history, gram = state_parts
+        params_history = _stack_slot(params_history, position, params)
+        residuals_history = _stack_slot(residuals_history, position, residual)
+        row = _slot_products(residuals_history, residual).astype(gram.dtype)
+        gram = gram.at[position, :].set(row).at[:, position].set(row)
+        return params_history, residuals_history, gram
+
+    def init_state(self, init_params, *args, **kwargs) -> AndersonState:
+        m = self.history_size
+        dtype = tree.dtype(init_params)
+        residual = tree.sub(self.fixed_point_fun(init_params, *args, **kwargs), init_params)
+        empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), leaf.dtype), init_params)
+        params_history, residuals_history, gram = self._record(
+            (empty, empty, jnp.zeros((m, m), dtype)), 0, init_params, residual
+        )
+        return AndersonState(
+            iter_num=jnp.asarray(0),
+            error=_error(residual, dtype),
+            converged=jnp.asarray(False),
+            params_history=params_history,
+            residuals_history=residuals_history,
+            gram=gram,
+        )
+
+    def _weights(self, gram: jax.Array, filled: jax.Array, newest: jax.Array) -> jax.Array:
+        """α = argmin_{Σα = 1} ‖Σᵢαᵢgᵢ‖² + ridge Σᵢ αᵢ²‖gᵢ‖² over the filled slots."""
+        m = self.history_size
+        valid = jnp.arange(m) < filled
+        both = valid[:, None] & valid[None, :]
+        squares = jnp.diag(gram)
+        # A residual that vanished (square below √tiny) gets a unit scale, free of overflow.
+        squares = jnp.where(valid & (squares > jnp.sqrt(jnp.finfo(gram.dtype).tiny)), squares, 1.0)
+        inv_norms = jnp.where(valid, 1.0 / jnp.sqrt(squares), 0.0)
+        # With D = diag(G): (D^-½ G D^-½ + ridge I) u = D^-½ 1, w = D^-½ u, α = w / Σw. The
+        # scaled matrix has a unit diagonal whatever the residuals' sizes; the empty slots get
+        # an identity block and a zero right-hand side (weight 0).
+        scaled = jnp.where(both, gram * inv_norms[:, None] * inv_norms[None, :], 0.0)
+        regularized = scaled + jnp.diag(jnp.where(valid, self.ridge, 1.0))
+        w = inv_norms * jnp.linalg.solve(regularized, inv_norms)
+        total = jnp.sum(w)
+        ok = jnp.isfinite(total) & (total != 0)
+        # A degenerate system (possible only with ridge = 0): the newest point alone.
+        fallback = jax.nn.one_hot(newest, m, dtype=gram.dtype)
+        return jnp.where(ok, w / jnp.where(ok, total, 1.0), fallback)
+
+    def update(self, params, state: AndersonState, *args, **kwargs) -> OptStep:
+        m = self.history_size
+        k = state.iter_num
+        position = jnp.mod(k, m)
+        residual = tree.map(lambda h: h[position], state.residuals_history)
+        plain = tree.axpy(self.beta, residual, params)
+        if m == 1:
+            params = plain
+        else:
+            alpha = self._weights(state.gram, jnp.minimum(k + 1, m), position)
+
+            # Σαᵢ(xᵢ + βgᵢ) written as x + βg + Σαᵢ((xᵢ + βgᵢ) − (x + βg)) (Σα = 1): the
+            # weights multiply differences that vanish with the residuals, so that neither the
+            # value nor its derivative (dα grows as the residuals shrink) loses precision.
+            def mix(xs, gs, current):
+                differences = xs + self.beta * gs - current
+                return current + jnp.tensordot(alpha.astype(xs.dtype), differences, axes=1)
+
+            mixed = tree.map(mix, state.params_history, state.residuals_history, plain)
+            extrapolate = jnp.mod(k, self.mixing_frequency) == 0
+            params = tree.where(extrapolate, mixed, plain)
+        residual = tree.sub(self.fixed_point_fun(params, *args, **kwargs), params)
+        params_history, residuals_history, gram = self._record(
+            (state.params_history, state.residuals_history, state.gram),
+            jnp.mod(k + 1, m),
+            params,
+            residual,
+        )
+        state = AndersonState(
+            iter_num=k + 1,
+            error=_error(residual, state.error.dtype),
+            converged=state.converged,
+            params_history=params_history,
+            residuals_history=residuals_history,
+            gram=gram,
+        )
+        return OptStep(params, state)
+
+    def optimality(self):
+        return "fixed_point", self.fixed_point_fun

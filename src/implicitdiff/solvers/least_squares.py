@@ -1,0 +1,319 @@
+"""Nonlinear least squares: Gauss–Newton and Levenberg–Marquardt.
+
+Both minimize ½‖r(x, *args)‖² for a residual function r (a pytree of arrays) and are
+differentiated through the stationarity condition ∂₁r(x, *args)ᵀ r(x, *args) = 0
+(:func:`implicitdiff.optimality.least_squares`). The Jacobian J = ∂₁r is never formed: the
+normal-equation matrix JᵀJ is applied as a JVP followed by a VJP, and the linear system of each
+step is solved by a solver of :mod:`implicitdiff.linear_solve` (``"auto"``: dense LU for at most
+200 unknowns, CG above).
+
+The default ``tol`` (1e-6) is reachable in float32. The error of an implicit derivative is
+proportional to the solution's: in float64, pass a smaller ``tol`` (1e-10, say) for derivatives
+accurate to more digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from implicitdiff import linear_solve, optimality, tree
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+
+PyTree = Any
+
+__all__ = [
+    "GaussNewton",
+    "GaussNewtonState",
+    "LevenbergMarquardt",
+    "LevenbergMarquardtState",
+]
+
+
+def _linearize(residual_fun: Callable, params: PyTree, args: tuple, kwargs: dict):
+    """r(x), v ↦ J v and u ↦ Jᵀ u at x = params (J = ∂₁r, never formed)."""
+    r, jvp = jax.linearize(lambda x: residual_fun(x, *args, **kwargs), params)
+    transpose = jax.linear_transpose(jvp, params)
+    return r, jvp, lambda u: transpose(u)[0]
+
+
+def _value_and_gradient(residual_fun: Callable, params: PyTree, args: tuple, kwargs: dict):
+    """½‖r(x)‖² and Jᵀr(x) (one VJP)."""
+    r, vjp = jax.vjp(lambda x: residual_fun(x, *args, **kwargs), params)
+    return 0.5 * tree.vdot(r, r), vjp(r)[0]
+
+
+def _error(gradient: PyTree, dtype: Any) -> jax.Array:
+    # The stopping test needs no derivative, and sqrt has none at an exact zero.
+    return tree.norm(jax.lax.stop_gradient(gradient)).astype(dtype)
+
+
+def _step_solver(solver: str | Callable) -> Callable:
+    base = linear_solve.resolve(solver)
+    if linear_solve.accepts_keyword(base, "symmetric"):  # JᵀJ (+ μI) is symmetric
+        base = functools.partial(base, symmetric=True)
+    return base
+
+
+def _check_common(name: str, residual_fun: Any, solver: Any) -> Callable:
+    if not callable(residual_fun):
+        raise TypeError(f"{name}: residual_fun must be callable, got {residual_fun!r}")
+    try:
+        return _step_solver(solver)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{name}: solver: {err}") from None
+
+
+class GaussNewtonState(NamedTuple):
+    """iter_num, error = ‖Jᵀr‖ at the current x, converged, value = ½‖r(x)‖², gradient = Jᵀr."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    value: jax.Array
+    gradient: PyTree
+
+
+@dataclasses.dataclass(eq=False)
+class GaussNewton(IterativeSolver):
+    """min_x ½‖r(x, *args)‖² by Gauss–Newton: x ← x + d, (JᵀJ) d = −Jᵀr, J = ∂₁r(x, *args).
+
+    ``run(init_params, *args, **kwargs)``, with ``residual_fun(x, *args, **kwargs)`` returning
+    the residual r (any pytree; x may be a pytree too). Each step solves the normal equations
+    (JᵀJ) d = −Jᵀr without forming J: v ↦ JᵀJ v is a JVP then a VJP of r, given to ``solver``.
+    Full steps, no damping and no line search: fast (quadratic convergence for zero-residual
+    problems, linear otherwise) from a good start, but JᵀJ must be non-singular along the way
+    and the iteration may diverge from a poor start; use :class:`LevenbergMarquardt` then.
+
+    Stops when ‖Jᵀr(x)‖ ≤ tol (``state.error``) or after ``maxiter`` iterations. The solution is
+    differentiated through ∂₁r(x, *args)ᵀ r(x, *args) = 0
+    (:func:`implicitdiff.optimality.least_squares`), whose Jacobian is the full Hessian
+    JᵀJ + Σₖ rₖ∇²rₖ: derivatives are exact for non-zero residuals too.
+
+    Attributes:
+      residual_fun: r(x, *args, **kwargs), a pytree of arrays.
+      solver: the linear solver of each step, a name or callable of
+        :mod:`implicitdiff.linear_solve` (``solve(matvec, b) -> x``); default ``"auto"``
+        (dense LU up to 200 unknowns, CG above). Not to be confused with ``solve``, the
+        solver of the implicit derivative's system.
+      maxiter, tol: stop when ‖Jᵀr‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.least_squares import GaussNewton
+      >>> r = lambda p, t, y: p[0] * jnp.exp(p[1] * t) - y  # fit y ≈ a exp(b t)
+      >>> t = jnp.linspace(0.0, 1.0, 10)
+      >>> p, state = GaussNewton(residual_fun=r).run(jnp.array([1.0, 0.0]), t, 2 * jnp.exp(-t))
+    """
+
+    residual_fun: Callable | None = None
+    solver: str | Callable = "auto"
+    maxiter: int = 100
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._solve_step = _check_common("GaussNewton", self.residual_fun, self.solver)
+
+    def init_state(self, init_params, *args, **kwargs) -> GaussNewtonState:
+        value, gradient = _value_and_gradient(self.residual_fun, init_params, args, kwargs)
+        dtype = tree.dtype(init_params)
+        return GaussNewtonState(
+            iter_num=jnp.asarray(0),
+            error=_error(gradient, dtype),
+            converged=jnp.asarray(False),
+            value=value,
+            gradient=gradient,
+        )
+
+    def update(self, params, state: GaussNewtonState, *args, **kwargs) -> OptStep:
+        _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)
+        direction = self._solve_step(lambda v: vjp(jvp(v)), tree.neg(state.gradient))
+        params = tree.add(params, direction)
+        value, gradient = _value_and_gradient(self.residual_fun, params, args, kwargs)
+        state = GaussNewtonState(
+            iter_num=state.iter_num + 1,
+            error=_error(gradient, state.error.dtype),
+            converged=state.converged,
+            value=value,
+            gradient=gradient,
+        )
+        return OptStep(params, state)
+
+    def optimality(self):
+        return "root", optimality.least_squares(self.residual_fun)
+
+
+class LevenbergMarquardtState(NamedTuple):
+    """iter_num, error = ‖Jᵀr‖ at the current x, converged, value = ½‖r(x)‖², gradient = Jᵀr,
+    damping = μ, damping_increase = ν (Nielsen's factor), gain_ratio = ρ of the last trial step,
+    accepted = whether the last trial step was taken."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    value: jax.Array
+    gradient: PyTree
+    damping: jax.Array
+    damping_increase: jax.Array
+    gain_ratio: jax.Array
+    accepted: jax.Array
+
+
+def _max_normal_diagonal(jvp: Callable, params: PyTree) -> jax.Array:
+    """max_i (JᵀJ)_ii = max_i ‖J eᵢ‖², one JVP per unknown (in batches of 64)."""
+    flat, unravel = ravel_pytree(params)
+    n = flat.shape[0]
+
+    def column_norm(i):
+        e = jnp.zeros(n, flat.dtype).at[i].set(1.0)
+        column = jvp(unravel(e))
+        return tree.vdot(column, column)
+
+    norms = jax.lax.map(column_norm, jnp.arange(n), batch_size=min(n, 64))
+    return jnp.max(norms)
+
+
+@dataclasses.dataclass(eq=False)
+class LevenbergMarquardt(IterativeSolver):
+    """min_x ½‖r(x, *args)‖² by Levenberg–Marquardt: (JᵀJ + μI) d = −Jᵀr, J = ∂₁r(x, *args).
+
+    ``run(init_params, *args, **kwargs)``, with ``residual_fun(x, *args, **kwargs)`` returning
+    the residual r (any pytree; x may be a pytree too). The damped normal equations are solved
+    without forming J (JᵀJ v is a JVP then a VJP of r) by ``solver``. A trial step x + d is
+    accepted when the gain ratio
+
+        ρ = (F(x) − F(x + d)) / (L(0) − L(d)),   L(0) − L(d) = ½ dᵀ(μd − Jᵀr),   F = ½‖r‖²,
+
+    (actual over predicted decrease) is positive and F(x + d) finite, and the damping follows
+    Nielsen's rule (Madsen, Nielsen & Tingleff, 2004): on acceptance μ ← μ · max(1/3,
+    1 − (2ρ − 1)³) and ν ← 2, on rejection μ ← μν and ν ← 2ν (x unchanged). Near the
+    solution, where both decreases fall below the rounding of F (16 eps F), ρ is noise: the
+    step is taken and μ kept. The first damping is μ₀ = ``damping_parameter`` · maxᵢ (JᵀJ)ᵢᵢ
+    at ``init_params`` (n JVPs, once). μ is kept below √(largest float) so that a long run of
+    rejections cannot overflow.
+
+    The damping update runs on values cut from the graph (ρ, μ, ν are constants for the
+    derivative, as a line search's step size), and the residual is differentiated only at
+    accepted points, so unrolled derivatives (``implicit_diff=False``) stay finite even when a
+    rejected trial overflows.
+
+    Stops when ‖Jᵀr(x)‖ ≤ tol (``state.error``) or after ``maxiter`` iterations. The solution is
+    differentiated through ∂₁r(x, *args)ᵀ r(x, *args) = 0
+    (:func:`implicitdiff.optimality.least_squares`).
+
+    Attributes:
+      residual_fun: r(x, *args, **kwargs), a pytree of arrays.
+      damping_parameter: τ > 0 in μ₀ = τ · maxᵢ (JᵀJ)ᵢᵢ (default 1e-6: start close to
+        Gauss–Newton; use 1e-3 to 1 from a poor start).
+      solver: the linear solver of each step, a name or callable of
+        :mod:`implicitdiff.linear_solve`; default ``"auto"`` (dense LU up to 200 unknowns, CG
+        above). Not to be confused with ``solve``, the solver of the implicit derivative.
+      maxiter, tol: stop when ‖Jᵀr‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.least_squares import LevenbergMarquardt
+      >>> r = lambda p, s, y: p[0] * s / (p[1] + s) - y  # Michaelis–Menten
+      >>> s = jnp.array([0.5, 1.0, 2.0, 4.0, 8.0])
+      >>> y = jnp.array([0.9, 1.3, 1.6, 1.8, 1.9])
+      >>> p, state = LevenbergMarquardt(residual_fun=r).run(jnp.array([1.0, 1.0]), s, y)
+    """
+
+    residual_fun: Callable | None = None
+    damping_parameter: float = 1e-6
+    solver: str | Callable = "auto"
+    maxiter: int = 100
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._solve_step = _check_common("LevenbergMarquardt", self.residual_fun, self.solver)
+        if not (isinstance(self.damping_parameter, (int, float)) and self.damping_parameter > 0):
+            raise ValueError(
+                "LevenbergMarquardt: damping_parameter must be a positive number, got "
+                f"{self.damping_parameter!r}"
+            )
+
+    def init_state(self, init_params, *args, **kwargs) -> LevenbergMarquardtState:
+        dtype = tree.dtype(init_params)
+        r, jvp, vjp = _linearize(self.residual_fun, init_params, args, kwargs)
+        gradient = vjp(r)
+        scale = jax.lax.stop_gradient(_max_normal_diagonal(jvp, init_params))
+        # An all-zero Jacobian at the start: fall back to an absolute damping.
+        scale = jnp.where(scale > 0, scale, 1.0)
+        return LevenbergMarquardtState(
+            iter_num=jnp.asarray(0),
+            error=_error(gradient, dtype),
+            converged=jnp.asarray(False),
+            value=0.5 * tree.vdot(r, r),
+            gradient=gradient,
+            damping=(self.damping_parameter * scale).astype(dtype),
+            damping_increase=jnp.asarray(2.0, dtype),
+            gain_ratio=jnp.asarray(0.0, dtype),
+            accepted=jnp.asarray(True),
+        )
+
+    def update(self, params, state: LevenbergMarquardtState, *args, **kwargs) -> OptStep:
+        dtype = state.damping.dtype
+        mu, nu = state.damping, state.damping_increase
+        _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)
+        direction = self._solve_step(
+            lambda v: tree.axpy(mu, v, vjp(jvp(v))), tree.neg(state.gradient)
+        )
+        trial = tree.add(params, direction)
+
+        # The gain ratio, cut from the graph: a constant for the derivative (its inputs at a
+        # rejected trial may be infinite; nothing flows back through them).
+        r_trial = self.residual_fun(trial, *args, **kwargs)
+        value_trial = 0.5 * tree.vdot(r_trial, r_trial)
+        predicted = 0.5 * (
+            mu * tree.vdot(direction, direction) - tree.vdot(direction, state.gradient)
+        )
+        actual = state.value - value_trial
+        ok = (predicted > 0) & jnp.isfinite(value_trial)
+        ratio = jax.lax.stop_gradient(jnp.where(ok, actual / jnp.where(ok, predicted, 1.0), -1.0))
+        # A predicted decrease below the rounding of F: ρ is noise. Such a step changes F by
+        # nothing measurable; take it (x and the unrolled tangents keep converging to the
+        # stationary point) and keep μ.
+        negligible = jax.lax.stop_gradient(
+            jnp.isfinite(value_trial)
+            & (jnp.abs(predicted) <= 16 * jnp.finfo(dtype).eps * jnp.abs(state.value))
+            & (jnp.abs(actual) <= 16 * jnp.finfo(dtype).eps * jnp.abs(state.value))
+        )
+        accept = (ratio > 0) | negligible
+
+        # Nielsen's rule, bounded so that a run of rejections cannot overflow.
+        mu_max = jnp.sqrt(jnp.finfo(dtype).max).astype(dtype)
+        shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
+        mu = jnp.where(ratio > 0, mu * shrink, jnp.where(negligible, mu, mu * nu))
+        mu = jnp.minimum(mu, mu_max).astype(dtype)
+        nu = jnp.where(accept, 2.0, jnp.minimum(2.0 * nu, 2.0**30)).astype(dtype)
+
+        # The residual is differentiated at the accepted point only (never at a rejected trial,
+        # whose values may be infinite and would turn a zero cotangent into NaN).
+        params = tree.where(accept, trial, params)
+        new_value, new_gradient = _value_and_gradient(self.residual_fun, params, args, kwargs)
+        state = LevenbergMarquardtState(
+            iter_num=state.iter_num + 1,
+            error=_error(new_gradient, state.error.dtype),
+            converged=state.converged,
+            value=new_value,
+            gradient=new_gradient,
+            damping=mu,
+            damping_increase=nu,
+            gain_ratio=ratio.astype(dtype),
+            accepted=accept,
+        )
+        return OptStep(params, state)
+
+    def optimality(self):
+        return "root", optimality.least_squares(self.residual_fun)

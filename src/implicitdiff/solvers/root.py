@@ -1,0 +1,398 @@
+"""Roots G(x, *args) = 0: Broyden's method (systems) and bisection (scalars).
+
+Both are differentiated through the root condition G(x, *args) = 0
+(:func:`implicitdiff.custom_root`): dx/dθ = −(∂₁G)⁻¹ ∂₂G at the root, which needs ∂₁G
+non-singular there (a simple root).
+
+The default ``tol`` (1e-6) is reachable in float32. The error of an implicit derivative is
+proportional to the solution's: in float64, pass a smaller ``tol`` (1e-10, say) for derivatives
+accurate to more digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from implicitdiff import tree
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+
+PyTree = Any
+
+__all__ = ["Bisection", "BisectionState", "Broyden", "BroydenState"]
+
+
+def _abs_error(value: PyTree, dtype: Any) -> jax.Array:
+    # The stopping test needs no derivative, and sqrt has none at an exact zero.
+    return tree.norm(jax.lax.stop_gradient(value)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Broyden
+
+
+class BroydenState(NamedTuple):
+    """iter_num, error = ‖G(x)‖ at the current x, converged, value = G(x) (flattened),
+    inverse_jacobian = H ≈ (∂₁G)⁻¹ on the flattened x (n × n), stepsize = the last accepted step
+    size t (0 when the last line search failed and H was reset)."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    value: jax.Array
+    inverse_jacobian: jax.Array
+    stepsize: jax.Array
+
+
+_INITS = ("exact", "identity")
+
+
+@dataclasses.dataclass(eq=False)
+class Broyden(IterativeSolver):
+    """G(x, *args) = 0 by Broyden's ("good") method with a dense inverse-Jacobian estimate.
+
+    ``run(init_params, *args, **kwargs)``, with ``fun(x, *args, **kwargs)`` returning a pytree
+    like x. On the flattened x (n unknowns), H ≈ (∂₁G)⁻¹ is an n × n matrix: the step is
+    d = −H G(x), x⁺ = x + t d, and with s = x⁺ − x, y = G(x⁺) − G(x) the inverse is updated by
+    Sherman–Morrison so that the secant equation H⁺ y = s holds:
+
+        H⁺ = H + (s − H y) sᵀH / (sᵀH y)   (skipped when |sᵀHy| ≤ √eps ‖s‖ ‖Hy‖).
+
+    H₀ is, with ``init_jacobian="exact"`` (the default), the inverse of the exact Jacobian at
+    ``init_params`` (``jax.jacfwd``: n JVPs and an n × n inversion, right for small and medium
+    n), or with ``"identity"``, ``gamma`` · I (no Jacobian ever: then G should be close to
+    x/gamma + const, as x − T(x) for a contraction T with gamma = 1).
+
+    Safeguard: t halves from 1 until ‖G(x + t d)‖² ≤ (1 − 2·10⁻⁴ t) ‖G(x)‖² (at most
+    ``max_backtracks`` halvings). When no trial passes (d is not a descent direction for
+    ‖G‖², which happens when H is a poor model), x is kept and H is reset (to the exact inverse
+    Jacobian at x with ``"exact"``, whose Newton direction is one; to gamma · I otherwise). The
+    search runs on values cut from the graph and t is a constant for the derivative, so that
+    unrolled derivatives (``implicit_diff=False``) stay finite.
+
+    Memory n² and time O(n²) per iteration (plus the initial O(n³)): use for systems of up to a
+    few thousand unknowns.
+
+    Stops when ‖G(x)‖ ≤ tol (``state.error``) or after ``maxiter`` iterations. The solution is
+    differentiated through G(x, *args) = 0 (:func:`implicitdiff.custom_root`).
+
+    Attributes:
+      fun: G(x, *args, **kwargs), a pytree like x.
+      init_jacobian: ``"exact"`` (default) or ``"identity"``, see above.
+      gamma: H₀ = gamma · I with ``init_jacobian="identity"`` (≠ 0, default 1).
+      max_backtracks: the most halvings of the step in the safeguard (≥ 0, default 20).
+      maxiter, tol: stop when ‖G(x)‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.root import Broyden
+      >>> G = lambda x, theta: jnp.array([x[0] ** 2 - theta[0], x[0] * x[1] - theta[1]])
+      >>> x, state = Broyden(fun=G).run(jnp.ones(2), jnp.array([4.0, 6.0]))  # x = (2, 3)
+    """
+
+    fun: Callable | None = None
+    init_jacobian: str = "exact"
+    gamma: float = 1.0
+    max_backtracks: int = 20
+    maxiter: int = 100
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not callable(self.fun):
+            raise TypeError(f"Broyden: fun must be callable, got {self.fun!r}")
+        if self.init_jacobian not in _INITS:
+            raise ValueError(
+                f"Broyden: init_jacobian must be one of {_INITS}, got {self.init_jacobian!r}"
+            )
+        if not (isinstance(self.gamma, (int, float)) and self.gamma != 0):
+            raise ValueError(f"Broyden: gamma must be a non-zero number, got {self.gamma!r}")
+        if not (
+            isinstance(self.max_backtracks, int)
+            and not isinstance(self.max_backtracks, bool)
+            and self.max_backtracks >= 0
+        ):
+            raise ValueError(
+                f"Broyden: max_backtracks must be an int ≥ 0, got {self.max_backtracks!r}"
+            )
+
+    def _flat_fun(self, params: PyTree, args: tuple, kwargs: dict) -> Callable:
+        _, unravel = ravel_pytree(params)
+
+        def flat_fun(x):
+            value = self.fun(unravel(x), *args, **kwargs)
+            return ravel_pytree(value)[0]
+
+        return flat_fun
+
+    def _initial_inverse(self, flat_fun: Callable, x: jax.Array) -> jax.Array:
+        n = x.shape[0]
+        if self.init_jacobian == "exact":
+            return jnp.linalg.inv(jax.jacfwd(flat_fun)(x))
+        return self.gamma * jnp.eye(n, dtype=x.dtype)
+
+    def init_state(self, init_params, *args, **kwargs) -> BroydenState:
+        flat_fun = self._flat_fun(init_params, args, kwargs)
+        x, _ = ravel_pytree(init_params)
+        value = flat_fun(x)
+        if value.shape != x.shape:
+            raise TypeError(
+                f"Broyden: fun must return a pytree of the size of x ({x.shape[0]} entries), "
+                f"got {value.shape[0]}"
+            )
+        dtype = tree.dtype(init_params)
+        return BroydenState(
+            iter_num=jnp.asarray(0),
+            error=_abs_error(value, dtype),
+            converged=jnp.asarray(False),
+            value=value,
+            inverse_jacobian=self._initial_inverse(flat_fun, x).astype(x.dtype),
+            stepsize=jnp.asarray(1.0, dtype),
+        )
+
+    def _line_search(self, flat_fun, x, value, direction):
+        """The accepted step size t (a constant) and whether the search succeeded."""
+        sg = jax.lax.stop_gradient
+        x, value, direction = sg(x), sg(value), sg(direction)
+        norm2 = jnp.vdot(value, value)
+
+        def passes(t):
+            trial = flat_fun(x + t * direction)
+            trial_norm2 = jnp.vdot(trial, trial)
+            return jnp.isfinite(trial_norm2) & (trial_norm2 <= (1.0 - 2e-4 * t) * norm2)
+
+        def not_done(carry):
+            _, ok, k = carry
+            return jnp.logical_not(ok) & (k < self.max_backtracks)
+
+        def halve(carry):
+            t, _, k = carry
+            t = 0.5 * t
+            return t, passes(t), k + 1
+
+        t0 = jnp.asarray(1.0, x.dtype)
+        t, ok, _ = jax.lax.while_loop(not_done, halve, (t0, passes(t0), 0))
+        return sg(t), sg(ok)
+
+    def update(self, params, state: BroydenState, *args, **kwargs) -> OptStep:
+        flat_fun = self._flat_fun(params, args, kwargs)
+        x, unravel = ravel_pytree(params)
+        h, value = state.inverse_jacobian, state.value
+        direction = -h @ value
+        t, ok = self._line_search(flat_fun, x, value, direction)
+
+        # Differentiated only at the accepted point (never at a rejected trial).
+        x_new = jnp.where(ok, x + t * direction, x)
+        value_new = flat_fun(x_new)
+        s, y = x_new - x, value_new - value
+        hy = h @ y
+        denominator = jnp.vdot(s, hy)
+        eps = jnp.finfo(x.dtype).eps
+        secant = ok & (
+            jnp.abs(denominator) > jnp.sqrt(eps) * jnp.linalg.norm(s) * jnp.linalg.norm(hy)
+        )
+        safe = jnp.where(secant, denominator, 1.0)
+        updated = h + jnp.where(secant, 1.0, 0.0) * jnp.outer(s - hy, s @ h) / safe
+        # A failed search: reset the model where x stands (x did not move).
+        h_new = jax.lax.cond(
+            ok, lambda: updated, lambda: self._initial_inverse(flat_fun, x).astype(h.dtype)
+        )
+        state = BroydenState(
+            iter_num=state.iter_num + 1,
+            error=_abs_error(value_new, state.error.dtype),
+            converged=state.converged,
+            value=value_new,
+            inverse_jacobian=h_new,
+            stepsize=jnp.where(ok, t, 0.0).astype(state.stepsize.dtype),
+        )
+        return OptStep(unravel(x_new), state)
+
+    def optimality(self):
+        return "root", self.fun
+
+
+# ---------------------------------------------------------------------------------------------
+# Bisection
+
+
+class BisectionState(NamedTuple):
+    """iter_num, error = |G(x)| at the current x, converged, value = G(x), the bracket
+    [low, high] ∋ x, sign = ±1 (G increasing or decreasing across the bracket), and
+    valid_bracket: whether G(lower) and G(upper) are finite and of opposite signs (or one is
+    0). An invalid bracket stops the solver at once with x = NaN and converged = False."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    value: jax.Array
+    low: jax.Array
+    high: jax.Array
+    sign: jax.Array
+    valid_bracket: jax.Array
+
+
+def _is_tracer(leaf: Any) -> bool:
+    return isinstance(leaf, jax.core.Tracer)
+
+
+@dataclasses.dataclass(eq=False)
+class Bisection(IterativeSolver):
+    """The root of a scalar function G(x, *args) on [lower, upper] by bisection.
+
+    ``run(init_params=None, *args, **kwargs)``: ``init_params`` is ignored (JAXopt's
+    convention; the bracket is the start). G must change sign on the bracket (G(lower) and
+    G(upper) of opposite signs; monotone G has a single root there). The iterate is the
+    midpoint x = (low + high)/2 of the current bracket, from [lower, upper]; each iteration
+    keeps the half on which G changes sign,
+
+        low ← x if sign · G(x) < 0 else low,   high ← x if sign · G(x) ≥ 0 else high,
+
+    (sign = +1 for G increasing across the bracket, −1 decreasing) and moves x to its midpoint:
+    one evaluation of G per iteration, the bracket halved each time. Stops when |G(x)| ≤ tol
+    (``state.error``), when the bracket cannot shrink any more in floating point (then
+    ``converged`` is False unless |G(x)| ≤ tol), or after ``maxiter`` iterations.
+
+    An invalid bracket (no sign change, or G not finite at an end) is never returned silently:
+    the solver stops at once with x = NaN, ``state.valid_bracket = False`` and ``converged =
+    False``; and with ``check_bracket=True`` (the default), when the arguments are concrete
+    (not traced by ``jit``, ``vmap`` or ``grad``), ``run`` raises a ValueError naming lower and
+    upper and the values of G there (this reads ``state.valid_bracket`` back to the host).
+
+    The solution is differentiated through G(x, *args) = 0 (:func:`implicitdiff.custom_root`):
+    dx/dθ = −∂₂G / ∂₁G. Unrolling (``implicit_diff=False``) gives a zero derivative: the
+    iterates are piecewise constant in θ (lower and upper are constants). Keep the default.
+
+    Attributes:
+      optimality_fun: G(x, *args, **kwargs), a scalar for a scalar x.
+      lower, upper: the bracket, lower < upper (finite numbers).
+      check_bracket: raise on an invalid bracket when the arguments are concrete (default True).
+      maxiter, tol: stop when |G(x)| ≤ tol (default 1e-6) or after maxiter (100) iterations.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.root import Bisection
+      >>> G = lambda x, a: x**3 + x - a
+      >>> x, state = Bisection(optimality_fun=G, lower=-5.0, upper=5.0).run(None, 2.0)  # x = 1
+    """
+
+    optimality_fun: Callable | None = None
+    lower: float = 0.0
+    upper: float = 0.0
+    check_bracket: bool = True
+    maxiter: int = 100
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not callable(self.optimality_fun):
+            raise TypeError(
+                f"Bisection: optimality_fun must be callable, got {self.optimality_fun!r}"
+            )
+        for name in ("lower", "upper"):
+            value = getattr(self, name)
+            try:
+                if isinstance(value, (bool, str, bytes)):
+                    raise TypeError
+                number = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"Bisection: {name} must be a real number (a Python, NumPy or concrete JAX "
+                    f"scalar), got {value!r}"
+                ) from None
+            if not np.isfinite(number):
+                raise ValueError(f"Bisection: {name} must be a finite number, got {value!r}")
+        if not float(self.lower) < float(self.upper):
+            raise ValueError(
+                f"Bisection: lower must be < upper, got lower={self.lower!r}, upper={self.upper!r}"
+            )
+
+    def _value(self, x, args, kwargs) -> jax.Array:
+        value = jnp.asarray(self.optimality_fun(x, *args, **kwargs))
+        if value.shape != ():
+            raise TypeError(
+                f"Bisection: optimality_fun must return a scalar, got shape {value.shape}"
+            )
+        return value
+
+    def init_state(self, init_params, *args, **kwargs) -> BisectionState:
+        dtype = jnp.result_type(init_params)
+        low = jnp.asarray(self.lower, dtype)
+        high = jnp.asarray(self.upper, dtype)
+        value_low = self._value(low, args, kwargs)
+        value_high = self._value(high, args, kwargs)
+        valid = (
+            jnp.isfinite(value_low)
+            & jnp.isfinite(value_high)
+            & (jnp.sign(value_low) * jnp.sign(value_high) <= 0)
+        )
+        # Increasing across the bracket: G(upper) > 0 or G(lower) < 0.
+        sign = jnp.where((value_high > 0) | (value_low < 0), 1.0, -1.0).astype(dtype)
+        value = self._value(init_params, args, kwargs)
+        return BisectionState(
+            iter_num=jnp.asarray(0),
+            error=_abs_error(value, dtype),
+            converged=jnp.asarray(False),
+            value=value,
+            low=low,
+            high=high,
+            sign=sign,
+            valid_bracket=valid,
+        )
+
+    def update(self, params, state: BisectionState, *args, **kwargs) -> OptStep:
+        # params is the midpoint of [low, high] and state.value = G(params): keep the half on
+        # which G changes sign, then evaluate G at its midpoint.
+        below = state.sign * state.value < 0  # the root is above params
+        low = jnp.where(below, params, state.low)
+        high = jnp.where(below, state.high, params)
+        x = 0.5 * (low + high)
+        value = self._value(x, args, kwargs)
+        state = state._replace(
+            iter_num=state.iter_num + 1,
+            error=_abs_error(value, state.error.dtype),
+            value=value,
+            low=low,
+            high=high,
+        )
+        return OptStep(x, state)
+
+    def _done(self, state) -> jax.Array:
+        midpoint = 0.5 * (state.low + state.high)
+        collapsed = (midpoint <= state.low) | (midpoint >= state.high)
+        return super()._done(state) | collapsed | jnp.logical_not(state.valid_bracket)
+
+    def _finish(self, params, state):
+        params = jnp.where(state.valid_bracket, params, jnp.nan)
+        params, state = super()._finish(params, state)
+        return params, state._replace(converged=state.converged & state.valid_bracket)
+
+    def optimality(self):
+        return "root", self.optimality_fun
+
+    def run(self, init_params: Any = None, *args, **kwargs) -> OptStep:
+        """Solve on [lower, upper]; ``init_params`` is ignored. Returns ``OptStep(x, state)``."""
+        del init_params
+        dtype = jnp.result_type(float)
+        start = jnp.asarray(0.5 * (float(self.lower) + float(self.upper)), dtype)
+        result = super().run(start, *args, **kwargs)
+        if self.check_bracket:
+            valid = result.state.valid_bracket
+            if not _is_tracer(valid) and not bool(valid):
+                low_value = self.optimality_fun(self.lower, *args, **kwargs)
+                high_value = self.optimality_fun(self.upper, *args, **kwargs)
+                raise ValueError(
+                    f"Bisection: the bracket [lower={self.lower!r}, upper={self.upper!r}] is "
+                    f"invalid: G(lower) = {float(low_value):.6g} and G(upper) = "
+                    f"{float(high_value):.6g} must be finite and of opposite signs (or one "
+                    "zero). Widen or move lower/upper, or pass check_bracket=False to get "
+                    "state.valid_bracket = False instead."
+                )
+        return result
