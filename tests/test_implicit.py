@@ -139,7 +139,8 @@ def test_nonsymmetric_root_all_suitable_solvers(solve):
     x_star = newton_solve(jnp.zeros(4), THETA)
     want = jnp.linalg.inv(A_NONSYM + 0.1 * jnp.diag(1 - jnp.tanh(x_star) ** 2))
     for jac in (jax.jacfwd, jax.jacrev):
-        assert_tree_allclose(jac(solver, 1)(jnp.zeros(4), THETA), want, rtol=1e-8, atol=1e-10)
+        got = jax.jit(jac(solver, 1))(jnp.zeros(4), THETA)
+        assert_tree_allclose(got, want, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -572,7 +573,8 @@ def test_float32_gradients_are_accurate_to_float32():
         wrapped = custom_root(ridge_optimality, solve=solve, symmetric=True)(solver)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            g = jax.jacrev(wrapped, (1, 2))(jnp.zeros(4, jnp.float32), jnp.float32(LAM), X32, Y32)
+            jac = jax.jit(jax.jacrev(wrapped, (1, 2)))
+            g = jac(jnp.zeros(4, jnp.float32), jnp.float32(LAM), X32, Y32)
         assert g[0].dtype == jnp.float32
         want = jax.jacrev(ridge_closed_form, (0, 1))(LAM, X, Y)
         assert_tree_allclose(g, want, rtol=2e-4, atol=2e-5)
@@ -586,7 +588,7 @@ def test_reverse_mode_when_one_leaf_of_the_solution_does_not_move():
 
     solver = custom_root(F)(lambda init, t: {"a": t, "b": jnp.asarray(3.0)})
     t = jnp.arange(3.0)
-    jac = jax.jacrev(lambda t: solver(None, t))(t)
+    jac = jax.jit(jax.jacrev(lambda t: solver(None, t)))(t)
     assert_tree_allclose(jac, {"a": jnp.eye(3), "b": jnp.zeros(3)}, atol=1e-12)
-    hess = jax.hessian(lambda t: jnp.sum(solver(None, t)["a"] ** 3))(t)
+    hess = jax.jit(jax.hessian(lambda t: jnp.sum(solver(None, t)["a"] ** 3)))(t)
     assert_tree_allclose(hess, jnp.diag(6 * t), atol=1e-10)
