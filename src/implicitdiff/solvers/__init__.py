@@ -17,6 +17,7 @@ from implicitdiff.solvers.gradient_descent import GradientDescent as GradientDes
 from implicitdiff.solvers.lbfgsb import LBFGSB as LBFGSB
 from implicitdiff.solvers.least_squares import GaussNewton as GaussNewton
 from implicitdiff.solvers.least_squares import LevenbergMarquardt as LevenbergMarquardt
+from implicitdiff.solvers.newton import Newton as Newton
 from implicitdiff.solvers.proximal import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.proximal import MirrorDescent as MirrorDescent
 from implicitdiff.solvers.proximal import ProjectedGradient as ProjectedGradient
@@ -25,5 +26,8 @@ from implicitdiff.solvers.qp import OSQP as OSQP
 from implicitdiff.solvers.qp import BoxCDQP as BoxCDQP
 from implicitdiff.solvers.qp import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers.qp import KKTSolution as KKTSolution
+from implicitdiff.solvers.quasi_newton import BFGS as BFGS
+from implicitdiff.solvers.quasi_newton import LBFGS as LBFGS
+from implicitdiff.solvers.quasi_newton import NonlinearCG as NonlinearCG
 from implicitdiff.solvers.root import Bisection as Bisection
 from implicitdiff.solvers.root import Broyden as Broyden

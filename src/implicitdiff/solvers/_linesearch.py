@@ -158,9 +158,12 @@ def zoom(
     that does not differentiate its iterations needs no re-evaluation.
 
     As :func:`backtracking`, the search runs on values cut from the graph (``stop_gradient``) and
-    returns constants: η is piecewise constant in the problem's parameters, and unrolled
-    differentiation goes through x + η d with η fixed. ``value_and_grad_fun`` should close over
-    cut arguments too (or the loop carries their tangents for nothing in forward mode).
+    returns constants, so that unrolled differentiation goes through x + η d with η fixed (a
+    ``while_loop`` could not be reverse-differentiated anyway). A first trial accepted as is (the
+    unit step of quasi-Newton methods near a solution) is indeed constant; an interpolated step
+    depends on the parameters, and a solver whose convergence rests on it (nonlinear conjugate
+    gradient) must account for that itself. ``value_and_grad_fun`` should close over cut
+    arguments too (or the loop carries their tangents for nothing in forward mode).
     """
     params, value, grad, direction, stepsize = jax.lax.stop_gradient(
         (params, value, grad, direction, stepsize)
