@@ -69,14 +69,6 @@ def _is_inexact(leaf: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
 
 
-def _stop_gradient(x: PyTree) -> PyTree:
-    """stop_gradient on the floating array leaves of x; every other leaf is returned as is."""
-    return tree.map(
-        lambda leaf: jax.lax.stop_gradient(leaf) if _is_array(leaf) and _is_inexact(leaf) else leaf,
-        x,
-    )
-
-
 class _SplitArgs:
     """(args, kwargs) split into array leaves, passed through transformations, and the rest."""
 
@@ -290,7 +282,9 @@ def _implicit_solver(
         split = _SplitArgs(args, kwargs)
 
         # The solver runs on values cut from the graph: it is never differentiated.
-        out = solver(_stop_gradient(init_params), *_stop_gradient(args), **_stop_gradient(kwargs))
+        out = solver(
+            tree.stop_gradient(init_params), *tree.stop_gradient(args), **tree.stop_gradient(kwargs)
+        )
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(
@@ -300,7 +294,7 @@ def _implicit_solver(
             sol, aux = out
         else:
             sol, aux = out, None
-        sol = _stop_gradient(sol)
+        sol = tree.stop_gradient(sol)
 
         output_shape = []
 
@@ -340,7 +334,7 @@ def _implicit_solver(
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)
         sol = attach_derivative(sol, split.arrays, consts)
-        return (sol, _stop_gradient(aux)) if has_aux else sol
+        return (sol, tree.stop_gradient(aux)) if has_aux else sol
 
     return wrapped
 

@@ -27,6 +27,7 @@ __all__ = [
     "ones_like",
     "scale",
     "size",
+    "stop_gradient",
     "sub",
     "sum",
     "vdot",
@@ -112,6 +113,19 @@ def where(condition: Any, x: PyTree, y: PyTree) -> PyTree:
 def size(x: PyTree) -> int:
     """Number of entries in the whole tree (a Python int: shapes are static)."""
     return int(builtins.sum(leaf.size for leaf in jax.tree_util.tree_leaves(x)))
+
+
+def stop_gradient(x: PyTree) -> PyTree:
+    """``jax.lax.stop_gradient`` on the floating array leaves of x; other leaves (ints, strings,
+    callables, integer arrays) are returned as they are."""
+
+    def cut(leaf):
+        if isinstance(leaf, jax.Array) or hasattr(leaf, "__array__"):
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                return jax.lax.stop_gradient(leaf)
+        return leaf
+
+    return map(cut, x)
 
 
 def dtype(x: PyTree) -> Any:

@@ -25,18 +25,6 @@ PyTree = Any
 __all__ = ["LBFGSB", "LBFGSBState"]
 
 
-def _cut(x: PyTree) -> PyTree:
-    """stop_gradient on the floating array leaves of x (arguments may hold strings, callables)."""
-
-    def leaf_cut(leaf):
-        if isinstance(leaf, jax.Array) or hasattr(leaf, "__array__"):
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                return jax.lax.stop_gradient(leaf)
-        return leaf
-
-    return tree.map(leaf_cut, x)
-
-
 def _flat_bounds(params: PyTree, bounds: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
     """(lower, upper) as flat vectors matching ``ravel_pytree(params)``: each bound a scalar, an
     array broadcasting to every leaf of params, or a pytree like params."""
@@ -282,7 +270,9 @@ class LBFGSB(IterativeSolver):
         direction = jnp.where(descent, direction, -g)
 
         # 3. The search along the projection arc.
-        cut_args, cut_kwargs, cut_lower, cut_upper = _cut((args, kwargs, lower, upper))
+        cut_args, cut_kwargs, cut_lower, cut_upper = tree.stop_gradient(
+            (args, kwargs, lower, upper)
+        )
 
         def cut_value(z):
             return self.fun(unravel(z), *cut_args, **cut_kwargs)

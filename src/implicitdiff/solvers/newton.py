@@ -14,7 +14,6 @@ import numpy as np
 from implicitdiff import optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._linesearch import backtracking
-from implicitdiff.solvers.quasi_newton import _cut
 
 PyTree = Any
 
@@ -174,7 +173,7 @@ class Newton(IterativeSolver):
         dtype = state.stepsize.dtype
         grad = state.grad
         mu = state.damping
-        cut_args, cut_kwargs = _cut((args, kwargs))
+        cut_args, cut_kwargs = tree.stop_gradient((args, kwargs))
 
         def hessian_matvec(params, args, kwargs):
             _, hvp = jax.linearize(lambda x: self._grad(x, *args, **kwargs), params)
@@ -192,7 +191,7 @@ class Newton(IterativeSolver):
 
         # CG runs on cut values; unrolling differentiates d as the solution of its linear
         # system (a custom_linear_solve that repeats the solve, with the same result).
-        cut_params, cut_grad = _cut((params, grad))
+        cut_params, cut_grad = tree.stop_gradient((params, grad))
         direction, rayleigh = solve(
             hessian_matvec(cut_params, cut_args, cut_kwargs), tree.neg(cut_grad)
         )

@@ -40,18 +40,6 @@ __all__ = [
 ]
 
 
-def _cut(x: PyTree) -> PyTree:
-    """stop_gradient on the floating array leaves of x (arguments may hold strings, callables)."""
-
-    def leaf_cut(leaf):
-        if isinstance(leaf, jax.Array) or hasattr(leaf, "__array__"):
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                return jax.lax.stop_gradient(leaf)
-        return leaf
-
-    return tree.map(leaf_cut, x)
-
-
 def _check_positive_number(value: Any, name: str, owner: str, *, allow_zero: bool) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and (value >= 0 if allow_zero else value > 0) and value < float("inf")
@@ -183,7 +171,7 @@ class _ProximalGradientBase(IterativeSolver):
         value, grad = self._value_and_grad(y, *args, **kwargs)
         eta = state.stepsize
         if self.stepsize == 0:
-            cut_hyperparams, cut_args, cut_kwargs = _cut((hyperparams, args, kwargs))
+            cut_hyperparams, cut_args, cut_kwargs = tree.stop_gradient((hyperparams, args, kwargs))
             eta = _prox_backtracking(
                 lambda x: self.fun(x, *cut_args, **cut_kwargs),
                 lambda x: jax.grad(self.fun)(x, *cut_args, **cut_kwargs),
@@ -452,7 +440,7 @@ def _block_lipschitz(fun: Callable, x: jax.Array, args: tuple, kwargs: dict) -> 
     (constant Hessian) Lᵢ is the Lipschitz constant of the block gradient; otherwise it is the
     curvature at x. Cut from the graph.
     """
-    x, args, kwargs = _cut((x, args, kwargs))
+    x, args, kwargs = tree.stop_gradient((x, args, kwargs))
     grad = jax.grad(fun)
     _, hvp = jax.linearize(lambda z: grad(z, *args, **kwargs), x)
     m, width = x.shape[0], x[0].size
@@ -564,7 +552,9 @@ class BlockCoordinateDescent(IterativeSolver):
         return 1.0 / jnp.where(lipschitz > 0, lipschitz, fallback)
 
     def _error(self, x, steps, hyperparams, args, kwargs) -> jax.Array:
-        x, steps, hyperparams, args, kwargs = _cut((x, steps, hyperparams, args, kwargs))
+        x, steps, hyperparams, args, kwargs = tree.stop_gradient(
+            (x, steps, hyperparams, args, kwargs)
+        )
         fixed_point = optimality.block_proximal_gradient(self.fun, self.block_prox, steps)
         diff = (fixed_point(x, hyperparams, *args, **kwargs) - x) / steps.reshape(
             (-1,) + (1,) * (x.ndim - 1)

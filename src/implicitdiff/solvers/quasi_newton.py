@@ -32,18 +32,6 @@ __all__ = ["BFGS", "LBFGS", "NonlinearCG"]
 _LINESEARCHES = ("zoom", "backtracking")
 
 
-def _cut(x: PyTree) -> PyTree:
-    """stop_gradient on the floating array leaves of x (arguments may hold strings, callables)."""
-
-    def leaf_cut(leaf):
-        if isinstance(leaf, jax.Array) or hasattr(leaf, "__array__"):
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                return jax.lax.stop_gradient(leaf)
-        return leaf
-
-    return tree.map(leaf_cut, x)
-
-
 def _safe_min(dtype: Any) -> float:
     """√(smallest normal) of a dtype: a denominator above it has a finite square (derivatives)."""
     return math.sqrt(float(np.finfo(dtype).tiny))
@@ -107,7 +95,7 @@ class _LineSearchSolver(IterativeSolver):
         (η = 0): the iterates have reached the accuracy of floating point, and their noise
         (steps, curvature pairs) must not drive unrolled derivatives on.
         """
-        cut_args, cut_kwargs = _cut((args, kwargs))
+        cut_args, cut_kwargs = tree.stop_gradient((args, kwargs))
         if self.linesearch == "zoom":
             found = zoom(
                 lambda x: self._value_and_grad(x, *cut_args, **cut_kwargs),
@@ -133,7 +121,7 @@ class _LineSearchSolver(IterativeSolver):
                 decrease=self.c1,
                 maxiter=self.maxls,
             )
-        cut_params, cut_direction = _cut((params, direction))
+        cut_params, cut_direction = tree.stop_gradient((params, direction))
         eps = float(np.finfo(tree.dtype(params)).eps)
         below_rounding = tree.map(
             lambda x, d: jnp.all(jnp.abs(eta * d) <= 4 * eps * jnp.abs(x)),
@@ -152,7 +140,7 @@ class _LineSearchSolver(IterativeSolver):
         if self.linesearch == "backtracking":
             # Where f's change is rounding, Armijo's test is a coin toss: there, ask for the
             # slope form of sufficient decrease too, φ'(η) ≤ (2 c1 − 1) φ'(0), as the zoom does.
-            cut_value, cut_new_value, cut_grad, cut_new_grad = _cut(
+            cut_value, cut_new_value, cut_grad, cut_new_grad = tree.stop_gradient(
                 (value, new_value, grad, new_grad)
             )
             noise = 100 * eps * jnp.abs(cut_value)
