@@ -38,6 +38,7 @@ test: lint
 
 bench: $(VENV)/.bench-deps
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_solvers.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
