@@ -15,6 +15,7 @@ JAX differentiates step by step (unrolling), optionally checkpointed to bound it
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -63,7 +64,7 @@ class _ArgsSplit:
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-class DifferentiableRun:
+class DifferentiableRun(abc.ABC):
     """``run`` for every solver: ``self._solution`` wrapped for implicit differentiation, jitted.
 
     A subclass provides ``_solution(init_params, *args, **kwargs) -> (params, state)`` and
@@ -71,11 +72,13 @@ class DifferentiableRun:
     ``implicit_diff``, ``solve`` and ``jit``; ``__post_init__`` must set ``self._compiled = {}``.
     """
 
+    @abc.abstractmethod
     def _solution(self, init_params: PyTree, *args, **kwargs) -> tuple[PyTree, Any]:
-        raise NotImplementedError(f"{type(self).__name__} must define _solution")
+        """Subclasses define it (see the class docstring)."""
 
+    @abc.abstractmethod
     def optimality(self) -> tuple[str, Callable]:
-        raise NotImplementedError(f"{type(self).__name__} must define optimality")
+        """Subclasses define it (see the class docstring)."""
 
     def _differentiable_solution(self) -> Callable:
         if not self.implicit_diff:
@@ -144,11 +147,13 @@ class IterativeSolver(DifferentiableRun):
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
 
+    @abc.abstractmethod
     def init_state(self, init_params: PyTree, *args, **kwargs) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must define init_state")
+        """Subclasses define it (see the class docstring)."""
 
+    @abc.abstractmethod
     def update(self, params: PyTree, state: Any, *args, **kwargs) -> OptStep:
-        raise NotImplementedError(f"{type(self).__name__} must define update")
+        """Subclasses define it (see the class docstring)."""
 
     def __post_init__(self):
         if not (isinstance(self.maxiter, int) and self.maxiter >= 1):

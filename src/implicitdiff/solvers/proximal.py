@@ -16,6 +16,7 @@ computed on cut values too: they decide when to stop and are never differentiate
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -136,8 +137,9 @@ class _ProximalGradientBase(IterativeSolver):
     maxiter: int = 500
     tol: float = 1e-6
 
+    @abc.abstractmethod
     def _prox(self) -> Callable:
-        raise NotImplementedError
+        """The prox operator of the non-smooth part (ProximalGradient / ProjectedGradient)."""
 
     def _check_options(self, name: str) -> None:
         if not callable(self.fun):
