@@ -290,6 +290,25 @@ class _HostWrapper(DifferentiableRun):
         return function
 
 
+def _call_host(solver: Any, kind: str, init_params: PyTree, args: tuple, kwargs: dict):
+    """Run ``solver._build_host``'s host function through ``jax.pure_callback`` (sequential
+    under vmap); returns (params, iter_num, status, success) as traced values."""
+    flat0, unravel = _flat_params(init_params, type(solver).__name__)
+    key, arrays = _callback_args(args, kwargs)
+    host = solver._host_function(
+        (kind, key, _shape_key(init_params)),
+        lambda: solver._build_host(key, unravel, flat0.dtype),
+    )
+    x, iter_num, status, success = jax.pure_callback(
+        host,
+        (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *_INFO_SHAPES),
+        flat0,
+        arrays,
+        vmap_method="sequential",
+    )
+    return unravel(x), iter_num, status, success
+
+
 def _callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:
     """The static key of (args, kwargs) and their arrays (numbers made arrays), for a callback."""
     split = _ArgsSplit(args, kwargs)
@@ -606,23 +625,9 @@ class ScipyRootFinding(_HostWrapper):
         return host
 
     def _solution(self, init_params, *args, **kwargs):
-        owner = type(self).__name__
-        flat0, unravel = _flat_params(init_params, owner)
-        key, arrays = _callback_args(args, kwargs)
-        host = self._host_function(
-            ("root", key, _shape_key(init_params)),
-            lambda: self._build_host(key, unravel, flat0.dtype),
-        )
-        x, iter_num, status, success = jax.pure_callback(
-            host,
-            (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *_INFO_SHAPES),
-            flat0,
-            arrays,
-            vmap_method="sequential",
-        )
-        params = unravel(x)
+        params, iter_num, status, success = _call_host(self, "root", init_params, args, kwargs)
         residual = self.optimality_fun(params, *args, **kwargs)
-        error = tree.norm(residual).astype(flat0.dtype)
+        error = tree.norm(residual).astype(tree.dtype(params))
         converged = success & _finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
         state = ScipyState(
             iter_num=iter_num,
@@ -723,30 +728,19 @@ class ScipyLeastSquares(_HostWrapper):
         return host
 
     def _solution(self, init_params, *args, **kwargs):
-        owner = type(self).__name__
-        flat0, unravel = _flat_params(init_params, owner)
-        key, arrays = _callback_args(args, kwargs)
-        host = self._host_function(
-            ("least_squares", key, _shape_key(init_params)),
-            lambda: self._build_host(key, unravel, flat0.dtype),
+        params, iter_num, status, success = _call_host(
+            self, "least_squares", init_params, args, kwargs
         )
-        x, iter_num, status, success = jax.pure_callback(
-            host,
-            (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *_INFO_SHAPES),
-            flat0,
-            arrays,
-            vmap_method="sequential",
-        )
-        params = unravel(x)
+        dtype = tree.dtype(params)
         residuals, vjp = jax.vjp(lambda p: self.residual_fun(p, *args, **kwargs), params)
-        error = tree.norm(vjp(residuals)[0]).astype(flat0.dtype)
+        error = tree.norm(vjp(residuals)[0]).astype(dtype)
         converged = success & _finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
         state = ScipyState(
             iter_num=iter_num,
             error=error,
             converged=converged,
             status=status,
-            value=(0.5 * tree.vdot(residuals, residuals)).astype(flat0.dtype),
+            value=(0.5 * tree.vdot(residuals, residuals)).astype(dtype),
         )
         return params, state
 
