@@ -1,7 +1,19 @@
 """Test configuration: float64 everywhere; tests/ on the path so sub-folders import helpers."""
 
+import os
 import pathlib
 import sys
+
+# Eight host (CPU) devices for tests/test_sharding.py. XLA reads the flag when JAX creates its
+# CPU backend, so it is set here, before any test touches a device. In-process rather than a
+# subprocess per sharded test: pytest then reports each check with its own assertion, and no
+# test pays a second interpreter start and JAX import. Other tests are unaffected: their arrays
+# live on device 0 as before, and the test suite's CPU time is the same with or without the flag
+# (measured on tests/test_implicit.py). A value already in XLA_FLAGS is kept.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+    ).strip()
 
 import jax
 

@@ -592,3 +592,92 @@ def test_reverse_mode_when_one_leaf_of_the_solution_does_not_move():
     assert_tree_allclose(jac, {"a": jnp.eye(3), "b": jnp.zeros(3)}, atol=1e-12)
     hess = jax.jit(jax.hessian(lambda t: jnp.sum(solver(None, t)["a"] ** 3)))(t)
     assert_tree_allclose(hess, jnp.diag(6 * t), atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Singular backward systems: on_failure="fallback" re-solves them in the least-squares sense.
+
+
+def _spring_network(n, degree=3, seed=0):
+    """E(x, l) = ½ Σₑ kₑ (xᵢ − xⱼ − lₑ)² over the edges e = (i, j) of a random graph: invariant
+    under x → x + c·1 (as a molecular energy under translations), so its Hessian, the weighted
+    Laplacian DᵀKD, is singular. F = ∇ₓE = DᵀK(Dx − l); the minimum-norm minimizer is
+    x*(l) = (DᵀKD)⁺DᵀK l, whose Jacobian in l is J = (DᵀKD)⁺DᵀK."""
+    rng = np.random.default_rng(seed)
+    edges = [(i, j) for i in range(n) for j in rng.choice(n, degree, replace=False) if i != j]
+    D = np.zeros((len(edges), n))
+    for row, (i, j) in enumerate(edges):
+        D[row, i], D[row, j] = 1.0, -1.0
+    D, k = jnp.asarray(D), jnp.asarray(rng.uniform(0.5, 2.0, len(edges)))
+    lengths = jnp.asarray(rng.normal(size=len(edges)))
+
+    def energy_gradient(x, lengths):
+        return D.T @ (k * (D @ x - lengths))
+
+    J = jnp.linalg.pinv(D.T @ (k[:, None] * D)) @ (D.T * k)
+    return energy_gradient, J, lengths
+
+
+@pytest.mark.parametrize("n, solve", [(30, None), (30, "cg"), (30, "gmres"), (250, "cg")], ids=str)
+def test_fallback_gives_the_minimum_norm_derivative_of_a_translation_invariant_energy(n, solve):
+    # n = 30: the dense fallback (A⁺ by SVD); n = 250 > DENSE_MAX_SIZE: CG on the ridge-
+    # regularized normal equations. Reverse mode solves Aᵀu = v, inconsistent for a generic v:
+    # every primary solver fails on it, and the fallback gives u = A⁺v, so vᵀJ = vᵀA⁺B.
+    F, J, lengths = _spring_network(n)
+    solver = custom_root(F, solve=solve, symmetric=True, on_failure="fallback")(
+        lambda init, lengths: J @ lengths
+    )
+    v = jnp.asarray(np.random.default_rng(1).normal(size=n))
+    with pytest.warns(implicitdiff.BackwardSolveWarning, match="solved again as a least-squares"):
+        g = jax.jit(jax.grad(lambda lengths: v @ solver(None, lengths)))(lengths)
+        g.block_until_ready()
+    np.testing.assert_allclose(g, J.T @ v, rtol=1e-8, atol=1e-9 * float(jnp.max(jnp.abs(g))))
+
+
+def test_other_policies_on_a_singular_system():
+    F, J, lengths = _spring_network(30)
+    v = jnp.asarray(np.random.default_rng(1).normal(size=30))
+
+    def gradient(policy):
+        solver = custom_root(F, solve="cg", symmetric=True, on_failure=policy)(
+            lambda init, lengths: J @ lengths
+        )
+        return jax.jit(jax.grad(lambda lengths: v @ solver(None, lengths)))(lengths)
+
+    assert np.all(np.isnan(gradient("nan")))
+    with pytest.raises(Exception, match="linear system of an implicit derivative"):
+        gradient("raise").block_until_ready()
+    with pytest.warns(implicitdiff.BackwardSolveWarning, match="on_failure='fallback'"):
+        g = gradient("warn").block_until_ready()
+    assert not np.allclose(g, J.T @ v, rtol=1e-3)  # CG on an inconsistent system: garbage
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradient("ignore").block_until_ready()
+
+
+def test_fallback_of_a_rank_deficient_least_squares_in_every_mode():
+    # F = Xᵀ(Xw − y), X of rank 2 in ℝ³; w* = X⁺y has Jacobian X⁺ in y.
+    rng = np.random.default_rng(3)
+    Xr = jnp.asarray(rng.normal(size=(7, 2)) @ rng.normal(size=(2, 3)))
+    solver = custom_root(
+        lambda w, y: Xr.T @ (Xr @ w - y), solve="lu", symmetric=True, on_failure="fallback"
+    )(lambda init, y: jnp.linalg.pinv(Xr) @ y)
+    y = jnp.asarray(rng.normal(size=7))
+    with pytest.warns(implicitdiff.BackwardSolveWarning, match="minimum-norm"):
+        jac = jax.jit(jax.jacrev(lambda y: solver(None, y)))(y)
+    np.testing.assert_allclose(jac, jnp.linalg.pinv(Xr), atol=1e-10)
+    # Batched over two right-hand sides (vmap of the fallback: both branches run).
+    with pytest.warns(implicitdiff.BackwardSolveWarning):
+        grads = jax.jit(jax.vmap(jax.grad(lambda y: jnp.sum(solver(None, y) ** 2))))(
+            jnp.stack([y, 2 * y])
+        )
+    want = 2 * jnp.linalg.pinv(Xr).T @ (jnp.linalg.pinv(Xr) @ y)
+    np.testing.assert_allclose(grads, jnp.stack([want, 2 * want]), atol=1e-9)
+
+
+def test_fallback_is_quiet_and_exact_on_a_regular_system():
+    solver = custom_root(ridge_optimality, symmetric=True, on_failure="fallback")(ridge_by_cg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jac = jax.jit(jax.jacrev(solver, argnums=1))(jnp.zeros(4), LAM, X, Y)
+    np.testing.assert_allclose(jac, jax.jacrev(ridge_closed_form)(LAM, X, Y), rtol=1e-9)

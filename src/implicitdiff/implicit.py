@@ -46,7 +46,7 @@ __all__ = [
     "root_vjp",
 ]
 
-_POLICIES = ("warn", "raise", "nan", "ignore")
+_POLICIES = ("warn", "raise", "nan", "ignore", "fallback")
 
 
 class BackwardSolveWarning(RuntimeWarning):
@@ -145,13 +145,110 @@ def _failure_callback(policy: str):
             f"{worst:.3e}. The derivative is inaccurate. Likely causes: the solution is not "
             "accurate, or A = -dF/dx is singular or ill-conditioned at it. Remedies: solve more "
             "tightly, pass solve=functools.partial(linear_solve.<name>, ridge=..., maxiter=...), "
-            "or solve='normal_cg' for singular systems."
+            "solve='normal_cg' for singular systems, or on_failure='fallback'."
         )
         if policy == "raise":
             raise BackwardSolveError(message)
         warnings.warn(message, BackwardSolveWarning, stacklevel=2)
 
     return report
+
+
+def _fallback_callback(dense: bool):
+    def report(failed, residual, fallback_residual, fallback_failed, ridge):
+        failed = np.asarray(failed)
+        if not failed.any():
+            return
+        residual = np.nan_to_num(np.asarray(residual, dtype=float), nan=np.inf)
+        worst = float(np.max(np.where(failed, residual, -np.inf)))
+        if dense:
+            how = (
+                "the minimum-norm least-squares solution (dense, by SVD; singular values below "
+                "n·eps·σ_max count as zero)"
+            )
+        else:
+            how = (
+                "CG on the ridge-regularized normal equations (AᵀA + ρI) u = Aᵀb, ρ = "
+                f"{float(np.max(np.asarray(ridge))):.2e} ≈ 10 eps ‖A‖²"
+            )
+        message = (
+            "the linear system of an implicit derivative was not solved (relative residual "
+            f"{worst:.3e}: A = -dF/dx is singular or ill-conditioned, or the solver stopped "
+            f"early), so it was solved again as a least-squares problem: {how}. Where A is "
+            "singular the derivative returned is the minimum-norm one, which ignores the "
+            "directions in which the solution is not determined (a translation, a "
+            "rank-deficient design)."
+        )
+        fallback_failed = np.asarray(fallback_failed) & failed
+        if fallback_failed.any():
+            fallback_residual = np.nan_to_num(
+                np.asarray(fallback_residual, dtype=float), nan=np.inf
+            )
+            worst = float(np.max(np.where(fallback_failed, fallback_residual, -np.inf)))
+            message += (
+                f" That solve failed too (relative residual of its normal equations {worst:.3e}):"
+                " the derivative is inaccurate (possibly not finite)."
+            )
+        warnings.warn(message, BackwardSolveWarning, stacklevel=2)
+
+    return report
+
+
+# The fallback's ridge, relative to ‖A‖² (estimated by power iteration): small enough to leave
+# a well-determined derivative unchanged to about 10 eps κ(A)², large enough to keep CG's
+# iterates bounded along a null space that rounding excites.
+_FALLBACK_RELATIVE_RIDGE = 10.0
+_POWER_ITERATIONS = 20
+
+
+def _random_like(b: PyTree) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(b)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [
+            jax.random.normal(k, jnp.shape(v), jnp.result_type(v))
+            for k, v in zip(keys, leaves, strict=True)
+        ],
+    )
+
+
+def _least_squares_fallback(matvec: Callable, b: PyTree, dense: bool):
+    """(x, relative normal residual, ridge ρ): x the least-squares solution of A x = b.
+
+    Dense (few unknowns): x = A⁺b, the minimum-norm least-squares solution, by SVD. Else CG on
+    (AᵀA + ρI) x = Aᵀb with ρ = 10 eps λ_max(AᵀA). The residual returned is
+    ‖Aᵀ(A x − b) + ρ x‖ / ‖Aᵀb‖.
+    """
+    dtype = tree.dtype(b)
+    transpose = jax.linear_transpose(matvec, b)
+
+    def rmatvec(y):
+        return transpose(y)[0]
+
+    def normal(v):
+        return rmatvec(matvec(v))
+
+    rhs = rmatvec(b)
+    if dense:
+        a, b_flat, unravel = linear_solve._materialize(matvec, b)
+        x = unravel(jnp.linalg.lstsq(a, b_flat)[0])
+        ridge = jnp.zeros((), dtype)
+    else:
+
+        def power(_, v):
+            w = normal(v)
+            return tree.scale(1.0 / jnp.maximum(tree.norm(w), jnp.finfo(dtype).tiny), w)
+
+        v = jax.lax.fori_loop(0, _POWER_ITERATIONS, power, _random_like(b))
+        largest = tree.vdot(v, normal(v)) / tree.vdot(v, v)
+        eps = float(jnp.finfo(dtype).eps)
+        ridge = (_FALLBACK_RELATIVE_RIDGE * eps * largest).astype(dtype)
+        x = linear_solve.normal_cg(matvec, b, ridge=ridge)
+    r = tree.axpy(ridge, x, rmatvec(tree.sub(matvec(x), b)))
+    rhs_norm = tree.norm(rhs)
+    residual = tree.norm(r) / jnp.where(rhs_norm > 0, rhs_norm, 1.0)
+    return x, residual.astype(dtype), ridge
 
 
 def _checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
@@ -161,8 +258,9 @@ def _checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
     least-squares solver such as ``normal_cg``, ‖Aᵀ(A x − b)‖ / ‖Aᵀb‖). It fails when it
     is not finite or exceeds 100 × the solver's tolerance (its ``tol`` if it declares one, else
     ``linear_solve.default_tol``). Then ``on_failure`` decides: "warn" (the default) warns with
-    the residual at run time, "raise" raises :class:`BackwardSolveError`, "nan" returns NaN, and
-    "ignore" skips the check.
+    the residual at run time, "raise" raises :class:`BackwardSolveError`, "nan" returns NaN,
+    "ignore" skips the check, and "fallback" solves the system again in the least-squares sense
+    (:func:`_least_squares_fallback`) and warns that it did.
     """
     if on_failure not in _POLICIES:
         raise ValueError(f"on_failure must be one of {_POLICIES}, got {on_failure!r}")
@@ -192,6 +290,26 @@ def _checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
         failed = jnp.logical_not(residual <= threshold)  # True for NaN too
         if on_failure == "nan":
             return tree.map(lambda leaf: jnp.where(failed, jnp.nan, leaf), x)
+        if on_failure == "fallback":
+            dense = tree.size(b) <= linear_solve.DENSE_MAX_SIZE
+            zero = jnp.zeros((), residual.dtype)
+            x, fallback_residual, ridge = jax.lax.cond(
+                failed,
+                lambda: _least_squares_fallback(matvec, b, dense),
+                lambda: (x, zero, zero),
+            )
+            fallback_failed = failed & jnp.logical_not(fallback_residual <= threshold)
+            io_callback(
+                _fallback_callback(dense),
+                None,
+                failed,
+                residual,
+                fallback_residual,
+                fallback_failed,
+                ridge,
+                ordered=False,
+            )
+            return x
         # An unordered io_callback: kept by the compiler, and batched by a rolled loop under
         # vmap (jax.debug.callback unrolls one call per batch element, slow to compile).
         io_callback(_failure_callback(on_failure), None, failed, residual, ordered=False)
@@ -375,8 +493,19 @@ def custom_root(
         :mod:`implicitdiff.optimality`), else False.
       on_failure: what to do when the linear system is not solved to tolerance (the residual is
         checked with one extra matvec): ``"warn"`` (default, a :class:`BackwardSolveWarning` at run
-        time), ``"raise"`` (a :class:`BackwardSolveError`), ``"nan"`` (the derivative is NaN), or
-        ``"ignore"``.
+        time), ``"raise"`` (a :class:`BackwardSolveError`), ``"nan"`` (the derivative is NaN),
+        ``"ignore"``, or ``"fallback"``: solve the failed system again in the least-squares
+        sense and warn (a :class:`BackwardSolveWarning`) — with at most
+        ``linear_solve.DENSE_MAX_SIZE`` unknowns the minimum-norm solution A⁺b by SVD, above it
+        CG on (AᵀA + ρI) u = Aᵀb with ρ = 10 eps ‖A‖². For a singular A (a translation-invariant
+        energy, a rank-deficient least squares) that is the minimum-norm derivative, which ignores
+        the directions in which the solution is not determined. Under ``vmap`` the fallback is
+        computed for every element (a batched ``lax.cond``). "warn", "raise" and "fallback"
+        report through a host callback (about 0.1–0.5 ms per call of a compiled function: it
+        disables JAX's C++ fast dispatch); "nan" and "ignore" add none. A singular system whose
+        right-hand side lies in the range of A (forward mode on a translation-invariant energy)
+        is solvable: any solution passes the check, and solvers differ in the null-space part
+        they return; ``solve="normal_cg"`` gives the minimum-norm one.
 
     Example:
       >>> import jax, jax.numpy as jnp

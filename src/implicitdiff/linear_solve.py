@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -76,7 +77,21 @@ def _tol(tol: float | None, b: PyTree) -> float:
     return float(tol)
 
 
+def _maxiter(maxiter: int | None) -> int | None:
+    if maxiter is not None and not (
+        isinstance(maxiter, numbers.Integral) and not isinstance(maxiter, bool) and maxiter >= 1
+    ):
+        raise ValueError(f"maxiter must be None or a positive int, got {maxiter!r}")
+    return maxiter
+
+
+def _check_ridge(ridge: Any) -> None:
+    if isinstance(ridge, (int, float)) and not ridge >= 0:
+        raise ValueError(f"ridge must be a non-negative number, got {ridge!r}")
+
+
 def _add_ridge(matvec: Matvec, ridge: float) -> Matvec:
+    _check_ridge(ridge)
     if isinstance(ridge, (int, float)) and ridge == 0:
         return matvec
     return lambda x: tree.axpy(ridge, x, matvec(x))
@@ -104,7 +119,7 @@ def cg(
         x0=init,
         tol=_tol(tol, b),
         atol=atol,
-        maxiter=maxiter,
+        maxiter=_maxiter(maxiter),
         M=preconditioner,
     )
     return x
@@ -128,6 +143,7 @@ def gmres(
     restart cycles of ``restart`` matvecs each).
     """
     restart = max(1, min(restart, tree.size(b)))
+    maxiter = _maxiter(maxiter)
     cycles = None if maxiter is None else max(1, math.ceil(maxiter / restart))
     x, _ = jsp_sparse.gmres(
         _add_ridge(matvec, ridge),
@@ -161,7 +177,7 @@ def bicgstab(
         x0=init,
         tol=_tol(tol, b),
         atol=atol,
-        maxiter=maxiter,
+        maxiter=_maxiter(maxiter),
         M=preconditioner,
     )
     return x
@@ -186,6 +202,15 @@ def normal_cg(
     ``preconditioner`` approximates (AᵀA)⁻¹. Squares the condition number: prefer ``cg`` or
     ``gmres`` when A is well-conditioned and non-singular.
     """
+    out = jax.eval_shape(matvec, b)
+    if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(b) or [
+        o.shape for o in jax.tree_util.tree_leaves(out)
+    ] != [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]:
+        raise ValueError(
+            "normal_cg: matvec(x) must be shaped like b (x is shaped like b too): got "
+            f"{[o.shape for o in jax.tree_util.tree_leaves(out)]} for b "
+            f"{[jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]}"
+        )
     transpose = jax.linear_transpose(matvec, b)
 
     def rmatvec(y):
@@ -201,7 +226,7 @@ def normal_cg(
         x0=init,
         tol=_tol(tol, b),
         atol=atol,
-        maxiter=maxiter,
+        maxiter=_maxiter(maxiter),
         M=preconditioner,
     )
     return x
@@ -219,6 +244,11 @@ def _materialize(matvec: Matvec, b: PyTree):
 
     n = b_flat.shape[0]
     columns = jax.vmap(flat_matvec)(jnp.eye(n, dtype=b_flat.dtype))
+    if columns.shape != (n, n):
+        raise ValueError(
+            f"matvec must map the space of b to itself (a square operator): b has {n} entries, "
+            f"matvec(b) has {columns.shape[1]}"
+        )
     return columns.T, b_flat, unravel
 
 
@@ -226,6 +256,7 @@ def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTr
     """Dense solve by LU factorization with partial pivoting (builds the n × n matrix)."""
     del ignored
     a, b_flat, unravel = _materialize(matvec, b)
+    _check_ridge(ridge)
     if not (isinstance(ridge, (int, float)) and ridge == 0):
         a = a + ridge * jnp.eye(a.shape[0], dtype=a.dtype)
     return unravel(jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b_flat))
@@ -238,6 +269,7 @@ def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -
     """
     del ignored
     a, b_flat, unravel = _materialize(matvec, b)
+    _check_ridge(ridge)
     if not (isinstance(ridge, (int, float)) and ridge == 0):
         a = a + ridge * jnp.eye(a.shape[0], dtype=a.dtype)
     a = 0.5 * (a + a.T)

@@ -197,11 +197,20 @@ def sparsemax_loss(label: Any, scores: Any) -> jax.Array:
 def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:
     """½‖target − prediction‖², summed over every entry (of every leaf, for pytrees).
 
-    The gradient in ``prediction`` is prediction − target.
+    The gradient in ``prediction`` is prediction − target. ``target`` and ``prediction`` must
+    have the same structure and leaf shapes (no broadcasting): ValueError otherwise.
 
     >>> import jax.numpy as jnp
     >>> print(squared_loss(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
     2.5
     """
+    t_leaves, t_tree = jax.tree_util.tree_flatten(target)
+    p_leaves, p_tree = jax.tree_util.tree_flatten(prediction)
+    if t_tree != p_tree or [jnp.shape(t) for t in t_leaves] != [jnp.shape(p) for p in p_leaves]:
+        raise ValueError(
+            "squared_loss: target and prediction must have the same structure and shapes, got "
+            f"{t_tree} {[jnp.shape(t) for t in t_leaves]} and "
+            f"{p_tree} {[jnp.shape(p) for p in p_leaves]}"
+        )
     residual = tree.sub(target, prediction)
     return 0.5 * tree.vdot(residual, residual)

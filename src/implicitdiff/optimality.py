@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import linear_solve, projections, tree
+from implicitdiff import _checks, linear_solve, projections, tree
 from implicitdiff import prox as prox_operators
 
 PyTree = Any
@@ -211,10 +211,24 @@ def negative_entropy(x: PyTree, gradient: PyTree, stepsize: Any, hyperparams: An
     matrix is a simplex, as in the dual of a multiclass SVM). It is written multiplicatively, with
     the exponent shifted by its row maximum: exact zeros of x stay zeros and have finite
     derivatives, where the form softmax(log x − η g) would take log 0.
+
+    A negative total raises ``ValueError`` when concrete and gives NaN when traced; an empty last
+    axis (the simplex of ℝ⁰ is empty) raises ``ValueError``.
     """
     scale = 1.0 if hyperparams is None else hyperparams
+    leaves = _checks.concrete_leaves(scale)
+    if leaves is not None and any((leaf < 0).any() for leaf in leaves):
+        raise ValueError(
+            f"negative_entropy: hyperparams (the simplex total) must be ≥ 0, got {scale}"
+        )
+    scale = _checks.nan_if_negative(scale)
 
     def step(x, g):
+        if jnp.shape(x)[-1:] == (0,):
+            raise ValueError(
+                f"negative_entropy: x has an empty last axis, shape {jnp.shape(x)}: the simplex "
+                "of ℝ⁰ is empty"
+            )
         exponent = -stepsize * g
         exponent = exponent - jax.lax.stop_gradient(jnp.max(exponent, axis=-1, keepdims=True))
         unnormalized = x * jnp.exp(exponent)

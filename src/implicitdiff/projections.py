@@ -45,8 +45,11 @@ stationarity through :func:`implicitdiff.custom_root`); see :mod:`implicitdiff._
 ``sparse_simplex`` and the two spheres are not convex: their projection is one of the closest
 points (unique for almost every x). Hyperparameters that must be non-negative, or ordered
 (lower ≤ upper), are checked when their values are concrete: a violation raises a ``ValueError``
-that names the argument. Under ``jit``, ``vmap`` or a derivative, values are traced and not
-checked.
+that names the argument. Under ``jit``, ``vmap`` or a derivative (and inside a solver's compiled
+``run``) values are traced and cannot raise: the projection then returns NaN where the set is
+invalid, so that a solver using it ends with ``converged = False``. An empty ``x`` is a valid
+point of ℝ⁰ for the balls, boxes and cones; the simplex and the ℓ₁ sphere of ℝ⁰ are empty sets,
+and projecting onto them raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from implicitdiff import tree
+from implicitdiff import _checks, tree
 from implicitdiff._polyhedron import polyhedron
 from implicitdiff._transport import (
     birkhoff_polytope,
@@ -199,9 +202,14 @@ def box(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     lower, upper = hyperparams
     _check_ordered("lower", lower, "upper", upper)
 
+    traced = _checks.is_traced((lower, upper))
+
     def clip(leaf, lo, up):
         leaf = _float_array(leaf)
-        return jnp.minimum(jnp.maximum(leaf, _as_dtype_of(lo, leaf)), _as_dtype_of(up, leaf))
+        lo, up = _as_dtype_of(lo, leaf), _as_dtype_of(up, leaf)
+        if traced:  # unchecked bounds: NaN where lower > upper
+            up = _checks.nan_unless(lo <= up, up)
+        return jnp.minimum(jnp.maximum(leaf, lo), up)
 
     return tree.map(clip, x, _bounds_like(x, lower), _bounds_like(x, upper))
 
@@ -219,7 +227,7 @@ def hypercube(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       Array([0. , 0.5, 2. ], dtype=float32)
     """
     _check_non_negative("scale", hyperparams)
-    return box(x, (0.0, hyperparams))
+    return box(x, (0.0, _checks.nan_if_negative(hyperparams)))
 
 
 def linf_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
@@ -235,7 +243,7 @@ def linf_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       Array([-1. ,  0.5], dtype=float32)
     """
     _check_non_negative("radius", hyperparams)
-    radius = hyperparams
+    radius = _checks.nan_if_negative(hyperparams)
     return tree.map(lambda leaf: box(leaf, (-_as_dtype_of(radius, _float_array(leaf)), radius)), x)
 
 
@@ -274,6 +282,10 @@ def _simplex_vector_jvp(primals, tangents):
 
 
 def _simplex_any_shape(x: jax.Array, scale: jax.Array) -> jax.Array:
+    if x.size == 0:
+        raise ValueError(
+            "x must have at least one entry (the simplex and the ℓ₁ sphere of ℝ⁰ are empty sets)"
+        )
     return _simplex_vector(x.ravel(), jnp.broadcast_to(scale, ())).reshape(x.shape)
 
 
@@ -295,7 +307,7 @@ def simplex(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
     """
     _check_non_negative("scale", hyperparams)
     x = _float_array(x)
-    return _simplex_any_shape(x, _as_dtype_of(hyperparams, x))
+    return _simplex_any_shape(x, _as_dtype_of(_checks.nan_if_negative(hyperparams), x))
 
 
 def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Array:
@@ -327,7 +339,7 @@ def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Arra
     if max_nz < 1:
         raise ValueError(f"max_nz must be at least 1, got max_nz={max_nz}")
     x = _float_array(x)
-    scale = _as_dtype_of(scale, x)
+    scale = _as_dtype_of(_checks.nan_if_negative(scale), x)
     flat = x.ravel()
     if max_nz >= flat.shape[0]:
         return _simplex_any_shape(x, scale)
@@ -352,6 +364,7 @@ def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
       Array([ 0.5, -0.5], dtype=float32)
     """
     _check_non_negative("radius", hyperparams)
+    hyperparams = _checks.nan_if_negative(hyperparams)
     x = _float_array(x)
     signs = jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
     return signs * _simplex_any_shape(jnp.abs(x), _as_dtype_of(hyperparams, x))
@@ -374,7 +387,9 @@ def l1_ball(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
     """
     _check_non_negative("radius", hyperparams)
     x = _float_array(x)
-    radius = _as_dtype_of(hyperparams, x)
+    if x.size == 0:  # ℝ⁰ is the ball
+        return x
+    radius = _as_dtype_of(_checks.nan_if_negative(hyperparams), x)
     inside = jnp.sum(jnp.abs(x)) <= radius
     return jnp.where(inside, x, l1_sphere(x, radius))
 
@@ -401,6 +416,8 @@ def l2_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     square = _squared_norm(x)
     outside = square > radius**2
     factor = jnp.where(outside, radius / _safe_sqrt(square, outside), 1.0)
+    if _checks.is_traced(hyperparams):  # unchecked radius: NaN if negative
+        factor = _checks.nan_unless(radius >= 0, factor)
     return tree.map(lambda leaf: (factor * leaf).astype(leaf.dtype), x)
 
 
@@ -421,7 +438,7 @@ def l2_sphere(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     """
     _check_non_negative("radius", hyperparams)
     x = tree.map(_float_array, x)
-    radius = _as_dtype_of(hyperparams, jnp.zeros((), tree.dtype(x)))
+    radius = _as_dtype_of(_checks.nan_if_negative(hyperparams), jnp.zeros((), tree.dtype(x)))
     square = _squared_norm(x)
     nonzero = square > 0
     factor = radius / _safe_sqrt(square, nonzero)
@@ -632,8 +649,11 @@ def box_section(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arr
     alpha, beta, w, c = hyperparams
     _check_ordered("alpha", alpha, "beta", beta)
     x = _float_array(x)
+    traced = _checks.is_traced((alpha, beta))
     alpha = jnp.broadcast_to(_as_dtype_of(alpha, x), x.shape)
     beta = jnp.broadcast_to(_as_dtype_of(beta, x), x.shape)
+    if traced:  # unchecked bounds: NaN where alpha > beta
+        beta = _checks.nan_unless(alpha <= beta, beta)
     w = jnp.broadcast_to(_as_dtype_of(w, x), x.shape)
     c = _as_dtype_of(c, x)
     if c.shape != ():

@@ -28,7 +28,9 @@ scalar (or array broadcasting to every leaf) or a pytree with the structure of `
 hyperparameter per leaf). ``group_lasso`` treats a whole pytree as one group with a scalar λ.
 
 A negative λ, γ or scaling raises ``ValueError`` when its value is concrete; under
-``jax.jit`` (or while being differentiated) the value is not known and is not checked.
+``jax.jit`` (or while being differentiated, or inside a solver's compiled ``run``) the value is
+not known and cannot raise: the output is then NaN, so that a solver using it ends with
+``converged = False``.
 
 >>> import jax.numpy as jnp
 >>> from implicitdiff import prox
@@ -45,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import tree
+from implicitdiff import _checks, tree
 
 PyTree = Any
 ProxFn = Callable[..., PyTree]
@@ -97,8 +99,10 @@ def _map_with_hyperparam(fn: Callable, x: PyTree, hyper: Any, name: str, fn_name
 
 
 def _soft_threshold(x: jax.Array, threshold: Any) -> jax.Array:
-    """sign(x) · max(|x| − threshold, 0), written x − clip(x, −threshold, threshold) (no −0)."""
-    return x - jnp.clip(x, -threshold, threshold)
+    """sign(x) · max(|x| − threshold, 0), written to give +0 (not −0) inside the threshold, NaN
+    for NaN, and the derivative −sign(x) in the threshold also at threshold = 0 (where
+    x − clip(x, −t, t) splits a tie of min and max and gave 0 for x < 0)."""
+    return jnp.where(jnp.abs(x) <= threshold, 0, x - jnp.sign(x) * threshold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +136,7 @@ def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
     """
     _check_non_negative(hyperparams, "hyperparams (λ)", "l1")
     _check_non_negative(scaling, "scaling", "l1")
+    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     return _map_with_hyperparam(
         lambda leaf, lam: _soft_threshold(leaf, lam * scaling), x, hyperparams, "hyperparams", "l1"
     )
@@ -152,6 +157,7 @@ def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> Py
     """
     _check_non_negative(hyperparams, "hyperparams (λ)", "non_negative_l1")
     _check_non_negative(scaling, "scaling", "non_negative_l1")
+    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     return _map_with_hyperparam(
         lambda leaf, lam: jnp.maximum(leaf - lam * scaling, 0),
         x,
@@ -179,6 +185,7 @@ def elastic_net(x: PyTree, hyperparams: Any = (1.0, 1.0), scaling: Any = 1.0) ->
     _check_non_negative(lam, "hyperparams[0] (λ)", "elastic_net")
     _check_non_negative(gamma, "hyperparams[1] (γ)", "elastic_net")
     _check_non_negative(scaling, "scaling", "elastic_net")
+    lam, gamma, scaling = _checks.nan_if_negative((lam, gamma, scaling))
     x_def = jax.tree_util.tree_structure(x)
 
     def pair(h: Any) -> PyTree:
@@ -209,6 +216,7 @@ def ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
     """
     _check_non_negative(hyperparams, "hyperparams (λ)", "ridge")
     _check_non_negative(scaling, "scaling", "ridge")
+    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     return _map_with_hyperparam(
         lambda leaf, lam: leaf / (1 + lam * scaling), x, hyperparams, "hyperparams", "ridge"
     )
@@ -229,6 +237,7 @@ def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) ->
     """
     _check_non_negative(hyperparams, "hyperparams (λ)", "non_negative_ridge")
     _check_non_negative(scaling, "scaling", "non_negative_ridge")
+    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     return _map_with_hyperparam(
         lambda leaf, lam: jnp.maximum(leaf, 0) / (1 + lam * scaling),
         x,
@@ -260,6 +269,7 @@ def group_lasso(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree
     """
     _check_non_negative(hyperparams, "hyperparams (λ)", "group_lasso")
     _check_non_negative(scaling, "scaling", "group_lasso")
+    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     if jnp.ndim(hyperparams) != 0:
         raise ValueError(
             f"group_lasso: hyperparams (λ) must be a scalar, got shape {jnp.shape(hyperparams)}"
@@ -270,7 +280,10 @@ def group_lasso(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree
     # sqrt has an infinite derivative at 0: take it of 1 there, a branch jnp.where then discards.
     safe_norm = jnp.sqrt(jnp.where(positive, squared_norm, 1))
     norm = jnp.where(positive, safe_norm, 0)
-    factor = jnp.where(norm >= threshold, 1 - threshold / safe_norm, 0)
+    # (a NaN threshold, from a traced negative λ or scaling, gives NaN rather than 0)
+    factor = jnp.where(
+        norm >= threshold, 1 - threshold / safe_norm, jnp.where(threshold >= 0, 0, jnp.nan)
+    )
     return tree.scale(factor, x)
 
 
@@ -389,6 +402,7 @@ def nuclear_norm(x: jax.Array, hyperparams: Any = 1.0, scaling: Any = 1.0) -> ja
     """
     _check_non_negative(hyperparams, "hyperparams (λ)", "nuclear_norm")
     _check_non_negative(scaling, "scaling", "nuclear_norm")
+    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"nuclear_norm: x must be a matrix (ndim >= 2), got shape {x.shape}")

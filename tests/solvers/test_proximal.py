@@ -483,3 +483,105 @@ def test_bad_options_name_the_option(cls, kwargs, match):
 def test_lbfgsb_bounds_must_be_a_pair():
     with pytest.raises(TypeError, match="bounds"):
         LBFGSB(fun=least_squares).run(jnp.zeros(D), 0.0, BOX_A, BOX_B)
+
+
+# ---------------------------------------------------------------------------------------------
+# BlockCoordinateDescent in composite form: f(x) = outer_fun(Σᵢ block_fun(xᵢ, i)), p kept up to
+# date by the sweeps (refreshed every BlockCoordinateDescent.REFRESH sweeps).
+
+
+def lasso_block(w_j, j, X, y):
+    return X[:, j] * w_j
+
+
+def lasso_outer(p, X, y):
+    return 0.5 * jnp.sum((p - y) ** 2)
+
+
+@pytest.mark.parametrize("with_fun", [True, False])
+def test_composite_block_coordinate_descent_on_the_lasso(with_fun):
+    w_ref, support, signs = lasso_reference()
+    solver = BlockCoordinateDescent(
+        fun=least_squares if with_fun else None,
+        block_prox=prox.l1,
+        outer_fun=lasso_outer,
+        block_fun=lasso_block,
+        tol=1e-11,
+    )
+
+    def solve(lam, y):
+        w, state = solver.run(jnp.zeros(P), lam, LASSO_X, y)
+        return w, (w, state)
+
+    jacobians, (w, state) = jax.jit(jax.jacrev(solve, argnums=(0, 1), has_aux=True))(
+        LAM, jnp.asarray(LASSO_Y)
+    )
+    assert bool(state.converged) and int(state.iter_num) > BlockCoordinateDescent.REFRESH
+    np.testing.assert_allclose(state.stepsize, 1.0 / np.sum(LASSO_X**2, axis=0), rtol=1e-12)
+    # p in the state: the predictions Xw at the solution.
+    np.testing.assert_allclose(state.predictions, LASSO_X @ np.asarray(w), rtol=1e-12, atol=1e-12)
+    exact = lasso_closed_form(LAM, LASSO_X, LASSO_Y, support, signs)
+    np.testing.assert_allclose(w, exact, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-6, atol=1e-8)
+    want = jax.jacrev(lasso_closed_form, argnums=(0, 2))(LAM, LASSO_X, LASSO_Y, support, signs)
+    assert_tree_allclose(jacobians, want, rtol=1e-8, atol=1e-10)
+
+
+def svm_block(x_i, i, theta, X, Y):
+    """Sample i's part of θW = Xᵀ(Y − x), and of ⟨x, Y⟩."""
+    return jnp.outer(X[i], Y[i] - x_i), jnp.vdot(x_i, Y[i])
+
+
+def svm_block_outer(p, theta, X, Y):
+    return 0.5 * jnp.sum(p[0] ** 2) / theta + p[1]
+
+
+@pytest.mark.parametrize("implicit_diff", [True, False])
+def test_composite_block_coordinate_descent_on_the_svm_dual(implicit_diff):
+    solver = BlockCoordinateDescent(
+        fun=svm_dual,
+        block_prox=prox.from_projection(projections.simplex),
+        outer_fun=svm_block_outer,
+        block_fun=svm_block,
+        tol=1e-12,
+        maxiter=1000,
+        implicit_diff=implicit_diff,
+    )
+
+    def hyperloss(theta):
+        x, state = solver.run(SVM_INIT, 1.0, theta, X_TR, Y_TR)
+        return svm_outer(x, theta), (x, state)
+
+    hypergradient, (x, state) = jax.jit(jax.grad(hyperloss, has_aux=True))(THETA)
+    assert bool(state.converged)
+    x_ref, fd = svm_reference()
+    np.testing.assert_allclose(x, x_ref, atol=1e-10)
+    np.testing.assert_allclose(hypergradient, fd, rtol=1e-6)
+    # The black-box BCD's implicit hypergradient, to far below the finite-difference error.
+    other, _ = svm_hypergradient("block-coordinate-descent")(THETA)
+    np.testing.assert_allclose(hypergradient, other, rtol=1e-8)
+
+
+def test_composite_form_that_disagrees_with_fun_fails_the_run():
+    solver = BlockCoordinateDescent(
+        fun=least_squares,
+        block_prox=prox.l1,
+        outer_fun=lambda p, X, y: 0.5 * jnp.sum((p - 2.0 * y) ** 2),  # not least_squares
+        block_fun=lasso_block,
+        on_failure="ignore",
+    )
+    _, state = solver.run(jnp.zeros(P), LAM, LASSO_X, LASSO_Y)
+    assert not bool(state.converged) and np.isnan(state.error) and int(state.iter_num) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(outer_fun=lasso_outer), "block_fun"),
+        (dict(block_fun=lasso_block), "outer_fun"),
+        (dict(fun=least_squares, outer_fun=lasso_outer, block_fun=3), "block_fun"),
+    ],
+)
+def test_composite_form_needs_both_functions(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        BlockCoordinateDescent(block_prox=prox.l1, **kwargs)

@@ -6,6 +6,9 @@ returns ``(params, state)``; see :mod:`implicitdiff.solvers._base` for the proto
 
 from implicitdiff.solvers._base import IterativeSolver as IterativeSolver
 from implicitdiff.solvers._base import OptStep as OptStep
+from implicitdiff.solvers._base import SolverError as SolverError
+from implicitdiff.solvers._base import SolverWarning as SolverWarning
+from implicitdiff.solvers._base import Status as Status
 from implicitdiff.solvers.external import HostSolver as HostSolver
 from implicitdiff.solvers.external import ScipyBoundedMinimize as ScipyBoundedMinimize
 from implicitdiff.solvers.external import ScipyLeastSquares as ScipyLeastSquares

@@ -11,24 +11,79 @@ Differentiation is added in one place, :meth:`IterativeSolver.run`: with ``impli
 :mod:`implicitdiff.optimality`, and the iterations are never differentiated; with
 ``implicit_diff=False`` the loop runs a fixed ``maxiter`` masked steps in a ``lax.scan`` that
 JAX differentiates step by step (unrolling), optionally checkpointed to bound its memory.
+
+How a run ended is data, in the state: ``state.converged`` (False for every failure),
+``state.error`` and ``state.status``, a :class:`Status` code saying which failure. The loop stops
+early when the error stops being finite. What else happens on a failure is the
+solver's ``on_failure`` policy (see :class:`IterativeSolver`), applied by ``run``.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify, io_callback
 
-from implicitdiff import tree
+from implicitdiff import _checks, diagnostics, tree
+from implicitdiff.implicit import _POLICIES as _BACKWARD_POLICIES
 from implicitdiff.implicit import custom_fixed_point, custom_root
 
 PyTree = Any
 
-__all__ = ["DifferentiableRun", "IterativeSolver", "OptStep"]
+__all__ = [
+    "DifferentiableRun",
+    "IterativeSolver",
+    "OptStep",
+    "SolverError",
+    "SolverWarning",
+    "Status",
+]
+
+
+class Status(enum.IntEnum):
+    """Why a solver stopped: the codes of ``state.status`` (a jnp.int32 scalar).
+
+    ``state.converged`` is True exactly when the status is ``CONVERGED``. Compare with the
+    members (``state.status == Status.NONFINITE``) or name a code: ``Status(int(code)).name``.
+    OSQP's codes 0–3 are the first four, unchanged.
+    """
+
+    #: ``state.error`` ≤ tol at a finite iterate.
+    CONVERGED = 0
+    #: ``maxiter`` iterations without reaching tol (during a hand-driven loop: not yet done).
+    MAX_ITERATIONS = 1
+    #: OSQP: a certificate that the constraints cannot be satisfied.
+    PRIMAL_INFEASIBLE = 2
+    #: OSQP: a certificate that the objective is unbounded below (the dual is infeasible).
+    DUAL_INFEASIBLE = 3
+    #: The error became NaN or ±inf (the loop stops at once), or the iterate is not finite.
+    NONFINITE = 4
+    #: Stopped before maxiter without reaching tol: no further progress possible (a bisection
+    #: bracket that floating point cannot split any more).
+    STALLED = 5
+    #: The problem was rejected at the start (a bisection bracket without a sign change).
+    INVALID_INPUT = 6
+
+
+_FAILURE_POLICIES = ("auto", "ignore", "warn", "raise")
+
+
+class SolverWarning(RuntimeWarning):
+    """A solver's run did not converge (``on_failure="warn"``, or ``"auto"`` outside a trace)."""
+
+
+class SolverError(RuntimeError):
+    """A solver's run did not converge (``on_failure="raise"`` outside a JAX trace)."""
 
 
 class OptStep(NamedTuple):
@@ -64,6 +119,147 @@ class _ArgsSplit:
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+# ---------------------------------------------------------------------------------------------
+# What happens when a run does not converge.
+
+
+def check_failure_policies(owner: str, on_failure: Any, backward_on_failure: Any) -> None:
+    """Raise a ValueError naming the option if either policy is not a known one."""
+    if on_failure not in _FAILURE_POLICIES:
+        raise ValueError(
+            f"{owner}: on_failure must be one of {_FAILURE_POLICIES}, got {on_failure!r}"
+        )
+    if backward_on_failure not in _BACKWARD_POLICIES:
+        raise ValueError(
+            f"{owner}: backward_on_failure must be one of {_BACKWARD_POLICIES}, got "
+            f"{backward_on_failure!r}"
+        )
+
+
+def _tolerance(solver: Any) -> Any:
+    for name in ("error_tol", "tol"):
+        value = getattr(solver, name, None)
+        if isinstance(value, (int, float)):
+            return value
+    return None
+
+
+def _status_label(solver: Any, code: int) -> str:
+    if isinstance(solver, IterativeSolver):
+        try:
+            return f"status {code} ({Status(code).name})"
+        except ValueError:
+            pass
+    return f"status {code}"
+
+
+def _failure_message(solver: Any, converged, error, iter_num, status) -> str | None:
+    """The message for a failed run (batched values: one line for all), None if all converged."""
+    failed = np.logical_not(np.asarray(converged, dtype=bool)).reshape(-1)
+    if not failed.any():
+        return None
+    error = np.broadcast_to(np.asarray(error, dtype=float), np.shape(converged)).reshape(-1)
+    iter_num = np.broadcast_to(np.asarray(iter_num), np.shape(converged)).reshape(-1)
+    codes = [] if status is None else np.asarray(status).reshape(-1)[failed].tolist()
+    name = type(solver).__name__
+    tol = _tolerance(solver)
+    tol_text = "" if tol is None else f" (tol {tol:g})"
+    if failed.size == 1:
+        message = f"{name}.run did not converge: "
+        if codes:
+            message += _status_label(solver, int(codes[0])) + ", "
+        message += f"error {error[0]:.3e}{tol_text} after {int(iter_num[0])} iterations."
+    else:
+        message = f"{name}.run did not converge on {int(failed.sum())} of {failed.size} problems"
+        if codes:
+            message += " (" + ", ".join(_status_label(solver, c) for c in sorted(set(codes))) + ")"
+        worst = np.nan_to_num(error[failed], nan=np.inf).max()
+        message += f"; largest error {worst:.3e}{tol_text}."
+    if isinstance(solver, IterativeSolver):
+        hints = [_HINTS[c] for c in sorted(set(codes)) if c in _HINTS]
+        if hints:
+            message += " Remedy: " + "; ".join(hints) + "."
+    return message + " on_failure='ignore' leaves only the flag state.converged."
+
+
+_HINTS = {
+    Status.MAX_ITERATIONS: "a larger maxiter, or a looser tol",
+    Status.PRIMAL_INFEASIBLE: "the constraints cannot be satisfied: check the data",
+    Status.DUAL_INFEASIBLE: "the objective is unbounded below: check the data",
+    Status.NONFINITE: "finite data and starting point, or a smaller step",
+    Status.STALLED: "a looser tol (the solver could not make further progress)",
+    Status.INVALID_INPUT: "see the solver's documentation for what it requires",
+}
+
+
+def _warn_from_user_code(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first caller outside this package."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
+    """Apply ``solver.on_failure`` to the state of a finished run, then return the run as is.
+
+    Outside a JAX trace the state is concrete: one boolean is read back to the host (no callback
+    in the compiled program). Inside a trace (the user's jit, vmap, grad): "warn" calls back to
+    the host (``io_callback``), "raise" adds a ``checkify.check``, "auto" does nothing more than
+    the flag in the state.
+    """
+    policy = getattr(solver, "on_failure", "ignore")
+    state = step.state
+    converged = getattr(state, "converged", None)
+    if policy == "ignore" or converged is None:
+        return step
+    status = getattr(state, "status", None)
+    error, iter_num = state.error, state.iter_num
+    values = (converged, error, iter_num, status)
+    traced = any(isinstance(v, jax.core.Tracer) for v in values)
+    if traced:  # (unrolled runs carry derivatives in the error)
+        error, iter_num = tree.stop_gradient((error, iter_num))
+    else:
+        message = _failure_message(solver, converged, error, iter_num, status)
+        if message is None:
+            return step
+        if policy == "raise":
+            raise SolverError(message)
+        _warn_from_user_code(message, SolverWarning)
+        return step
+    if policy == "auto":
+        return step
+    if policy == "warn":
+
+        def report(converged, error, iter_num, *status):
+            message = _failure_message(
+                solver, converged, error, iter_num, status[0] if status else None
+            )
+            if message is not None:
+                warnings.warn(message, SolverWarning, stacklevel=2)
+
+        extra = () if status is None else (status,)
+        # Unordered: kept by the compiler (it has a side effect), and a rolled loop under vmap.
+        io_callback(report, None, converged, error, iter_num, *extra, ordered=False)
+        return step
+    # "raise" inside a trace: JAX's own checking machinery. Under checkify.checkify the error is
+    # functionalized (err.throw() raises it); eagerly under vmap or grad it raises at once; under
+    # a jit without checkify, JAX refuses to compile and says to use checkify.
+    tol = _tolerance(solver)
+    text = f"{type(solver).__name__}.run did not converge: "
+    fmt = {"error": jnp.asarray(error), "iter_num": jnp.asarray(iter_num)}
+    if status is not None:
+        text += "status {status}, "
+        fmt["status"] = jnp.asarray(status)
+    text += "error {error}" + ("" if tol is None else f" (tol {tol:g})")
+    text += " after {iter_num} iterations (see implicitdiff.solvers.Status for the codes)."
+    checkify.check(jnp.asarray(converged, bool), text, **fmt)
+    return step
+
+
 class DifferentiableRun(abc.ABC):
     """``run`` for every solver: ``self._solution`` wrapped for implicit differentiation, jitted.
 
@@ -85,15 +281,43 @@ class DifferentiableRun(abc.ABC):
             return self._solution
         kind, fun = self.optimality()
         decorator = custom_root if kind == "root" else custom_fixed_point
-        return decorator(fun, has_aux=True, solve=self.solve)(self._solution)
+        backward = getattr(self, "backward_on_failure", "warn")
+        return decorator(fun, has_aux=True, solve=self.solve, on_failure=backward)(self._solution)
 
     def run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
         """Solve from ``init_params``; returns ``OptStep(params, state)``.
 
         The arguments after ``init_params`` are those of the solver's objective (or of its
         operators), as each solver documents; the solution is differentiable with respect to
-        each of them (not with respect to ``init_params``).
+        each of them (not with respect to ``init_params``). A run that did not converge is
+        handled by the solver's ``on_failure`` policy (see :class:`IterativeSolver`).
         """
+        return _apply_failure_policy(self, self._run(init_params, *args, **kwargs))
+
+    def jacobian_error_bound(self, params: PyTree, *args, **options) -> Any:
+        """An estimate of the error of the implicit Jacobian at ``params`` (Theorem 1).
+
+        :func:`implicitdiff.diagnostics.jacobian_error_bound` on the solver's own condition:
+        F = the root condition, or T(x) − x for a fixed point, at ``params`` (as returned by
+        ``run``) and the arguments given to ``run`` after ``init_params`` (positional only).
+        ``options`` are that function's (``argnums``, ``iterations``, ...).
+        """
+        residual = getattr(self, "_diagnostic_residual", None)
+        if residual is None:  # built once, so that repeated calls reuse one compilation
+            kind, fun = self.optimality()
+            if kind == "root":
+                residual = fun
+            else:
+
+                def residual(x, *a):
+                    return tree.sub(fun(x, *a), x)
+
+            self._diagnostic_residual = residual
+        return diagnostics.jacobian_error_bound(residual, params, *args, **options)
+
+    def _run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
+        """``run`` without the failure policy."""
+        _checks.check_init_params(init_params, f"{type(self).__name__}.run")
         solution = self._differentiable_solution()
         if not self.jit:
             return OptStep(*solution(init_params, *args, **kwargs))
@@ -135,6 +359,27 @@ class IterativeSolver(DifferentiableRun):
       jit: compile ``run`` (the default), once per shape and dtype of the arguments. Arrays and
         numbers are traced as ``jax.jit`` traces them; other arguments (strings, callables,
         ...) are compile-time constants: they must be hashable, and a new value recompiles.
+      on_failure: what ``run`` does when the run did not converge (``state.converged`` False,
+        whatever the cause: see :class:`Status`); keyword-only.
+
+        - ``"auto"`` (the default): a :class:`SolverWarning` when ``run`` is called outside any
+          JAX transformation (the check reads one boolean back from the device after the
+          compiled solve: no host callback in the compiled program); inside ``jit``, ``vmap``,
+          ``grad``... only the flag in the state, so that the user's compiled program keeps
+          JAX's fast dispatch.
+        - ``"ignore"``: only the flag in the state.
+        - ``"warn"``: a :class:`SolverWarning` in every context; inside a transformation it
+          comes from a host callback (``io_callback``), which costs about 0.1–0.2 ms per call of
+          the compiled program (it disables JAX's C++ fast dispatch).
+        - ``"raise"``: outside a transformation, a :class:`SolverError`. Inside one, a
+          ``jax.experimental.checkify.check``: under ``checkify.checkify`` the error is returned
+          as data and ``err.throw()`` raises it; eagerly under ``vmap`` or ``grad`` it raises at
+          once (checkify's ``JaxRuntimeError``); inside a ``jit`` that ``checkify`` does not
+          wrap, JAX refuses to compile the program, with an error saying to use
+          ``checkify.checkify``.
+      backward_on_failure: the policy for the linear system of the implicit derivative, passed
+        to :func:`implicitdiff.custom_root` as its ``on_failure`` (default ``"warn"``; also
+        ``"raise"``, ``"nan"``, ``"ignore"``, ``"fallback"``); keyword-only.
     """
 
     maxiter: int = 500
@@ -143,6 +388,8 @@ class IterativeSolver(DifferentiableRun):
     solve: str | Callable | None = None
     unroll_checkpoint: bool = False
     jit: bool = True
+    on_failure: str = dataclasses.field(default="auto", kw_only=True)
+    backward_on_failure: str = dataclasses.field(default="warn", kw_only=True)
 
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
@@ -160,6 +407,7 @@ class IterativeSolver(DifferentiableRun):
             raise ValueError(f"maxiter must be a positive int, got {self.maxiter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        check_failure_policies(type(self).__name__, self.on_failure, self.backward_on_failure)
         self._compiled: dict = {}
 
     # -- the loop ---------------------------------------------------------------------------
@@ -167,16 +415,53 @@ class IterativeSolver(DifferentiableRun):
     def _done(self, state) -> jax.Array:
         return (state.iter_num >= self.maxiter) | (state.error <= self.tol)
 
+    def _stop(self, params, state) -> jax.Array:
+        """Leave the loop: ``_done``, or a non-finite error (no use going on).
+
+        Only the scalar error is tested in the loop: every solver's error is a norm computed from
+        its current iterate, so a NaN or inf there shows in it, and testing the whole iterate at
+        every step costs up to 60% of a cheap iteration on 10⁴ unknowns (measured); the iterate
+        itself is tested once, at exit (:meth:`_finish`). An infinite error before the first
+        iteration is the "not measured yet" of the solvers that start from error = inf.
+        """
+        del params
+        error = state.error
+        broken = jnp.isnan(error) | (jnp.isinf(error) & (state.iter_num > 0))
+        return self._done(state) | broken
+
     def _finish(self, params, state):
-        """The state at exit: ``converged`` set from the error (and finite params)."""
-        finite = jnp.all(
-            jnp.asarray(
-                [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-                or [True]
-            )
-        )
-        converged = (state.error <= self.tol) & finite & jnp.isfinite(state.error)
-        return params, state._replace(converged=converged)
+        """The state at exit: ``converged`` and ``status`` (see :class:`Status`).
+
+        converged = error ≤ tol, a finite error and iterate, and no failure the solver itself
+        detected (a status ≥ 2 set by its ``update``, as OSQP's infeasibility). Otherwise the
+        status is the solver's own failure if any, else NONFINITE, else MAX_ITERATIONS if the
+        iterations are spent, else STALLED. A state without a ``status`` field only gets
+        ``converged``.
+        """
+        has_status = "status" in getattr(state, "_fields", ())
+        own = jnp.asarray(state.status if has_status else Status.MAX_ITERATIONS, jnp.int32)
+        own_failure = own >= Status.PRIMAL_INFEASIBLE
+        finite = jnp.isfinite(state.error) & _finite(params)
+        converged = (state.error <= self.tol) & finite & jnp.logical_not(own_failure)
+        state = state._replace(converged=converged)
+        if not has_status:
+            return params, state
+        status = jnp.where(
+            converged,
+            Status.CONVERGED,
+            jnp.where(
+                own_failure,
+                own,
+                jnp.where(
+                    jnp.logical_not(finite),
+                    Status.NONFINITE,
+                    jnp.where(
+                        state.iter_num >= self.maxiter, Status.MAX_ITERATIONS, Status.STALLED
+                    ),
+                ),
+            ),
+        ).astype(jnp.int32)
+        return params, state._replace(status=status)
 
     def _solution(self, init_params, *args, **kwargs):
         return self._iterate(init_params, *args, **kwargs)
@@ -190,15 +475,21 @@ class IterativeSolver(DifferentiableRun):
 
         if self.implicit_diff:
             carry = jax.lax.while_loop(
-                lambda carry: jnp.logical_not(self._done(carry[1])), step, (init_params, state)
+                lambda carry: jnp.logical_not(self._stop(*carry)), step, (init_params, state)
             )
         else:
             # Unrolling: a fixed number of steps, frozen once done, that reverse mode can follow.
             def masked_step(carry, _):
                 moved = step(carry)
-                return tree.where(self._done(carry[1]), carry, moved), None
+                return tree.where(self._stop(*carry), carry, moved), None
 
             if self.unroll_checkpoint:
                 masked_step = jax.checkpoint(masked_step)
             carry, _ = jax.lax.scan(masked_step, (init_params, state), None, length=self.maxiter)
         return self._finish(*carry)
+
+
+def _finite(params: PyTree) -> jax.Array:
+    """Whether every entry of a pytree is finite (True for an empty one)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+    return jnp.all(jnp.asarray(leaves)) if leaves else jnp.asarray(True)

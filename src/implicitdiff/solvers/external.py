@@ -54,7 +54,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve, optimality, projections, tree
-from implicitdiff.solvers._base import DifferentiableRun, _ArgsSplit
+from implicitdiff.solvers._base import DifferentiableRun, _ArgsSplit, check_failure_policies
 
 PyTree = Any
 
@@ -263,11 +263,16 @@ class _HostWrapper(DifferentiableRun):
       solve: the linear solver of the implicit derivative (see :func:`implicitdiff.custom_root`).
       jit: compile ``run`` once per shape and dtype of the arguments (default True). Arrays and
         numbers are traced; other arguments are compile-time constants and must be hashable.
+      on_failure, backward_on_failure: what ``run`` does when ``state.converged`` is False, and
+        when the linear system of the derivative fails: as for
+        :class:`implicitdiff.solvers.IterativeSolver` (defaults "auto" and "warn").
     """
 
     implicit_diff: bool = True
     solve: str | Callable | None = None
     jit: bool = True
+    on_failure: str = "auto"
+    backward_on_failure: str = "warn"
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -276,6 +281,7 @@ class _HostWrapper(DifferentiableRun):
         if not isinstance(self.jit, bool):
             raise TypeError(f"{owner}: jit must be a bool, got {self.jit!r}")
         linear_solve.resolve(self.solve)  # an unknown name raises here, naming solve
+        check_failure_policies(owner, self.on_failure, self.backward_on_failure)
         self._compiled: dict = {}
         self._host_functions: dict = {}
 

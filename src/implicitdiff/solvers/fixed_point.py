@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import tree
+from implicitdiff import _checks, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 PyTree = Any
@@ -48,6 +48,7 @@ class FixedPointState(NamedTuple):
     error: jax.Array
     converged: jax.Array
     next_params: PyTree
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 @dataclasses.dataclass(eq=False)
@@ -85,6 +86,9 @@ class FixedPointIteration(IterativeSolver):
 
     def init_state(self, init_params, *args, **kwargs) -> FixedPointState:
         next_params = self.fixed_point_fun(init_params, *args, **kwargs)
+        _checks.check_like(
+            init_params, next_params, "FixedPointIteration", "fixed_point_fun", "init_params"
+        )
         return FixedPointState(
             iter_num=jnp.asarray(0),
             error=_error(tree.sub(next_params, init_params), tree.dtype(init_params)),
@@ -120,6 +124,7 @@ class AndersonState(NamedTuple):
     params_history: PyTree
     residuals_history: PyTree
     gram: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 def _stack_slot(history: PyTree, position: jax.Array, value: PyTree) -> PyTree:
@@ -214,7 +219,11 @@ class AndersonAcceleration(IterativeSolver):
     def init_state(self, init_params, *args, **kwargs) -> AndersonState:
         m = self.history_size
         dtype = tree.dtype(init_params)
-        residual = tree.sub(self.fixed_point_fun(init_params, *args, **kwargs), init_params)
+        next_params = self.fixed_point_fun(init_params, *args, **kwargs)
+        _checks.check_like(
+            init_params, next_params, "AndersonAcceleration", "fixed_point_fun", "init_params"
+        )
+        residual = tree.sub(next_params, init_params)
         empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), leaf.dtype), init_params)
         params_history, residuals_history, gram = self._record(
             (empty, empty, jnp.zeros((m, m), dtype)), 0, init_params, residual

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import optimality, tree
+from implicitdiff import _checks, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._linesearch import backtracking
 
@@ -25,6 +25,7 @@ class GradientDescentState(NamedTuple):
     value: jax.Array
     grad: PyTree
     stepsize: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 @dataclasses.dataclass(eq=False)
@@ -64,6 +65,9 @@ class GradientDescent(IterativeSolver):
         self._value_and_grad = jax.value_and_grad(self.fun)
 
     def init_state(self, init_params, *args, **kwargs) -> GradientDescentState:
+        _checks.check_signature(
+            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
+        )
         value, grad = self._value_and_grad(init_params, *args, **kwargs)
         dtype = tree.dtype(init_params)
         return GradientDescentState(

@@ -147,6 +147,7 @@ class LBFGSBState(NamedTuple):
     rho_history: jax.Array
     newest: jax.Array
     gamma: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 @dataclasses.dataclass(eq=False)

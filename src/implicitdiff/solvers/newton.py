@@ -33,6 +33,7 @@ class NewtonState(NamedTuple):
     stepsize: jax.Array
     damping: jax.Array
     newton_step: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 def _truncated_cg(matvec: Callable, b: PyTree, rtol: jax.Array, maxiter: int):

@@ -29,8 +29,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from implicitdiff import linear_solve, optimality, tree
+from implicitdiff import _checks, linear_solve, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 PyTree = Any
@@ -75,6 +76,12 @@ def _apply(matvec: Callable | None, M: Any, x: PyTree) -> PyTree:
 def _inf_norm(v: jax.Array) -> jax.Array:
     """‖v‖∞, 0 for an empty v."""
     return jnp.max(jnp.abs(v), initial=0.0)
+
+
+def _transpose_products(C: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(Cᵀu, Cᵀv) from one pass over C (one matrix product with two columns)."""
+    both = C.T @ jnp.stack([u, v], axis=1)
+    return both[:, 0], both[:, 1]
 
 
 def _check_pair(name: str, pair: Any) -> None:
@@ -144,6 +151,7 @@ class EqualityConstrainedQPState(NamedTuple):
     iter_num: jax.Array
     error: jax.Array
     converged: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 @dataclasses.dataclass(eq=False)
@@ -213,6 +221,20 @@ class EqualityConstrainedQP(IterativeSolver):
         _check_pair("params_obj", params_obj)
         _check_pair("params_eq", params_eq)
         c = params_obj[1]
+        if self.matvec_Q is None and self.matvec_A is None:  # dense arrays: check their shapes
+            Q, n = params_obj[0], (jnp.shape(c) or (-1,))[0]
+            if jnp.ndim(c) != 1 or jnp.shape(Q) != (n, n):
+                raise ValueError(
+                    "EqualityConstrainedQP: params_obj = (Q, c) must be a matrix (n, n) and a "
+                    f"vector (n,); got Q {jnp.shape(Q)}, c {jnp.shape(c)}"
+                )
+            if params_eq is not None:
+                A, b = params_eq
+                if jnp.ndim(A) != 2 or jnp.shape(A)[1] != n or jnp.shape(b) != jnp.shape(A)[:1]:
+                    raise ValueError(
+                        f"EqualityConstrainedQP: params_eq = (A, b) must be a matrix (p, {n}) and "
+                        f"a vector (p,); got A {jnp.shape(A)}, b {jnp.shape(b)}"
+                    )
         x0, nu0, _ = (None, None, None) if init_params is None else init_params
         if params_eq is None:
             nu0 = None
@@ -312,11 +334,14 @@ _box_fixed_point.symmetric = False
 
 
 class BoxCDQPState(NamedTuple):
-    """iter_num (sweeps done), error = ‖x − clip(x − D⁻¹(Qx + c), l, u)‖₂, converged."""
+    """iter_num (sweeps done), error = ‖x − clip(x − D⁻¹(Qx + c), l, u)‖₂, converged, status,
+    quadratic = (Q + Qᵀ)/2, formed once by ``init_state`` (None: formed at each sweep)."""
 
     iter_num: jax.Array
     error: jax.Array
     converged: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    quadratic: Any = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -375,40 +400,50 @@ class BoxCDQP(IterativeSolver):
             raise ValueError(
                 f"BoxCDQP: Q must be (n, n) and c (n,); got Q {jnp.shape(Q)}, c {c.shape}"
             )
+        bounds = _checks.concrete_leaves(params_ineq)
+        if bounds is not None and len(bounds) == 2 and np.any(np.greater(*bounds)):
+            raise ValueError(
+                "BoxCDQP: params_ineq = (lower, upper) must have lower ≤ upper entry by entry "
+                "(the box is empty otherwise)"
+            )
         dtype = _dtype_of(Q, c)
         # Bounds broadcast to arrays like c (so that they can be differentiated entry by entry).
         lower, upper = (
             jnp.broadcast_to(jnp.asarray(bound, dtype), c.shape) for bound in params_ineq
         )
+        if bounds is None:  # traced bounds: NaN where lower > upper (converged False)
+            upper = _checks.nan_unless(lower <= upper, upper)
         x0 = jnp.zeros(c.shape, dtype) if init_params is None else jnp.asarray(init_params, dtype)
         return super().run(_clip(x0, lower, upper), (Q, c), (lower, upper))
 
     def init_state(self, init_params, params_obj, params_ineq) -> BoxCDQPState:
         dtype = _dtype_of(*params_obj)
+        Q = params_obj[0]
         return BoxCDQPState(
             iter_num=jnp.asarray(0),
             error=jnp.asarray(jnp.inf, dtype),
             converged=jnp.asarray(False),
+            quadratic=0.5 * (Q + Q.T),
         )
 
     def update(self, params, state, params_obj, params_ineq) -> OptStep:
         Q, c = params_obj
         lower, upper = params_ineq
-        Q = 0.5 * (Q + Q.T)
-        diag = jnp.diag(Q)
+        P = 0.5 * (Q + Q.T) if state.quadratic is None else state.quadratic
+        diag = jnp.diag(P)
         x = _clip(params, lower, upper)
 
-        def coordinate(i, carry):
+        def coordinate(i, carry):  # P symmetric: its row i is its column i, and contiguous
             x, grad = carry
             xi = _clip(x[i] - grad[i] / diag[i], lower[i], upper[i])
-            return x.at[i].set(xi), grad + (xi - x[i]) * Q[:, i]
+            return x.at[i].set(xi), grad + (xi - x[i]) * P[i]
 
-        x, _ = jax.lax.fori_loop(0, x.shape[0], coordinate, (x, Q @ x + c))
-        error = tree.norm(x - _box_fixed_point(x, (Q, c), (lower, upper)))
-        state = BoxCDQPState(
-            iter_num=state.iter_num + 1,
-            error=error.astype(state.error.dtype),
-            converged=state.converged,
+        # Px + c from scratch at each sweep; the sweep's own update of it is the gradient at
+        # the new x (to rounding), which the error needs: no further product with P.
+        x, grad = jax.lax.fori_loop(0, x.shape[0], coordinate, (x, P @ x + c))
+        error = tree.norm(x - _clip(x - grad / diag, lower, upper))
+        state = state._replace(
+            iter_num=state.iter_num + 1, error=error.astype(state.error.dtype), quadratic=P
         )
         return OptStep(x, state)
 
@@ -428,7 +463,9 @@ class OSQPState(NamedTuple):
     infeasible, 3 dual infeasible); primal_residual r_prim = ‖Cx − z‖∞; dual_residual
     r_dual = ‖Qx + c + Cᵀy‖∞; rho (the current ρ); z (the ADMM's Cx, in [l, u]); factor (the
     Cholesky factor of Q + σI + CᵀRC); polished (whether the returned solution is the polished
-    one).
+    one); data = (P, q, C, l, u), the problem in the stacked form of :class:`OSQP`, built once by
+    ``init_state``; products = (Cx, Px, Cᵀy, Cᵀ(Rz − y)) at the current iterate, which the next
+    iteration needs (None in both: rebuilt from the arguments).
     """
 
     iter_num: jax.Array
@@ -441,6 +478,8 @@ class OSQPState(NamedTuple):
     z: jax.Array
     factor: jax.Array
     polished: jax.Array
+    data: Any = None
+    products: Any = None
 
 
 class _Data(NamedTuple):
@@ -485,6 +524,13 @@ class OSQP(IterativeSolver):
       and (Cδx)ᵢ ≤ ε_d ‖δx‖∞ where uᵢ < ∞, ≥ −ε_d ‖δx‖∞ where lᵢ > −∞.
 
     The run stops on either (``converged`` False); status 1 means maxiter was reached.
+
+    Cost of an iteration: one product with each of C, P and Cᵀ (Cᵀ on two vectors at once), and
+    two triangular solves. P = (Q + Qᵀ)/2 and C are built once, in ``init_state``; the products
+    that the residuals and the infeasibility tests need are carried from one iteration to the
+    next: Cx⁺ = α Cx̃ + (1 − α) Cx (rounding errors are damped by |1 − α| < 1 at each
+    iteration), Cᵀδy = Cᵀy⁺ − Cᵀy, Cδx = Cx⁺ − Cx, Pδx = Px⁺ − Px, and Cᵀ(Rz − y) for the next
+    right-hand side.
 
     Polishing (``polish=True``): after the loop, the active constraints are guessed from (z, y)
     (upper-active where uᵢ − zᵢ < yᵢ, lower-active where zᵢ − lᵢ < −yᵢ, equalities always) and
@@ -633,6 +679,18 @@ class OSQP(IterativeSolver):
         upper = jnp.concatenate([empty, *upper]).astype(dtype)
         return _Data(P, c.astype(dtype), C, lower, upper, n_eq)
 
+    def _state_data(self, state: OSQPState, params_obj, params_eq, params_ineq) -> _Data:
+        """The stacked problem: from the state when ``init_state`` stored it, else rebuilt."""
+        if state.data is None:
+            return self._data(params_obj, params_eq, params_ineq)
+        n_eq = 0 if params_eq is None else jnp.shape(params_eq[1])[0]
+        return _Data(*state.data, n_eq)
+
+    def _products(self, x, z, y, rho_vec, data: _Data) -> tuple:
+        """(Cx, Px, Cᵀy, Cᵀ(Rz − y)), computed from scratch."""
+        Cty, w = _transpose_products(data.C, y, rho_vec * z - y)
+        return data.C @ x, data.P @ x, Cty, w
+
     @staticmethod
     def _dual_vector(params, data: _Data) -> jax.Array:
         _, nu, lam = params
@@ -659,10 +717,14 @@ class OSQP(IterativeSolver):
         M = data.P + self.sigma * jnp.eye(n, dtype=data.q.dtype) + (data.C.T * rho_vec) @ data.C
         return jnp.linalg.cholesky(M)
 
-    @staticmethod
-    def _residuals(x, z, y, data: _Data):
+    @classmethod
+    def _residuals(cls, x, z, y, data: _Data):
         """(error, r_prim, r_dual, s_prim, s_dual)."""
-        Cx, Px, Cty = data.C @ x, data.P @ x, data.C.T @ y
+        return cls._residuals_of(data.C @ x, data.P @ x, data.C.T @ y, z, data)
+
+    @staticmethod
+    def _residuals_of(Cx, Px, Cty, z, data: _Data):
+        """(error, r_prim, r_dual, s_prim, s_dual) from the products Cx, Px and Cᵀy."""
         r_prim = _inf_norm(Cx - z)
         r_dual = _inf_norm(Px + data.q + Cty)
         s_prim = jnp.maximum(_inf_norm(Cx), _inf_norm(z))
@@ -671,6 +733,8 @@ class OSQP(IterativeSolver):
         return error, r_prim, r_dual, s_prim, s_dual
 
     def _primal_infeasible(self, dy, data: _Data) -> jax.Array:
+        """Whether δy certifies primal infeasibility. The product Cᵀδy is computed only when the
+        cheap part of the test (the support function) passes."""
         lower_inf, upper_inf = jnp.isinf(data.lower), jnp.isinf(data.upper)
         # Project δy onto the polar of the recession cone of [l, u].
         dy = jnp.where(
@@ -688,16 +752,26 @@ class OSQP(IterativeSolver):
             + jnp.where(lower_inf, 0.0, data.lower * jnp.minimum(dy, 0.0))
         )
         eps = self.eps_primal_infeasible * norm
-        return (norm > 0) & (_inf_norm(data.C.T @ dy) <= eps) & (support <= -eps)
+        candidate = (norm > 0) & (support <= -eps)
+        return candidate & jax.lax.cond(
+            candidate, lambda: _inf_norm(data.C.T @ dy) <= eps, lambda: jnp.asarray(False)
+        )
 
     def _dual_infeasible(self, dx, data: _Data) -> jax.Array:
+        """Whether δx certifies dual infeasibility. The products Cδx and Pδx are computed only
+        when the cheap part of the test (cᵀδx) passes."""
         norm = _inf_norm(dx)
         eps = self.eps_dual_infeasible * norm
-        Cdx = data.C @ dx
-        cone = jnp.all(
-            (jnp.isinf(data.upper) | (Cdx <= eps)) & (jnp.isinf(data.lower) | (Cdx >= -eps))
-        )
-        return (norm > 0) & (_inf_norm(data.P @ dx) <= eps) & (jnp.vdot(data.q, dx) <= -eps) & cone
+
+        def products_pass():
+            Cdx = data.C @ dx
+            cone = jnp.all(
+                (jnp.isinf(data.upper) | (Cdx <= eps)) & (jnp.isinf(data.lower) | (Cdx >= -eps))
+            )
+            return cone & (_inf_norm(data.P @ dx) <= eps)
+
+        candidate = (norm > 0) & (jnp.vdot(data.q, dx) <= -eps)
+        return candidate & jax.lax.cond(candidate, products_pass, lambda: jnp.asarray(False))
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -706,8 +780,9 @@ class OSQP(IterativeSolver):
         x = init_params[0]
         y = self._dual_vector(init_params, data)
         z = _clip(data.C @ x, data.lower, data.upper)
-        error, r_prim, r_dual, _, _ = self._residuals(x, z, y, data)
         rho = jnp.asarray(self.rho, data.q.dtype)
+        products = self._products(x, z, y, self._rho_vector(rho, data), data)
+        error, r_prim, r_dual, _, _ = self._residuals_of(*products[:3], z, data)
         return OSQPState(
             iter_num=jnp.asarray(0),
             error=error,
@@ -719,22 +794,34 @@ class OSQP(IterativeSolver):
             z=z,
             factor=self._factorize(rho, data),
             polished=jnp.asarray(False),
+            data=tuple(data[:5]),
+            products=products,
         )
 
     def update(self, params, state: OSQPState, params_obj, params_eq=None, params_ineq=None):
-        data = self._data(params_obj, params_eq, params_ineq)
+        data = self._state_data(state, params_obj, params_eq, params_ineq)
         x, z = params[0], state.z
         y = self._dual_vector(params, data)
         rho_vec = self._rho_vector(state.rho, data)
+        products = state.products
+        if products is None:
+            products = self._products(x, z, y, rho_vec, data)
+        Cx, _, _, w = products  # w = Cᵀ(Rz − y)
 
-        rhs = self.sigma * x - data.q + data.C.T @ (rho_vec * z - y)
+        rhs = self.sigma * x - data.q + w
         x_tilde = jax.scipy.linalg.cho_solve((state.factor, True), rhs)
-        z_hat = self.alpha * (data.C @ x_tilde) + (1 - self.alpha) * z
+        Cx_tilde = data.C @ x_tilde
+        z_hat = self.alpha * Cx_tilde + (1 - self.alpha) * z
         x_new = self.alpha * x_tilde + (1 - self.alpha) * x
         z_new = _clip(z_hat + y / rho_vec, data.lower, data.upper)
         y_new = y + rho_vec * (z_hat - z_new)
+        Cx_new = self.alpha * Cx_tilde + (1 - self.alpha) * Cx
+        Px_new = data.P @ x_new
+        Cty_new, w_new = _transpose_products(data.C, y_new, rho_vec * z_new - y_new)
 
-        error, r_prim, r_dual, s_prim, s_dual = self._residuals(x_new, z_new, y_new, data)
+        error, r_prim, r_dual, s_prim, s_dual = self._residuals_of(
+            Cx_new, Px_new, Cty_new, z_new, data
+        )
         solved = error <= self.tol
         status = jnp.where(
             solved,
@@ -756,20 +843,25 @@ class OSQP(IterativeSolver):
                 & (status == MAX_ITERATIONS)
                 & ((new_rho > 5 * rho) | (new_rho < rho / 5))
             )
-            factor = jax.lax.cond(change, lambda: self._factorize(new_rho, data), lambda: factor)
+
+            def refactor():  # R changes: the factor, and Cᵀ(Rz − y) for the next step
+                new_rho_vec = self._rho_vector(new_rho, data)
+                return self._factorize(new_rho, data), data.C.T @ (new_rho_vec * z_new - y_new)
+
+            factor, w_new = jax.lax.cond(change, refactor, lambda: (factor, w_new))
             rho = jnp.where(change, new_rho, rho)
 
-        state = OSQPState(
+        state = state._replace(
             iter_num=state.iter_num + 1,
             error=error.astype(state.error.dtype),
-            converged=state.converged,
             status=status,
             primal_residual=r_prim,
             dual_residual=r_dual,
             rho=rho,
             z=z_new,
             factor=factor,
-            polished=state.polished,
+            data=tuple(data[:5]),
+            products=(Cx_new, Px_new, Cty_new, w_new),
         )
         return OptStep(self._params(x_new, y_new, data, params), state)
 
@@ -825,7 +917,7 @@ class OSQP(IterativeSolver):
     def _iterate(self, init_params, params_obj, params_eq=None, params_ineq=None):
         params, state = super()._iterate(init_params, params_obj, params_eq, params_ineq)
         if self.polish:
-            data = self._data(params_obj, params_eq, params_ineq)
+            data = self._state_data(state, params_obj, params_eq, params_ineq)
             params, state = self._finish(*self._polish(params, state, data))
         return params, state
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import optimality, tree
+from implicitdiff import _checks, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._linesearch import backtracking, zoom
 
@@ -181,6 +181,7 @@ class LbfgsState(NamedTuple):
     rho_history: jax.Array
     gamma: jax.Array
     head: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 def _two_loop(grad, s_history, y_history, rho_history, head, gamma):
@@ -283,6 +284,9 @@ class LBFGS(_LineSearchSolver):
             )
 
     def init_state(self, init_params, *args, **kwargs) -> LbfgsState:
+        _checks.check_signature(
+            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
+        )
         value, grad = self._value_and_grad(init_params, *args, **kwargs)
         dtype = tree.dtype(init_params)
         m = self.history_size
@@ -385,6 +389,7 @@ class BfgsState(NamedTuple):
     stepsize: jax.Array
     inv_hessian: jax.Array
     identity: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 @dataclasses.dataclass(eq=False)
@@ -424,6 +429,9 @@ class BFGS(_LineSearchSolver):
     """
 
     def init_state(self, init_params, *args, **kwargs) -> BfgsState:
+        _checks.check_signature(
+            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
+        )
         value, grad = self._value_and_grad(init_params, *args, **kwargs)
         dtype = tree.dtype(init_params)
         n = tree.size(init_params)
@@ -503,6 +511,7 @@ class NonlinearCGState(NamedTuple):
     stepsize: jax.Array
     direction: PyTree
     slope: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 @dataclasses.dataclass(eq=False)
@@ -565,6 +574,9 @@ class NonlinearCG(_LineSearchSolver):
             )
 
     def init_state(self, init_params, *args, **kwargs) -> NonlinearCGState:
+        _checks.check_signature(
+            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
+        )
         value, grad = self._value_and_grad(init_params, *args, **kwargs)
         dtype = tree.dtype(init_params)
         return NonlinearCGState(

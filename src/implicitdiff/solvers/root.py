@@ -21,7 +21,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import tree
-from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._base import IterativeSolver, OptStep, Status
 
 PyTree = Any
 
@@ -40,7 +40,8 @@ def _abs_error(value: PyTree, dtype: Any) -> jax.Array:
 class BroydenState(NamedTuple):
     """iter_num, error = ‖G(x)‖ at the current x, converged, value = G(x) (flattened),
     inverse_jacobian = H ≈ (∂₁G)⁻¹ on the flattened x (n × n), stepsize = the last accepted step
-    size t (0 when the last line search failed and H was reset)."""
+    size t (0 when the last line search failed and H was reset), status, direction = −H G(x),
+    the next step (kept up to date with H: one product with H per iteration is saved)."""
 
     iter_num: jax.Array
     error: jax.Array
@@ -48,6 +49,8 @@ class BroydenState(NamedTuple):
     value: jax.Array
     inverse_jacobian: jax.Array
     stepsize: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    direction: jax.Array | None = None
 
 
 _INITS = ("exact", "identity")
@@ -77,7 +80,11 @@ class Broyden(IterativeSolver):
     unrolled derivatives (``implicit_diff=False``) stay finite.
 
     Memory n² and time O(n²) per iteration (plus the initial O(n³)): use for systems of up to a
-    few thousand unknowns.
+    few thousand unknowns. Each iteration evaluates G once when the full step is accepted (the
+    search's accepted trial value is kept; with ``implicit_diff=False``, whose iterations are
+    differentiated, G is evaluated again at the accepted point so that no derivative flows
+    through a rejected trial) and multiplies by H twice: H G(x⁺) and Hᵀs; H y = H G(x⁺) − H G(x)
+    and the next direction −H⁺G(x⁺) follow from them in O(n).
 
     Stops when ‖G(x)‖ ≤ tol (``state.error``) or after ``maxiter`` iterations. The solution is
     differentiated through G(x, *args) = 0 (:func:`implicitdiff.custom_root`).
@@ -148,69 +155,80 @@ class Broyden(IterativeSolver):
                 f"got {value.shape[0]}"
             )
         dtype = tree.dtype(init_params)
+        h = self._initial_inverse(flat_fun, x).astype(x.dtype)
         return BroydenState(
             iter_num=jnp.asarray(0),
             error=_abs_error(value, dtype),
             converged=jnp.asarray(False),
             value=value,
-            inverse_jacobian=self._initial_inverse(flat_fun, x).astype(x.dtype),
+            inverse_jacobian=h,
             stepsize=jnp.asarray(1.0, dtype),
+            direction=-h @ value,
         )
 
     def _line_search(self, flat_fun, x, value, direction):
-        """The accepted step size t (a constant) and whether the search succeeded."""
+        """The accepted step size t (a constant), whether the search succeeded, and G at the
+        last trial x + t·direction (cut from the graph)."""
         sg = jax.lax.stop_gradient
         x, value, direction = sg(x), sg(value), sg(direction)
         norm2 = jnp.vdot(value, value)
 
-        def passes(t):
-            trial = flat_fun(x + t * direction)
-            trial_norm2 = jnp.vdot(trial, trial)
-            return jnp.isfinite(trial_norm2) & (trial_norm2 <= (1.0 - 2e-4 * t) * norm2)
+        def trial(t):
+            trial_value = flat_fun(x + t * direction)
+            trial_norm2 = jnp.vdot(trial_value, trial_value)
+            ok = jnp.isfinite(trial_norm2) & (trial_norm2 <= (1.0 - 2e-4 * t) * norm2)
+            return t, ok, trial_value
 
         def not_done(carry):
-            _, ok, k = carry
+            _, ok, _, k = carry
             return jnp.logical_not(ok) & (k < self.max_backtracks)
 
         def halve(carry):
-            t, _, k = carry
-            t = 0.5 * t
-            return t, passes(t), k + 1
+            t, _, _, k = carry
+            return (*trial(0.5 * t), k + 1)
 
-        t0 = jnp.asarray(1.0, x.dtype)
-        t, ok, _ = jax.lax.while_loop(not_done, halve, (t0, passes(t0), 0))
-        return sg(t), sg(ok)
+        t, ok, trial_value, _ = jax.lax.while_loop(
+            not_done, halve, (*trial(jnp.asarray(1.0, x.dtype)), 0)
+        )
+        return sg(t), sg(ok), sg(trial_value)
 
     def update(self, params, state: BroydenState, *args, **kwargs) -> OptStep:
         flat_fun = self._flat_fun(params, args, kwargs)
         x, unravel = ravel_pytree(params)
         h, value = state.inverse_jacobian, state.value
-        direction = -h @ value
-        t, ok = self._line_search(flat_fun, x, value, direction)
+        direction = -h @ value if state.direction is None else state.direction
+        t, ok, trial_value = self._line_search(flat_fun, x, value, direction)
 
-        # Differentiated only at the accepted point (never at a rejected trial).
         x_new = jnp.where(ok, x + t * direction, x)
-        value_new = flat_fun(x_new)
-        s, y = x_new - x, value_new - value
-        hy = h @ y
+        if self.implicit_diff:  # iterations never differentiated: keep the search's value
+            value_new = jnp.where(ok, trial_value, value)
+        else:  # differentiated at the accepted point only (never at a rejected trial)
+            value_new = flat_fun(x_new)
+        s = x_new - x
+        h_value_new = h @ value_new
+        hy = h_value_new + direction  # H y = H G(x⁺) − H G(x), and H G(x) = −direction
+        sh = s @ h
         denominator = jnp.vdot(s, hy)
         eps = jnp.finfo(x.dtype).eps
         secant = ok & (
             jnp.abs(denominator) > jnp.sqrt(eps) * jnp.linalg.norm(s) * jnp.linalg.norm(hy)
         )
-        safe = jnp.where(secant, denominator, 1.0)
-        updated = h + jnp.where(secant, 1.0, 0.0) * jnp.outer(s - hy, s @ h) / safe
-        # A failed search: reset the model where x stands (x did not move).
-        h_new = jax.lax.cond(
-            ok, lambda: updated, lambda: self._initial_inverse(flat_fun, x).astype(h.dtype)
-        )
-        state = BroydenState(
+        # H⁺ = H + u shᵀ with u = (s − Hy)/(sᵀHy), and H⁺G(x⁺) = H G(x⁺) + u (shᵀG(x⁺)).
+        u = jnp.where(secant, 1.0, 0.0) * (s - hy) / jnp.where(secant, denominator, 1.0)
+        updated = (h + jnp.outer(u, sh), -(h_value_new + u * jnp.vdot(sh, value_new)))
+
+        def reset():  # a failed search: a new model where x stands (x did not move)
+            h0 = self._initial_inverse(flat_fun, x).astype(h.dtype)
+            return h0, -h0 @ value
+
+        h_new, direction_new = jax.lax.cond(ok, lambda: updated, reset)
+        state = state._replace(
             iter_num=state.iter_num + 1,
             error=_abs_error(value_new, state.error.dtype),
-            converged=state.converged,
             value=value_new,
             inverse_jacobian=h_new,
             stepsize=jnp.where(ok, t, 0.0).astype(state.stepsize.dtype),
+            direction=direction_new,
         )
         return OptStep(unravel(x_new), state)
 
@@ -236,6 +254,7 @@ class BisectionState(NamedTuple):
     high: jax.Array
     sign: jax.Array
     valid_bracket: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 def _is_tracer(leaf: Any) -> bool:
@@ -372,7 +391,10 @@ class Bisection(IterativeSolver):
     def _finish(self, params, state):
         params = jnp.where(state.valid_bracket, params, jnp.nan)
         params, state = super()._finish(params, state)
-        return params, state._replace(converged=state.converged & state.valid_bracket)
+        return params, state._replace(
+            converged=state.converged & state.valid_bracket,
+            status=jnp.where(state.valid_bracket, state.status, Status.INVALID_INPUT),
+        )
 
     def optimality(self):
         return "root", self.optimality_fun

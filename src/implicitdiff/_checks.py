@@ -1,0 +1,127 @@
+"""Argument checks shared by the catalog and the solvers (internal).
+
+The rule for a value that defines a problem (a radius, a scale, bounds, a regularization λ):
+
+- concrete (a Python number, a NumPy array, a JAX array outside any transformation): it is
+  checked when the function is called, and a violation raises ``ValueError`` naming it;
+- traced (inside ``jax.jit``, ``jax.vmap``, a derivative, or a solver's compiled ``run``): its
+  value is unknown while Python runs, so nothing can be raised. The result is then NaN where the
+  value is invalid (:func:`nan_if_negative`, :func:`nan_unless`): a solver iterating on it
+  stops with a non-finite iterate and ``state.converged = False``, and a derivative through it is
+  NaN. Concrete values pay nothing for this (no extra operation is traced).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def is_traced(value: Any) -> bool:
+    """Whether some leaf of ``value`` is a tracer (its value unknown while Python runs)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
+
+
+def nan_unless(valid: Any, leaf: Any) -> jax.Array:
+    """``leaf`` where ``valid``, NaN elsewhere (in the leaf's floating dtype)."""
+    leaf = jnp.asarray(leaf)
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+        leaf = leaf.astype(jnp.result_type(float))
+    return jnp.where(valid, leaf, jnp.asarray(jnp.nan, leaf.dtype))
+
+
+def nan_if_negative(value: PyTree) -> PyTree:
+    """``value`` with its traced leaves made NaN where negative; concrete leaves as given.
+
+    (max(v, 0) would hide the error; NaN makes it visible in the result.)
+    """
+
+    def flag(leaf):
+        if not isinstance(leaf, jax.core.Tracer):
+            return leaf
+        return nan_unless(leaf >= 0, leaf)
+
+    return jax.tree_util.tree_map(flag, value)
+
+
+def check_init_params(params: PyTree, owner: str, name: str = "init_params") -> None:
+    """Raise if ``params`` has an integer or boolean leaf (TypeError), or no entries (ValueError).
+
+    Solvers iterate in floating point, in the dtype of ``init_params``: an integer start would
+    either fail deep inside (``jax.grad`` refuses integers) or silently round every iterate. The
+    fix is the user's choice of precision, so no dtype is guessed: ``jnp.asarray(x, float)``.
+    A problem over ℝ⁰ (every leaf empty) is almost surely a bug upstream (all features
+    filtered out, say): it is refused rather than "solved". No leaves at all (None) is accepted:
+    some solvers ignore ``init_params``.
+    """
+    leaves = jax.tree_util.tree_leaves(params)
+    for i, leaf in enumerate(leaves):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{owner}: {name} must have floating-point leaves (the solver iterates in their "
+                f"dtype), but leaf {i} has dtype {dtype}; pass e.g. jnp.asarray(x, jnp.float32) "
+                "or jnp.zeros(n)"
+            )
+    if leaves and all(np.size(leaf) == 0 for leaf in leaves):
+        shapes = [jnp.shape(leaf) for leaf in leaves]
+        raise ValueError(
+            f"{owner}: {name} has no entries (leaf shapes {shapes}): the problem has no unknowns"
+        )
+
+
+def check_signature(
+    fun: Callable, owner: str, name: str, args: tuple, kwargs: dict, how: str, hint: str = ""
+) -> None:
+    """Raise TypeError, naming ``name``, if ``fun`` cannot be called with ``args``/``kwargs``.
+
+    ``how`` is the expected call, e.g. ``"fun(params, *args, **kwargs)"``; ``hint`` is appended
+    to the message. Callables without a signature (some builtins) are not checked.
+    """
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as err:
+        fun_name = getattr(fun, "__name__", type(fun).__name__)
+        raise TypeError(
+            f"{owner}: {name} {fun_name}{signature} cannot be called as {how} with the "
+            f"{len(args)} positional and {len(kwargs)} keyword argument(s) it receives: {err}."
+            + (f" {hint}" if hint else "")
+        ) from None
+
+
+def check_like(expected: PyTree, got: PyTree, owner: str, what: str, expected_name: str) -> None:
+    """Raise TypeError naming ``what`` if ``got`` differs from ``expected`` in structure, leaf
+    shapes or leaf dtypes."""
+    e_tree, g_tree = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(got)
+    if e_tree != g_tree:
+        raise TypeError(
+            f"{owner}: {what} must return a pytree with the structure of {expected_name}: "
+            f"expected {e_tree}, got {g_tree}"
+        )
+    pairs = zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got), strict=True)
+    for i, (e, g) in enumerate(pairs):
+        e_spec = (jnp.shape(e), jnp.result_type(e))
+        g_spec = (jnp.shape(g), jnp.result_type(g))
+        if e_spec != g_spec:
+            raise TypeError(
+                f"{owner}: {what} must return leaves shaped and typed like {expected_name}: "
+                f"leaf {i} is {g_spec[0]} {g_spec[1]}, expected {e_spec[0]} {e_spec[1]}"
+            )
+
+
+def concrete_leaves(value: Any) -> list[np.ndarray] | None:
+    """The leaves of ``value`` as NumPy arrays, or None if any of them is traced."""
+    if is_traced(value):
+        return None
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(value)]
