@@ -302,6 +302,15 @@ def svm_dual_objective(beta, lam, X, Y):
     return 0.5 / lam * jnp.vdot(V, V) + jnp.vdot(beta, Y - 1.0)
 
 
+def svm_dual_block(beta_i, i, lam, X, Y):
+    """Sample i's part of V = Xᵀ(Y − β) and of ⟨β, Y − 1⟩ (ours: BCD's composite form)."""
+    return jnp.outer(X[i], Y[i] - beta_i), jnp.vdot(beta_i, Y[i] - 1.0)
+
+
+def svm_dual_outer(p, lam, X, Y):
+    return 0.5 / lam * jnp.vdot(p[0], p[0]) + p[1]
+
+
 def svm_loss(beta, theta, X, Y, X_val, Y_val):
     W = X.T @ (Y - beta) / jnp.exp(theta)
     return 0.5 * jnp.mean((X_val @ W - Y_val) ** 2)
@@ -410,7 +419,12 @@ def block_coordinate_descent(quick: bool) -> Case:
     c.builders = {
         "ours": run_style(
             lambda: BCD(
-                fun=fresh(svm_dual_objective), block_prox=block_simplex, maxiter=iters, tol=0.0
+                fun=fresh(svm_dual_objective),
+                outer_fun=svm_dual_outer,
+                block_fun=svm_dual_block,
+                block_prox=block_simplex,
+                maxiter=iters,
+                tol=0.0,
             ),
             beta0,
             lambda theta, X, Y, *_: (1.0, jnp.exp(theta), X, Y),

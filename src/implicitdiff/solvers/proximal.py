@@ -554,9 +554,9 @@ class BlockCoordinateDescent(IterativeSolver):
     ``block_fun = lambda w_j, j, X, y: X[:, j] * w_j`` and ``outer_fun = lambda p, X, y: 0.5 *
     jnp.sum((p - y) ** 2)``. ``fun`` is still used where the whole gradient is needed (the error,
     the optimality condition), as written by the user (``X @ w`` is faster than a sum of m
-    contributions); without it, f is assembled from the blocks. When both are given they must
-    agree up to a constant: their gradients are compared at ``init_params`` (to √eps relative),
-    and if they differ the run fails at once (``state.error`` NaN, ``converged`` False).
+    contributions); without it, f is assembled from the blocks. The two must agree (up to a
+    constant): if they do not, the sweeps minimize another function, the error (measured with
+    ``fun``) does not fall to ``tol``, and the run ends with ``converged`` False.
 
     The error is the block gradient mapping of the simultaneous map after the sweep,
     (Σᵢ ‖Tᵢ(x) − xᵢ‖²/ηᵢ²)^½ with Tᵢ(x) = block_prox(xᵢ − ηᵢ[∇f(x)]ᵢ, ·, ηᵢ) (one more
@@ -564,7 +564,11 @@ class BlockCoordinateDescent(IterativeSolver):
     ≤ ``tol``. The solution is differentiated through that fixed point x = T(x)
     (:func:`implicitdiff.optimality.block_proximal_gradient`) with these ηᵢ: ``stepsize`` when
     given, else 1/Lᵢ computed where the condition is evaluated (the solution; equal to the
-    solver's for a quadratic f, and any ηᵢ > 0 has the same fixed points), as constants.
+    solver's for a quadratic f, and any ηᵢ > 0 has the same fixed points), as constants. A
+    fixed η (JAXopt takes η = 1) would give the same derivatives for less work, but 1/Lᵢ scales
+    each block of I − ∂₁T as a block-Jacobi preconditioner would: on an SVM dual whose rows'
+    Lᵢ spread over a factor e⁴, the backward GMRES solve took 7 times longer with η = 1. The Lᵢ
+    are recomputed where the condition is evaluated, once per derivative (cheap in composite form).
 
     Attributes:
       fun: the smooth part f(x, *args, **kwargs), a scalar; x a JAX array (not a pytree).
@@ -670,13 +674,9 @@ class BlockCoordinateDescent(IterativeSolver):
         if init_params.ndim < 1:
             raise ValueError("BlockCoordinateDescent: params must be an array with ≥ 1 axis")
         dtype = tree.dtype(init_params)
-        error = jnp.asarray(jnp.inf, dtype)
-        if self._composite and self.fun is not None:
-            agree = self._decomposition_agrees(init_params, args, kwargs)
-            error = jnp.where(agree, error, jnp.nan)
         return BlockCoordinateDescentState(
             iter_num=jnp.asarray(0),
-            error=error,
+            error=jnp.asarray(jnp.inf, dtype),
             converged=jnp.asarray(False),
             stepsize=self._stepsizes(init_params, args, kwargs).astype(dtype),
             predictions=self._predictions(init_params, args, kwargs),
@@ -685,15 +685,6 @@ class BlockCoordinateDescent(IterativeSolver):
     def _predictions(self, x, args, kwargs) -> PyTree:
         """p = Σᵢ block_fun(xᵢ, i, *args) in composite form (None otherwise)."""
         return _sum_of_blocks(self.block_fun, x, args, kwargs) if self._composite else None
-
-    def _decomposition_agrees(self, x, args, kwargs) -> jax.Array:
-        """Whether the gradients of fun and of outer_fun(Σᵢ block_fun(xᵢ, i)) agree at x within
-        √eps relative (on values cut from the graph). A constant between the two is harmless
-        (same minimizers, same steps) and allowed."""
-        x, args, kwargs = tree.stop_gradient((x, args, kwargs))
-        grad = self._grad(x, *args, **kwargs)
-        difference = tree.norm(grad - jax.grad(self._composite_fun)(x, *args, **kwargs))
-        return difference <= jnp.sqrt(jnp.finfo(x.dtype).eps) * (1.0 + tree.norm(grad))
 
     def _sweep(self, x, p, steps, hyperparams_prox, args, kwargs):
         """One pass over the blocks, each updated with the latest x; returns x and p."""
@@ -724,7 +715,9 @@ class BlockCoordinateDescent(IterativeSolver):
         self, params, state: BlockCoordinateDescentState, hyperparams_prox, *args, **kwargs
     ) -> OptStep:
         params, steps, p = jnp.asarray(params), state.stepsize, state.predictions
-        if self._composite:  # p from scratch every REFRESH sweeps: no accumulated rounding
+        if self._composite and p is None:  # a state built by hand
+            p = self._predictions(params, args, kwargs)
+        elif self._composite:  # p from scratch every REFRESH sweeps: no accumulated rounding
             p = jax.lax.cond(
                 (state.iter_num + 1) % self.REFRESH == 0,
                 lambda: self._predictions(params, args, kwargs),
