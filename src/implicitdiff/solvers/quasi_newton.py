@@ -87,6 +87,13 @@ class _LineSearchSolver(IterativeSolver):
             raise ValueError(f"{name}: max_stepsize must be > 0, got {self.max_stepsize!r}")
         self._value_and_grad = jax.value_and_grad(self.fun)
 
+    def _start(self, init_params, args, kwargs):
+        """f and ∇f at ``init_params``, after checking that ``fun`` takes (params, *args)."""
+        _checks.check_signature(
+            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
+        )
+        return self._value_and_grad(init_params, *args, **kwargs)
+
     def _search(self, params, value, grad, direction, stepsize, args, kwargs):
         """(η, f(x + η d), ∇f(x + η d)) with η a constant; f and ∇f differentiable when
         unrolling, reused from the line search otherwise.
@@ -284,10 +291,7 @@ class LBFGS(_LineSearchSolver):
             )
 
     def init_state(self, init_params, *args, **kwargs) -> LbfgsState:
-        _checks.check_signature(
-            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
-        )
-        value, grad = self._value_and_grad(init_params, *args, **kwargs)
+        value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         m = self.history_size
         empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), jnp.result_type(leaf)), grad)
@@ -429,10 +433,7 @@ class BFGS(_LineSearchSolver):
     """
 
     def init_state(self, init_params, *args, **kwargs) -> BfgsState:
-        _checks.check_signature(
-            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
-        )
-        value, grad = self._value_and_grad(init_params, *args, **kwargs)
+        value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         n = tree.size(init_params)
         return BfgsState(
@@ -574,10 +575,7 @@ class NonlinearCG(_LineSearchSolver):
             )
 
     def init_state(self, init_params, *args, **kwargs) -> NonlinearCGState:
-        _checks.check_signature(
-            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
-        )
-        value, grad = self._value_and_grad(init_params, *args, **kwargs)
+        value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         return NonlinearCGState(
             iter_num=jnp.asarray(0),
