@@ -46,4 +46,4 @@ from implicitdiff.solvers import ScipyLeastSquares as ScipyLeastSquares
 from implicitdiff.solvers import ScipyMinimize as ScipyMinimize
 from implicitdiff.solvers import ScipyRootFinding as ScipyRootFinding
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
