@@ -123,6 +123,19 @@ def test_gradient_through_bounds_matches_finite_differences():
         np.testing.assert_allclose(np.ravel(grads[i]), fd, atol=1e-8)
 
 
+def test_derivative_at_a_bound_is_the_unclipped_side():
+    """An entry exactly at y_min has the derivative of the feasible side (1), equal to the
+    one-sided finite difference from inside (JAXopt's jnp.clip halves it: 0.5)."""
+    y = jnp.array([0.0, 1.0, 2.0])
+    f = jax.jit(lambda v: isotonic_l2_pav(v, y_min=0.0, y_max=2.0))
+    jac = np.asarray(jax.jacfwd(f)(y))
+    np.testing.assert_array_equal(jac, np.eye(3))
+    h = 1e-7
+    inside = (np.asarray(f(y.at[0].add(h))) - np.asarray(f(y))) / h
+    np.testing.assert_allclose(jac[:, 0], inside, atol=1e-8)
+    np.testing.assert_allclose(jax.jacfwd(lambda v: jaxopt_pav(v, y_min=0.0))(y)[0, 0], 0.5)
+
+
 def test_ties_and_constant_input_are_pooled_exactly():
     y = jnp.full(5, 0.1)
     assert np.array_equal(isotonic_l2_pav(y), y)  # bit-exact, no rounding from averaging
