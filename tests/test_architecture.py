@@ -32,6 +32,9 @@ LAYERS = {
     "implicitdiff._projection_ops": 3,
     "implicitdiff.prox": 3,
     "implicitdiff.losses": 3,
+    "implicitdiff.isotonic": 3,
+    "implicitdiff.perturbations": 3,
+    "implicitdiff.objective": 3,
     # 4. optimality conditions
     "implicitdiff.optimality": 4,
     # 5. solvers
