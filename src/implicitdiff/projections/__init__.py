@@ -40,7 +40,8 @@ function                 set C                                            hyperp
 The transport and Birkhoff polytopes also have KL (entropic) projections,
 ``kl_transport_polytope`` and ``kl_birkhoff_polytope``: argmin_{P ∈ U(a, b)} KL(P ‖ exp X), by
 Sinkhorn in log space. The four are solved in the dual and differentiated implicitly (the dual's
-stationarity through :func:`implicitdiff.custom_root`); see :mod:`implicitdiff.projections._transport`.
+stationarity through :func:`implicitdiff.custom_root`); see
+:mod:`implicitdiff.projections._transport`.
 
 ``sparse_simplex`` and the two spheres are not convex: their projection is one of the closest
 points (unique for almost every x). Hyperparameters that must be non-negative, or ordered
