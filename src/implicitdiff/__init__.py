@@ -29,6 +29,7 @@ from implicitdiff.solvers import LBFGS as LBFGS
 from implicitdiff.solvers import LBFGSB as LBFGSB
 from implicitdiff.solvers import OSQP as OSQP
 from implicitdiff.solvers import AndersonAcceleration as AndersonAcceleration
+from implicitdiff.solvers import BacktrackingLineSearch as BacktrackingLineSearch
 from implicitdiff.solvers import Bisection as Bisection
 from implicitdiff.solvers import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers import BoxCDQP as BoxCDQP
@@ -37,6 +38,7 @@ from implicitdiff.solvers import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers import FixedPointIteration as FixedPointIteration
 from implicitdiff.solvers import GaussNewton as GaussNewton
 from implicitdiff.solvers import GradientDescent as GradientDescent
+from implicitdiff.solvers import HagerZhangLineSearch as HagerZhangLineSearch
 from implicitdiff.solvers import HostSolver as HostSolver
 from implicitdiff.solvers import LevenbergMarquardt as LevenbergMarquardt
 from implicitdiff.solvers import MirrorDescent as MirrorDescent
@@ -48,5 +50,6 @@ from implicitdiff.solvers import ScipyBoundedMinimize as ScipyBoundedMinimize
 from implicitdiff.solvers import ScipyLeastSquares as ScipyLeastSquares
 from implicitdiff.solvers import ScipyMinimize as ScipyMinimize
 from implicitdiff.solvers import ScipyRootFinding as ScipyRootFinding
+from implicitdiff.solvers import ZoomLineSearch as ZoomLineSearch
 
 __version__ = "0.1.0"

@@ -17,7 +17,6 @@ from helpers import assert_tree_allclose, random_tangent
 from jax.flatten_util import ravel_pytree
 from sklearn.linear_model import LogisticRegression
 
-from implicitdiff.solvers._linesearch import zoom
 from implicitdiff.solvers.newton import Newton
 from implicitdiff.solvers.quasi_newton import BFGS, LBFGS, NonlinearCG
 
@@ -298,7 +297,7 @@ def test_run_compiles_once_per_shape(name):
 
 
 # ---------------------------------------------------------------------------------------------
-# Newton's safeguards, the zoom line search, options.
+# Newton's safeguards, options (the line searches: tests/solvers/test_linesearch.py).
 
 
 def test_newton_from_indefinite_start_reaches_a_minimum():
@@ -309,32 +308,6 @@ def test_newton_from_indefinite_start_reaches_a_minimum():
     x, state = Newton(fun=double_well, tol=1e-12).run(jnp.array([0.1, -0.2]), 0.0)
     assert bool(state.converged)
     np.testing.assert_allclose(x, [1.0, -1.0], rtol=1e-10)
-
-
-def test_zoom_satisfies_strong_wolfe_and_returns_a_constant():
-    def f(x, theta):
-        return jnp.sum(jnp.cos(theta * x) + 0.1 * x**2)
-
-    x0, d = jnp.array([0.3, -0.2]), jnp.array([1.0, 0.5])
-    c1, c2 = 1e-4, 0.1
-
-    def stepsize(theta):
-        value, grad = jax.value_and_grad(f)(x0, theta)
-        result = zoom(
-            lambda x: jax.value_and_grad(f)(x, theta), x0, value, grad, d, 1.0, c1=c1, c2=c2
-        )
-        return result.stepsize, result
-
-    eta, result = stepsize(2.0)
-    phi = lambda t: f(x0 + t * d, 2.0)  # noqa: E731
-    slope0 = jax.grad(phi)(0.0)
-    assert bool(result.accepted) and eta > 0
-    assert phi(eta) <= phi(0.0) + c1 * eta * slope0
-    assert abs(jax.grad(phi)(eta)) <= c2 * abs(slope0)
-    np.testing.assert_allclose(result.value, phi(eta), rtol=1e-14)
-    np.testing.assert_allclose(result.grad, jax.grad(f)(x0 + eta * d, 2.0), rtol=1e-14)
-    # Cut from the graph: η's derivative w.r.t. the problem is zero, and finite.
-    assert float(jax.grad(lambda t: stepsize(t)[0])(2.0)) == 0.0
 
 
 BAD_OPTIONS = [
@@ -348,7 +321,7 @@ BAD_OPTIONS = [
     (BFGS, dict(fun=None), "fun"),
     (BFGS, dict(fun=rosenbrock, max_stepsize=0.0), "max_stepsize"),
     (NonlinearCG, dict(fun=rosenbrock, method="dai-yuan"), "method"),
-    (NonlinearCG, dict(fun=rosenbrock, linesearch="backtracking"), "linesearch"),
+    (NonlinearCG, dict(fun=rosenbrock, linesearch="more-thuente"), "linesearch"),
     (Newton, dict(fun=rosenbrock, maxiter=0), "maxiter"),
     (Newton, dict(fun=1.0), "fun"),
     (Newton, dict(fun=rosenbrock, cg_tol=1.5), "cg_tol"),

@@ -20,6 +20,10 @@ from implicitdiff.solvers.gradient_descent import GradientDescent as GradientDes
 from implicitdiff.solvers.lbfgsb import LBFGSB as LBFGSB
 from implicitdiff.solvers.least_squares import GaussNewton as GaussNewton
 from implicitdiff.solvers.least_squares import LevenbergMarquardt as LevenbergMarquardt
+from implicitdiff.solvers.linesearch import BacktrackingLineSearch as BacktrackingLineSearch
+from implicitdiff.solvers.linesearch import HagerZhangLineSearch as HagerZhangLineSearch
+from implicitdiff.solvers.linesearch import LineSearchState as LineSearchState
+from implicitdiff.solvers.linesearch import ZoomLineSearch as ZoomLineSearch
 from implicitdiff.solvers.newton import Newton as Newton
 from implicitdiff.solvers.proximal import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.proximal import MirrorDescent as MirrorDescent

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify, io_callback
 
-from implicitdiff import _checks, diagnostics, tree
+from implicitdiff import _checks, _loop, diagnostics, tree
 from implicitdiff.implicit import _POLICIES as _BACKWARD_POLICIES
 from implicitdiff.implicit import custom_fixed_point, custom_root
 
@@ -474,7 +474,7 @@ class IterativeSolver(DifferentiableRun):
             return tuple(self.update(params, state, *args, **kwargs))
 
         if self.implicit_diff:
-            carry = jax.lax.while_loop(
+            carry = _loop.while_loop(
                 lambda carry: jnp.logical_not(self._stop(*carry)), step, (init_params, state)
             )
         else:
@@ -485,7 +485,7 @@ class IterativeSolver(DifferentiableRun):
 
             if self.unroll_checkpoint:
                 masked_step = jax.checkpoint(masked_step)
-            carry, _ = jax.lax.scan(masked_step, (init_params, state), None, length=self.maxiter)
+            carry, _ = _loop.scan(masked_step, (init_params, state), None, length=self.maxiter)
         return self._finish(*carry)
 
 

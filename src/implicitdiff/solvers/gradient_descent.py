@@ -9,9 +9,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, optimality, tree
+from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-from implicitdiff.solvers._linesearch import backtracking
 
 PyTree = Any
 
@@ -83,15 +82,20 @@ class GradientDescent(IterativeSolver):
         direction = tree.neg(state.grad)
         eta = state.stepsize
         if self.stepsize == 0:
-            eta = backtracking(
-                lambda x: self.fun(x, *args, **kwargs),
+            eta = _linesearch.backtracking(
+                lambda x: self._value_and_grad(x, *args, **kwargs),
                 params,
                 state.value,
-                -tree.vdot(state.grad, state.grad),
+                state.grad,
                 direction,
                 eta * self.increase_factor,
-                decrease=0.5,  # f(x − ηg) ≤ f(x) − η‖g‖²/2: η ≤ 1/L on a quadratic, not ≈ 2/L
-            )
+                value_fun=lambda x: self.fun(x, *args, **kwargs),
+                condition="armijo",
+                c1=0.5,  # f(x − ηg) ≤ f(x) − η‖g‖²/2: η ≤ 1/L on a quadratic, not ≈ 2/L
+                decrease_factor=0.5,
+                maxiter=31,
+                final_grad=False,
+            ).stepsize
         params = tree.axpy(eta, direction, params)
         value, grad = self._value_and_grad(params, *args, **kwargs)
         state = GradientDescentState(

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff import _linesearch, optimality, tree
 from implicitdiff import _projection_ops as projections
-from implicitdiff import optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 PyTree = Any
@@ -66,21 +66,8 @@ def _two_loop(grad, free, s_history, y_history, valid, gamma, newest):
     gamma = jnp.where(
         usable[newest], sy[newest] / jnp.where(usable[newest], yy[newest], 1.0), gamma
     )
-
-    def backward(j, carry):
-        q, alphas = carry
-        i = (newest - j) % size
-        alpha = rho[i] * jnp.vdot(s_history[i], q)
-        return q - alpha * y_history[i], alphas.at[i].set(alpha)
-
-    q, alphas = jax.lax.fori_loop(0, size, backward, (grad, jnp.zeros(size, grad.dtype)))
-
-    def forward(j, r):
-        i = (newest + 1 + j) % size
-        beta = rho[i] * jnp.vdot(y_history[i], r)
-        return r + (alphas[i] - beta) * s_history[i]
-
-    return jax.lax.fori_loop(0, size, forward, gamma * q) * free
+    order = (newest - jnp.arange(size)) % size  # newest to oldest
+    return _linesearch.two_loop(grad, s_history, y_history, rho, gamma, order) * free
 
 
 def _first_scaling(grad: jax.Array) -> jax.Array:
@@ -117,17 +104,10 @@ def _arc_backtracking(
         bound = value + decrease * jnp.vdot(grad, candidate - x) + noise
         return (new_value <= bound) & jnp.isfinite(new_value)
 
-    def not_done(carry):
-        _, ok, k = carry
-        return jnp.logical_not(ok) & (k < maxiter)
-
-    def shrink_step(carry):
-        alpha, _, k = carry
-        alpha = alpha * shrink
-        return alpha, accepted(alpha), k + 1
-
     one = jnp.asarray(1.0, x.dtype)
-    alpha, ok, _ = jax.lax.while_loop(not_done, shrink_step, (one, accepted(one), 0))
+    alpha, ok, _, _ = _linesearch.shrink(
+        lambda alpha: (accepted(alpha), ()), one, factor=shrink, maxiter=maxiter + 1
+    )
     return alpha, ok
 
 
@@ -170,7 +150,7 @@ class LBFGSB(IterativeSolver):
        on the binding ones;
     3. x⁺ = P(x + α d) with α the first of 1, ½, ¼, … giving the Armijo decrease
        f(x⁺) ≤ f(x) + 10⁻⁴⟨g, x⁺ − x⟩ along the projection arc, up to the rounding of f
-       (a constant in the derivative, as in :mod:`implicitdiff.solvers._linesearch`);
+       (a constant in the derivative, as in :mod:`implicitdiff._linesearch`);
     4. the pair s = x⁺ − x, y = ∇f(x⁺) − g joins the history when ⟨s, y⟩ > 10⁻¹⁰‖y‖². When
        it does not (negative curvature of a non-convex f), when the search failed (30 halvings,
        a negligible move) or when d was not a descent direction (then replaced by −g), the

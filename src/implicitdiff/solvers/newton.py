@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import optimality, tree
+from implicitdiff import _linesearch, _loop, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-from implicitdiff.solvers._linesearch import backtracking
 
 PyTree = Any
 
@@ -80,7 +79,7 @@ def _truncated_cg(matvec: Callable, b: PyTree, rtol: jax.Array, maxiter: int):
         )
 
     init = (jnp.asarray(0), tree.zeros_like(b), b, b, rr, jnp.asarray(jnp.inf, dtype))
-    _, d, _, _, _, rayleigh = jax.lax.while_loop(cond, body, init)
+    _, d, _, _, _, rayleigh = _loop.while_loop(cond, body, init)
     return d, rayleigh
 
 
@@ -206,16 +205,19 @@ class Newton(IterativeSolver):
         slope = jax.lax.stop_gradient(tree.vdot(grad, direction))
         descent = (slope < 0) & jnp.isfinite(slope)
         direction = tree.where(descent, direction, tree.neg(grad))
-        slope = jnp.where(descent, slope, -(gnorm**2))
-        eta = backtracking(
-            lambda x: self.fun(x, *cut_args, **cut_kwargs),
+        eta = _linesearch.backtracking(
+            lambda x: self._value_and_grad(x, *cut_args, **cut_kwargs),
             params,
             state.value,
-            slope,
+            grad,
             direction,
             jnp.asarray(1.0, dtype),
-            maxiter=self.maxls,
-        ).astype(dtype)
+            value_fun=lambda x: self.fun(x, *cut_args, **cut_kwargs),
+            condition="armijo",
+            decrease_factor=0.5,
+            maxiter=self.maxls + 1,
+            final_grad=False,
+        ).stepsize.astype(dtype)
         params = tree.axpy(eta, direction, params)
         value, grad = self._value_and_grad(params, *args, **kwargs)
         new_gnorm = jax.lax.stop_gradient(tree.norm(grad)).astype(dtype)

@@ -9,7 +9,7 @@ step size of the map, so the condition uses a fixed one (each class says which);
 conditioning of the linear system I − ∂₁T depends on it.
 
 Step sizes found by a line search are computed on values cut from the graph (``stop_gradient``)
-and enter the iteration as constants, as in :mod:`implicitdiff.solvers._linesearch`: unrolled
+and enter the iteration as constants, as in :mod:`implicitdiff._linesearch`: unrolled
 derivatives (``implicit_diff=False``) are then finite and correct almost everywhere. Errors are
 computed on cut values too: they decide when to stop and are never differentiated.
 """
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, optimality, tree
+from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff import prox as prox_operators
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -97,16 +97,9 @@ def _prox_backtracking(
         ok = jax.lax.cond(resolved, lambda _: by_value, by_gradient, None)
         return ok & jnp.isfinite(new_value)
 
-    def not_done(carry):
-        _, ok, k = carry
-        return jnp.logical_not(ok) & (k < maxiter)
-
-    def shrink_step(carry):
-        eta, _, k = carry
-        eta = eta * shrink
-        return eta, accepted(eta), k + 1
-
-    eta, _, _ = jax.lax.while_loop(not_done, shrink_step, (stepsize, accepted(stepsize), 0))
+    eta, _, _, _ = _linesearch.shrink(
+        lambda eta: (accepted(eta), ()), stepsize, factor=shrink, maxiter=maxiter + 1
+    )
     return eta
 
 

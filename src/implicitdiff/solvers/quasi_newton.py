@@ -4,7 +4,7 @@ All three minimize a smooth ``fun(params, *args, **kwargs)`` along search direct
 search, and are differentiated through the stationarity condition ∇₁f(x, *args) = 0
 (:func:`implicitdiff.optimality.stationary`). They also unroll: with ``implicit_diff=False`` the
 iterations are differentiated step by step, the line search contributing a constant step size
-(see :mod:`implicitdiff.solvers._linesearch`), the curvature estimates of LBFGS and BFGS held
+(see :mod:`implicitdiff.solvers.linesearch`), the curvature estimates of LBFGS and BFGS held
 constant, and every division guarded, so that unrolled derivatives are finite and converge to
 the implicit ones, also through the masked steps after convergence (each class documents how).
 """
@@ -21,15 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, optimality, tree
+from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-from implicitdiff.solvers._linesearch import backtracking, zoom
+from implicitdiff.solvers.linesearch import (
+    BacktrackingLineSearch,
+    HagerZhangLineSearch,
+    LineSearch,
+    ZoomLineSearch,
+)
 
 PyTree = Any
 
 __all__ = ["BFGS", "LBFGS", "NonlinearCG"]
 
-_LINESEARCHES = ("zoom", "backtracking")
+_LINESEARCHES = ("zoom", "backtracking", "hager-zhang")
 
 
 def _safe_min(dtype: Any) -> float:
@@ -72,9 +77,10 @@ class _LineSearchSolver(IterativeSolver):
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
-        if self.linesearch not in _LINESEARCHES:
+        if not (isinstance(self.linesearch, LineSearch) or self.linesearch in _LINESEARCHES):
             raise ValueError(
-                f"{name}: linesearch must be one of {_LINESEARCHES}, got {self.linesearch!r}"
+                f"{name}: linesearch must be one of {_LINESEARCHES} or a line-search object "
+                f"(implicitdiff.solvers.ZoomLineSearch, ...), got {self.linesearch!r}"
             )
         if not (isinstance(self.maxls, int) and self.maxls >= 1):
             raise ValueError(f"{name}: maxls must be a positive int, got {self.maxls!r}")
@@ -87,12 +93,49 @@ class _LineSearchSolver(IterativeSolver):
             raise ValueError(f"{name}: max_stepsize must be > 0, got {self.max_stepsize!r}")
         self._value_and_grad = jax.value_and_grad(self.fun)
 
+    def _evaluate(self, params, *args, **kwargs):
+        """(f, ∇f) at params, f cast to the params' real dtype (whatever dtype ``fun`` returns)."""
+        value, grad = self._value_and_grad(params, *args, **kwargs)
+        return jnp.real(jnp.asarray(value)).astype(_linesearch.real_dtype(params)), grad
+
     def _start(self, init_params, args, kwargs):
         """f and ∇f at ``init_params``, after checking that ``fun`` takes (params, *args)."""
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
-        return self._value_and_grad(init_params, *args, **kwargs)
+        return self._evaluate(init_params, *args, **kwargs)
+
+    def _linesearch_object(self) -> LineSearch:
+        """The line search: the ``linesearch`` object, or the one its name stands for."""
+        if isinstance(self.linesearch, LineSearch):
+            return self.linesearch
+        if self.linesearch == "zoom":
+            return ZoomLineSearch(
+                fun=self.fun,
+                c1=self.c1,
+                c2=self.c2,
+                maxiter=self.maxls,
+                max_stepsize=self.max_stepsize,
+            )
+        if self.linesearch == "hager-zhang":
+            return HagerZhangLineSearch(
+                fun=self.fun,
+                c1=min(0.1, self.c2 / 2),
+                c2=self.c2,
+                maxiter=self.maxls,
+                max_stepsize=self.max_stepsize,
+            )
+        # Armijo backtracking, halving: a search that cannot lengthen the step should not ask
+        # for the curvature condition (JAXopt's strong-Wolfe backtracking is the object's).
+        return BacktrackingLineSearch(
+            fun=self.fun,
+            condition="armijo",
+            c1=self.c1,
+            c2=self.c2,
+            decrease_factor=0.5,
+            maxiter=self.maxls,
+            max_stepsize=self.max_stepsize,
+        )
 
     def _search(self, params, value, grad, direction, stepsize, args, kwargs):
         """(η, f(x + η d), ∇f(x + η d)) with η a constant; f and ∇f differentiable when
@@ -103,33 +146,18 @@ class _LineSearchSolver(IterativeSolver):
         (steps, curvature pairs) must not drive unrolled derivatives on.
         """
         cut_args, cut_kwargs = tree.stop_gradient((args, kwargs))
-        if self.linesearch == "zoom":
-            found = zoom(
-                lambda x: self._value_and_grad(x, *cut_args, **cut_kwargs),
-                params,
-                value,
-                grad,
-                direction,
-                stepsize,
-                c1=self.c1,
-                c2=self.c2,
-                maxiter=self.maxls,
-                max_stepsize=self.max_stepsize,
-            )
-            eta = found.stepsize
-        else:
-            eta = backtracking(
-                lambda x: self.fun(x, *cut_args, **cut_kwargs),
-                params,
-                value,
-                tree.vdot(grad, direction),
-                direction,
-                jnp.minimum(stepsize, self.max_stepsize),
-                decrease=self.c1,
-                maxiter=self.maxls,
-            )
+        search = self._linesearch_object()
+        found = search.search(
+            lambda x: self._evaluate(x, *cut_args, **cut_kwargs),
+            params,
+            value,
+            grad,
+            direction,
+            stepsize,
+        )
+        eta = found.stepsize
         cut_params, cut_direction = tree.stop_gradient((params, direction))
-        eps = float(np.finfo(tree.dtype(params)).eps)
+        eps = float(np.finfo(_linesearch.real_dtype(params)).eps)
         below_rounding = tree.map(
             lambda x, d: jnp.all(jnp.abs(eta * d) <= 4 * eps * jnp.abs(x)),
             cut_params,
@@ -137,22 +165,24 @@ class _LineSearchSolver(IterativeSolver):
         )
         negligible = jnp.all(jnp.asarray(jax.tree_util.tree_leaves(below_rounding)))
         eta = jnp.where(negligible, 0.0, eta).astype(eta.dtype)
-        if self.linesearch == "zoom" and self.implicit_diff:
+        value_only = getattr(search, "condition", None) in ("armijo", "goldstein")
+        if self.implicit_diff:
             # The iterations are not differentiated: reuse f and ∇f of the search.
             keep = lambda old, new: jnp.where(negligible, old, new).astype(new.dtype)  # noqa: E731
-            return eta, keep(value, found.value), tree.map(keep, grad, found.grad)
-        new_value, new_grad = self._value_and_grad(
-            tree.axpy(eta, direction, params), *args, **kwargs
-        )
-        if self.linesearch == "backtracking":
+            new_value, new_grad = keep(value, found.value), tree.map(keep, grad, found.grad)
+            if not value_only:
+                return eta, new_value, new_grad
+        else:
+            new_value, new_grad = self._evaluate(tree.axpy(eta, direction, params), *args, **kwargs)
+        if value_only:
             # Where f's change is rounding, Armijo's test is a coin toss: there, ask for the
             # slope form of sufficient decrease too, φ'(η) ≤ (2 c1 − 1) φ'(0), as the zoom does.
             cut_value, cut_new_value, cut_grad, cut_new_grad = tree.stop_gradient(
                 (value, new_value, grad, new_grad)
             )
             noise = 100 * eps * jnp.abs(cut_value)
-            slope0 = tree.vdot(cut_grad, cut_direction)
-            slope = tree.vdot(cut_new_grad, cut_direction)
+            slope0 = _linesearch.slope(cut_grad, cut_direction)
+            slope = _linesearch.slope(cut_new_grad, cut_direction)
             rejected = (jnp.abs(cut_new_value - cut_value) <= noise) & (
                 slope > (2 * self.c1 - 1) * slope0
             )
@@ -189,32 +219,6 @@ class LbfgsState(NamedTuple):
     gamma: jax.Array
     head: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
-
-
-def _two_loop(grad, s_history, y_history, rho_history, head, gamma):
-    """H g by the two-loop recursion (Nocedal & Wright, Algorithm 7.4), newest pair first."""
-    m = rho_history.shape[0]
-    order = (head - 1 - jnp.arange(m)) % m  # newest to oldest
-
-    def pair(i):
-        return (tree.map(lambda b: b[i], s_history), tree.map(lambda b: b[i], y_history))
-
-    def first(q, i):
-        s, y = pair(i)
-        alpha = rho_history[i] * tree.vdot(s, q)
-        return tree.axpy(-alpha, y, q), alpha
-
-    q, alphas = jax.lax.scan(first, grad, order)
-    r = tree.scale(gamma, q)
-
-    def second(r, item):
-        i, alpha = item
-        s, y = pair(i)
-        beta = rho_history[i] * tree.vdot(y, r)
-        return tree.axpy(alpha - beta, s, r), None
-
-    r, _ = jax.lax.scan(second, r, (order[::-1], alphas[::-1]))
-    return r
 
 
 def _pair_ok(s, y, sy, x, dtype):
@@ -265,7 +269,10 @@ class LBFGS(_LineSearchSolver):
     Attributes:
       fun: the objective f(x, *args, **kwargs), a scalar; smooth.
       history_size: m ≥ 1, the number of pairs kept (default 10).
-      linesearch: ``"zoom"`` (default) or ``"backtracking"``.
+      linesearch: ``"zoom"`` (strong Wolfe, default), ``"hager-zhang"`` (Wolfe or approximate
+        Wolfe), ``"backtracking"`` (Armijo, halving) or a line-search object
+        (:class:`implicitdiff.solvers.ZoomLineSearch`, :class:`~implicitdiff.solvers.
+        HagerZhangLineSearch`, :class:`~implicitdiff.solvers.BacktrackingLineSearch`).
       maxls: the most trials per line search (30).
       c1, c2: the sufficient-decrease and curvature constants, 0 < c1 < c2 < 1 (1e-4, 0.9;
         backtracking uses c1 only).
@@ -312,13 +319,13 @@ class LBFGS(_LineSearchSolver):
     def update(self, params, state: LbfgsState, *args, **kwargs) -> OptStep:
         dtype = state.rho_history.dtype
         direction = tree.neg(
-            _two_loop(
+            _linesearch.two_loop(
                 state.grad,
                 state.s_history,
                 state.y_history,
                 state.rho_history,
-                state.head,
                 state.gamma,
+                (state.head - 1 - jnp.arange(self.history_size)) % self.history_size,
             )
         )
         slope = jax.lax.stop_gradient(tree.vdot(state.grad, direction))
@@ -420,7 +427,10 @@ class BFGS(_LineSearchSolver):
 
     Attributes:
       fun: the objective f(x, *args, **kwargs), a scalar; smooth.
-      linesearch: ``"zoom"`` (default) or ``"backtracking"``.
+      linesearch: ``"zoom"`` (strong Wolfe, default), ``"hager-zhang"`` (Wolfe or approximate
+        Wolfe), ``"backtracking"`` (Armijo, halving) or a line-search object
+        (:class:`implicitdiff.solvers.ZoomLineSearch`, :class:`~implicitdiff.solvers.
+        HagerZhangLineSearch`, :class:`~implicitdiff.solvers.BacktrackingLineSearch`).
       maxls, c1, c2, max_stepsize: the line search's options, as in :class:`LBFGS`.
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
@@ -546,7 +556,9 @@ class NonlinearCG(_LineSearchSolver):
     Attributes:
       fun: the objective f(x, *args, **kwargs), a scalar; smooth.
       method: ``"polak-ribiere"`` (default), ``"fletcher-reeves"`` or ``"hestenes-stiefel"``.
-      linesearch: ``"zoom"``, the only choice.
+      linesearch: ``"zoom"`` (default), ``"hager-zhang"``, ``"backtracking"`` (Armijo alone:
+        directions may then fail to descend, and the method restarts more often) or a
+        line-search object (:class:`implicitdiff.solvers.ZoomLineSearch`, ...).
       maxls, c1, c2, max_stepsize: the line search's options, as in :class:`LBFGS`, but
         c2 = 0.1 by default.
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
@@ -567,11 +579,6 @@ class NonlinearCG(_LineSearchSolver):
         if self.method not in _CG_METHODS:
             raise ValueError(
                 f"NonlinearCG: method must be one of {_CG_METHODS}, got {self.method!r}"
-            )
-        if self.linesearch != "zoom":
-            # Without the curvature condition, conjugate directions lose descent and stall.
-            raise ValueError(
-                f"NonlinearCG: linesearch must be 'zoom' (strong Wolfe), got {self.linesearch!r}"
             )
 
     def init_state(self, init_params, *args, **kwargs) -> NonlinearCGState:
@@ -603,7 +610,7 @@ class NonlinearCG(_LineSearchSolver):
             curvature = curvature / jnp.where(eta > 0, eta, 1.0)
             ok = (eta > 0) & (curvature > _safe_min(dtype))
             step = eta - _safe_divide(slope - jax.lax.stop_gradient(slope), curvature, ok)
-            value, new_g = self._value_and_grad(tree.axpy(step, d, params), *args, **kwargs)
+            value, new_g = self._evaluate(tree.axpy(step, d, params), *args, **kwargs)
         cut_new_g = jax.lax.stop_gradient(new_g)
         gg, new_gg = tree.vdot(cut_g, cut_g), tree.vdot(cut_new_g, cut_new_g)
         y = tree.sub(new_g, g)

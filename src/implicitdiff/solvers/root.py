@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import tree
+from implicitdiff import _linesearch, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep, Status
 
 PyTree = Any
@@ -173,22 +173,14 @@ class Broyden(IterativeSolver):
         x, value, direction = sg(x), sg(value), sg(direction)
         norm2 = jnp.vdot(value, value)
 
-        def trial(t):
+        def accept(t):
             trial_value = flat_fun(x + t * direction)
-            trial_norm2 = jnp.vdot(trial_value, trial_value)
+            trial_norm2 = jnp.real(jnp.vdot(trial_value, trial_value))
             ok = jnp.isfinite(trial_norm2) & (trial_norm2 <= (1.0 - 2e-4 * t) * norm2)
-            return t, ok, trial_value
+            return ok, trial_value
 
-        def not_done(carry):
-            _, ok, _, k = carry
-            return jnp.logical_not(ok) & (k < self.max_backtracks)
-
-        def halve(carry):
-            t, _, _, k = carry
-            return (*trial(0.5 * t), k + 1)
-
-        t, ok, trial_value, _ = jax.lax.while_loop(
-            not_done, halve, (*trial(jnp.asarray(1.0, x.dtype)), 0)
+        t, ok, trial_value, _ = _linesearch.shrink(
+            accept, jnp.asarray(1.0, x.dtype), factor=0.5, maxiter=self.max_backtracks + 1
         )
         return sg(t), sg(ok), sg(trial_value)
 

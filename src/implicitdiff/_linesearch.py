@@ -1,0 +1,679 @@
+"""Line-search kernels and the L-BFGS two-loop recursion: the one implementation of each.
+
+Every solver with a line search, the public line-search objects of
+:mod:`implicitdiff.solvers.linesearch`, and the transport projections use these functions. They
+sit low in the layers (they import only :mod:`implicitdiff.tree` and :mod:`implicitdiff._loop`).
+
+With φ(η) = f(x + η d) and φ'(η) = ⟨∇f(x + η d), d⟩ (φ'(0) < 0 for a descent direction d):
+
+- :func:`shrink`: the backtracking loop, η ← ``factor`` · η until an acceptance test passes
+  (each solver's own test: Armijo, proximal-gradient decrease, decrease along a projection arc,
+  decrease of ‖G‖²);
+- :func:`backtracking`: :func:`shrink` with the Armijo, Wolfe, strong-Wolfe or Goldstein test;
+- :func:`zoom`: bracketing and cubic interpolation to a strong-Wolfe step (Nocedal & Wright, 2006,
+  Algorithms 3.5 and 3.6);
+- :func:`hager_zhang`: the bracketing, secant² and bisection steps of Hager & Zhang (2005, 2006)
+  to a step satisfying the Wolfe or approximate Wolfe conditions;
+- :func:`two_loop`: H g for the L-BFGS inverse-Hessian estimate H (Nocedal & Wright,
+  Algorithm 7.4).
+
+Each search runs on values cut from the graph (``stop_gradient``) and returns constants: a step
+size is piecewise constant in the problem's data (its derivative is zero almost everywhere), a
+solver that unrolls its iterations differentiates x + η d with η fixed, and a ``while_loop``
+could not be reverse-differentiated anyway. All values are computed in the real dtype of the
+params: an objective returning another float dtype is cast to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from implicitdiff import _loop, tree
+
+PyTree = Any
+
+__all__ = [
+    "CONDITIONS",
+    "Result",
+    "backtracking",
+    "hager_zhang",
+    "real_dtype",
+    "shrink",
+    "slope",
+    "two_loop",
+    "zoom",
+]
+
+CONDITIONS = ("armijo", "wolfe", "strong-wolfe", "goldstein")
+
+
+class Result(NamedTuple):
+    """A line search's outcome: the step η, f and ∇f at x + η d (``grad`` None when the search
+    was asked not to compute it), whether η satisfies the search's condition (``done``) or not
+    (``failed``; η is then the search's best fallback), the number of trials and of evaluations
+    of f and of ∇f. Every entry is cut from the graph."""
+
+    stepsize: jax.Array
+    value: jax.Array
+    grad: PyTree
+    done: jax.Array
+    failed: jax.Array
+    iter_num: jax.Array
+    num_fun_eval: jax.Array
+    num_grad_eval: jax.Array
+
+
+def real_dtype(params: PyTree) -> Any:
+    """The real floating dtype of the params (float32 for complex64 params, ...)."""
+    return jnp.finfo(tree.dtype(params)).dtype
+
+
+def slope(grad: PyTree, direction: PyTree) -> jax.Array:
+    """φ'(η) = Re ⟨∇f, d⟩ (for complex params, ∇f as ``jax.grad`` returns it, conjugated)."""
+    return jnp.real(tree.vdot(grad, direction))
+
+
+def _start(params, value, grad, direction, stepsize, max_stepsize):
+    params, value, grad, direction, stepsize = jax.lax.stop_gradient(
+        (params, value, grad, direction, stepsize)
+    )
+    dtype = real_dtype(params)
+    value = jnp.real(jnp.asarray(value)).astype(dtype)
+    slope0 = slope(grad, direction).astype(dtype)
+    stepsize = jnp.asarray(stepsize).astype(dtype)
+    stepsize = jnp.where(jnp.isfinite(stepsize) & (stepsize > 0), stepsize, 1.0)
+    if max_stepsize is not None:
+        stepsize = jnp.minimum(stepsize, jnp.asarray(max_stepsize).astype(dtype))
+    return params, value, grad, direction, stepsize, slope0, dtype
+
+
+def _noise(value: jax.Array, rtol: float) -> jax.Array:
+    """rtol · machine epsilon · |f|: differences of f below it are rounding."""
+    noise = rtol * jnp.finfo(value.dtype).eps * jnp.abs(value)
+    return jnp.where(jnp.isfinite(noise), noise, 0.0)
+
+
+def _evaluator(value_and_grad_fun, params, direction, dtype):
+    """η ↦ (φ(η), ∇f(x + η d), φ'(η)), values cast to ``dtype``."""
+
+    def evaluate(eta):
+        value, grad = value_and_grad_fun(tree.axpy(eta, direction, params))
+        value = jnp.real(jnp.asarray(value)).astype(dtype)
+        return value, grad, slope(grad, direction).astype(dtype)
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------
+# Backtracking.
+
+
+def shrink(
+    accept: Callable[[jax.Array], tuple[jax.Array, Any]],
+    stepsize: jax.Array,
+    *,
+    factor: float,
+    maxiter: int,
+) -> tuple[jax.Array, jax.Array, Any, jax.Array]:
+    """The backtracking loop: (η, ok, aux, trials) for the first η of stepsize · factorᵏ passing.
+
+    ``accept(η)`` returns (ok, aux), aux any pytree of fixed structure (the trial's values, say).
+    At most ``maxiter`` trials (≥ 1); when none passes, η is the last one tried and ok False.
+    """
+
+    def cond(carry):
+        _, ok, _, k = carry
+        return jnp.logical_not(ok) & (k < maxiter)
+
+    def body(carry):
+        eta, _, _, k = carry
+        eta = eta * factor
+        ok, aux = accept(eta)
+        return eta, ok, aux, k + 1
+
+    ok, aux = accept(stepsize)
+    return _loop.while_loop(cond, body, (stepsize, ok, aux, jnp.asarray(1)))
+
+
+def backtracking(
+    value_and_grad_fun: Callable[[PyTree], tuple[jax.Array, PyTree]],
+    params: PyTree,
+    value: jax.Array,
+    grad: PyTree,
+    direction: PyTree,
+    stepsize: jax.Array,
+    *,
+    value_fun: Callable[[PyTree], jax.Array] | None = None,
+    condition: str = "armijo",
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    decrease_factor: float = 0.5,
+    maxiter: int = 30,
+    max_stepsize: Any = None,
+    tol: float = 0.0,
+    value_rtol: float = 8.0,
+    final_grad: bool = True,
+) -> Result:
+    """Backtracking from η₀ = min(``stepsize``, ``max_stepsize``): η ← ``decrease_factor`` · η
+    until the ``condition`` holds at η, at most ``maxiter`` trials:
+
+    - ``"armijo"``: φ(η) ≤ φ(0) + c1 η φ'(0) (sufficient decrease);
+    - ``"wolfe"``: sufficient decrease and φ'(η) ≥ c2 φ'(0);
+    - ``"strong-wolfe"``: sufficient decrease and |φ'(η)| ≤ c2 |φ'(0)|;
+    - ``"goldstein"``: φ(0) + (1 − c1) η φ'(0) ≤ φ(η) ≤ φ(0) + c1 η φ'(0).
+
+    Each inequality is allowed a slack ``tol`` (default 0), and the comparisons of values a slack
+    of ``value_rtol`` ulps of |φ(0)| (below that, f's change is rounding and the test would be a
+    coin toss). A non-finite trial fails. When no trial passes, η is the last one tried and
+    ``failed`` is True. The Armijo and Goldstein tests evaluate only f (``value_fun`` if given)
+    in the loop, and ∇f once at the end if ``final_grad``.
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    params, value, grad, direction, stepsize, slope0, dtype = _start(
+        params, value, grad, direction, stepsize, max_stepsize
+    )
+    evaluate = _evaluator(value_and_grad_fun, params, direction, dtype)
+    noise = _noise(value, value_rtol)
+    needs_grad = condition in ("wolfe", "strong-wolfe")
+
+    def accept(eta):
+        if needs_grad:
+            new_value, new_grad, new_slope = evaluate(eta)
+            aux = (new_value, new_grad)
+        else:
+            fun = value_fun if value_fun is not None else (lambda x: value_and_grad_fun(x)[0])
+            new_value = jnp.real(jnp.asarray(fun(tree.axpy(eta, direction, params))))
+            new_value = new_value.astype(dtype)
+            aux = (new_value,)
+        ok = (new_value <= value + c1 * eta * slope0 + noise + tol) & jnp.isfinite(new_value)
+        if condition == "goldstein":
+            ok = ok & (new_value >= value + (1 - c1) * eta * slope0 - noise - tol)
+        elif condition == "wolfe":
+            ok = ok & (new_slope >= c2 * slope0 - tol)
+        elif condition == "strong-wolfe":
+            ok = ok & (jnp.abs(new_slope) <= c2 * jnp.abs(slope0) + tol)
+        return ok, aux
+
+    eta, ok, aux, trials = shrink(accept, stepsize, factor=decrease_factor, maxiter=maxiter)
+    if needs_grad:
+        new_value, new_grad = aux
+        grad_evals = trials
+    elif final_grad:
+        new_value, new_grad, _ = evaluate(eta)
+        grad_evals = jnp.asarray(1)
+    else:
+        (new_value,), new_grad = aux, None
+        grad_evals = jnp.asarray(0)
+    extra = 1 if (final_grad and not needs_grad) else 0
+    return jax.lax.stop_gradient(
+        Result(
+            eta, new_value, new_grad, ok, jnp.logical_not(ok), trials, trials + extra, grad_evals
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Zoom (strong Wolfe).
+
+
+class _ZoomCarry(NamedTuple):
+    k: jax.Array
+    done: jax.Array
+    accepted: jax.Array
+    next_stepsize: jax.Array  # the next extrapolation trial while no bracket is known
+    lo_stepsize: jax.Array  # best step so far (sufficient decrease, lowest value)
+    lo_value: jax.Array
+    lo_slope: jax.Array
+    lo_grad: PyTree
+    hi_stepsize: jax.Array  # the other end of the bracket; +inf while there is none
+    hi_value: jax.Array
+    hi_slope: jax.Array
+
+
+def _cubic_minimizer(a, fa, da, b, fb, db, margin):
+    """The minimizer of the cubic through (a, fa, da) and (b, fb, db), safeguarded by bisection.
+
+    Nocedal & Wright (2006), eq. 3.59. The result is kept at least ``margin`` × |b − a| inside
+    the interval; bisection when the cubic has no minimizer there or a value is not finite.
+    """
+    d1 = da + db - 3.0 * (fa - fb) / (a - b)
+    radicand = d1 * d1 - da * db
+    d2 = jnp.sign(b - a) * jnp.sqrt(jnp.maximum(radicand, 0.0))
+    t = b - (b - a) * (db + d2 - d1) / (db - da + 2.0 * d2)
+    low, high = jnp.minimum(a, b), jnp.maximum(a, b)
+    width = high - low
+    ok = (
+        (radicand >= 0)
+        & jnp.isfinite(t)
+        & (t >= low + margin * width)
+        & (t <= high - margin * width)
+    )
+    return jnp.where(ok, t, 0.5 * (a + b))
+
+
+def zoom(
+    value_and_grad_fun: Callable[[PyTree], tuple[jax.Array, PyTree]],
+    params: PyTree,
+    value: jax.Array,
+    grad: PyTree,
+    direction: PyTree,
+    stepsize: jax.Array,
+    *,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    maxiter: int = 30,
+    increase_factor: float = 2.0,
+    max_stepsize: Any = 1e10,
+    value_rtol: float = 100.0,
+) -> Result:
+    """A step η along d from x satisfying the strong Wolfe conditions
+
+        φ(η) ≤ φ(0) + c1 · η · φ'(0)   (sufficient decrease)  and  |φ'(η)| ≤ c2 · |φ'(0)|.
+
+    The bracketing and zoom phases of Nocedal & Wright (2006), Algorithms 3.5 and 3.6, in one
+    loop: trials η₀ = ``stepsize``, then × ``increase_factor`` (at most ``max_stepsize``) until
+    an interval [lo, hi] is known to hold acceptable steps (sufficient decrease fails, or the
+    value stops decreasing, or the slope turns non-negative); then trials at the safeguarded
+    minimizer of the cubic interpolating φ and φ' at both ends, shrinking the interval, until one
+    is accepted or ``maxiter`` trials were spent. A non-finite trial counts as a failure of
+    sufficient decrease.
+
+    Near a minimum, f's decrease (about η|φ'(0)|/2) falls below the rounding of f itself, and
+    comparisons of values stop meaning anything; there, as in Hager & Zhang's approximate Wolfe
+    conditions (2005), a trial whose value is within ε = ``value_rtol`` · machine epsilon · |φ(0)|
+    of φ(0) passes sufficient decrease when φ'(η) ≤ (2 c1 − 1) φ'(0) (the slope form of sufficient
+    decrease, exact for quadratics), and values within ε of the best one do not count as an
+    increase: the search then brackets by slopes alone.
+
+    When no step is accepted (trials spent, the bracket collapsed, ``max_stepsize`` reached, or
+    d not a descent direction), η is the best step found that satisfies sufficient decrease
+    (possibly 0) and ``failed`` is True. One evaluation of f and ∇f per trial; f and ∇f at the
+    returned step come back with it.
+    """
+    params, value, grad, direction, stepsize, slope0, dtype = _start(
+        params, value, grad, direction, stepsize, max_stepsize
+    )
+    evaluate = _evaluator(value_and_grad_fun, params, direction, dtype)
+    noise = _noise(value, value_rtol)
+    cap = jnp.asarray(jnp.inf if max_stepsize is None else max_stepsize).astype(dtype)
+    inf = jnp.asarray(jnp.inf, dtype)
+    zero = jnp.asarray(0.0, dtype)
+
+    def cond(carry: _ZoomCarry):
+        return jnp.logical_not(carry.done) & (carry.k < maxiter)
+
+    def body(carry: _ZoomCarry):
+        bracketed = jnp.isfinite(carry.hi_stepsize)
+        interpolated = _cubic_minimizer(
+            carry.lo_stepsize,
+            carry.lo_value,
+            carry.lo_slope,
+            carry.hi_stepsize,
+            carry.hi_value,
+            carry.hi_slope,
+            0.1,
+        )
+        eta = jnp.where(bracketed, interpolated, carry.next_stepsize)
+        new_value, new_grad, new_slope = evaluate(eta)
+        finite = jnp.isfinite(new_value) & jnp.isfinite(new_slope)
+        # Sufficient decrease, or its approximate form where f's differences are rounding.
+        decrease = (new_value <= value + c1 * eta * slope0) | (
+            (new_value <= value + noise) & (new_slope <= (2 * c1 - 1) * slope0)
+        )
+        too_far = (
+            jnp.logical_not(finite & decrease)
+            | (new_value > carry.lo_value + noise)
+            | ((noise == 0) & (new_value >= carry.lo_value))
+        )
+        accept = jnp.logical_not(too_far) & (jnp.abs(new_slope) <= -c2 * slope0)
+        # Sufficient decrease and a lower value: the trial becomes lo; the old lo becomes hi if
+        # the slope points back towards it (with no bracket, hi = +inf: slope ≥ 0 brackets).
+        flip = jnp.logical_not(too_far) & (new_slope * (carry.hi_stepsize - carry.lo_stepsize) >= 0)
+        to_lo = jnp.logical_not(too_far)
+        hi_stepsize = jnp.where(too_far, eta, jnp.where(flip, carry.lo_stepsize, carry.hi_stepsize))
+        hi_value = jnp.where(too_far, new_value, jnp.where(flip, carry.lo_value, carry.hi_value))
+        hi_slope = jnp.where(too_far, new_slope, jnp.where(flip, carry.lo_slope, carry.hi_slope))
+        lo_stepsize = jnp.where(to_lo, eta, carry.lo_stepsize)
+        lo_value = jnp.where(to_lo, new_value, carry.lo_value)
+        lo_slope = jnp.where(to_lo, new_slope, carry.lo_slope)
+        lo_grad = tree.where(to_lo, new_grad, carry.lo_grad)
+        # Stop when accepted, at the largest step allowed, or when the bracket has collapsed.
+        at_max = jnp.logical_not(jnp.isfinite(hi_stepsize)) & (lo_stepsize >= cap)
+        width = jnp.abs(hi_stepsize - lo_stepsize)
+        collapsed = jnp.isfinite(hi_stepsize) & (
+            width <= 10 * jnp.finfo(dtype).eps * jnp.maximum(lo_stepsize, hi_stepsize)
+        )
+        return _ZoomCarry(
+            k=carry.k + 1,
+            done=accept | at_max | collapsed,
+            accepted=accept,
+            next_stepsize=jnp.minimum(eta * increase_factor, cap),
+            lo_stepsize=lo_stepsize,
+            lo_value=lo_value,
+            lo_slope=lo_slope,
+            lo_grad=lo_grad,
+            hi_stepsize=hi_stepsize,
+            hi_value=hi_value,
+            hi_slope=hi_slope,
+        )
+
+    carry = _ZoomCarry(
+        k=jnp.asarray(0),
+        done=jnp.logical_not(slope0 < 0),  # not a descent direction: no step
+        accepted=jnp.asarray(False),
+        next_stepsize=stepsize,
+        lo_stepsize=zero,
+        lo_value=value,
+        lo_slope=slope0,
+        lo_grad=grad,
+        hi_stepsize=inf,
+        hi_value=inf,
+        hi_slope=inf,
+    )
+    carry = _loop.while_loop(cond, body, carry)
+    # The accepted trial is lo (it passed sufficient decrease); otherwise lo is the best step.
+    return jax.lax.stop_gradient(
+        Result(
+            carry.lo_stepsize,
+            carry.lo_value,
+            carry.lo_grad,
+            carry.accepted,
+            jnp.logical_not(carry.accepted),
+            carry.k,
+            carry.k,
+            carry.k,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hager-Zhang.
+
+_EXPAND, _BISECT, _SECANT1, _SECANT2, _MIDPOINT = range(5)
+_RESUME_SECANT, _RESUME_SHRINK_CHECK = range(2)
+
+
+class _HZCarry(NamedTuple):
+    k: jax.Array
+    done: jax.Array
+    accepted: jax.Array
+    mode: jax.Array
+    resume: jax.Array  # where a bisection returns: a new secant², or the shrink check
+    trial: jax.Array
+    a: jax.Array  # the bracket [a, b]: φ'(a) < 0, φ(a) ≤ φ(0) + ε; φ'(b) ≥ 0 (b = inf: none yet)
+    fa: jax.Array
+    da: jax.Array
+    b: jax.Array
+    fb: jax.Array
+    db: jax.Array
+    a0: jax.Array  # the bracket when the current secant² began
+    b0: jax.Array
+    best_stepsize: jax.Array  # the lowest trial with sufficient decrease (possibly 0)
+    best_value: jax.Array
+    best_grad: PyTree
+    ok_stepsize: jax.Array  # the lowest trial satisfying the conditions (``accepted``)
+    ok_value: jax.Array
+    ok_grad: PyTree
+
+
+def _secant(a, da, b, db):
+    """The zero of the line through (a, φ'(a)) and (b, φ'(b))."""
+    den = db - da
+    return (a * db - b * da) / jnp.where(den != 0, den, 1.0) + jnp.where(den != 0, 0.0, jnp.nan)
+
+
+def _inside(t, a, b):
+    return jnp.isfinite(t) & (t > jnp.minimum(a, b)) & (t < jnp.maximum(a, b))
+
+
+def hager_zhang(
+    value_and_grad_fun: Callable[[PyTree], tuple[jax.Array, PyTree]],
+    params: PyTree,
+    value: jax.Array,
+    grad: PyTree,
+    direction: PyTree,
+    stepsize: jax.Array,
+    *,
+    c1: float = 0.1,
+    c2: float = 0.9,
+    maxiter: int = 30,
+    expansion_factor: float = 5.0,
+    shrinkage_factor: float = 0.66,
+    approximate_wolfe_threshold: float = 1e-6,
+    max_stepsize: Any = None,
+) -> Result:
+    """A step η along d satisfying the Wolfe or the approximate Wolfe conditions (Hager & Zhang,
+    2005, 2006: the line search of CG_DESCENT), with ε = ``approximate_wolfe_threshold`` · |φ(0)|:
+
+        Wolfe:          φ(η) ≤ φ(0) + c1 η φ'(0)  and  φ'(η) ≥ c2 φ'(0);
+        approx. Wolfe:  φ(η) ≤ φ(0) + ε  and  c2 φ'(0) ≤ φ'(η) ≤ (2 c1 − 1) φ'(0).
+
+    The approximate conditions are the Wolfe conditions with sufficient decrease in its slope
+    form, exact for a quadratic and computable to full accuracy near a minimum, where the values
+    of f differ by rounding only. Steps: from η₀ = ``stepsize``, expand by ``expansion_factor``
+    until a bracket [a, b] with φ'(a) < 0, φ(a) ≤ φ(0) + ε and φ'(b) ≥ 0 is found (bisecting
+    back when a trial has φ' < 0 but a value above φ(0) + ε); then secant² steps (the zero of
+    the secant of φ' through the ends, and a second secant through the end it replaced), with a
+    bisection step whenever one secant² did not shrink the bracket by ``shrinkage_factor``. Every
+    trial (one evaluation of f and ∇f each) is tested, but the search stops only at the end of
+    a secant² iteration on a bracket (with its bisection step if any) once some trial satisfied
+    the conditions, and returns the lowest such trial; ``maxiter`` bounds the trials. A
+    non-finite trial counts as one above φ(0) + ε. Should none pass, η is the trial of lowest
+    value that satisfies sufficient decrease in either form (possibly 0) and ``failed`` is True.
+    """
+    params, value, grad, direction, stepsize, slope0, dtype = _start(
+        params, value, grad, direction, stepsize, max_stepsize
+    )
+    evaluate = _evaluator(value_and_grad_fun, params, direction, dtype)
+    eps_k = approximate_wolfe_threshold * jnp.abs(value)
+    eps_k = jnp.where(jnp.isfinite(eps_k), eps_k, 0.0)
+    cap = jnp.asarray(jnp.inf if max_stepsize is None else max_stepsize).astype(dtype)
+    inf = jnp.asarray(jnp.inf, dtype)
+    tiny = 10 * jnp.finfo(dtype).eps
+
+    def begin_secant2(a, da, b, db):
+        t = _secant(a, da, b, db)
+        return jnp.where(_inside(t, a, b), t, 0.5 * (a + b)), a, b
+
+    def shrink_check(a, da, b, db, a0, b0):
+        """After a secant²: bisect if the bracket did not shrink enough, else a new secant²."""
+        slow = (b - a) > shrinkage_factor * (b0 - a0)
+        t, na0, nb0 = begin_secant2(a, da, b, db)
+        mode = jnp.where(slow, _MIDPOINT, _SECANT1)
+        return (
+            mode,
+            jnp.where(slow, 0.5 * (a + b), t),
+            jnp.where(slow, a0, na0),
+            jnp.where(slow, b0, nb0),
+        )
+
+    def cond(carry: _HZCarry):
+        return jnp.logical_not(carry.done) & (carry.k < maxiter)
+
+    def body(c: _HZCarry):
+        t = c.trial
+        f, g, s = evaluate(t)
+        finite = jnp.isfinite(f) & jnp.isfinite(s)
+        f = jnp.where(finite, f, inf)
+        s = jnp.where(finite, s, inf)
+        decrease = f <= value + c1 * t * slope0
+        near = f <= value + eps_k
+        curvature = s >= c2 * slope0
+        ok = finite & curvature & (decrease | (near & (s <= (2 * c1 - 1) * slope0)))
+        # The lowest trial satisfying the conditions, and the lowest with sufficient decrease
+        # (the fallback should none satisfy them).
+        take_ok = ok & (f < c.ok_value)
+        ok_stepsize = jnp.where(take_ok, t, c.ok_stepsize)
+        ok_value = jnp.where(take_ok, f, c.ok_value)
+        ok_grad = tree.where(take_ok, g, c.ok_grad)
+        better = finite & (decrease | near) & (f < c.best_value)
+        best_stepsize = jnp.where(better, t, c.best_stepsize)
+        best_value = jnp.where(better, f, c.best_value)
+        best_grad = tree.where(better, g, c.best_grad)
+
+        # The update of the bracket by the trial t (inside it by construction).
+        up = s >= 0
+        right = up
+        left = jnp.logical_not(up) & near
+        high = jnp.logical_not(up) & jnp.logical_not(near)  # φ' < 0 above φ(0) + ε: bisect
+        mode = c.mode
+        expanding = mode == _EXPAND
+        a = jnp.where(left, t, c.a)
+        fa = jnp.where(left, f, c.fa)
+        da = jnp.where(left, s, c.da)
+        b = jnp.where(right | high, t, c.b)
+        fb = jnp.where(right | high, f, c.fb)
+        db = jnp.where(right | high, s, c.db)
+
+        # Next trial. A bisection continues on a high trial (any mode) and, in a bisection, on a
+        # left one; it ends on a right one and resumes where it was entered from.
+        bisect_on = high | ((mode == _BISECT) & left)
+        resume = jnp.where(
+            (mode == _BISECT),
+            c.resume,
+            jnp.where(
+                (mode == _SECANT1) | (mode == _SECANT2), _RESUME_SHRINK_CHECK, _RESUME_SECANT
+            ),
+        )
+        new_secant_t, new_a0, new_b0 = begin_secant2(a, da, b, db)
+        check_mode, check_t, check_a0, check_b0 = shrink_check(a, da, b, db, c.a0, c.b0)
+        # The second secant of secant²: through the end that the first one replaced.
+        second = jnp.where(right, _secant(c.b, c.db, t, s), _secant(c.a, c.da, t, s))
+        second_ok = _inside(second, a, b) & (right | left)
+
+        # Defaults: after a finished update, per mode.
+        go_secant = (
+            (expanding & right)
+            | (mode == _MIDPOINT)
+            | ((mode == _BISECT) & right & (c.resume == _RESUME_SECANT))
+        )
+        go_check = (
+            ((mode == _SECANT1) & jnp.logical_not(second_ok))
+            | (mode == _SECANT2)
+            | ((mode == _BISECT) & right & (c.resume == _RESUME_SHRINK_CHECK))
+        )
+        next_mode = jnp.where(go_secant, _SECANT1, jnp.where(go_check, check_mode, _SECANT2))
+        next_t = jnp.where(go_secant, new_secant_t, jnp.where(go_check, check_t, second))
+        a0 = jnp.where(go_secant, new_a0, jnp.where(go_check, check_a0, c.a0))
+        b0 = jnp.where(go_secant, new_b0, jnp.where(go_check, check_b0, c.b0))
+        # Expansion: a left trial while no bracket is known.
+        expand = expanding & left
+        next_mode = jnp.where(expand, _EXPAND, next_mode)
+        next_t = jnp.where(expand, jnp.minimum(expansion_factor * t, cap), next_t)
+        # Bisection.
+        next_mode = jnp.where(bisect_on, _BISECT, next_mode)
+        next_t = jnp.where(bisect_on, 0.5 * (a + b), next_t)
+        at_max = expand & (t >= cap)
+        collapsed = jnp.isfinite(b) & (b - a <= tiny * b)
+        # Stop at a trial satisfying the conditions only at the end of a secant² iteration
+        # (with its bisection step, if any) on a known bracket: as JAXopt, and unlike
+        # CG_DESCENT, which stops at the first Wolfe point; the step then lands near the line
+        # minimizer (on it for a quadratic). The lowest such trial is returned.
+        stop = c.accepted | ok
+        stop = stop & (mode != _EXPAND) & (next_mode == _SECANT1)
+        return _HZCarry(
+            k=c.k + 1,
+            done=stop | at_max | collapsed,
+            accepted=c.accepted | ok,
+            mode=next_mode.astype(c.mode.dtype),
+            resume=jnp.where(bisect_on, resume, c.resume).astype(c.resume.dtype),
+            trial=next_t,
+            a=a,
+            fa=fa,
+            da=da,
+            b=b,
+            fb=fb,
+            db=db,
+            a0=a0,
+            b0=b0,
+            best_stepsize=best_stepsize,
+            best_value=best_value,
+            best_grad=best_grad,
+            ok_stepsize=ok_stepsize,
+            ok_value=ok_value,
+            ok_grad=ok_grad,
+        )
+
+    zero = jnp.asarray(0.0, dtype)
+    carry = _HZCarry(
+        k=jnp.asarray(0),
+        done=jnp.logical_not(slope0 < 0),
+        accepted=jnp.asarray(False),
+        mode=jnp.asarray(_EXPAND),
+        resume=jnp.asarray(_RESUME_SECANT),
+        trial=stepsize,
+        a=zero,
+        fa=value,
+        da=slope0,
+        b=inf,
+        fb=inf,
+        db=inf,
+        a0=zero,
+        b0=inf,
+        best_stepsize=zero,
+        best_value=value,
+        best_grad=grad,
+        ok_stepsize=zero,
+        ok_value=inf,
+        ok_grad=grad,
+    )
+    carry = _loop.while_loop(cond, body, carry)
+    found = carry.accepted
+    return jax.lax.stop_gradient(
+        Result(
+            jnp.where(found, carry.ok_stepsize, carry.best_stepsize),
+            jnp.where(found, carry.ok_value, carry.best_value),
+            tree.where(found, carry.ok_grad, carry.best_grad),
+            carry.accepted,
+            jnp.logical_not(carry.accepted),
+            carry.k,
+            carry.k,
+            carry.k,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The L-BFGS two-loop recursion.
+
+
+def two_loop(
+    grad: PyTree,
+    s_history: PyTree,
+    y_history: PyTree,
+    rho: jax.Array,
+    gamma: jax.Array,
+    order: jax.Array,
+) -> PyTree:
+    """H g by the two-loop recursion (Nocedal & Wright, 2006, Algorithm 7.4).
+
+    H is the L-BFGS inverse-Hessian estimate of the pairs (sᵢ, yᵢ), ρᵢ = 1/⟨sᵢ, yᵢ⟩, from the
+    initial matrix γ I: the memory holds m pairs (pytrees like g whose leaves have a leading axis
+    of length m; ρᵢ = 0 marks a pair to skip), visited newest to oldest in ``order`` (m slot
+    indices; a ring buffer gives its own order). Linear in g; O(m n) work.
+    """
+
+    def pair(i):
+        return (tree.map(lambda b: b[i], s_history), tree.map(lambda b: b[i], y_history))
+
+    def first(q, i):
+        s, y = pair(i)
+        alpha = rho[i] * tree.vdot(s, q)
+        return tree.axpy(-alpha, y, q), alpha
+
+    q, alphas = _loop.scan(first, grad, order)
+    r = tree.scale(gamma, q)
+
+    def second(r, item):
+        i, alpha = item
+        s, y = pair(i)
+        beta = rho[i] * tree.vdot(y, r)
+        return tree.axpy(alpha - beta, s, r), None
+
+    r, _ = _loop.scan(second, r, (order[::-1], alphas[::-1]))
+    return r
