@@ -23,8 +23,10 @@ LAYERS = {
     "implicitdiff._checks": 0,
     "implicitdiff._args": 0,
     "implicitdiff._typing": 0,
-    # 1. linear algebra
+    "implicitdiff._loop": 0,
+    # 1. numerical kernels: linear algebra, line searches
     "implicitdiff.linear_solve": 1,
+    "implicitdiff._linesearch": 1,
     # 2. the engine
     "implicitdiff.implicit": 2,
     "implicitdiff._backward": 2,
@@ -58,7 +60,9 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 def _layer(module: str) -> int:
-    candidates = [p for p in LAYERS if module == p or module.startswith(p + ".")]
+    candidates = [
+        p for p in LAYERS if module == p or (p != "implicitdiff" and module.startswith(p + "."))
+    ]
     if not candidates:
         raise AssertionError(f"{module} has no layer: add it to LAYERS and docs/architecture.md")
     return LAYERS[max(candidates, key=len)]
