@@ -454,15 +454,15 @@ def halve_until_small(x):
             AxisType.Explicit,
             marks=pytest.mark.xfail(
                 raises=ValueError,
-                strict=False,
+                strict=True,
                 reason="JAX 0.10: vmap of while_loop with a batched predicate over Explicit axes",
             ),
         ),
     ],
 )
 def test_explicit_mesh_axes_fail_in_jax_while_loop_batching(axis_type):
-    """Pure JAX, no implicitdiff: the limitation docs/multi_device.md states (xfail while JAX has
-    it; an XPASS says JAX fixed it)."""
+    """Pure JAX, no implicitdiff: the limitation docs/multi_device.md states (a strict xfail
+    while JAX has it: when JAX fixes it the XPASS fails, and the docs must be updated)."""
     explicit_mesh = jax.make_mesh(
         (N_DEVICES,), ("batch",), axis_types=(axis_type,), devices=cpu_devices()
     )
