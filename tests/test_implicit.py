@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_tree_allclose, finite_difference_jvp, random_tangent
+from problems import ridge_gradient as ridge_optimality
+from problems import ridge_solution as ridge_closed_form
 
 import implicitdiff
 from implicitdiff import custom_fixed_point, custom_root, linear_solve, root_jvp, root_vjp
@@ -27,15 +29,6 @@ def _data(n=12, p=4, seed=0):
 
 X, Y = _data()
 LAM = 0.7
-
-
-def ridge_optimality(x, lam, X, y):
-    """∇ₓ of ½‖Xx − y‖² + ½ λ‖x‖²."""
-    return X.T @ (X @ x - y) + lam * x
-
-
-def ridge_closed_form(lam, X, y):
-    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
 
 
 def ridge_by_cg(init, lam, X, y):

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from problems import ridge_objective
 from sklearn.datasets import make_classification
 
 import implicitdiff
@@ -269,10 +270,6 @@ def _regression_data():
 
 
 X_ROWS, Y_ROWS, X_HELD, Y_HELD = _regression_data()
-
-
-def ridge_objective(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
 
 
 RIDGE_LBFGS = LBFGS(fun=ridge_objective, tol=1e-11, maxiter=200, solve="cg")

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import scipy.optimize
 from helpers import assert_tree_allclose, finite_difference_jvp
+from problems import ridge_objective
+from problems import ridge_solution as ridge_closed_form
 from sklearn.linear_model import Ridge
 
 from implicitdiff import optimality
@@ -29,14 +31,6 @@ N, D = 12, 4
 _rng = np.random.default_rng(0)
 X_NP, Y_NP, C_NP = _rng.normal(size=(N, D)), _rng.normal(size=N), _rng.normal(size=D)
 X, Y, C = jnp.asarray(X_NP), jnp.asarray(Y_NP), jnp.asarray(C_NP)
-
-
-def ridge_objective(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
-
-
-def ridge_closed_form(lam, X, y):
-    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
 
 
 def outer_loss(w):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from helpers import compilations
 from jax.experimental import checkify
+from problems import ridge_objective as ridge
+from problems import ridge_solution
 
 from implicitdiff import BackwardSolveWarning
 from implicitdiff.solvers import (
@@ -27,14 +29,6 @@ from implicitdiff.solvers import (
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(size=(8, 3)))
 Y = jnp.asarray(RNG.normal(size=8))
-
-
-def ridge(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
-
-
-def ridge_solution(lam, X, y):
-    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
 
 
 def contraction(x, theta):

@@ -5,20 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_tree_allclose, compilations
+from problems import ridge_objective
+from problems import ridge_solution as ridge_closed_form
 
 from implicitdiff.solvers import GradientDescent, OptStep
 
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(size=(30, 5)))
 Y = jnp.asarray(RNG.normal(size=30))
-
-
-def ridge_objective(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
-
-
-def ridge_closed_form(lam, X, y):
-    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
 
 
 STEP = 1.0 / (np.linalg.norm(np.asarray(X), 2) ** 2 + 3.0)
