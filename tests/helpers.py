@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,3 +51,26 @@ def assert_tree_allclose(actual: Any, expected: Any, rtol: float = 1e-7, atol: f
     assert a_tree == e_tree, f"structures differ: {a_tree} vs {e_tree}"
     for a, e in zip(a_leaves, e_leaves, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
+
+
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compilations():
+    """The names of the programs XLA compiles inside the block (a list, filled as they come).
+
+    Counts through jax.monitoring's backend-compile event, so it sees every compilation (a
+    solver's cached ``run``, eager operations, ``jax.jit``), without reading any private cache.
+    """
+    names: list = []
+
+    def listener(event, duration, **kwargs):
+        if event == _BACKEND_COMPILE_EVENT:
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

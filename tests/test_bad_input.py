@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import ridge_gradient as ridge_condition
+from problems import ridge_objective
+from problems import ridge_solution as ridge_closed_form
 
 from implicitdiff import (
     custom_fixed_point,
@@ -45,20 +48,8 @@ X_NAN = X.at[2, 1].set(jnp.nan)
 X_INF = X.at[0, 0].set(jnp.inf)
 
 
-def ridge_objective(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
-
-
 def least_squares(w, X, y):
     return 0.5 * jnp.sum((X @ w - y) ** 2)
-
-
-def ridge_condition(x, lam, X, y):
-    return X.T @ (X @ x - y) + lam * x
-
-
-def ridge_closed_form(lam, X, y):
-    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
 
 
 @custom_root(ridge_condition)

@@ -22,6 +22,8 @@ from helpers import (
     finite_difference_jvp,
     random_tangent,
 )
+from problems import ridge_objective
+from problems import ridge_solution as ridge_closed_form
 
 from implicitdiff import (
     custom_fixed_point,
@@ -91,14 +93,6 @@ def _inner(a, b):
 
 RIDGE_X, RIDGE_Y = _regression(15, 4, seed=0)
 RIDGE_LAM = 0.8
-
-
-def ridge_objective(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
-
-
-def ridge_closed_form(lam, X, y):
-    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
 
 
 @jax.jit

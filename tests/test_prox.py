@@ -286,13 +286,21 @@ def test_prox_vjp_matches_finite_differences(name):
 
 
 def test_derivatives_depend_on_hyperparams():
-    # Guards the finite-difference tests against a hyperparameter that silently does nothing.
+    # Guards the finite-difference tests against a hyperparameter that silently does nothing:
+    # d prox / dλ in closed form at λ = 0.5, scaling s = 2 (so λs = 1).
     x = jnp.array([2.0, -1.5, 0.1])
-    for fn, hp in [(prox.l1, 0.5), (prox.ridge, 0.5), (prox.group_lasso, 0.5)]:
-        d = jax.jacobian(lambda lam, fn=fn: fn(x, lam, 2.0))(hp)
-        assert np.abs(np.asarray(d)).max() > 0.1
+    soft = np.array([1.0, -0.5, 0.0])  # sign(x) max(|x| − λs, 0)
+    expected = {
+        prox.l1: -2.0 * np.sign(x) * (np.abs(x) > 1.0),  # −s sign(x) on the support
+        prox.ridge: -2.0 * x / (1 + 1.0) ** 2,  # x/(1 + λs) → −s x/(1 + λs)²
+        prox.group_lasso: -2.0 * x / np.linalg.norm(x),  # (1 − λs/‖x‖) x → −s x/‖x‖
+    }
+    for fn, want in expected.items():
+        d = jax.jacobian(lambda lam, fn=fn: fn(x, lam, 2.0))(0.5)
+        np.testing.assert_allclose(d, want, rtol=1e-12, atol=1e-15)
+    # soft(x, λs)/(1 + λγs): d/dγ = −λs soft/(1 + λγs)² at γ = 0.3.
     d_gamma = jax.jacobian(lambda g: prox.elastic_net(x, (0.5, g), 2.0))(0.3)
-    assert np.abs(np.asarray(d_gamma)).max() > 0.1
+    np.testing.assert_allclose(d_gamma, -soft / 1.3**2, rtol=1e-12, atol=1e-15)
 
 
 def test_l1_jacobian_closed_form():

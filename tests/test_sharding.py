@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from problems import ridge_objective
 from sklearn.datasets import make_classification
 
 import implicitdiff
@@ -271,10 +272,6 @@ def _regression_data():
 X_ROWS, Y_ROWS, X_HELD, Y_HELD = _regression_data()
 
 
-def ridge_objective(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
-
-
 RIDGE_LBFGS = LBFGS(fun=ridge_objective, tol=1e-11, maxiter=200, solve="cg")
 
 
@@ -454,15 +451,15 @@ def halve_until_small(x):
             AxisType.Explicit,
             marks=pytest.mark.xfail(
                 raises=ValueError,
-                strict=False,
+                strict=True,
                 reason="JAX 0.10: vmap of while_loop with a batched predicate over Explicit axes",
             ),
         ),
     ],
 )
 def test_explicit_mesh_axes_fail_in_jax_while_loop_batching(axis_type):
-    """Pure JAX, no implicitdiff: the limitation docs/multi_device.md states (xfail while JAX has
-    it; an XPASS says JAX fixed it)."""
+    """Pure JAX, no implicitdiff: the limitation docs/multi_device.md states (a strict xfail
+    while JAX has it: when JAX fixes it the XPASS fails, and the docs must be updated)."""
     explicit_mesh = jax.make_mesh(
         (N_DEVICES,), ("batch",), axis_types=(axis_type,), devices=cpu_devices()
     )

@@ -4,21 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_tree_allclose
+from helpers import assert_tree_allclose, compilations
+from problems import ridge_objective
+from problems import ridge_solution as ridge_closed_form
 
 from implicitdiff.solvers import GradientDescent, OptStep
 
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(size=(30, 5)))
 Y = jnp.asarray(RNG.normal(size=30))
-
-
-def ridge_objective(w, lam, X, y):
-    return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
-
-
-def ridge_closed_form(lam, X, y):
-    return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
 
 
 STEP = 1.0 / (np.linalg.norm(np.asarray(X), 2) ** 2 + 3.0)
@@ -84,11 +78,16 @@ def test_unrolled_truncated_gradient_is_the_derivative_of_the_iterate():
 
 
 def test_no_recompilation_on_repeated_calls():
-    solver = GradientDescent(fun=ridge_objective, stepsize=STEP, tol=1e-8)
-    for lam in (0.5, 1.0, 2.0):
-        solver.run(jnp.zeros(5), lam, X, Y)
-    solver.run(jnp.zeros(5), 1.0, 2 * X, Y)
-    assert len(solver._compiled) == 1
+    solver = GradientDescent(fun=ridge_objective, stepsize=STEP, tol=1e-10, maxiter=5000)
+    init, X2 = jnp.zeros(5), 0.5 * X  # (STEP is stable for X and smaller data)
+    solver.run(init, 0.5, X, Y)
+    solver.run(init, 0.7, X, Y)  # any first-call eager work done
+    cases = [(lam, data, ridge_closed_form(lam, data, Y)) for lam, data in ((1.0, X), (2.0, X2))]
+    with compilations() as compiled:
+        solutions = [solver.run(init, lam, data, Y).params for lam, data, _ in cases]
+    assert compiled == []
+    for w, (_, _, expected) in zip(solutions, cases, strict=True):
+        np.testing.assert_allclose(w, expected, rtol=1e-8, atol=1e-10)
 
 
 def test_vmap_and_jit_of_run_and_gradient():

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
-from helpers import assert_tree_allclose, finite_difference_jvp, random_tangent
+from helpers import assert_tree_allclose, compilations, finite_difference_jvp, random_tangent
 
 from implicitdiff.solvers.qp import OSQP, BoxCDQP, EqualityConstrainedQP, KKTSolution
 
@@ -280,10 +280,16 @@ def test_osqp_warm_started_at_the_solution_does_not_iterate():
     again, state = run_general(OSQP_TIGHT, **GEN, init_params=solution)
     assert int(state.iter_num) == 0 and int(state.status) == 0 and bool(state.converged)
     assert_tree_allclose(again, solution, rtol=1e-12, atol=1e-14)
-    assert len(OSQP_TIGHT._compiled) >= 1
-    n_compiled = len(OSQP_TIGHT._compiled)
-    run_general(OSQP_TIGHT, **{**GEN, "c": GEN["c"] + 0.1})
-    assert len(OSQP_TIGHT._compiled) == n_compiled  # new values, same shapes: no recompilation
+    shifted = {**GEN, "c": GEN["c"] + 0.1}
+    with compilations() as compiled:  # new values, same shapes: no recompilation
+        moved, _ = run_general(OSQP_TIGHT, **shifted)
+    assert compiled == []
+    # The same active set (the first two inequalities): the KKT solve of the equalities and them.
+    A_act = jnp.concatenate([GEN["A"], GEN["G"][:2]])
+    b_act = jnp.concatenate([GEN["b"], GEN["h"][:2]])
+    expected, _ = kkt_closed_form(GEN["Q"], shifted["c"], A_act, b_act)
+    assert np.all(GEN["G"][2:] @ expected < GEN["h"][2:])
+    np.testing.assert_allclose(moved.primal, expected, rtol=1e-8, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------
