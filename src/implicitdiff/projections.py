@@ -369,7 +369,9 @@ def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Arra
         return _simplex_any_shape(x, scale)
     values, indices = jax.lax.top_k(flat, max_nz)
     kept = _simplex_vector(values, jnp.broadcast_to(scale, ()))
-    return jnp.zeros_like(flat).at[indices].set(kept).reshape(x.shape)
+    # (a NaN scale, from a traced negative one, makes every entry NaN, not only the kept ones)
+    rest = jnp.where(jnp.isnan(scale), jnp.nan, jnp.zeros_like(flat))
+    return rest.at[indices].set(kept).reshape(x.shape)
 
 
 def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
