@@ -150,7 +150,9 @@ def test_catalog_tables_cover_every_member():
     assert set(SAMPLES) == set(P.__all__)
     assert set(EMPTY) | set(NEVER_EMPTY) == set(P.__all__)
     assert not set(EMPTY) & set(NEVER_EMPTY)
-    assert set(PROXES) == set(prox.__all__)
+    # (classes such as a tag type are not proxes; their instances, e.g. prox.none, are)
+    members = {n for n in prox.__all__ if not isinstance(getattr(prox, n), type)}
+    assert set(PROXES) == members
     assert set(LOSSES) == set(losses.__all__)
 
 
@@ -467,7 +469,12 @@ def test_loss_family_huge_and_tiny_inputs(name, dtype, magnitude):
     extended precision: exact to rounding (relative to the loss, or to 1 for the
     shift-invariant losses, whose value is O(1) at tiny scores)."""
     eps = np.finfo(dtype).eps
-    z = np.asarray(np.asarray([0.7, -1.3, 0.2], dtype) * magnitude, np.float64)
+    for scores in ([0.7, -1.3, 0.2], [0.7, 0.7, -0.2]):  # the second with a tie at the top
+        _check_loss_at_magnitude(name, dtype, magnitude, scores, eps)
+
+
+def _check_loss_at_magnitude(name, dtype, magnitude, scores, eps):
+    z = np.asarray(np.asarray(scores, dtype) * magnitude, np.float64)
     if name == "binary_logistic_loss":
         for y, zi in itertools.product([0.0, 1.0], z):
             got = float(losses.binary_logistic_loss(y, jnp.asarray(zi, dtype)))
@@ -480,7 +487,7 @@ def test_loss_family_huge_and_tiny_inputs(name, dtype, magnitude):
         got = losses.squared_loss(jnp.asarray(label, dtype), jnp.asarray(z, dtype))
         ref = np.float64(_np_loss(name, label, z))
         if ref > np.finfo(dtype).max or ref < np.finfo(dtype).tiny:
-            pytest.skip("the loss itself is not representable in this dtype")
+            return  # the loss itself is not representable in this dtype
         np.testing.assert_allclose(float(got), ref, rtol=8 * eps)
         return
     got = np.asarray(_call_loss(name, label, jnp.asarray(z, dtype)), np.float64)
