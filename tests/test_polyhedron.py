@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from implicitdiff import projections
-from implicitdiff._polyhedron import polyhedron
+from implicitdiff.projections import polyhedron
 
 N, P, M = 4, 1, 5  # every random problem has these shapes: one compilation serves them all
 

@@ -12,7 +12,7 @@ from helpers import assert_tree_allclose, finite_difference_jvp, random_tangent
 from scipy.optimize import minimize
 
 from implicitdiff import BackwardSolveWarning
-from implicitdiff._transport import (
+from implicitdiff.projections import (
     birkhoff_polytope,
     kl_birkhoff_polytope,
     kl_transport_polytope,

@@ -8,9 +8,12 @@ implicit function theorem. The solvers of :mod:`implicitdiff.solvers` are re-exp
 
 from implicitdiff import bilevel as bilevel
 from implicitdiff import diagnostics as diagnostics
+from implicitdiff import isotonic as isotonic
 from implicitdiff import linear_solve as linear_solve
 from implicitdiff import losses as losses
+from implicitdiff import objective as objective
 from implicitdiff import optimality as optimality
+from implicitdiff import perturbations as perturbations
 from implicitdiff import projections as projections
 from implicitdiff import prox as prox
 from implicitdiff import solvers as solvers
@@ -46,4 +49,4 @@ from implicitdiff.solvers import ScipyLeastSquares as ScipyLeastSquares
 from implicitdiff.solvers import ScipyMinimize as ScipyMinimize
 from implicitdiff.solvers import ScipyRootFinding as ScipyRootFinding
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import projections, tree
+from implicitdiff import _projection_ops as projections
+from implicitdiff import tree
 
 PyTree = Any
 

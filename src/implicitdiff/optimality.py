@@ -33,7 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, linear_solve, projections, tree
+from implicitdiff import _checks, linear_solve, tree
+from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 
 PyTree = Any
@@ -165,7 +166,7 @@ def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> C
         return prox(step, hyperparams_prox, stepsize)
 
     # With no prox, T = x − η∇f and I − ∂₁T = η∇²f is symmetric.
-    symmetric = prox is prox_operators.none
+    symmetric = isinstance(prox, prox_operators.Identity)
     return _mark(
         fixed_point_fun,
         symmetric=symmetric,

@@ -53,6 +53,7 @@ PyTree = Any
 ProxFn = Callable[..., PyTree]
 
 __all__ = [
+    "Identity",
     "elastic_net",
     "from_projection",
     "group_lasso",
@@ -109,15 +110,31 @@ def _soft_threshold(x: jax.Array, threshold: Any) -> jax.Array:
 # Element-wise operators.
 
 
-def none(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
-    """The prox of g = 0: the identity, prox(x) = x. ``hyperparams`` and ``scaling`` are ignored.
+class Identity:
+    """The type of :data:`none`, the prox of g = 0: an explicit tag for "no non-smooth part".
 
-    >>> import jax.numpy as jnp
-    >>> print(none(jnp.array([1.0, -2.0])))
-    [ 1. -2.]
+    ``optimality.proximal_gradient`` recognises it by type (``isinstance(prox, Identity)``): the
+    fixed point T(x) = x − η∇f(x) then has the symmetric Jacobian I − η∇²f, which lets the
+    implicit derivative use CG.
     """
-    del hyperparams, scaling
-    return x
+
+    __name__ = "none"
+
+    def __call__(self, x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+        """prox(x) = x. ``hyperparams`` and ``scaling`` are ignored."""
+        del hyperparams, scaling
+        return x
+
+    def __repr__(self) -> str:
+        return "implicitdiff.prox.none"
+
+
+#: The prox of g = 0: the identity, prox(x) = x (``hyperparams`` and ``scaling`` are ignored).
+#:
+#: >>> import jax.numpy as jnp
+#: >>> print(none(jnp.array([1.0, -2.0])))
+#: [ 1. -2.]
+none = Identity()
 
 
 def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:

@@ -53,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import linear_solve, optimality, projections, tree
+from implicitdiff import _projection_ops as projections
+from implicitdiff import linear_solve, optimality, tree
 from implicitdiff.solvers._base import DifferentiableRun, _ArgsSplit, check_failure_policies
 
 PyTree = Any

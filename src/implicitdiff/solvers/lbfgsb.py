@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import optimality, projections, tree
+from implicitdiff import _projection_ops as projections
+from implicitdiff import optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 PyTree = Any

@@ -1,8 +1,8 @@
 """The Euclidean projection onto a polyhedron {y: Ay = b, Gy ≤ h}, by OSQP.
 
-Re-exported as :func:`implicitdiff.projections.polyhedron`. The QP solver is imported when the
-function is first called, not when this module is: :mod:`implicitdiff.projections` imports this
-module, and the solvers' package imports modules that import :mod:`implicitdiff.projections`.
+Re-exported as :func:`implicitdiff.projections.polyhedron`. This projection needs a solver, so it
+sits above the solvers in the layers (see docs/architecture.md); no solver imports
+:mod:`implicitdiff.projections`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from implicitdiff.solvers import OSQP
+
 __all__ = ["polyhedron"]
 
 # One solver per dtype, kept so that its compilation cache serves every call.
@@ -23,8 +25,6 @@ _SOLVERS: dict[str, Any] = {}
 def _solver(dtype: Any):
     key = jnp.dtype(dtype).name
     if key not in _SOLVERS:
-        from implicitdiff.solvers.qp import OSQP
-
         double = jnp.finfo(dtype).bits >= 64
         _SOLVERS[key] = OSQP(tol=1e-10 if double else 1e-5, maxiter=10000)
     return _SOLVERS[key]

@@ -1,0 +1,444 @@
+"""Ready-made objectives of supervised learning, with JAXopt's names and signatures.
+
+Data come as ``data = (X, y)``, X of shape (n, d) (n samples, d features); ℓ is a loss of
+:mod:`implicitdiff.losses`; every objective averages over the n samples:
+
+- :data:`least_squares`: (1/2n) ‖XW − y‖² (W a vector or a matrix of several targets).
+- :func:`ridge_regression`: least squares + ½λ‖W‖².
+- :data:`binary_logreg`: (1/n) Σᵢ ℓ_bin(yᵢ, xᵢᵀw), yᵢ ∈ {0, 1}, ℓ_bin(y, z) = softplus(z) − yz.
+- :data:`multiclass_logreg`: (1/n) Σᵢ ℓ_mc(yᵢ, Wᵀxᵢ), yᵢ a class index (W is (d, k)),
+  ℓ_mc(y, z) = logsumexp(z) − z_y.
+- :func:`multiclass_logreg_with_intercept`: the same with scores Wᵀxᵢ + b.
+- :func:`l2_multiclass_logreg`, :func:`l2_multiclass_logreg_with_intercept`: + ½λ‖W‖² (the
+  intercept is not penalized).
+- :data:`multiclass_linear_svm_dual`: the dual of the multiclass (Crammer–Singer) linear SVM
+  with regularization λ, as a function of β (n, k) with Y (n, k) the one-hot labels:
+
+      f(β) = (1/2λ) ‖Xᵀ(Y − β)‖²_F + ⟨β, Y − 1⟩,
+
+  to be minimized over rows of β on the simplex (the primal weights are W = Xᵀ(Y − β)/λ).
+
+The instances :data:`least_squares`, :data:`binary_logreg`, :data:`multiclass_logreg` and
+:data:`multiclass_linear_svm_dual` are :class:`CompositeLinearFunction` objects: callable, and
+also exposing the composite structure f(W) = subfun(A W) + ⟨W, b⟩ (``make_linop``,
+``subfun``, ``b``, ``columnwise_lipschitz_const``) for coordinate-descent methods.
+
+>>> import jax.numpy as jnp
+>>> from implicitdiff import objective
+>>> X, y = jnp.eye(2), jnp.array([1.0, 3.0])
+>>> print(objective.least_squares(jnp.zeros(2), (X, y)))
+2.5
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from implicitdiff import losses
+
+__all__ = [
+    "CompositeLinearFunction",
+    "LinearOperator",
+    "binary_logreg",
+    "l2_multiclass_logreg",
+    "l2_multiclass_logreg_with_intercept",
+    "least_squares",
+    "multiclass_linear_svm_dual",
+    "multiclass_logreg",
+    "multiclass_logreg_with_intercept",
+    "ridge_regression",
+]
+
+
+class LinearOperator:
+    """A dense matrix A seen as a linear operator, with the products coordinate methods use.
+
+    Args:
+      A: a matrix of shape (m, p).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> op = LinearOperator(jnp.array([[1.0, 2.0], [3.0, 4.0]]))
+      >>> print(op.matvec(jnp.array([1.0, 1.0])))
+      [3. 7.]
+    """
+
+    def __init__(self, A: Any):
+        self.A = jnp.asarray(A)
+
+    def shape(self) -> tuple[int, ...]:
+        """The shape (m, p) of A."""
+        return self.A.shape
+
+    def matvec(self, x: jax.Array) -> jax.Array:
+        """A x (x a vector or a matrix with p rows)."""
+        return jnp.dot(self.A, x)
+
+    def matvec_element(self, x: jax.Array, idx: Any) -> jax.Array:
+        """(A x)[idx]."""
+        return jnp.dot(self.A[idx], x)
+
+    def rmatvec(self, x: jax.Array) -> jax.Array:
+        """Aᵀ x."""
+        return jnp.dot(self.A.T, x)
+
+    def rmatvec_element(self, x: jax.Array, idx: Any) -> jax.Array:
+        """(Aᵀ x)[idx]."""
+        return jnp.dot(self.A[:, idx], x)
+
+    def update_matvec(self, Ax: jax.Array, delta: jax.Array, idx: Any) -> jax.Array:
+        """A (x + δ e_idx) from Ax: Ax + δ A[:, idx] (δ a row when x is a matrix).
+
+        Raises ``ValueError`` unless ``Ax`` is a vector or a matrix.
+        """
+        if Ax.ndim == 1:
+            return Ax + delta * self.A[:, idx]
+        if Ax.ndim == 2:
+            return Ax + jnp.outer(self.A[:, idx], delta)
+        raise ValueError(f"update_matvec: Ax must be a vector or a matrix, got shape {Ax.shape}")
+
+    def update_rmatvec(self, ATx: jax.Array, delta: jax.Array, idx: Any) -> jax.Array:
+        """Aᵀ (x + δ e_idx) from Aᵀx: Aᵀx + δ A[idx] (δ a row when x is a matrix)."""
+        if ATx.ndim == 1:
+            return ATx + delta * self.A[idx]
+        if ATx.ndim == 2:
+            return ATx + jnp.outer(self.A[idx], delta)
+        raise ValueError(f"update_rmatvec: ATx must be a vector or a matrix, got {ATx.shape}")
+
+    def column_l2_norms(self, squared: bool = False) -> jax.Array:
+        """‖A[:, j]‖₂ for every column j (squared if ``squared``)."""
+        sq = jnp.sum(self.A**2, axis=0)
+        return sq if squared else jnp.sqrt(sq)
+
+
+class CompositeLinearFunction:
+    """Base class of objectives f(W, *args) = subfun(A W, *args) + ⟨W, b(*args)⟩.
+
+    A subclass defines ``make_linop(*args)`` (the operator A, a :class:`LinearOperator`),
+    ``subfun(predictions, *args)`` and optionally ``b(*args)`` (None: no linear term) and
+    ``columnwise_lipschitz_const(*args)`` (Lipschitz constants of the partial gradients in each
+    column of W). Calling the object evaluates f.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> print(least_squares(jnp.array([1.0]), (jnp.ones((2, 1)), jnp.array([1.0, 3.0]))))
+      1.0
+    """
+
+    def b(self, *args: Any, **kwargs: Any) -> Any:
+        """The linear term b(*args); None for none."""
+        return None
+
+    def lipschitz_const(self, hyperparams: Any) -> Any:
+        """The Lipschitz constant of ∇subfun (not available for the objectives here)."""
+        raise NotImplementedError
+
+    def make_linop(self, *args: Any, **kwargs: Any) -> LinearOperator:
+        """The linear operator A(*args)."""
+        raise NotImplementedError
+
+    def subfun(self, predictions: Any, *args: Any, **kwargs: Any) -> jax.Array:
+        """subfun(A W, *args)."""
+        raise NotImplementedError
+
+    def __call__(self, params: Any, *args: Any, **kwargs: Any) -> jax.Array:
+        """f(params, *args) = subfun(A params, *args) + ⟨params, b(*args)⟩.
+
+        Args:
+          params: the variable W.
+          *args: the data (and hyperparameters) of the objective.
+
+        Returns:
+          The scalar value.
+        """
+        linop = self.make_linop(*args, **kwargs)
+        value = self.subfun(linop.matvec(params), *args, **kwargs)
+        b = self.b(*args, **kwargs)
+        if b is not None:
+            value = value + jnp.vdot(params, b)
+        return value
+
+
+def _data(data: Any, owner: str) -> tuple[jax.Array, jax.Array]:
+    try:
+        X, y = data
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: data must be a pair (X, y), got {type(data).__name__}") from None
+    X = jnp.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"{owner}: X in data = (X, y) must be a matrix, got shape {X.shape}")
+    y = jnp.asarray(y)
+    if y.shape[:1] != X.shape[:1]:
+        raise ValueError(
+            f"{owner}: y in data = (X, y) must have one entry per row of X ({X.shape[0]}), "
+            f"got shape {y.shape}"
+        )
+    return X, y
+
+
+class LeastSquares(CompositeLinearFunction):
+    """Least squares (1/2n) ‖XW − y‖² (see :data:`least_squares`)."""
+
+    def make_linop(self, data: Any) -> LinearOperator:
+        """A = X."""
+        return LinearOperator(_data(data, "least_squares")[0])
+
+    def subfun(self, predictions: jax.Array, data: Any) -> jax.Array:
+        """(1/2n) ‖predictions − y‖² (mean over every entry, as JAXopt)."""
+        return 0.5 * jnp.mean((predictions - jnp.asarray(data[1])) ** 2)
+
+    def columnwise_lipschitz_const(self, data: Any) -> jax.Array:
+        """‖X[:, j]‖² for each feature j."""
+        return self.make_linop(data).column_l2_norms(squared=True)
+
+    def __call__(self, W: Any, data: Any) -> jax.Array:
+        r"""Least squares: (1/2n) ‖XW − y‖², the mean of ½(XW − y)² over every entry.
+
+        Gradient Xᵀ(XW − y)/n for a vector y.
+
+        Args:
+          W: the weights, shape (d,) (or (d, t) with y of shape (n, t)).
+          data: a pair ``(X, y)``, X of shape (n, d), y of shape (n,) (or (n, t)).
+
+        Returns:
+          The scalar objective.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> print(least_squares(jnp.zeros(2), (jnp.eye(2), jnp.array([1.0, 3.0]))))
+          2.5
+        """
+        return super().__call__(W, data)
+
+
+class BinaryLogreg(CompositeLinearFunction):
+    """Binary logistic regression (see :data:`binary_logreg`)."""
+
+    def make_linop(self, data: Any) -> LinearOperator:
+        """A = X."""
+        return LinearOperator(_data(data, "binary_logreg")[0])
+
+    def subfun(self, predictions: jax.Array, data: Any) -> jax.Array:
+        """Mean binary logistic loss of the logits ``predictions`` for the labels y."""
+        return jnp.mean(losses.binary_logistic_loss(data[1], predictions))
+
+    def columnwise_lipschitz_const(self, data: Any) -> jax.Array:
+        """‖X[:, j]‖²/4 for each feature j (σ' ≤ 1/4)."""
+        return self.make_linop(data).column_l2_norms(squared=True) * 0.25
+
+    def __call__(self, w: Any, data: Any) -> jax.Array:
+        r"""Binary logistic regression: (1/n) Σᵢ softplus(xᵢᵀw) − yᵢ xᵢᵀw.
+
+        Gradient Xᵀ(σ(Xw) − y)/n.
+
+        Args:
+          w: the weights, shape (d,).
+          data: a pair ``(X, y)``, X of shape (n, d), y of shape (n,) with entries 0 or 1.
+
+        Returns:
+          The scalar objective.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> X, y = jnp.ones((2, 1)), jnp.array([0.0, 1.0])
+          >>> print(binary_logreg(jnp.zeros(1), (X, y)).round(4))  # log 2
+          0.6931
+        """
+        return super().__call__(w, data)
+
+
+class MulticlassLogreg(CompositeLinearFunction):
+    """Multiclass logistic regression (see :data:`multiclass_logreg`)."""
+
+    def make_linop(self, data: Any) -> LinearOperator:
+        """A = X."""
+        return LinearOperator(_data(data, "multiclass_logreg")[0])
+
+    def subfun(self, predictions: jax.Array, data: Any) -> jax.Array:
+        """Mean multiclass logistic loss of the scores ``predictions`` (n, k) for labels y."""
+        return jnp.mean(losses.multiclass_logistic_loss(data[1], predictions))
+
+    def columnwise_lipschitz_const(self, data: Any) -> jax.Array:
+        """‖X[:, j]‖²/2 for each feature j."""
+        return self.make_linop(data).column_l2_norms(squared=True) * 0.5
+
+    def __call__(self, W: Any, data: Any) -> jax.Array:
+        r"""Multiclass logistic regression: (1/n) Σᵢ logsumexp(Wᵀxᵢ) − (Wᵀxᵢ)_{yᵢ}.
+
+        Gradient Xᵀ(softmax(XW) − Y)/n, Y the one-hot labels.
+
+        Args:
+          W: the weights, shape (d, k).
+          data: a pair ``(X, y)``, X of shape (n, d), y of shape (n,) with class indices in
+            [0, k).
+
+        Returns:
+          The scalar objective.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> X, y = jnp.ones((2, 1)), jnp.array([0, 1])
+          >>> print(multiclass_logreg(jnp.zeros((1, 2)), (X, y)).round(4))  # log 2
+          0.6931
+        """
+        return super().__call__(W, data)
+
+
+class MulticlassLinearSvmDual(CompositeLinearFunction):
+    """Dual of the multiclass linear SVM (see :data:`multiclass_linear_svm_dual`)."""
+
+    def make_linop(self, l2reg: Any, data: Any) -> LinearOperator:
+        """A = Xᵀ (so A β = Xᵀβ)."""
+        return LinearOperator(_data(data, "multiclass_linear_svm_dual")[0].T)
+
+    def subfun(self, Xbeta: jax.Array, l2reg: Any, data: Any) -> jax.Array:
+        """(1/2λ) ‖XᵀY − Xᵀβ‖²_F given Xᵀβ."""
+        X, Y = data
+        V = jnp.dot(jnp.asarray(X).T, jnp.asarray(Y)) - Xbeta
+        return 0.5 / l2reg * jnp.vdot(V, V)
+
+    def b(self, l2reg: Any, data: Any) -> jax.Array:
+        """Y − 1."""
+        return jnp.asarray(data[1]) - 1
+
+    def columnwise_lipschitz_const(self, l2reg: Any, data: Any) -> jax.Array:
+        """‖xᵢ‖² for each sample i (the columns of Xᵀ), as JAXopt (without the 1/λ)."""
+        return self.make_linop(l2reg, data).column_l2_norms(squared=True)
+
+    def __call__(self, beta: Any, l2reg: Any, data: Any) -> jax.Array:
+        r"""Dual multiclass SVM objective f(β) = (1/2λ) ‖Xᵀ(Y − β)‖²_F + ⟨β, Y − 1⟩.
+
+        Gradient −X Xᵀ(Y − β)/λ + Y − 1. Minimize it over β with each row in the simplex
+        (e.g. ``BlockCoordinateDescent`` with the simplex projection as ``block_prox``); the
+        primal weights are then W = Xᵀ(Y − β)/λ.
+
+        Args:
+          beta: the dual variables, shape (n, k).
+          l2reg: the regularization λ > 0 of the primal problem.
+          data: a pair ``(X, Y)``, X of shape (n, d), Y of shape (n, k) one-hot labels.
+
+        Returns:
+          The scalar objective.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> X, Y = jnp.eye(2), jnp.eye(2)
+          >>> print(multiclass_linear_svm_dual(Y, 1.0, (X, Y)))  # β = Y: 0 + ⟨Y, Y − 1⟩
+          0.0
+        """
+        return super().__call__(beta, l2reg, data)
+
+
+least_squares = LeastSquares()
+binary_logreg = BinaryLogreg()
+multiclass_logreg = MulticlassLogreg()
+multiclass_linear_svm_dual = MulticlassLinearSvmDual()
+
+
+def ridge_regression(params: Any, l2reg: Any, data: Any) -> jax.Array:
+    r"""Ridge regression: (1/2n) ‖XW − y‖² + ½λ‖W‖².
+
+    Gradient Xᵀ(XW − y)/n + λW; minimizer (XᵀX/n + λI)⁻¹ Xᵀy/n.
+
+    Args:
+      params: the weights W, shape (d,).
+      l2reg: the regularization strength λ.
+      data: a pair ``(X, y)``, X of shape (n, d), y of shape (n,).
+
+    Returns:
+      The scalar objective.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> print(ridge_regression(jnp.ones(2), 2.0, (jnp.eye(2), jnp.ones(2))))
+      2.0
+    """
+    return least_squares(params, data) + 0.5 * l2reg * jnp.sum(jnp.asarray(params) ** 2)
+
+
+def _intercept_params(params: Any, owner: str) -> tuple[jax.Array, jax.Array]:
+    try:
+        W, b = params
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{owner}: params must be a pair (W, b), got {type(params).__name__}"
+        ) from None
+    return jnp.asarray(W), jnp.asarray(b)
+
+
+def multiclass_logreg_with_intercept(params: Any, data: Any) -> jax.Array:
+    r"""Multiclass logistic regression with intercept: (1/n) Σᵢ ℓ_mc(yᵢ, Wᵀxᵢ + b).
+
+    ℓ_mc(y, z) = logsumexp(z) − z_y; gradients Xᵀ(P − Y)/n in W and Σᵢ(Pᵢ − Yᵢ)/n in b, with
+    P = softmax(XW + b) row-wise and Y the one-hot labels.
+
+    Args:
+      params: a pair ``(W, b)``, W of shape (d, k), b of shape (k,).
+      data: a pair ``(X, y)``, X of shape (n, d), y of shape (n,) with class indices.
+
+    Returns:
+      The scalar objective.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> params = (jnp.zeros((1, 2)), jnp.zeros(2))
+      >>> data = (jnp.ones((2, 1)), jnp.array([0, 1]))
+      >>> print(multiclass_logreg_with_intercept(params, data).round(4))
+      0.6931
+    """
+    X, y = _data(data, "multiclass_logreg_with_intercept")
+    W, b = _intercept_params(params, "multiclass_logreg_with_intercept")
+    return jnp.mean(losses.multiclass_logistic_loss(y, jnp.dot(X, W) + b))
+
+
+def l2_multiclass_logreg(W: Any, l2reg: Any, data: Any) -> jax.Array:
+    r"""L2-regularized multiclass logistic regression: (1/n) Σᵢ ℓ_mc(yᵢ, Wᵀxᵢ) + ½λ‖W‖².
+
+    Gradient Xᵀ(softmax(XW) − Y)/n + λW.
+
+    Args:
+      W: the weights, shape (d, k).
+      l2reg: the regularization strength λ.
+      data: a pair ``(X, y)``, X of shape (n, d), y of shape (n,) with class indices.
+
+    Returns:
+      The scalar objective.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> X, y = jnp.ones((2, 1)), jnp.array([0, 1])
+      >>> print(l2_multiclass_logreg(jnp.zeros((1, 2)), 1.0, (X, y)).round(4))
+      0.6931
+    """
+    X, y = _data(data, "l2_multiclass_logreg")
+    W = jnp.asarray(W)
+    return jnp.mean(losses.multiclass_logistic_loss(y, jnp.dot(X, W))) + 0.5 * l2reg * jnp.sum(W**2)
+
+
+def l2_multiclass_logreg_with_intercept(params: Any, l2reg: Any, data: Any) -> jax.Array:
+    r"""L2-regularized multiclass logistic regression with intercept.
+
+    (1/n) Σᵢ ℓ_mc(yᵢ, Wᵀxᵢ + b) + ½λ‖W‖² (the intercept b is not penalized).
+
+    Args:
+      params: a pair ``(W, b)``, W of shape (d, k), b of shape (k,).
+      l2reg: the regularization strength λ.
+      data: a pair ``(X, y)``, X of shape (n, d), y of shape (n,) with class indices.
+
+    Returns:
+      The scalar objective.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> params = (jnp.ones((1, 2)), jnp.zeros(2))
+      >>> X, y = jnp.ones((2, 1)), jnp.array([0, 1])
+      >>> print(l2_multiclass_logreg_with_intercept(params, 1.0, (X, y)).round(4))
+      1.6931
+    """
+    X, y = _data(data, "l2_multiclass_logreg_with_intercept")
+    W, b = _intercept_params(params, "l2_multiclass_logreg_with_intercept")
+    scores = jnp.dot(X, W) + b
+    return jnp.mean(losses.multiclass_logistic_loss(y, scores)) + 0.5 * l2reg * jnp.sum(W**2)
