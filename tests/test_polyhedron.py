@@ -84,13 +84,15 @@ def test_inequalities_only_is_the_box_projection():
     np.testing.assert_allclose(jac, np.diag([0.0, 1.0, 0.0, 1.0]), atol=1e-10)
 
 
-def test_no_constraints_is_the_identity_and_empty_is_nan():
+def test_no_constraints_is_the_identity_and_empty_is_an_error_or_nan():
     x, (A, b, G, h), _ = random_polyhedron(4)
     np.testing.assert_array_equal(polyhedron(x, (None, None, None, None)), x)
-    # Gy ≤ h with rows g and −g and h₁ + h₂ < 0: empty.
+    # Gy ≤ h with rows g and −g and h₁ + h₂ < 0: empty. Concrete: ValueError; traced: NaN.
     G_empty = G.at[1].set(-G[0])
     h_empty = h.at[0].set(-1.0).at[1].set(-1.0)
-    assert np.all(np.isnan(polyhedron(x, (A, b, G_empty, h_empty))))
+    with pytest.raises(ValueError, match="empty"):
+        polyhedron(x, (A, b, G_empty, h_empty))
+    assert np.all(np.isnan(jax.jit(polyhedron)(x, (A, b, G_empty, h_empty))))
 
 
 @pytest.mark.parametrize("mode", [jax.jacrev, jax.jacfwd], ids=["jacrev", "jacfwd"])

@@ -1,5 +1,6 @@
 """Pytree arithmetic against numpy on the flattened vector."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ YF = np.array([0.5, 1.0, -1.0, 2.0])
 
 
 def flat(t):
-    return np.concatenate([np.ravel(leaf) for leaf in __import__("jax").tree_util.tree_leaves(t)])
+    return np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(t)])
 
 
 def test_elementwise():
@@ -43,3 +44,66 @@ def test_dtype_promotion():
     assert tree.dtype({"a": jnp.zeros(2, jnp.float32)}) == jnp.float32
     assert tree.dtype((jnp.zeros(2, jnp.float32), jnp.zeros(2))) == jnp.float64
     assert tree.dtype(jnp.arange(3)) == jnp.float64
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "reductions on empty and non-finite trees" (issue 12, item 19). Every function of
+# tree.__all__ is classified below, so that a new reduction must be added to the sweep.
+
+_REDUCTIONS = {
+    "norm1": (lambda t: tree.norm(t, 1), lambda v: np.sum(np.abs(v))),
+    "norm2": (lambda t: tree.norm(t, 2), lambda v: np.sqrt(np.sum(np.abs(v) ** 2))),
+    "norm_inf": (lambda t: tree.norm(t, jnp.inf), lambda v: np.max(np.abs(v), initial=0.0)),
+    "vdot": (lambda t: tree.vdot(t, t), lambda v: np.sum(v * v)),
+    "sum": (tree.sum, np.sum),
+    "size": (tree.size, np.size),
+}
+_NOT_REDUCTIONS = {
+    "add", "axpy", "dtype", "full_like", "map", "neg", "ones_like", "scale",
+    "stop_gradient", "sub", "where", "zeros_like",
+}  # fmt: skip
+
+_TREES = {
+    "empty_leaf_only": {"a": jnp.zeros(0)},
+    "empty_and_full_leaves": {"a": jnp.zeros((0, 3)), "b": jnp.array([1.0, -3.0]), "c": ()},
+    "no_leaves": {},
+    "none": None,
+    "inf_leaf": [jnp.array([1.0, -jnp.inf]), jnp.zeros(0)],
+    "nan_leaf": [jnp.array([1.0, jnp.nan]), jnp.zeros(0)],
+    "inf_and_nan": [jnp.array([jnp.inf]), jnp.array([jnp.nan, 2.0])],
+}
+
+
+def test_tree_family_reductions_cover_tree_module():
+    assert {name.rstrip("12_inf") for name in _REDUCTIONS} | _NOT_REDUCTIONS == set(tree.__all__)
+
+
+@pytest.mark.parametrize("tree_name", sorted(_TREES))
+@pytest.mark.parametrize("reduction", sorted(_REDUCTIONS))
+def test_tree_family_reductions_empty_and_nonfinite(reduction, tree_name):
+    fun, reference = _REDUCTIONS[reduction]
+    t = _TREES[tree_name]
+    leaves = jax.tree_util.tree_leaves(t)
+    flat_t = np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.zeros(0)
+    expected = reference(flat_t)
+    got = fun(t)
+    np.testing.assert_array_equal(np.asarray(got), expected)  # NaN == NaN here
+    if reduction != "size":  # the same under jit
+        np.testing.assert_array_equal(np.asarray(jax.jit(fun)(t)), expected)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("magnitude", [1e30, 1e-30])
+def test_tree_family_norm_huge_and_tiny(dtype, magnitude):
+    """‖x‖₂ of entries 1e±30 is representable in float32 though its square is not."""
+    values = np.array([3.0, -4.0, 12.0])
+    t = {
+        "a": jnp.asarray(values[:2] * magnitude, dtype),
+        "b": jnp.asarray(values[2:] * magnitude, dtype),
+    }
+    got = tree.norm(t)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, 13.0 * magnitude, rtol=4 * np.finfo(dtype).eps)
+    grad = jax.grad(tree.norm)(t)  # x / ‖x‖, exactly
+    np.testing.assert_allclose(grad["a"], values[:2] / 13.0, rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(grad["b"], values[2:] / 13.0, rtol=4 * np.finfo(dtype).eps)

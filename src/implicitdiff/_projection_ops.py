@@ -97,8 +97,22 @@ def _safe_sqrt(square: jax.Array, positive: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.where(positive, square, 1.0))
 
 
-def _squared_norm(x: PyTree) -> jax.Array:
-    return jnp.real(tree.vdot(x, x))
+def _norm(x: PyTree) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(‖x‖₂, a safe divisor, ‖x‖₂ > 0) for a pytree x, without overflow or underflow.
+
+    ‖x‖₂ = m · sqrt(Σ (xⱼ/m)²) with m = ‖x‖∞ held constant (its derivative is x/‖x‖₂ all the
+    same): exact to rounding for entries of 1e±30 in float32, whose squares over- or underflow.
+    The norm is 0 at x = 0 with derivative 0 there (not NaN); the divisor equals the norm where
+    it is positive and is positive elsewhere, so that dividing by it is safe in both branches of
+    a ``jnp.where``.
+    """
+    m = jax.lax.stop_gradient(tree.norm(x, jnp.inf))
+    scale = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
+    scaled = tree.map(lambda leaf: leaf / scale.astype(leaf.dtype), x)
+    square = jnp.real(tree.vdot(scaled, scaled))
+    positive = square > 0
+    divisor = (scale * _safe_sqrt(square, positive)).astype(square.dtype)
+    return jnp.where(positive, divisor, 0).astype(square.dtype), divisor, positive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,21 +208,31 @@ def linf_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
 # Simplex and ℓ₁ sets.
 
 
-def _simplex_threshold(x: jax.Array, scale: jax.Array) -> jax.Array:
-    """The τ with Σᵢ max(xᵢ − τ, 0) = scale, for a vector x, by sorting (O(n log n))."""
-    u = jnp.sort(x)[::-1]
+def _simplex_threshold(v: jax.Array, scale: jax.Array) -> jax.Array:
+    """The τ with Σᵢ max(vᵢ − τ, 0) = scale, for a vector v with max(v) = 0, by sorting.
+
+    v is x shifted by its largest entry (see :func:`_simplex_vector`): then τ ∈ [−scale, 0] and
+    the entries of the support lie within scale of 0, so the cumulative sums below involve
+    numbers of the size of scale and are exact to rounding, whatever the magnitude of x (the
+    unshifted sums lost every digit of scale beside entries of 1e8 in float32, 1e17 in float64).
+    """
+    u = jnp.sort(v)[::-1]
     excess = jnp.cumsum(u) - scale  # Σ_{j ≤ k} u_j − scale: k τ_k for the k largest entries
-    k = jnp.arange(1, x.shape[0] + 1, dtype=x.dtype)
+    k = jnp.arange(1, v.shape[0] + 1, dtype=v.dtype)
     # The support is the largest k with u_k > τ_k = excess_k / k; the condition holds on a prefix.
     count = jnp.sum(u * k > excess)
-    count = jnp.maximum(count, 1)  # scale = 0 (or rounding): keep τ = max(x), p = 0
-    return excess[count - 1] / count.astype(x.dtype)
+    count = jnp.maximum(count, 1)  # scale = 0 (or rounding): keep τ = max(v), p = 0
+    return excess[count - 1] / count.astype(v.dtype)
 
 
 @jax.custom_jvp
 def _simplex_vector(x: jax.Array, scale: jax.Array) -> jax.Array:
-    """Projection of the vector x onto {p ≥ 0, Σp = scale}: p = max(x − τ, 0)."""
-    return jnp.maximum(x - _simplex_threshold(x, scale), 0)
+    """Projection of the vector x onto {p ≥ 0, Σp = scale}: p = max(x − τ, 0).
+
+    Computed as max((x − m) − τ′, 0) with m = max(x) and τ′ = τ − m the threshold of x − m.
+    """
+    v = x - jnp.max(x)
+    return jnp.maximum(v - _simplex_threshold(v, scale), 0)
 
 
 @_simplex_vector.defjvp
@@ -288,7 +312,9 @@ def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Arra
         return _simplex_any_shape(x, scale)
     values, indices = jax.lax.top_k(flat, max_nz)
     kept = _simplex_vector(values, jnp.broadcast_to(scale, ()))
-    return jnp.zeros_like(flat).at[indices].set(kept).reshape(x.shape)
+    # (a NaN scale, from a traced negative one, makes every entry NaN, not only the kept ones)
+    rest = jnp.where(jnp.isnan(scale), jnp.nan, jnp.zeros_like(flat))
+    return rest.at[indices].set(kept).reshape(x.shape)
 
 
 def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
@@ -356,9 +382,9 @@ def l2_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     _check_non_negative("radius", hyperparams)
     x = tree.map(_float_array, x)
     radius = _as_dtype_of(hyperparams, jnp.zeros((), tree.dtype(x)))
-    square = _squared_norm(x)
-    outside = square > radius**2
-    factor = jnp.where(outside, radius / _safe_sqrt(square, outside), 1.0)
+    norm, divisor, _ = _norm(x)
+    outside = norm > radius
+    factor = jnp.where(outside, radius / divisor, 1.0)
     if _checks.is_traced(hyperparams):  # unchecked radius: NaN if negative
         factor = _checks.nan_unless(radius >= 0, factor)
     return tree.map(lambda leaf: (factor * leaf).astype(leaf.dtype), x)
@@ -382,9 +408,8 @@ def l2_sphere(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     _check_non_negative("radius", hyperparams)
     x = tree.map(_float_array, x)
     radius = _as_dtype_of(_checks.nan_if_negative(hyperparams), jnp.zeros((), tree.dtype(x)))
-    square = _squared_norm(x)
-    nonzero = square > 0
-    factor = radius / _safe_sqrt(square, nonzero)
+    _, divisor, nonzero = _norm(x)
+    factor = radius / divisor
     leaves, treedef = jax.tree_util.tree_flatten(x)
     first = [jnp.zeros_like(leaf) for leaf in leaves]
     if first:
@@ -404,56 +429,181 @@ def _check_same_shape(name: str, a: jax.Array, x: jax.Array) -> None:
         raise ValueError(f"{name} must have the shape of x, {x.shape}; got {a.shape}")
 
 
-def hyperplane(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Array:
+def _normal_and_offset(
+    x: PyTree, hyperparams: tuple[Any, Any], name: str
+) -> tuple[PyTree, PyTree, jax.Array, jax.Array, Any]:
+    """(x, â, b̂, a ≠ 0, the concrete (a, b) or None) for the set {y: aᵀy ⋈ b}.
+
+    â = a / ‖a‖∞ and b̂ = b / ‖a‖∞ describe the same set (when a ≠ 0) and keep ‖â‖² of the
+    order of 1, whatever the magnitude of a. a is a pytree with the structure and leaf shapes of
+    x (an array for an array x); b a scalar.
+    """
+    a, b = hyperparams
+    x = tree.map(_float_array, x)
+    x_leaves, x_def = jax.tree_util.tree_flatten(x)
+    if not x_leaves:
+        raise ValueError(f"{name}: x has no leaves")
+    a_leaves, a_def = jax.tree_util.tree_flatten(a)
+    if a_def != x_def:
+        raise ValueError(f"{name}: a must have the structure of x, {x_def}; got {a_def}")
+    a_leaves = [_as_dtype_of(leaf, xl) for leaf, xl in zip(a_leaves, x_leaves, strict=True)]
+    for leaf, xl in zip(a_leaves, x_leaves, strict=True):
+        _check_same_shape("a", leaf, xl)
+    a = jax.tree_util.tree_unflatten(x_def, a_leaves)
+    b = _as_dtype_of(b, jnp.zeros((), tree.dtype(x)))
+    if b.shape != ():
+        raise ValueError(f"{name}: b must be a scalar, got shape {b.shape}")
+    concrete = _concrete_leaves((a, b))
+    m = jax.lax.stop_gradient(tree.norm(a, jnp.inf))  # the set does not depend on it
+    nonzero = m > 0
+    safe = jnp.where(nonzero, m, 1)
+    a_hat = tree.map(lambda leaf: leaf / safe.astype(leaf.dtype), a)
+    return x, a_hat, b / safe, nonzero, concrete
+
+
+def _empty_set_error(name: str, condition: str, b: np.ndarray) -> ValueError:
+    return ValueError(
+        f"{name}: a = 0 and b = {b.item()!r}: the set {{y: {condition}}} is empty (a must not "
+        "be 0 unless the set is all of the space)"
+    )
+
+
+def _step_along(x: PyTree, a_hat: PyTree, excess: jax.Array, nonzero: jax.Array) -> PyTree:
+    """x − (excess / ‖â‖²) â, with a finite (unused) value where a = 0."""
+    square = jnp.real(tree.vdot(a_hat, a_hat))
+    step = excess / jnp.where(nonzero, square, 1)
+    return tree.map(lambda leaf, ai: (leaf - step * ai).astype(leaf.dtype), x, a_hat)
+
+
+def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     """Projection onto the hyperplane {y: aᵀy = b}: p = x − ((aᵀx − b) / ‖a‖²) a.
 
+    a is rescaled to ‖a‖∞ = 1 first (with b), so that ‖a‖² neither overflows nor underflows.
+    For a = 0 the set is all of the space when b = 0 (p = x) and empty otherwise: a concrete
+    (a, b) then raises ``ValueError``; a traced one gives NaN.
+
     Args:
-      x: an array of any shape.
-      hyperparams: ``(a, b)``: a nonzero array shaped like x (aᵀy sums over all entries) and a
-        scalar b.
+      x: an array, or a pytree of arrays (aᵀy sums over all entries of all leaves).
+      hyperparams: ``(a, b)``: a shaped like x (a pytree of the structure of x for a pytree x)
+        and a scalar b.
+
+    Returns:
+      p, shaped like x.
 
     Example:
       >>> import jax.numpy as jnp
       >>> hyperplane(jnp.array([1.0, 1.0]), (jnp.array([1.0, 0.0]), 0.0))
       Array([0., 1.], dtype=float32)
     """
-    a, b = hyperparams
-    x = _float_array(x)
-    a = _as_dtype_of(a, x)
-    _check_same_shape("a", a, x)
-    step = (jnp.vdot(a, x) - b) / jnp.vdot(a, a)
-    return x - step * a
+    x, a_hat, b_hat, nonzero, concrete = _normal_and_offset(x, hyperparams, "hyperplane")
+    if concrete is not None and not np.any([np.any(leaf != 0) for leaf in concrete[:-1]]):
+        if concrete[-1] != 0:
+            raise _empty_set_error("hyperplane", "0ᵀy = b", concrete[-1])
+        return x
+    p = _step_along(x, a_hat, jnp.real(tree.vdot(a_hat, x)) - b_hat, nonzero)
+    # a = 0: the whole space if b = 0, else the empty set (NaN).
+    fallback = tree.map(lambda leaf: _checks.nan_unless(b_hat == 0, leaf), x)
+    return tree.where(nonzero, p, fallback)
 
 
-def halfspace(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Array:
+def halfspace(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     """Projection onto the halfspace {y: aᵀy ≤ b}: p = x − (max(aᵀx − b, 0) / ‖a‖²) a.
 
+    a is rescaled to ‖a‖∞ = 1 first (with b), so that ‖a‖² neither overflows nor underflows.
+    For a = 0 the set is all of the space when b ≥ 0 (p = x) and empty when b < 0: a concrete
+    (a, b) then raises ``ValueError``; a traced one gives NaN.
+
     Args:
-      x: an array of any shape.
-      hyperparams: ``(a, b)``: a nonzero array shaped like x and a scalar b.
+      x: an array, or a pytree of arrays (aᵀy sums over all entries of all leaves).
+      hyperparams: ``(a, b)``: a shaped like x (a pytree of the structure of x for a pytree x)
+        and a scalar b.
+
+    Returns:
+      p, shaped like x.
 
     Example:
       >>> import jax.numpy as jnp
       >>> halfspace(jnp.array([2.0, 1.0]), (jnp.array([1.0, 0.0]), 1.0))
       Array([1., 1.], dtype=float32)
     """
-    a, b = hyperparams
-    x = _float_array(x)
-    a = _as_dtype_of(a, x)
-    _check_same_shape("a", a, x)
-    step = jnp.maximum(jnp.vdot(a, x) - b, 0) / jnp.vdot(a, a)
-    return x - step * a
+    x, a_hat, b_hat, nonzero, concrete = _normal_and_offset(x, hyperparams, "halfspace")
+    if concrete is not None and not np.any([np.any(leaf != 0) for leaf in concrete[:-1]]):
+        if concrete[-1] < 0:
+            raise _empty_set_error("halfspace", "0ᵀy ≤ b", concrete[-1])
+        return x
+    excess = jnp.maximum(jnp.real(tree.vdot(a_hat, x)) - b_hat, 0)
+    p = _step_along(x, a_hat, excess, nonzero)
+    fallback = tree.map(lambda leaf: _checks.nan_unless(b_hat >= 0, leaf), x)
+    return tree.where(nonzero, p, fallback)
+
+
+def _affine_factors(A: jax.Array, b: jax.Array):
+    """The SVD A = U diag(σ) Vᵀ (thin), the mask of the singular values kept as nonzero, and
+    whether b lies in the range of A (up to rounding).
+
+    Singular values σ ≤ max(m, n) · eps · σ_max are treated as zero (NumPy's ``matrix_rank``
+    rule). b is in the range when the least-norm solution y₀ = A⁺b satisfies A y₀ = b to
+    rounding: ‖A y₀ − b‖ ≤ 8 max(m, n) eps (σ_max ‖y₀‖ + ‖b‖).
+    """
+    m, n = A.shape
+    eps = jnp.finfo(A.dtype).eps
+    U, sigma, Vt = jnp.linalg.svd(A, full_matrices=False)
+    sigma_max = jnp.max(sigma, initial=0)
+    kept = sigma > max(m, n) * eps * sigma_max
+    inverse = jnp.where(kept, 1 / jnp.where(kept, sigma, 1), 0)
+    y0 = Vt.T @ (inverse * (U.T @ b))
+    residual = A @ y0 - b
+    bound = 8 * max(m, n) * eps * (sigma_max * _norm(y0)[0] + _norm(b)[0])
+    consistent = _norm(residual)[0] <= bound
+    return U, inverse, Vt, kept, y0, consistent
+
+
+@jax.custom_jvp
+def _affine_projection(x: jax.Array, A: jax.Array, b: jax.Array) -> jax.Array:
+    """p = x − A⁺(Ax − b) = (I − A⁺A) x + A⁺b, NaN if b is not in the range of A."""
+    _, _, Vt, kept, y0, consistent = _affine_factors(A, b)
+    row_part = Vt.T @ jnp.where(kept, Vt @ x, 0)  # A⁺A x, the component of x in the row space
+    return _checks.nan_unless(consistent, x - row_part + y0)
+
+
+@_affine_projection.defjvp
+def _affine_projection_jvp(primals, tangents):
+    # With P_N = I − A⁺A (the projector onto the null space of A) and λ = A⁺ᵀ(x − p) the
+    # multiplier of A y = b, for perturbations that keep the rank of A (Golub and Pereyra, 1973):
+    #   dp = P_N (dx − dAᵀ λ) − A⁺ (dA p − db).
+    x, A, b = primals
+    dx, dA, db = tangents
+    U, inverse, Vt, kept, _, consistent = _affine_factors(A, b)
+    p = _affine_projection(x, A, b)
+
+    def pinv(v):  # A⁺ v
+        return Vt.T @ (inverse * (U.T @ v))
+
+    def null(v):  # P_N v
+        return v - Vt.T @ jnp.where(kept, Vt @ v, 0)
+
+    lam = U @ (inverse * (Vt @ (x - p)))  # A⁺ᵀ (x − p)
+    dp = null(dx - dA.T @ lam) - pinv(dA @ p - db)
+    return p, _checks.nan_unless(consistent, dp)
 
 
 def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Array:
-    """Projection onto the affine set {y: A y = b}, A an m × n matrix of full row rank m ≤ n.
+    """Projection onto the affine set {y: A y = b}, for any m × n matrix A.
 
-    p = x − Aᵀ(AAᵀ)⁻¹(Ax − b), computed without forming (AAᵀ)⁻¹: with the thin QR factorization
-    Aᵀ = QR, p = x − Q(Qᵀx − R⁻ᵀb), one triangular solve.
+    p = x − A⁺(Ax − b) = (I − A⁺A) x + A⁺b, with the pseudo-inverse A⁺ of the thin SVD
+    A = U diag(σ) Vᵀ: the exact projection also when the rows of A are linearly dependent (m may
+    exceed n). Singular values σ ≤ max(m, n) · eps · σ_max count as zero, so rows equal up to
+    rounding are one constraint. The set is empty when b is not in the range of A (up to
+    rounding: ‖A A⁺b − b‖ ≤ 8 max(m, n) eps (σ_max ‖A⁺b‖ + ‖b‖)): a concrete (A, b) then raises
+    ``ValueError``, a traced one gives NaN. The derivative, for perturbations that keep the rank
+    of A, is dp = P_N (dx − dAᵀλ) − A⁺(dA p − db), with P_N = I − A⁺A and λ = A⁺ᵀ(x − p).
 
     Args:
       x: a vector of length n.
-      hyperparams: ``(A, b)``: an m × n matrix of rank m and a vector of length m.
+      hyperparams: ``(A, b)``: an m × n matrix and a vector of length m.
+
+    Returns:
+      p, a vector of length n.
 
     Example:
       >>> import jax.numpy as jnp
@@ -470,12 +620,20 @@ def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Ar
             "affine_set needs x of shape (n,), A of shape (m, n) and b of shape (m,); got "
             f"x {x.shape}, A {A.shape}, b {b.shape}"
         )
-    if A.shape[0] > A.shape[1]:
-        raise ValueError(f"A must have full row rank: at most n rows, got shape {A.shape}")
-    Q, R = jnp.linalg.qr(A.T, mode="reduced")
-    # A = RᵀQᵀ, so A p = b for p = x − Q(Qᵀx − c) where Rᵀc = b.
-    c = jax.scipy.linalg.solve_triangular(R, b, trans="T", lower=False)
-    return x - Q @ (Q.T @ x - c)
+    dtype = jnp.result_type(x, A, b)
+    x, A, b = x.astype(dtype), A.astype(dtype), b.astype(dtype)
+    if A.shape[0] == 0 or x.shape[0] == 0:  # no constraint, or ℝ⁰ (empty unless b = 0)
+        if A.shape[0] and _concrete_leaves(b) is not None and np.any(np.asarray(b) != 0):
+            raise ValueError(f"affine_set: b must be 0 for A of shape {A.shape}, got b={b!r}")
+        return x
+    if not _checks.is_traced((A, b)):
+        *_, kept, _, consistent = _affine_factors(A, b)
+        if not bool(consistent):
+            raise ValueError(
+                "affine_set: the set {y: A y = b} is empty: b is not in the range of A (up to "
+                f"rounding; A has shape {A.shape} and numerical rank {int(np.sum(kept))})"
+            )
+    return _affine_projection(x, A, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,8 +739,9 @@ def box_section(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arr
     Args:
       x: a vector (or an array of any shape; wᵀy sums over all entries).
       hyperparams: ``(alpha, beta, w, c)``: finite bounds α ≤ β (scalars or arrays
-        broadcastable to x), weights w (broadcastable to x) and a scalar c. The set must be
-        non-empty: Σ min(wα, wβ) ≤ c ≤ Σ max(wα, wβ), else the result is not a projection.
+        broadcastable to x), weights w (broadcastable to x) and a scalar c. The set is
+        non-empty iff Σ min(wα, wβ) ≤ c ≤ Σ max(wα, wβ) (up to rounding): otherwise a
+        concrete set raises ``ValueError`` and a traced one gives NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -601,19 +760,23 @@ def box_section(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arr
     c = _as_dtype_of(c, x)
     if c.shape != ():
         raise ValueError(f"c must be a scalar, got shape {c.shape}")
-    leaves = _concrete_leaves((alpha, beta, w, c))
-    if leaves is not None:
-        a, b, w_np, c_np = leaves
-        low = np.sum(np.minimum(w_np * a, w_np * b))
-        high = np.sum(np.maximum(w_np * a, w_np * b))
-        slack = 1e-6 * max(1.0, float(np.abs(low)), float(np.abs(high)))
-        if not low - slack <= c_np <= high + slack:
+    # The set is non-empty iff Σ min(wα, wβ) ≤ c ≤ Σ max(wα, wβ) (up to rounding).
+    low = jnp.sum(jnp.minimum(w * alpha, w * beta))
+    high = jnp.sum(jnp.maximum(w * alpha, w * beta))
+    magnitude = jnp.sum(jnp.abs(w) * jnp.maximum(jnp.abs(alpha), jnp.abs(beta))) + jnp.abs(c)
+    slack = 16 * x.size * jnp.finfo(x.dtype).eps * magnitude
+    non_empty = (low - slack <= c) & (c <= high + slack)
+    if not _checks.is_traced((alpha, beta, w, c)):
+        if not bool(non_empty):
             raise ValueError(
-                f"c must lie in [{low}, {high}] for the set {{alpha ≤ y ≤ beta, wᵀy = c}} to be "
-                f"non-empty, got c={float(c_np)}"
+                f"c must lie in [{float(low)}, {float(high)}] for the set "
+                f"{{alpha ≤ y ≤ beta, wᵀy = c}} to be non-empty, got c={float(c)}"
             )
     mu = _box_section_multiplier(jnp.zeros((), x.dtype), x, alpha, beta, w, c)
-    return _box_section_primal(mu, x, alpha, beta, w)
+    p = _box_section_primal(mu, x, alpha, beta, w)
+    if _checks.is_traced((alpha, beta, w, c)):  # unchecked set: NaN where it is empty
+        p = _checks.nan_unless(non_empty, p)
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,14 +804,13 @@ def second_order_cone(x: tuple[ArrayLike, ArrayLike], hyperparams: None = None) 
     t = _as_dtype_of(t, z)
     if t.shape != ():
         raise ValueError(f"t must be a scalar, got shape {t.shape}")
-    square = jnp.sum(z * z)
-    inside = (t >= 0) & (square <= t * t)  # ‖z‖ ≤ t
-    polar = (t < 0) & (square <= t * t)  # ‖z‖ ≤ −t
+    norm, divisor, _ = _norm(z)  # scaled: no overflow of ‖z‖² for large z in float32
+    inside = (t >= 0) & (norm <= t)
+    polar = (t < 0) & (norm <= -t)
     boundary = ~(inside | polar)  # then ‖z‖ > |t| ≥ 0
-    norm = _safe_sqrt(square, boundary)
-    half = 0.5 * (t + norm)
+    half = 0.5 * (t + jnp.where(boundary, divisor, 0))
     t_out = jnp.where(inside, t, jnp.where(polar, 0, half))
-    z_out = jnp.where(inside, z, jnp.where(polar, 0, (half / norm) * z))
+    z_out = jnp.where(inside, z, jnp.where(polar, 0, (half / divisor) * z))
     return t_out.astype(t.dtype), z_out.astype(z.dtype)
 
 

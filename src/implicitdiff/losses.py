@@ -81,6 +81,28 @@ def _label_vector(label: Any, scores: jax.Array, fn_name: str) -> jax.Array:
     return jax.nn.one_hot(label, num_classes, dtype=scores.dtype)
 
 
+def _shift_by_max(z: jax.Array) -> jax.Array:
+    """z − max(z) along the last axis, with the limits at infinite scores: where the largest
+    score is +inf, 0 at the entries equal to it and −inf elsewhere (the limit of z − max z as
+    those entries grow); where every score is −inf, 0 everywhere (all tied). The maximum is held
+    constant for derivatives (every function of z − max z used here is shift-invariant)."""
+    top = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    finite = jnp.isfinite(top)
+    shifted = z - jnp.where(finite, top, 0)
+    return jnp.where(finite, shifted, jnp.where(z == top, 0, -jnp.inf).astype(z.dtype))
+
+
+def _is_zero(tangent: Any) -> bool:
+    """Whether a tangent given to a custom JVP rule is a symbolic zero (not differentiated)."""
+    return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+def _weighted_sum(y: jax.Array, z: jax.Array) -> jax.Array:
+    """Σⱼ yⱼ zⱼ along the last axis, where 0 · ±inf counts as 0 (−inf scores mask classes out).
+    Finite terms are kept as they are, with their derivative."""
+    return jnp.sum(y * jnp.where((y == 0) & jnp.isinf(z), 0, z), axis=-1)
+
+
 def multiclass_hinge_loss(label: Any, scores: Any) -> jax.Array:
     """The multiclass hinge loss of Crammer & Singer.
 
@@ -99,8 +121,11 @@ def multiclass_hinge_loss(label: Any, scores: Any) -> jax.Array:
     scores = _float_array(scores)
     y = _label_vector(label, scores, "multiclass_hinge_loss")
     # Subtract the label's score before adding the margin: no cancellation for large scores.
-    true_score = jnp.sum(y * scores, axis=-1, keepdims=True)
-    return jnp.max(scores - true_score + (1 - y), axis=-1)
+    true_score = _weighted_sum(y, scores)[..., None]
+    # zⱼ − ⟨y, z⟩ is 0 where both are the same infinity (the label's own score, for a one-hot y).
+    same_infinity = jnp.isinf(scores) & (scores == true_score)
+    difference = jnp.where(same_infinity, 0, scores - jnp.where(same_infinity, 0, true_score))
+    return jnp.max(difference + (1 - y), axis=-1)
 
 
 def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
@@ -111,7 +136,13 @@ def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
         loss = logsumexp(z) − zᵧ = −log softmax(z)ᵧ,
 
     with gradient softmax(z) − eᵧ. For a label vector y, logsumexp(z) · Σⱼ yⱼ − ⟨y, z⟩ (the
-    cross-entropy with the distribution y when y sums to 1). Stable for any finite logits.
+    cross-entropy with the distribution y when y sums to 1).
+
+    Computed on z − max(z) (the loss is invariant to adding a constant to every logit), so that
+    large logits lose no digits (logits [1e9, 1e9] give log 2 in float32). Infinite logits are
+    limits: −inf masks a class out (a −inf logit with yⱼ = 0 adds nothing; the loss is +inf if
+    yⱼ ≠ 0), and +inf logits share the probability equally among themselves. The derivative is
+    the closed form softmax(z) Σⱼyⱼ − y in z (finite also there) and logsumexp(z) − z in y.
 
     >>> import jax.numpy as jnp
     >>> print(multiclass_logistic_loss(0, jnp.array([0.0, 0.0])).round(4))  # log 2
@@ -119,8 +150,40 @@ def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
     """
     logits = _float_array(logits)
     y = _label_vector(label, logits, "multiclass_logistic_loss")
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return lse * jnp.sum(y, axis=-1) - jnp.sum(y * logits, axis=-1)
+    return _logistic(y, logits)
+
+
+def _logistic_parts(y: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(loss, softmax(z), logsumexp(z) − z) for a label vector y, with the limits above."""
+    shifted = _shift_by_max(z)
+    all_minus_inf = jnp.all(z == -jnp.inf, axis=-1)  # no distribution: NaN
+    lse = jax.nn.logsumexp(shifted, axis=-1)
+    loss = lse * jnp.sum(y, axis=-1) - _weighted_sum(y, shifted)
+    loss = jnp.where(all_minus_inf, jnp.nan, loss)
+    softmax = jnp.exp(shifted - lse[..., None])
+    return loss, softmax, lse[..., None] - shifted
+
+
+@jax.custom_jvp
+def _logistic(y: jax.Array, z: jax.Array) -> jax.Array:
+    return _logistic_parts(y, z)[0]
+
+
+def _logistic_jvp(primals, tangents):
+    # Symbolic zeros: a label that is not differentiated (the usual case) adds no term, so that
+    # its coefficient logsumexp(z) − z, +inf at a −inf logit, cannot make the result NaN.
+    y, z = primals
+    dy, dz = tangents
+    loss, softmax, minus_log_softmax = _logistic_parts(y, z)
+    out = jnp.zeros_like(loss)
+    if not _is_zero(dz):
+        out = out + jnp.sum((softmax * jnp.sum(y, axis=-1, keepdims=True) - y) * dz, axis=-1)
+    if not _is_zero(dy):
+        out = out + jnp.sum(minus_log_softmax * dy, axis=-1)
+    return loss, out
+
+
+_logistic.defjvp(_logistic_jvp, symbolic_zeros=True)
 
 
 def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
@@ -131,7 +194,9 @@ def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
         loss = softplus(z) − y z = log(1 + eᶻ) − y z = −log σ(z)  (y = 1)  or  −log σ(−z)  (y = 0),
 
     computed as (1 − y) softplus(z) + y softplus(−z) (equal for any y), which neither
-    overflows nor cancels for large |z|. A y in [0, 1] is a soft label (the cross-entropy with the
+    overflows nor cancels for large |z|; a term whose weight is 0 counts as 0 also at an
+    infinite logit (so the loss of y = 1 at z = +inf, and of y = 0 at z = −inf, is 0, with
+    gradient 0). A y in [0, 1] is a soft label (the cross-entropy with the
     Bernoulli distribution of parameter y). The gradient in z is σ(z) − y. Element-wise: arrays
     of labels and logits give one loss per entry.
 
@@ -141,7 +206,12 @@ def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
     """
     logit = _float_array(logit)
     label = jnp.asarray(label, dtype=logit.dtype)
-    return (1 - label) * jax.nn.softplus(logit) + label * jax.nn.softplus(-logit)
+
+    def term(weight, z):  # weight · softplus(z), 0 when weight = 0 also for z = +inf
+        absent = (weight == 0) & (z == jnp.inf)
+        return jnp.where(absent, 0, weight * jax.nn.softplus(jnp.where(absent, 0, z)))
+
+    return term(1 - label, logit) + term(label, -logit)
 
 
 def sparsemax(scores: Any) -> jax.Array:
@@ -161,8 +231,9 @@ def sparsemax(scores: Any) -> jax.Array:
     """
     z = _float_array(scores)
     # The projection commutes with adding a constant to every entry; shift the largest entry to
-    # 0 so that the cumulative sums stay small (the shift has zero derivative: stop it).
-    z = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    # 0 so that the cumulative sums stay small (the shift has zero derivative: stop it). +inf
+    # scores share the mass equally (the limit), −inf ones get none.
+    z = _shift_by_max(z)
     rows = z.reshape(-1, z.shape[-1])
     return jax.vmap(projections.simplex)(rows).reshape(z.shape)
 
@@ -186,13 +257,43 @@ def sparsemax_loss(label: Any, scores: Any) -> jax.Array:
     """
     scores = _float_array(scores)
     y = _label_vector(label, scores, "sparsemax_loss")
+    return _sparsemax_loss(y, scores)
+
+
+def _sparsemax_loss_parts(y: jax.Array, scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(loss, sparsemax(scores)) for a label vector y."""
     # Shift the largest score to 0. The formula changes by shift · (1 − Σ y) (zero for a one-hot
-    # or probability vector y), added back; its derivative in z is p − y either way.
-    shift = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    z = scores - shift
+    # or probability vector y), added back. Infinite scores are limits (see _shift_by_max), and
+    # (p − y) z counts 0 · (−inf) as 0 (a masked class).
+    shift = jnp.max(scores, axis=-1)
+    z = _shift_by_max(scores)
     p = sparsemax(z)
-    value = jnp.sum((p - y) * z, axis=-1) + 0.5 * jnp.sum(y * y - p * p, axis=-1)
-    return value + shift[..., 0] * (1 - jnp.sum(y, axis=-1))
+    value = _weighted_sum(p - y, z) + 0.5 * jnp.sum(y * y - p * p, axis=-1)
+    total = jnp.sum(y, axis=-1)
+    correction = jnp.where(total == 1, 0, shift * (1 - total))
+    return value + correction, p
+
+
+@jax.custom_jvp
+def _sparsemax_loss(y: jax.Array, scores: jax.Array) -> jax.Array:
+    return _sparsemax_loss_parts(y, scores)[0]
+
+
+def _sparsemax_loss_jvp(primals, tangents):
+    # Closed forms: ∂/∂z = p − y, ∂/∂y = y − z (+inf at a −inf score: symbolic zeros keep it out
+    # of the result when the label is not differentiated).
+    y, scores = primals
+    dy, dz = tangents
+    loss, p = _sparsemax_loss_parts(y, scores)
+    out = jnp.zeros_like(loss)
+    if not _is_zero(dz):
+        out = out + jnp.sum((p - y) * dz, axis=-1)
+    if not _is_zero(dy):
+        out = out + jnp.sum((y - scores) * dy, axis=-1)
+    return loss, out
+
+
+_sparsemax_loss.defjvp(_sparsemax_loss_jvp, symbolic_zeros=True)
 
 
 def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:

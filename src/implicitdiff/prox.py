@@ -292,10 +292,15 @@ def group_lasso(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree
             f"group_lasso: hyperparams (λ) must be a scalar, got shape {jnp.shape(hyperparams)}"
         )
     threshold = hyperparams * scaling
-    squared_norm = tree.vdot(x, x)
+    # ‖x‖ = m ‖x/m‖ with m = ‖x‖∞ held constant: no overflow or underflow of ‖x‖² (float32
+    # entries of 1e±30); the derivative is the same.
+    m = jax.lax.stop_gradient(tree.norm(x, jnp.inf))
+    unit = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
+    scaled = tree.map(lambda leaf: leaf / unit.astype(leaf.dtype), x)
+    squared_norm = tree.vdot(scaled, scaled)
     positive = squared_norm > 0
     # sqrt has an infinite derivative at 0: take it of 1 there, a branch jnp.where then discards.
-    safe_norm = jnp.sqrt(jnp.where(positive, squared_norm, 1))
+    safe_norm = unit * jnp.sqrt(jnp.where(positive, squared_norm, 1))
     norm = jnp.where(positive, safe_norm, 0)
     # (a NaN threshold, from a traced negative λ or scaling, gives NaN rather than 0)
     factor = jnp.where(
@@ -314,7 +319,14 @@ def from_projection(projection: Callable[[PyTree, Any], PyTree]) -> ProxFn:
     For g(y, θ) = ι_{C(θ)}(y) (0 on C(θ), +∞ outside), s · g = g for every s > 0, so
     prox_{s·g}(x) = argmin_{y ∈ C(θ)} ‖y − x‖ = projection(x, θ) whatever the scaling. The
     returned function has the prox signature ``prox(x, hyperparams=None, scaling=1.0)``,
-    calls ``projection(x, hyperparams)`` and ignores ``scaling``.
+    calls ``projection(x, hyperparams)`` (``projection(x)`` when hyperparams is None, so that
+    the projection's default applies, e.g. the unit simplex) and ignores ``scaling``.
+
+    Args:
+      projection: a function ``projection(x, hyperparams) -> p``.
+
+    Returns:
+      the prox ``prox(x, hyperparams=None, scaling=1.0)``.
 
     >>> import jax.numpy as jnp
     >>> box = from_projection(lambda x, bounds: jnp.clip(x, bounds[0], bounds[1]))
@@ -326,6 +338,8 @@ def from_projection(projection: Callable[[PyTree, Any], PyTree]) -> ProxFn:
 
     def prox(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
         del scaling
+        if hyperparams is None:  # not given: the projection's own default, if it has one
+            return projection(x)
         return projection(x, hyperparams)
 
     name = getattr(projection, "__name__", "projection")

@@ -76,18 +76,42 @@ def sum(x: PyTree) -> jax.Array:
 
 
 def norm(x: PyTree, ord: int | float = 2) -> jax.Array:
-    """‖x‖ of the flattened tree: ord 2 (Euclidean, the default), 1 or ``jnp.inf``."""
-    leaves = jax.tree_util.tree_leaves(x)
+    """‖x‖ of the flattened tree: ord 2 (Euclidean, the default), 1 or ``jnp.inf``.
+
+    ‖x‖₂ = m · sqrt(Σ |xⱼ / m|²) with m = ‖x‖∞ (when m is positive and finite), so that it
+    neither overflows nor underflows where ‖x‖₂ itself is representable (a float32 vector of
+    entries 1e30 or 1e-30); its derivative is x / ‖x‖₂, exactly as for the plain formula (m is
+    held constant). ‖x‖₁ = Σ |xⱼ|, ‖x‖∞ = maxⱼ |xⱼ|. Empty leaves contribute nothing, and the
+    norm of a tree with no entries is 0. A NaN entry gives NaN; an infinite one (and no NaN)
+    gives inf.
+
+    Args:
+      x: a pytree of arrays.
+      ord: 1, 2 or ``jnp.inf``.
+
+    Returns:
+      a scalar in the tree's floating dtype (:func:`dtype`).
+    """
+    if ord not in (1, 2, jnp.inf):
+        raise ValueError(f"norm: ord must be 1, 2 or inf, got {ord!r}")
+    leaves = [jnp.asarray(leaf) for leaf in jax.tree_util.tree_leaves(x)]
+    real = jnp.finfo(dtype(x)).dtype  # the real dtype of the result (complex leaves too)
+    leaves = [leaf for leaf in leaves if leaf.size]  # static shapes: empty leaves drop out
     if not leaves:
-        return jnp.asarray(0.0)
-    if ord == 2:
-        squares = [jnp.sum(jnp.real(leaf * jnp.conj(leaf))) for leaf in leaves]
-        return jnp.sqrt(functools.reduce(operator.add, squares))
+        return jnp.zeros((), real)
+    magnitudes = [jnp.abs(leaf) for leaf in leaves]
     if ord == 1:
-        return functools.reduce(operator.add, [jnp.sum(jnp.abs(leaf)) for leaf in leaves])
+        return functools.reduce(operator.add, [jnp.sum(m) for m in magnitudes]).astype(real)
+    largest = functools.reduce(jnp.maximum, [jnp.max(m) for m in magnitudes]).astype(real)
     if ord == jnp.inf:
-        return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(leaf)) for leaf in leaves])
-    raise ValueError(f"norm: ord must be 1, 2 or inf, got {ord!r}")
+        return largest
+    # A NaN or infinite m keeps the scale 1: the sum is then NaN or inf, as it should.
+    m = jax.lax.stop_gradient(largest)
+    scaled = (m > 0) & jnp.isfinite(m)
+    scale = jnp.where(scaled, m, jnp.ones((), real))
+    scaled_leaves = [leaf / scale.astype(leaf.dtype) for leaf in leaves]
+    squares = [jnp.sum(jnp.real(y * jnp.conj(y))) for y in scaled_leaves]
+    return (scale * jnp.sqrt(functools.reduce(operator.add, squares))).astype(real)
 
 
 def zeros_like(x: PyTree) -> PyTree:

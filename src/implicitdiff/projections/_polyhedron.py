@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from implicitdiff.solvers import OSQP
@@ -36,6 +37,37 @@ def _as_float(value: ArrayLike, dtype: Any) -> jax.Array:
     return value
 
 
+def _independent_rows(A: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For a concrete A: (A′, b′) with linearly independent rows and {A′y = b′} = {Ay = b}.
+
+    With the SVD A = U diag(σ) Vᵀ and the r singular values above max(p, n) · eps · σ_max,
+    A′ = diag(σ_r) V_rᵀ and b′ = U_rᵀ b (b may be traced: b′ is linear in it). Dependent rows
+    would make the KKT system of the derivative singular (a NaN derivative).
+    """
+    A_np = np.asarray(A)
+    U, sigma, Vt = np.linalg.svd(A_np, full_matrices=False)
+    tol = max(A_np.shape) * np.finfo(A_np.dtype).eps * (sigma[0] if sigma.size else 0.0)
+    rank = int(np.sum(sigma > tol))
+    if rank == A_np.shape[0]:
+        return A, b
+    A_new = jnp.asarray(sigma[:rank, None] * Vt[:rank], A.dtype)
+    U_r = jnp.asarray(U[:, :rank], b.dtype)
+    b_new = U_r.T @ b
+    # b must lie in the range of A (else the set is empty): A y₀ = b to rounding for y₀ = A⁺b.
+    eps = np.finfo(A_np.dtype).eps
+    y0_norm = jnp.linalg.norm(b_new / jnp.asarray(sigma[:rank], b.dtype))
+    bound = 8 * max(A_np.shape) * eps * (sigma[0] * y0_norm + jnp.linalg.norm(b))
+    consistent = jnp.linalg.norm(b - U_r @ b_new) <= bound
+    if not _is_traced(b):
+        if not bool(consistent):
+            raise ValueError(
+                "polyhedron: the set {y: A y = b, G y ≤ h} is empty: b is not in the range of A "
+                f"(A has shape {A_np.shape} and numerical rank {rank})"
+            )
+        return A_new, b_new
+    return A_new, jnp.where(consistent, b_new, jnp.nan)
+
+
 def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Array:
     """Projection onto the polyhedron {y: A y = b, G y ≤ h}.
 
@@ -45,7 +77,9 @@ def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arra
     differentiated implicitly through the KKT conditions, with respect to x, A, b, G and h,
     wherever the active set is locally constant (strict complementarity); there the Jacobian in x
     is I − Bᵀ(BBᵀ)⁻¹B, B the rows of A and of the active rows of G. Runs under ``jit`` and
-    ``vmap``. An empty (primal infeasible) polyhedron gives NaN.
+    ``vmap``. Linearly dependent rows of a concrete A are reduced to independent ones first (the
+    same set; the derivative would otherwise be NaN). An empty (primal infeasible) polyhedron
+    raises ``ValueError`` when A, b, G, h are concrete, and gives NaN when they are traced.
 
     Args:
       x: a vector of length n.
@@ -84,11 +118,29 @@ def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arra
                 f"polyhedron: {M_name} must have shape (k, {n}) and {v_name} shape (k,); got "
                 f"{M_name} {M.shape}, {v_name} {v.shape}"
             )
+        if M_name == "A" and not _is_traced(M) and M.shape[0]:
+            M, v = _independent_rows(M, v)
         pairs.append((M, v))
     if pairs == [None, None]:
         return x
     dtype = jnp.result_type(x, *[leaf for pair in pairs if pair is not None for leaf in pair])
     x = x.astype(dtype)
+    # The projection is homogeneous: P_{C(b, h)}(x) = s P_{C(b/s, h/s)}(x/s). OSQP's tolerance is
+    # absolute; solving at s = max(‖x‖∞, ‖b‖∞, ‖h‖∞) makes it relative (x of 1e-30 or 1e30).
+    vectors = [x] + [pair[1] for pair in pairs if pair is not None]
+    s = jax.lax.stop_gradient(jnp.max(jnp.stack([jnp.max(jnp.abs(v), initial=0) for v in vectors])))
+    s = jnp.where((s > 0) & jnp.isfinite(s), s, 1).astype(dtype)
+    pairs = [None if pair is None else (pair[0], pair[1] / s) for pair in pairs]
     solver = _solver(dtype)
-    (p, _, _), state = solver.run(None, (jnp.eye(n, dtype=dtype), -x), *pairs)
+    (p, _, _), state = solver.run(None, (jnp.eye(n, dtype=dtype), -x / s), *pairs)
+    p = p * s
+    if not _is_traced((A, b, G, h)) and not _is_traced(state.status) and int(state.status) == 2:
+        raise ValueError(
+            "polyhedron: the set {y: A y = b, G y ≤ h} is empty (OSQP found it primal "
+            "infeasible): check A, b, G, h"
+        )
     return jnp.where(state.status == 2, jnp.nan, p)
+
+
+def _is_traced(value: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))

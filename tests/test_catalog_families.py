@@ -1,0 +1,638 @@
+"""Family sweeps of the catalog (issue 12): every projection, prox and loss, enumerated from the
+modules' ``__all__`` through the tables below, so that a new member must be added to them.
+
+Families: degenerate and empty sets (items 1, 11, 12), huge and tiny inputs (item 4), losses at
+infinity (item 5), prox.from_projection of every projection (item 17).
+"""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import finite_difference_jvp
+
+from implicitdiff import losses, prox
+from implicitdiff import projections as P
+from implicitdiff.solvers import ProjectedGradient
+
+N = 5
+_X = np.array([0.7, -1.3, 0.2, 1.1, -0.4])
+_M = np.array([[0.5, -0.2, 0.9], [0.1, 0.3, -0.6], [0.8, 0.4, 0.2]])  # for the matrix sets
+_A_DEP = np.array([[1.0, 1.0, 0.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0, 1.0]])
+_B_DEP = np.array([0.5, 1.0, -0.2])  # consistent: row 2 = 2 · row 1
+
+
+def _vec(dtype):
+    return jnp.asarray(_X, dtype)
+
+
+# name → (x, hyperparams) for a valid, O(1) problem, as functions of the dtype.
+SAMPLES = {
+    "non_negative": lambda d: (_vec(d), None),
+    "box": lambda d: (_vec(d), (jnp.full(N, -0.5, d), jnp.full(N, 0.5, d))),
+    "hypercube": lambda d: (_vec(d), jnp.asarray(0.6, d)),
+    "simplex": lambda d: (_vec(d), jnp.asarray(1.0, d)),
+    "sparse_simplex": lambda d: (_vec(d), (jnp.asarray(1.0, d), 2)),
+    "l1_ball": lambda d: (_vec(d), jnp.asarray(1.0, d)),
+    "l1_sphere": lambda d: (_vec(d), jnp.asarray(1.0, d)),
+    "l2_ball": lambda d: (_vec(d), jnp.asarray(1.0, d)),
+    "l2_sphere": lambda d: (_vec(d), jnp.asarray(1.0, d)),
+    "linf_ball": lambda d: (_vec(d), jnp.asarray(0.5, d)),
+    "hyperplane": lambda d: (
+        _vec(d),
+        (jnp.asarray([1.0, 2.0, 0.0, -1.0, 0.5], d), jnp.asarray(0.3, d)),
+    ),
+    "halfspace": lambda d: (
+        _vec(d),
+        (jnp.asarray([1.0, 2.0, 0.0, -1.0, 0.5], d), jnp.asarray(-0.3, d)),
+    ),
+    "affine_set": lambda d: (_vec(d), (jnp.asarray(_A_DEP, d), jnp.asarray(_B_DEP, d))),
+    "box_section": lambda d: (
+        _vec(d),
+        (
+            jnp.zeros(N, d),
+            jnp.ones(N, d),
+            jnp.asarray([1.0, 2.0, 1.0, 0.5, 1.0], d),
+            jnp.asarray(1.5, d),
+        ),
+    ),
+    "polyhedron": lambda d: (
+        _vec(d),
+        (
+            jnp.asarray(_A_DEP[:1], d),
+            jnp.asarray(_B_DEP[:1], d),
+            jnp.asarray([[0.0, 0.0, 1.0, 1.0, 0.0]], d),
+            jnp.asarray([0.1], d),
+        ),
+    ),
+    "transport_polytope": lambda d: (
+        jnp.asarray(_M, d),
+        (jnp.asarray([0.2, 0.3, 0.5], d), jnp.asarray([0.4, 0.4, 0.2], d)),
+    ),
+    "kl_transport_polytope": lambda d: (
+        jnp.asarray(_M, d),
+        (jnp.asarray([0.2, 0.3, 0.5], d), jnp.asarray([0.4, 0.4, 0.2], d)),
+    ),
+    "birkhoff_polytope": lambda d: (jnp.asarray(_M, d), None),
+    "kl_birkhoff_polytope": lambda d: (jnp.asarray(_M, d), None),
+    "second_order_cone": lambda d: ((jnp.asarray(0.3, d), jnp.asarray(_X[:3], d)), None),
+    "psd_cone": lambda d: (jnp.asarray(_M + _M.T, d), None),
+}
+
+# name → hyperparams of an empty set (x from SAMPLES); or the reason the set is never empty.
+EMPTY = {
+    "box": lambda d: (jnp.full(N, 0.5, d), jnp.full(N, -0.5, d)),
+    "hypercube": lambda d: jnp.asarray(-1.0, d),
+    "simplex": lambda d: jnp.asarray(-1.0, d),
+    "sparse_simplex": lambda d: (jnp.asarray(-1.0, d), 2),
+    "l1_ball": lambda d: jnp.asarray(-1.0, d),
+    "l1_sphere": lambda d: jnp.asarray(-1.0, d),
+    "l2_ball": lambda d: jnp.asarray(-1.0, d),
+    "l2_sphere": lambda d: jnp.asarray(-1.0, d),
+    "linf_ball": lambda d: jnp.asarray(-1.0, d),
+    "hyperplane": lambda d: (jnp.zeros(N, d), jnp.asarray(1.0, d)),
+    "halfspace": lambda d: (jnp.zeros(N, d), jnp.asarray(-1.0, d)),
+    # Dependent rows with an inconsistent right-hand side; rows equal up to rounding.
+    "affine_set": lambda d: (jnp.asarray(_A_DEP, d), jnp.asarray([0.5, 2.0, 0.0], d)),
+    "box_section": lambda d: (jnp.zeros(N, d), jnp.ones(N, d), jnp.ones(N, d), jnp.asarray(7.0, d)),
+    "polyhedron": lambda d: (
+        jnp.asarray(_A_DEP[:2], d),
+        jnp.asarray([0.5, 2.0], d),
+        None,
+        None,
+    ),
+    "transport_polytope": lambda d: (
+        jnp.asarray([-0.2, 0.7, 0.5], d),
+        jnp.asarray([0.4, 0.4, 0.2], d),
+    ),
+    "kl_transport_polytope": lambda d: (
+        jnp.asarray([-0.2, 0.7, 0.5], d),
+        jnp.asarray([0.4, 0.4, 0.2], d),
+    ),
+}
+NEVER_EMPTY = {
+    "non_negative": "ℝ₊ⁿ has no parameter",
+    "birkhoff_polytope": "U(1, 1) has no parameter",
+    "kl_birkhoff_polytope": "U(1, 1) has no parameter",
+    "second_order_cone": "no parameter",
+    "psd_cone": "no parameter",
+}
+# Members in _transport.py (not this module's owner): negative marginals are not detected yet.
+_EMPTY_NOT_DETECTED = {"transport_polytope", "kl_transport_polytope"}
+
+PROXES = {
+    "none": None,
+    "l1": 0.3,
+    "non_negative_l1": 0.3,
+    "elastic_net": (0.3, 0.5),
+    "group_lasso": 0.3,
+    "ridge": 0.3,
+    "non_negative_ridge": 0.3,
+    "nuclear_norm": 0.3,
+    "from_projection": None,  # item 17 sweeps it over every projection
+}
+LOSSES = {
+    "multiclass_hinge_loss",
+    "multiclass_logistic_loss",
+    "binary_logistic_loss",
+    "sparsemax_loss",
+    "squared_loss",
+    "sparsemax",
+}
+
+
+def test_catalog_tables_cover_every_member():
+    assert set(SAMPLES) == set(P.__all__)
+    assert set(EMPTY) | set(NEVER_EMPTY) == set(P.__all__)
+    assert not set(EMPTY) & set(NEVER_EMPTY)
+    # (classes such as a tag type are not proxes; their instances, e.g. prox.none, are)
+    members = {n for n in prox.__all__ if not isinstance(getattr(prox, n), type)}
+    assert set(PROXES) == members
+    assert set(LOSSES) == set(losses.__all__)
+
+
+def _leaves(tree):
+    return [np.asarray(leaf, np.float64) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "degenerate sets" (item 1) and empty sets (items 1, 11, 12).
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_projection_family_empty_sets(name):
+    """Concrete parameters of an empty set: ValueError; traced (jit, vmap): NaN."""
+    if name in _EMPTY_NOT_DETECTED:
+        pytest.xfail("_transport.py: negative marginals are not detected (owned by the lead)")
+    projection = getattr(P, name)
+    x, _ = SAMPLES[name](jnp.float64)
+    hyper = EMPTY[name](jnp.float64)
+    with pytest.raises(ValueError):
+        projection(x, hyper)
+    if name == "sparse_simplex":  # max_nz is static: close over it
+        scale, k = hyper
+        jitted = jax.jit(lambda x, s: projection(x, (s, k)))(x, scale)
+        mapped = jax.vmap(lambda s: projection(x, (s, k)))(jnp.stack([scale, scale]))
+    else:
+        jitted = jax.jit(projection)(x, hyper)
+        stacked = jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf, leaf]), hyper)
+        mapped = jax.vmap(projection, in_axes=(None, 0))(x, stacked)
+    for out in (jitted, mapped):
+        assert all(np.all(np.isnan(leaf)) for leaf in _leaves(out)), (name, out)
+
+
+def test_projection_family_degenerate_sets_exact_projection():
+    """Rank-deficient or degenerate parameters of a non-empty set: the exact projection."""
+    x = jnp.asarray(_X)
+    # affine_set: dependent rows (consistent b), more rows than columns, rows equal to rounding.
+    pinv = np.linalg.pinv(_A_DEP)
+    exact = _X - pinv @ (_A_DEP @ _X - _B_DEP)
+    np.testing.assert_allclose(P.affine_set(x, (_A_DEP, _B_DEP)), exact, rtol=1e-13, atol=1e-14)
+    tall = np.vstack([_A_DEP, _A_DEP[:1] - _A_DEP[2:]])  # 4 × 5, rank 2
+    tall_b = np.append(_B_DEP, _B_DEP[0] - _B_DEP[2])
+    np.testing.assert_allclose(P.affine_set(x, (tall, tall_b)), exact, rtol=1e-13, atol=1e-14)
+    near = np.array([[1.0, 1.0], [1.0, 1.0 + 1e-15]])
+    p = P.affine_set(jnp.array([0.3, -0.1]), (near, jnp.array([1.0, 1.0])))
+    np.testing.assert_allclose(p, [0.7, 0.3], rtol=1e-13)  # the line y₁ + y₂ = 1
+    with pytest.raises(ValueError, match="empty"):
+        P.affine_set(jnp.zeros(2), (near, jnp.array([0.0, 1.0])))
+    # polyhedron with the same dependent rows
+    np.testing.assert_allclose(P.polyhedron(x, (_A_DEP, _B_DEP, None, None)), exact, atol=1e-8)
+    # hyperplane and halfspace with a = 0: the whole space when feasible
+    for f, b in [(P.hyperplane, 0.0), (P.halfspace, 0.0), (P.halfspace, 2.0)]:
+        np.testing.assert_array_equal(f(x, (jnp.zeros(N), b)), _X)
+        np.testing.assert_array_equal(jax.jit(f)(x, (jnp.zeros(N), b)), _X)
+    # box_section with w = 0, c = 0: the box
+    p = P.box_section(x, (0.0, 1.0, jnp.zeros(N), 0.0))
+    np.testing.assert_allclose(p, np.clip(_X, 0, 1))
+    # point-like sets: a box with lower = upper, simplex of scale 0, balls of radius 0
+    np.testing.assert_array_equal(P.box(x, (0.25, 0.25)), np.full(N, 0.25))
+    for f in (P.simplex, P.l1_ball, P.l2_ball, P.linf_ball, P.hypercube):
+        np.testing.assert_array_equal(f(x, 0.0), np.zeros(N))
+
+
+def test_projection_family_degenerate_sets_derivatives():
+    """Derivatives of the exact projection onto a rank-deficient affine set, against central
+    finite differences, in x, in b (within the range of A) and in A along directions that keep
+    its rank (dA = C dB for A = C B); also the polyhedron's, in x."""
+    B = _A_DEP[[0, 2]]
+    C = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])  # A = C B
+    rng = np.random.default_rng(0)
+    dx, dB, dc = rng.normal(size=N), rng.normal(size=B.shape), rng.normal(size=2)
+    c = _B_DEP[[0, 2]]
+
+    def fun(x, B, c):
+        return P.affine_set(x, (jnp.asarray(C) @ B, jnp.asarray(C) @ c))
+
+    args = (jnp.asarray(_X), jnp.asarray(B), jnp.asarray(c))
+    tangents = (jnp.asarray(dx), jnp.asarray(dB), jnp.asarray(dc))
+    _, jvp = jax.jvp(fun, args, tangents)
+    expected = finite_difference_jvp(lambda a: fun(*a), args, tangents)
+    np.testing.assert_allclose(jvp, expected, rtol=1e-7, atol=1e-8)
+    assert np.abs(np.asarray(jvp)).max() > 1e-2  # not trivially zero
+    # polyhedron (dependent rows, compressed): J = I − A⁺A in x, away from inequalities
+    jac = jax.jacobian(lambda x: P.polyhedron(x, (_A_DEP, _B_DEP, None, None)))(jnp.asarray(_X))
+    np.testing.assert_allclose(jac, np.eye(N) - np.linalg.pinv(_A_DEP) @ _A_DEP, atol=1e-7)
+
+
+def test_projected_gradient_family_degenerate_sets():
+    """ProjectedGradient over an affine set: exact over dependent rows, flagged when empty."""
+
+    def fun(w, target):
+        return 0.5 * jnp.sum((w - target) ** 2)
+
+    solver = ProjectedGradient(fun=fun, projection=P.affine_set, maxiter=200, tol=1e-10)
+    target = jnp.asarray(_X)
+    w, state = solver.run(jnp.zeros(N), (jnp.asarray(_A_DEP), jnp.asarray(_B_DEP)), target)
+    assert bool(state.converged)
+    exact = _X - np.linalg.pinv(_A_DEP) @ (_A_DEP @ _X - _B_DEP)
+    np.testing.assert_allclose(w, exact, atol=1e-8)
+    empty = (jnp.asarray(_A_DEP), jnp.asarray([0.5, 2.0, 0.0]))
+    _, state = solver.run(jnp.zeros(N), empty, target)
+    assert not bool(state.converged)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "huge and tiny inputs" (item 4).
+
+# Exact powers of two, so that scaling itself rounds nothing.
+SCALES = {
+    jnp.float64: [2.0**100, 2.0**-100],  # about 1e±30
+    jnp.float32: [2.0**100, 2.0**-100, 2.0**23, 2.0**-23],  # about 1e±30 and 1e±7
+}
+CASES = [(d, s) for d, scales in SCALES.items() for s in scales]
+_CASE_IDS = [f"{jnp.dtype(d).name}-2^{int(np.log2(s))}" for d, s in CASES]
+
+
+def _frac_simplex(v, scale):
+    """Exact simplex projection of the float vector v (sorted thresholds in rationals)."""
+    q = [Fraction(float(t)) for t in v]
+    s = Fraction(float(scale))
+    u = sorted(q, reverse=True)
+    tau = None
+    for k in range(1, len(u) + 1):
+        t = (sum(u[:k]) - s) / k
+        if u[k - 1] > t:
+            tau = t
+    return np.array([float(max(t - tau, 0)) for t in q])
+
+
+def _frac_reference(name, x, h):
+    v = np.asarray(x, np.float64)
+    if name == "simplex":
+        return _frac_simplex(v, h)
+    if name == "sparse_simplex":
+        scale, k = h
+        keep = np.argsort(-v, kind="stable")[:k]
+        out = np.zeros_like(v)
+        out[keep] = _frac_simplex(v[keep], scale)
+        return out
+    if name == "l1_sphere":
+        sign = np.where(v >= 0, 1.0, -1.0)
+        return sign * _frac_simplex(np.abs(v), h)
+    if name == "l1_ball":
+        if sum(Fraction(float(t)) for t in np.abs(v)) <= Fraction(float(h)):
+            return v
+        return np.sign(v) * _frac_simplex(np.abs(v), h)
+    raise KeyError(name)
+
+
+_FRACTION_MEMBERS = ["simplex", "sparse_simplex", "l1_sphere", "l1_ball"]
+
+
+@pytest.mark.parametrize(("dtype", "magnitude"), CASES, ids=_CASE_IDS)
+@pytest.mark.parametrize("name", _FRACTION_MEMBERS)
+def test_projection_family_huge_and_tiny_inputs_fixed_set(name, dtype, magnitude):
+    """The ℓ₁ / simplex sets of size 1 (the reported case) at points of every magnitude, against
+    an exact rational reference: simplex([3e8, 1e8, 2e8]) is e₁, not 0."""
+    x, h = SAMPLES[name](dtype)
+    x = x * magnitude
+    got = np.asarray(getattr(P, name)(x, h), np.float64)
+    ref = _frac_reference(name, np.asarray(x), h if name != "sparse_simplex" else (h[0], h[1]))
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(got, ref, rtol=8 * eps, atol=8 * eps * np.abs(ref).max())
+    x3 = jnp.asarray([3.0, 1.0, 2.0], dtype) * magnitude
+    np.testing.assert_allclose(
+        np.asarray(P.simplex(x3), np.float64), _frac_simplex(np.asarray(x3), 1.0), atol=8 * eps
+    )
+
+
+_NOT_HOMOGENEOUS = object()
+# _transport.py (the lead's): the Birkhoff polytopes and the KL transport projection at huge X.
+_TRANSPORT_HUGE = {"birkhoff_polytope", "kl_birkhoff_polytope", "kl_transport_polytope"}
+
+
+def _scale_hyper(name, h, s):
+    """The hyperparameters of s · C for the set C of h (None: the set is not homogeneous)."""
+    if name in ("birkhoff_polytope", "kl_birkhoff_polytope", "kl_transport_polytope"):
+        return _NOT_HOMOGENEOUS
+    if h is None:  # a cone
+        return None
+    if name == "sparse_simplex":
+        return (h[0] * s, h[1])
+    if name == "hyperplane" or name == "halfspace":
+        return (h[0], h[1] * s)
+    if name == "affine_set":
+        return (h[0], h[1] * s)
+    if name == "box_section":
+        return (h[0] * s, h[1] * s, h[2], h[3] * s)
+    if name == "polyhedron":
+        return (h[0], h[1] * s, h[2], h[3] * s)
+    return jax.tree_util.tree_map(lambda leaf: leaf * s, h)
+
+
+@pytest.mark.parametrize(("dtype", "magnitude"), CASES, ids=_CASE_IDS)
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_projection_family_huge_and_tiny_inputs(name, dtype, magnitude):
+    """Every projection at points of magnitude 1e±30 (and 1e±7 in float32): P_{sC}(s x) =
+    s P_C(x) for the homogeneous sets (s a power of two, so the reference s P_C(x), P_C(x)
+    computed in float64 at magnitude 1 and checked against NumPy/SciPy in
+    tests/test_projections.py, carries no rounding of its own); the fixed polytopes at the limits
+    (a huge X projects onto the vertex of the maximal assignment, a tiny one onto 1/n)."""
+    projection = getattr(P, name)
+    x64, h64 = SAMPLES[name](jnp.float64)
+    x, h = SAMPLES[name](dtype)
+    eps = np.finfo(dtype).eps
+    scaled_h = _scale_hyper(name, h, magnitude)
+    if scaled_h is not _NOT_HOMOGENEOUS:
+        reference = [leaf * magnitude for leaf in _leaves(projection(x64, h64))]
+        x_scaled = jax.tree_util.tree_map(lambda leaf: leaf * magnitude, x)
+        got = _leaves(projection(x_scaled, scaled_h))
+        rtol = 64 * eps if name in ("box_section", "polyhedron", "transport_polytope") else 8 * eps
+        if name in ("polyhedron", "transport_polytope") and dtype == jnp.float32:
+            rtol = 1e-4  # the iterative solvers' float32 tolerance
+    else:  # U(1, 1) or U(a, b) with X scaled, the set fixed
+        if name in _TRANSPORT_HUGE and magnitude > 1:
+            pytest.xfail("_transport.py: wrong at huge X (zeros or off-vertex); lead's module")
+        a = np.asarray(h[0]) if h is not None else np.ones(3)
+        b = np.asarray(h[1]) if h is not None else np.ones(3)
+        got = _leaves(projection(x * magnitude, h))
+        if magnitude > 1:  # the vertex maximizing ⟨X, P⟩ (a permutation for U(1, 1))
+            if h is not None:
+                pytest.skip("U(a, b)'s maximizing vertex needs an LP; covered by the tiny case")
+            best = max(
+                itertools.permutations(range(3)), key=lambda p: sum(_M[i, p[i]] for i in range(3))
+            )
+            reference = [np.eye(3)[list(best)]]
+        elif name.startswith("kl_"):  # exp(X) ≈ 1: the Sinkhorn scaling of ones, a bᵀ / Σa
+            reference = [np.outer(a, b) / a.sum()]
+        else:  # tiny X: the projection of 0 onto U(1, 1) (all entries positive), 1/n
+            reference = [np.full((3, 3), 1 / 3)]
+        rtol = 1e-4 if dtype == jnp.float32 else 1e-8
+    for g, r in zip(got, reference, strict=True):
+        assert np.all(np.isfinite(g)), (name, g)
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol * np.abs(r).max())
+
+
+def _np_prox(name, x, h):
+    if name == "none" or name == "from_projection":
+        return x
+    if name == "l1":
+        return np.sign(x) * np.maximum(np.abs(x) - h, 0)
+    if name == "non_negative_l1":
+        return np.maximum(x - h, 0)
+    if name == "elastic_net":
+        return np.sign(x) * np.maximum(np.abs(x) - h[0], 0) / (1 + h[0] * h[1])
+    if name == "group_lasso":
+        norm = np.linalg.norm(x)
+        return max(1 - h / norm, 0) * x
+    if name == "ridge":
+        return x / (1 + h)
+    if name == "non_negative_ridge":
+        return np.maximum(x, 0) / (1 + h)
+    if name == "nuclear_norm":
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        return (u * np.maximum(s - h, 0)) @ vt
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(("dtype", "magnitude"), CASES, ids=_CASE_IDS)
+@pytest.mark.parametrize("name", sorted(PROXES))
+def test_prox_family_huge_and_tiny_inputs(name, dtype, magnitude):
+    """Every prox at inputs of magnitude 1e±30 (1e±7 in float32), λ = 0.3, against the closed
+    form in float64 (float64 inputs: NumPy in float64 has no overflow at 1e±60 either)."""
+    fun = getattr(prox, name)
+    if name == "from_projection":
+        fun = prox.from_projection(P.l2_ball)
+    h = PROXES[name]
+    x = np.outer(_X, [1.0, -0.5, 0.25]) if name == "nuclear_norm" else _X
+    x = np.asarray(np.asarray(x, dtype) * magnitude, np.float64)  # what the dtype can hold
+    if name == "from_projection":
+        got = fun(jnp.asarray(x, dtype), 1.0 * magnitude)
+        ref = x * min(1.0, magnitude / np.linalg.norm(x))
+    else:
+        got = fun(jnp.asarray(x, dtype), h)
+        ref = _np_prox(name, x, h)
+    eps = np.finfo(dtype).eps
+    assert got.dtype == dtype
+    np.testing.assert_allclose(
+        np.asarray(got, np.float64), ref, rtol=16 * eps, atol=16 * eps * np.abs(ref).max()
+    )
+
+
+def _np_loss(name, y, z):
+    """Closed forms in extended precision (np.longdouble), shifted by the max."""
+    z = np.asarray(z, np.longdouble)
+    if name == "binary_logistic_loss":
+        return (1 - y) * np.logaddexp(0, z) + y * np.logaddexp(0, -z)
+    if name == "squared_loss":
+        return 0.5 * np.sum((np.asarray(y, np.longdouble) - z) ** 2)
+    zs = z - z.max()
+    if name == "multiclass_logistic_loss":
+        return np.log(np.sum(np.exp(zs))) - zs[y]
+    if name == "multiclass_hinge_loss":
+        margin = np.ones_like(zs)
+        margin[y] = 0
+        return np.max(zs - zs[y] + margin)
+    p = np.asarray(_frac_simplex(np.asarray(zs, np.float64), 1.0), np.longdouble)
+    if name == "sparsemax":
+        return p
+    e = np.zeros_like(zs)
+    e[y] = 1
+    return np.sum((p - e) * zs) + 0.5 * (1 - np.sum(p * p))
+
+
+def _call_loss(name, label, z):
+    fun = getattr(losses, name)
+    return fun(z) if name == "sparsemax" else fun(label, z)
+
+
+@pytest.mark.parametrize(("dtype", "magnitude"), CASES, ids=_CASE_IDS)
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_family_huge_and_tiny_inputs(name, dtype, magnitude):
+    """Every loss at scores of magnitude 1e±30 (1e±7 in float32), against the closed form in
+    extended precision: exact to rounding (relative to the loss, or to 1 for the
+    shift-invariant losses, whose value is O(1) at tiny scores)."""
+    eps = np.finfo(dtype).eps
+    for scores in ([0.7, -1.3, 0.2], [0.7, 0.7, -0.2]):  # the second with a tie at the top
+        _check_loss_at_magnitude(name, dtype, magnitude, scores, eps)
+
+
+def _check_loss_at_magnitude(name, dtype, magnitude, scores, eps):
+    z = np.asarray(np.asarray(scores, dtype) * magnitude, np.float64)
+    if name == "binary_logistic_loss":
+        for y, zi in itertools.product([0.0, 1.0], z):
+            got = float(losses.binary_logistic_loss(y, jnp.asarray(zi, dtype)))
+            ref = float(_np_loss(name, y, zi))
+            np.testing.assert_allclose(got, ref, rtol=4 * eps, atol=4 * eps * (ref == 0))
+        return
+    label = 1
+    if name == "squared_loss":
+        label = np.asarray(np.asarray([0.1, 0.2, -0.3], dtype) * magnitude, np.float64)
+        got = losses.squared_loss(jnp.asarray(label, dtype), jnp.asarray(z, dtype))
+        ref = np.float64(_np_loss(name, label, z))
+        if ref > np.finfo(dtype).max or ref < np.finfo(dtype).tiny:
+            return  # the loss itself is not representable in this dtype
+        np.testing.assert_allclose(float(got), ref, rtol=8 * eps)
+        return
+    got = np.asarray(_call_loss(name, label, jnp.asarray(z, dtype)), np.float64)
+    ref = np.asarray(_np_loss(name, label, z), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=8 * eps, atol=8 * eps * max(1.0, np.abs(ref).max()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "losses at infinity" (item 5): value and gradient at ±inf and ±1e9 scores.
+
+INF = np.inf
+# (label, scores): value and gradient in the scores by the closed forms below.
+_INF_CASES = [
+    (0, [0.0, 0.0, -INF]),  # −inf masks the third class
+    (0, [-INF, 0.0, 0.0]),  # the label's class masked: infinite loss
+    (1, [INF, 0.0, 0.0]),  # +inf on another class: infinite loss
+    (0, [INF, 0.0, -INF]),  # +inf on the label's class: zero loss
+    (0, [INF, INF, 0.0]),  # two +inf tie
+    (0, [1e9, 1e9, 0.0]),
+    (2, [1e9, -1e9, 0.0]),
+    (0, [-1e9, -1e9, -1e9]),
+    (1, [1e-9, -1e-9, 0.0]),
+]
+
+
+def _limit_softmax(z):
+    z = np.asarray(z)
+    top = z.max()
+    if np.isinf(top):
+        e = (z == top).astype(float)
+    else:
+        e = np.exp(z - top)
+    return e / e.sum()
+
+
+def _limit_sparsemax(z):
+    z = np.asarray(z)
+    top = z.max()
+    if np.isinf(top):
+        e = (z == top).astype(float)
+        return e / e.sum()
+    return _frac_simplex(np.where(np.isinf(z), -1e300, z - top), 1.0)
+
+
+def _closed_form(name, y, z):
+    """(value, gradient in z) of the loss at the limit."""
+    z = np.asarray(z, np.float64)
+    e = np.eye(len(z))[y]
+    if name == "multiclass_logistic_loss":
+        s = _limit_softmax(z)
+        top = z.max()
+        if np.isinf(top):
+            value = -np.log(s[y]) if s[y] > 0 else INF
+        else:  # logsumexp(z) − z_y in the log domain
+            value = np.log(np.sum(np.exp(z - top))) + (top - z[y])
+        return value, s - e
+    if name == "sparsemax_loss":
+        p = _limit_sparsemax(z)
+        if np.isinf(z.max()):  # scores at +inf: the value only depends on which entries
+            zs = np.where(z == z.max(), 0.0, -INF)
+        else:
+            zs = z - z.max()
+        with np.errstate(invalid="ignore"):
+            terms = np.where(p - e == 0, 0.0, (p - e) * zs)
+        value = terms.sum() + 0.5 * (1 - np.sum(p * p))
+        return value, p - e
+    if name == "multiclass_hinge_loss":
+        with np.errstate(invalid="ignore"):
+            same_infinity = np.isinf(z) & (z == z[y])  # the limit of zⱼ − z_y along a tie
+            d = np.where(same_infinity, 0.0, z - z[y]) + (np.arange(len(z)) != y)
+        return np.max(d), None  # a subgradient; checked to be finite
+    if name == "sparsemax":
+        return _limit_sparsemax(z), None
+    raise KeyError(name)
+
+
+_INF_LOSSES = ["multiclass_logistic_loss", "sparsemax_loss", "multiclass_hinge_loss", "sparsemax"]
+
+
+def test_loss_family_at_infinity_covers_losses():
+    assert set(_INF_LOSSES) | {"binary_logistic_loss", "squared_loss"} == LOSSES
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("case", range(len(_INF_CASES)))
+@pytest.mark.parametrize("name", _INF_LOSSES)
+def test_loss_family_at_infinity(name, case, dtype):
+    label, scores = _INF_CASES[case]
+    z = jnp.asarray(scores, dtype)
+    value, grad = _closed_form(name, label, np.asarray(z, np.float64))
+    got = _call_loss(name, label, z)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(np.asarray(got, np.float64), value, rtol=8 * eps, atol=8 * eps)
+    if name == "sparsemax":
+        jac = jax.jacobian(losses.sparsemax)(z)
+        assert np.all(np.isfinite(jac))
+        return
+    g = jax.grad(lambda s: _call_loss(name, label, s))(z)
+    assert np.all(np.isfinite(g)), (name, scores, g)
+    if grad is not None:
+        np.testing.assert_allclose(g, grad, rtol=8 * eps, atol=8 * eps)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_loss_family_at_infinity_binary(dtype):
+    """binary_logistic_loss(y, z) = (1 − y) softplus(z) + y softplus(−z), gradient σ(z) − y."""
+    for y, z in itertools.product([0.0, 1.0], [INF, -INF, 1e9, -1e9, 1e-9, -1e-9]):
+        zz = jnp.asarray(z, dtype)
+        value = float(losses.binary_logistic_loss(y, zz))
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = (1 - y) * np.logaddexp(0, z) if y == 0 else np.logaddexp(0, -z)
+            sigma = 1 / (1 + np.exp(-z))
+        np.testing.assert_allclose(value, ref, rtol=8 * np.finfo(dtype).eps)
+        grad = float(jax.grad(losses.binary_logistic_loss, argnums=1)(y, zz))
+        np.testing.assert_allclose(grad, sigma - y, rtol=8 * np.finfo(dtype).eps, atol=1e-30)
+
+
+def test_loss_family_at_infinity_squared():
+    """squared_loss: ½‖t − p‖² is +inf at an infinite prediction, gradient p − t (infinite)."""
+    value = losses.squared_loss(jnp.zeros(2), jnp.array([INF, 1.0]))
+    assert value == INF
+    grad = jax.grad(losses.squared_loss, argnums=1)(jnp.zeros(2), jnp.array([1e9, -1e9]))
+    np.testing.assert_allclose(grad, [1e9, -1e9])
+
+
+# ---------------------------------------------------------------------------------------------
+# prox.from_projection of every projection (item 17).
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_prox_family_from_projection(name):
+    projection = getattr(P, name)
+    x, h = SAMPLES[name](jnp.float64)
+    p = prox.from_projection(projection)
+    for out, ref in [
+        (p(x, h), projection(x, h)),
+        (p(x, h, scaling=3.0), projection(x, h)),
+    ]:
+        for a, b in zip(_leaves(out), _leaves(ref), strict=True):
+            np.testing.assert_array_equal(a, b)
+    try:  # without hyperparams: the projection's own default, if it has one
+        expected = projection(x)
+    except TypeError:
+        with pytest.raises(TypeError, match="hyperparams"):
+            p(x)
+    else:
+        for a, b in zip(_leaves(p(x)), _leaves(expected), strict=True):
+            np.testing.assert_array_equal(a, b)
