@@ -132,10 +132,24 @@ def test_resolve():
         linear_solve.resolve("qr")
     with pytest.raises(TypeError, match="solve must be"):
         linear_solve.resolve(3)
-    assert linear_solve.declared_tol(custom) == 1e-3
-    assert linear_solve.declared_tol(linear_solve.cg) is None
-    assert linear_solve.is_least_squares(functools.partial(linear_solve.normal_cg, tol=1e-3))
-    assert not linear_solve.is_least_squares(linear_solve.cg)
+
+
+def test_spec_states_what_the_engine_needs_explicitly():
+    spec = linear_solve.spec
+    assert spec(functools.partial(linear_solve.cg, tol=1e-3)).tol == 1e-3
+    assert spec(linear_solve.cg).tol is None and spec("cg").fun is linear_solve.cg
+    assert spec(functools.partial(linear_solve.normal_cg, tol=1e-3)).least_squares
+    assert not spec(linear_solve.cg).least_squares and not spec("gmres").takes_symmetric
+    assert spec(None).takes_symmetric and spec(None).fun is linear_solve.auto
+
+    def own(matvec, b, tol=1e-3):  # a default in a signature is not read: declare it
+        return linear_solve.cg(matvec, b, tol=tol)
+
+    assert spec(own) == linear_solve.Spec(own)
+    declared = linear_solve.Spec(own, tol=1e-3)
+    assert spec(declared) is declared
+    x = declared(lambda v: SPD @ v, RHS)
+    np.testing.assert_allclose(SPD @ x, RHS, rtol=1e-2)
 
 
 def test_solvers_under_jit_and_vmap():

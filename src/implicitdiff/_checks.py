@@ -21,12 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from implicitdiff._args import is_traced
+
 PyTree = Any
-
-
-def is_traced(value: Any) -> bool:
-    """Whether some leaf of ``value`` is a tracer (its value unknown while Python runs)."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
 
 
 def nan_unless(valid: Any, leaf: Any) -> jax.Array:
@@ -44,7 +41,7 @@ def nan_if_negative(value: PyTree) -> PyTree:
     """
 
     def flag(leaf):
-        if not isinstance(leaf, jax.core.Tracer):
+        if not is_traced(leaf):
             return leaf
         return nan_unless(leaf >= 0, leaf)
 

@@ -30,8 +30,8 @@ and the ``symmetric`` hint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -49,6 +49,7 @@ Matvec = Callable[[PyTree], PyTree]
 
 __all__ = [
     "DENSE_MAX_SIZE",
+    "Spec",
     "auto",
     "bicgstab",
     "cg",
@@ -58,6 +59,7 @@ __all__ = [
     "lu",
     "normal_cg",
     "resolve",
+    "spec",
 ]
 
 #: ``auto`` solves densely (LU) up to this many unknowns, matrix-free above.
@@ -232,9 +234,6 @@ def normal_cg(
     return x
 
 
-normal_cg.least_squares = True  # the engine checks its normal-equation residual Aᵀ(Ax − b)
-
-
 def _materialize(matvec: Matvec, b: PyTree):
     """The dense matrix of ``matvec`` on the flattened space of ``b``, and the flat b."""
     b_flat, unravel = ravel_pytree(b)
@@ -329,31 +328,77 @@ def resolve(solve: str | Callable | None) -> Callable[..., PyTree]:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A linear solver with what the engine must know about it, stated explicitly.
+
+    Calling the spec calls ``fun``. The engine checks the solution it returns against
+    ``tol``: its residual must be at most max(100 · tol, 1000 · eps).
+
+    Attributes:
+      fun: ``fun(matvec, b, **options) -> x``.
+      tol: the relative tolerance ``fun`` solves to; None: ``default_tol(dtype)``.
+      least_squares: ``fun`` returns least-squares solutions, so only the normal residual
+        Aᵀ(A x − b) need vanish (as for ``normal_cg``).
+      takes_symmetric: ``fun`` accepts the keyword ``symmetric`` (a structure hint, as
+        ``auto``), which the engine then passes when the system is symmetric.
+
+    Example: a solver of one's own with a loose tolerance,
+    ``custom_root(F, solve=linear_solve.Spec(my_solve, tol=1e-6))``.
+    """
+
+    fun: Callable[..., PyTree]
+    tol: float | None = None
+    least_squares: bool = False
+    takes_symmetric: bool = False
+
+    def __call__(self, matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
+        return self.fun(matvec, b, **options)
+
+    @property
+    def name(self) -> str:
+        fun = self.fun.func if isinstance(self.fun, functools.partial) else self.fun
+        return getattr(fun, "__name__", repr(fun))
+
+
+# This module's solvers: what each one declares (its tol defaults to default_tol).
+_SPECS: dict[Callable, Spec] = {
+    auto: Spec(auto, takes_symmetric=True),
+    cg: Spec(cg),
+    gmres: Spec(gmres),
+    bicgstab: Spec(bicgstab),
+    normal_cg: Spec(normal_cg, least_squares=True),
+    lu: Spec(lu),
+    cholesky: Spec(cholesky),
+}
+
+
+def spec(solve: str | Callable | None) -> Spec:
+    """The :class:`Spec` of a choice of linear solver.
+
+    A name or None (``auto``): that solver's spec. A :class:`Spec`: itself. One of this module's
+    solvers, or a ``functools.partial`` of one with keyword options: its spec, with the ``tol``
+    option if one is bound. Any other callable: ``Spec(solve)`` (default tolerance, not least
+    squares, no ``symmetric`` keyword); wrap it in a :class:`Spec` to declare otherwise.
+    """
+    solve = resolve(solve)
+    if isinstance(solve, Spec):
+        return solve
+    func, keywords = solve, {}
+    if isinstance(solve, functools.partial) and not solve.args:
+        func, keywords = solve.func, solve.keywords
+    try:
+        known = _SPECS.get(func)
+    except TypeError:  # an unhashable callable object: not one of ours
+        known = None
+    if known is None:
+        return Spec(solve)
+    tol = keywords.get("tol")
+    tol = float(tol) if isinstance(tol, (int, float)) else None
+    return dataclasses.replace(known, fun=solve, tol=tol)
+
+
 def accepts_keyword(fun: Callable, name: str) -> bool:
-    """Whether ``fun`` can be called with the keyword argument ``name``."""
-    try:
-        params = inspect.signature(fun).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def is_least_squares(fun: Callable) -> bool:
-    """Whether a solver returns least-squares solutions (so only Aᵀ(Ax − b) need vanish)."""
-    while isinstance(fun, functools.partial):
-        fun = fun.func
-    return bool(getattr(fun, "least_squares", False))
-
-
-def declared_tol(fun: Callable) -> float | None:
-    """The ``tol`` a solver will use if it declares one (a default or a bound partial keyword)."""
-    if isinstance(fun, functools.partial) and "tol" in fun.keywords:
-        tol = fun.keywords["tol"]
-        return float(tol) if isinstance(tol, (int, float)) else None
-    try:
-        param = inspect.signature(fun).parameters.get("tol")
-    except (TypeError, ValueError):
-        return None
-    if param is not None and isinstance(param.default, (int, float)):
-        return float(param.default)
-    return None
+    """Whether the linear solver ``fun`` declares the keyword ``name`` (only ``symmetric`` is
+    declared, see :class:`Spec`)."""
+    return name == "symmetric" and spec(fun).takes_symmetric

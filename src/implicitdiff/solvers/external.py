@@ -54,7 +54,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve, optimality, projections, tree
-from implicitdiff.solvers._base import DifferentiableRun, _ArgsSplit, check_failure_policies
+from implicitdiff._args import ArgsSplit as _ArgsSplit
+from implicitdiff.solvers._base import DifferentiableRun, check_failure_policies
 
 PyTree = Any
 
