@@ -809,3 +809,37 @@ def test_fallback_is_quiet_and_exact_on_a_regular_system():
         warnings.simplefilter("error")
         jac = jax.jit(jax.jacrev(solver, argnums=1))(jnp.zeros(4), LAM, X, Y)
     np.testing.assert_allclose(jac, jax.jacrev(ridge_closed_form)(LAM, X, Y), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dtypes (issue 12, items 9 and 10).
+
+
+@pytest.mark.parametrize("solve", ["auto", "cg", "gmres", "lu"])
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_family_grad_through_custom_root(dtype, solve):
+    def solver(init, lam, X, y):  # (LAPACK has no half precision: the user's solver works in f32)
+        f32 = [jnp.asarray(a, jnp.float32) for a in (lam, X, y)]
+        return ridge_closed_form(*f32).astype(dtype)
+
+    wrapped = custom_root(ridge_optimality, solve=solve)(solver)
+    Xh, Yh = X.astype(dtype), Y.astype(dtype)
+
+    def loss(lam):
+        return jnp.sum(wrapped(jnp.zeros(4, dtype), lam, Xh, Yh).astype(jnp.float32) ** 2)
+
+    got = jax.grad(loss)(jnp.asarray(LAM, dtype))
+    assert got.dtype == dtype
+    # against float64 on the same rounded data
+    X64, Y64 = Xh.astype(jnp.float64), Yh.astype(jnp.float64)
+    lam64 = float(jnp.asarray(LAM, dtype))
+    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X64, Y64) ** 2))(lam64)
+    np.testing.assert_allclose(float(got), want, rtol=1e-2 if dtype == jnp.float16 else 5e-2)
+
+
+def test_optimality_output_dtype_must_match_the_solution():
+    wrapped = custom_root(lambda x, lam, X, y: ridge_optimality(x, lam, X, y).astype(jnp.float32))(
+        ridge_by_cg
+    )
+    with pytest.raises(TypeError, match=r"optimality_fun .* float32, the solution is float64"):
+        jax.grad(lambda lam: jnp.sum(wrapped(jnp.zeros(4), lam, X, Y)))(LAM)

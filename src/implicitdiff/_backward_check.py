@@ -269,8 +269,11 @@ def least_squares_fallback(matvec: Callable, b: PyTree, dense: bool):
 # The checked solve.
 
 
-def check_same_structure(expected: PyTree, got: PyTree, what: str, expected_name: str) -> None:
-    """Raise a TypeError naming ``what`` if ``got`` does not match ``expected`` leaf for leaf."""
+def check_same_structure(
+    expected: PyTree, got: PyTree, what: str, expected_name: str, dtypes: bool = False
+) -> None:
+    """Raise a TypeError naming ``what`` if ``got`` does not match ``expected`` leaf for leaf
+    (structure and shapes; and dtypes if ``dtypes``)."""
     e_tree, g_tree = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(got)
     if e_tree != g_tree:
         raise TypeError(
@@ -284,6 +287,12 @@ def check_same_structure(expected: PyTree, got: PyTree, what: str, expected_name
             raise TypeError(
                 f"{what} must return leaves shaped like {expected_name}: leaf {i} is "
                 f"{jnp.shape(g)}, expected {jnp.shape(e)}"
+            )
+        if dtypes and jnp.result_type(e) != jnp.result_type(g):
+            raise TypeError(
+                f"{what} must return leaves of the dtype of {expected_name}: leaf {i} is "
+                f"{jnp.result_type(g)}, {expected_name} is {jnp.result_type(e)} (the derivative's "
+                "linear system lives in the solution's dtype: cast the output, or the solution)"
             )
 
 

@@ -183,7 +183,7 @@ def _implicit_solver(
         # Arrays that the optimality function closes over (hyperparameters captured in a closure
         # inside a differentiated function) become explicit inputs, so they get derivatives too.
         closed_residual, consts = jax.closure_convert(residual, sol, split.arrays)
-        check_same_structure(sol, output_shape[0], fun_name, "the solution")
+        check_same_structure(sol, output_shape[0], fun_name, "the solution", dtypes=True)
 
         @jax.custom_jvp
         def attach_derivative(sol, arrays, consts):

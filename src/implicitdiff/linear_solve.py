@@ -26,6 +26,11 @@ singular or least-squares systems; it needs A's transpose, obtained by ``jax.lin
 of the matvec). Dense: ``lu`` and ``cholesky`` (A symmetric positive definite) build the n × n
 matrix with n matvecs, right for small n. ``auto`` picks one of them from the size of the system
 and the ``symmetric`` hint.
+
+Every solver solves a half-precision system (float16, bfloat16: no LAPACK kernel, and too few
+digits for CG's recurrences) in float32 and rounds the solution back; every solver but
+``normal_cg`` needs a square operator and says so (a ValueError naming the shapes) when given
+another.
 """
 
 from __future__ import annotations
@@ -99,6 +104,80 @@ def _add_ridge(matvec: Matvec, ridge: float) -> Matvec:
     return lambda x: tree.axpy(ridge, x, matvec(x))
 
 
+def _is_half(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4
+
+
+def _cast(value: PyTree, dtype: Any) -> PyTree:
+    def cast(leaf):
+        leaf = jnp.asarray(leaf)
+        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return tree.map(cast, value)
+
+
+def _shape_text(value: PyTree) -> str:
+    shapes = [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(value)]
+    return str(shapes[0] if len(shapes) == 1 else shapes)
+
+
+def _square_operator_error(name: str, matvec: Matvec, b: PyTree) -> ValueError | None:
+    """A ValueError naming the operator's shape if ``matvec`` does not map b's space to itself."""
+    try:
+        out = jax.eval_shape(matvec, b)
+    except (TypeError, ValueError) as err:
+        return ValueError(
+            f"{name}: matvec cannot be applied to a vector shaped like b {_shape_text(b)} ({err}): "
+            f"{name} needs a square operator (x shaped like b); for a non-square operator use "
+            "normal_cg with init shaped like x"
+        )
+    same = jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(b) and [
+        o.shape for o in jax.tree_util.tree_leaves(out)
+    ] == [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]
+    if same:
+        return None
+    return ValueError(
+        f"{name}: matvec maps vectors shaped like b {_shape_text(b)} to {_shape_text(out)}: "
+        f"{name} needs a square operator; for a non-square one use normal_cg"
+    )
+
+
+def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
+    """Common behaviour of this module's solvers.
+
+    - Half precision (float16, bfloat16), which LAPACK lacks and in which CG's recurrences lose
+      all accuracy: the system is solved in float32 (the matvec still applies the operator as
+      given, on inputs rounded to the half type) and the solution rounded back.
+    - A non-square operator given to a solver that needs a square one: a ValueError naming the
+      shapes, instead of an error from deep inside (the check runs only on failure: free).
+    """
+
+    @functools.wraps(solver)
+    def wrapped(matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
+        dtype = tree.dtype(b)
+        if _is_half(dtype):
+            original = matvec
+            matvec = lambda v: _cast(original(_cast(v, dtype)), jnp.float32)  # noqa: E731
+            if options.get("init") is not None:
+                options["init"] = _cast(options["init"], jnp.float32)
+            if options.get("preconditioner") is not None:
+                pre = options["preconditioner"]
+                options["preconditioner"] = lambda v: _cast(pre(_cast(v, dtype)), jnp.float32)
+            return _cast(wrapped(matvec, _cast(b, jnp.float32), **options), dtype)
+        try:
+            return solver(matvec, b, **options)
+        except (TypeError, ValueError) as err:
+            if solver.__name__ == "normal_cg":  # it diagnoses its own shapes
+                raise
+            square = _square_operator_error(solver.__name__, matvec, b)
+            if square is not None:
+                raise square from err
+            raise
+
+    return wrapped
+
+
+@_linear_solver
 def cg(
     matvec: Matvec,
     b: PyTree,
@@ -127,6 +206,7 @@ def cg(
     return x
 
 
+@_linear_solver
 def gmres(
     matvec: Matvec,
     b: PyTree,
@@ -161,6 +241,7 @@ def gmres(
     return x
 
 
+@_linear_solver
 def bicgstab(
     matvec: Matvec,
     b: PyTree,
@@ -185,6 +266,7 @@ def bicgstab(
     return x
 
 
+@_linear_solver
 def normal_cg(
     matvec: Matvec,
     b: PyTree,
@@ -199,21 +281,30 @@ def normal_cg(
     """CG on the normal equations (AᵀA + ridge · I) x = Aᵀb.
 
     Works for any A, square or not, singular or not: from ``init = 0`` and with ``ridge = 0`` it
-    converges to the least-squares solution of least norm. Aᵀ comes from ``jax.linear_transpose``
+    converges to the least-squares solution of least norm. For a non-square A (``matvec`` maps
+    x ∈ ℝⁿ to ℝᵐ, b ∈ ℝᵐ), pass ``init`` shaped like x (zeros for the least-norm solution): it
+    gives the shape of x. Aᵀ comes from ``jax.linear_transpose``
     of ``matvec``, which must therefore be linear (as every matvec built by the engine is). The
     ``preconditioner`` approximates (AᵀA)⁻¹. Squares the condition number: prefer ``cg`` or
     ``gmres`` when A is well-conditioned and non-singular.
     """
-    out = jax.eval_shape(matvec, b)
+    x_like = b if init is None else init  # a non-square A needs init to give x's shape
+    try:
+        out = jax.eval_shape(matvec, x_like)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"normal_cg: matvec cannot be applied to a vector shaped like "
+            f"{'b' if init is None else 'init'} {_shape_text(x_like)} ({err}); for a non-square "
+            "operator pass init shaped like x (the columns)"
+        ) from None
     if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(b) or [
         o.shape for o in jax.tree_util.tree_leaves(out)
     ] != [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]:
         raise ValueError(
-            "normal_cg: matvec(x) must be shaped like b (x is shaped like b too): got "
-            f"{[o.shape for o in jax.tree_util.tree_leaves(out)]} for b "
-            f"{[jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]}"
+            f"normal_cg: matvec maps x shaped like {_shape_text(x_like)} to {_shape_text(out)}, "
+            f"not to the shape of b {_shape_text(b)}"
         )
-    transpose = jax.linear_transpose(matvec, b)
+    transpose = jax.linear_transpose(matvec, x_like)
 
     def rmatvec(y):
         return transpose(y)[0]
@@ -251,6 +342,7 @@ def _materialize(matvec: Matvec, b: PyTree):
     return columns.T, b_flat, unravel
 
 
+@_linear_solver
 def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
     """Dense solve by LU factorization with partial pivoting (builds the n × n matrix)."""
     del ignored
@@ -261,6 +353,7 @@ def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTr
     return unravel(jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b_flat))
 
 
+@_linear_solver
 def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
     """Dense solve by Cholesky factorization; A + ridge · I must be symmetric positive definite.
 
