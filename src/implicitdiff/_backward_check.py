@@ -115,7 +115,9 @@ def _report_if(host: Callable, x: PyTree, failed: jax.Array, values: tuple) -> P
         out = jax.pure_callback(
             on_host, shapes, leaves, here, failed, values, vmap_method="broadcast_all"
         )
-        return [jax.lax.pcast(o, a, to="varying") if a else o for o, a in zip(out, axes)]
+        return [
+            jax.lax.pcast(o, a, to="varying") if a else o for o, a in zip(out, axes, strict=True)
+        ]
 
     here = jnp.any(failed)
     devices = _varying_axes(failed)
@@ -159,8 +161,9 @@ def _failure_report(policy: str, site) -> Callable:
     def host(failed, residual):
         message = (
             f"the linear system of an implicit derivative{_how_many(failed)} was not solved: "
-            f"relative residual {_worst(failed, residual):.3e}. The derivative is inaccurate. Likely causes: the "
-            "solution is not accurate, or A = -dF/dx is singular or ill-conditioned at it. "
+            f"relative residual {_worst(failed, residual):.3e}. The derivative is inaccurate. "
+            "Likely causes: the solution is not accurate, or A = -dF/dx is singular or "
+            "ill-conditioned at it. "
             "Remedies: solve more tightly, pass solve=functools.partial(linear_solve.<name>, "
             "ridge=..., maxiter=...), solve='normal_cg' for singular systems, or "
             "on_failure='fallback'."

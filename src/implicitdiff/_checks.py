@@ -97,6 +97,27 @@ def check_signature(
         ) from None
 
 
+def check_solution_signature(
+    fun: Callable, name: str, params: Any, args: tuple, kwargs: dict
+) -> None:
+    """Raise TypeError, naming ``name``, unless ``fun(params, *args, **kwargs)`` binds (the
+    engine's optimality or fixed-point function, called with the solution first)."""
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):  # builtins and some C callables have none: nothing to check
+        return
+    try:
+        signature.bind(params, *args, **kwargs)
+    except TypeError as err:
+        fun_name = getattr(fun, "__name__", type(fun).__name__)
+        passed = ", ".join(["params", *[f"arg{i}" for i in range(len(args))], *kwargs])
+        raise TypeError(
+            f"{name} {fun_name}{signature} cannot be called as {fun_name}({passed}), the "
+            f"arguments the solver receives: {err}. {name} must take the solution first, then the "
+            "solver's arguments after init_params, in the same order and with the same keywords."
+        ) from None
+
+
 def check_like(expected: PyTree, got: PyTree, owner: str, what: str, expected_name: str) -> None:
     """Raise TypeError naming ``what`` if ``got`` differs from ``expected`` in structure, leaf
     shapes or leaf dtypes."""

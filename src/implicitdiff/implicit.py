@@ -20,7 +20,6 @@ reverse over reverse) by differentiating the rule again.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import tree
+from implicitdiff import _checks, tree
 from implicitdiff._args import ArgsSplit, is_dynamic
 from implicitdiff._backward_check import (
     POLICIES,
@@ -56,23 +55,6 @@ _POLICIES = POLICIES  # the backward policies, for the solvers' option check
 
 def _is_inexact(leaf: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-
-
-def _check_signature(fun: Callable, name: str, params: Any, args: tuple, kwargs: dict) -> None:
-    try:
-        signature = inspect.signature(fun)
-    except (TypeError, ValueError):  # builtins and some C callables have none: nothing to check
-        return
-    try:
-        signature.bind(params, *args, **kwargs)
-    except TypeError as err:
-        fun_name = getattr(fun, "__name__", type(fun).__name__)
-        passed = ", ".join(["params", *[f"arg{i}" for i in range(len(args))], *kwargs])
-        raise TypeError(
-            f"{name} {fun_name}{signature} cannot be called as {fun_name}({passed}), the "
-            f"arguments the solver receives: {err}. {name} must take the solution first, then the "
-            "solver's arguments after init_params, in the same order and with the same keywords."
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +133,7 @@ def _implicit_solver(
 
     @functools.wraps(solver)
     def wrapped(init_params, *args, **kwargs):
-        _check_signature(user_fun, fun_name, init_params, args, kwargs)
+        _checks.check_solution_signature(user_fun, fun_name, init_params, args, kwargs)
         split = ArgsSplit(args, kwargs)
         key = split.key()
 
@@ -241,30 +223,21 @@ def custom_root(
       has_aux: whether the solver returns ``(solution, aux)``.
       solve: the linear solver for the system in A: a name from :mod:`implicitdiff.linear_solve`
         (``"cg"``, ``"gmres"``, ``"bicgstab"``, ``"normal_cg"``, ``"lu"``, ``"cholesky"``,
-        ``"auto"``), or a callable ``solve(matvec, b) -> x``. Default ``"auto"``: dense LU for at
-        most 200 unknowns, else CG when the system is symmetric and GMRES otherwise.
+        ``"auto"``), a callable ``solve(matvec, b) -> x`` (checked against the default
+        tolerance), or a :class:`implicitdiff.linear_solve.Spec` declaring its tolerance. Default
+        ``"auto"``: dense LU for at most 200 unknowns, else CG when symmetric, else GMRES.
       symmetric: whether ∂₁F is symmetric (as the Hessian of a stationary condition), which lets
-        ``auto`` use CG and reverse mode reuse ``solve`` without transposing. ``None`` reads the
-        ``symmetric`` attribute of ``optimality_fun`` (set by the builders in
-        :mod:`implicitdiff.optimality`), else False.
-      on_failure: what to do when the linear system is not solved to tolerance (the residual is
-        checked with one extra matvec): ``"warn"`` (default, a :class:`BackwardSolveWarning` at run
-        time), ``"raise"`` (a :class:`BackwardSolveError`), ``"nan"`` (the derivative is NaN),
-        ``"ignore"``, or ``"fallback"``: solve the failed system again in the least-squares
-        sense and warn (a :class:`BackwardSolveWarning`) — with at most
-        ``linear_solve.DENSE_MAX_SIZE`` unknowns the minimum-norm solution A⁺b by SVD, above it
-        CG on (AᵀA + ρI) u = Aᵀb with ρ = 10 eps ‖A‖². For a singular A (a translation-invariant
-        energy, a rank-deficient least squares) that is the minimum-norm derivative, which ignores
-        the directions in which the solution is not determined. Under ``vmap`` the fallback is
-        computed for every element (a batched ``lax.cond``). "warn", "raise" and "fallback"
-        report through a ``jax.pure_callback`` called only when the solve failed (no effect in
-        the program: it works under ``jax.checkpoint``, ``shard_map``, ``vmap``, ``scan``, and
-        keeps JAX's fast dispatch); one warning per failing call, pointing at the caller's line;
-        "raise" reaches the caller as a ``jax.errors.JaxRuntimeError`` whose message contains
-        ``BackwardSolveError``. A singular system whose
-        right-hand side lies in the range of A (forward mode on a translation-invariant energy)
-        is solvable: any solution passes the check, and solvers differ in the null-space part
-        they return; ``solve="normal_cg"`` gives the minimum-norm one.
+        ``auto`` use CG and reverse mode reuse ``solve`` without transposing. ``None``: what
+        ``optimality_fun`` states if it is a condition built by :mod:`implicitdiff.optimality`
+        (its ``symmetric`` field), else False.
+      on_failure: what to do when the linear system is not solved to tolerance (its residual is
+        checked with one more matvec): ``"warn"`` (default, a :class:`BackwardSolveWarning`),
+        ``"raise"`` (a :class:`BackwardSolveError`, reaching the caller inside a
+        ``jax.errors.JaxRuntimeError``), ``"nan"`` (the derivative is NaN), ``"ignore"``, or
+        ``"fallback"`` (solve again in the least-squares sense, the minimum-norm derivative for
+        a singular A, and warn). The report costs nothing unless the solve failed and works
+        under every transformation; see ``docs/failure_modes.md`` ("When the backward linear
+        system fails") and :mod:`implicitdiff._backward_check`.
 
     Example:
       >>> import jax, jax.numpy as jnp
