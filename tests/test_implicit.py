@@ -514,10 +514,136 @@ def test_failed_backward_solve_nan_policy():
 
 
 def test_failed_backward_solve_raise_policy():
-    with pytest.raises(
-        jax.errors.JaxRuntimeError, match="linear system of an implicit derivative was not solved"
-    ):
+    # Raised on the host while the compiled program runs: JAX wraps it in a JaxRuntimeError.
+    with pytest.raises(jax.errors.JaxRuntimeError, match="BackwardSolveError: the linear system"):
         _badly_solved("raise")(LAM).block_until_ready()
+
+
+# The check under every transformation. ORTHO has orthonormal columns: its system
+# (XᵀX + λI) u = b = (1 + λ) u is solved exactly by one CG step, so a batch mixing ORTHO and X
+# has one failing system and one solved one.
+ORTHO = jnp.linalg.qr(X)[0]
+MESH_AXIS = "devices"
+
+
+def _exact_ridge(init, lam, X, y):
+    return ridge_closed_form(lam, X, y)
+
+
+def _starved(policy="warn"):
+    solve = functools.partial(linear_solve.cg, maxiter=1)
+    return custom_root(ridge_optimality, solve=solve, symmetric=True, on_failure=policy)(
+        _exact_ridge
+    )
+
+
+def _gradient_of(solver):
+    """λ, X ↦ ∂/∂λ of ‖x*(λ, X)‖²."""
+    return jax.grad(lambda lam, X: jnp.sum(solver(jnp.zeros(4), lam, X, Y) ** 2))
+
+
+def _mesh():
+    devices = jax.devices("cpu")
+    return jax.make_mesh(
+        (len(devices),), (MESH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+def _under(transform, solver):
+    """The gradient of ``solver``'s solution under ``transform``, for one failing system (X) and,
+    where batched, solved ones (ORTHO): (a function of no argument, the systems it solves)."""
+    grad = _gradient_of(solver)
+    P = jax.sharding.PartitionSpec
+    n = len(jax.devices("cpu"))
+    mixed = jnp.stack([X] + [ORTHO] * (n - 1))
+    lams = jnp.full(n, LAM)
+    if transform == "jit":
+        return lambda: jax.jit(grad)(LAM, X), [X]
+    if transform == "vmap":
+        return lambda: jax.vmap(grad)(lams, mixed), list(mixed)
+    if transform == "scan":
+        body = lambda c, lx: (c, grad(*lx))  # noqa: E731
+        return lambda: jax.lax.scan(body, 0.0, (lams, mixed))[1], list(mixed)
+    if transform == "checkpoint":  # the rule inside jax.checkpoint, differentiated
+        return lambda: jax.checkpoint(grad)(LAM, X), [X]
+    if transform == "grad_of_checkpoint":
+        ckpt = jax.checkpoint(lambda lam, X: jnp.sum(solver(jnp.zeros(4), lam, X, Y) ** 2))
+        return lambda: jax.grad(ckpt)(LAM, X), [X]
+    if transform == "shard_map":  # one system per device, one report per call
+        per_device = jax.shard_map(
+            lambda lam, X: grad(lam[0], X[0])[None],
+            mesh=_mesh(),
+            in_specs=(P(MESH_AXIS), P(MESH_AXIS)),
+            out_specs=P(MESH_AXIS),
+        )
+        return lambda: jax.jit(per_device)(lams, mixed), list(mixed)
+    raise AssertionError(transform)
+
+
+TRANSFORMS_OF_THE_CHECK = ["jit", "vmap", "scan", "checkpoint", "grad_of_checkpoint", "shard_map"]
+
+
+def _closed_form_gradient(X):
+    return jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X, Y) ** 2))(LAM)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS_OF_THE_CHECK)
+def test_backward_check_family_failure_warns_once_at_the_users_line(transform):
+    fun, systems = _under(transform, _starved())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = jax.block_until_ready(fun())
+    reports = [w for w in caught if issubclass(w.category, implicitdiff.BackwardSolveWarning)]
+    assert len(reports) == 1, [str(w.message) for w in reports]
+    assert reports[0].filename == __file__
+    assert "relative residual" in str(reports[0].message)
+    if transform in ("vmap", "shard_map"):  # (a scan reports each failing step on its own)
+        assert f"(1 of {len(systems)} in the batch)" in str(reports[0].message)
+    # The solved systems (ORTHO, after the first) still get their exact derivative.
+    for i, system in enumerate(systems[1:], start=1):
+        np.testing.assert_allclose(np.ravel(got)[i], _closed_form_gradient(system), rtol=1e-9)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS_OF_THE_CHECK)
+def test_backward_check_family_solved_is_quiet_and_exact(transform):
+    solver = custom_root(ridge_optimality, solve="cg", symmetric=True)(_exact_ridge)
+    fun, systems = _under(transform, solver)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = np.ravel(jax.block_until_ready(fun()))
+    want = [_closed_form_gradient(system) for system in systems]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_backward_check_family_large_vmap_compiles_and_warns_once():
+    # (An io_callback under vmap of 410 or more elements failed to compile in JAX 0.10.)
+    grad = jax.jit(jax.vmap(_gradient_of(_starved()), in_axes=(0, None)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grad(jnp.linspace(0.5, 2.0, 1000), X).block_until_ready()
+    reports = [w for w in caught if issubclass(w.category, implicitdiff.BackwardSolveWarning)]
+    assert len(reports) == 1 and "(1000 of 1000 in the batch)" in str(reports[0].message)
+
+
+@pytest.mark.parametrize("policy", ["nan", "raise", "fallback"])
+def test_backward_check_family_other_policies_under_checkpoint_and_vmap(policy):
+    grad = _gradient_of(_starved(policy))
+    batch = jnp.stack([X, ORTHO])
+    run = jax.jit(jax.vmap(jax.checkpoint(grad), in_axes=(None, 0)))
+    if policy == "raise":
+        with pytest.raises(jax.errors.JaxRuntimeError, match="BackwardSolveError"):
+            run(LAM, batch).block_until_ready()
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = run(LAM, batch)
+    reports = [w for w in caught if issubclass(w.category, implicitdiff.BackwardSolveWarning)]
+    np.testing.assert_allclose(got[1], _closed_form_gradient(ORTHO), rtol=1e-9)
+    if policy == "nan":
+        assert np.isnan(got[0]) and not reports
+    else:  # the fallback solves X's regular system exactly: its true derivative
+        np.testing.assert_allclose(got[0], _closed_form_gradient(X), rtol=1e-7)
+        assert len(reports) == 1 and reports[0].filename == __file__
 
 
 def test_failed_backward_solve_ignore_policy_is_quiet():
@@ -679,3 +805,37 @@ def test_fallback_is_quiet_and_exact_on_a_regular_system():
         warnings.simplefilter("error")
         jac = jax.jit(jax.jacrev(solver, argnums=1))(jnp.zeros(4), LAM, X, Y)
     np.testing.assert_allclose(jac, jax.jacrev(ridge_closed_form)(LAM, X, Y), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dtypes (issue 12, items 9 and 10).
+
+
+@pytest.mark.parametrize("solve", ["auto", "cg", "gmres", "lu"])
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_family_grad_through_custom_root(dtype, solve):
+    def solver(init, lam, X, y):  # (LAPACK has no half precision: the user's solver works in f32)
+        f32 = [jnp.asarray(a, jnp.float32) for a in (lam, X, y)]
+        return ridge_closed_form(*f32).astype(dtype)
+
+    wrapped = custom_root(ridge_optimality, solve=solve)(solver)
+    Xh, Yh = X.astype(dtype), Y.astype(dtype)
+
+    def loss(lam):
+        return jnp.sum(wrapped(jnp.zeros(4, dtype), lam, Xh, Yh).astype(jnp.float32) ** 2)
+
+    got = jax.grad(loss)(jnp.asarray(LAM, dtype))
+    assert got.dtype == dtype
+    # against float64 on the same rounded data
+    X64, Y64 = Xh.astype(jnp.float64), Yh.astype(jnp.float64)
+    lam64 = float(jnp.asarray(LAM, dtype))
+    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X64, Y64) ** 2))(lam64)
+    np.testing.assert_allclose(float(got), want, rtol=1e-2 if dtype == jnp.float16 else 5e-2)
+
+
+def test_optimality_output_dtype_must_match_the_solution():
+    wrapped = custom_root(lambda x, lam, X, y: ridge_optimality(x, lam, X, y).astype(jnp.float32))(
+        ridge_by_cg
+    )
+    with pytest.raises(TypeError, match=r"optimality_fun .* float32, the solution is float64"):
+        jax.grad(lambda lam: jnp.sum(wrapped(jnp.zeros(4), lam, X, Y)))(LAM)

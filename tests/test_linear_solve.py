@@ -132,10 +132,24 @@ def test_resolve():
         linear_solve.resolve("qr")
     with pytest.raises(TypeError, match="solve must be"):
         linear_solve.resolve(3)
-    assert linear_solve.declared_tol(custom) == 1e-3
-    assert linear_solve.declared_tol(linear_solve.cg) is None
-    assert linear_solve.is_least_squares(functools.partial(linear_solve.normal_cg, tol=1e-3))
-    assert not linear_solve.is_least_squares(linear_solve.cg)
+
+
+def test_spec_states_what_the_engine_needs_explicitly():
+    spec = linear_solve.spec
+    assert spec(functools.partial(linear_solve.cg, tol=1e-3)).tol == 1e-3
+    assert spec(linear_solve.cg).tol is None and spec("cg").fun is linear_solve.cg
+    assert spec(functools.partial(linear_solve.normal_cg, tol=1e-3)).least_squares
+    assert not spec(linear_solve.cg).least_squares and not spec("gmres").takes_symmetric
+    assert spec(None).takes_symmetric and spec(None).fun is linear_solve.auto
+
+    def own(matvec, b, tol=1e-3):  # a default in a signature is not read: declare it
+        return linear_solve.cg(matvec, b, tol=tol)
+
+    assert spec(own) == linear_solve.Spec(own)
+    declared = linear_solve.Spec(own, tol=1e-3)
+    assert spec(declared) is declared
+    x = declared(lambda v: SPD @ v, RHS)
+    np.testing.assert_allclose(SPD @ x, RHS, rtol=1e-2)
 
 
 def test_solvers_under_jit_and_vmap():
@@ -148,3 +162,46 @@ def test_solvers_under_jit_and_vmap():
     np.testing.assert_allclose(
         solve_all(mats, RHS), np.linalg.solve(mats, RHS[None, :, None])[..., 0], rtol=1e-8
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Families (issue 12, items 9 and 18): every solver in half precision; every solver on a
+# non-square operator.
+
+ALL_SOLVERS = ["auto", "cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky"]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("name", ALL_SOLVERS)
+def test_linear_solver_family_half_precision(name, dtype):
+    # Solved in float32 and rounded back: as accurate as the half-precision data allows.
+    A, b = SPD / N, RHS
+    x = linear_solve.resolve(name)(lambda v: jnp.asarray(A, dtype) @ v, jnp.asarray(b, dtype))
+    assert x.dtype == dtype
+    want = np.linalg.solve(np.asarray(A), np.asarray(b))
+    rtol = 5e-3 if dtype == jnp.float16 else 4e-2
+    np.testing.assert_allclose(
+        np.asarray(x, float), want, rtol=rtol, atol=rtol * np.abs(want).max()
+    )
+
+
+WIDE = jnp.asarray(RNG.normal(size=(7, 4)))  # 7 × 4: x ∈ ℝ⁴, b ∈ ℝ⁷
+WIDE_B = jnp.asarray(RNG.normal(size=7))
+
+
+@pytest.mark.parametrize("name", ALL_SOLVERS)
+def test_linear_solver_family_non_square_operator(name):
+    solve = linear_solve.resolve(name)
+    matvec = lambda v: WIDE @ v  # noqa: E731
+    if name == "normal_cg":  # a least-squares solver: x shaped like init
+        x = solve(matvec, WIDE_B, init=jnp.zeros(4))
+        want = np.linalg.lstsq(np.asarray(WIDE), np.asarray(WIDE_B), rcond=None)[0]
+        np.testing.assert_allclose(x, want, rtol=1e-8)
+        with pytest.raises(ValueError, match=r"normal_cg: .*\(7,\).*init"):
+            solve(matvec, WIDE_B)  # without init, x's shape is unknown
+        return
+    with pytest.raises(ValueError, match=r"\(7,\).*square"):
+        solve(matvec, WIDE_B)
+    # an operator that applies to b's space but leaves it: ℝ⁷ → ℝ⁴
+    with pytest.raises(ValueError, match=r"\(7,\) to \(4,\).*square"):
+        solve(lambda v: WIDE.T @ v, WIDE_B)

@@ -21,12 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from implicitdiff._args import is_traced
+
 PyTree = Any
-
-
-def is_traced(value: Any) -> bool:
-    """Whether some leaf of ``value`` is a tracer (its value unknown while Python runs)."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
 
 
 def nan_unless(valid: Any, leaf: Any) -> jax.Array:
@@ -44,7 +41,7 @@ def nan_if_negative(value: PyTree) -> PyTree:
     """
 
     def flag(leaf):
-        if not isinstance(leaf, jax.core.Tracer):
+        if not is_traced(leaf):
             return leaf
         return nan_unless(leaf >= 0, leaf)
 
@@ -97,6 +94,27 @@ def check_signature(
             f"{owner}: {name} {fun_name}{signature} cannot be called as {how} with the "
             f"{len(args)} positional and {len(kwargs)} keyword argument(s) it receives: {err}."
             + (f" {hint}" if hint else "")
+        ) from None
+
+
+def check_solution_signature(
+    fun: Callable, name: str, params: Any, args: tuple, kwargs: dict
+) -> None:
+    """Raise TypeError, naming ``name``, unless ``fun(params, *args, **kwargs)`` binds (the
+    engine's optimality or fixed-point function, called with the solution first)."""
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):  # builtins and some C callables have none: nothing to check
+        return
+    try:
+        signature.bind(params, *args, **kwargs)
+    except TypeError as err:
+        fun_name = getattr(fun, "__name__", type(fun).__name__)
+        passed = ", ".join(["params", *[f"arg{i}" for i in range(len(args))], *kwargs])
+        raise TypeError(
+            f"{name} {fun_name}{signature} cannot be called as {fun_name}({passed}), the "
+            f"arguments the solver receives: {err}. {name} must take the solution first, then the "
+            "solver's arguments after init_params, in the same order and with the same keywords."
         ) from None
 
 

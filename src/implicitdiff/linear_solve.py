@@ -26,12 +26,17 @@ singular or least-squares systems; it needs A's transpose, obtained by ``jax.lin
 of the matvec). Dense: ``lu`` and ``cholesky`` (A symmetric positive definite) build the n × n
 matrix with n matvecs, right for small n. ``auto`` picks one of them from the size of the system
 and the ``symmetric`` hint.
+
+Every solver solves a half-precision system (float16, bfloat16: no LAPACK kernel, and too few
+digits for CG's recurrences) in float32 and rounds the solution back; every solver but
+``normal_cg`` needs a square operator and says so (a ValueError naming the shapes) when given
+another.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -49,6 +54,7 @@ Matvec = Callable[[PyTree], PyTree]
 
 __all__ = [
     "DENSE_MAX_SIZE",
+    "Spec",
     "auto",
     "bicgstab",
     "cg",
@@ -58,6 +64,7 @@ __all__ = [
     "lu",
     "normal_cg",
     "resolve",
+    "spec",
 ]
 
 #: ``auto`` solves densely (LU) up to this many unknowns, matrix-free above.
@@ -97,6 +104,80 @@ def _add_ridge(matvec: Matvec, ridge: float) -> Matvec:
     return lambda x: tree.axpy(ridge, x, matvec(x))
 
 
+def _is_half(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4
+
+
+def _cast(value: PyTree, dtype: Any) -> PyTree:
+    def cast(leaf):
+        leaf = jnp.asarray(leaf)
+        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return tree.map(cast, value)
+
+
+def _shape_text(value: PyTree) -> str:
+    shapes = [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(value)]
+    return str(shapes[0] if len(shapes) == 1 else shapes)
+
+
+def _square_operator_error(name: str, matvec: Matvec, b: PyTree) -> ValueError | None:
+    """A ValueError naming the operator's shape if ``matvec`` does not map b's space to itself."""
+    try:
+        out = jax.eval_shape(matvec, b)
+    except (TypeError, ValueError) as err:
+        return ValueError(
+            f"{name}: matvec cannot be applied to a vector shaped like b {_shape_text(b)} ({err}): "
+            f"{name} needs a square operator (x shaped like b); for a non-square operator use "
+            "normal_cg with init shaped like x"
+        )
+    same = jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(b) and [
+        o.shape for o in jax.tree_util.tree_leaves(out)
+    ] == [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]
+    if same:
+        return None
+    return ValueError(
+        f"{name}: matvec maps vectors shaped like b {_shape_text(b)} to {_shape_text(out)}: "
+        f"{name} needs a square operator; for a non-square one use normal_cg"
+    )
+
+
+def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
+    """Common behaviour of this module's solvers.
+
+    - Half precision (float16, bfloat16), which LAPACK lacks and in which CG's recurrences lose
+      all accuracy: the system is solved in float32 (the matvec still applies the operator as
+      given, on inputs rounded to the half type) and the solution rounded back.
+    - A non-square operator given to a solver that needs a square one: a ValueError naming the
+      shapes, instead of an error from deep inside (the check runs only on failure: free).
+    """
+
+    @functools.wraps(solver)
+    def wrapped(matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
+        dtype = tree.dtype(b)
+        if _is_half(dtype):
+            original = matvec
+            matvec = lambda v: _cast(original(_cast(v, dtype)), jnp.float32)  # noqa: E731
+            if options.get("init") is not None:
+                options["init"] = _cast(options["init"], jnp.float32)
+            if options.get("preconditioner") is not None:
+                pre = options["preconditioner"]
+                options["preconditioner"] = lambda v: _cast(pre(_cast(v, dtype)), jnp.float32)
+            return _cast(wrapped(matvec, _cast(b, jnp.float32), **options), dtype)
+        try:
+            return solver(matvec, b, **options)
+        except (TypeError, ValueError) as err:
+            if solver.__name__ == "normal_cg":  # it diagnoses its own shapes
+                raise
+            square = _square_operator_error(solver.__name__, matvec, b)
+            if square is not None:
+                raise square from err
+            raise
+
+    return wrapped
+
+
+@_linear_solver
 def cg(
     matvec: Matvec,
     b: PyTree,
@@ -125,6 +206,7 @@ def cg(
     return x
 
 
+@_linear_solver
 def gmres(
     matvec: Matvec,
     b: PyTree,
@@ -159,6 +241,7 @@ def gmres(
     return x
 
 
+@_linear_solver
 def bicgstab(
     matvec: Matvec,
     b: PyTree,
@@ -183,6 +266,7 @@ def bicgstab(
     return x
 
 
+@_linear_solver
 def normal_cg(
     matvec: Matvec,
     b: PyTree,
@@ -197,21 +281,30 @@ def normal_cg(
     """CG on the normal equations (AᵀA + ridge · I) x = Aᵀb.
 
     Works for any A, square or not, singular or not: from ``init = 0`` and with ``ridge = 0`` it
-    converges to the least-squares solution of least norm. Aᵀ comes from ``jax.linear_transpose``
+    converges to the least-squares solution of least norm. For a non-square A (``matvec`` maps
+    x ∈ ℝⁿ to ℝᵐ, b ∈ ℝᵐ), pass ``init`` shaped like x (zeros for the least-norm solution): it
+    gives the shape of x. Aᵀ comes from ``jax.linear_transpose``
     of ``matvec``, which must therefore be linear (as every matvec built by the engine is). The
     ``preconditioner`` approximates (AᵀA)⁻¹. Squares the condition number: prefer ``cg`` or
     ``gmres`` when A is well-conditioned and non-singular.
     """
-    out = jax.eval_shape(matvec, b)
+    x_like = b if init is None else init  # a non-square A needs init to give x's shape
+    try:
+        out = jax.eval_shape(matvec, x_like)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"normal_cg: matvec cannot be applied to a vector shaped like "
+            f"{'b' if init is None else 'init'} {_shape_text(x_like)} ({err}); for a non-square "
+            "operator pass init shaped like x (the columns)"
+        ) from None
     if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(b) or [
         o.shape for o in jax.tree_util.tree_leaves(out)
     ] != [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]:
         raise ValueError(
-            "normal_cg: matvec(x) must be shaped like b (x is shaped like b too): got "
-            f"{[o.shape for o in jax.tree_util.tree_leaves(out)]} for b "
-            f"{[jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]}"
+            f"normal_cg: matvec maps x shaped like {_shape_text(x_like)} to {_shape_text(out)}, "
+            f"not to the shape of b {_shape_text(b)}"
         )
-    transpose = jax.linear_transpose(matvec, b)
+    transpose = jax.linear_transpose(matvec, x_like)
 
     def rmatvec(y):
         return transpose(y)[0]
@@ -232,9 +325,6 @@ def normal_cg(
     return x
 
 
-normal_cg.least_squares = True  # the engine checks its normal-equation residual Aᵀ(Ax − b)
-
-
 def _materialize(matvec: Matvec, b: PyTree):
     """The dense matrix of ``matvec`` on the flattened space of ``b``, and the flat b."""
     b_flat, unravel = ravel_pytree(b)
@@ -252,6 +342,7 @@ def _materialize(matvec: Matvec, b: PyTree):
     return columns.T, b_flat, unravel
 
 
+@_linear_solver
 def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
     """Dense solve by LU factorization with partial pivoting (builds the n × n matrix)."""
     del ignored
@@ -262,6 +353,7 @@ def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTr
     return unravel(jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b_flat))
 
 
+@_linear_solver
 def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
     """Dense solve by Cholesky factorization; A + ridge · I must be symmetric positive definite.
 
@@ -329,31 +421,77 @@ def resolve(solve: str | Callable | None) -> Callable[..., PyTree]:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A linear solver with what the engine must know about it, stated explicitly.
+
+    Calling the spec calls ``fun``. The engine checks the solution it returns against
+    ``tol``: its residual must be at most max(100 · tol, 1000 · eps).
+
+    Attributes:
+      fun: ``fun(matvec, b, **options) -> x``.
+      tol: the relative tolerance ``fun`` solves to; None: ``default_tol(dtype)``.
+      least_squares: ``fun`` returns least-squares solutions, so only the normal residual
+        Aᵀ(A x − b) need vanish (as for ``normal_cg``).
+      takes_symmetric: ``fun`` accepts the keyword ``symmetric`` (a structure hint, as
+        ``auto``), which the engine then passes when the system is symmetric.
+
+    Example: a solver of one's own with a loose tolerance,
+    ``custom_root(F, solve=linear_solve.Spec(my_solve, tol=1e-6))``.
+    """
+
+    fun: Callable[..., PyTree]
+    tol: float | None = None
+    least_squares: bool = False
+    takes_symmetric: bool = False
+
+    def __call__(self, matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
+        return self.fun(matvec, b, **options)
+
+    @property
+    def name(self) -> str:
+        fun = self.fun.func if isinstance(self.fun, functools.partial) else self.fun
+        return getattr(fun, "__name__", repr(fun))
+
+
+# This module's solvers: what each one declares (its tol defaults to default_tol).
+_SPECS: dict[Callable, Spec] = {
+    auto: Spec(auto, takes_symmetric=True),
+    cg: Spec(cg),
+    gmres: Spec(gmres),
+    bicgstab: Spec(bicgstab),
+    normal_cg: Spec(normal_cg, least_squares=True),
+    lu: Spec(lu),
+    cholesky: Spec(cholesky),
+}
+
+
+def spec(solve: str | Callable | None) -> Spec:
+    """The :class:`Spec` of a choice of linear solver.
+
+    A name or None (``auto``): that solver's spec. A :class:`Spec`: itself. One of this module's
+    solvers, or a ``functools.partial`` of one with keyword options: its spec, with the ``tol``
+    option if one is bound. Any other callable: ``Spec(solve)`` (default tolerance, not least
+    squares, no ``symmetric`` keyword); wrap it in a :class:`Spec` to declare otherwise.
+    """
+    solve = resolve(solve)
+    if isinstance(solve, Spec):
+        return solve
+    func, keywords = solve, {}
+    if isinstance(solve, functools.partial) and not solve.args:
+        func, keywords = solve.func, solve.keywords
+    try:
+        known = _SPECS.get(func)
+    except TypeError:  # an unhashable callable object: not one of ours
+        known = None
+    if known is None:
+        return Spec(solve)
+    tol = keywords.get("tol")
+    tol = float(tol) if isinstance(tol, (int, float)) else None
+    return dataclasses.replace(known, fun=solve, tol=tol)
+
+
 def accepts_keyword(fun: Callable, name: str) -> bool:
-    """Whether ``fun`` can be called with the keyword argument ``name``."""
-    try:
-        params = inspect.signature(fun).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def is_least_squares(fun: Callable) -> bool:
-    """Whether a solver returns least-squares solutions (so only Aᵀ(Ax − b) need vanish)."""
-    while isinstance(fun, functools.partial):
-        fun = fun.func
-    return bool(getattr(fun, "least_squares", False))
-
-
-def declared_tol(fun: Callable) -> float | None:
-    """The ``tol`` a solver will use if it declares one (a default or a bound partial keyword)."""
-    if isinstance(fun, functools.partial) and "tol" in fun.keywords:
-        tol = fun.keywords["tol"]
-        return float(tol) if isinstance(tol, (int, float)) else None
-    try:
-        param = inspect.signature(fun).parameters.get("tol")
-    except (TypeError, ValueError):
-        return None
-    if param is not None and isinstance(param.default, (int, float)):
-        return float(param.default)
-    return None
+    """Whether the linear solver ``fun`` declares the keyword ``name`` (only ``symmetric`` is
+    declared, see :class:`Spec`)."""
+    return name == "symmetric" and spec(fun).takes_symmetric

@@ -20,9 +20,10 @@ builder                        condition, zero (F) or fixed point (T) at the sol
 ``conic(cone)``                F(z, A, b, c) = ((Q(A, b, c) − I)Π + I)(z, 1), first rows  F
 =============================  ========================================================  =====
 
-Builders of a condition whose Jacobian ∂₁F (or I − ∂₁T) is symmetric mark the function with
-``symmetric = True``; the engine then lets ``solve="auto"`` use CG and reverse mode reuse the
-solver without a transpose.
+Each builder returns a ``Condition``: a frozen callable that states whether the Jacobian ∂₁F (or
+I − ∂₁T) is symmetric (its ``symmetric`` field). The engine reads it when its own ``symmetric``
+option is None: then ``solve="auto"`` uses CG and reverse mode reuses the solver without a
+transpose.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 from implicitdiff import _checks, linear_solve, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
+from implicitdiff._condition import Condition
 
 PyTree = Any
 
@@ -55,11 +57,8 @@ __all__ = [
 ]
 
 
-def _mark(fun: Callable, *, symmetric: bool, name: str, doc: str) -> Callable:
-    fun.symmetric = symmetric
-    fun.__name__ = fun.__qualname__ = name
-    fun.__doc__ = doc
-    return fun
+def _mark(fun: Callable, *, symmetric: bool, name: str, doc: str) -> Condition:
+    return Condition(fun, symmetric=symmetric, name=name, doc=doc)
 
 
 def _check_callable(value: Any, name: str, builder: str) -> None:

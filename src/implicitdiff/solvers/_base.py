@@ -35,6 +35,7 @@ import numpy as np
 from jax.experimental import checkify, io_callback
 
 from implicitdiff import _checks, _loop, diagnostics, tree
+from implicitdiff._args import ArgsSplit, is_traced
 from implicitdiff.implicit import _POLICIES as _BACKWARD_POLICIES
 from implicitdiff.implicit import custom_fixed_point, custom_root
 
@@ -91,32 +92,6 @@ class OptStep(NamedTuple):
 
     params: PyTree
     state: Any
-
-
-def _is_traced(leaf: Any) -> bool:
-    """What ``jax.jit`` would trace: arrays and numbers (Python's and NumPy's)."""
-    return isinstance(leaf, (jax.Array, int, float, complex)) or hasattr(leaf, "__array__")
-
-
-class _ArgsSplit:
-    """(args, kwargs) split into leaves that jit traces (arrays, numbers) and the rest (static:
-    None, strings, callables, ...), which must be hashable."""
-
-    def __init__(self, args: tuple, kwargs: dict):
-        leaves, self.treedef = jax.tree_util.tree_flatten((args, kwargs))
-        self.mask = tuple(_is_traced(leaf) for leaf in leaves)
-        self.arrays = [leaf for leaf, m in zip(leaves, self.mask, strict=True) if m]
-        self.static = tuple(None if m else leaf for leaf, m in zip(leaves, self.mask, strict=True))
-
-    def key(self) -> tuple:
-        return (self.treedef, self.mask, self.static)
-
-    @staticmethod
-    def merge(key: tuple, arrays: list) -> tuple[tuple, dict]:
-        treedef, mask, static = key
-        it = iter(arrays)
-        leaves = [next(it) if m else s for m, s in zip(mask, static, strict=True)]
-        return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +194,7 @@ def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
     status = getattr(state, "status", None)
     error, iter_num = state.error, state.iter_num
     values = (converged, error, iter_num, status)
-    traced = any(isinstance(v, jax.core.Tracer) for v in values)
+    traced = is_traced(values)
     if traced:  # (unrolled runs carry derivatives in the error)
         error, iter_num = tree.stop_gradient((error, iter_num))
     else:
@@ -321,7 +296,7 @@ class DifferentiableRun(abc.ABC):
         solution = self._differentiable_solution()
         if not self.jit:
             return OptStep(*solution(init_params, *args, **kwargs))
-        split = _ArgsSplit(args, kwargs)
+        split = ArgsSplit(args, kwargs)
         key = split.key()
         try:
             compiled = self._compiled.get(key)
@@ -333,7 +308,7 @@ class DifferentiableRun(abc.ABC):
         if compiled is None:
 
             def run_arrays(init_params, arrays):
-                a, k = _ArgsSplit.merge(key, arrays)
+                a, k = ArgsSplit.merge(key, arrays)
                 return solution(init_params, *a, **k)
 
             compiled = self._compiled[key] = jax.jit(run_arrays)

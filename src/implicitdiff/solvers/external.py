@@ -55,7 +55,8 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _projection_ops as projections
 from implicitdiff import linear_solve, optimality, tree
-from implicitdiff.solvers._base import DifferentiableRun, _ArgsSplit, check_failure_policies
+from implicitdiff._args import ArgsSplit
+from implicitdiff.solvers._base import DifferentiableRun, check_failure_policies
 
 PyTree = Any
 
@@ -318,7 +319,7 @@ def _call_host(solver: Any, kind: str, init_params: PyTree, args: tuple, kwargs:
 
 def _callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:
     """The static key of (args, kwargs) and their arrays (numbers made arrays), for a callback."""
-    split = _ArgsSplit(args, kwargs)
+    split = ArgsSplit(args, kwargs)
     return split.key(), [jnp.asarray(a) for a in split.arrays]
 
 
@@ -392,7 +393,7 @@ class ScipyMinimize(_HostWrapper):
         fun = self.fun
 
         def flat_fun(x, arrays):
-            a, k = _ArgsSplit.merge(key, arrays)
+            a, k = ArgsSplit.merge(key, arrays)
             return fun(unravel(x), *a, **k)
 
         method = self.method.lower() if isinstance(self.method, str) else None
@@ -552,7 +553,7 @@ def _flat_output_fun(fun: Callable, key: tuple, unravel: Callable) -> Callable:
     """(x_flat, arrays) -> fun(unravel(x), *args, **kwargs) flattened to a vector."""
 
     def flat_fun(x, arrays):
-        a, k = _ArgsSplit.merge(key, arrays)
+        a, k = ArgsSplit.merge(key, arrays)
         return ravel_pytree(fun(unravel(x), *a, **k))[0]
 
     return flat_fun
@@ -846,7 +847,7 @@ class HostSolver(_HostWrapper):
 
         def host(init_leaves, arrays):
             init = jax.tree_util.tree_unflatten(init_tree, [np.asarray(x) for x in init_leaves])
-            a, k = _ArgsSplit.merge(key, [np.asarray(x) for x in arrays])
+            a, k = ArgsSplit.merge(key, [np.asarray(x) for x in arrays])
             out = solve_fn(init, *a, **k)
             leaves, out_tree = jax.tree_util.tree_flatten(out)
             if out_tree != expected_tree:
