@@ -29,7 +29,8 @@ LAYERS = {
     "implicitdiff._linesearch": 1,
     # 2. the engine
     "implicitdiff.implicit": 2,
-    "implicitdiff._backward": 2,
+    "implicitdiff._backward_check": 2,
+    "implicitdiff._condition": 2,
     # 3. operators of the catalog: projections onto simple sets, prox, losses
     "implicitdiff._projection_ops": 3,
     "implicitdiff.prox": 3,
