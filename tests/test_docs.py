@@ -9,6 +9,8 @@ comments that neither GitHub nor the site shows, on the line before a block:
 
 - ``<!-- no-run: why -->``: the block is not run (a reason is required);
 - ``<!-- docs-test: float64-only: why -->``: the block is skipped in the float32 run;
+- ``<!-- docs-test: raises NAME -->``: the block must end by raising the exception NAME (a page
+  that shows an error on purpose);
 - ``<!-- docs-test: setup`` ... ``-->``: code run before the next block, for the names a
   fragment takes from its context (data, a loss) without showing them;
 
@@ -35,18 +37,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
-_SETUP = re.compile(r"<!--\s*docs-test:\s*setup\s*\n(.*?)-->\s*$", re.S)
-_NO_RUN = re.compile(r"<!--\s*no-run:(.*?)-->\s*$", re.S)
-_FLOAT64_ONLY = re.compile(r"<!--\s*docs-test:\s*float64-only:(.*?)-->\s*$", re.S)
 
 _DRIVER = r"""
 import json, sys, warnings
 blocks = json.load(sys.stdin)
 namespace = {"__name__": "__main__"}
-for name, code in blocks:
+for name, code, raises in blocks:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exec(compile(code, name, "exec"), namespace)
+        try:
+            exec(compile(code, name, "exec"), namespace)
+        except Exception as e:
+            if not raises or type(e).__name__ != raises:
+                raise
+        else:
+            if raises:
+                raise AssertionError(f"{name}: the block should raise {raises}")
     for w in caught:
         kind = w.category.__name__
         if w.category.__module__.startswith("implicitdiff") and kind not in code:
@@ -56,25 +62,39 @@ print("DOCS-TEST-DTYPE", jnp.zeros(1).dtype)
 """
 
 
+def _markers(before: str) -> list[str]:
+    """The HTML comments right before a block (only blank lines between them), innermost last."""
+    found = []
+    before = before.rstrip()
+    while before.endswith("-->"):
+        start = before.rfind("<!--")
+        if start < 0:
+            break
+        found.insert(0, before[start + 4 : -3])
+        before = before[:start].rstrip()
+    return found
+
+
 def _blocks(page: Path) -> list[tuple[str, str, str]]:
-    """(kind, location, code) for each block of a page: kind is "run", "setup" or "no-run"."""
+    """(kind, location, code) for each block of a page: kind is "run", "float64-only", "setup",
+    "no-run" (code is then the reason) or "raises NAME"."""
     text = page.read_text()
     found = []
     for m in _FENCE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
-        before = text[: m.start()].rstrip()
         where = f"{page.relative_to(ROOT)}:{line}"
-        setup = _SETUP.search(before[-4000:])
-        if setup and before.endswith("-->"):
-            found.append(("setup", where + " (setup)", setup.group(1)))
-        no_run = _NO_RUN.search(before[-500:])
-        float64_only = _FLOAT64_ONLY.search(before[-500:])
-        if no_run and before.endswith("-->"):
-            found.append(("no-run", where, no_run.group(1).strip()))
-        elif float64_only and before.endswith("-->"):
-            found.append(("float64-only", where, m.group(1)))
-        else:
-            found.append(("run", where, m.group(1)))
+        kind, code = "run", m.group(1)
+        for marker in _markers(text[: m.start()]):
+            head, _, rest = marker.strip().partition("\n")
+            if head.strip() == "docs-test: setup":
+                found.append(("setup", where + " (setup)", rest))
+            elif head.startswith("no-run:"):
+                kind, code = "no-run", head[len("no-run:") :].strip()
+            elif head.startswith("docs-test: float64-only:"):
+                kind = "float64-only"
+            elif head.startswith("docs-test: raises "):
+                kind = "raises " + head.split()[-1]
+        found.append((kind, where, code))
     return found
 
 
@@ -83,7 +103,7 @@ def _run_page(page: Path, float32: bool) -> subprocess.CompletedProcess:
     for kind, where, code in _blocks(page):
         if kind == "no-run" or (float32 and (kind == "float64-only" or "jax_enable_x64" in code)):
             continue
-        blocks.append((where, code))
+        blocks.append((where, code, kind[7:] if kind.startswith("raises ") else None))
     env = dict(os.environ, MPLBACKEND="Agg", JAX_ENABLE_X64="0" if float32 else "1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     for m in re.finditer(r"<!--\s*docs-test:\s*env\s+(\w+)=(\S+)\s*-->", page.read_text()):
@@ -100,7 +120,7 @@ def _run_page(page: Path, float32: bool) -> subprocess.CompletedProcess:
 
 
 def _pages_with_code() -> list[Path]:
-    return [p for p in DOC_PAGES if any(k in ("run", "float64-only") for k, _, _ in _blocks(p))]
+    return [p for p in DOC_PAGES if any(k not in ("setup", "no-run") for k, _, _ in _blocks(p))]
 
 
 def _float32_pages() -> list[Path]:
