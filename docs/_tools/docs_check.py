@@ -33,30 +33,42 @@ from websockets.sync.client import connect
 ROOT = Path(__file__).resolve().parents[2]
 
 PAGES = [
-    # (name, path, a JavaScript expression that is true when the content rendered)
+    # (name, path, a JavaScript expression true once the content rendered, an element to scroll
+    # to for a second screenshot or None)
     (
         "home",
         "",
         "document.querySelector('article h1') !== null && "
         "document.querySelector('article').innerText.includes('custom_root')",
+        None,
     ),
     (
         "api",
         "api/implicitdiff/",
         "document.querySelectorAll('.doc-heading').length >= 4 && "
         "document.getElementById('implicitdiff.custom_root') !== null",
+        "document.getElementById('implicitdiff.custom_root')",
     ),
     (
         "guide",
         "engine/",
         "document.querySelector('article h1') !== null && "
         "document.querySelectorAll('article pre').length > 0",
+        None,
     ),
     (
         "tutorial",
         "tutorials/lasso_hyperparams/",
         "document.querySelectorAll('article img')"
         ".length > 0 && document.querySelector('article').innerText.includes('Output')",
+        "document.querySelector('article img')",
+    ),
+    (
+        "tutorial2",
+        "tutorials/sparsemax_prediction/",
+        "document.querySelectorAll('article img')"
+        ".length > 0 && document.querySelector('article').innerText.includes('Output')",
+        "document.querySelector('article img')",
     ),
 ]
 
@@ -190,7 +202,7 @@ def main() -> int:
             for domain in ("Page", "Runtime", "Log"):
                 page.send(f"{domain}.enable")
 
-            for name, path, rendered in PAGES:
+            for name, path, rendered, scroll_to in PAGES:
                 page.events.clear()
                 page.send("Page.navigate", url=base + path)
                 loaded = page.wait_event("Page.loadEventFired", 60)
@@ -201,6 +213,10 @@ def main() -> int:
                 )
                 page.pump(1.0)  # late scripts, the search worker's start
                 page.screenshot(shots / f"{name}.png")
+                if scroll_to:
+                    page.evaluate(f"{scroll_to}.scrollIntoView()")
+                    page.pump(0.5)
+                    page.screenshot(shots / f"{name}-detail.png")
                 errors = page.errors()
                 status = "ok" if ok and not images and not errors else "FAILED"
                 print(f"{name:9s} {base + path}: {status}")

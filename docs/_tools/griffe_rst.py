@@ -111,11 +111,34 @@ def _literal_blocks(text: str) -> str:
     return "\n".join(out)
 
 
+_CODE_SPAN = re.compile(r"(`+).*?\1")
+_STAR = re.compile(r"(?<=[\w)\]])\*(?!\*)")
+
+
+def _escape_stars(text: str) -> str:
+    """``x*`` (a solution, as in x*(θ)) is not Markdown emphasis: escape such a star outside
+    code spans and fences."""
+    out, fenced = [], False
+    for line in text.split("\n"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if fenced or line.lstrip().startswith("```"):
+            out.append(line)
+            continue
+        pieces, last = [], 0
+        for m in _CODE_SPAN.finditer(line):
+            pieces.append(_STAR.sub(r"\\*", line[last : m.start()]) + m.group(0))
+            last = m.end()
+        pieces.append(_STAR.sub(r"\\*", line[last:]))
+        out.append("".join(pieces))
+    return "\n".join(out)
+
+
 def rst_to_markdown(text: str) -> str:
     """The docstring with Sphinx roles as inline code, simple tables as Markdown tables,
     doctests fenced, and the literal-block marker ``::`` ending a paragraph as ``:``."""
     text = _ROLE.sub(lambda m: f"`{m.group(1)}`", text)
-    return _doctests(_literal_blocks(_tables(text)))
+    return _escape_stars(_doctests(_literal_blocks(_tables(text))))
 
 
 class RstToMarkdown(griffe.Extension):

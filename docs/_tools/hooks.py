@@ -24,6 +24,12 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO_URL = "https://github.com/implicitdiff/implicitdiff/blob/main/"
+# An absolute link to a file of this repository (the README's images must be absolute for a
+# package index page) is read as the repository path, so that the site serves its own copy.
+_OWN_FILE = re.compile(
+    r"^https://(?:raw\.githubusercontent\.com/implicitdiff/implicitdiff/[^/]+/"
+    r"|github\.com/implicitdiff/implicitdiff/(?:blob|raw)/[^/]+/)(docs/.*)$"
+)
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 _TMP = tempfile.TemporaryDirectory(prefix="implicitdiff-docs-")
 
@@ -33,10 +39,11 @@ def _rewrite_links(markdown: str, src_dir: str, dest_dir: str = "docs") -> str:
 
     def fix(m: re.Match) -> str:
         target = m.group(2)
-        if re.match(r"^[a-z]+:|^#|^/", target):
+        own = _OWN_FILE.match(target)
+        if own is None and re.match(r"^[a-z]+:|^#|^/", target):
             return m.group(0)
-        path, _, anchor = target.partition("#")
-        full = posixpath.normpath(posixpath.join(src_dir, path))
+        path, _, anchor = (own.group(1) if own else target).partition("#")
+        full = posixpath.normpath(posixpath.join("" if own else src_dir, path))
         if full.startswith("docs/"):
             new = posixpath.relpath(full, dest_dir)
         else:
