@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 CODE := $(wildcard src tests benchmarks examples)
 
-.PHONY: demo test lint format bench bench-quick clean
+.PHONY: demo test lint format bench bench-quick clean docs docs-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,30 @@ bench-quick: $(VENV)/.bench-deps
 			|| exit 1; \
 	done
 	@echo "wrote $(BENCH_QUICK_DIR)/benchmarks.md and $(BENCH_QUICK_DIR)/images/"
+
+# `make docs` builds the site into site/ (mkdocs build --strict: a warning fails it), running the
+# tutorials at full size; `make docs-check` opens it in headless Chromium (installed with apt if
+# missing: root on Debian) and leaves screenshots in site-screenshots/. Their own venv, .venv-docs.
+DOCS_VENV ?= .venv-docs
+DOCS_PY := $(DOCS_VENV)/bin/python
+
+$(DOCS_PY):
+	$(PYTHON) -m venv $(DOCS_VENV)
+
+$(DOCS_VENV)/.docs-deps: pyproject.toml | $(DOCS_PY)
+	$(DOCS_PY) -m pip install --quiet --disable-pip-version-check -e ".[docs,examples]"
+	touch $@
+
+docs: $(DOCS_VENV)/.docs-deps
+	NO_MKDOCS_2_WARNING=1 $(DOCS_PY) -m mkdocs build --strict
+
+docs-check: $(DOCS_VENV)/.docs-deps
+	@test -f site/index.html || $(MAKE) docs
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(echo "installing Debian's chromium (apt-get, needs root)" && \
+		 apt-get update -qq && apt-get install -y -qq chromium) || \
+		(echo "docs-check needs Chromium: apt-get install -y chromium" && exit 1)
+	$(DOCS_PY) docs/_tools/docs_check.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
