@@ -21,6 +21,7 @@ solver's ``on_failure`` policy (see :class:`IterativeSolver`), applied by ``run`
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import enum
 import os
@@ -260,13 +261,124 @@ def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
     return step
 
 
+_COMPILE_CACHE_SIZE = 32
+"""The most compiled ``run`` programs kept (all solvers together); the least recently used goes.
+
+Keys are (the solver's fields but ``on_failure``, the static part of the arguments), so equal
+solvers share a compilation and a program can never outlive the settings it was built from."""
+
+
+class _LRU(collections.OrderedDict):
+    """A dict holding at most ``maxsize`` items: reading an item renews it, writing one past the
+    bound drops the least recently used."""
+
+    def __init__(self, maxsize: int):
+        super().__init__()
+        self.maxsize = maxsize
+
+    def get(self, key, default=None):
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+
+#: The compiled ``run`` programs of every solver (see :data:`_COMPILE_CACHE_SIZE`).
+_COMPILED = _LRU(_COMPILE_CACHE_SIZE)
+
+
+class _CompiledView:
+    """``solver._compiled``: the solver's entries of the shared cache :data:`_COMPILED`, read and
+    written by the static key of the arguments alone."""
+
+    def __init__(self, solver: Any):
+        self._prefix = solver._compile_key()
+
+    def get(self, key, default=None):
+        return _COMPILED.get((self._prefix, key), default)
+
+    def __setitem__(self, key, value):
+        _COMPILED[(self._prefix, key)] = value
+
+    def __len__(self) -> int:
+        return sum(1 for prefix, _ in _COMPILED if prefix == self._prefix)
+
+
+class _Unhashable:
+    """Stands for a field value that cannot be hashed (an array, ...): equal only to itself."""
+
+    __slots__ = ("ident",)
+
+    def __init__(self, value: Any):
+        self.ident = id(value)
+
+    def __eq__(self, other):
+        return isinstance(other, _Unhashable) and other.ident == self.ident
+
+    def __hash__(self):
+        return hash(self.ident)
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a field value: the value if hashable, dicts and sequences by their
+    frozen items, anything else (an array) by identity."""
+    try:
+        hash(value)
+    except TypeError:
+        pass
+    else:
+        return value
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return (dict, tuple((k, _freeze(v)) for k, v in items))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_freeze(v) for v in value))
+    return _Unhashable(value)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class DifferentiableRun(abc.ABC):
     """``run`` for every solver: ``self._solution`` wrapped for implicit differentiation, jitted.
 
-    A subclass provides ``_solution(init_params, *args, **kwargs) -> (params, state)`` and
-    ``optimality() -> ("root", F) | ("fixed_point", T)``, and has the attributes
-    ``implicit_diff``, ``solve`` and ``jit``; ``__post_init__`` must set ``self._compiled = {}``.
+    Solvers are frozen dataclasses: set once at construction, changed by
+    ``dataclasses.replace(solver, maxiter=...)`` (a new solver), compared and hashed on their
+    fields. A subclass provides ``_solution(init_params, *args, **kwargs) -> (params, state)``
+    and ``optimality() -> ("root", F) | ("fixed_point", T)``, has the attributes
+    ``implicit_diff``, ``solve`` and ``jit``, and sets any derived attribute of its own in
+    ``__post_init__`` with ``object.__setattr__``.
     """
+
+    def __post_init__(self):
+        object.__setattr__(self, "_compiled", _CompiledView(self))
+
+    def _field_key(self) -> tuple:
+        """(type, every field frozen): what equality and the hash compare (computed once)."""
+        key = self.__dict__.get("_fields_frozen")
+        if key is None:
+            fields = dataclasses.fields(self)
+            key = (type(self), tuple((f.name, _freeze(getattr(self, f.name))) for f in fields))
+            object.__setattr__(self, "_fields_frozen", key)
+        return key
+
+    def _compile_key(self) -> tuple:
+        """The fields that the compiled ``run`` depends on: all but ``on_failure``, which acts
+        on the returned state outside the compiled program."""
+        kind, fields = self._field_key()
+        return kind, tuple(item for item in fields if item[0] != "on_failure")
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, DifferentiableRun):
+            return NotImplemented
+        return self._field_key() == other._field_key()
+
+    def __hash__(self) -> int:
+        return hash(self._field_key())
 
     @abc.abstractmethod
     def _solution(self, init_params: PyTree, *args, **kwargs) -> tuple[PyTree, Any]:
@@ -312,7 +424,7 @@ class DifferentiableRun(abc.ABC):
                 def residual(x, *a):
                     return tree.sub(fun(x, *a), x)
 
-            self._diagnostic_residual = residual
+            object.__setattr__(self, "_diagnostic_residual", residual)
         return diagnostics.jacobian_error_bound(residual, params, *args, **options)
 
     def _run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
@@ -340,7 +452,7 @@ class DifferentiableRun(abc.ABC):
         return OptStep(*compiled(init_params, split.arrays))
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class IterativeSolver(DifferentiableRun):
     """Base of every iterative solver.
 
@@ -408,7 +520,7 @@ class IterativeSolver(DifferentiableRun):
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
         check_failure_policies(type(self).__name__, self.on_failure, self.backward_on_failure)
-        self._compiled: dict = {}
+        super().__post_init__()
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -54,7 +54,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve, optimality, projections, tree
-from implicitdiff.solvers._base import DifferentiableRun, _ArgsSplit, check_failure_policies
+from implicitdiff.solvers._base import (
+    _COMPILE_CACHE_SIZE,
+    _LRU,
+    DifferentiableRun,
+    _ArgsSplit,
+    check_failure_policies,
+)
 
 PyTree = Any
 
@@ -253,7 +259,7 @@ _INFO_SHAPES = (
 # The shared run: jit cache and implicit-diff wrapping (as IterativeSolver.run, minus the loop).
 
 
-@dataclasses.dataclass(eq=False, kw_only=True)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class _HostWrapper(DifferentiableRun):
     """Base of the host wrappers: ``run`` = (jit ∘ custom_root/fixed_point)(``_solve``).
 
@@ -282,8 +288,9 @@ class _HostWrapper(DifferentiableRun):
             raise TypeError(f"{owner}: jit must be a bool, got {self.jit!r}")
         linear_solve.resolve(self.solve)  # an unknown name raises here, naming solve
         check_failure_policies(owner, self.on_failure, self.backward_on_failure)
-        self._compiled: dict = {}
-        self._host_functions: dict = {}
+        super().__post_init__()
+        # One host callable per problem structure, bounded as the compiled programs are.
+        object.__setattr__(self, "_host_functions", _LRU(_COMPILE_CACHE_SIZE))
 
     def _host_function(self, key: Any, build: Callable[[], Callable]) -> Callable:
         """The host callable for one problem structure, built (and its jits made) once."""
@@ -325,7 +332,7 @@ def _callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:
 # scipy.optimize.minimize.
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ScipyMinimize(_HostWrapper):
     """min_x fun(x, *args) by ``scipy.optimize.minimize``, differentiable, jittable, vmappable.
 
@@ -492,7 +499,7 @@ class ScipyMinimize(_HostWrapper):
         return params, self._state(params, tree.norm(grad), value, iter_num, status, success)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ScipyBoundedMinimize(ScipyMinimize):
     """min_x fun(x, *args) s.t. lower ≤ x ≤ upper, by ``scipy.optimize.minimize`` with bounds.
 
@@ -557,7 +564,7 @@ def _flat_output_fun(fun: Callable, key: tuple, unravel: Callable) -> Callable:
     return flat_fun
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ScipyRootFinding(_HostWrapper):
     """A root of F(x, *args) = 0 by ``scipy.optimize.root``, differentiable, jittable, vmappable.
 
@@ -645,7 +652,7 @@ class ScipyRootFinding(_HostWrapper):
         return params, state
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ScipyLeastSquares(_HostWrapper):
     """min_x ½‖r(x, *args)‖² by ``scipy.optimize.least_squares``, differentiable and jittable.
 
@@ -755,7 +762,7 @@ class ScipyLeastSquares(_HostWrapper):
 # Any host solver.
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class HostSolver(_HostWrapper):
     """Any Python solver run on the host, made differentiable through its optimality condition.
 

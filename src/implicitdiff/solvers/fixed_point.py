@@ -51,7 +51,7 @@ class FixedPointState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FixedPointIteration(IterativeSolver):
     """x = T(x, *args) by plain (Picard) iteration: x ← T(x, *args).
 
@@ -142,7 +142,7 @@ def _slot_products(history: PyTree, value: PyTree) -> jax.Array:
     return sum(parts[1:], parts[0])
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class AndersonAcceleration(IterativeSolver):
     """x = T(x, *args) by Anderson acceleration (type II, Walker & Ni 2011).
 

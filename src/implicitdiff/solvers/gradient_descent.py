@@ -28,7 +28,7 @@ class GradientDescentState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class GradientDescent(IterativeSolver):
     """min_x fun(x, *args) by gradient descent: x ← x − η∇f(x, *args).
 
@@ -62,7 +62,7 @@ class GradientDescent(IterativeSolver):
             raise TypeError(f"GradientDescent: fun must be callable, got {self.fun!r}")
         if not self.stepsize >= 0:
             raise ValueError(f"GradientDescent: stepsize must be ≥ 0, got {self.stepsize!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     def init_state(self, init_params, *args, **kwargs) -> GradientDescentState:
         _checks.check_signature(

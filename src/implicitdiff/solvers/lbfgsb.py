@@ -150,7 +150,7 @@ class LBFGSBState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LBFGSB(IterativeSolver):
     """min_x fun(x, *args) subject to lower ≤ x ≤ upper, by projected L-BFGS.
 
@@ -212,7 +212,7 @@ class LBFGSB(IterativeSolver):
             raise ValueError(
                 f"LBFGSB: history_size must be a positive int, got {self.history_size!r}"
             )
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
         value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)

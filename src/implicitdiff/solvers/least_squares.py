@@ -81,7 +81,7 @@ class GaussNewtonState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class GaussNewton(IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Gauss–Newton: x ← x + d, (JᵀJ) d = −Jᵀr, J = ∂₁r(x, *args).
 
@@ -127,7 +127,9 @@ class GaussNewton(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        self._solve_step = _check_common("GaussNewton", self.residual_fun, self.solver)
+        object.__setattr__(
+            self, "_solve_step", _check_common("GaussNewton", self.residual_fun, self.solver)
+        )
 
     def init_state(self, init_params, *args, **kwargs) -> GaussNewtonState:
         value, gradient = _value_and_gradient(self.residual_fun, init_params, args, kwargs)
@@ -188,7 +190,7 @@ def _max_normal_diagonal(jvp: Callable, params: PyTree) -> jax.Array:
     return jnp.max(norms)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LevenbergMarquardt(IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Levenberg–Marquardt: (JᵀJ + μI) d = −Jᵀr, J = ∂₁r(x, *args).
 
@@ -248,7 +250,9 @@ class LevenbergMarquardt(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        self._solve_step = _check_common("LevenbergMarquardt", self.residual_fun, self.solver)
+        object.__setattr__(
+            self, "_solve_step", _check_common("LevenbergMarquardt", self.residual_fun, self.solver)
+        )
         if not (isinstance(self.damping_parameter, (int, float)) and self.damping_parameter > 0):
             raise ValueError(
                 "LevenbergMarquardt: damping_parameter must be a positive number, got "

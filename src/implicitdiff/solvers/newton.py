@@ -84,7 +84,7 @@ def _truncated_cg(matvec: Callable, b: PyTree, rtol: jax.Array, maxiter: int):
     return d, rayleigh
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Newton(IterativeSolver):
     """min_x fun(x, *args) by damped Newton, matrix-free: x ← x + η d, (∇²f(x) + μI) d ≈ −∇f(x).
 
@@ -153,8 +153,8 @@ class Newton(IterativeSolver):
             )
         if not (isinstance(self.maxls, int) and self.maxls >= 1):
             raise ValueError(f"Newton: maxls must be a positive int, got {self.maxls!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
-        self._grad = jax.grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
+        object.__setattr__(self, "_grad", jax.grad(self.fun))
 
     def init_state(self, init_params, *args, **kwargs) -> NewtonState:
         value, grad = self._value_and_grad(init_params, *args, **kwargs)

@@ -127,7 +127,7 @@ class ProximalGradientState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _ProximalGradientBase(IterativeSolver):
     """The proximal gradient loop, shared by ProximalGradient and ProjectedGradient."""
 
@@ -150,7 +150,7 @@ class _ProximalGradientBase(IterativeSolver):
             raise TypeError(f"{name}: acceleration must be a bool, got {self.acceleration!r}")
         if not (isinstance(self.increase_factor, (int, float)) and self.increase_factor >= 1):
             raise ValueError(f"{name}: increase_factor must be ≥ 1, got {self.increase_factor!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     @property
     def _fixed_point_stepsize(self) -> float:
@@ -204,7 +204,7 @@ class _ProximalGradientBase(IterativeSolver):
         return OptStep(new_params, state)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ProximalGradient(_ProximalGradientBase):
     """min_x fun(x, *args) + g(x, hyperparams_prox) by proximal gradient (ISTA), or its
     accelerated form FISTA (Beck & Teboulle, 2009).
@@ -278,7 +278,7 @@ class ProximalGradient(_ProximalGradientBase):
         )
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ProjectedGradient(_ProximalGradientBase):
     """min_{x ∈ C(hyperparams_proj)} fun(x, *args) by projected gradient, accelerated or not.
 
@@ -320,7 +320,9 @@ class ProjectedGradient(_ProximalGradientBase):
             )
         how = "projection(x, hyperparams)"
         _checks.check_signature(self.projection, "ProjectedGradient", "projection", (0, 0), {}, how)
-        self._projection_prox = prox_operators.from_projection(self.projection)
+        object.__setattr__(
+            self, "_projection_prox", prox_operators.from_projection(self.projection)
+        )
 
     def _prox(self) -> Callable:
         return self._projection_prox
@@ -353,7 +355,7 @@ class MirrorDescentState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class MirrorDescent(IterativeSolver):
     """min_{x ∈ C} fun(x, *args) by mirror descent with a fixed step.
 
@@ -412,7 +414,7 @@ class MirrorDescent(IterativeSolver):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"MirrorDescent: {name} must be callable, got {value!r}")
-        self._grad = jax.grad(self.fun)
+        object.__setattr__(self, "_grad", jax.grad(self.fun))
 
     def _step(self, params, hyperparams, grad):
         if self.projection is None:
@@ -518,7 +520,7 @@ class BlockCoordinateDescentState(NamedTuple):
     predictions: Any = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class BlockCoordinateDescent(IterativeSolver):
     """min_x f(x, *args) + Σᵢ g(xᵢ, hyperparams_prox) by cyclic block coordinate descent.
 
@@ -610,7 +612,9 @@ class BlockCoordinateDescent(IterativeSolver):
     def __post_init__(self):
         super().__post_init__()
         name = "BlockCoordinateDescent"
-        self._composite = self.outer_fun is not None or self.block_fun is not None
+        object.__setattr__(
+            self, "_composite", self.outer_fun is not None or self.block_fun is not None
+        )
         labels = ("outer_fun", "block_fun") if self._composite else ()
         if self.fun is not None or not self._composite:
             labels = ("fun", *labels)
@@ -631,8 +635,10 @@ class BlockCoordinateDescent(IterativeSolver):
                     f"{name}: stepsize must be a number ≥ 0 or a 1-d array of positive "
                     f"per-block steps, got {self.stepsize!r}"
                 )
-        self._smooth = self.fun if self.fun is not None else self._composite_fun
-        self._grad = jax.grad(self._smooth)
+        object.__setattr__(
+            self, "_smooth", self.fun if self.fun is not None else self._composite_fun
+        )
+        object.__setattr__(self, "_grad", jax.grad(self._smooth))
 
     def _composite_fun(self, x, *args, **kwargs):
         """f(x) = outer_fun(Σᵢ block_fun(xᵢ, i, *args), *args)."""

@@ -154,7 +154,7 @@ class EqualityConstrainedQPState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EqualityConstrainedQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. Ax = b by one solve of the KKT system.
 
@@ -207,7 +207,7 @@ class EqualityConstrainedQP(IterativeSolver):
                 )
         if self.kkt_solve is not None:
             linear_solve.resolve(self.kkt_solve)  # raises on an unknown name
-        self._kkt = qp_kkt(self.matvec_Q, self.matvec_A)
+        object.__setattr__(self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A))
 
     def run(
         self,
@@ -344,7 +344,7 @@ class BoxCDQPState(NamedTuple):
     quadratic: Any = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class BoxCDQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. l ≤ x ≤ u by cyclic coordinate descent.
 
@@ -491,7 +491,7 @@ class _Data(NamedTuple):
     n_eq: int
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class OSQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h by the ADMM of OSQP (Stellato et al., 2020).
 
@@ -600,7 +600,7 @@ class OSQP(IterativeSolver):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"OSQP: {name} must be a non-negative number, got {value!r}")
-        self._kkt = qp_kkt()
+        object.__setattr__(self, "_kkt", qp_kkt())
 
     def run(
         self,

@@ -53,7 +53,7 @@ def _error(grad: PyTree, dtype: Any) -> jax.Array:
     return jax.lax.stop_gradient(tree.norm(grad)).astype(dtype)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _LineSearchSolver(IterativeSolver):
     """Options and the line-search step shared by LBFGS, BFGS and NonlinearCG."""
 
@@ -85,7 +85,7 @@ class _LineSearchSolver(IterativeSolver):
             )
         if not self.max_stepsize > 0:
             raise ValueError(f"{name}: max_stepsize must be > 0, got {self.max_stepsize!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     def _start(self, init_params, args, kwargs):
         """f and ∇f at ``init_params``, after checking that ``fun`` takes (params, *args)."""
@@ -232,7 +232,7 @@ def _pair_ok(s, y, sy, x, dtype):
     )
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LBFGS(_LineSearchSolver):
     """min_x fun(x, *args) by limited-memory BFGS: x ← x − η H ∇f(x), H from the last m steps.
 
@@ -396,7 +396,7 @@ class BfgsState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class BFGS(_LineSearchSolver):
     """min_x fun(x, *args) by BFGS: x ← x − η H ∇f(x), H a dense inverse-Hessian estimate.
 
@@ -515,7 +515,7 @@ class NonlinearCGState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class NonlinearCG(_LineSearchSolver):
     """min_x fun(x, *args) by nonlinear conjugate gradient: x ← x + η d, d ← −∇f(x₊) + β d.
 

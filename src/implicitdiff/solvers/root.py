@@ -56,7 +56,7 @@ class BroydenState(NamedTuple):
 _INITS = ("exact", "identity")
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Broyden(IterativeSolver):
     """G(x, *args) = 0 by Broyden's ("good") method with a dense inverse-Jacobian estimate.
 
@@ -261,7 +261,7 @@ def _is_tracer(leaf: Any) -> bool:
     return isinstance(leaf, jax.core.Tracer)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Bisection(IterativeSolver):
     """The root of a scalar function G(x, *args) on [lower, upper] by bisection.
 
