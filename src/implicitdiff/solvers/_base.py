@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify, io_callback
 
-from implicitdiff import _checks, diagnostics, tree
+from implicitdiff import _checks, diagnostics, linear_solve, tree
 from implicitdiff.implicit import _POLICIES as _BACKWARD_POLICIES
 from implicitdiff.implicit import custom_fixed_point, custom_root
 
@@ -342,19 +342,64 @@ def _freeze(value: Any) -> Any:
     return _Unhashable(value)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class DifferentiableRun(abc.ABC):
     """``run`` for every solver: ``self._solution`` wrapped for implicit differentiation, jitted.
 
     Solvers are frozen dataclasses: set once at construction, changed by
     ``dataclasses.replace(solver, maxiter=...)`` (a new solver), compared and hashed on their
     fields. A subclass provides ``_solution(init_params, *args, **kwargs) -> (params, state)``
-    and ``optimality() -> ("root", F) | ("fixed_point", T)``, has the attributes
-    ``implicit_diff``, ``solve`` and ``jit``, and sets any derived attribute of its own in
-    ``__post_init__`` with ``object.__setattr__``.
+    and ``optimality() -> ("root", F) | ("fixed_point", T)``, and sets any derived attribute of
+    its own in ``__post_init__`` with ``object.__setattr__``.
+
+    The differentiation settings below are shared by every solver (one definition, JAXopt's
+    names where JAXopt has them) and keyword-only:
+
+    Attributes:
+      implicit_diff: differentiate the solution implicitly through the solver's optimality
+        condition (True, the default); what False means is the solver's (an iterative solver
+        unrolls its iterations, a host solver returns a result without derivative).
+      solve: the linear solver of the implicit derivative (see :func:`implicitdiff.custom_root`).
+      jit: compile ``run`` (the default), once per shape and dtype of the arguments. Arrays and
+        numbers are traced as ``jax.jit`` traces them; other arguments (strings, callables,
+        ...) are compile-time constants: they must be hashable, and a new value recompiles.
+      on_failure: what ``run`` does when the run did not converge (``state.converged`` False,
+        whatever the cause: see :class:`Status`).
+
+        - ``"auto"`` (the default): a :class:`SolverWarning` when ``run`` is called outside any
+          JAX transformation (the check reads one boolean back from the device after the
+          compiled solve: no host callback in the compiled program); inside ``jit``, ``vmap``,
+          ``grad``... only the flag in the state, so that the user's compiled program keeps
+          JAX's fast dispatch.
+        - ``"ignore"``: only the flag in the state.
+        - ``"warn"``: a :class:`SolverWarning` in every context; inside a transformation it
+          comes from a host callback (``io_callback``), which costs about 0.1–0.2 ms per call of
+          the compiled program (it disables JAX's C++ fast dispatch).
+        - ``"raise"``: outside a transformation, a :class:`SolverError`. Inside one, a
+          ``jax.experimental.checkify.check``: under ``checkify.checkify`` the error is returned
+          as data and ``err.throw()`` raises it; eagerly under ``vmap`` or ``grad`` it raises at
+          once (checkify's ``JaxRuntimeError``); inside a ``jit`` that ``checkify`` does not
+          wrap, JAX refuses to compile the program, with an error saying to use
+          ``checkify.checkify``.
+      backward_on_failure: the policy for the linear system of the implicit derivative, passed
+        to :func:`implicitdiff.custom_root` as its ``on_failure`` (default ``"warn"``; also
+        ``"raise"``, ``"nan"``, ``"ignore"``, ``"fallback"``).
     """
 
+    implicit_diff: bool = True
+    solve: str | Callable | None = None
+    jit: bool = True
+    on_failure: str = "auto"
+    backward_on_failure: str = "warn"
+
     def __post_init__(self):
+        owner = type(self).__name__
+        if not isinstance(self.implicit_diff, bool):
+            raise TypeError(f"{owner}: implicit_diff must be a bool, got {self.implicit_diff!r}")
+        if not isinstance(self.jit, bool):
+            raise TypeError(f"{owner}: jit must be a bool, got {self.jit!r}")
+        linear_solve.resolve(self.solve)  # an unknown name raises here, naming solve
+        check_failure_policies(owner, self.on_failure, self.backward_on_failure)
         object.__setattr__(self, "_compiled", _CompiledView(self))
 
     def _field_key(self) -> tuple:
@@ -452,56 +497,29 @@ class DifferentiableRun(abc.ABC):
         return OptStep(*compiled(init_params, split.arrays))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class IterativeSolver(DifferentiableRun):
     """Base of every iterative solver.
 
-    Subclasses are dataclasses that define ``init_state``, ``update`` and ``optimality``; this
-    class provides ``run``. Common options (each solver documents its defaults):
+    Subclasses are frozen dataclasses that define ``init_state``, ``update`` and ``optimality``;
+    this class provides ``run``. Its options, and those of :class:`DifferentiableRun`, are
+    keyword-only, so that a solver's own fields (``fun``, ...) come first positionally, in
+    JAXopt's order (each solver documents its defaults):
 
     Attributes:
       maxiter: the most iterations (≥ 1).
       tol: stop when ``state.error`` ≤ tol (≥ 0).
-      implicit_diff: differentiate the solution implicitly through the solver's optimality
-        condition (True, the default), or unroll the iterations (False).
-      solve: the linear solver of the implicit derivative (see :func:`implicitdiff.custom_root`).
       unroll_checkpoint: with ``implicit_diff=False``, recompute each iteration in the backward
         pass instead of storing it (``jax.checkpoint``): memory of one iteration's intermediates
         instead of ``maxiter`` of them, for about one more forward pass of time.
-      jit: compile ``run`` (the default), once per shape and dtype of the arguments. Arrays and
-        numbers are traced as ``jax.jit`` traces them; other arguments (strings, callables,
-        ...) are compile-time constants: they must be hashable, and a new value recompiles.
-      on_failure: what ``run`` does when the run did not converge (``state.converged`` False,
-        whatever the cause: see :class:`Status`); keyword-only.
-
-        - ``"auto"`` (the default): a :class:`SolverWarning` when ``run`` is called outside any
-          JAX transformation (the check reads one boolean back from the device after the
-          compiled solve: no host callback in the compiled program); inside ``jit``, ``vmap``,
-          ``grad``... only the flag in the state, so that the user's compiled program keeps
-          JAX's fast dispatch.
-        - ``"ignore"``: only the flag in the state.
-        - ``"warn"``: a :class:`SolverWarning` in every context; inside a transformation it
-          comes from a host callback (``io_callback``), which costs about 0.1–0.2 ms per call of
-          the compiled program (it disables JAX's C++ fast dispatch).
-        - ``"raise"``: outside a transformation, a :class:`SolverError`. Inside one, a
-          ``jax.experimental.checkify.check``: under ``checkify.checkify`` the error is returned
-          as data and ``err.throw()`` raises it; eagerly under ``vmap`` or ``grad`` it raises at
-          once (checkify's ``JaxRuntimeError``); inside a ``jit`` that ``checkify`` does not
-          wrap, JAX refuses to compile the program, with an error saying to use
-          ``checkify.checkify``.
-      backward_on_failure: the policy for the linear system of the implicit derivative, passed
-        to :func:`implicitdiff.custom_root` as its ``on_failure`` (default ``"warn"``; also
-        ``"raise"``, ``"nan"``, ``"ignore"``, ``"fallback"``); keyword-only.
+      implicit_diff: differentiate the solution implicitly through the solver's optimality
+        condition (True, the default), or unroll the iterations (False).
+      solve, jit, on_failure, backward_on_failure: see :class:`DifferentiableRun`.
     """
 
     maxiter: int = 500
     tol: float = 1e-3
-    implicit_diff: bool = True
-    solve: str | Callable | None = None
     unroll_checkpoint: bool = False
-    jit: bool = True
-    on_failure: str = dataclasses.field(default="auto", kw_only=True)
-    backward_on_failure: str = dataclasses.field(default="warn", kw_only=True)
 
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
@@ -519,7 +537,8 @@ class IterativeSolver(DifferentiableRun):
             raise ValueError(f"maxiter must be a positive int, got {self.maxiter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        check_failure_policies(type(self).__name__, self.on_failure, self.backward_on_failure)
+        if not isinstance(self.unroll_checkpoint, bool):
+            raise TypeError(f"unroll_checkpoint must be a bool, got {self.unroll_checkpoint!r}")
         super().__post_init__()
 
     # -- the loop ---------------------------------------------------------------------------

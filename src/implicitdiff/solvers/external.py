@@ -53,13 +53,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import linear_solve, optimality, projections, tree
+from implicitdiff import optimality, projections, tree
 from implicitdiff.solvers._base import (
     _COMPILE_CACHE_SIZE,
     _LRU,
     DifferentiableRun,
     _ArgsSplit,
-    check_failure_policies,
 )
 
 PyTree = Any
@@ -177,7 +176,12 @@ def _on_cpu(x: PyTree) -> PyTree:
     return jax.device_put(x, _cpu())
 
 
-def _check_callable(value: Any, name: str, owner: str) -> None:
+def _check_callable(value: Any, name: str, owner: str, method: Any = None) -> None:
+    if value is None and callable(method):
+        raise TypeError(
+            f"{owner}: {name} is missing and method is a function: the first positional argument "
+            f"is method (as in JAXopt); pass the function by keyword, {owner}({name}=...)"
+        )
     if not callable(value):
         raise TypeError(f"{owner}: {name} must be callable, got {value!r}")
 
@@ -263,31 +267,13 @@ _INFO_SHAPES = (
 class _HostWrapper(DifferentiableRun):
     """Base of the host wrappers: ``run`` = (jit ∘ custom_root/fixed_point)(``_solve``).
 
-    Attributes:
-      implicit_diff: attach the implicit derivative (True, the default). False returns a result
-        that cannot be differentiated (a host solve has no derivative of its own).
-      solve: the linear solver of the implicit derivative (see :func:`implicitdiff.custom_root`).
-      jit: compile ``run`` once per shape and dtype of the arguments (default True). Arrays and
-        numbers are traced; other arguments are compile-time constants and must be hashable.
-      on_failure, backward_on_failure: what ``run`` does when ``state.converged`` is False, and
-        when the linear system of the derivative fails: as for
-        :class:`implicitdiff.solvers.IterativeSolver` (defaults "auto" and "warn").
+    The settings ``implicit_diff``, ``solve``, ``jit``, ``on_failure`` and
+    ``backward_on_failure`` are those of :class:`DifferentiableRun` (keyword-only);
+    ``implicit_diff=False`` returns a result that cannot be differentiated (a host solve has no
+    derivative of its own).
     """
 
-    implicit_diff: bool = True
-    solve: str | Callable | None = None
-    jit: bool = True
-    on_failure: str = "auto"
-    backward_on_failure: str = "warn"
-
     def __post_init__(self):
-        owner = type(self).__name__
-        if not isinstance(self.implicit_diff, bool):
-            raise TypeError(f"{owner}: implicit_diff must be a bool, got {self.implicit_diff!r}")
-        if not isinstance(self.jit, bool):
-            raise TypeError(f"{owner}: jit must be a bool, got {self.jit!r}")
-        linear_solve.resolve(self.solve)  # an unknown name raises here, naming solve
-        check_failure_policies(owner, self.on_failure, self.backward_on_failure)
         super().__post_init__()
         # One host callable per problem structure, bounded as the compiled programs are.
         object.__setattr__(self, "_host_functions", _LRU(_COMPILE_CACHE_SIZE))
@@ -332,7 +318,7 @@ def _callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:
 # scipy.optimize.minimize.
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ScipyMinimize(_HostWrapper):
     """min_x fun(x, *args) by ``scipy.optimize.minimize``, differentiable, jittable, vmappable.
 
@@ -351,6 +337,9 @@ class ScipyMinimize(_HostWrapper):
     Attributes:
       fun: the objective fun(x, *args, **kwargs), a scalar; x a pytree of floating arrays.
       method: a method of ``scipy.optimize.minimize`` (default "L-BFGS-B"), or a callable.
+        As in JAXopt, ``method`` and ``dtype`` are the only positional arguments of the SciPy
+        wrappers: their function (``fun``, ``optimality_fun``, ``residual_fun``) and every
+        other option are passed by keyword.
       tol: SciPy's ``tol`` (default 1e-10: the derivative's error is proportional to the
         solution's, so solve tightly). For L-BFGS-B, SciPy makes it both ``gtol`` and ``ftol``;
         as ``ftol`` (stop when f decreases by less than ftol·max(|f|, 1) in a step) it leaves
@@ -369,20 +358,20 @@ class ScipyMinimize(_HostWrapper):
       >>> import jax.numpy as jnp
       >>> from implicitdiff.solvers.external import ScipyMinimize
       >>> f = lambda w, lam: jnp.sum((w - 1.0) ** 2) + lam * jnp.sum(w**2)
-      >>> w, state = ScipyMinimize(f).run(jnp.zeros(3), 1.0)  # w = 1 / (1 + lam)
+      >>> w, state = ScipyMinimize(fun=f).run(jnp.zeros(3), 1.0)  # w = 1 / (1 + lam)
     """
 
     fun: Callable | None = None
-    method: str | Callable = "L-BFGS-B"
+    method: str | Callable = dataclasses.field(default="L-BFGS-B", kw_only=False)
     tol: float = 1e-10
     options: Mapping | None = None
-    dtype: Any = None
+    dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
 
     def __post_init__(self):
         super().__post_init__()
         owner = type(self).__name__
-        _check_callable(self.fun, "fun", owner)
+        _check_callable(self.fun, "fun", owner, self.method)
         _check_method(self.method, self._methods(), owner, allow_callable=True)
         _check_common(self, owner)
         _scipy_optimize()
@@ -499,7 +488,7 @@ class ScipyMinimize(_HostWrapper):
         return params, self._state(params, tree.norm(grad), value, iter_num, status, success)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ScipyBoundedMinimize(ScipyMinimize):
     """min_x fun(x, *args) s.t. lower ≤ x ≤ upper, by ``scipy.optimize.minimize`` with bounds.
 
@@ -523,7 +512,7 @@ class ScipyBoundedMinimize(ScipyMinimize):
       >>> from implicitdiff.solvers.external import ScipyBoundedMinimize
       >>> f = lambda w, X, y: 0.5 * jnp.sum((X @ w - y) ** 2)  # NNLS
       >>> X, y = jnp.eye(3), jnp.array([1.0, -1.0, 2.0])
-      >>> w, state = ScipyBoundedMinimize(f).run(jnp.zeros(3), (0.0, jnp.inf), X, y)
+      >>> w, state = ScipyBoundedMinimize(fun=f).run(jnp.zeros(3), (0.0, jnp.inf), X, y)
     """
 
     @staticmethod
@@ -564,7 +553,7 @@ def _flat_output_fun(fun: Callable, key: tuple, unravel: Callable) -> Callable:
     return flat_fun
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ScipyRootFinding(_HostWrapper):
     """A root of F(x, *args) = 0 by ``scipy.optimize.root``, differentiable, jittable, vmappable.
 
@@ -584,20 +573,20 @@ class ScipyRootFinding(_HostWrapper):
       >>> import jax.numpy as jnp
       >>> from implicitdiff.solvers.external import ScipyRootFinding
       >>> F = lambda x, a: x**3 - a  # the cube root of a
-      >>> x, state = ScipyRootFinding(F).run(jnp.ones(2), jnp.array([8.0, 27.0]))
+      >>> x, state = ScipyRootFinding(optimality_fun=F).run(jnp.ones(2), jnp.array([8.0, 27.0]))
     """
 
     optimality_fun: Callable | None = None
-    method: str = "hybr"
+    method: str = dataclasses.field(default="hybr", kw_only=False)
     tol: float = 1e-10
     options: Mapping | None = None
-    dtype: Any = None
+    dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
 
     def __post_init__(self):
         super().__post_init__()
         owner = type(self).__name__
-        _check_callable(self.optimality_fun, "optimality_fun", owner)
+        _check_callable(self.optimality_fun, "optimality_fun", owner, self.method)
         _check_method(self.method, _ROOT_METHODS, owner, allow_callable=False)
         _check_common(self, owner)
         _scipy_optimize()
@@ -652,7 +641,7 @@ class ScipyRootFinding(_HostWrapper):
         return params, state
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ScipyLeastSquares(_HostWrapper):
     """min_x ½‖r(x, *args)‖² by ``scipy.optimize.least_squares``, differentiable and jittable.
 
@@ -681,20 +670,20 @@ class ScipyLeastSquares(_HostWrapper):
       >>> from implicitdiff.solvers.external import ScipyLeastSquares
       >>> r = lambda p, t, y: p[0] * jnp.exp(p[1] * t) - y  # an exponential fit
       >>> t = jnp.linspace(0.0, 1.0, 5)
-      >>> p, state = ScipyLeastSquares(r).run(jnp.ones(2), t, 2.0 * jnp.exp(-t))
+      >>> p, state = ScipyLeastSquares(residual_fun=r).run(jnp.ones(2), t, 2.0 * jnp.exp(-t))
     """
 
     residual_fun: Callable | None = None
-    method: str = "trf"
+    method: str = dataclasses.field(default="trf", kw_only=False)
     tol: float = 1e-12
     options: Mapping | None = None
-    dtype: Any = None
+    dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
 
     def __post_init__(self):
         super().__post_init__()
         owner = type(self).__name__
-        _check_callable(self.residual_fun, "residual_fun", owner)
+        _check_callable(self.residual_fun, "residual_fun", owner, self.method)
         _check_method(self.method, _LEAST_SQUARES_METHODS, owner, allow_callable=False)
         _check_common(self, owner)
         options = self.options or {}
@@ -762,7 +751,7 @@ class ScipyLeastSquares(_HostWrapper):
 # Any host solver.
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class HostSolver(_HostWrapper):
     """Any Python solver run on the host, made differentiable through its optimality condition.
 
@@ -813,8 +802,8 @@ class HostSolver(_HostWrapper):
       >>> dw_dlam = jax.jacobian(lambda lam: solver.run(jnp.zeros(3), lam, X, y).params)(1.0)
     """
 
-    solve_fn: Callable | None = None
-    optimality_fun: Callable | None = None
+    solve_fn: Callable | None = dataclasses.field(default=None, kw_only=False)
+    optimality_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     result_shape: Any = None
     kind: str = "root"
     tol: float = 1e-6

@@ -28,7 +28,7 @@ class GradientDescentState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class GradientDescent(IterativeSolver):
     """min_x fun(x, *args) by gradient descent: x ← x − η∇f(x, *args).
 
@@ -51,7 +51,7 @@ class GradientDescent(IterativeSolver):
       >>> w, state = GradientDescent(fun=f).run(jnp.zeros(3), 0.5)
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: float = 0.0
     increase_factor: float = 1.5
     tol: float = 1e-6

@@ -150,7 +150,7 @@ class LBFGSBState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class LBFGSB(IterativeSolver):
     """min_x fun(x, *args) subject to lower ≤ x ≤ upper, by projected L-BFGS.
 
@@ -195,7 +195,7 @@ class LBFGSB(IterativeSolver):
       >>> x, state = LBFGSB(fun=f).run(jnp.zeros(2), (0.0, 1.0), jnp.array([2.0, -1.0]))
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     history_size: int = 10
     maxiter: int = 500
     tol: float = 1e-6

@@ -81,7 +81,7 @@ class GaussNewtonState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class GaussNewton(IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Gauss–Newton: x ← x + d, (JᵀJ) d = −Jᵀr, J = ∂₁r(x, *args).
 
@@ -120,7 +120,7 @@ class GaussNewton(IterativeSolver):
       >>> p, state = GaussNewton(residual_fun=r).run(jnp.array([1.0, 0.0]), t, 2 * jnp.exp(-t))
     """
 
-    residual_fun: Callable | None = None
+    residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     solver: str | Callable = "auto"
     maxiter: int = 100
     tol: float = 1e-6
@@ -190,7 +190,7 @@ def _max_normal_diagonal(jvp: Callable, params: PyTree) -> jax.Array:
     return jnp.max(norms)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class LevenbergMarquardt(IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Levenberg–Marquardt: (JᵀJ + μI) d = −Jᵀr, J = ∂₁r(x, *args).
 
@@ -242,7 +242,7 @@ class LevenbergMarquardt(IterativeSolver):
       >>> p, state = LevenbergMarquardt(residual_fun=r).run(jnp.array([1.0, 1.0]), s, y)
     """
 
-    residual_fun: Callable | None = None
+    residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     damping_parameter: float = 1e-6
     solver: str | Callable = "auto"
     maxiter: int = 100

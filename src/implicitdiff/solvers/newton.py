@@ -84,7 +84,7 @@ def _truncated_cg(matvec: Callable, b: PyTree, rtol: jax.Array, maxiter: int):
     return d, rayleigh
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Newton(IterativeSolver):
     """min_x fun(x, *args) by damped Newton, matrix-free: x ← x + η d, (∇²f(x) + μI) d ≈ −∇f(x).
 
@@ -128,7 +128,7 @@ class Newton(IterativeSolver):
       >>> w, state = Newton(fun=f).run(jnp.zeros(2), X, y, 0.1)
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     maxiter: int = 50
     tol: float = 1e-6
     cg_tol: float | None = None
@@ -136,8 +136,6 @@ class Newton(IterativeSolver):
     maxls: int = 30
 
     def __post_init__(self):
-        if callable(self.maxiter) and self.fun is None:
-            raise TypeError("Newton: pass the objective by keyword, Newton(fun=...)")
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"Newton: fun must be callable, got {self.fun!r}")

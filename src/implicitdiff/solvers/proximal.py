@@ -127,11 +127,11 @@ class ProximalGradientState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class _ProximalGradientBase(IterativeSolver):
     """The proximal gradient loop, shared by ProximalGradient and ProjectedGradient."""
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: float = 0.0
     acceleration: bool = True
     increase_factor: float = 1.5
@@ -204,7 +204,7 @@ class _ProximalGradientBase(IterativeSolver):
         return OptStep(new_params, state)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ProximalGradient(_ProximalGradientBase):
     """min_x fun(x, *args) + g(x, hyperparams_prox) by proximal gradient (ISTA), or its
     accelerated form FISTA (Beck & Teboulle, 2009).
@@ -249,7 +249,7 @@ class ProximalGradient(_ProximalGradientBase):
       >>> w, state = ProximalGradient(fun=f, prox=prox.l1).run(jnp.zeros(2), 0.1, X, y)  # lasso
     """
 
-    prox: Callable = prox_operators.none
+    prox: Callable = dataclasses.field(default=prox_operators.none, kw_only=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -278,7 +278,7 @@ class ProximalGradient(_ProximalGradientBase):
         )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ProjectedGradient(_ProximalGradientBase):
     """min_{x ∈ C(hyperparams_proj)} fun(x, *args) by projected gradient, accelerated or not.
 
@@ -309,7 +309,7 @@ class ProjectedGradient(_ProximalGradientBase):
       >>> x, state = solver.run(jnp.zeros(2), None, A, b)
     """
 
-    projection: Callable | None = None
+    projection: Callable | None = dataclasses.field(default=None, kw_only=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -355,7 +355,7 @@ class MirrorDescentState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class MirrorDescent(IterativeSolver):
     """min_{x ∈ C} fun(x, *args) by mirror descent with a fixed step.
 
@@ -393,7 +393,7 @@ class MirrorDescent(IterativeSolver):
       >>> p, state = MirrorDescent(fun=f, stepsize=0.5).run(jnp.ones(3) / 3, None, jnp.arange(3.0))
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     projection: Callable | None = None
     mapping: Callable | None = None
     stepsize: float = 1.0
@@ -520,7 +520,7 @@ class BlockCoordinateDescentState(NamedTuple):
     predictions: Any = None
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class BlockCoordinateDescent(IterativeSolver):
     """min_x f(x, *args) + Σᵢ g(xᵢ, hyperparams_prox) by cyclic block coordinate descent.
 
@@ -598,8 +598,8 @@ class BlockCoordinateDescent(IterativeSolver):
       ... ).run(jnp.zeros(2), 0.1, X, y)
     """
 
-    fun: Callable | None = None
-    block_prox: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    block_prox: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: Any = 0.0
     maxiter: int = 500
     tol: float = 1e-6

@@ -154,7 +154,7 @@ class EqualityConstrainedQPState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class EqualityConstrainedQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. Ax = b by one solve of the KKT system.
 
@@ -191,8 +191,8 @@ class EqualityConstrainedQP(IterativeSolver):
       Array([0.5, 0.5], dtype=float32)
     """
 
-    matvec_Q: Callable | None = None
-    matvec_A: Callable | None = None
+    matvec_Q: Callable | None = dataclasses.field(default=None, kw_only=False)
+    matvec_A: Callable | None = dataclasses.field(default=None, kw_only=False)
     kkt_solve: str | Callable | None = None
     maxiter: int = 10
     tol: float = 1e-6
@@ -344,7 +344,7 @@ class BoxCDQPState(NamedTuple):
     quadratic: Any = None
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class BoxCDQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. l ≤ x ≤ u by cyclic coordinate descent.
 
@@ -491,7 +491,7 @@ class _Data(NamedTuple):
     n_eq: int
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class OSQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h by the ADMM of OSQP (Stellato et al., 2020).
 

@@ -53,11 +53,11 @@ def _error(grad: PyTree, dtype: Any) -> jax.Array:
     return jax.lax.stop_gradient(tree.norm(grad)).astype(dtype)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class _LineSearchSolver(IterativeSolver):
     """Options and the line-search step shared by LBFGS, BFGS and NonlinearCG."""
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     tol: float = 1e-6
     linesearch: str = "zoom"
     maxls: int = 30
@@ -67,8 +67,6 @@ class _LineSearchSolver(IterativeSolver):
 
     def __post_init__(self):
         name = type(self).__name__
-        if callable(self.maxiter) and self.fun is None:
-            raise TypeError(f"{name}: pass the objective by keyword, {name}(fun=...)")
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
@@ -232,7 +230,7 @@ def _pair_ok(s, y, sy, x, dtype):
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class LBFGS(_LineSearchSolver):
     """min_x fun(x, *args) by limited-memory BFGS: x ← x − η H ∇f(x), H from the last m steps.
 
@@ -396,7 +394,7 @@ class BfgsState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class BFGS(_LineSearchSolver):
     """min_x fun(x, *args) by BFGS: x ← x − η H ∇f(x), H a dense inverse-Hessian estimate.
 
@@ -515,7 +513,7 @@ class NonlinearCGState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class NonlinearCG(_LineSearchSolver):
     """min_x fun(x, *args) by nonlinear conjugate gradient: x ← x + η d, d ← −∇f(x₊) + β d.
 
