@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify, io_callback
 
-from implicitdiff import _checks, diagnostics, linear_solve, tree
+from implicitdiff import _checks, linear_solve, tree
 from implicitdiff.implicit import _POLICIES as _BACKWARD_POLICIES
 from implicitdiff.implicit import custom_fixed_point, custom_root
 
@@ -450,27 +450,6 @@ class DifferentiableRun(abc.ABC):
         handled by the solver's ``on_failure`` policy (see :class:`IterativeSolver`).
         """
         return _apply_failure_policy(self, self._run(init_params, *args, **kwargs))
-
-    def jacobian_error_bound(self, params: PyTree, *args, **options) -> Any:
-        """An estimate of the error of the implicit Jacobian at ``params`` (Theorem 1).
-
-        :func:`implicitdiff.diagnostics.jacobian_error_bound` on the solver's own condition:
-        F = the root condition, or T(x) − x for a fixed point, at ``params`` (as returned by
-        ``run``) and the arguments given to ``run`` after ``init_params`` (positional only).
-        ``options`` are that function's (``argnums``, ``iterations``, ...).
-        """
-        residual = getattr(self, "_diagnostic_residual", None)
-        if residual is None:  # built once, so that repeated calls reuse one compilation
-            kind, fun = self.optimality()
-            if kind == "root":
-                residual = fun
-            else:
-
-                def residual(x, *a):
-                    return tree.sub(fun(x, *a), x)
-
-            object.__setattr__(self, "_diagnostic_residual", residual)
-        return diagnostics.jacobian_error_bound(residual, params, *args, **options)
 
     def _run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
         """``run`` without the failure policy."""
