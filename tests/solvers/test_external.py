@@ -1,4 +1,4 @@
-"""Host solvers (SciPy, scikit-learn) wrapped by implicitdiff.solvers.external.
+"""Host solvers (SciPy, scikit-learn) wrapped by implicitdiff.solvers.scipy and .host.
 
 Each wrapper is checked against a reference solution (closed form, or SciPy called directly), its
 implicit derivative against a closed form or central finite differences of the host solution,
@@ -16,7 +16,7 @@ from helpers import assert_tree_allclose, finite_difference_jvp
 from sklearn.linear_model import Ridge
 
 from implicitdiff import optimality
-from implicitdiff.solvers.external import (
+from implicitdiff.solvers import (
     HostSolver,
     ScipyBoundedMinimize,
     ScipyLeastSquares,
@@ -430,3 +430,87 @@ def test_bounds_must_be_a_pair():
         solver.run(jnp.zeros(D), 0.0, X, Y)
     with pytest.raises(TypeError, match="a bound is None"):
         solver.run(jnp.zeros(D), (None, 1.0), X, Y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every argument of every host wrapper may be passed by keyword (issue 12, item 15).
+
+_Y_KW = jnp.array([1.0, -1.0, 2.0])
+_X_KW = 2.0 * jnp.eye(3)
+
+
+def _kw_objective(w, X, y):
+    return 0.5 * jnp.sum((X @ w - y) ** 2)
+
+
+def _kw_cube_root(x, theta):
+    return x**3 - theta
+
+
+def _kw_residual(p, y):
+    return p - y
+
+
+def _kw_host_solve(w0, X, y):
+    return np.linalg.solve(np.asarray(X), np.asarray(y))
+
+
+_KEYWORD_CASES = {
+    # name: (solver, positional args, keyword args, solution(y), ∂solution/∂y) with y = _Y_KW
+    "ScipyMinimize": (
+        ScipyMinimize(fun=_kw_objective, tol=1e-12),
+        lambda y: ((_X_KW, y), {"X": _X_KW, "y": y}),
+        lambda y: y / 2,
+        lambda y: 0.5 * jnp.eye(3),
+    ),
+    "ScipyBoundedMinimize": (
+        ScipyBoundedMinimize(fun=_kw_objective, tol=1e-12),
+        lambda y: (((0.0, jnp.inf), _X_KW, y), {"bounds": (0.0, jnp.inf), "X": _X_KW, "y": y}),
+        lambda y: jnp.maximum(y, 0.0) / 2,
+        lambda y: jnp.diag(jnp.where(y > 0, 0.5, 0.0)),
+    ),
+    "ScipyRootFinding": (
+        ScipyRootFinding(optimality_fun=_kw_cube_root, tol=1e-12),
+        lambda y: ((y + 2.0,), {"theta": y + 2.0}),
+        lambda y: jnp.cbrt(y + 2.0),
+        lambda y: jnp.diag(1.0 / (3.0 * jnp.cbrt(y + 2.0) ** 2)),
+    ),
+    "ScipyLeastSquares": (
+        ScipyLeastSquares(residual_fun=_kw_residual, tol=1e-12),
+        lambda y: ((y,), {"y": y}),
+        lambda y: y,
+        lambda y: jnp.eye(3),
+    ),
+    "HostSolver": (
+        HostSolver(_kw_host_solve, optimality.stationary(_kw_objective)),
+        lambda y: ((_X_KW, y), {"X": _X_KW, "y": y}),
+        lambda y: y / 2,
+        lambda y: 0.5 * jnp.eye(3),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KEYWORD_CASES))
+def test_host_wrapper_family_arguments_by_keyword(name):
+    """Each wrapper called with its arguments positionally, all by keyword (init_params too),
+    and mixed: the same solution and the same derivative, both against closed forms."""
+    solver, arguments, solution, jacobian = _KEYWORD_CASES[name]
+    init = jnp.ones(3)
+
+    def positional(y):
+        args, _ = arguments(y)
+        return solver.run(init, *args).params
+
+    def keyword(y):
+        _, kwargs = arguments(y)
+        return solver.run(init_params=init, **kwargs).params
+
+    def mixed(y):  # the first argument positionally, the rest by keyword
+        args, kwargs = arguments(y)
+        rest = dict(list(kwargs.items())[1:])
+        return solver.run(init, args[0], **rest).params
+
+    for call in (positional, keyword, mixed):
+        np.testing.assert_allclose(call(_Y_KW), solution(_Y_KW), rtol=1e-7, atol=1e-8)
+        jac = jax.jit(jax.jacobian(call))(_Y_KW)
+        np.testing.assert_allclose(jac, jacobian(_Y_KW), rtol=1e-6, atol=1e-8)

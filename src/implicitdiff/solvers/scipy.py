@@ -1,7 +1,7 @@
-"""Host solvers (SciPy, scikit-learn, cvxpy, any Python code), made differentiable and jittable.
+"""SciPy's solvers, made differentiable, jittable and vmappable.
 
-Each wrapper runs an existing solver on the host, outside XLA, through ``jax.pure_callback``,
-and attaches the derivative of its solution by the implicit function theorem
+Each wrapper runs a ``scipy.optimize`` solver on the host, outside XLA, through
+``jax.pure_callback``, and attaches the derivative of its solution by the implicit function theorem
 (:func:`implicitdiff.custom_root` / :func:`implicitdiff.custom_fixed_point`) on the optimality
 condition of the problem it solves, taken from :mod:`implicitdiff.optimality`:
 
@@ -12,23 +12,11 @@ wrapper                   host solver                           condition
 ``ScipyBoundedMinimize``  ``scipy.optimize.minimize``, bounds   ``projected_gradient(fun, box)``
 ``ScipyRootFinding``      ``scipy.optimize.root``               ``("root", optimality_fun)``
 ``ScipyLeastSquares``     ``scipy.optimize.least_squares``      ``least_squares(residual_fun)``
-``HostSolver``            any ``solve_fn(init_params, *args)``  the F or T you give
 ========================  ====================================  ================================
 
-Conventions (JAXopt's): ``solver.run(init_params, *args, **kwargs)`` returns
-``OptStep(params, state)``; the solution is differentiable with respect to every array in
-``args``/``kwargs`` (not ``init_params``). Unlike JAXopt's SciPy wrappers, ``run`` works under
-``jax.jit``, ``jax.vmap`` and their compositions with ``jax.grad``:
-
-- **jit**: the host solve is a ``pure_callback`` inside the compiled program; ``run`` itself is
-  compiled once per shape (``jit=True``, as for the iterative solvers).
-- **vmap**: the callback is batched with ``vmap_method="sequential"``: a batch of problems is
-  solved one problem after the other on the host (no parallelism, no batched host solve), each
-  with its own SciPy call, and the results are stacked.
-- **derivatives**: the host solver is never differentiated. The implicit derivative only
-  evaluates the optimality condition (in JAX, on the accelerator if there is one) at the
-  solution. With ``implicit_diff=False`` the result carries no derivative: differentiating it
-  raises JAX's error that pure callbacks have no JVP.
+``run`` works under ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (see
+:mod:`implicitdiff.solvers._host_call`); :class:`implicitdiff.solvers.host.HostSolver` wraps any
+other host solver given its optimality condition.
 
 Inside the callback, SciPy receives float vectors (the pytree ``params`` flattened by
 ``jax.flatten_util.ravel_pytree``, cast to ``dtype``, float64 by default) and calls back
@@ -46,273 +34,52 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from implicitdiff import optimality, projections, tree
-from implicitdiff.solvers._base import (
-    _COMPILE_CACHE_SIZE,
-    _LRU,
-    DifferentiableRun,
-    _ArgsSplit,
+from implicitdiff.solvers._base import _ArgsSplit
+from implicitdiff.solvers._host_call import (
+    _INFO_SHAPES,
+    _call_host,
+    _callback_args,
+    _check_callable,
+    _finite,
+    _flat_params,
+    _HostWrapper,
+    _on_cpu,
+    _shape_key,
+)
+from implicitdiff.solvers._scipy_common import (
+    _BOUNDED_METHODS,
+    _GRADIENT_FREE,
+    _LEAST_SQUARES_METHODS,
+    _MINIMIZE_METHODS,
+    _ROOT_METHODS,
+    _ROOT_USES_JAC,
+    _USES_HESS,
+    _USES_HESSP,
+    ScipyState,
+    _check_common,
+    _check_method,
+    _flat_bound,
+    _flat_output_fun,
+    _result_fields,
+    _scipy_optimize,
 )
 
 PyTree = Any
 
 __all__ = [
-    "HostSolver",
-    "HostSolverState",
     "ScipyBoundedMinimize",
     "ScipyLeastSquares",
     "ScipyMinimize",
     "ScipyRootFinding",
     "ScipyState",
 ]
-
-_MINIMIZE_METHODS = (
-    "nelder-mead",
-    "powell",
-    "cg",
-    "bfgs",
-    "newton-cg",
-    "l-bfgs-b",
-    "tnc",
-    "cobyla",
-    "cobyqa",
-    "slsqp",
-    "trust-constr",
-    "dogleg",
-    "trust-ncg",
-    "trust-exact",
-    "trust-krylov",
-)
-_BOUNDED_METHODS = (
-    "nelder-mead",
-    "powell",
-    "l-bfgs-b",
-    "tnc",
-    "cobyla",
-    "cobyqa",
-    "slsqp",
-    "trust-constr",
-)
-_GRADIENT_FREE = ("nelder-mead", "powell", "cobyla", "cobyqa")
-_USES_HESSP = ("newton-cg", "trust-ncg", "trust-krylov", "trust-constr")
-_USES_HESS = ("dogleg", "trust-exact")
-_ROOT_METHODS = (
-    "hybr",
-    "lm",
-    "broyden1",
-    "broyden2",
-    "anderson",
-    "linearmixing",
-    "diagbroyden",
-    "excitingmixing",
-    "krylov",
-    "df-sane",
-)
-_ROOT_USES_JAC = ("hybr", "lm")
-_LEAST_SQUARES_METHODS = ("trf", "dogbox", "lm")
-
-
-class ScipyState(NamedTuple):
-    """The state of a SciPy wrapper at the solution x.
-
-    Attributes:
-      iter_num: SciPy's ``nit``; where the method reports none (``root``'s hybr and lm,
-        ``least_squares``), its number of function evaluations ``nfev``; −1 if neither.
-      error: the norm of the wrapper's optimality residual at x, computed in JAX.
-      converged: SciPy's ``success``, a finite x and error, and error ≤ ``error_tol``.
-      status: SciPy's ``status`` code (its meaning depends on the method).
-      value: the objective at x: fun(x) (minimize), ½‖r(x)‖² (least squares) or ½‖F(x)‖²
-        (root finding).
-    """
-
-    iter_num: jax.Array
-    error: jax.Array
-    converged: jax.Array
-    status: jax.Array
-    value: jax.Array
-
-
-class HostSolverState(NamedTuple):
-    """The state of :class:`HostSolver` at the solution x.
-
-    Attributes:
-      iter_num: −1: a host solver reports no iteration count.
-      error: ‖F(x)‖ (kind "root") or ‖T(x) − x‖ (kind "fixed_point"), computed in JAX.
-      converged: a finite x and error, and error ≤ ``tol``.
-    """
-
-    iter_num: jax.Array
-    error: jax.Array
-    converged: jax.Array
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers.
-
-
-def _scipy_optimize():
-    try:
-        import scipy.optimize
-    except ImportError as err:  # scipy is an optional dependency of implicitdiff
-        raise ImportError(
-            "the SciPy wrappers of implicitdiff.solvers need SciPy: pip install scipy"
-        ) from err
-    return scipy.optimize
-
-
-def _cpu() -> jax.Device:
-    return jax.devices("cpu")[0]
-
-
-def _on_cpu(x: PyTree) -> PyTree:
-    """Host values as JAX arrays committed to the CPU: nested calls from a callback run there."""
-    return jax.device_put(x, _cpu())
-
-
-def _check_callable(value: Any, name: str, owner: str, method: Any = None) -> None:
-    if value is None and callable(method):
-        raise TypeError(
-            f"{owner}: {name} is missing and method is a function: the first positional argument "
-            f"is method (as in JAXopt); pass the function by keyword, {owner}({name}=...)"
-        )
-    if not callable(value):
-        raise TypeError(f"{owner}: {name} must be callable, got {value!r}")
-
-
-def _check_method(method: Any, known: tuple[str, ...], owner: str, allow_callable: bool) -> None:
-    if allow_callable and callable(method):
-        return
-    if not (isinstance(method, str) and method.lower() in known):
-        raise ValueError(
-            f"{owner}: unknown method {method!r}; use one of {', '.join(known)}"
-            + (" (or a callable, SciPy's custom method)" if allow_callable else "")
-        )
-
-
-def _check_common(solver: Any, owner: str) -> None:
-    if not (isinstance(solver.tol, (int, float)) and not isinstance(solver.tol, bool)):
-        raise TypeError(f"{owner}: tol must be a number, got {solver.tol!r}")
-    if not solver.tol >= 0:
-        raise ValueError(f"{owner}: tol must be ≥ 0, got {solver.tol!r}")
-    if solver.options is not None and not isinstance(solver.options, Mapping):
-        raise TypeError(f"{owner}: options must be a dict or None, got {solver.options!r}")
-    if solver.dtype is not None and not np.issubdtype(np.dtype(solver.dtype), np.floating):
-        raise TypeError(f"{owner}: dtype must be a floating dtype or None, got {solver.dtype!r}")
-    if not solver.error_tol >= 0:
-        raise ValueError(f"{owner}: error_tol must be ≥ 0, got {solver.error_tol!r}")
-
-
-def _flat_params(init_params: PyTree, owner: str) -> tuple[jax.Array, Callable]:
-    flat, unravel = ravel_pytree(init_params)
-    if not jnp.issubdtype(flat.dtype, jnp.floating):
-        raise TypeError(
-            f"{owner}: init_params must have real floating leaves (SciPy solves over ℝⁿ), got "
-            f"dtype {flat.dtype}"
-        )
-    return flat, unravel
-
-
-def _flat_bound(bound: Any, params: PyTree, dtype: Any) -> jax.Array:
-    """A bound (a pytree like params, or one scalar/array broadcast to every leaf), flattened."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    if jax.tree_util.tree_structure(bound) == treedef:
-        bound_leaves = jax.tree_util.tree_leaves(bound)
-    else:
-        bound_leaves = [bound] * len(leaves)
-    parts = [
-        jnp.broadcast_to(jnp.asarray(b, dtype), jnp.shape(p)).ravel()
-        for b, p in zip(bound_leaves, leaves, strict=True)
-    ]
-    return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
-
-
-def _shape_key(params: PyTree) -> tuple:
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    return (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
-
-
-def _finite(x: PyTree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(x)
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves] or [True]))
-
-
-def _result_fields(result: Any, count: str = "nit") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(iter_num, status, success) from a SciPy OptimizeResult, as fixed NumPy dtypes."""
-    iters = getattr(result, count, None)
-    if iters is None:
-        iters = getattr(result, "nfev", -1)
-    status = getattr(result, "status", 0)
-    return np.int32(iters), np.int32(status), np.bool_(result.success)
-
-
-_INFO_SHAPES = (
-    jax.ShapeDtypeStruct((), np.int32),
-    jax.ShapeDtypeStruct((), np.int32),
-    jax.ShapeDtypeStruct((), np.bool_),
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# The shared run: jit cache and implicit-diff wrapping (as IterativeSolver.run, minus the loop).
-
-
-@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class _HostWrapper(DifferentiableRun):
-    """Base of the host wrappers: ``run`` = (jit ∘ custom_root/fixed_point)(``_solve``).
-
-    The settings ``implicit_diff``, ``solve``, ``jit``, ``on_failure`` and
-    ``backward_on_failure`` are those of :class:`DifferentiableRun` (keyword-only);
-    ``implicit_diff=False`` returns a result that cannot be differentiated (a host solve has no
-    derivative of its own).
-    """
-
-    def __post_init__(self):
-        super().__post_init__()
-        # One host callable per problem structure, bounded as the compiled programs are.
-        object.__setattr__(self, "_host_functions", _LRU(_COMPILE_CACHE_SIZE))
-
-    def _host_function(self, key: Any, build: Callable[[], Callable]) -> Callable:
-        """The host callable for one problem structure, built (and its jits made) once."""
-        try:
-            function = self._host_functions.get(key)
-        except TypeError:  # an unhashable static argument: build afresh (jit=False only)
-            return build()
-        if function is None:
-            function = self._host_functions[key] = build()
-        return function
-
-
-def _call_host(solver: Any, kind: str, init_params: PyTree, args: tuple, kwargs: dict):
-    """Run ``solver._build_host``'s host function through ``jax.pure_callback`` (sequential
-    under vmap); returns (params, iter_num, status, success) as traced values."""
-    flat0, unravel = _flat_params(init_params, type(solver).__name__)
-    key, arrays = _callback_args(args, kwargs)
-    host = solver._host_function(
-        (kind, key, _shape_key(init_params)),
-        lambda: solver._build_host(key, unravel, flat0.dtype),
-    )
-    x, iter_num, status, success = jax.pure_callback(
-        host,
-        (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *_INFO_SHAPES),
-        flat0,
-        arrays,
-        vmap_method="sequential",
-    )
-    return unravel(x), iter_num, status, success
-
-
-def _callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:
-    """The static key of (args, kwargs) and their arrays (numbers made arrays), for a callback."""
-    split = _ArgsSplit(args, kwargs)
-    return split.key(), [jnp.asarray(a) for a in split.arrays]
-
 
 # ---------------------------------------------------------------------------------------------
 # scipy.optimize.minimize.
@@ -356,7 +123,7 @@ class ScipyMinimize(_HostWrapper):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from implicitdiff.solvers.external import ScipyMinimize
+      >>> from implicitdiff.solvers.scipy import ScipyMinimize
       >>> f = lambda w, lam: jnp.sum((w - 1.0) ** 2) + lam * jnp.sum(w**2)
       >>> w, state = ScipyMinimize(fun=f).run(jnp.zeros(3), 1.0)  # w = 1 / (1 + lam)
     """
@@ -509,7 +276,7 @@ class ScipyBoundedMinimize(ScipyMinimize):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from implicitdiff.solvers.external import ScipyBoundedMinimize
+      >>> from implicitdiff.solvers.scipy import ScipyBoundedMinimize
       >>> f = lambda w, X, y: 0.5 * jnp.sum((X @ w - y) ** 2)  # NNLS
       >>> X, y = jnp.eye(3), jnp.array([1.0, -1.0, 2.0])
       >>> w, state = ScipyBoundedMinimize(fun=f).run(jnp.zeros(3), (0.0, jnp.inf), X, y)
@@ -521,6 +288,11 @@ class ScipyBoundedMinimize(ScipyMinimize):
 
     def optimality(self) -> tuple[str, Callable]:
         return "fixed_point", optimality.projected_gradient(self.fun, projections.box)
+
+    def run(self, init_params: PyTree, bounds: Any, *args, **kwargs):
+        """Solve from ``init_params`` within ``bounds = (lower, upper)``; ``bounds`` may be given
+        by keyword (it is passed on positionally, where the optimality condition expects it)."""
+        return super().run(init_params, bounds, *args, **kwargs)
 
     def _solution(self, init_params, bounds, *args, **kwargs):
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
@@ -543,16 +315,6 @@ class ScipyBoundedMinimize(ScipyMinimize):
 # scipy.optimize.root and scipy.optimize.least_squares.
 
 
-def _flat_output_fun(fun: Callable, key: tuple, unravel: Callable) -> Callable:
-    """(x_flat, arrays) -> fun(unravel(x), *args, **kwargs) flattened to a vector."""
-
-    def flat_fun(x, arrays):
-        a, k = _ArgsSplit.merge(key, arrays)
-        return ravel_pytree(fun(unravel(x), *a, **k))[0]
-
-    return flat_fun
-
-
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ScipyRootFinding(_HostWrapper):
     """A root of F(x, *args) = 0 by ``scipy.optimize.root``, differentiable, jittable, vmappable.
@@ -571,7 +333,7 @@ class ScipyRootFinding(_HostWrapper):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from implicitdiff.solvers.external import ScipyRootFinding
+      >>> from implicitdiff.solvers.scipy import ScipyRootFinding
       >>> F = lambda x, a: x**3 - a  # the cube root of a
       >>> x, state = ScipyRootFinding(optimality_fun=F).run(jnp.ones(2), jnp.array([8.0, 27.0]))
     """
@@ -667,7 +429,7 @@ class ScipyLeastSquares(_HostWrapper):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from implicitdiff.solvers.external import ScipyLeastSquares
+      >>> from implicitdiff.solvers.scipy import ScipyLeastSquares
       >>> r = lambda p, t, y: p[0] * jnp.exp(p[1] * t) - y  # an exponential fit
       >>> t = jnp.linspace(0.0, 1.0, 5)
       >>> p, state = ScipyLeastSquares(residual_fun=r).run(jnp.ones(2), t, 2.0 * jnp.exp(-t))
@@ -743,139 +505,5 @@ class ScipyLeastSquares(_HostWrapper):
             converged=converged,
             status=status,
             value=(0.5 * tree.vdot(residuals, residuals)).astype(dtype),
-        )
-        return params, state
-
-
-# ---------------------------------------------------------------------------------------------
-# Any host solver.
-
-
-@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class HostSolver(_HostWrapper):
-    """Any Python solver run on the host, made differentiable through its optimality condition.
-
-    ``run(init_params, *args, **kwargs)`` calls ``solve_fn(init_params, *args, **kwargs)``
-    through ``jax.pure_callback``, with NumPy arrays in place of the arrays (and numbers) of
-    ``init_params``, ``args`` and ``kwargs``; other arguments (strings, callables, None, ...) are
-    passed as they are. ``solve_fn`` may run anything (a scikit-learn estimator's ``fit``, a
-    cvxpy problem, a C library) and returns the solution x as a pytree of array-likes. The
-    solution is differentiated through ``optimality_fun``: F(x, *args, **kwargs) = 0 for
-    ``kind="root"`` (:func:`implicitdiff.custom_root`), or the fixed point x = T(x, *args,
-    **kwargs) for ``kind="fixed_point"`` (:func:`implicitdiff.custom_fixed_point`); it must be
-    written in JAX and take the same arguments as ``run`` after ``init_params``.
-
-    The shape of the solution must be known before the host runs (XLA compiles the program
-    around the callback). It is given by ``result_shape``:
-
-    - None (the default): the solution has the structure, shapes and dtypes of ``init_params``;
-    - a pytree of ``jax.ShapeDtypeStruct`` (or of arrays, whose shapes and dtypes are taken);
-    - a callable ``result_shape(init_params, *args, **kwargs)`` returning such a pytree, for a
-      solution shaped by the data (called at trace time, on abstract values).
-
-    ``solve_fn``'s output is cast to those dtypes; a different structure or shape raises a
-    ``ValueError`` naming ``solve_fn`` inside the callback, which JAX re-raises as a
-    ``JaxRuntimeError`` whose message contains it. ``state.error`` = ‖F(x)‖ or ‖T(x) − x‖ in JAX;
-    ``state.converged`` = a finite error ≤ ``tol``. Under ``jax.vmap``, ``solve_fn`` is called
-    once per problem, sequentially.
-
-    Attributes:
-      solve_fn: ``solve_fn(init_params, *args, **kwargs) -> x``, on NumPy values.
-      optimality_fun: F (``kind="root"``) or T (``kind="fixed_point"``), a JAX function of
-        ``(x, *args, **kwargs)`` returning a pytree like x.
-      result_shape: the solution's structure, shapes and dtypes, see above.
-      kind: "root" (default) or "fixed_point".
-      tol: the error below which ``state.converged`` (default 1e-6); the host solver's own
-        tolerance is set in ``solve_fn`` (tight: the derivative's error is proportional to the
-        solution's).
-      implicit_diff, solve, jit: as for :class:`ScipyMinimize`.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, numpy as np
-      >>> from implicitdiff import optimality
-      >>> from implicitdiff.solvers.external import HostSolver
-      >>> f = lambda w, lam, X, y: 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * w @ w
-      >>> def ridge(w0, lam, X, y):  # any NumPy code, e.g. sklearn's Ridge(alpha=lam).fit
-      ...     return np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ y)
-      >>> solver = HostSolver(ridge, optimality.stationary(f))
-      >>> X, y = jnp.eye(4, 3) + 1.0, jnp.arange(4.0)
-      >>> dw_dlam = jax.jacobian(lambda lam: solver.run(jnp.zeros(3), lam, X, y).params)(1.0)
-    """
-
-    solve_fn: Callable | None = dataclasses.field(default=None, kw_only=False)
-    optimality_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
-    result_shape: Any = None
-    kind: str = "root"
-    tol: float = 1e-6
-
-    def __post_init__(self):
-        super().__post_init__()
-        owner = type(self).__name__
-        _check_callable(self.solve_fn, "solve_fn", owner)
-        _check_callable(self.optimality_fun, "optimality_fun", owner)
-        if self.kind not in ("root", "fixed_point"):
-            raise ValueError(f"{owner}: kind must be 'root' or 'fixed_point', got {self.kind!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise ValueError(f"{owner}: tol must be a number ≥ 0, got {self.tol!r}")
-
-    def optimality(self) -> tuple[str, Callable]:
-        return self.kind, self.optimality_fun
-
-    def _result_shape(self, init_params, args, kwargs) -> PyTree:
-        shape = self.result_shape
-        if shape is None:
-            shape = init_params
-        elif callable(shape):
-            shape = shape(init_params, *args, **kwargs)
-        return jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), shape
-        )
-
-    def _solution(self, init_params, *args, **kwargs):
-        expected = self._result_shape(init_params, args, kwargs)
-        expected_leaves, expected_tree = jax.tree_util.tree_flatten(expected)
-        init_leaves, init_tree = jax.tree_util.tree_flatten(init_params)
-        key, arrays = _callback_args(args, kwargs)
-        solve_fn = self.solve_fn
-        name = getattr(solve_fn, "__name__", type(solve_fn).__name__)
-
-        def host(init_leaves, arrays):
-            init = jax.tree_util.tree_unflatten(init_tree, [np.asarray(x) for x in init_leaves])
-            a, k = _ArgsSplit.merge(key, [np.asarray(x) for x in arrays])
-            out = solve_fn(init, *a, **k)
-            leaves, out_tree = jax.tree_util.tree_flatten(out)
-            if out_tree != expected_tree:
-                raise ValueError(
-                    f"HostSolver: solve_fn {name} returned a pytree of structure {out_tree}, "
-                    f"expected {expected_tree} (set result_shape if the solution is not shaped "
-                    "like init_params)"
-                )
-            results = []
-            for i, (leaf, spec) in enumerate(zip(leaves, expected_leaves, strict=True)):
-                leaf = np.asarray(leaf)
-                if leaf.shape != spec.shape:
-                    raise ValueError(
-                        f"HostSolver: solve_fn {name} returned leaf {i} of shape {leaf.shape}, "
-                        f"expected {spec.shape} (set result_shape if the solution is not shaped "
-                        "like init_params)"
-                    )
-                results.append(leaf.astype(spec.dtype))
-            return results
-
-        leaves = jax.pure_callback(
-            host,
-            expected_leaves,
-            [jnp.asarray(x) for x in init_leaves],
-            arrays,
-            vmap_method="sequential",
-        )
-        params = jax.tree_util.tree_unflatten(expected_tree, leaves)
-        value = self.optimality_fun(params, *args, **kwargs)
-        residual = value if self.kind == "root" else tree.sub(value, params)
-        dtype = tree.dtype(params)
-        error = tree.norm(residual).astype(dtype)
-        converged = _finite(params) & jnp.isfinite(error) & (error <= self.tol)
-        state = HostSolverState(
-            iter_num=jnp.asarray(-1, jnp.int32), error=error, converged=converged
         )
         return params, state
