@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 
 def is_traced(value: Any) -> bool:

@@ -24,8 +24,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = ["JacobianErrorBound", "jacobian_error_bound"]
 

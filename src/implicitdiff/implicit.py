@@ -34,8 +34,7 @@ from jax.experimental import io_callback
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve, tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "BackwardSolveError",

@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import projections, tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "binary_logistic_loss",

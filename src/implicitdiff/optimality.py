@@ -35,8 +35,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _checks, linear_solve, projections, tree
 from implicitdiff import prox as prox_operators
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "block_proximal_gradient",

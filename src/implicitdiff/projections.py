@@ -70,9 +70,8 @@ from implicitdiff._transport import (
     kl_transport_polytope,
     transport_polytope,
 )
+from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_root
-
-PyTree = Any
 
 __all__ = [
     "affine_set",

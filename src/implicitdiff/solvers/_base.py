@@ -36,10 +36,9 @@ import numpy as np
 from jax.experimental import checkify, io_callback
 
 from implicitdiff import _checks, linear_solve, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.implicit import _POLICIES as _BACKWARD_POLICIES
 from implicitdiff.implicit import custom_fixed_point, custom_root
-
-PyTree = Any
 
 __all__ = [
     "DifferentiableRun",

@@ -33,14 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import (
     _COMPILE_CACHE_SIZE,
     _LRU,
     DifferentiableRun,
     _ArgsSplit,
 )
-
-PyTree = Any
 
 __all__: list[str] = []
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from implicitdiff import tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 
 def backtracking(

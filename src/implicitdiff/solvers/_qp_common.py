@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import optimality, tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = ["KKTSolution", "qp_kkt"]
 

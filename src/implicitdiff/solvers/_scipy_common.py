@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import _ArgsSplit
-
-PyTree = Any
 
 __all__ = ["ScipyState"]
 

@@ -14,8 +14,6 @@ from implicitdiff import _checks, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import _check_pair, _clip, _dtype_of
 
-PyTree = Any
-
 __all__ = ["BoxCDQP", "BoxCDQPState"]
 
 

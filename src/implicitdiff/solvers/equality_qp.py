@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from implicitdiff import linear_solve, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
@@ -21,8 +22,6 @@ from implicitdiff.solvers._qp_common import (
     _inf_norm,
     qp_kkt,
 )
-
-PyTree = Any
 
 __all__ = ["EqualityConstrainedQP", "EqualityConstrainedQPState"]
 

@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _checks, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = [
     "AndersonAcceleration",

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from implicitdiff import _checks, optimality, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._linesearch import backtracking
 
-PyTree = Any
+__all__ = ["GradientDescent", "GradientDescentState"]
 
 
 class GradientDescentState(NamedTuple):

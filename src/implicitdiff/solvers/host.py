@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import _ArgsSplit
 from implicitdiff.solvers._host_call import _callback_args, _check_callable, _finite, _HostWrapper
-
-PyTree = Any
 
 __all__ = ["HostSolver", "HostSolverState"]
 

@@ -18,9 +18,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import optimality, projections, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = ["LBFGSB", "LBFGSBState"]
 

@@ -24,9 +24,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve, optimality, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = [
     "GaussNewton",

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
@@ -25,8 +26,6 @@ from implicitdiff.solvers._qp_common import (
     _transpose_products,
     qp_kkt,
 )
-
-PyTree = Any
 
 __all__ = ["OSQP", "OSQPState"]
 

@@ -26,9 +26,8 @@ import jax.numpy as jnp
 
 from implicitdiff import _checks, optimality, tree
 from implicitdiff import prox as prox_operators
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = [
     "BlockCoordinateDescent",

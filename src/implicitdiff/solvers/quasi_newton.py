@@ -22,10 +22,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _checks, optimality, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._linesearch import backtracking, zoom
-
-PyTree = Any
 
 __all__ = ["BFGS", "LBFGS", "NonlinearCG"]
 

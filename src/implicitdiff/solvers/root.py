@@ -21,9 +21,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep, Status
-
-PyTree = Any
 
 __all__ = ["Bisection", "BisectionState", "Broyden", "BroydenState"]
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import optimality, projections, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import _ArgsSplit
 from implicitdiff.solvers._host_call import (
     _INFO_SHAPES,
@@ -70,8 +71,6 @@ from implicitdiff.solvers._scipy_common import (
     _result_fields,
     _scipy_optimize,
 )
-
-PyTree = Any
 
 __all__ = [
     "ScipyBoundedMinimize",
