@@ -74,7 +74,8 @@ class HostSolver(_HostWrapper):
       tol: the error below which ``state.converged`` (default 1e-6); the host solver's own
         tolerance is set in ``solve_fn`` (tight: the derivative's error is proportional to the
         solution's).
-      implicit_diff, solve, jit: as for :class:`ScipyMinimize`.
+      implicit_diff, solve, jit, on_failure, backward_on_failure: see
+        :class:`implicitdiff.solvers._base.DifferentiableRun` (keyword-only).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np
