@@ -8,7 +8,7 @@ from helpers import assert_tree_allclose, compilations
 from sklearn.datasets import load_diabetes
 
 from implicitdiff.diagnostics import JacobianErrorBound, jacobian_error_bound
-from implicitdiff.solvers import GradientDescent
+from implicitdiff.solvers import FixedPointIteration, GradientDescent
 
 # Ridge regression on scikit-learn's diabetes data (442 × 10, the paper's example):
 # F(w, λ, y) = Xᵀ(Xw − y) + λw, A = XᵀX + λI (constant in w: γ = 0), B = ∂(λ, y)F = [w, −Xᵀ]
@@ -130,20 +130,42 @@ def test_far_from_a_root_the_estimate_gives_up():
     assert np.isinf(est.solution_error) and np.isinf(est.bound)
 
 
-def test_pytrees_argnums_and_solver_method():
-    # The same ridge problem with w split into a dict, through a solver's method.
+def test_pytrees_argnums_and_solver():
+    # The same ridge problem with w split into a dict, given the solver instead of F.
     def objective(w, lam, y):
         full = jnp.concatenate([w["a"], w["b"]])
         return 0.5 * jnp.sum((X @ full - y) ** 2) + 0.5 * lam * jnp.sum(full**2)
 
     solver = GradientDescent(fun=objective, tol=1e-3, maxiter=20_000)
     w, state = solver.run({"a": jnp.zeros(4), "b": jnp.zeros(6)}, LAM, Y)
-    est = solver.jacobian_error_bound(w, LAM, Y, argnums=0)
+    est = jacobian_error_bound(solver, w, LAM, Y, argnums=0)
     np.testing.assert_allclose(est.alpha, ALPHA, rtol=1e-8)
     np.testing.assert_allclose(est.residual, state.error, rtol=1e-6)
     w_flat = jnp.concatenate([w["a"], w["b"]])
     true_error = float(jnp.linalg.norm(jnp.linalg.solve(A, w_flat - W_STAR)))
     assert true_error <= float(est.bound) <= 100 * true_error
+
+
+def test_fixed_point_solver_gives_the_residual_of_its_map():
+    # x = T(x, λ, y) = x − η F(x, λ, y): the residual T(x) − x = −η F, so α is η α_F and the
+    # bound (a ratio of constants times ‖F‖/α) is that of F.
+    eta = 1.0 / float(jnp.linalg.eigvalsh(A)[-1])
+
+    def T(w, lam, y):
+        return w - eta * ridge_condition(w, lam, y)
+
+    solver = FixedPointIteration(T, tol=1e-8, maxiter=10)
+    w_hat = W_STAR + 1e-3
+    est = jacobian_error_bound(solver, w_hat, LAM, Y, argnums=0)
+    ref = jacobian_error_bound(ridge_condition, w_hat, LAM, Y, argnums=0)
+    np.testing.assert_allclose(est.alpha, eta * ALPHA, rtol=1e-8)
+    np.testing.assert_allclose(est.residual, eta * ref.residual, rtol=1e-8)
+    np.testing.assert_allclose(est.bound, ref.bound, rtol=1e-6)
+    # The same solver (or an equal one) reuses one residual function, hence one compilation.
+    equal = FixedPointIteration(T, tol=1e-8, maxiter=10)
+    assert equal == solver
+    again = jacobian_error_bound(equal, w_hat, LAM, Y, argnums=0)
+    np.testing.assert_allclose(again.bound, est.bound, rtol=1e-12)
 
 
 def test_bad_arguments_are_named():

@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff._args import is_traced
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 
 def nan_unless(valid: Any, leaf: Any) -> jax.Array:

@@ -18,9 +18,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from implicitdiff import _checks, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_root
-
-PyTree = Any
 
 __all__ = [
     "affine_set",

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = ["BilevelResult", "minimize"]
 

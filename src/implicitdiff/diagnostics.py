@@ -14,6 +14,7 @@ estimates every quantity on the right from F alone, matrix-free, at x̂.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -23,8 +24,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = ["JacobianErrorBound", "jacobian_error_bound"]
 
@@ -72,10 +72,12 @@ def jacobian_error_bound(
     """An estimate of the error ‖J(x̂) − ∂x*(θ)‖ of the implicit Jacobian computed at x̂.
 
     ``optimality_fun(x, *args)`` is F, zero at the solution x*(θ) (for a fixed point x = T(x, θ)
-    pass F = T(x, θ) − x); θ is the floating-point arrays (and Python floats) of the arguments
-    listed in ``argnums`` (default: every argument), flattened into one vector, and the
-    Jacobian J(x) = A(x)⁻¹B(x), A = −∂₁F, B = ∂₂F, is that of x with respect to θ. Norms are
-    Euclidean on the flattened x and θ, spectral on matrices. Returns a
+    pass F = T(x, θ) − x), or a solver of :mod:`implicitdiff.solvers`, whose own condition is
+    taken (its root condition, or T(x) − x for a fixed point) with x̂ its ``params`` and ``args``
+    the arguments given to its ``run`` after ``init_params``; θ is the floating-point arrays (and
+    Python floats) of the arguments listed in ``argnums`` (default: every argument), flattened
+    into one vector, and the Jacobian J(x) = A(x)⁻¹B(x), A = −∂₁F, B = ∂₂F, is that of x with
+    respect to θ. Norms are Euclidean on the flattened x and θ, spectral on matrices. Returns a
     :class:`JacobianErrorBound` with the bound of Theorem 1 of the paper,
 
         ‖J(x̂) − ∂x*(θ)‖ ≤ (β/α + γR/α²) ‖x̂ − x*‖,    ‖x̂ − x*‖ ≲ ‖F(x̂, θ)‖ / α,
@@ -104,7 +106,8 @@ def jacobian_error_bound(
     compilation per function and argument structure: a diagnostic, not for every step of a loop.
 
     Args:
-      optimality_fun: F(x, *args), a pytree shaped like x.
+      optimality_fun: F(x, *args), a pytree shaped like x; or a solver (anything with the
+        solvers' ``optimality()`` method returning ``("root", F)`` or ``("fixed_point", T)``).
       x_hat: the approximate solution x̂ (a pytree).
       *args: the arguments of F after x.
       argnums: which of ``args`` make θ (an int or a sequence of ints); default all. Integer
@@ -124,8 +127,10 @@ def jacobian_error_bound(
       >>> bool(est.bound >= 0)
       True
     """
+    if _is_solver(optimality_fun):
+        optimality_fun = _solver_residual(optimality_fun)
     if not callable(optimality_fun):
-        raise TypeError(f"optimality_fun must be callable, got {optimality_fun!r}")
+        raise TypeError(f"optimality_fun must be callable (F, or a solver), got {optimality_fun!r}")
     if not (isinstance(iterations, int) and iterations >= 1):
         raise ValueError(f"iterations must be a positive int, got {iterations!r}")
     if not (isinstance(dense_max_size, int) and dense_max_size >= 0):
@@ -172,6 +177,25 @@ def jacobian_error_bound(
     except TypeError:  # an unhashable constant argument: trace without the cache
         estimate = _estimate
     return estimate(optimality_fun, structure, options, x_hat, theta, constants)
+
+
+def _is_solver(value: Any) -> bool:
+    """A solver of :mod:`implicitdiff.solvers` (duck-typed: this module sits below them)."""
+    return callable(getattr(value, "optimality", None)) and callable(getattr(value, "run", None))
+
+
+@functools.lru_cache(maxsize=32)
+def _solver_residual(solver: Any) -> Callable:
+    """The solver's condition as a root F (T(x) − x for a fixed point), one function per solver
+    (solvers are frozen and hashed on their fields), so repeated calls reuse one compilation."""
+    kind, fun = solver.optimality()
+    if kind == "root":
+        return fun
+
+    def residual(x, *args):
+        return jax.tree_util.tree_map(jnp.subtract, fun(x, *args), x)
+
+    return residual
 
 
 def _leaf_positions(args: tuple) -> list[int]:

@@ -31,15 +31,13 @@ from jax.flatten_util import ravel_pytree
 from implicitdiff import _checks, tree
 from implicitdiff._args import ArgsSplit, is_dynamic
 from implicitdiff._backward_check import (
-    POLICIES,
     BackwardSolveError,
     BackwardSolveWarning,
     check_same_structure,
     checked_solve,
 )
 from implicitdiff._condition import is_symmetric
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "BackwardSolveError",
@@ -49,8 +47,6 @@ __all__ = [
     "root_jvp",
     "root_vjp",
 ]
-
-_POLICIES = POLICIES  # the backward policies, for the solvers' option check
 
 
 def _is_inexact(leaf: Any) -> bool:

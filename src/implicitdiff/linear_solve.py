@@ -48,8 +48,8 @@ import jax.scipy.sparse.linalg as jsp_sparse
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import tree
+from implicitdiff._typing import PyTree
 
-PyTree = Any
 Matvec = Callable[[PyTree], PyTree]
 
 __all__ = [

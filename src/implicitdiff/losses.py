@@ -34,8 +34,7 @@ import numpy as np
 
 from implicitdiff import _projection_ops as projections
 from implicitdiff import tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "binary_logistic_loss",

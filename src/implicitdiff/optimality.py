@@ -38,8 +38,7 @@ from implicitdiff import _checks, linear_solve, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 from implicitdiff._condition import Condition
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "block_proximal_gradient",

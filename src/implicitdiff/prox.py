@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import _checks, tree
+from implicitdiff._typing import PyTree
 
-PyTree = Any
 ProxFn = Callable[..., PyTree]
 
 __all__ = [

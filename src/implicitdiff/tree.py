@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "add",

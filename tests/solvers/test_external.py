@@ -1,4 +1,4 @@
-"""Host solvers (SciPy, scikit-learn) wrapped by implicitdiff.solvers.external.
+"""Host solvers (SciPy, scikit-learn) wrapped by implicitdiff.solvers.scipy and .host.
 
 Each wrapper is checked against a reference solution (closed form, or SciPy called directly), its
 implicit derivative against a closed form or central finite differences of the host solution,
@@ -18,7 +18,7 @@ from problems import ridge_solution as ridge_closed_form
 from sklearn.linear_model import Ridge
 
 from implicitdiff import optimality
-from implicitdiff.solvers.external import (
+from implicitdiff.solvers import (
     HostSolver,
     ScipyBoundedMinimize,
     ScipyLeastSquares,
@@ -56,7 +56,7 @@ def ridge_reference(lam, y=Y_NP):
 def test_minimize_ridge_solution_and_state(method):
     """Every kind of method: gradient-based, with a Hessian-vector product, with a Hessian, and
     gradient-free (the derivative does not depend on the method: see the next test)."""
-    solver = ScipyMinimize(ridge_objective, method=method)
+    solver = ScipyMinimize(fun=ridge_objective, method=method)
     lam = jnp.asarray(0.7)
     w, state = solver.run(jnp.zeros(D), lam, X, Y)
 
@@ -73,7 +73,7 @@ def test_minimize_ridge_solution_and_state(method):
 
 
 def test_minimize_gradients_equal_the_ridge_closed_form():
-    solver = ScipyMinimize(ridge_objective)  # L-BFGS-B
+    solver = ScipyMinimize(fun=ridge_objective)  # L-BFGS-B
 
     def through_solver(lam, X, y):
         return outer_loss(solver.run(jnp.zeros(D), lam, X, y).params)
@@ -82,7 +82,7 @@ def test_minimize_gradients_equal_the_ridge_closed_form():
     assert_tree_allclose(got, closed_form_grads(0.7, X, Y), rtol=1e-6, atol=1e-9)
 
     # jit=False runs the same solve eagerly (numbers in args made arrays for the callback).
-    eager = ScipyMinimize(ridge_objective, jit=False).run(jnp.zeros(D), 0.7, X, Y)
+    eager = ScipyMinimize(fun=ridge_objective, jit=False).run(jnp.zeros(D), 0.7, X, Y)
     assert_tree_allclose(eager, solver.run(jnp.zeros(D), 0.7, X, Y), rtol=1e-12)
 
 
@@ -99,7 +99,7 @@ def test_minimize_pytree_params_and_keyword_args():
         z = jnp.linalg.solve(A.T @ A + penalty, A.T @ y)
         return {"b": z[-1], "w": z[:-1]}
 
-    solver = ScipyMinimize(objective, method="BFGS")
+    solver = ScipyMinimize(fun=objective, method="BFGS")
     init = {"b": jnp.asarray(0.0), "w": jnp.zeros(D)}
     y = jnp.asarray(Y_NP + 2.0)
     params, state = solver.run(init, 0.3, X=X, y=y)
@@ -131,7 +131,7 @@ def _sklearn_ridge(w0, alpha, X, y):
 
 def _wrapped_solvers():
     return {
-        "ScipyMinimize": ScipyMinimize(ridge_objective, method="BFGS"),
+        "ScipyMinimize": ScipyMinimize(fun=ridge_objective, method="BFGS"),
         "HostSolver": HostSolver(_sklearn_ridge, optimality.stationary(ridge_objective)),
     }
 
@@ -163,7 +163,7 @@ def test_jit_vmap_grad_equals_closed_form_per_example(name):
 
 
 def test_implicit_diff_false_solves_but_has_no_derivative():
-    solver = ScipyMinimize(ridge_objective, method="BFGS", implicit_diff=False)
+    solver = ScipyMinimize(fun=ridge_objective, method="BFGS", implicit_diff=False)
     w, _ = solver.run(jnp.zeros(D), 0.7, X, Y)
     np.testing.assert_allclose(w, ridge_reference(0.7), rtol=1e-8)
     with pytest.raises(ValueError, match="Pure callbacks do not support JVP"):
@@ -188,7 +188,7 @@ def _least_squares_objective(w, X, y):
 def test_bounded_minimize_active_bounds_solution_and_derivatives():
     X_np, y_np, upper_np = _box_least_squares_data()
     X, y, upper = jnp.asarray(X_np), jnp.asarray(y_np), jnp.asarray(upper_np)
-    solver = ScipyBoundedMinimize(_least_squares_objective)
+    solver = ScipyBoundedMinimize(fun=_least_squares_objective)
     w, state = solver.run(jnp.zeros(D), (0.0, upper), X, y)
 
     reference = scipy.optimize.lsq_linear(X_np, y_np, bounds=(0.0, upper_np), tol=1e-14).x
@@ -258,7 +258,7 @@ def _system_np(x, theta):
 def test_root_finding_solution_and_derivative(method):
     theta_np = np.asarray([0.7, 0.3, 0.5])
     theta = jnp.asarray(theta_np)
-    solver = ScipyRootFinding(_system, method=method)
+    solver = ScipyRootFinding(optimality_fun=_system, method=method)
     x, state = solver.run(jnp.zeros(2), theta)
 
     reference = scipy.optimize.fsolve(lambda x: _system_np(x, theta_np), np.zeros(2), xtol=1e-13)
@@ -294,7 +294,7 @@ def test_least_squares_exponential_fit_derivative_vs_finite_differences(method):
     t_np = np.linspace(0.0, 2.0, 8)
     y_np = 2.0 * np.exp(-0.7 * t_np) + 0.05 * rng.normal(size=8)
     t, y = jnp.asarray(t_np), jnp.asarray(y_np)
-    solver = ScipyLeastSquares(_exponential_residual, method=method, tol=1e-14)
+    solver = ScipyLeastSquares(residual_fun=_exponential_residual, method=method, tol=1e-14)
     p, state = solver.run(jnp.asarray([1.0, 0.0]), t, y)
 
     def residual_np(p):
@@ -389,16 +389,16 @@ def test_host_solver_result_shape_from_the_data():
         (lambda: ScipyRootFinding(optimality_fun="F"), TypeError, "optimality_fun"),
         (lambda: ScipyLeastSquares(residual_fun=1), TypeError, "residual_fun"),
         (lambda: HostSolver(solve_fn=None, optimality_fun=abs), TypeError, "solve_fn"),
-        (lambda: ScipyMinimize(ridge_objective, method="L-BFGS"), ValueError, "'L-BFGS'"),
-        (lambda: ScipyBoundedMinimize(ridge_objective, method="BFGS"), ValueError, "'BFGS'"),
-        (lambda: ScipyRootFinding(_system, method="newton"), ValueError, "'newton'"),
-        (lambda: ScipyLeastSquares(_system, method="cg"), ValueError, "'cg'"),
-        (lambda: ScipyMinimize(ridge_objective, tol=-1.0), ValueError, "tol"),
-        (lambda: ScipyMinimize(ridge_objective, options=[1]), TypeError, "options"),
-        (lambda: ScipyMinimize(ridge_objective, dtype=np.int32), TypeError, "dtype"),
-        (lambda: ScipyMinimize(ridge_objective, solve="qr"), ValueError, "solve"),
+        (lambda: ScipyMinimize(fun=ridge_objective, method="L-BFGS"), ValueError, "'L-BFGS'"),
+        (lambda: ScipyBoundedMinimize(fun=ridge_objective, method="BFGS"), ValueError, "'BFGS'"),
+        (lambda: ScipyRootFinding(optimality_fun=_system, method="newton"), ValueError, "'newton'"),
+        (lambda: ScipyLeastSquares(residual_fun=_system, method="cg"), ValueError, "'cg'"),
+        (lambda: ScipyMinimize(fun=ridge_objective, tol=-1.0), ValueError, "tol"),
+        (lambda: ScipyMinimize(fun=ridge_objective, options=[1]), TypeError, "options"),
+        (lambda: ScipyMinimize(fun=ridge_objective, dtype=np.int32), TypeError, "dtype"),
+        (lambda: ScipyMinimize(fun=ridge_objective, solve="qr"), ValueError, "solve"),
         (
-            lambda: ScipyLeastSquares(_system, options={"loss": "huber"}),
+            lambda: ScipyLeastSquares(residual_fun=_system, options={"loss": "huber"}),
             ValueError,
             "loss",
         ),
@@ -422,8 +422,92 @@ def test_host_solver_wrong_output_shape_is_a_clear_error():
 
 
 def test_bounds_must_be_a_pair():
-    solver = ScipyBoundedMinimize(_least_squares_objective, jit=False)
+    solver = ScipyBoundedMinimize(fun=_least_squares_objective, jit=False)
     with pytest.raises(TypeError, match="bounds must be a pair"):
         solver.run(jnp.zeros(D), 0.0, X, Y)
     with pytest.raises(TypeError, match="a bound is None"):
         solver.run(jnp.zeros(D), (None, 1.0), X, Y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every argument of every host wrapper may be passed by keyword (issue 12, item 15).
+
+_Y_KW = jnp.array([1.0, -1.0, 2.0])
+_X_KW = 2.0 * jnp.eye(3)
+
+
+def _kw_objective(w, X, y):
+    return 0.5 * jnp.sum((X @ w - y) ** 2)
+
+
+def _kw_cube_root(x, theta):
+    return x**3 - theta
+
+
+def _kw_residual(p, y):
+    return p - y
+
+
+def _kw_host_solve(w0, X, y):
+    return np.linalg.solve(np.asarray(X), np.asarray(y))
+
+
+_KEYWORD_CASES = {
+    # name: (solver, positional args, keyword args, solution(y), ∂solution/∂y) with y = _Y_KW
+    "ScipyMinimize": (
+        ScipyMinimize(fun=_kw_objective, tol=1e-12),
+        lambda y: ((_X_KW, y), {"X": _X_KW, "y": y}),
+        lambda y: y / 2,
+        lambda y: 0.5 * jnp.eye(3),
+    ),
+    "ScipyBoundedMinimize": (
+        ScipyBoundedMinimize(fun=_kw_objective, tol=1e-12),
+        lambda y: (((0.0, jnp.inf), _X_KW, y), {"bounds": (0.0, jnp.inf), "X": _X_KW, "y": y}),
+        lambda y: jnp.maximum(y, 0.0) / 2,
+        lambda y: jnp.diag(jnp.where(y > 0, 0.5, 0.0)),
+    ),
+    "ScipyRootFinding": (
+        ScipyRootFinding(optimality_fun=_kw_cube_root, tol=1e-12),
+        lambda y: ((y + 2.0,), {"theta": y + 2.0}),
+        lambda y: jnp.cbrt(y + 2.0),
+        lambda y: jnp.diag(1.0 / (3.0 * jnp.cbrt(y + 2.0) ** 2)),
+    ),
+    "ScipyLeastSquares": (
+        ScipyLeastSquares(residual_fun=_kw_residual, tol=1e-12),
+        lambda y: ((y,), {"y": y}),
+        lambda y: y,
+        lambda y: jnp.eye(3),
+    ),
+    "HostSolver": (
+        HostSolver(_kw_host_solve, optimality.stationary(_kw_objective)),
+        lambda y: ((_X_KW, y), {"X": _X_KW, "y": y}),
+        lambda y: y / 2,
+        lambda y: 0.5 * jnp.eye(3),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KEYWORD_CASES))
+def test_host_wrapper_family_arguments_by_keyword(name):
+    """Each wrapper called with its arguments positionally, all by keyword (init_params too),
+    and mixed: the same solution and the same derivative, both against closed forms."""
+    solver, arguments, solution, jacobian = _KEYWORD_CASES[name]
+    init = jnp.ones(3)
+
+    def positional(y):
+        args, _ = arguments(y)
+        return solver.run(init, *args).params
+
+    def keyword(y):
+        _, kwargs = arguments(y)
+        return solver.run(init_params=init, **kwargs).params
+
+    def mixed(y):  # the first argument positionally, the rest by keyword
+        args, kwargs = arguments(y)
+        rest = dict(list(kwargs.items())[1:])
+        return solver.run(init, args[0], **rest).params
+
+    for call in (positional, keyword, mixed):
+        np.testing.assert_allclose(call(_Y_KW), solution(_Y_KW), rtol=1e-7, atol=1e-8)
+        jac = jax.jit(jax.jacobian(call))(_Y_KW)
+        np.testing.assert_allclose(jac, jacobian(_Y_KW), rtol=1e-6, atol=1e-8)

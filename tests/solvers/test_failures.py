@@ -1,6 +1,7 @@
 """Solver failures: state.converged / state.status for each failure, and the on_failure policies
 (eagerly, under jit, vmap and grad), including "raise" through jax.experimental.checkify."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -119,7 +120,8 @@ def test_qp_infeasibility_statuses():
     )
     _, state = solver.run(None, *lp)
     assert int(state.status) == Status.DUAL_INFEASIBLE and not bool(state.converged)
-    solver.on_failure = "auto"  # the policy acts outside the compiled program: no recompilation
+    # The policy acts outside the compiled program: the new solver reuses the compilation.
+    solver = dataclasses.replace(solver, on_failure="auto")
     with compilations() as compiled, pytest.warns(SolverWarning, match="DUAL_INFEASIBLE"):
         solver.run(None, *lp)
     assert compiled == []
@@ -165,19 +167,19 @@ def test_eager_policies(jit=True):
     short, long = _gd("auto", jit=jit), _gd("auto", maxiter=1000, jit=jit)
     with pytest.warns(SolverWarning, match=r"status 1 \(MAX_ITERATIONS\).*after 2 iterations"):
         short.run(jnp.zeros(3), 0.3, X, Y)
-    short.on_failure = "warn"
+    short = dataclasses.replace(short, on_failure="warn")
     with pytest.warns(SolverWarning, match="did not converge"):
         short.run(jnp.zeros(3), 0.3, X, Y)
-    short.on_failure = "raise"
+    short = dataclasses.replace(short, on_failure="raise")
     with pytest.raises(SolverError, match=r"GradientDescent\.run did not converge"):
         short.run(jnp.zeros(3), 0.3, X, Y)
     context = _quiet()
     try:
-        short.on_failure = "ignore"
+        short = dataclasses.replace(short, on_failure="ignore")
         _, state = short.run(jnp.zeros(3), 0.3, X, Y)
         assert not bool(state.converged)
         for policy in ("auto", "warn", "raise", "ignore"):  # converged runs are quiet
-            long.on_failure = policy
+            long = dataclasses.replace(long, on_failure=policy)
             _, state = long.run(jnp.zeros(3), 0.3, X, Y)
             assert bool(state.converged)
     finally:
@@ -188,7 +190,7 @@ def test_eager_policies_without_jit():
     solver = _gd("raise", jit=False)
     with pytest.raises(SolverError, match="MAX_ITERATIONS"):
         solver.run(jnp.zeros(3), 0.3, X, Y)
-    solver.on_failure = "auto"
+    solver = dataclasses.replace(solver, on_failure="auto")
     with pytest.warns(SolverWarning, match="MAX_ITERATIONS"):
         solver.run(jnp.zeros(3), 0.3, X, Y)
 

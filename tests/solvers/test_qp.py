@@ -12,7 +12,7 @@ import pytest
 import scipy.optimize
 from helpers import assert_tree_allclose, compilations, finite_difference_jvp, random_tangent
 
-from implicitdiff.solvers.qp import OSQP, BoxCDQP, EqualityConstrainedQP, KKTSolution
+from implicitdiff.solvers import OSQP, BoxCDQP, EqualityConstrainedQP, KKTSolution
 
 
 def spd(rng, n):

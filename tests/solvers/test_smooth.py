@@ -339,6 +339,10 @@ def test_bad_options_raise_naming_the_option(cls, options, option):
 
 
 @pytest.mark.parametrize("cls", [LBFGS, BFGS, NonlinearCG, Newton])
-def test_objective_given_positionally_is_refused_clearly(cls):
-    with pytest.raises(TypeError, match="fun="):
-        cls(rosenbrock)
+def test_objective_given_positionally_sets_fun(cls):
+    # As in JAXopt: the objective is the first positional argument; the settings that follow
+    # are keyword-only, so passing one positionally is a TypeError, not a silent other field.
+    assert cls(rosenbrock) == cls(fun=rosenbrock)
+    assert cls(rosenbrock).fun is rosenbrock
+    with pytest.raises(TypeError, match="positional"):
+        cls(rosenbrock, 100)

@@ -72,7 +72,7 @@ def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arra
     """Projection onto the polyhedron {y: A y = b, G y ≤ h}.
 
     p = argmin_y ½‖y − x‖² s.t. A y = b, G y ≤ h: the QP with Q = I, c = −x, solved by
-    :class:`implicitdiff.solvers.qp.OSQP` (tol 1e-10 in float64, 1e-5 in float32, with solution
+    :class:`implicitdiff.solvers.osqp.OSQP` (tol 1e-10 in float64, 1e-5 in float32, with solution
     polishing: exact to rounding when the active constraints are linearly independent). It is
     differentiated implicitly through the KKT conditions, with respect to x, A, b, G and h,
     wherever the active set is locally constant (strict complementarity); there the Jacobian in x

@@ -21,6 +21,7 @@ solver's ``on_failure`` policy (see :class:`IterativeSolver`), applied by ``run`
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import enum
 import os
@@ -34,12 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify, io_callback
 
-from implicitdiff import _checks, _loop, diagnostics, tree
+from implicitdiff import _checks, _loop, linear_solve, tree
 from implicitdiff._args import ArgsSplit, is_traced
-from implicitdiff.implicit import _POLICIES as _BACKWARD_POLICIES
+from implicitdiff._backward_check import POLICIES as _BACKWARD_POLICIES
+from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_fixed_point, custom_root
-
-PyTree = Any
 
 __all__ = [
     "DifferentiableRun",
@@ -235,13 +235,169 @@ def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
     return step
 
 
+COMPILE_CACHE_SIZE = 32
+"""The most compiled ``run`` programs kept (all solvers together); the least recently used goes.
+
+Keys are (the solver's fields but ``on_failure``, the static part of the arguments), so equal
+solvers share a compilation and a program can never outlive the settings it was built from."""
+
+
+class LRU(collections.OrderedDict):
+    """A dict holding at most ``maxsize`` items: reading an item renews it, writing one past the
+    bound drops the least recently used."""
+
+    def __init__(self, maxsize: int):
+        super().__init__()
+        self.maxsize = maxsize
+
+    def get(self, key, default=None):
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+
+#: The compiled ``run`` programs of every solver (see :data:`COMPILE_CACHE_SIZE`).
+_COMPILED = LRU(COMPILE_CACHE_SIZE)
+
+
+class _CompiledView:
+    """``solver._compiled``: the solver's entries of the shared cache :data:`_COMPILED`, read and
+    written by the static key of the arguments alone."""
+
+    def __init__(self, solver: Any):
+        self._prefix = solver._compile_key()
+
+    def get(self, key, default=None):
+        return _COMPILED.get((self._prefix, key), default)
+
+    def __setitem__(self, key, value):
+        _COMPILED[(self._prefix, key)] = value
+
+    def __len__(self) -> int:
+        return sum(1 for prefix, _ in _COMPILED if prefix == self._prefix)
+
+
+class _Unhashable:
+    """Stands for a field value that cannot be hashed (an array, ...): equal only to itself."""
+
+    __slots__ = ("ident",)
+
+    def __init__(self, value: Any):
+        self.ident = id(value)
+
+    def __eq__(self, other):
+        return isinstance(other, _Unhashable) and other.ident == self.ident
+
+    def __hash__(self):
+        return hash(self.ident)
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a field value: the value if hashable, dicts and sequences by their
+    frozen items, anything else (an array) by identity."""
+    try:
+        hash(value)
+    except TypeError:
+        pass
+    else:
+        return value
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return (dict, tuple((k, _freeze(v)) for k, v in items))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_freeze(v) for v in value))
+    return _Unhashable(value)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class DifferentiableRun(abc.ABC):
     """``run`` for every solver: ``self._solution`` wrapped for implicit differentiation, jitted.
 
-    A subclass provides ``_solution(init_params, *args, **kwargs) -> (params, state)`` and
-    ``optimality() -> ("root", F) | ("fixed_point", T)``, and has the attributes
-    ``implicit_diff``, ``solve`` and ``jit``; ``__post_init__`` must set ``self._compiled = {}``.
+    Solvers are frozen dataclasses: set once at construction, changed by
+    ``dataclasses.replace(solver, maxiter=...)`` (a new solver), compared and hashed on their
+    fields. A subclass provides ``_solution(init_params, *args, **kwargs) -> (params, state)``
+    and ``optimality() -> ("root", F) | ("fixed_point", T)``, and sets any derived attribute of
+    its own in ``__post_init__`` with ``object.__setattr__``.
+
+    The differentiation settings below are shared by every solver (one definition, JAXopt's
+    names where JAXopt has them) and keyword-only:
+
+    Attributes:
+      implicit_diff: differentiate the solution implicitly through the solver's optimality
+        condition (True, the default); what False means is the solver's (an iterative solver
+        unrolls its iterations, a host solver returns a result without derivative).
+      solve: the linear solver of the implicit derivative (see :func:`implicitdiff.custom_root`).
+      jit: compile ``run`` (the default), once per shape and dtype of the arguments. Arrays and
+        numbers are traced as ``jax.jit`` traces them; other arguments (strings, callables,
+        ...) are compile-time constants: they must be hashable, and a new value recompiles.
+      on_failure: what ``run`` does when the run did not converge (``state.converged`` False,
+        whatever the cause: see :class:`Status`).
+
+        - ``"auto"`` (the default): a :class:`SolverWarning` when ``run`` is called outside any
+          JAX transformation (the check reads one boolean back from the device after the
+          compiled solve: no host callback in the compiled program); inside ``jit``, ``vmap``,
+          ``grad``... only the flag in the state, so that the user's compiled program keeps
+          JAX's fast dispatch.
+        - ``"ignore"``: only the flag in the state.
+        - ``"warn"``: a :class:`SolverWarning` in every context; inside a transformation it
+          comes from a host callback (``io_callback``), which costs about 0.1–0.2 ms per call of
+          the compiled program (it disables JAX's C++ fast dispatch).
+        - ``"raise"``: outside a transformation, a :class:`SolverError`. Inside one, a
+          ``jax.experimental.checkify.check``: under ``checkify.checkify`` the error is returned
+          as data and ``err.throw()`` raises it; eagerly under ``vmap`` or ``grad`` it raises at
+          once (checkify's ``JaxRuntimeError``); inside a ``jit`` that ``checkify`` does not
+          wrap, JAX refuses to compile the program, with an error saying to use
+          ``checkify.checkify``.
+      backward_on_failure: the policy for the linear system of the implicit derivative, passed
+        to :func:`implicitdiff.custom_root` as its ``on_failure`` (default ``"warn"``; also
+        ``"raise"``, ``"nan"``, ``"ignore"``, ``"fallback"``).
     """
+
+    implicit_diff: bool = True
+    solve: str | Callable | None = None
+    jit: bool = True
+    on_failure: str = "auto"
+    backward_on_failure: str = "warn"
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        if not isinstance(self.implicit_diff, bool):
+            raise TypeError(f"{owner}: implicit_diff must be a bool, got {self.implicit_diff!r}")
+        if not isinstance(self.jit, bool):
+            raise TypeError(f"{owner}: jit must be a bool, got {self.jit!r}")
+        linear_solve.resolve(self.solve)  # an unknown name raises here, naming solve
+        check_failure_policies(owner, self.on_failure, self.backward_on_failure)
+        object.__setattr__(self, "_compiled", _CompiledView(self))
+
+    def _field_key(self) -> tuple:
+        """(type, every field frozen): what equality and the hash compare (computed once)."""
+        key = self.__dict__.get("_fields_frozen")
+        if key is None:
+            fields = dataclasses.fields(self)
+            key = (type(self), tuple((f.name, _freeze(getattr(self, f.name))) for f in fields))
+            object.__setattr__(self, "_fields_frozen", key)
+        return key
+
+    def _compile_key(self) -> tuple:
+        """The fields that the compiled ``run`` depends on: all but ``on_failure``, which acts
+        on the returned state outside the compiled program."""
+        kind, fields = self._field_key()
+        return kind, tuple(item for item in fields if item[0] != "on_failure")
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, DifferentiableRun):
+            return NotImplemented
+        return self._field_key() == other._field_key()
+
+    def __hash__(self) -> int:
+        return hash(self._field_key())
 
     @abc.abstractmethod
     def _solution(self, init_params: PyTree, *args, **kwargs) -> tuple[PyTree, Any]:
@@ -269,27 +425,6 @@ class DifferentiableRun(abc.ABC):
         """
         return _apply_failure_policy(self, self._run(init_params, *args, **kwargs))
 
-    def jacobian_error_bound(self, params: PyTree, *args, **options) -> Any:
-        """An estimate of the error of the implicit Jacobian at ``params`` (Theorem 1).
-
-        :func:`implicitdiff.diagnostics.jacobian_error_bound` on the solver's own condition:
-        F = the root condition, or T(x) − x for a fixed point, at ``params`` (as returned by
-        ``run``) and the arguments given to ``run`` after ``init_params`` (positional only).
-        ``options`` are that function's (``argnums``, ``iterations``, ...).
-        """
-        residual = getattr(self, "_diagnostic_residual", None)
-        if residual is None:  # built once, so that repeated calls reuse one compilation
-            kind, fun = self.optimality()
-            if kind == "root":
-                residual = fun
-            else:
-
-                def residual(x, *a):
-                    return tree.sub(fun(x, *a), x)
-
-            self._diagnostic_residual = residual
-        return diagnostics.jacobian_error_bound(residual, params, *args, **options)
-
     def _run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
         """``run`` without the failure policy."""
         _checks.check_init_params(init_params, f"{type(self).__name__}.run")
@@ -315,56 +450,29 @@ class DifferentiableRun(abc.ABC):
         return OptStep(*compiled(init_params, split.arrays))
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class IterativeSolver(DifferentiableRun):
     """Base of every iterative solver.
 
-    Subclasses are dataclasses that define ``init_state``, ``update`` and ``optimality``; this
-    class provides ``run``. Common options (each solver documents its defaults):
+    Subclasses are frozen dataclasses that define ``init_state``, ``update`` and ``optimality``;
+    this class provides ``run``. Its options, and those of :class:`DifferentiableRun`, are
+    keyword-only, so that a solver's own fields (``fun``, ...) come first positionally, in
+    JAXopt's order (each solver documents its defaults):
 
     Attributes:
       maxiter: the most iterations (≥ 1).
       tol: stop when ``state.error`` ≤ tol (≥ 0).
-      implicit_diff: differentiate the solution implicitly through the solver's optimality
-        condition (True, the default), or unroll the iterations (False).
-      solve: the linear solver of the implicit derivative (see :func:`implicitdiff.custom_root`).
       unroll_checkpoint: with ``implicit_diff=False``, recompute each iteration in the backward
         pass instead of storing it (``jax.checkpoint``): memory of one iteration's intermediates
         instead of ``maxiter`` of them, for about one more forward pass of time.
-      jit: compile ``run`` (the default), once per shape and dtype of the arguments. Arrays and
-        numbers are traced as ``jax.jit`` traces them; other arguments (strings, callables,
-        ...) are compile-time constants: they must be hashable, and a new value recompiles.
-      on_failure: what ``run`` does when the run did not converge (``state.converged`` False,
-        whatever the cause: see :class:`Status`); keyword-only.
-
-        - ``"auto"`` (the default): a :class:`SolverWarning` when ``run`` is called outside any
-          JAX transformation (the check reads one boolean back from the device after the
-          compiled solve: no host callback in the compiled program); inside ``jit``, ``vmap``,
-          ``grad``... only the flag in the state, so that the user's compiled program keeps
-          JAX's fast dispatch.
-        - ``"ignore"``: only the flag in the state.
-        - ``"warn"``: a :class:`SolverWarning` in every context; inside a transformation it
-          comes from a host callback (``io_callback``), which costs about 0.1–0.2 ms per call of
-          the compiled program (it disables JAX's C++ fast dispatch).
-        - ``"raise"``: outside a transformation, a :class:`SolverError`. Inside one, a
-          ``jax.experimental.checkify.check``: under ``checkify.checkify`` the error is returned
-          as data and ``err.throw()`` raises it; eagerly under ``vmap`` or ``grad`` it raises at
-          once (checkify's ``JaxRuntimeError``); inside a ``jit`` that ``checkify`` does not
-          wrap, JAX refuses to compile the program, with an error saying to use
-          ``checkify.checkify``.
-      backward_on_failure: the policy for the linear system of the implicit derivative, passed
-        to :func:`implicitdiff.custom_root` as its ``on_failure`` (default ``"warn"``; also
-        ``"raise"``, ``"nan"``, ``"ignore"``, ``"fallback"``); keyword-only.
+      implicit_diff: differentiate the solution implicitly through the solver's optimality
+        condition (True, the default), or unroll the iterations (False).
+      solve, jit, on_failure, backward_on_failure: see :class:`DifferentiableRun`.
     """
 
     maxiter: int = 500
     tol: float = 1e-3
-    implicit_diff: bool = True
-    solve: str | Callable | None = None
     unroll_checkpoint: bool = False
-    jit: bool = True
-    on_failure: str = dataclasses.field(default="auto", kw_only=True)
-    backward_on_failure: str = dataclasses.field(default="warn", kw_only=True)
 
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
@@ -382,8 +490,9 @@ class IterativeSolver(DifferentiableRun):
             raise ValueError(f"maxiter must be a positive int, got {self.maxiter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        check_failure_policies(type(self).__name__, self.on_failure, self.backward_on_failure)
-        self._compiled: dict = {}
+        if not isinstance(self.unroll_checkpoint, bool):
+            raise TypeError(f"unroll_checkpoint must be a bool, got {self.unroll_checkpoint!r}")
+        super().__post_init__()
 
     # -- the loop ---------------------------------------------------------------------------
 

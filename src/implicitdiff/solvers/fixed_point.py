@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _checks, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = [
     "AndersonAcceleration",
@@ -51,7 +50,7 @@ class FixedPointState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class FixedPointIteration(IterativeSolver):
     """x = T(x, *args) by plain (Picard) iteration: x ← T(x, *args).
 
@@ -76,7 +75,7 @@ class FixedPointIteration(IterativeSolver):
       >>> x, state = FixedPointIteration(fixed_point_fun=T).run(jnp.zeros(3), jnp.arange(3.0))
     """
 
-    fixed_point_fun: Callable | None = None
+    fixed_point_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     maxiter: int = 1000
     tol: float = 1e-6
 
@@ -142,7 +141,7 @@ def _slot_products(history: PyTree, value: PyTree) -> jax.Array:
     return sum(parts[1:], parts[0])
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class AndersonAcceleration(IterativeSolver):
     """x = T(x, *args) by Anderson acceleration (type II, Walker & Ni 2011).
 
@@ -186,10 +185,10 @@ class AndersonAcceleration(IterativeSolver):
       >>> x, state = solver.run(jnp.zeros(3), jnp.arange(3.0))
     """
 
-    fixed_point_fun: Callable | None = None
-    history_size: int = 5
-    mixing_frequency: int = 1
-    beta: float = 1.0
+    fixed_point_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    history_size: int = dataclasses.field(default=5, kw_only=False)
+    mixing_frequency: int = dataclasses.field(default=1, kw_only=False)
+    beta: float = dataclasses.field(default=1.0, kw_only=False)
     ridge: float = 1e-5
     maxiter: int = 500
     tol: float = 1e-6

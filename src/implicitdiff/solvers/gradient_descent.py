@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from implicitdiff import _checks, _linesearch, optimality, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
-PyTree = Any
+__all__ = ["GradientDescent", "GradientDescentState"]
 
 
 class GradientDescentState(NamedTuple):
@@ -27,7 +28,7 @@ class GradientDescentState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class GradientDescent(IterativeSolver):
     """min_x fun(x, *args) by gradient descent: x ← x − η∇f(x, *args).
 
@@ -50,7 +51,7 @@ class GradientDescent(IterativeSolver):
       >>> w, state = GradientDescent(fun=f).run(jnp.zeros(3), 0.5)
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: float = 0.0
     increase_factor: float = 1.5
     tol: float = 1e-6
@@ -61,7 +62,7 @@ class GradientDescent(IterativeSolver):
             raise TypeError(f"GradientDescent: fun must be callable, got {self.fun!r}")
         if not self.stepsize >= 0:
             raise ValueError(f"GradientDescent: stepsize must be ≥ 0, got {self.stepsize!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     def init_state(self, init_params, *args, **kwargs) -> GradientDescentState:
         _checks.check_signature(

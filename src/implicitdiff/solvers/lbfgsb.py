@@ -19,9 +19,8 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _linesearch, optimality, tree
 from implicitdiff import _projection_ops as projections
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = ["LBFGSB", "LBFGSBState"]
 
@@ -131,7 +130,7 @@ class LBFGSBState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class LBFGSB(IterativeSolver):
     """min_x fun(x, *args) subject to lower ≤ x ≤ upper, by projected L-BFGS.
 
@@ -176,7 +175,7 @@ class LBFGSB(IterativeSolver):
       >>> x, state = LBFGSB(fun=f).run(jnp.zeros(2), (0.0, 1.0), jnp.array([2.0, -1.0]))
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     history_size: int = 10
     maxiter: int = 500
     tol: float = 1e-6
@@ -193,7 +192,7 @@ class LBFGSB(IterativeSolver):
             raise ValueError(
                 f"LBFGSB: history_size must be a positive int, got {self.history_size!r}"
             )
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
         value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)

@@ -24,9 +24,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import linear_solve, optimality, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = [
     "GaussNewton",
@@ -81,7 +80,7 @@ class GaussNewtonState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class GaussNewton(IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Gauss–Newton: x ← x + d, (JᵀJ) d = −Jᵀr, J = ∂₁r(x, *args).
 
@@ -120,14 +119,16 @@ class GaussNewton(IterativeSolver):
       >>> p, state = GaussNewton(residual_fun=r).run(jnp.array([1.0, 0.0]), t, 2 * jnp.exp(-t))
     """
 
-    residual_fun: Callable | None = None
+    residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     solver: str | Callable = "auto"
     maxiter: int = 100
     tol: float = 1e-6
 
     def __post_init__(self):
         super().__post_init__()
-        self._solve_step = _check_common("GaussNewton", self.residual_fun, self.solver)
+        object.__setattr__(
+            self, "_solve_step", _check_common("GaussNewton", self.residual_fun, self.solver)
+        )
 
     def init_state(self, init_params, *args, **kwargs) -> GaussNewtonState:
         value, gradient = _value_and_gradient(self.residual_fun, init_params, args, kwargs)
@@ -188,7 +189,7 @@ def _max_normal_diagonal(jvp: Callable, params: PyTree) -> jax.Array:
     return jnp.max(norms)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class LevenbergMarquardt(IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Levenberg–Marquardt: (JᵀJ + μI) d = −Jᵀr, J = ∂₁r(x, *args).
 
@@ -240,7 +241,7 @@ class LevenbergMarquardt(IterativeSolver):
       >>> p, state = LevenbergMarquardt(residual_fun=r).run(jnp.array([1.0, 1.0]), s, y)
     """
 
-    residual_fun: Callable | None = None
+    residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     damping_parameter: float = 1e-6
     solver: str | Callable = "auto"
     maxiter: int = 100
@@ -248,7 +249,9 @@ class LevenbergMarquardt(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        self._solve_step = _check_common("LevenbergMarquardt", self.residual_fun, self.solver)
+        object.__setattr__(
+            self, "_solve_step", _check_common("LevenbergMarquardt", self.residual_fun, self.solver)
+        )
         if not (isinstance(self.damping_parameter, (int, float)) and self.damping_parameter > 0):
             raise ValueError(
                 "LevenbergMarquardt: damping_parameter must be a positive number, got "

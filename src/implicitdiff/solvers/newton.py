@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import _linesearch, _loop, optimality, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = ["Newton"]
 
@@ -83,7 +82,7 @@ def _truncated_cg(matvec: Callable, b: PyTree, rtol: jax.Array, maxiter: int):
     return d, rayleigh
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Newton(IterativeSolver):
     """min_x fun(x, *args) by damped Newton, matrix-free: x ← x + η d, (∇²f(x) + μI) d ≈ −∇f(x).
 
@@ -127,7 +126,7 @@ class Newton(IterativeSolver):
       >>> w, state = Newton(fun=f).run(jnp.zeros(2), X, y, 0.1)
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     maxiter: int = 50
     tol: float = 1e-6
     cg_tol: float | None = None
@@ -135,8 +134,6 @@ class Newton(IterativeSolver):
     maxls: int = 30
 
     def __post_init__(self):
-        if callable(self.maxiter) and self.fun is None:
-            raise TypeError("Newton: pass the objective by keyword, Newton(fun=...)")
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"Newton: fun must be callable, got {self.fun!r}")
@@ -152,8 +149,8 @@ class Newton(IterativeSolver):
             )
         if not (isinstance(self.maxls, int) and self.maxls >= 1):
             raise ValueError(f"Newton: maxls must be a positive int, got {self.maxls!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
-        self._grad = jax.grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
+        object.__setattr__(self, "_grad", jax.grad(self.fun))
 
     def init_state(self, init_params, *args, **kwargs) -> NewtonState:
         value, grad = self._value_and_grad(init_params, *args, **kwargs)

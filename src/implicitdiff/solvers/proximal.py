@@ -26,9 +26,8 @@ import jax.numpy as jnp
 
 from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff import prox as prox_operators
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-
-PyTree = Any
 
 __all__ = [
     "BlockCoordinateDescent",
@@ -120,11 +119,11 @@ class ProximalGradientState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class _ProximalGradientBase(IterativeSolver):
     """The proximal gradient loop, shared by ProximalGradient and ProjectedGradient."""
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: float = 0.0
     acceleration: bool = True
     increase_factor: float = 1.5
@@ -143,7 +142,7 @@ class _ProximalGradientBase(IterativeSolver):
             raise TypeError(f"{name}: acceleration must be a bool, got {self.acceleration!r}")
         if not (isinstance(self.increase_factor, (int, float)) and self.increase_factor >= 1):
             raise ValueError(f"{name}: increase_factor must be ≥ 1, got {self.increase_factor!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     @property
     def _fixed_point_stepsize(self) -> float:
@@ -197,7 +196,7 @@ class _ProximalGradientBase(IterativeSolver):
         return OptStep(new_params, state)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ProximalGradient(_ProximalGradientBase):
     """min_x fun(x, *args) + g(x, hyperparams_prox) by proximal gradient (ISTA), or its
     accelerated form FISTA (Beck & Teboulle, 2009).
@@ -242,7 +241,7 @@ class ProximalGradient(_ProximalGradientBase):
       >>> w, state = ProximalGradient(fun=f, prox=prox.l1).run(jnp.zeros(2), 0.1, X, y)  # lasso
     """
 
-    prox: Callable = prox_operators.none
+    prox: Callable = dataclasses.field(default=prox_operators.none, kw_only=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -271,7 +270,7 @@ class ProximalGradient(_ProximalGradientBase):
         )
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ProjectedGradient(_ProximalGradientBase):
     """min_{x ∈ C(hyperparams_proj)} fun(x, *args) by projected gradient, accelerated or not.
 
@@ -302,7 +301,7 @@ class ProjectedGradient(_ProximalGradientBase):
       >>> x, state = solver.run(jnp.zeros(2), None, A, b)
     """
 
-    projection: Callable | None = None
+    projection: Callable | None = dataclasses.field(default=None, kw_only=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -313,7 +312,9 @@ class ProjectedGradient(_ProximalGradientBase):
             )
         how = "projection(x, hyperparams)"
         _checks.check_signature(self.projection, "ProjectedGradient", "projection", (0, 0), {}, how)
-        self._projection_prox = prox_operators.from_projection(self.projection)
+        object.__setattr__(
+            self, "_projection_prox", prox_operators.from_projection(self.projection)
+        )
 
     def _prox(self) -> Callable:
         return self._projection_prox
@@ -346,7 +347,7 @@ class MirrorDescentState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class MirrorDescent(IterativeSolver):
     """min_{x ∈ C} fun(x, *args) by mirror descent with a fixed step.
 
@@ -384,7 +385,7 @@ class MirrorDescent(IterativeSolver):
       >>> p, state = MirrorDescent(fun=f, stepsize=0.5).run(jnp.ones(3) / 3, None, jnp.arange(3.0))
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     projection: Callable | None = None
     mapping: Callable | None = None
     stepsize: float = 1.0
@@ -405,7 +406,7 @@ class MirrorDescent(IterativeSolver):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"MirrorDescent: {name} must be callable, got {value!r}")
-        self._grad = jax.grad(self.fun)
+        object.__setattr__(self, "_grad", jax.grad(self.fun))
 
     def _step(self, params, hyperparams, grad):
         if self.projection is None:
@@ -511,7 +512,7 @@ class BlockCoordinateDescentState(NamedTuple):
     predictions: Any = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class BlockCoordinateDescent(IterativeSolver):
     """min_x f(x, *args) + Σᵢ g(xᵢ, hyperparams_prox) by cyclic block coordinate descent.
 
@@ -589,8 +590,8 @@ class BlockCoordinateDescent(IterativeSolver):
       ... ).run(jnp.zeros(2), 0.1, X, y)
     """
 
-    fun: Callable | None = None
-    block_prox: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    block_prox: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: Any = 0.0
     maxiter: int = 500
     tol: float = 1e-6
@@ -603,7 +604,9 @@ class BlockCoordinateDescent(IterativeSolver):
     def __post_init__(self):
         super().__post_init__()
         name = "BlockCoordinateDescent"
-        self._composite = self.outer_fun is not None or self.block_fun is not None
+        object.__setattr__(
+            self, "_composite", self.outer_fun is not None or self.block_fun is not None
+        )
         labels = ("outer_fun", "block_fun") if self._composite else ()
         if self.fun is not None or not self._composite:
             labels = ("fun", *labels)
@@ -624,8 +627,10 @@ class BlockCoordinateDescent(IterativeSolver):
                     f"{name}: stepsize must be a number ≥ 0 or a 1-d array of positive "
                     f"per-block steps, got {self.stepsize!r}"
                 )
-        self._smooth = self.fun if self.fun is not None else self._composite_fun
-        self._grad = jax.grad(self._smooth)
+        object.__setattr__(
+            self, "_smooth", self.fun if self.fun is not None else self._composite_fun
+        )
+        object.__setattr__(self, "_grad", jax.grad(self._smooth))
 
     def _composite_fun(self, x, *args, **kwargs):
         """f(x) = outer_fun(Σᵢ block_fun(xᵢ, i, *args), *args)."""

@@ -22,6 +22,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _checks, _linesearch, optimality, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers.linesearch import (
     BacktrackingLineSearch,
@@ -29,8 +30,6 @@ from implicitdiff.solvers.linesearch import (
     LineSearch,
     ZoomLineSearch,
 )
-
-PyTree = Any
 
 __all__ = ["BFGS", "LBFGS", "NonlinearCG"]
 
@@ -58,11 +57,11 @@ def _error(grad: PyTree, dtype: Any) -> jax.Array:
     return jax.lax.stop_gradient(tree.norm(grad)).astype(dtype)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class _LineSearchSolver(IterativeSolver):
     """Options and the line-search step shared by LBFGS, BFGS and NonlinearCG."""
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     tol: float = 1e-6
     linesearch: str = "zoom"
     maxls: int = 30
@@ -72,8 +71,6 @@ class _LineSearchSolver(IterativeSolver):
 
     def __post_init__(self):
         name = type(self).__name__
-        if callable(self.maxiter) and self.fun is None:
-            raise TypeError(f"{name}: pass the objective by keyword, {name}(fun=...)")
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
@@ -91,7 +88,7 @@ class _LineSearchSolver(IterativeSolver):
             )
         if not self.max_stepsize > 0:
             raise ValueError(f"{name}: max_stepsize must be > 0, got {self.max_stepsize!r}")
-        self._value_and_grad = jax.value_and_grad(self.fun)
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     def _evaluate(self, params, *args, **kwargs):
         """(f, ∇f) at params, f cast to the params' real dtype (whatever dtype ``fun`` returns)."""
@@ -236,7 +233,7 @@ def _pair_ok(s, y, sy, x, dtype):
     )
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class LBFGS(_LineSearchSolver):
     """min_x fun(x, *args) by limited-memory BFGS: x ← x − η H ∇f(x), H from the last m steps.
 
@@ -403,7 +400,7 @@ class BfgsState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class BFGS(_LineSearchSolver):
     """min_x fun(x, *args) by BFGS: x ← x − η H ∇f(x), H a dense inverse-Hessian estimate.
 
@@ -525,7 +522,7 @@ class NonlinearCGState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class NonlinearCG(_LineSearchSolver):
     """min_x fun(x, *args) by nonlinear conjugate gradient: x ← x + η d, d ← −∇f(x₊) + β d.
 

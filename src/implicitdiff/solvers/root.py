@@ -21,9 +21,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _linesearch, tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep, Status
-
-PyTree = Any
 
 __all__ = ["Bisection", "BisectionState", "Broyden", "BroydenState"]
 
@@ -56,7 +55,7 @@ class BroydenState(NamedTuple):
 _INITS = ("exact", "identity")
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Broyden(IterativeSolver):
     """G(x, *args) = 0 by Broyden's ("good") method with a dense inverse-Jacobian estimate.
 
@@ -104,7 +103,7 @@ class Broyden(IterativeSolver):
       >>> x, state = Broyden(fun=G).run(jnp.ones(2), jnp.array([4.0, 6.0]))  # x = (2, 3)
     """
 
-    fun: Callable | None = None
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     init_jacobian: str = "exact"
     gamma: float = 1.0
     max_backtracks: int = 20
@@ -253,7 +252,7 @@ def _is_tracer(leaf: Any) -> bool:
     return isinstance(leaf, jax.core.Tracer)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Bisection(IterativeSolver):
     """The root of a scalar function G(x, *args) on [lower, upper] by bisection.
 
@@ -294,9 +293,9 @@ class Bisection(IterativeSolver):
       >>> x, state = Bisection(optimality_fun=G, lower=-5.0, upper=5.0).run(None, 2.0)  # x = 1
     """
 
-    optimality_fun: Callable | None = None
-    lower: float = 0.0
-    upper: float = 0.0
+    optimality_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    lower: float = dataclasses.field(default=0.0, kw_only=False)
+    upper: float = dataclasses.field(default=0.0, kw_only=False)
     check_bracket: bool = True
     maxiter: int = 100
     tol: float = 1e-6

@@ -1,458 +1,36 @@
-"""Quadratic programs: min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h, differentiable in all their data.
+"""min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h by the ADMM of OSQP (Stellato et al., 2020), with
+adaptive ρ, infeasibility detection and solution polishing: :class:`OSQP`, returning a
+:class:`~implicitdiff.solvers._qp_common.KKTSolution` differentiated through the KKT conditions.
 
-Three solvers, with JAXopt's QP conventions (``run(init_params, params_obj=(Q, c),
-params_eq=(A, b), params_ineq=(G, h))``):
-
-- :class:`EqualityConstrainedQP`: equality constraints only, one KKT linear solve (plus
-  iterative refinement steps if its residual is above ``tol``);
-- :class:`BoxCDQP`: box constraints l ≤ x ≤ u, by cyclic coordinate descent;
-- :class:`OSQP`: general constraints, by the ADMM of OSQP (Stellato et al., 2020), with adaptive
-  ρ, infeasibility detection and solution polishing.
-
-``EqualityConstrainedQP`` and ``OSQP`` return the solution as a :class:`KKTSolution`, the named
-tuple ``(primal, dual_eq, dual_ineq)`` (a part whose constraints are absent is None), with the
-signs of the Lagrangian L = ½xᵀQx + cᵀx + νᵀ(Ax − b) + λᵀ(Gx − h), λ ≥ 0; they are
-differentiated through the KKT conditions (:func:`implicitdiff.optimality.kkt` with
-f(x, (Q, c)) = ½xᵀQx + cᵀx, H(x, (A, b)) = Ax − b and G(x, (G, h)) = Gx − h). ``BoxCDQP``
-returns the primal solution only and is differentiated through its projected-gradient fixed
-point.
-
-This module must not import :mod:`implicitdiff.projections` (which imports it back, for the
-polyhedron projection): the box projection it needs is the clip written here.
+This module must not import :mod:`implicitdiff.projections` (which imports OSQP, for the
+polyhedron projection): the box projection it needs is a clip.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from implicitdiff import _checks, linear_solve, optimality, tree
+from implicitdiff import tree
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._qp_common import (
+    KKTSolution,
+    check_pair,
+    clip_to_box,
+    dtype_of,
+    inf_norm,
+    qp_kkt,
+    transpose_products,
+)
 
-PyTree = Any
-
-__all__ = [
-    "OSQP",
-    "BoxCDQP",
-    "BoxCDQPState",
-    "EqualityConstrainedQP",
-    "EqualityConstrainedQPState",
-    "KKTSolution",
-    "OSQPState",
-    "qp_kkt",
-]
-
-
-class KKTSolution(NamedTuple):
-    """A QP's primal-dual solution (as JAXopt's): a tuple ``(primal, dual_eq, dual_ineq)``."""
-
-    primal: PyTree
-    dual_eq: PyTree
-    dual_ineq: PyTree
-
+__all__ = ["OSQP", "OSQPState"]
 
 # OSQP's status codes.
 SOLVED, MAX_ITERATIONS, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE = 0, 1, 2, 3
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared pieces.
-
-
-def _apply(matvec: Callable | None, M: Any, x: PyTree) -> PyTree:
-    """M x: ``matvec(M, x)`` if a matvec is given, else the matrix product (0 for M None)."""
-    if matvec is not None:
-        return matvec(M, x)
-    if M is None:
-        return tree.zeros_like(x)
-    return M @ x
-
-
-def _inf_norm(v: jax.Array) -> jax.Array:
-    """‖v‖∞, 0 for an empty v."""
-    return jnp.max(jnp.abs(v), initial=0.0)
-
-
-def _transpose_products(C: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(Cᵀu, Cᵀv) from one pass over C (one matrix product with two columns)."""
-    both = C.T @ jnp.stack([u, v], axis=1)
-    return both[:, 0], both[:, 1]
-
-
-def _check_pair(name: str, pair: Any) -> None:
-    if pair is not None and not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-        raise TypeError(
-            f"{name} must be a pair (matrix, vector) or None, got {type(pair).__name__}"
-        )
-
-
-def qp_kkt(
-    matvec_Q: Callable | None = None,
-    matvec_A: Callable | None = None,
-    matvec_G: Callable | None = None,
-) -> Callable:
-    """The KKT map of min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h, in the argument order of ``run``.
-
-    Returns F(z, params_obj, params_eq=None, params_ineq=None), z = (x, ν, λ), equal to
-    :func:`implicitdiff.optimality.kkt` with f(x, (Q, c)) = ½xᵀQx + cᵀx, H(x, (A, b)) = Ax − b and
-    G(x, (G, h)) = Gx − h; a None ``params_eq`` (``params_ineq``) drops the equalities
-    (inequalities), whose part of z and of F is then None. Products with Q, A, G are ``M @ x``, or
-    ``matvec_M(M, x)`` when a matvec is given (then M is any pytree of parameters). The
-    residuals come as a :class:`KKTSolution` when z is one.
-    """
-
-    def fun(x, params_obj):
-        Q, c = params_obj
-        return 0.5 * tree.vdot(x, _apply(matvec_Q, Q, x)) + tree.vdot(c, x)
-
-    def eq_fun(x, params_eq):
-        A, b = params_eq
-        return tree.sub(_apply(matvec_A, A, x), b)
-
-    def ineq_fun(x, params_ineq):
-        G, h = params_ineq
-        return tree.sub(_apply(matvec_G, G, x), h)
-
-    variants = {
-        (has_eq, has_ineq): optimality.kkt(
-            fun, eq_fun if has_eq else None, ineq_fun if has_ineq else None
-        )
-        for has_eq in (False, True)
-        for has_ineq in (False, True)
-    }
-
-    def qp_kkt_optimality(z, params_obj, params_eq=None, params_ineq=None):
-        kkt = variants[(params_eq is not None, params_ineq is not None)]
-        residuals = kkt(tuple(z), params_obj, params_eq, params_ineq)
-        # Shaped like z: a KKTSolution gives a KKTSolution, as the engine requires.
-        return type(z)(*residuals) if isinstance(z, KKTSolution) else residuals
-
-    qp_kkt_optimality.symmetric = False
-    return qp_kkt_optimality
-
-
-def _dtype_of(*values: Any) -> Any:
-    return tree.dtype([v for v in values if v is not None])
-
-
-# ---------------------------------------------------------------------------------------------
-# Equality-constrained QP: one KKT solve.
-
-
-class EqualityConstrainedQPState(NamedTuple):
-    """iter_num (solves done), error = ‖K z − r‖∞ / (1 + ‖r‖∞) for the KKT system K z = r,
-    converged."""
-
-    iter_num: jax.Array
-    error: jax.Array
-    converged: jax.Array
-    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
-
-
-@dataclasses.dataclass(eq=False)
-class EqualityConstrainedQP(IterativeSolver):
-    """min ½xᵀQx + cᵀx s.t. Ax = b by one solve of the KKT system.
-
-    ``run(init_params=None, params_obj=(Q, c), params_eq=(A, b))`` solves
-
-        [[Q, Aᵀ], [A, 0]] [x; ν] = [−c; b]
-
-    (K z = r; without ``params_eq``, Q x = −c) and returns ``KKTSolution(x, ν, None)``. Q must
-    be positive definite on the null space of A, and A of full row rank. Each iteration is one
-    step of iterative refinement, z ← z + K⁻¹(r − K z): from the default z = 0 the first is the
-    direct solve, so one iteration suffices unless K is ill-conditioned. The solution is
-    differentiated through the KKT conditions (:func:`qp_kkt`): with respect to Q, c, A and b.
-
-    With dense arrays and ``kkt_solve=None``, K is formed and solved by LU
-    (``jnp.linalg.solve``). With ``matvec_Q`` or ``matvec_A`` (products ``matvec_Q(Q, x)``,
-    ``matvec_A(A, x)``: then Q, A are any pytrees of parameters, and x may be a pytree) or a given
-    ``kkt_solve``, K is only applied, and solved by ``kkt_solve`` (a name or callable of
-    :mod:`implicitdiff.linear_solve`; default ``"gmres"``; K is symmetric indefinite).
-
-    Attributes:
-      matvec_Q, matvec_A: optional matvecs, see above.
-      kkt_solve: the linear solver of K z = r, see above.
-      maxiter, tol: stop when ‖K z − r‖∞ ≤ tol (1 + ‖r‖∞) (default tol 1e-6: the direct solve
-        reaches about 1e-15 in float64, 1e-7 in float32), or after maxiter (10) refinement steps.
-      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from implicitdiff.solvers.qp import EqualityConstrainedQP
-      >>> Q, c = 2.0 * jnp.eye(2), jnp.array([1.0, 1.0])
-      >>> A, b = jnp.array([[1.0, 1.0]]), jnp.array([1.0])
-      >>> (x, nu, _), state = EqualityConstrainedQP().run(None, (Q, c), (A, b))
-      >>> x
-      Array([0.5, 0.5], dtype=float32)
-    """
-
-    matvec_Q: Callable | None = None
-    matvec_A: Callable | None = None
-    kkt_solve: str | Callable | None = None
-    maxiter: int = 10
-    tol: float = 1e-6
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("matvec_Q", "matvec_A"):
-            value = getattr(self, name)
-            if value is not None and not callable(value):
-                raise TypeError(
-                    f"EqualityConstrainedQP: {name} must be callable or None, got {value!r}"
-                )
-        if self.kkt_solve is not None:
-            linear_solve.resolve(self.kkt_solve)  # raises on an unknown name
-        self._kkt = qp_kkt(self.matvec_Q, self.matvec_A)
-
-    def run(
-        self,
-        init_params: PyTree = None,
-        params_obj: tuple | None = None,
-        params_eq: tuple | None = None,
-    ) -> OptStep:
-        """Solve from ``init_params`` ((x, ν, None), or None for zeros); see the class."""
-        if params_obj is None:
-            raise TypeError("EqualityConstrainedQP.run: params_obj=(Q, c) is required")
-        _check_pair("params_obj", params_obj)
-        _check_pair("params_eq", params_eq)
-        c = params_obj[1]
-        if self.matvec_Q is None and self.matvec_A is None:  # dense arrays: check their shapes
-            Q, n = params_obj[0], (jnp.shape(c) or (-1,))[0]
-            if jnp.ndim(c) != 1 or jnp.shape(Q) != (n, n):
-                raise ValueError(
-                    "EqualityConstrainedQP: params_obj = (Q, c) must be a matrix (n, n) and a "
-                    f"vector (n,); got Q {jnp.shape(Q)}, c {jnp.shape(c)}"
-                )
-            if params_eq is not None:
-                A, b = params_eq
-                if jnp.ndim(A) != 2 or jnp.shape(A)[1] != n or jnp.shape(b) != jnp.shape(A)[:1]:
-                    raise ValueError(
-                        f"EqualityConstrainedQP: params_eq = (A, b) must be a matrix (p, {n}) and "
-                        f"a vector (p,); got A {jnp.shape(A)}, b {jnp.shape(b)}"
-                    )
-        x0, nu0, _ = (None, None, None) if init_params is None else init_params
-        if params_eq is None:
-            nu0 = None
-        elif nu0 is None:
-            nu0 = tree.zeros_like(params_eq[1])
-        init_params = KKTSolution(tree.zeros_like(c) if x0 is None else x0, nu0, None)
-        return super().run(init_params, params_obj, params_eq)
-
-    # -- the system K z = r ----------------------------------------------------------------
-
-    def _dense(self) -> bool:
-        return self.matvec_Q is None and self.matvec_A is None and self.kkt_solve is None
-
-    def _dense_system(self, params_obj, params_eq):
-        Q, c = params_obj
-        Q = 0.5 * (Q + Q.T)
-        if params_eq is None:
-            return Q, -c
-        A, b = params_eq
-        p = A.shape[0]
-        K = jnp.block([[Q, A.T], [A, jnp.zeros((p, p), A.dtype)]])
-        return K, jnp.concatenate([-c, b])
-
-    def _matvec_system(self, params_obj, params_eq, x_like):
-        Q, c = params_obj
-        if params_eq is None:
-            return (lambda x: _apply(self.matvec_Q, Q, x)), tree.neg(c)
-        A, b = params_eq
-        _, transpose = jax.vjp(lambda x: _apply(self.matvec_A, A, x), x_like)
-
-        def matvec(z):
-            x, nu = z
-            qx = _apply(self.matvec_Q, Q, x)
-            return tree.add(qx, transpose(nu)[0]), _apply(self.matvec_A, A, x)
-
-        return matvec, (tree.neg(c), b)
-
-    def _refine(self, params, params_obj, params_eq):
-        """z + K⁻¹(r − K z) and the scaled residual of the result."""
-        x, nu, _ = params
-        if self._dense():
-            K, r = self._dense_system(params_obj, params_eq)
-            z = x if nu is None else jnp.concatenate([x, nu])
-            z = z + jnp.linalg.solve(K, r - K @ z)
-            error = _inf_norm(K @ z - r) / (1 + _inf_norm(r))
-            n = x.shape[0]
-            return KKTSolution(z[:n], None if nu is None else z[n:], None), error
-        matvec, r = self._matvec_system(params_obj, params_eq, x)
-        z = x if nu is None else (x, nu)
-        solver = linear_solve.resolve(self.kkt_solve if self.kkt_solve is not None else "gmres")
-        z = tree.add(z, solver(matvec, tree.sub(r, matvec(z))))
-        error = tree.norm(tree.sub(matvec(z), r), jnp.inf) / (1 + tree.norm(r, jnp.inf))
-        solution = KKTSolution(z, None, None) if nu is None else KKTSolution(z[0], z[1], None)
-        return solution, error
-
-    # -- protocol --------------------------------------------------------------------------
-
-    def init_state(self, init_params, params_obj, params_eq=None) -> EqualityConstrainedQPState:
-        dtype = _dtype_of(params_obj[1])
-        return EqualityConstrainedQPState(
-            iter_num=jnp.asarray(0),
-            error=jnp.asarray(jnp.inf, dtype),
-            converged=jnp.asarray(False),
-        )
-
-    def update(self, params, state, params_obj, params_eq=None) -> OptStep:
-        params, error = self._refine(params, params_obj, params_eq)
-        state = EqualityConstrainedQPState(
-            iter_num=state.iter_num + 1,
-            error=error.astype(state.error.dtype),
-            converged=state.converged,
-        )
-        return OptStep(params, state)
-
-    def optimality(self):
-        return "root", self._kkt
-
-
-# ---------------------------------------------------------------------------------------------
-# Box-constrained QP: cyclic coordinate descent.
-
-
-def _clip(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-    """The projection onto the box [lower, upper] (as ``projections.box``)."""
-    return jnp.minimum(jnp.maximum(x, lower), upper)
-
-
-def _box_fixed_point(x, params_obj, params_ineq):
-    """T(x) = clip(x − D⁻¹(Qx + c), l, u), D = diag(Q): fixed exactly at the solutions."""
-    Q, c = params_obj
-    lower, upper = params_ineq
-    grad = 0.5 * (Q @ x + Q.T @ x) + c
-    return _clip(x - grad / jnp.diag(Q), lower, upper)
-
-
-_box_fixed_point.symmetric = False
-
-
-class BoxCDQPState(NamedTuple):
-    """iter_num (sweeps done), error = ‖x − clip(x − D⁻¹(Qx + c), l, u)‖₂, converged, status,
-    quadratic = (Q + Qᵀ)/2, formed once by ``init_state`` (None: formed at each sweep)."""
-
-    iter_num: jax.Array
-    error: jax.Array
-    converged: jax.Array
-    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
-    quadratic: Any = None
-
-
-@dataclasses.dataclass(eq=False)
-class BoxCDQP(IterativeSolver):
-    """min ½xᵀQx + cᵀx s.t. l ≤ x ≤ u by cyclic coordinate descent.
-
-    ``run(init_params=None, params_obj=(Q, c), params_ineq=(l, u))``, Q symmetric positive
-    semidefinite with a positive diagonal, l ≤ u (entries may be ±inf; scalars broadcast). One
-    iteration is a sweep over the coordinates i = 1, …, n, each minimized exactly:
-
-        xᵢ ← clip(xᵢ − (Qx + c)ᵢ / Qᵢᵢ, lᵢ, uᵢ),
-
-    the gradient Qx + c being updated after each coordinate. Returns the primal solution x (not a
-    tuple, as JAXopt's BoxCDQP). The default init_params is clip(0, l, u).
-
-    Optimality condition (chosen over the KKT conditions on the bounds because it needs no dual
-    variables): the fixed point of the diagonally scaled projected gradient step
-
-        T(x, (Q, c), (l, u)) = clip(x − D⁻¹(Qx + c), l, u),   D = diag(Q),
-
-    whose fixed points are exactly the solutions. At a strictly complementary solution, I − ∂ₓT
-    is D_F⁻¹Q_FF on the free coordinates F and the identity on the active ones, invertible when
-    Q_FF is positive definite. The solution is differentiable with respect to Q, c, l and u.
-
-    Attributes:
-      maxiter, tol: stop when ‖x − T(x)‖₂ ≤ tol (default 1e-8; in float32 use about 1e-5) or
-        after maxiter (default 1000) sweeps.
-      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from implicitdiff.solvers.qp import BoxCDQP
-      >>> Q, c = jnp.array([[2.0, 0.5], [0.5, 1.0]]), jnp.array([-4.0, 1.0])
-      >>> x, state = BoxCDQP(tol=1e-5).run(None, (Q, c), (0.0, 1.0))
-      >>> x
-      Array([1., 0.], dtype=float32)
-    """
-
-    maxiter: int = 1000
-    tol: float = 1e-8
-
-    def run(
-        self,
-        init_params: jax.Array | None = None,
-        params_obj: tuple | None = None,
-        params_ineq: tuple | None = None,
-    ) -> OptStep:
-        """Solve from ``init_params`` (clipped into the box; None: clip(0, l, u)); see the class."""
-        if params_obj is None or params_ineq is None:
-            raise TypeError("BoxCDQP.run: params_obj=(Q, c) and params_ineq=(l, u) are required")
-        _check_pair("params_obj", params_obj)
-        _check_pair("params_ineq", params_ineq)
-        Q, c = params_obj
-        c = jnp.asarray(c)
-        if c.ndim != 1 or jnp.shape(Q) != (c.shape[0], c.shape[0]):
-            raise ValueError(
-                f"BoxCDQP: Q must be (n, n) and c (n,); got Q {jnp.shape(Q)}, c {c.shape}"
-            )
-        bounds = _checks.concrete_leaves(params_ineq)
-        if bounds is not None and len(bounds) == 2 and np.any(np.greater(*bounds)):
-            raise ValueError(
-                "BoxCDQP: params_ineq = (lower, upper) must have lower ≤ upper entry by entry "
-                "(the box is empty otherwise)"
-            )
-        dtype = _dtype_of(Q, c)
-        # Bounds broadcast to arrays like c (so that they can be differentiated entry by entry).
-        lower, upper = (
-            jnp.broadcast_to(jnp.asarray(bound, dtype), c.shape) for bound in params_ineq
-        )
-        if bounds is None:  # traced bounds: NaN where lower > upper (converged False)
-            upper = _checks.nan_unless(lower <= upper, upper)
-        x0 = jnp.zeros(c.shape, dtype) if init_params is None else jnp.asarray(init_params, dtype)
-        return super().run(_clip(x0, lower, upper), (Q, c), (lower, upper))
-
-    def init_state(self, init_params, params_obj, params_ineq) -> BoxCDQPState:
-        dtype = _dtype_of(*params_obj)
-        Q = params_obj[0]
-        return BoxCDQPState(
-            iter_num=jnp.asarray(0),
-            error=jnp.asarray(jnp.inf, dtype),
-            converged=jnp.asarray(False),
-            quadratic=0.5 * (Q + Q.T),
-        )
-
-    def update(self, params, state, params_obj, params_ineq) -> OptStep:
-        Q, c = params_obj
-        lower, upper = params_ineq
-        P = 0.5 * (Q + Q.T) if state.quadratic is None else state.quadratic
-        diag = jnp.diag(P)
-        x = _clip(params, lower, upper)
-
-        def coordinate(i, carry):  # P symmetric: its row i is its column i, and contiguous
-            x, grad = carry
-            xi = _clip(x[i] - grad[i] / diag[i], lower[i], upper[i])
-            return x.at[i].set(xi), grad + (xi - x[i]) * P[i]
-
-        # Px + c from scratch at each sweep; the sweep's own update of it is the gradient at
-        # the new x (to rounding), which the error needs: no further product with P.
-        x, grad = jax.lax.fori_loop(0, x.shape[0], coordinate, (x, P @ x + c))
-        error = tree.norm(x - _clip(x - grad / diag, lower, upper))
-        state = state._replace(
-            iter_num=state.iter_num + 1, error=error.astype(state.error.dtype), quadratic=P
-        )
-        return OptStep(x, state)
-
-    def optimality(self):
-        return "fixed_point", _box_fixed_point
-
-
-# ---------------------------------------------------------------------------------------------
-# OSQP: ADMM on l ≤ Cx ≤ u.
 
 
 class OSQPState(NamedTuple):
@@ -491,7 +69,7 @@ class _Data(NamedTuple):
     n_eq: int
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class OSQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h by the ADMM of OSQP (Stellato et al., 2020).
 
@@ -556,7 +134,7 @@ class OSQP(IterativeSolver):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from implicitdiff.solvers.qp import OSQP
+      >>> from implicitdiff.solvers.osqp import OSQP
       >>> Q, c = jnp.eye(2), jnp.array([-1.0, -1.0])
       >>> G, h = jnp.array([[1.0, 1.0]]), jnp.array([1.0])  # x₁ + x₂ ≤ 1
       >>> (x, _, lam), state = OSQP().run(None, (Q, c), None, (G, h))
@@ -600,7 +178,7 @@ class OSQP(IterativeSolver):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"OSQP: {name} must be a non-negative number, got {value!r}")
-        self._kkt = qp_kkt()
+        object.__setattr__(self, "_kkt", qp_kkt())
 
     def run(
         self,
@@ -617,7 +195,7 @@ class OSQP(IterativeSolver):
             ("params_eq", params_eq),
             ("params_ineq", params_ineq),
         ):
-            _check_pair(name, pair)
+            check_pair(name, pair)
         Q, c = params_obj
         c = jnp.asarray(c)
         n = c.shape[0] if c.ndim == 1 else -1
@@ -633,7 +211,7 @@ class OSQP(IterativeSolver):
                         f"OSQP: {name} must be a matrix (m, {n}) and a vector (m,); got "
                         f"{jnp.shape(M)} and {jnp.shape(v)}"
                     )
-        dtype = _dtype_of(Q, c)
+        dtype = dtype_of(Q, c)
         if init_params is None:
             init_params = (None, None, None)
         x0, nu0, lam0 = init_params
@@ -657,7 +235,7 @@ class OSQP(IterativeSolver):
     @staticmethod
     def _data(params_obj, params_eq, params_ineq) -> _Data:
         Q, c = params_obj
-        dtype = _dtype_of(Q, c)
+        dtype = dtype_of(Q, c)
         n = c.shape[0]
         P = jnp.zeros((n, n), dtype) if Q is None else 0.5 * (Q + Q.T)
         rows, lower, upper = [jnp.zeros((0, n), dtype)], [], []
@@ -688,7 +266,7 @@ class OSQP(IterativeSolver):
 
     def _products(self, x, z, y, rho_vec, data: _Data) -> tuple:
         """(Cx, Px, Cᵀy, Cᵀ(Rz − y)), computed from scratch."""
-        Cty, w = _transpose_products(data.C, y, rho_vec * z - y)
+        Cty, w = transpose_products(data.C, y, rho_vec * z - y)
         return data.C @ x, data.P @ x, Cty, w
 
     @staticmethod
@@ -725,10 +303,10 @@ class OSQP(IterativeSolver):
     @staticmethod
     def _residuals_of(Cx, Px, Cty, z, data: _Data):
         """(error, r_prim, r_dual, s_prim, s_dual) from the products Cx, Px and Cᵀy."""
-        r_prim = _inf_norm(Cx - z)
-        r_dual = _inf_norm(Px + data.q + Cty)
-        s_prim = jnp.maximum(_inf_norm(Cx), _inf_norm(z))
-        s_dual = jnp.maximum(jnp.maximum(_inf_norm(Px), _inf_norm(Cty)), _inf_norm(data.q))
+        r_prim = inf_norm(Cx - z)
+        r_dual = inf_norm(Px + data.q + Cty)
+        s_prim = jnp.maximum(inf_norm(Cx), inf_norm(z))
+        s_dual = jnp.maximum(jnp.maximum(inf_norm(Px), inf_norm(Cty)), inf_norm(data.q))
         error = jnp.maximum(r_prim / (1 + s_prim), r_dual / (1 + s_dual))
         return error, r_prim, r_dual, s_prim, s_dual
 
@@ -746,7 +324,7 @@ class OSQP(IterativeSolver):
                 jnp.where(lower_inf, jnp.maximum(dy, 0.0), dy),
             ),
         )
-        norm = _inf_norm(dy)
+        norm = inf_norm(dy)
         support = jnp.sum(
             jnp.where(upper_inf, 0.0, data.upper * jnp.maximum(dy, 0.0))
             + jnp.where(lower_inf, 0.0, data.lower * jnp.minimum(dy, 0.0))
@@ -754,13 +332,13 @@ class OSQP(IterativeSolver):
         eps = self.eps_primal_infeasible * norm
         candidate = (norm > 0) & (support <= -eps)
         return candidate & jax.lax.cond(
-            candidate, lambda: _inf_norm(data.C.T @ dy) <= eps, lambda: jnp.asarray(False)
+            candidate, lambda: inf_norm(data.C.T @ dy) <= eps, lambda: jnp.asarray(False)
         )
 
     def _dual_infeasible(self, dx, data: _Data) -> jax.Array:
         """Whether δx certifies dual infeasibility. The products Cδx and Pδx are computed only
         when the cheap part of the test (cᵀδx) passes."""
-        norm = _inf_norm(dx)
+        norm = inf_norm(dx)
         eps = self.eps_dual_infeasible * norm
 
         def products_pass():
@@ -768,7 +346,7 @@ class OSQP(IterativeSolver):
             cone = jnp.all(
                 (jnp.isinf(data.upper) | (Cdx <= eps)) & (jnp.isinf(data.lower) | (Cdx >= -eps))
             )
-            return cone & (_inf_norm(data.P @ dx) <= eps)
+            return cone & (inf_norm(data.P @ dx) <= eps)
 
         candidate = (norm > 0) & (jnp.vdot(data.q, dx) <= -eps)
         return candidate & jax.lax.cond(candidate, products_pass, lambda: jnp.asarray(False))
@@ -779,7 +357,7 @@ class OSQP(IterativeSolver):
         data = self._data(params_obj, params_eq, params_ineq)
         x = init_params[0]
         y = self._dual_vector(init_params, data)
-        z = _clip(data.C @ x, data.lower, data.upper)
+        z = clip_to_box(data.C @ x, data.lower, data.upper)
         rho = jnp.asarray(self.rho, data.q.dtype)
         products = self._products(x, z, y, self._rho_vector(rho, data), data)
         error, r_prim, r_dual, _, _ = self._residuals_of(*products[:3], z, data)
@@ -813,11 +391,11 @@ class OSQP(IterativeSolver):
         Cx_tilde = data.C @ x_tilde
         z_hat = self.alpha * Cx_tilde + (1 - self.alpha) * z
         x_new = self.alpha * x_tilde + (1 - self.alpha) * x
-        z_new = _clip(z_hat + y / rho_vec, data.lower, data.upper)
+        z_new = clip_to_box(z_hat + y / rho_vec, data.lower, data.upper)
         y_new = y + rho_vec * (z_hat - z_new)
         Cx_new = self.alpha * Cx_tilde + (1 - self.alpha) * Cx
         Px_new = data.P @ x_new
-        Cty_new, w_new = _transpose_products(data.C, y_new, rho_vec * z_new - y_new)
+        Cty_new, w_new = transpose_products(data.C, y_new, rho_vec * z_new - y_new)
 
         error, r_prim, r_dual, s_prim, s_dual = self._residuals_of(
             Cx_new, Px_new, Cty_new, z_new, data
@@ -898,7 +476,7 @@ class OSQP(IterativeSolver):
             y_p,
             jnp.where(upper, jnp.maximum(y_p, 0.0), jnp.where(lower, jnp.minimum(y_p, 0.0), 0.0)),
         )
-        z_p = _clip(data.C @ x_p, data.lower, data.upper)
+        z_p = clip_to_box(data.C @ x_p, data.lower, data.upper)
         error_p, r_prim, r_dual, _, _ = self._residuals(x_p, z_p, y_p, data)
         accept = jnp.isfinite(error_p) & (error_p < state.error) & (state.status <= 1)
         params = tree.where(accept, self._params(x_p, y_p, data, params), params)

@@ -1,0 +1,141 @@
+"""The machinery shared by the host wrappers (:mod:`implicitdiff.solvers.scipy`,
+:mod:`implicitdiff.solvers.host`): a host solve run through ``jax.pure_callback`` inside a
+jitted, differentiable ``run``.
+
+Conventions (JAXopt's): ``solver.run(init_params, *args, **kwargs)`` returns
+``OptStep(params, state)``; the solution is differentiable with respect to every array in
+``args``/``kwargs`` (not ``init_params``). Unlike JAXopt's SciPy wrappers, ``run`` works under
+``jax.jit``, ``jax.vmap`` and their compositions with ``jax.grad``:
+
+- **jit**: the host solve is a ``pure_callback`` inside the compiled program; ``run`` itself is
+  compiled once per shape (``jit=True``, as for the iterative solvers).
+- **vmap**: the callback is batched with ``vmap_method="sequential"``: a batch of problems is
+  solved one problem after the other on the host (no parallelism, no batched host solve), each
+  with its own host call, and the results are stacked.
+- **derivatives**: the host solver is never differentiated. The implicit derivative only
+  evaluates the optimality condition (in JAX, on the accelerator if there is one) at the
+  solution. With ``implicit_diff=False`` the result carries no derivative: differentiating it
+  raises JAX's error that pure callbacks have no JVP.
+
+Nested JAX calls made from inside a callback run on the CPU backend, whatever the default
+device, so that the host callback never waits on the device that is running the program that
+called it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from implicitdiff._args import ArgsSplit
+from implicitdiff._typing import PyTree
+from implicitdiff.solvers._base import (
+    COMPILE_CACHE_SIZE,
+    LRU,
+    DifferentiableRun,
+)
+
+__all__: list[str] = []
+
+
+def _cpu() -> jax.Device:
+    return jax.devices("cpu")[0]
+
+
+def on_cpu(x: PyTree) -> PyTree:
+    """Host values as JAX arrays committed to the CPU: nested calls from a callback run there."""
+    return jax.device_put(x, _cpu())
+
+
+def check_callable(value: Any, name: str, owner: str, method: Any = None) -> None:
+    if value is None and callable(method):
+        raise TypeError(
+            f"{owner}: {name} is missing and method is a function: the first positional argument "
+            f"is method (as in JAXopt); pass the function by keyword, {owner}({name}=...)"
+        )
+    if not callable(value):
+        raise TypeError(f"{owner}: {name} must be callable, got {value!r}")
+
+
+def flat_params(init_params: PyTree, owner: str) -> tuple[jax.Array, Callable]:
+    flat, unravel = ravel_pytree(init_params)
+    if not jnp.issubdtype(flat.dtype, jnp.floating):
+        raise TypeError(
+            f"{owner}: init_params must have real floating leaves (SciPy solves over ℝⁿ), got "
+            f"dtype {flat.dtype}"
+        )
+    return flat, unravel
+
+
+def shape_key(params: PyTree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+
+
+def all_finite(x: PyTree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(x)
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves] or [True]))
+
+
+INFO_SHAPES = (
+    jax.ShapeDtypeStruct((), np.int32),
+    jax.ShapeDtypeStruct((), np.int32),
+    jax.ShapeDtypeStruct((), np.bool_),
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class HostWrapper(DifferentiableRun):
+    """Base of the host wrappers: ``run`` = (jit ∘ custom_root/fixed_point)(``_solve``).
+
+    The settings ``implicit_diff``, ``solve``, ``jit``, ``on_failure`` and
+    ``backward_on_failure`` are those of :class:`DifferentiableRun` (keyword-only);
+    ``implicit_diff=False`` returns a result that cannot be differentiated (a host solve has no
+    derivative of its own).
+    """
+
+    def __post_init__(self):
+        super().__post_init__()
+        # One host callable per problem structure, bounded as the compiled programs are.
+        object.__setattr__(self, "_host_functions", LRU(COMPILE_CACHE_SIZE))
+
+    def _host_function(self, key: Any, build: Callable[[], Callable]) -> Callable:
+        """The host callable for one problem structure, built (and its jits made) once."""
+        try:
+            function = self._host_functions.get(key)
+        except TypeError:  # an unhashable static argument: build afresh (jit=False only)
+            return build()
+        if function is None:
+            function = self._host_functions[key] = build()
+        return function
+
+
+def call_host(solver: Any, kind: str, init_params: PyTree, args: tuple, kwargs: dict):
+    """Run ``solver._build_host``'s host function through ``jax.pure_callback`` (sequential
+    under vmap); returns (params, iter_num, status, success) as traced values."""
+    flat0, unravel = flat_params(init_params, type(solver).__name__)
+    key, arrays = callback_args(args, kwargs)
+    host = solver._host_function(
+        (kind, key, shape_key(init_params)),
+        lambda: solver._build_host(key, unravel, flat0.dtype),
+    )
+    x, iter_num, status, success = jax.pure_callback(
+        host,
+        (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *INFO_SHAPES),
+        flat0,
+        arrays,
+        vmap_method="sequential",
+    )
+    return unravel(x), iter_num, status, success
+
+
+def callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:
+    """The static key of (args, kwargs) and their arrays (numbers made arrays), for a callback."""
+    split = ArgsSplit(args, kwargs)
+    return split.key(), [jnp.asarray(a) for a in split.arrays]

@@ -1,0 +1,195 @@
+"""min ½xᵀQx + cᵀx s.t. Ax = b by one KKT linear solve (plus iterative refinement steps if its
+residual is above ``tol``): :class:`EqualityConstrainedQP`, differentiated through the KKT
+conditions (see :mod:`implicitdiff.solvers._qp_common`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from implicitdiff import linear_solve, tree
+from implicitdiff._typing import PyTree
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._qp_common import (
+    KKTSolution,
+    apply_operator,
+    check_pair,
+    dtype_of,
+    inf_norm,
+    qp_kkt,
+)
+
+__all__ = ["EqualityConstrainedQP", "EqualityConstrainedQPState"]
+
+
+class EqualityConstrainedQPState(NamedTuple):
+    """iter_num (solves done), error = ‖K z − r‖∞ / (1 + ‖r‖∞) for the KKT system K z = r,
+    converged."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class EqualityConstrainedQP(IterativeSolver):
+    """min ½xᵀQx + cᵀx s.t. Ax = b by one solve of the KKT system.
+
+    ``run(init_params=None, params_obj=(Q, c), params_eq=(A, b))`` solves
+
+        [[Q, Aᵀ], [A, 0]] [x; ν] = [−c; b]
+
+    (K z = r; without ``params_eq``, Q x = −c) and returns ``KKTSolution(x, ν, None)``. Q must
+    be positive definite on the null space of A, and A of full row rank. Each iteration is one
+    step of iterative refinement, z ← z + K⁻¹(r − K z): from the default z = 0 the first is the
+    direct solve, so one iteration suffices unless K is ill-conditioned. The solution is
+    differentiated through the KKT conditions (:func:`qp_kkt`): with respect to Q, c, A and b.
+
+    With dense arrays and ``kkt_solve=None``, K is formed and solved by LU
+    (``jnp.linalg.solve``). With ``matvec_Q`` or ``matvec_A`` (products ``matvec_Q(Q, x)``,
+    ``matvec_A(A, x)``: then Q, A are any pytrees of parameters, and x may be a pytree) or a given
+    ``kkt_solve``, K is only applied, and solved by ``kkt_solve`` (a name or callable of
+    :mod:`implicitdiff.linear_solve`; default ``"gmres"``; K is symmetric indefinite).
+
+    Attributes:
+      matvec_Q, matvec_A: optional matvecs, see above.
+      kkt_solve: the linear solver of K z = r, see above.
+      maxiter, tol: stop when ‖K z − r‖∞ ≤ tol (1 + ‖r‖∞) (default tol 1e-6: the direct solve
+        reaches about 1e-15 in float64, 1e-7 in float32), or after maxiter (10) refinement steps.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.equality_qp import EqualityConstrainedQP
+      >>> Q, c = 2.0 * jnp.eye(2), jnp.array([1.0, 1.0])
+      >>> A, b = jnp.array([[1.0, 1.0]]), jnp.array([1.0])
+      >>> (x, nu, _), state = EqualityConstrainedQP().run(None, (Q, c), (A, b))
+      >>> x
+      Array([0.5, 0.5], dtype=float32)
+    """
+
+    matvec_Q: Callable | None = dataclasses.field(default=None, kw_only=False)
+    matvec_A: Callable | None = dataclasses.field(default=None, kw_only=False)
+    kkt_solve: str | Callable | None = None
+    maxiter: int = 10
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("matvec_Q", "matvec_A"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(
+                    f"EqualityConstrainedQP: {name} must be callable or None, got {value!r}"
+                )
+        if self.kkt_solve is not None:
+            linear_solve.resolve(self.kkt_solve)  # raises on an unknown name
+        object.__setattr__(self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A))
+
+    def run(
+        self,
+        init_params: PyTree = None,
+        params_obj: tuple | None = None,
+        params_eq: tuple | None = None,
+    ) -> OptStep:
+        """Solve from ``init_params`` ((x, ν, None), or None for zeros); see the class."""
+        if params_obj is None:
+            raise TypeError("EqualityConstrainedQP.run: params_obj=(Q, c) is required")
+        check_pair("params_obj", params_obj)
+        check_pair("params_eq", params_eq)
+        c = params_obj[1]
+        if self.matvec_Q is None and self.matvec_A is None:  # dense arrays: check their shapes
+            Q, n = params_obj[0], (jnp.shape(c) or (-1,))[0]
+            if jnp.ndim(c) != 1 or jnp.shape(Q) != (n, n):
+                raise ValueError(
+                    "EqualityConstrainedQP: params_obj = (Q, c) must be a matrix (n, n) and a "
+                    f"vector (n,); got Q {jnp.shape(Q)}, c {jnp.shape(c)}"
+                )
+            if params_eq is not None:
+                A, b = params_eq
+                if jnp.ndim(A) != 2 or jnp.shape(A)[1] != n or jnp.shape(b) != jnp.shape(A)[:1]:
+                    raise ValueError(
+                        f"EqualityConstrainedQP: params_eq = (A, b) must be a matrix (p, {n}) and "
+                        f"a vector (p,); got A {jnp.shape(A)}, b {jnp.shape(b)}"
+                    )
+        x0, nu0, _ = (None, None, None) if init_params is None else init_params
+        if params_eq is None:
+            nu0 = None
+        elif nu0 is None:
+            nu0 = tree.zeros_like(params_eq[1])
+        init_params = KKTSolution(tree.zeros_like(c) if x0 is None else x0, nu0, None)
+        return super().run(init_params, params_obj, params_eq)
+
+    # -- the system K z = r ----------------------------------------------------------------
+
+    def _dense(self) -> bool:
+        return self.matvec_Q is None and self.matvec_A is None and self.kkt_solve is None
+
+    def _dense_system(self, params_obj, params_eq):
+        Q, c = params_obj
+        Q = 0.5 * (Q + Q.T)
+        if params_eq is None:
+            return Q, -c
+        A, b = params_eq
+        p = A.shape[0]
+        K = jnp.block([[Q, A.T], [A, jnp.zeros((p, p), A.dtype)]])
+        return K, jnp.concatenate([-c, b])
+
+    def _matvec_system(self, params_obj, params_eq, x_like):
+        Q, c = params_obj
+        if params_eq is None:
+            return (lambda x: apply_operator(self.matvec_Q, Q, x)), tree.neg(c)
+        A, b = params_eq
+        _, transpose = jax.vjp(lambda x: apply_operator(self.matvec_A, A, x), x_like)
+
+        def matvec(z):
+            x, nu = z
+            qx = apply_operator(self.matvec_Q, Q, x)
+            return tree.add(qx, transpose(nu)[0]), apply_operator(self.matvec_A, A, x)
+
+        return matvec, (tree.neg(c), b)
+
+    def _refine(self, params, params_obj, params_eq):
+        """z + K⁻¹(r − K z) and the scaled residual of the result."""
+        x, nu, _ = params
+        if self._dense():
+            K, r = self._dense_system(params_obj, params_eq)
+            z = x if nu is None else jnp.concatenate([x, nu])
+            z = z + jnp.linalg.solve(K, r - K @ z)
+            error = inf_norm(K @ z - r) / (1 + inf_norm(r))
+            n = x.shape[0]
+            return KKTSolution(z[:n], None if nu is None else z[n:], None), error
+        matvec, r = self._matvec_system(params_obj, params_eq, x)
+        z = x if nu is None else (x, nu)
+        solver = linear_solve.resolve(self.kkt_solve if self.kkt_solve is not None else "gmres")
+        z = tree.add(z, solver(matvec, tree.sub(r, matvec(z))))
+        error = tree.norm(tree.sub(matvec(z), r), jnp.inf) / (1 + tree.norm(r, jnp.inf))
+        solution = KKTSolution(z, None, None) if nu is None else KKTSolution(z[0], z[1], None)
+        return solution, error
+
+    # -- protocol --------------------------------------------------------------------------
+
+    def init_state(self, init_params, params_obj, params_eq=None) -> EqualityConstrainedQPState:
+        dtype = dtype_of(params_obj[1])
+        return EqualityConstrainedQPState(
+            iter_num=jnp.asarray(0),
+            error=jnp.asarray(jnp.inf, dtype),
+            converged=jnp.asarray(False),
+        )
+
+    def update(self, params, state, params_obj, params_eq=None) -> OptStep:
+        params, error = self._refine(params, params_obj, params_eq)
+        state = EqualityConstrainedQPState(
+            iter_num=state.iter_num + 1,
+            error=error.astype(state.error.dtype),
+            converged=state.converged,
+        )
+        return OptStep(params, state)
+
+    def optimality(self):
+        return "root", self._kkt

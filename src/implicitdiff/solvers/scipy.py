@@ -1,0 +1,509 @@
+"""SciPy's solvers, made differentiable, jittable and vmappable.
+
+Each wrapper runs a ``scipy.optimize`` solver on the host, outside XLA, through
+``jax.pure_callback``, and attaches the derivative of its solution by the implicit function theorem
+(:func:`implicitdiff.custom_root` / :func:`implicitdiff.custom_fixed_point`) on the optimality
+condition of the problem it solves, taken from :mod:`implicitdiff.optimality`:
+
+========================  ====================================  ================================
+wrapper                   host solver                           condition
+========================  ====================================  ================================
+``ScipyMinimize``         ``scipy.optimize.minimize``           ``stationary(fun)``
+``ScipyBoundedMinimize``  ``scipy.optimize.minimize``, bounds   ``projected_gradient(fun, box)``
+``ScipyRootFinding``      ``scipy.optimize.root``               ``("root", optimality_fun)``
+``ScipyLeastSquares``     ``scipy.optimize.least_squares``      ``least_squares(residual_fun)``
+========================  ====================================  ================================
+
+``run`` works under ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (see
+:mod:`implicitdiff.solvers._host_call`); :class:`implicitdiff.solvers.host.HostSolver` wraps any
+other host solver given its optimality condition.
+
+Inside the callback, SciPy receives float vectors (the pytree ``params`` flattened by
+``jax.flatten_util.ravel_pytree``, cast to ``dtype``, float64 by default) and calls back
+functions compiled once per problem shape: ``jax.value_and_grad(fun)`` (and a Hessian-vector
+product, a Hessian or a Jacobian where the method uses one). These nested JAX calls run on the CPU
+backend, whatever the default device, so that the host callback never waits on the device that
+is running the program that called it.
+
+The state is computed in JAX at the returned solution: ``error`` is the norm of the optimality
+residual of the wrapper's condition, ``converged`` is SciPy's ``success`` and a finite error
+below ``error_tol``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from implicitdiff import _projection_ops as projections
+from implicitdiff import optimality, tree
+from implicitdiff._args import ArgsSplit
+from implicitdiff._typing import PyTree
+from implicitdiff.solvers._host_call import (
+    INFO_SHAPES,
+    HostWrapper,
+    all_finite,
+    call_host,
+    callback_args,
+    check_callable,
+    flat_params,
+    on_cpu,
+    shape_key,
+)
+from implicitdiff.solvers._scipy_common import (
+    BOUNDED_METHODS,
+    GRADIENT_FREE,
+    LEAST_SQUARES_METHODS,
+    MINIMIZE_METHODS,
+    ROOT_METHODS,
+    ROOT_USES_JAC,
+    USES_HESS,
+    USES_HESSP,
+    ScipyState,
+    check_common,
+    check_method,
+    flat_bound,
+    flat_output_fun,
+    import_scipy_optimize,
+    result_fields,
+)
+
+__all__ = [
+    "ScipyBoundedMinimize",
+    "ScipyLeastSquares",
+    "ScipyMinimize",
+    "ScipyRootFinding",
+    "ScipyState",
+]
+
+# ---------------------------------------------------------------------------------------------
+# scipy.optimize.minimize.
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ScipyMinimize(HostWrapper):
+    """min_x fun(x, *args) by ``scipy.optimize.minimize``, differentiable, jittable, vmappable.
+
+    ``run(init_params, *args, **kwargs)`` calls ``scipy.optimize.minimize(…, method, tol,
+    options)`` on the host (through ``jax.pure_callback``) on the flattened params, with
+    ``jac=True`` and a compiled ``jax.value_and_grad(fun)`` (gradient-free methods get the value
+    only; newton-cg, trust-ncg, trust-krylov and trust-constr also get a compiled Hessian-vector
+    product ``hessp``, dogleg and trust-exact a compiled Hessian ``hess``). The solution is
+    differentiated through the stationarity condition ∇₁fun(x, *args) = 0
+    (:func:`implicitdiff.optimality.stationary`), so it must be a (local) minimum with an
+    invertible Hessian. SciPy stops by its own method-specific criteria (``tol`` sets them);
+    ``state.error`` = ‖∇₁fun(x, *args)‖ is then computed in JAX.
+
+    Under ``jax.vmap`` the batch is solved sequentially (``vmap_method="sequential"``).
+
+    Attributes:
+      fun: the objective fun(x, *args, **kwargs), a scalar; x a pytree of floating arrays.
+      method: a method of ``scipy.optimize.minimize`` (default "L-BFGS-B"), or a callable.
+        As in JAXopt, ``method`` and ``dtype`` are the only positional arguments of the SciPy
+        wrappers: their function (``fun``, ``optimality_fun``, ``residual_fun``) and every
+        other option are passed by keyword.
+      tol: SciPy's ``tol`` (default 1e-10: the derivative's error is proportional to the
+        solution's, so solve tightly). For L-BFGS-B, SciPy makes it both ``gtol`` and ``ftol``;
+        as ``ftol`` (stop when f decreases by less than ftol·max(|f|, 1) in a step) it leaves
+        ‖∇f‖ ≈ √(tol·|f|), so the wrapper passes ``ftol = tol / 100`` unless ``options``
+        sets it. On badly scaled problems L-BFGS-B still stops early (``state.converged``
+        False with ``success``): tighten ``options`` or use "BFGS" or a second-order method.
+      options: SciPy's ``options`` dict (e.g. ``{"maxiter": 1000}``), or None.
+      dtype: the floating dtype of the vectors SciPy works on (default float64, which SciPy's
+        Fortran methods such as L-BFGS-B need); the solution is cast back to the params' dtype.
+      error_tol: ``state.converged`` requires ``state.error`` ≤ error_tol (default 1e-6), as well
+        as SciPy's ``success``.
+      implicit_diff, solve, jit: see ``run``; ``implicit_diff=False`` gives a result that
+        cannot be differentiated.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.scipy import ScipyMinimize
+      >>> f = lambda w, lam: jnp.sum((w - 1.0) ** 2) + lam * jnp.sum(w**2)
+      >>> w, state = ScipyMinimize(fun=f).run(jnp.zeros(3), 1.0)  # w = 1 / (1 + lam)
+    """
+
+    fun: Callable | None = None
+    method: str | Callable = dataclasses.field(default="L-BFGS-B", kw_only=False)
+    tol: float = 1e-10
+    options: Mapping | None = None
+    dtype: Any = dataclasses.field(default=None, kw_only=False)
+    error_tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        owner = type(self).__name__
+        check_callable(self.fun, "fun", owner, self.method)
+        check_method(self.method, self._methods(), owner, allow_callable=True)
+        check_common(self, owner)
+        import_scipy_optimize()
+
+    @staticmethod
+    def _methods() -> tuple[str, ...]:
+        return MINIMIZE_METHODS
+
+    def optimality(self) -> tuple[str, Callable]:
+        return "root", optimality.stationary(self.fun)
+
+    def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
+        fun = self.fun
+
+        def flat_fun(x, arrays):
+            a, k = ArgsSplit.merge(key, arrays)
+            return fun(unravel(x), *a, **k)
+
+        method = self.method.lower() if isinstance(self.method, str) else None
+        value_and_grad = jax.jit(jax.value_and_grad(flat_fun))
+        value = jax.jit(flat_fun)
+        hessp = jax.jit(
+            lambda x, arrays, v: jax.jvp(lambda y: jax.grad(flat_fun)(y, arrays), (x,), (v,))[1]
+        )
+        hess = jax.jit(jax.hessian(flat_fun))
+        host_dtype = np.dtype(self.dtype or np.float64)
+        scipy_optimize = import_scipy_optimize()
+        scipy_method, tol = self.method, self.tol
+        options = dict(self.options) if self.options is not None else {}
+        if method == "l-bfgs-b":  # SciPy's ftol = tol stops with ‖∇f‖ ≈ √(tol·|f|)
+            options.setdefault("ftol", 1e-2 * tol)
+
+        def host(x0, arrays, lower, upper):
+            arrays = on_cpu(list(arrays))
+
+            def to_jax(x):
+                return on_cpu(np.asarray(x, param_dtype))
+
+            def host_value_and_grad(x):
+                v, g = value_and_grad(to_jax(x), arrays)
+                return float(v), np.asarray(g, host_dtype)
+
+            extra: dict = {}
+            if method in GRADIENT_FREE:
+                objective = lambda x: float(value(to_jax(x), arrays))  # noqa: E731
+            else:
+                objective, extra["jac"] = host_value_and_grad, True
+            if method in USES_HESSP:
+                extra["hessp"] = lambda x, p: np.asarray(
+                    hessp(to_jax(x), arrays, to_jax(p)), host_dtype
+                )
+            if method in USES_HESS:
+                extra["hess"] = lambda x: np.asarray(hess(to_jax(x), arrays), host_dtype)
+            if lower is not None:
+                extra["bounds"] = scipy_optimize.Bounds(
+                    np.asarray(lower, host_dtype), np.asarray(upper, host_dtype)
+                )
+            result = scipy_optimize.minimize(
+                objective,
+                np.asarray(x0, host_dtype),
+                method=scipy_method,
+                tol=tol,
+                options=dict(options),
+                **extra,
+            )
+            x = np.asarray(result.x, param_dtype).reshape(np.shape(x0))
+            return (x, *result_fields(result))
+
+        return host
+
+    def _minimize(self, init_params, bounds, args, kwargs):
+        """(params, iter_num, status, success): the host solve, as traced JAX values."""
+        owner = type(self).__name__
+        flat0, unravel = flat_params(init_params, owner)
+        key, arrays = callback_args(args, kwargs)
+        host = self._host_function(
+            ("minimize", key, shape_key(init_params)),
+            lambda: self._build_host(key, unravel, flat0.dtype),
+        )
+        if bounds is None:
+            operands = (flat0, arrays)
+
+            def callback(x0, arrays):
+                return host(x0, arrays, None, None)
+
+        else:
+            lower, upper = bounds
+            operands = (
+                flat0,
+                arrays,
+                flat_bound(lower, init_params, flat0.dtype),
+                flat_bound(upper, init_params, flat0.dtype),
+            )
+            callback = host
+        x, iter_num, status, success = jax.pure_callback(
+            callback,
+            (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *INFO_SHAPES),
+            *operands,
+            vmap_method="sequential",
+        )
+        return unravel(x), iter_num, status, success
+
+    def _state(self, params, error, value, iter_num, status, success) -> ScipyState:
+        dtype = tree.dtype(params)
+        error = jnp.asarray(error, dtype)
+        converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
+        return ScipyState(
+            iter_num=iter_num, error=error, converged=converged, status=status, value=value
+        )
+
+    def _solution(self, init_params, *args, **kwargs):
+        params, iter_num, status, success = self._minimize(init_params, None, args, kwargs)
+        value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
+        return params, self._state(params, tree.norm(grad), value, iter_num, status, success)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ScipyBoundedMinimize(ScipyMinimize):
+    """min_x fun(x, *args) s.t. lower ≤ x ≤ upper, by ``scipy.optimize.minimize`` with bounds.
+
+    ``run(init_params, bounds, *args, **kwargs)`` with ``bounds = (lower, upper)``, each a pytree
+    like ``init_params`` or a scalar (or array) broadcast to every leaf; ±inf leaves a side
+    free. SciPy runs as in :class:`ScipyMinimize`, with ``scipy.optimize.Bounds(lower, upper)``.
+    The solution is differentiated (with respect to ``bounds`` and ``args``) through the
+    projected-gradient fixed point x = box(x − ∇₁fun(x, *args), bounds)
+    (:func:`implicitdiff.optimality.projected_gradient` with :func:`implicitdiff.projections.box`),
+    which needs strict complementarity (∇f ≠ 0 on the active bounds) and a Hessian invertible on
+    the free coordinates. ``state.error`` = ‖box(x − ∇₁fun(x), bounds) − x‖, the norm of the
+    projected gradient.
+
+    Attributes:
+      fun, method, tol, options, dtype, error_tol, implicit_diff, solve, jit: as for
+        :class:`ScipyMinimize`; ``method`` must accept bounds (default "L-BFGS-B"; also
+        Nelder-Mead, Powell, TNC, COBYLA, COBYQA, SLSQP, trust-constr).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.scipy import ScipyBoundedMinimize
+      >>> f = lambda w, X, y: 0.5 * jnp.sum((X @ w - y) ** 2)  # NNLS
+      >>> X, y = jnp.eye(3), jnp.array([1.0, -1.0, 2.0])
+      >>> w, state = ScipyBoundedMinimize(fun=f).run(jnp.zeros(3), (0.0, jnp.inf), X, y)
+    """
+
+    @staticmethod
+    def _methods() -> tuple[str, ...]:
+        return BOUNDED_METHODS
+
+    def optimality(self) -> tuple[str, Callable]:
+        return "fixed_point", optimality.projected_gradient(self.fun, projections.box)
+
+    def run(self, init_params: PyTree, bounds: Any, *args, **kwargs):
+        """Solve from ``init_params`` within ``bounds = (lower, upper)``; ``bounds`` may be given
+        by keyword (it is passed on positionally, where the optimality condition expects it)."""
+        return super().run(init_params, bounds, *args, **kwargs)
+
+    def _solution(self, init_params, bounds, *args, **kwargs):
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+            raise TypeError(
+                f"{type(self).__name__}.run: bounds must be a pair (lower, upper), got {bounds!r}"
+            )
+        if any(b is None for b in bounds):
+            raise TypeError(
+                f"{type(self).__name__}.run: a bound is None; leave a side free with -jnp.inf or "
+                "jnp.inf"
+            )
+        params, iter_num, status, success = self._minimize(init_params, bounds, args, kwargs)
+        value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
+        step = projections.box(tree.sub(params, grad), tuple(bounds))
+        error = tree.norm(tree.sub(step, params))
+        return params, self._state(params, error, value, iter_num, status, success)
+
+
+# ---------------------------------------------------------------------------------------------
+# scipy.optimize.root and scipy.optimize.least_squares.
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ScipyRootFinding(HostWrapper):
+    """A root of F(x, *args) = 0 by ``scipy.optimize.root``, differentiable, jittable, vmappable.
+
+    ``run(init_params, *args, **kwargs)`` calls ``scipy.optimize.root(…, method, tol, options)``
+    on the host on the flattened params, with a compiled F and, for hybr and lm, its compiled
+    Jacobian (``jax.jacfwd``). The root is differentiated through F itself (``("root",
+    optimality_fun)``): ∂x* = −[∂₁F]⁻¹∂₂F, which needs ∂₁F invertible at the root.
+    ``state.error`` = ‖F(x, *args)‖, computed in JAX; ``state.value`` = ½‖F(x)‖².
+
+    Attributes:
+      optimality_fun: F(x, *args, **kwargs), a pytree with the structure of x.
+      method: a method of ``scipy.optimize.root`` (default "hybr").
+      tol, options, dtype, error_tol, implicit_diff, solve, jit: as for
+        :class:`ScipyMinimize`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.scipy import ScipyRootFinding
+      >>> F = lambda x, a: x**3 - a  # the cube root of a
+      >>> x, state = ScipyRootFinding(optimality_fun=F).run(jnp.ones(2), jnp.array([8.0, 27.0]))
+    """
+
+    optimality_fun: Callable | None = None
+    method: str = dataclasses.field(default="hybr", kw_only=False)
+    tol: float = 1e-10
+    options: Mapping | None = None
+    dtype: Any = dataclasses.field(default=None, kw_only=False)
+    error_tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        owner = type(self).__name__
+        check_callable(self.optimality_fun, "optimality_fun", owner, self.method)
+        check_method(self.method, ROOT_METHODS, owner, allow_callable=False)
+        check_common(self, owner)
+        import_scipy_optimize()
+
+    def optimality(self) -> tuple[str, Callable]:
+        return "root", self.optimality_fun
+
+    def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
+        flat_fun = flat_output_fun(self.optimality_fun, key, unravel)
+        value, jacobian = jax.jit(flat_fun), jax.jit(jax.jacfwd(flat_fun))
+        host_dtype = np.dtype(self.dtype or np.float64)
+        scipy_optimize = import_scipy_optimize()
+        method = self.method
+        uses_jac = method.lower() in ROOT_USES_JAC
+        tol = self.tol
+        options = dict(self.options) if self.options is not None else None
+
+        def host(x0, arrays):
+            arrays = on_cpu(list(arrays))
+
+            def to_jax(x):
+                return on_cpu(np.asarray(x, param_dtype))
+
+            extra: dict = {}
+            if uses_jac:
+                extra["jac"] = lambda x: np.asarray(jacobian(to_jax(x), arrays), host_dtype)
+            result = scipy_optimize.root(
+                lambda x: np.asarray(value(to_jax(x), arrays), host_dtype),
+                np.asarray(x0, host_dtype),
+                method=method,
+                tol=tol,
+                options=None if options is None else dict(options),
+                **extra,
+            )
+            x = np.asarray(result.x, param_dtype).reshape(np.shape(x0))
+            return (x, *result_fields(result))
+
+        return host
+
+    def _solution(self, init_params, *args, **kwargs):
+        params, iter_num, status, success = call_host(self, "root", init_params, args, kwargs)
+        residual = self.optimality_fun(params, *args, **kwargs)
+        error = tree.norm(residual).astype(tree.dtype(params))
+        converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
+        state = ScipyState(
+            iter_num=iter_num,
+            error=error,
+            converged=converged,
+            status=status,
+            value=0.5 * error**2,
+        )
+        return params, state
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ScipyLeastSquares(HostWrapper):
+    """min_x ½‖r(x, *args)‖² by ``scipy.optimize.least_squares``, differentiable and jittable.
+
+    ``run(init_params, *args, **kwargs)`` calls ``scipy.optimize.least_squares(…, method,
+    ftol=tol, xtol=tol, gtol=tol, **options)`` on the host on the flattened params, with the
+    flattened residual r and its Jacobian (``jax.jacfwd``), both compiled. The solution is
+    differentiated through the stationarity of ½‖r‖², ∂₁r(x)ᵀ r(x) = 0
+    (:func:`implicitdiff.optimality.least_squares`), which needs JᵀJ + Σ rₖ∇²rₖ invertible.
+    ``state.error`` = ‖∂₁r(x)ᵀ r(x)‖; ``state.value`` = ½‖r(x)‖²; ``state.iter_num`` is
+    SciPy's ``nfev``.
+
+    Attributes:
+      residual_fun: r(x, *args, **kwargs), a pytree of residuals (at least as many entries as x
+        for method "lm").
+      method: "trf" (default), "dogbox" or "lm".
+      tol: SciPy's ``ftol``, ``xtol`` and ``gtol`` (default 1e-12: SciPy scales its ``gtol``
+        test, and 1e-10 can leave ‖Jᵀr‖ ≈ 1e-8).
+      options: more keyword arguments of ``least_squares`` (e.g. ``{"max_nfev": 200,
+        "x_scale": "jac"}``), or None. Robust losses and bounds change the problem, and its
+        optimality condition: ``loss`` other than "linear", ``f_scale`` and ``bounds`` are
+        rejected.
+      dtype, error_tol, implicit_diff, solve, jit: as for :class:`ScipyMinimize`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.scipy import ScipyLeastSquares
+      >>> r = lambda p, t, y: p[0] * jnp.exp(p[1] * t) - y  # an exponential fit
+      >>> t = jnp.linspace(0.0, 1.0, 5)
+      >>> p, state = ScipyLeastSquares(residual_fun=r).run(jnp.ones(2), t, 2.0 * jnp.exp(-t))
+    """
+
+    residual_fun: Callable | None = None
+    method: str = dataclasses.field(default="trf", kw_only=False)
+    tol: float = 1e-12
+    options: Mapping | None = None
+    dtype: Any = dataclasses.field(default=None, kw_only=False)
+    error_tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        owner = type(self).__name__
+        check_callable(self.residual_fun, "residual_fun", owner, self.method)
+        check_method(self.method, LEAST_SQUARES_METHODS, owner, allow_callable=False)
+        check_common(self, owner)
+        options = self.options or {}
+        bad = [
+            name for name in ("bounds", "f_scale", "fun", "x0", "jac", "method") if name in options
+        ]
+        if options.get("loss", "linear") != "linear":
+            bad.append("loss")
+        if bad:
+            raise ValueError(
+                f"{owner}: options {bad} are not supported: the solution is differentiated as "
+                "the unconstrained minimum of ½‖r‖² (no bounds, loss='linear'); fun, x0, jac and "
+                "method are set by the wrapper"
+            )
+        import_scipy_optimize()
+
+    def optimality(self) -> tuple[str, Callable]:
+        return "root", optimality.least_squares(self.residual_fun)
+
+    def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
+        flat_fun = flat_output_fun(self.residual_fun, key, unravel)
+        value, jacobian = jax.jit(flat_fun), jax.jit(jax.jacfwd(flat_fun))
+        host_dtype = np.dtype(self.dtype or np.float64)
+        scipy_optimize = import_scipy_optimize()
+        method, tol = self.method, self.tol
+        options = dict(self.options) if self.options is not None else {}
+
+        def host(x0, arrays):
+            arrays = on_cpu(list(arrays))
+
+            def to_jax(x):
+                return on_cpu(np.asarray(x, param_dtype))
+
+            result = scipy_optimize.least_squares(
+                lambda x: np.asarray(value(to_jax(x), arrays), host_dtype),
+                np.asarray(x0, host_dtype),
+                jac=lambda x: np.atleast_2d(np.asarray(jacobian(to_jax(x), arrays), host_dtype)),
+                method=method,
+                **{"ftol": tol, "xtol": tol, "gtol": tol, **options},
+            )
+            x = np.asarray(result.x, param_dtype).reshape(np.shape(x0))
+            return (x, *result_fields(result, count="nfev"))
+
+        return host
+
+    def _solution(self, init_params, *args, **kwargs):
+        params, iter_num, status, success = call_host(
+            self, "least_squares", init_params, args, kwargs
+        )
+        dtype = tree.dtype(params)
+        residuals, vjp = jax.vjp(lambda p: self.residual_fun(p, *args, **kwargs), params)
+        error = tree.norm(vjp(residuals)[0]).astype(dtype)
+        converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
+        state = ScipyState(
+            iter_num=iter_num,
+            error=error,
+            converged=converged,
+            status=status,
+            value=(0.5 * tree.vdot(residuals, residuals)).astype(dtype),
+        )
+        return params, state

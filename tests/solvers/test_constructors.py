@@ -1,0 +1,115 @@
+"""Constructor conventions: a solver's own fields first positionally, in JAXopt 0.8.5's order;
+the settings every solver shares (maxiter, tol, implicit_diff, ...) keyword-only."""
+
+import inspect
+
+import pytest
+
+from implicitdiff import solvers
+from implicitdiff.solvers import _base
+
+jaxopt = pytest.importorskip("jaxopt")
+
+SHARED = {
+    "maxiter",
+    "tol",
+    "implicit_diff",
+    "solve",
+    "unroll_checkpoint",
+    "jit",
+    "on_failure",
+    "backward_on_failure",
+}
+
+CONCRETE = sorted(
+    name
+    for name, value in vars(solvers).items()
+    if inspect.isclass(value)
+    and issubclass(value, _base.DifferentiableRun)
+    and not inspect.isabstract(value)
+)
+IN_JAXOPT = [name for name in CONCRETE if hasattr(jaxopt, name)]
+
+
+def _positional(cls) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+METHODS = {
+    "ScipyMinimize": "BFGS",
+    "ScipyBoundedMinimize": "L-BFGS-B",
+    "ScipyRootFinding": "hybr",
+    "ScipyLeastSquares": "trf",
+}
+
+
+def f(x, *args):
+    return x
+
+
+# What some solvers need besides their first field to be valid.
+EXTRA = {
+    "Bisection": {"lower": 0.0, "upper": 1.0},
+    "BlockCoordinateDescent": {"block_prox": f},
+    "ProjectedGradient": {"projection": f},
+}
+
+
+@pytest.mark.parametrize("name", CONCRETE)
+def test_shared_settings_are_keyword_only(name):
+    parameters = inspect.signature(getattr(solvers, name)).parameters
+    shared = SHARED & set(parameters)
+    assert {"implicit_diff", "solve", "jit", "on_failure", "backward_on_failure"} <= shared
+    for setting in shared:
+        assert parameters[setting].kind is inspect.Parameter.KEYWORD_ONLY, setting
+
+
+@pytest.mark.parametrize("name", IN_JAXOPT)
+def test_positional_order_is_a_prefix_of_jaxopts(name):
+    ours = _positional(getattr(solvers, name))
+    theirs = _positional(getattr(jaxopt, name))
+    assert ours == theirs[: len(ours)]
+    # Where the order stops, JAXopt goes on with a shared setting or an option this class
+    # does not have (so a JAXopt call passing more positionally fails loudly here).
+    if len(ours) < len(theirs):
+        parameters = inspect.signature(getattr(solvers, name)).parameters
+        following = theirs[len(ours)]
+        assert following in SHARED or following not in parameters
+
+
+@pytest.mark.parametrize("name", IN_JAXOPT)
+def test_first_positional_argument_sets_the_same_field_as_jaxopt(name):
+    ours, theirs = getattr(solvers, name), getattr(jaxopt, name)
+    try:
+        (first,) = inspect.signature(theirs).bind_partial(f).arguments
+    except TypeError:  # JAXopt's class takes keywords only (OSQP)
+        first = None
+    if not _positional(ours):
+        # JAXopt's first is a shared setting (BoxCDQP's maxiter), keyword-only here, or JAXopt
+        # takes no positional argument either: a loud TypeError.
+        assert first is None or first in SHARED
+        with pytest.raises(TypeError):
+            ours(f)
+        return
+    assert list(inspect.signature(ours).bind_partial(f).arguments) == [first]
+    if first == "method":  # the SciPy wrappers: method first, the function by keyword
+        parameters = inspect.signature(ours).parameters
+        function = next(n for n in ("fun", "optimality_fun", "residual_fun") if n in parameters)
+        solver = ours(METHODS[name], **{function: f})
+        assert solver.method == METHODS[name]
+        with pytest.raises(TypeError, match=rf"{function}=\.\.\.\)"):
+            ours(f)  # the function passed where JAXopt too takes the method
+    else:
+        assert getattr(ours(f, **EXTRA.get(name, {})), first) is f
+
+
+def test_solvers_outside_jaxopt_take_their_functions_first():
+    assert solvers.Newton(f).fun is f
+    solver = solvers.HostSolver(f, f)
+    assert solver.solve_fn is f and solver.optimality_fun is f
+    with pytest.raises(TypeError):
+        solvers.OSQP(100)

@@ -1,0 +1,376 @@
+"""Solvers are frozen dataclasses: a setting cannot change behind a compiled ``run``.
+
+Every solver class exported by ``implicitdiff.solvers`` is swept: setting a field raises,
+``dataclasses.replace`` makes a new solver that runs with its own settings and functions (value
+and derivative against closed forms) while the original keeps its own, equality and hash follow
+the fields, and the cache of compiled programs stays bounded when each run brings a new function.
+"""
+
+import dataclasses
+import gc
+import inspect
+import weakref
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from implicitdiff import projections, solvers
+from implicitdiff.solvers import _base
+
+A = jnp.array([0.2, 0.3, 0.5])  # sums to 1 (mirror descent on the simplex)
+BOUNDS = (-10.0, 10.0)
+
+
+def _minimized(c):
+    """f(x, a) = Σ ½(x − c a)² + ¼(x − c a)⁴: x* = c a, ∂x*/∂a = c I."""
+    return lambda x, a: jnp.sum(0.5 * (x - c * a) ** 2 + 0.25 * (x - c * a) ** 4)
+
+
+def _root(c):
+    """G(x, a) = (x − c a) + 0.1 (x − c a)³: the root x* = c a."""
+    return lambda x, a: (x - c * a) + 0.1 * (x - c * a) ** 3
+
+
+def _fixed_point(c):
+    """T(x, a) = ½ x + ½ c a: the fixed point x* = c a."""
+    return lambda x, a: 0.5 * x + 0.5 * c * a
+
+
+def _host_solve(c):
+    return lambda x0, a: c * np.asarray(a)
+
+
+def _identity_jacobian(c):
+    return c * jnp.eye(3)
+
+
+def _simplex_jacobian(c):
+    """x* = c a − (c Σa − 1)/3 (all entries positive for c ∈ {1, 2}): ∂x*/∂a = c (I − 11ᵀ/3)."""
+    return c * (jnp.eye(3) - jnp.ones((3, 3)) / 3)
+
+
+def _simplex_solution(c, a):
+    return c * a - (c * jnp.sum(a) - 1.0) / 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A solver on a problem whose solution is x*(a) = c a (c = 1; c = 2 after ``swap``)."""
+
+    make: object  # c -> solver
+    solve: object  # (solver, a) -> (params, state)
+    swap: tuple = ()  # the function fields that ``make(2)`` changes
+    solution: object = staticmethod(lambda c, a: c * a)
+    jacobian: object = staticmethod(_identity_jacobian)
+    setting: tuple = ("maxiter", 2)  # a replacement that must show in state.iter_num
+
+
+def _plain(solver, a):
+    return solver.run(jnp.zeros(3), a)
+
+
+def _quiet(**options):
+    return {"on_failure": "ignore", **options}
+
+
+CASES = {
+    "GradientDescent": Case(
+        lambda c: solvers.GradientDescent(fun=_minimized(c), tol=1e-10, **_quiet()),
+        _plain,
+        ("fun",),
+    ),
+    "LBFGS": Case(
+        lambda c: solvers.LBFGS(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
+    ),
+    "BFGS": Case(
+        lambda c: solvers.BFGS(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
+    ),
+    "NonlinearCG": Case(
+        lambda c: solvers.NonlinearCG(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
+    ),
+    "Newton": Case(
+        lambda c: solvers.Newton(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
+    ),
+    "LBFGSB": Case(
+        lambda c: solvers.LBFGSB(fun=_minimized(c), tol=1e-10, **_quiet()),
+        lambda s, a: s.run(jnp.zeros(3), BOUNDS, a),
+        ("fun",),
+    ),
+    "ProximalGradient": Case(
+        lambda c: solvers.ProximalGradient(fun=_minimized(c), tol=1e-10, **_quiet()),
+        lambda s, a: s.run(jnp.zeros(3), None, a),
+        ("fun",),
+    ),
+    "ProjectedGradient": Case(
+        lambda c: solvers.ProjectedGradient(
+            fun=_minimized(c), projection=projections.box, tol=1e-10, **_quiet()
+        ),
+        lambda s, a: s.run(jnp.zeros(3), BOUNDS, a),
+        ("fun",),
+    ),
+    "MirrorDescent": Case(
+        lambda c: solvers.MirrorDescent(
+            fun=lambda p, a, c=c: 0.5 * jnp.sum((p - c * a) ** 2), tol=1e-12, **_quiet()
+        ),
+        lambda s, a: s.run(jnp.ones(3) / 3, None, a),
+        ("fun",),
+        solution=_simplex_solution,
+        jacobian=_simplex_jacobian,
+    ),
+    "BlockCoordinateDescent": Case(
+        lambda c: solvers.BlockCoordinateDescent(
+            fun=lambda x, a, c=c: _minimized(c)(x[:, 0], a),
+            block_prox=_block_none,
+            tol=1e-10,
+            **_quiet(),
+        ),
+        lambda s, a: _column(s.run(jnp.zeros((3, 1)), None, a)),
+        ("fun",),
+    ),
+    "FixedPointIteration": Case(
+        lambda c: solvers.FixedPointIteration(
+            fixed_point_fun=_fixed_point(c), tol=1e-12, **_quiet()
+        ),
+        _plain,
+        ("fixed_point_fun",),
+    ),
+    "AndersonAcceleration": Case(
+        lambda c: solvers.AndersonAcceleration(
+            fixed_point_fun=lambda x, a, c=c: _fixed_point(c)(x, a) + 0.05 * jnp.sin(x - c * a),
+            tol=1e-12,
+            **_quiet(),
+        ),
+        _plain,
+        ("fixed_point_fun",),
+    ),
+    "Broyden": Case(
+        lambda c: solvers.Broyden(fun=_root(c), tol=1e-12, **_quiet()), _plain, ("fun",)
+    ),
+    "Bisection": Case(
+        lambda c: solvers.Bisection(
+            optimality_fun=lambda x, a, c=c: jnp.sum(_root(c)(x, a)),
+            lower=-10.0,
+            upper=10.0,
+            tol=1e-12,
+            **_quiet(),
+        ),
+        lambda s, a: s.run(None, a[:1]),
+        ("optimality_fun",),
+        solution=lambda c, a: c * a[0],
+        jacobian=lambda c: jnp.array([c, 0.0, 0.0]),
+    ),
+    "GaussNewton": Case(
+        lambda c: solvers.GaussNewton(residual_fun=_root(c), tol=1e-12, **_quiet()),
+        _plain,
+        ("residual_fun",),
+    ),
+    "LevenbergMarquardt": Case(
+        lambda c: solvers.LevenbergMarquardt(residual_fun=_root(c), tol=1e-12, **_quiet()),
+        _plain,
+        ("residual_fun",),
+    ),
+    "EqualityConstrainedQP": Case(
+        # min ½ x·Q x − aᵀx with Q x = q x / c: x* = c a.
+        lambda c: solvers.EqualityConstrainedQP(matvec_Q=lambda q, x, c=c: q * x / c),
+        lambda s, a: _primal(s.run(None, (1.0, -a))),
+        ("matvec_Q",),
+        setting=("tol", 0.5),
+    ),
+    "BoxCDQP": Case(
+        lambda c: solvers.BoxCDQP(tol=1e-12, **_quiet()),
+        lambda s, a: s.run(None, (jnp.eye(3) + 0.5, -(jnp.eye(3) + 0.5) @ a), BOUNDS),
+    ),
+    "OSQP": Case(
+        lambda c: solvers.OSQP(tol=1e-10, **_quiet()),
+        lambda s, a: _primal(s.run(None, (jnp.eye(3) + 0.5, -(jnp.eye(3) + 0.5) @ a))),
+    ),
+    "ScipyMinimize": Case(
+        lambda c: solvers.ScipyMinimize(fun=_minimized(c), tol=1e-12, **_quiet()),
+        _plain,
+        ("fun",),
+        setting=("options", {"maxiter": 2}),
+    ),
+    "ScipyBoundedMinimize": Case(
+        lambda c: solvers.ScipyBoundedMinimize(fun=_minimized(c), tol=1e-12, **_quiet()),
+        lambda s, a: s.run(jnp.zeros(3), BOUNDS, a),
+        ("fun",),
+        setting=("options", {"maxiter": 2}),
+    ),
+    "ScipyRootFinding": Case(
+        lambda c: solvers.ScipyRootFinding(optimality_fun=_root(c), tol=1e-12, **_quiet()),
+        _plain,
+        ("optimality_fun",),
+        setting=None,
+    ),
+    "ScipyLeastSquares": Case(
+        lambda c: solvers.ScipyLeastSquares(residual_fun=_root(c), tol=1e-12, **_quiet()),
+        _plain,
+        ("residual_fun",),
+        setting=("options", {"max_nfev": 2}),
+    ),
+    "HostSolver": Case(
+        lambda c: solvers.HostSolver(solve_fn=_host_solve(c), optimality_fun=_root(c)),
+        _plain,
+        ("solve_fn", "optimality_fun"),
+        setting=None,
+    ),
+}
+
+
+def _block_none(x, hyperparams, scaling=1.0):
+    return x
+
+
+def _column(step):
+    params, state = step
+    return params[:, 0], state
+
+
+def _primal(step):
+    params, state = step
+    return params.primal, state
+
+
+SOLVER_CLASSES = sorted(
+    name
+    for name, value in vars(solvers).items()
+    if inspect.isclass(value) and issubclass(value, _base.DifferentiableRun)
+)
+CONCRETE = [name for name in SOLVER_CLASSES if not inspect.isabstract(getattr(solvers, name))]
+
+
+def test_every_exported_solver_is_swept():
+    assert set(CONCRETE) == set(CASES)
+    assert "IterativeSolver" in SOLVER_CLASSES
+
+
+@pytest.mark.parametrize("name", SOLVER_CLASSES)
+def test_solver_classes_are_frozen_dataclasses(name):
+    cls = getattr(solvers, name)
+    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
+
+
+@pytest.mark.parametrize("name", CONCRETE)
+def test_setting_any_field_raises(name):
+    solver = CASES[name].make(1)
+    for field in dataclasses.fields(solver):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(solver, field.name, getattr(solver, field.name))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(solver, field.name)
+
+
+@pytest.mark.parametrize("name", CONCRETE)
+def test_equality_and_hash_follow_the_fields(name):
+    solver = CASES[name].make(1)
+    same = dataclasses.replace(solver)
+    assert same is not solver and same == solver and hash(same) == hash(solver)
+    assert len({solver, same}) == 1
+    other = dataclasses.replace(solver, jit=not solver.jit)
+    assert other != solver
+    if CASES[name].swap:
+        assert CASES[name].make(2) != solver
+
+
+def test_equality_compares_dict_fields_by_value():
+    one = solvers.ScipyMinimize(fun=_minimized(1), options={"maxiter": 5, "disp": False})
+    two = solvers.ScipyMinimize(fun=one.fun, options={"disp": False, "maxiter": 5})
+    assert one == two and hash(one) == hash(two)
+    assert one != dataclasses.replace(two, options={"maxiter": 6, "disp": False})
+
+
+@pytest.mark.parametrize("name", CONCRETE)
+def test_replace_runs_with_its_own_settings(name):
+    case = CASES[name]
+    if case.setting is None:
+        pytest.skip(f"{name} has no setting that shows in its state")
+    solver = case.make(1)
+    _, before = case.solve(solver, A)
+    field, value = case.setting
+    changed = dataclasses.replace(solver, **{field: value})
+    _, state = case.solve(changed, A)
+    if field == "tol":  # one refinement is enough at a loose tol
+        assert int(state.iter_num) <= int(before.iter_num)
+    else:
+        assert int(before.iter_num) > 2, "the problem must need more than 2 iterations"
+        assert 0 < int(state.iter_num) <= 2
+        if field == "maxiter":
+            assert int(state.iter_num) == value
+    _, after = case.solve(solver, A)  # the original keeps its own settings
+    assert int(after.iter_num) == int(before.iter_num)
+    assert getattr(solver, field) != value
+
+
+@pytest.mark.parametrize("name", CONCRETE)
+def test_replace_function_changes_value_and_derivative(name):
+    case = CASES[name]
+    if not case.swap:
+        pytest.skip(f"{name} has no function field (its problem is all in run's arguments)")
+    solver = case.make(1)
+    swapped = dataclasses.replace(solver, **{f: getattr(case.make(2), f) for f in case.swap})
+    for c, s in ((1, solver), (2, swapped), (1, solver)):  # the original is unchanged after
+        jac, params = jax.jacobian(lambda a, s=s: (case.solve(s, a)[0],) * 2, has_aux=True)(A)
+        np.testing.assert_allclose(params, case.solution(c, A), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(jac, case.jacobian(c), rtol=1e-6, atol=1e-7)
+
+
+def _alive_after_jax_caches_cleared(refs):
+    """How many of the weakly referenced objects this package still holds: JAX's own caches
+    (bounded by JAX) are emptied first."""
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
+    return sum(ref() is not None for ref in refs)
+
+
+def test_compiled_programs_stay_bounded_with_a_new_function_per_run():
+    """More solvers than the bound, each with a new lambda: the compiled programs (and the
+    lambdas they hold) beyond the documented bound are released."""
+    base = solvers.FixedPointIteration(fixed_point_fun=_fixed_point(1), tol=1e-8)
+    alive = []
+    for i in range(_base.COMPILE_CACHE_SIZE + 8):
+        fun = lambda x, a, i=i: 0.5 * x + 0.5 * a + 0.0 * i  # noqa: E731
+        alive.append(weakref.ref(fun))
+        x, _ = dataclasses.replace(base, fixed_point_fun=fun).run(jnp.zeros(3), A)
+        del fun
+    np.testing.assert_allclose(x, A, atol=1e-6)
+    assert len(_base._COMPILED) <= _base.COMPILE_CACHE_SIZE
+    assert _alive_after_jax_caches_cleared(alive) <= _base.COMPILE_CACHE_SIZE
+
+
+def test_compiled_programs_stay_bounded_with_a_new_static_argument_per_run():
+    """One solver, 100 runs, each with a new function passed as an argument (a compile-time
+    constant): the same bound holds."""
+
+    def fixed_point_fun(x, a, shift):
+        return 0.5 * x + 0.5 * shift(a)
+
+    solver = solvers.FixedPointIteration(fixed_point_fun=fixed_point_fun, tol=1e-8)
+    alive = []
+    for i in range(100):
+        shift = lambda a, i=i: a + 0.0 * i  # noqa: E731
+        alive.append(weakref.ref(shift))
+        x, _ = solver.run(jnp.zeros(3), A, shift)
+        del shift
+    np.testing.assert_allclose(x, A, atol=1e-6)
+    assert len(solver._compiled) <= _base.COMPILE_CACHE_SIZE
+    assert _alive_after_jax_caches_cleared(alive) <= _base.COMPILE_CACHE_SIZE
+
+
+def test_equal_solvers_share_one_compilation():
+    """A solver built anew for each call (same fields) does not recompile."""
+    traces = []
+
+    def fixed_point_fun(x, a):
+        traces.append(None)
+        return 0.5 * x + 0.5 * a
+
+    for _ in range(3):
+        solvers.FixedPointIteration(fixed_point_fun=fixed_point_fun, tol=1e-8).run(jnp.zeros(3), A)
+    n = len(traces)
+    solvers.FixedPointIteration(fixed_point_fun=fixed_point_fun, tol=1e-8).run(jnp.zeros(3), A)
+    assert len(traces) == n  # no new trace
+    solvers.FixedPointIteration(fixed_point_fun=fixed_point_fun, tol=1e-9).run(jnp.zeros(3), A)
+    assert len(traces) > n  # another tol: another program
