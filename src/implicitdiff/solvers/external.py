@@ -486,7 +486,7 @@ class ScipyMinimize(_HostWrapper):
             iter_num=iter_num, error=error, converged=converged, status=status, value=value
         )
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         params, iter_num, status, success = self._minimize(init_params, None, args, kwargs)
         value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
         return params, self._state(params, tree.norm(grad), value, iter_num, status, success)
@@ -519,6 +519,8 @@ class ScipyBoundedMinimize(ScipyMinimize):
       >>> w, state = ScipyBoundedMinimize(f).run(jnp.zeros(3), (0.0, jnp.inf), X, y)
     """
 
+    _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
+
     @staticmethod
     def _methods() -> tuple[str, ...]:
         return _BOUNDED_METHODS
@@ -526,7 +528,7 @@ class ScipyBoundedMinimize(ScipyMinimize):
     def optimality(self) -> tuple[str, Callable]:
         return "fixed_point", optimality.projected_gradient(self.fun, projections.box)
 
-    def _solution(self, init_params, bounds, *args, **kwargs):
+    def _solution(self, init_params, /, bounds, *args, **kwargs):
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
             raise TypeError(
                 f"{type(self).__name__}.run: bounds must be a pair (lower, upper), got {bounds!r}"
@@ -580,6 +582,8 @@ class ScipyRootFinding(_HostWrapper):
       >>> x, state = ScipyRootFinding(F).run(jnp.ones(2), jnp.array([8.0, 27.0]))
     """
 
+    _user_function = "optimality_fun"
+
     optimality_fun: Callable | None = None
     method: str = "hybr"
     tol: float = 1e-10
@@ -630,7 +634,7 @@ class ScipyRootFinding(_HostWrapper):
 
         return host
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         params, iter_num, status, success = _call_host(self, "root", init_params, args, kwargs)
         residual = self.optimality_fun(params, *args, **kwargs)
         error = tree.norm(residual).astype(tree.dtype(params))
@@ -676,6 +680,8 @@ class ScipyLeastSquares(_HostWrapper):
       >>> t = jnp.linspace(0.0, 1.0, 5)
       >>> p, state = ScipyLeastSquares(r).run(jnp.ones(2), t, 2.0 * jnp.exp(-t))
     """
+
+    _user_function = "residual_fun"
 
     residual_fun: Callable | None = None
     method: str = "trf"
@@ -733,7 +739,7 @@ class ScipyLeastSquares(_HostWrapper):
 
         return host
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         params, iter_num, status, success = _call_host(
             self, "least_squares", init_params, args, kwargs
         )
@@ -806,6 +812,8 @@ class HostSolver(_HostWrapper):
       >>> dw_dlam = jax.jacobian(lambda lam: solver.run(jnp.zeros(3), lam, X, y).params)(1.0)
     """
 
+    _user_function = "optimality_fun"
+
     solve_fn: Callable | None = None
     optimality_fun: Callable | None = None
     result_shape: Any = None
@@ -835,7 +843,7 @@ class HostSolver(_HostWrapper):
             lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), shape
         )
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         expected = self._result_shape(init_params, args, kwargs)
         expected_leaves, expected_tree = jax.tree_util.tree_flatten(expected)
         init_leaves, init_tree = jax.tree_util.tree_flatten(init_params)

@@ -195,6 +195,8 @@ class LBFGSB(IterativeSolver):
       >>> x, state = LBFGSB(fun=f).run(jnp.zeros(2), (0.0, 1.0), jnp.array([2.0, -1.0]))
     """
 
+    _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
+
     fun: Callable | None = None
     history_size: int = 10
     maxiter: int = 500
@@ -218,7 +220,7 @@ class LBFGSB(IterativeSolver):
         value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)
         return value, ravel_pytree(grad)[0]
 
-    def init_state(self, init_params, bounds, *args, **kwargs) -> LBFGSBState:
+    def init_state(self, init_params, /, bounds, *args, **kwargs) -> LBFGSBState:
         flat_x, unravel = ravel_pytree(init_params)
         lower, upper = _flat_bounds(init_params, bounds)
         dtype = flat_x.dtype
@@ -241,7 +243,7 @@ class LBFGSB(IterativeSolver):
             gamma=_first_scaling(grad).astype(dtype),
         )
 
-    def update(self, params, state: LBFGSBState, bounds, *args, **kwargs) -> OptStep:
+    def update(self, params, state: LBFGSBState, /, bounds, *args, **kwargs) -> OptStep:
         x, unravel = ravel_pytree(params)
         lower, upper = _flat_bounds(params, bounds)
         g, value = state.grad, state.value
@@ -317,7 +319,7 @@ class LBFGSB(IterativeSolver):
     def optimality(self):
         condition = optimality.projected_gradient(self.fun, projections.box, stepsize=1.0)
 
-        def fixed_point_fun(x, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``
+        def fixed_point_fun(x, /, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``
             return condition(x, bounds, *args, **kwargs)
 
         fixed_point_fun.symmetric = False

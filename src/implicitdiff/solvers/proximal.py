@@ -249,6 +249,8 @@ class ProximalGradient(_ProximalGradientBase):
       >>> w, state = ProximalGradient(fun=f, prox=prox.l1).run(jnp.zeros(2), 0.1, X, y)  # lasso
     """
 
+    _run_arguments = ("hyperparams_prox",)  # run(init_params, hyperparams_prox, *args, **kwargs)
+
     prox: Callable = prox_operators.none
 
     def __post_init__(self):
@@ -263,13 +265,15 @@ class ProximalGradient(_ProximalGradientBase):
     def _prox(self) -> Callable:
         return self.prox
 
-    def init_state(self, init_params, hyperparams_prox, *args, **kwargs) -> ProximalGradientState:
+    def init_state(
+        self, init_params, /, hyperparams_prox, *args, **kwargs
+    ) -> ProximalGradientState:
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
         return self._init_state(init_params)
 
-    def update(self, params, state, hyperparams_prox, *args, **kwargs) -> OptStep:
+    def update(self, params, state, /, hyperparams_prox, *args, **kwargs) -> OptStep:
         return self._update(params, state, hyperparams_prox, args, kwargs)
 
     def optimality(self):
@@ -309,6 +313,8 @@ class ProjectedGradient(_ProximalGradientBase):
       >>> x, state = solver.run(jnp.zeros(2), None, A, b)
     """
 
+    _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
+
     projection: Callable | None = None
 
     def __post_init__(self):
@@ -325,13 +331,15 @@ class ProjectedGradient(_ProximalGradientBase):
     def _prox(self) -> Callable:
         return self._projection_prox
 
-    def init_state(self, init_params, hyperparams_proj, *args, **kwargs) -> ProximalGradientState:
+    def init_state(
+        self, init_params, /, hyperparams_proj, *args, **kwargs
+    ) -> ProximalGradientState:
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
         return self._init_state(init_params)
 
-    def update(self, params, state, hyperparams_proj, *args, **kwargs) -> OptStep:
+    def update(self, params, state, /, hyperparams_proj, *args, **kwargs) -> OptStep:
         return self._update(params, state, hyperparams_proj, args, kwargs)
 
     def optimality(self):
@@ -391,6 +399,8 @@ class MirrorDescent(IterativeSolver):
       >>> p, state = MirrorDescent(fun=f, stepsize=0.5).run(jnp.ones(3) / 3, None, jnp.arange(3.0))
     """
 
+    _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
+
     fun: Callable | None = None
     projection: Callable | None = None
     mapping: Callable | None = None
@@ -420,7 +430,7 @@ class MirrorDescent(IterativeSolver):
         dual = tree.axpy(-self.stepsize, grad, self.mapping(params))
         return self.projection(dual, hyperparams)
 
-    def init_state(self, init_params, hyperparams_proj, *args, **kwargs) -> MirrorDescentState:
+    def init_state(self, init_params, /, hyperparams_proj, *args, **kwargs) -> MirrorDescentState:
         return MirrorDescentState(
             iter_num=jnp.asarray(0),
             error=jnp.asarray(jnp.inf, tree.dtype(init_params)),
@@ -428,7 +438,7 @@ class MirrorDescent(IterativeSolver):
         )
 
     def update(
-        self, params, state: MirrorDescentState, hyperparams_proj, *args, **kwargs
+        self, params, state: MirrorDescentState, /, hyperparams_proj, *args, **kwargs
     ) -> OptStep:
         grad = self._grad(params, *args, **kwargs)
         new_params = self._step(params, hyperparams_proj, grad)
@@ -596,6 +606,8 @@ class BlockCoordinateDescent(IterativeSolver):
       ... ).run(jnp.zeros(2), 0.1, X, y)
     """
 
+    _run_arguments = ("hyperparams_prox",)  # run(init_params, hyperparams_prox, *args, **kwargs)
+
     fun: Callable | None = None
     block_prox: Callable | None = None
     stepsize: Any = 0.0
@@ -634,7 +646,7 @@ class BlockCoordinateDescent(IterativeSolver):
         self._smooth = self.fun if self.fun is not None else self._composite_fun
         self._grad = jax.grad(self._smooth)
 
-    def _composite_fun(self, x, *args, **kwargs):
+    def _composite_fun(self, x, /, *args, **kwargs):
         """f(x) = outer_fun(Σᵢ block_fun(xᵢ, i, *args), *args)."""
         return self.outer_fun(_sum_of_blocks(self.block_fun, x, args, kwargs), *args, **kwargs)
 
@@ -668,7 +680,7 @@ class BlockCoordinateDescent(IterativeSolver):
         return tree.norm(diff)
 
     def init_state(
-        self, init_params, hyperparams_prox, *args, **kwargs
+        self, init_params, /, hyperparams_prox, *args, **kwargs
     ) -> BlockCoordinateDescentState:
         init_params = jnp.asarray(init_params)
         if init_params.ndim < 1:
@@ -712,7 +724,7 @@ class BlockCoordinateDescent(IterativeSolver):
         return jax.lax.fori_loop(0, x.shape[0], composite_step, (x, p))
 
     def update(
-        self, params, state: BlockCoordinateDescentState, hyperparams_prox, *args, **kwargs
+        self, params, state: BlockCoordinateDescentState, /, hyperparams_prox, *args, **kwargs
     ) -> OptStep:
         params, steps, p = jnp.asarray(params), state.stepsize, state.predictions
         if self._composite and p is None:  # a state built by hand
@@ -731,7 +743,7 @@ class BlockCoordinateDescent(IterativeSolver):
         return OptStep(new_params, state)
 
     def optimality(self):
-        def fixed_point_fun(x, hyperparams_prox, *args, **kwargs):
+        def fixed_point_fun(x, /, hyperparams_prox, *args, **kwargs):
             steps = self._stepsizes(jax.lax.stop_gradient(x), args, kwargs)
             condition = optimality.block_proximal_gradient(self._smooth, self.block_prox, steps)
             return condition(x, hyperparams_prox, *args, **kwargs)

@@ -191,6 +191,8 @@ class EqualityConstrainedQP(IterativeSolver):
       Array([0.5, 0.5], dtype=float32)
     """
 
+    _user_function = None  # run has its own signature
+
     matvec_Q: Callable | None = None
     matvec_A: Callable | None = None
     kkt_solve: str | Callable | None = None
@@ -380,6 +382,8 @@ class BoxCDQP(IterativeSolver):
       Array([1., 0.], dtype=float32)
     """
 
+    _user_function = None  # run has its own signature
+
     maxiter: int = 1000
     tol: float = 1e-8
 
@@ -563,6 +567,8 @@ class OSQP(IterativeSolver):
       >>> int(state.status), jnp.round(x, 4), jnp.round(lam, 4)
       (0, Array([0.5, 0.5], dtype=float32), Array([0.5], dtype=float32))
     """
+
+    _user_function = None  # run has its own signature
 
     rho: float = 0.1
     sigma: float = 1e-6

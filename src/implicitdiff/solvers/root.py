@@ -145,7 +145,7 @@ class Broyden(IterativeSolver):
             return jnp.linalg.inv(jax.jacfwd(flat_fun)(x))
         return self.gamma * jnp.eye(n, dtype=x.dtype)
 
-    def init_state(self, init_params, *args, **kwargs) -> BroydenState:
+    def init_state(self, init_params, /, *args, **kwargs) -> BroydenState:
         flat_fun = self._flat_fun(init_params, args, kwargs)
         x, _ = ravel_pytree(init_params)
         value = flat_fun(x)
@@ -192,7 +192,7 @@ class Broyden(IterativeSolver):
         )
         return sg(t), sg(ok), sg(trial_value)
 
-    def update(self, params, state: BroydenState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: BroydenState, /, *args, **kwargs) -> OptStep:
         flat_fun = self._flat_fun(params, args, kwargs)
         x, unravel = ravel_pytree(params)
         h, value = state.inverse_jacobian, state.value
@@ -302,6 +302,8 @@ class Bisection(IterativeSolver):
       >>> x, state = Bisection(optimality_fun=G, lower=-5.0, upper=5.0).run(None, 2.0)  # x = 1
     """
 
+    _user_function = "optimality_fun"
+
     optimality_fun: Callable | None = None
     lower: float = 0.0
     upper: float = 0.0
@@ -341,7 +343,7 @@ class Bisection(IterativeSolver):
             )
         return value
 
-    def init_state(self, init_params, *args, **kwargs) -> BisectionState:
+    def init_state(self, init_params, /, *args, **kwargs) -> BisectionState:
         dtype = jnp.result_type(init_params)
         low = jnp.asarray(self.lower, dtype)
         high = jnp.asarray(self.upper, dtype)
@@ -366,7 +368,7 @@ class Bisection(IterativeSolver):
             valid_bracket=valid,
         )
 
-    def update(self, params, state: BisectionState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: BisectionState, /, *args, **kwargs) -> OptStep:
         # params is the midpoint of [low, high] and state.value = G(params): keep the half on
         # which G changes sign, then evaluate G at its midpoint.
         below = state.sign * state.value < 0  # the root is above params
