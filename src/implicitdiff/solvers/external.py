@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import linear_solve, optimality, projections, tree
+from implicitdiff import _checks, linear_solve, optimality, projections, tree
 from implicitdiff.solvers._base import DifferentiableRun, _ArgsSplit, check_failure_policies
 
 PyTree = Any
@@ -429,6 +429,10 @@ class ScipyMinimize(_HostWrapper):
                 )
             if method in _USES_HESS:
                 extra["hess"] = lambda x: np.asarray(hess(to_jax(x), arrays), host_dtype)
+            if lower is not None and np.any(~(np.asarray(lower) <= np.asarray(upper))):
+                # An empty (or NaN) box reaching the host traced: no solve, a failed result.
+                nan = np.full(np.shape(x0), np.nan, param_dtype)
+                return nan, np.int32(0), np.int32(-1), np.bool_(False)
             if lower is not None:
                 extra["bounds"] = scipy_optimize.Bounds(
                     np.asarray(lower, host_dtype), np.asarray(upper, host_dtype)
@@ -527,6 +531,10 @@ class ScipyBoundedMinimize(ScipyMinimize):
 
     def optimality(self) -> tuple[str, Callable]:
         return "fixed_point", optimality.projected_gradient(self.fun, projections.box)
+
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
+            _checks.check_bounds(f"{type(self).__name__}.run", *args[0])
 
     def _solution(self, init_params, /, bounds, *args, **kwargs):
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import optimality, projections, tree
+from implicitdiff import _checks, optimality, projections, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 PyTree = Any
@@ -45,7 +45,10 @@ def _flat_bounds(params: PyTree, bounds: tuple[Any, Any]) -> tuple[jax.Array, ja
             ]
         )
 
-    return flat(bounds[0]), flat(bounds[1])
+    lower, upper = flat(bounds[0]), flat(bounds[1])
+    # Traced bounds cannot be checked while Python runs: an empty box (lower > upper) makes the
+    # projection NaN, so that the run ends non-finite (converged False), never "converged".
+    return lower, jnp.where(lower <= upper, upper, jnp.nan)
 
 
 def _two_loop(grad, free, s_history, y_history, valid, gamma, newest):
@@ -215,6 +218,10 @@ class LBFGSB(IterativeSolver):
                 f"LBFGSB: history_size must be a positive int, got {self.history_size!r}"
             )
         self._value_and_grad = jax.value_and_grad(self.fun)
+
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
+            _checks.check_bounds("LBFGSB.run", *args[0])
 
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
         value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, optimality, tree
+from implicitdiff import _checks, optimality, projections, tree
 from implicitdiff import prox as prox_operators
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -330,6 +330,18 @@ class ProjectedGradient(_ProximalGradientBase):
 
     def _prox(self) -> Callable:
         return self._projection_prox
+
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        # The box projections' bounds, when concrete: an empty box raises, naming them (traced,
+        # the projection is NaN and the run ends with converged False).
+        if not args or not isinstance(args[0], (tuple, list)):
+            return
+        if self.projection is projections.box and len(args[0]) == 2:
+            _checks.check_bounds("ProjectedGradient.run", *args[0], name="hyperparams_proj")
+        elif self.projection is projections.box_section and len(args[0]) == 4:
+            _checks.check_bounds(
+                "ProjectedGradient.run", *args[0][:2], name="hyperparams_proj[:2] (alpha, beta)"
+            )
 
     def init_state(
         self, init_params, /, hyperparams_proj, *args, **kwargs

@@ -187,30 +187,35 @@ class Broyden(IterativeSolver):
             t, _, _, k = carry
             return (*trial(0.5 * t), k + 1)
 
-        t, ok, trial_value, _ = jax.lax.while_loop(
-            not_done, halve, (*trial(jnp.asarray(1.0, x.dtype)), 0)
-        )
-        return sg(t), sg(ok), sg(trial_value)
+        first = trial(jnp.asarray(1.0, x.dtype))
+        t, ok, trial_value, _ = jax.lax.while_loop(not_done, halve, (*first, 0))
+        return sg(t), sg(ok), sg(trial_value), sg(first[2])
 
     def update(self, params, state: BroydenState, /, *args, **kwargs) -> OptStep:
         flat_fun = self._flat_fun(params, args, kwargs)
         x, unravel = ravel_pytree(params)
         h, value = state.inverse_jacobian, state.value
         direction = -h @ value if state.direction is None else state.direction
-        t, ok, trial_value = self._line_search(flat_fun, x, value, direction)
+        t, ok, trial_value, full_value = self._line_search(flat_fun, x, value, direction)
 
         x_new = jnp.where(ok, x + t * direction, x)
         if self.implicit_diff:  # iterations never differentiated: keep the search's value
             value_new = jnp.where(ok, trial_value, value)
         else:  # differentiated at the accepted point only (never at a rejected trial)
             value_new = flat_fun(x_new)
-        s = x_new - x
-        h_value_new = h @ value_new
-        hy = h_value_new + direction  # H y = H G(x⁺) − H G(x), and H G(x) = −direction
+        # The secant pair: the step taken; after a failed search, the rejected full step
+        # (s = d, y = G(x + d) − G(x)), so that the model still learns where it was wrong
+        # (resetting it to the same γI would repeat the same failed direction for ever).
+        rejected = jax.lax.stop_gradient(jnp.logical_not(ok) & jnp.all(jnp.isfinite(full_value)))
+        s = jnp.where(rejected, direction, x_new - x)
+        secant_value = jnp.where(rejected, full_value, value_new)
+        h_secant_value = h @ secant_value
+        h_value_new = jnp.where(ok, h_secant_value, -direction)  # H G(x⁺); H G(x) = −direction
+        hy = h_secant_value + direction  # H y = H G(x + s) − H G(x)
         sh = s @ h
         denominator = jnp.vdot(s, hy)
         eps = jnp.finfo(x.dtype).eps
-        secant = ok & (
+        secant = (ok | rejected) & (
             jnp.abs(denominator) > jnp.sqrt(eps) * jnp.linalg.norm(s) * jnp.linalg.norm(hy)
         )
         # H⁺ = H + u shᵀ with u = (s − Hy)/(sᵀHy), and H⁺G(x⁺) = H G(x⁺) + u (shᵀG(x⁺)).
@@ -221,7 +226,10 @@ class Broyden(IterativeSolver):
             h0 = self._initial_inverse(flat_fun, x).astype(h.dtype)
             return h0, -h0 @ value
 
-        h_new, direction_new = jax.lax.cond(ok, lambda: updated, reset)
+        # "exact": a failed search resets to the exact inverse Jacobian (a Newton direction,
+        # which descends); "identity": the secant update from the rejected step, when it exists.
+        keep = ok | (secant & (self.init_jacobian == "identity"))
+        h_new, direction_new = jax.lax.cond(keep, lambda: updated, reset)
         state = state._replace(
             iter_num=state.iter_num + 1,
             error=_abs_error(value_new, state.error.dtype),
