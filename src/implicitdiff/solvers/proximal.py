@@ -182,7 +182,9 @@ class _ProximalGradientBase(IterativeSolver):
                 y,
                 value,
                 grad,
-                eta * self.increase_factor,
+                # At an exact solution (a zero residual) every step passes: keep η there, so
+                # that a run continued past convergence (unrolling) does not overflow it.
+                jnp.where(state.error > 0, eta * self.increase_factor, eta),
             )
         new_params = prox(tree.axpy(-eta, grad, y), hyperparams, eta)
         diff = jax.lax.stop_gradient(tree.sub(new_params, y))
