@@ -142,3 +142,27 @@ def concrete_leaves(value: Any) -> list[np.ndarray] | None:
     if is_traced(value):
         return None
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(value)]
+
+
+def check_bounds(owner: str, lower: Any, upper: Any, name: str = "bounds") -> None:
+    """Raise ValueError naming ``name`` if concrete bounds have lower > upper in some entry.
+
+    Each bound is a scalar, an array broadcasting to the parameters, or a pytree like them;
+    ±inf are allowed (a free side), NaN is not. Traced bounds are not checked here (the solver
+    then ends with ``converged=False``: see the module docstring).
+    """
+    lo, up = concrete_leaves(lower), concrete_leaves(upper)
+    if lo is None or up is None:
+        return
+    if len(lo) == 1:
+        lo = lo * len(up)
+    if len(up) == 1:
+        up = up * len(lo)
+    for a, b in zip(lo, up, strict=False):
+        if np.any(np.isnan(a)) or np.any(np.isnan(b)):
+            raise ValueError(f"{owner}: {name} = (lower, upper) must not hold NaN")
+        if np.any(np.greater(a, b)):
+            raise ValueError(
+                f"{owner}: {name} = (lower, upper) must have lower ≤ upper entry by entry (the "
+                f"box is empty otherwise), got lower={lower!r}, upper={upper!r}"
+            )

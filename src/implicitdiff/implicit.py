@@ -285,7 +285,7 @@ def custom_fixed_point(
     hint = is_symmetric(fixed_point_fun, symmetric)
     checked = checked_solve(solve, hint, on_failure)
 
-    def residual(x, *args, **kwargs):  # x − T(x): the root's sign that makes I − ∂T appear
+    def residual(x, /, *args, **kwargs):  # x − T(x): the root's sign that makes I − ∂T appear
         return tree.sub(x, fixed_point_fun(x, *args, **kwargs))
 
     def decorator(solver: Callable) -> Callable:

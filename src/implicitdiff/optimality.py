@@ -79,7 +79,7 @@ def stationary(fun: Callable) -> Callable:
     _check_callable(fun, "fun", "stationary")
     grad = jax.grad(fun)
 
-    def optimality_fun(x, *args, **kwargs):
+    def optimality_fun(x, /, *args, **kwargs):
         return grad(x, *args, **kwargs)
 
     return _mark(
@@ -159,7 +159,7 @@ def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> C
     _check_callable(prox, "prox", "proximal_gradient")
     grad = jax.grad(fun)
 
-    def fixed_point_fun(x, hyperparams_prox, *args, **kwargs):
+    def fixed_point_fun(x, /, hyperparams_prox, *args, **kwargs):
         step = tree.axpy(-stepsize, grad(x, *args, **kwargs), x)
         return prox(step, hyperparams_prox, stepsize)
 
@@ -191,7 +191,7 @@ def projected_gradient(fun: Callable, projection: Callable, stepsize: float = 1.
     _check_callable(projection, "projection", "projected_gradient")
     grad = jax.grad(fun)
 
-    def fixed_point_fun(x, hyperparams_proj, *args, **kwargs):
+    def fixed_point_fun(x, /, hyperparams_proj, *args, **kwargs):
         return projection(tree.axpy(-stepsize, grad(x, *args, **kwargs), x), hyperparams_proj)
 
     return _mark(
@@ -269,14 +269,14 @@ def mirror_descent(
 
     if projection is None:
 
-        def fixed_point_fun(x, hyperparams_proj, *args, **kwargs):
+        def fixed_point_fun(x, /, hyperparams_proj, *args, **kwargs):
             return negative_entropy(x, grad(x, *args, **kwargs), stepsize, hyperparams_proj)
 
     else:
         _check_callable(projection, "projection", "mirror_descent")
         _check_callable(mapping, "mapping", "mirror_descent")
 
-        def fixed_point_fun(x, hyperparams_proj, *args, **kwargs):
+        def fixed_point_fun(x, /, hyperparams_proj, *args, **kwargs):
             dual = tree.axpy(-stepsize, grad(x, *args, **kwargs), mapping(x))
             return projection(dual, hyperparams_proj)
 
@@ -307,7 +307,7 @@ def newton(fun: Callable, stepsize: float = 1.0, solve: str | Callable | None = 
     _check_callable(fun, "fun", "newton")
     inner = linear_solve.resolve(solve)
 
-    def fixed_point_fun(x, *args, **kwargs):
+    def fixed_point_fun(x, /, *args, **kwargs):
         value, matvec = jax.linearize(lambda x: fun(x, *args, **kwargs), x)
         direction = jax.lax.custom_linear_solve(matvec, value, solve=inner, transpose_solve=inner)
         return tree.axpy(-stepsize, direction, x)
@@ -336,7 +336,7 @@ def block_proximal_gradient(fun: Callable, block_prox: Callable, stepsize: Any =
     _check_callable(block_prox, "block_prox", "block_proximal_gradient")
     grad = jax.grad(fun)
 
-    def fixed_point_fun(x, hyperparams_prox, *args, **kwargs):
+    def fixed_point_fun(x, /, hyperparams_prox, *args, **kwargs):
         x = jnp.asarray(x)
         steps = jnp.broadcast_to(jnp.asarray(stepsize, x.dtype), x.shape[:1])
         g = grad(x, *args, **kwargs)
@@ -367,7 +367,7 @@ def least_squares(residual_fun: Callable) -> Callable:
     """
     _check_callable(residual_fun, "residual_fun", "least_squares")
 
-    def optimality_fun(x, *args, **kwargs):
+    def optimality_fun(x, /, *args, **kwargs):
         r, vjp = jax.vjp(lambda x: residual_fun(x, *args, **kwargs), x)
         return vjp(r)[0]
 

@@ -24,6 +24,7 @@ import abc
 import collections
 import dataclasses
 import enum
+import inspect
 import os
 import sys
 import warnings
@@ -400,7 +401,7 @@ class DifferentiableRun(abc.ABC):
         return hash(self._field_key())
 
     @abc.abstractmethod
-    def _solution(self, init_params: PyTree, *args, **kwargs) -> tuple[PyTree, Any]:
+    def _solution(self, init_params: PyTree, /, *args, **kwargs) -> tuple[PyTree, Any]:
         """Subclasses define it (see the class docstring)."""
 
     @abc.abstractmethod
@@ -425,9 +426,69 @@ class DifferentiableRun(abc.ABC):
         """
         return _apply_failure_policy(self, self._run(init_params, *args, **kwargs))
 
-    def _run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
+    def _check_arguments(self, init_params: PyTree, args: tuple, kwargs: dict) -> None:
+        """Checks of concrete arguments before the compiled run (subclasses; none here)."""
+        del init_params, args, kwargs
+
+    # run(init_params, *args, **kwargs): the names of run's own arguments after init_params, then
+    # the parameters after the first of the user function named by ``_user_function``.
+    _run_arguments = ()
+    _user_function = "fun"
+
+    def _run_signature(self) -> inspect.Signature | None:
+        """The signature of ``run``'s arguments after ``init_params``, None if unknown."""
+        fun = getattr(self, self._user_function, None) if self._user_function else None
+        try:
+            parameters = list(inspect.signature(fun).parameters.values()) if fun else []
+        except (TypeError, ValueError):
+            return None
+        if fun is not None:
+            if not parameters or parameters[0].kind is inspect.Parameter.VAR_POSITIONAL:
+                return None
+            parameters = parameters[1:]
+        leading = [
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for name in self._run_arguments
+        ]
+        if fun is None and not leading:
+            return None
+        try:
+            return inspect.Signature([*leading, *parameters])
+        except ValueError:  # a name used twice, or defaults out of order
+            return None
+
+    def _bind_keywords(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """(args, kwargs) with every keyword argument that the user function can take by
+        position made positional, in the order of its signature (as JAXopt binds them).
+
+        The solver's internals then receive the user's arguments positionally, so that no name
+        of the user's (``x``, ``params``, ``state``, ...) can meet a name of theirs; only the
+        user function's keyword-only and ``**kwargs`` arguments stay keywords, and the internal
+        functions take their own arguments positionally only (``/``).
+        """
+        if not kwargs:
+            return args, kwargs
+        signature = self._run_signature()
+        if signature is None:
+            return args, kwargs
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # left to the solver's own check, which names the function
+            return args, kwargs
+        positional = {
+            name
+            for name, p in signature.parameters.items()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        }
+        if positional & set(bound.kwargs):  # a default before a keyword argument: fill it in
+            bound.apply_defaults()
+        return tuple(bound.args), dict(bound.kwargs)
+
+    def _run(self, init_params: PyTree, /, *args, **kwargs) -> OptStep:
         """``run`` without the failure policy."""
         _checks.check_init_params(init_params, f"{type(self).__name__}.run")
+        args, kwargs = self._bind_keywords(args, kwargs)
+        self._check_arguments(init_params, args, kwargs)
         solution = self._differentiable_solution()
         if not self.jit:
             return OptStep(*solution(init_params, *args, **kwargs))
@@ -478,11 +539,11 @@ class IterativeSolver(DifferentiableRun):
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
 
     @abc.abstractmethod
-    def init_state(self, init_params: PyTree, *args, **kwargs) -> Any:
+    def init_state(self, init_params: PyTree, /, *args, **kwargs) -> Any:
         """Subclasses define it (see the class docstring)."""
 
     @abc.abstractmethod
-    def update(self, params: PyTree, state: Any, *args, **kwargs) -> OptStep:
+    def update(self, params: PyTree, state: Any, /, *args, **kwargs) -> OptStep:
         """Subclasses define it (see the class docstring)."""
 
     def __post_init__(self):
@@ -547,10 +608,10 @@ class IterativeSolver(DifferentiableRun):
         ).astype(jnp.int32)
         return params, state._replace(status=status)
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         return self._iterate(init_params, *args, **kwargs)
 
-    def _iterate(self, init_params, *args, **kwargs):
+    def _iterate(self, init_params, /, *args, **kwargs):
         state = self.init_state(init_params, *args, **kwargs)
 
         def step(carry):
@@ -562,15 +623,70 @@ class IterativeSolver(DifferentiableRun):
                 lambda carry: jnp.logical_not(self._stop(*carry)), step, (init_params, state)
             )
         else:
-            # Unrolling: a fixed number of steps, frozen once done, that reverse mode can follow.
-            def masked_step(carry, _):
-                moved = step(carry)
-                return tree.where(self._stop(*carry), carry, moved), None
-
-            if self.unroll_checkpoint:
-                masked_step = jax.checkpoint(masked_step)
-            carry, _ = _loop.scan(masked_step, (init_params, state), None, length=self.maxiter)
+            carry = self._unrolled(step, (init_params, state))
         return self._finish(*carry)
+
+    def _broken(self, params, state) -> jax.Array:
+        """No use iterating on: a non-finite error, or a failure the solver itself detected."""
+        del params
+        error = state.error
+        broken = jnp.isnan(error) | (jnp.isinf(error) & (state.iter_num > 0))
+        if "status" in getattr(state, "_fields", ()):
+            broken = broken | (jnp.asarray(state.status) >= Status.PRIMAL_INFEASIBLE)
+        return broken
+
+    def _unrolled(self, step: Callable, start: tuple) -> tuple:
+        """Unrolling: ``maxiter`` steps in a ``lax.scan`` that JAX differentiates step by step.
+
+        Two copies of the iteration are carried. ``kept`` stops at the usual test (``_stop``)
+        and gives every value returned (the iterate, ``iter_num``, the status), exactly as a
+        stopped loop would; it carries no derivative. ``live`` does not stop at the tolerance
+        (only on a non-finite error or a failure the solver detected) and carries the
+        derivative: the stop test must not cut it. A loop that stops at once (a start at the
+        solution with ``tol = 0``, or a coordinate already at its solution while the others
+        converge) would otherwise return the derivative of the start (0) or of a few steps:
+        continued, the derivative iterates of the linearized update converge to the implicit
+        derivative, at the update's own rate. The returned iterate is ``kept``'s value with
+        ``live``'s derivative (they coincide until ``kept`` stops). Same work per step as a
+        single masked loop (one ``update``).
+        """
+
+        def masked_step(carry, _):
+            live, kept = carry
+            params, state = step(live)
+            # The error is a stopping measure: no derivative (a norm has none at an exact 0).
+            moved = (params, state._replace(error=jax.lax.stop_gradient(state.error)))
+            live = tree.where(jax.lax.stop_gradient(self._broken(*live)), live, moved)
+            stopped = self._stop(*kept)
+            kept = tree.where(stopped, kept, jax.lax.stop_gradient(moved))
+            return (live, kept), None
+
+        if self.unroll_checkpoint:
+            masked_step = jax.checkpoint(masked_step)
+        (live, kept), _ = _loop.scan(
+            masked_step, (start, jax.lax.stop_gradient(start)), None, length=self.maxiter
+        )
+
+        def merge(live_leaf, kept_leaf):
+            if not jnp.issubdtype(jnp.result_type(kept_leaf), jnp.inexact):
+                return kept_leaf
+            return _value_with_derivative_of(kept_leaf, live_leaf)
+
+        return jax.tree_util.tree_map(merge, live, kept)
+
+
+@jax.custom_jvp
+def _value_with_derivative_of(value: jax.Array, carrier: jax.Array) -> jax.Array:
+    """``value`` exactly, with the derivative of ``carrier`` (same shape and dtype)."""
+    del carrier
+    return value
+
+
+@_value_with_derivative_of.defjvp
+def _value_with_derivative_of_jvp(primals, tangents):
+    value, _ = primals
+    _, carrier_tangent = tangents
+    return value, carrier_tangent
 
 
 def _finite(params: PyTree) -> jax.Array:

@@ -75,6 +75,8 @@ class BoxCDQP(IterativeSolver):
       Array([1., 0.], dtype=float32)
     """
 
+    _user_function = None  # run has its own signature
+
     maxiter: int = 1000
     tol: float = 1e-8
 

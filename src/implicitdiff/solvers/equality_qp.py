@@ -73,6 +73,8 @@ class EqualityConstrainedQP(IterativeSolver):
       Array([0.5, 0.5], dtype=float32)
     """
 
+    _user_function = None  # run has its own signature
+
     matvec_Q: Callable | None = dataclasses.field(default=None, kw_only=False)
     matvec_A: Callable | None = dataclasses.field(default=None, kw_only=False)
     kkt_solve: str | Callable | None = None

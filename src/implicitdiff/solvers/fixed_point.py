@@ -75,6 +75,8 @@ class FixedPointIteration(IterativeSolver):
       >>> x, state = FixedPointIteration(fixed_point_fun=T).run(jnp.zeros(3), jnp.arange(3.0))
     """
 
+    _user_function = "fixed_point_fun"
+
     fixed_point_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     maxiter: int = 1000
     tol: float = 1e-6
@@ -83,7 +85,7 @@ class FixedPointIteration(IterativeSolver):
         super().__post_init__()
         _check_fixed_point_fun("FixedPointIteration", self.fixed_point_fun)
 
-    def init_state(self, init_params, *args, **kwargs) -> FixedPointState:
+    def init_state(self, init_params, /, *args, **kwargs) -> FixedPointState:
         next_params = self.fixed_point_fun(init_params, *args, **kwargs)
         _checks.check_like(
             init_params, next_params, "FixedPointIteration", "fixed_point_fun", "init_params"
@@ -95,7 +97,7 @@ class FixedPointIteration(IterativeSolver):
             next_params=next_params,
         )
 
-    def update(self, params, state: FixedPointState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: FixedPointState, /, *args, **kwargs) -> OptStep:
         params = state.next_params
         next_params = self.fixed_point_fun(params, *args, **kwargs)
         state = FixedPointState(
@@ -185,6 +187,8 @@ class AndersonAcceleration(IterativeSolver):
       >>> x, state = solver.run(jnp.zeros(3), jnp.arange(3.0))
     """
 
+    _user_function = "fixed_point_fun"
+
     fixed_point_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     history_size: int = dataclasses.field(default=5, kw_only=False)
     mixing_frequency: int = dataclasses.field(default=1, kw_only=False)
@@ -215,7 +219,7 @@ class AndersonAcceleration(IterativeSolver):
         gram = gram.at[position, :].set(row).at[:, position].set(row)
         return params_history, residuals_history, gram
 
-    def init_state(self, init_params, *args, **kwargs) -> AndersonState:
+    def init_state(self, init_params, /, *args, **kwargs) -> AndersonState:
         m = self.history_size
         dtype = tree.dtype(init_params)
         next_params = self.fixed_point_fun(init_params, *args, **kwargs)
@@ -257,7 +261,7 @@ class AndersonAcceleration(IterativeSolver):
         fallback = jax.nn.one_hot(newest, m, dtype=gram.dtype)
         return jnp.where(ok, w / jnp.where(ok, total, 1.0), fallback)
 
-    def update(self, params, state: AndersonState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: AndersonState, /, *args, **kwargs) -> OptStep:
         m = self.history_size
         k = state.iter_num
         position = jnp.mod(k, m)

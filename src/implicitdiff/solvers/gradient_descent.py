@@ -64,7 +64,7 @@ class GradientDescent(IterativeSolver):
             raise ValueError(f"GradientDescent: stepsize must be ≥ 0, got {self.stepsize!r}")
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
-    def init_state(self, init_params, *args, **kwargs) -> GradientDescentState:
+    def init_state(self, init_params, /, *args, **kwargs) -> GradientDescentState:
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
@@ -79,17 +79,21 @@ class GradientDescent(IterativeSolver):
             stepsize=jnp.asarray(self.stepsize if self.stepsize > 0 else 1.0, dtype),
         )
 
-    def update(self, params, state: GradientDescentState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: GradientDescentState, /, *args, **kwargs) -> OptStep:
         direction = tree.neg(state.grad)
         eta = state.stepsize
         if self.stepsize == 0:
+            # At an exact stationary point every step is accepted: keep η (growing it there
+            # would overflow it, and the derivative of a run continued past convergence).
+            slope = -tree.vdot(state.grad, state.grad)
+            trial = jnp.where(jax.lax.stop_gradient(slope) < 0, eta * self.increase_factor, eta)
             eta = _linesearch.backtracking(
                 lambda x: self._value_and_grad(x, *args, **kwargs),
                 params,
                 state.value,
                 state.grad,
                 direction,
-                eta * self.increase_factor,
+                trial,
                 value_fun=lambda x: self.fun(x, *args, **kwargs),
                 condition="armijo",
                 c1=0.5,  # f(x − ηg) ≤ f(x) − η‖g‖²/2: η ≤ 1/L on a quadratic, not ≈ 2/L

@@ -90,6 +90,8 @@ class HostSolver(HostWrapper):
     """
 
     solve_fn: Callable | None = dataclasses.field(default=None, kw_only=False)
+    _user_function = "optimality_fun"
+
     optimality_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     result_shape: Any = None
     kind: str = "root"
@@ -118,7 +120,7 @@ class HostSolver(HostWrapper):
             lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), shape
         )
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         expected = self._result_shape(init_params, args, kwargs)
         expected_leaves, expected_tree = jax.tree_util.tree_flatten(expected)
         init_leaves, init_tree = jax.tree_util.tree_flatten(init_params)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _linesearch, optimality, tree
+from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -45,7 +45,10 @@ def _flat_bounds(params: PyTree, bounds: tuple[Any, Any]) -> tuple[jax.Array, ja
             ]
         )
 
-    return flat(bounds[0]), flat(bounds[1])
+    lower, upper = flat(bounds[0]), flat(bounds[1])
+    # Traced bounds cannot be checked while Python runs: an empty box (lower > upper) makes the
+    # projection NaN, so that the run ends non-finite (converged False), never "converged".
+    return lower, jnp.where(lower <= upper, upper, jnp.nan)
 
 
 def _two_loop(grad, free, s_history, y_history, valid, gamma, newest):
@@ -175,6 +178,8 @@ class LBFGSB(IterativeSolver):
       >>> x, state = LBFGSB(fun=f).run(jnp.zeros(2), (0.0, 1.0), jnp.array([2.0, -1.0]))
     """
 
+    _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
+
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     history_size: int = 10
     maxiter: int = 500
@@ -194,11 +199,15 @@ class LBFGSB(IterativeSolver):
             )
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
+            _checks.check_bounds("LBFGSB.run", *args[0])
+
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
         value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)
         return value, ravel_pytree(grad)[0]
 
-    def init_state(self, init_params, bounds, *args, **kwargs) -> LBFGSBState:
+    def init_state(self, init_params, /, bounds, *args, **kwargs) -> LBFGSBState:
         flat_x, unravel = ravel_pytree(init_params)
         lower, upper = _flat_bounds(init_params, bounds)
         dtype = flat_x.dtype
@@ -221,7 +230,7 @@ class LBFGSB(IterativeSolver):
             gamma=_first_scaling(grad).astype(dtype),
         )
 
-    def update(self, params, state: LBFGSBState, bounds, *args, **kwargs) -> OptStep:
+    def update(self, params, state: LBFGSBState, /, bounds, *args, **kwargs) -> OptStep:
         x, unravel = ravel_pytree(params)
         lower, upper = _flat_bounds(params, bounds)
         g, value = state.grad, state.value
@@ -297,7 +306,7 @@ class LBFGSB(IterativeSolver):
     def optimality(self):
         condition = optimality.projected_gradient(self.fun, projections.box, stepsize=1.0)
 
-        def fixed_point_fun(x, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``
+        def fixed_point_fun(x, /, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``
             return condition(x, bounds, *args, **kwargs)
 
         fixed_point_fun.symmetric = False

@@ -119,6 +119,8 @@ class GaussNewton(IterativeSolver):
       >>> p, state = GaussNewton(residual_fun=r).run(jnp.array([1.0, 0.0]), t, 2 * jnp.exp(-t))
     """
 
+    _user_function = "residual_fun"
+
     residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     solver: str | Callable = "auto"
     maxiter: int = 100
@@ -130,7 +132,7 @@ class GaussNewton(IterativeSolver):
             self, "_solve_step", _check_common("GaussNewton", self.residual_fun, self.solver)
         )
 
-    def init_state(self, init_params, *args, **kwargs) -> GaussNewtonState:
+    def init_state(self, init_params, /, *args, **kwargs) -> GaussNewtonState:
         value, gradient = _value_and_gradient(self.residual_fun, init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         return GaussNewtonState(
@@ -141,7 +143,7 @@ class GaussNewton(IterativeSolver):
             gradient=gradient,
         )
 
-    def update(self, params, state: GaussNewtonState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: GaussNewtonState, /, *args, **kwargs) -> OptStep:
         _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)
         direction = self._solve_step(lambda v: vjp(jvp(v)), tree.neg(state.gradient))
         params = tree.add(params, direction)
@@ -241,6 +243,8 @@ class LevenbergMarquardt(IterativeSolver):
       >>> p, state = LevenbergMarquardt(residual_fun=r).run(jnp.array([1.0, 1.0]), s, y)
     """
 
+    _user_function = "residual_fun"
+
     residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     damping_parameter: float = 1e-6
     solver: str | Callable = "auto"
@@ -258,7 +262,7 @@ class LevenbergMarquardt(IterativeSolver):
                 f"{self.damping_parameter!r}"
             )
 
-    def init_state(self, init_params, *args, **kwargs) -> LevenbergMarquardtState:
+    def init_state(self, init_params, /, *args, **kwargs) -> LevenbergMarquardtState:
         dtype = tree.dtype(init_params)
         r, jvp, vjp = _linearize(self.residual_fun, init_params, args, kwargs)
         gradient = vjp(r)
@@ -277,7 +281,7 @@ class LevenbergMarquardt(IterativeSolver):
             accepted=jnp.asarray(True),
         )
 
-    def update(self, params, state: LevenbergMarquardtState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: LevenbergMarquardtState, /, *args, **kwargs) -> OptStep:
         dtype = state.damping.dtype
         mu, nu = state.damping, state.damping_increase
         _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)

@@ -152,7 +152,7 @@ class Newton(IterativeSolver):
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
         object.__setattr__(self, "_grad", jax.grad(self.fun))
 
-    def init_state(self, init_params, *args, **kwargs) -> NewtonState:
+    def init_state(self, init_params, /, *args, **kwargs) -> NewtonState:
         value, grad = self._value_and_grad(init_params, *args, **kwargs)
         dtype = tree.dtype(init_params)
         return NewtonState(
@@ -166,7 +166,7 @@ class Newton(IterativeSolver):
             newton_step=jnp.asarray(True),
         )
 
-    def update(self, params, state: NewtonState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: NewtonState, /, *args, **kwargs) -> OptStep:
         dtype = state.stepsize.dtype
         grad = state.grad
         mu = state.damping

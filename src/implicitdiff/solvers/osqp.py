@@ -142,6 +142,8 @@ class OSQP(IterativeSolver):
       (0, Array([0.5, 0.5], dtype=float32), Array([0.5], dtype=float32))
     """
 
+    _user_function = None  # run has its own signature
+
     rho: float = 0.1
     sigma: float = 1e-6
     alpha: float = 1.6

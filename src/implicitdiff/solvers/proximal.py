@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _checks, _linesearch, optimality, tree
+from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -174,7 +175,9 @@ class _ProximalGradientBase(IterativeSolver):
                 y,
                 value,
                 grad,
-                eta * self.increase_factor,
+                # At an exact solution (a zero residual) every step passes: keep η there, so
+                # that a run continued past convergence (unrolling) does not overflow it.
+                jnp.where(state.error > 0, eta * self.increase_factor, eta),
             )
         new_params = prox(tree.axpy(-eta, grad, y), hyperparams, eta)
         diff = jax.lax.stop_gradient(tree.sub(new_params, y))
@@ -241,6 +244,8 @@ class ProximalGradient(_ProximalGradientBase):
       >>> w, state = ProximalGradient(fun=f, prox=prox.l1).run(jnp.zeros(2), 0.1, X, y)  # lasso
     """
 
+    _run_arguments = ("hyperparams_prox",)  # run(init_params, hyperparams_prox, *args, **kwargs)
+
     prox: Callable = dataclasses.field(default=prox_operators.none, kw_only=False)
 
     def __post_init__(self):
@@ -255,13 +260,15 @@ class ProximalGradient(_ProximalGradientBase):
     def _prox(self) -> Callable:
         return self.prox
 
-    def init_state(self, init_params, hyperparams_prox, *args, **kwargs) -> ProximalGradientState:
+    def init_state(
+        self, init_params, /, hyperparams_prox, *args, **kwargs
+    ) -> ProximalGradientState:
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
         return self._init_state(init_params)
 
-    def update(self, params, state, hyperparams_prox, *args, **kwargs) -> OptStep:
+    def update(self, params, state, /, hyperparams_prox, *args, **kwargs) -> OptStep:
         return self._update(params, state, hyperparams_prox, args, kwargs)
 
     def optimality(self):
@@ -301,6 +308,8 @@ class ProjectedGradient(_ProximalGradientBase):
       >>> x, state = solver.run(jnp.zeros(2), None, A, b)
     """
 
+    _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
+
     projection: Callable | None = dataclasses.field(default=None, kw_only=False)
 
     def __post_init__(self):
@@ -319,13 +328,27 @@ class ProjectedGradient(_ProximalGradientBase):
     def _prox(self) -> Callable:
         return self._projection_prox
 
-    def init_state(self, init_params, hyperparams_proj, *args, **kwargs) -> ProximalGradientState:
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        # The box projections' bounds, when concrete: an empty box raises, naming them (traced,
+        # the projection is NaN and the run ends with converged False).
+        if not args or not isinstance(args[0], (tuple, list)):
+            return
+        if self.projection is projections.box and len(args[0]) == 2:
+            _checks.check_bounds("ProjectedGradient.run", *args[0], name="hyperparams_proj")
+        elif self.projection is projections.box_section and len(args[0]) == 4:
+            _checks.check_bounds(
+                "ProjectedGradient.run", *args[0][:2], name="hyperparams_proj[:2] (alpha, beta)"
+            )
+
+    def init_state(
+        self, init_params, /, hyperparams_proj, *args, **kwargs
+    ) -> ProximalGradientState:
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
         return self._init_state(init_params)
 
-    def update(self, params, state, hyperparams_proj, *args, **kwargs) -> OptStep:
+    def update(self, params, state, /, hyperparams_proj, *args, **kwargs) -> OptStep:
         return self._update(params, state, hyperparams_proj, args, kwargs)
 
     def optimality(self):
@@ -385,6 +408,8 @@ class MirrorDescent(IterativeSolver):
       >>> p, state = MirrorDescent(fun=f, stepsize=0.5).run(jnp.ones(3) / 3, None, jnp.arange(3.0))
     """
 
+    _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
+
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     projection: Callable | None = None
     mapping: Callable | None = None
@@ -414,7 +439,7 @@ class MirrorDescent(IterativeSolver):
         dual = tree.axpy(-self.stepsize, grad, self.mapping(params))
         return self.projection(dual, hyperparams)
 
-    def init_state(self, init_params, hyperparams_proj, *args, **kwargs) -> MirrorDescentState:
+    def init_state(self, init_params, /, hyperparams_proj, *args, **kwargs) -> MirrorDescentState:
         return MirrorDescentState(
             iter_num=jnp.asarray(0),
             error=jnp.asarray(jnp.inf, tree.dtype(init_params)),
@@ -422,7 +447,7 @@ class MirrorDescent(IterativeSolver):
         )
 
     def update(
-        self, params, state: MirrorDescentState, hyperparams_proj, *args, **kwargs
+        self, params, state: MirrorDescentState, /, hyperparams_proj, *args, **kwargs
     ) -> OptStep:
         grad = self._grad(params, *args, **kwargs)
         new_params = self._step(params, hyperparams_proj, grad)
@@ -590,6 +615,8 @@ class BlockCoordinateDescent(IterativeSolver):
       ... ).run(jnp.zeros(2), 0.1, X, y)
     """
 
+    _run_arguments = ("hyperparams_prox",)  # run(init_params, hyperparams_prox, *args, **kwargs)
+
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     block_prox: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: Any = 0.0
@@ -632,7 +659,7 @@ class BlockCoordinateDescent(IterativeSolver):
         )
         object.__setattr__(self, "_grad", jax.grad(self._smooth))
 
-    def _composite_fun(self, x, *args, **kwargs):
+    def _composite_fun(self, x, /, *args, **kwargs):
         """f(x) = outer_fun(Σᵢ block_fun(xᵢ, i, *args), *args)."""
         return self.outer_fun(_sum_of_blocks(self.block_fun, x, args, kwargs), *args, **kwargs)
 
@@ -666,7 +693,7 @@ class BlockCoordinateDescent(IterativeSolver):
         return tree.norm(diff)
 
     def init_state(
-        self, init_params, hyperparams_prox, *args, **kwargs
+        self, init_params, /, hyperparams_prox, *args, **kwargs
     ) -> BlockCoordinateDescentState:
         init_params = jnp.asarray(init_params)
         if init_params.ndim < 1:
@@ -710,7 +737,7 @@ class BlockCoordinateDescent(IterativeSolver):
         return jax.lax.fori_loop(0, x.shape[0], composite_step, (x, p))
 
     def update(
-        self, params, state: BlockCoordinateDescentState, hyperparams_prox, *args, **kwargs
+        self, params, state: BlockCoordinateDescentState, /, hyperparams_prox, *args, **kwargs
     ) -> OptStep:
         params, steps, p = jnp.asarray(params), state.stepsize, state.predictions
         if self._composite and p is None:  # a state built by hand
@@ -729,7 +756,7 @@ class BlockCoordinateDescent(IterativeSolver):
         return OptStep(new_params, state)
 
     def optimality(self):
-        def fixed_point_fun(x, hyperparams_prox, *args, **kwargs):
+        def fixed_point_fun(x, /, hyperparams_prox, *args, **kwargs):
             steps = self._stepsizes(jax.lax.stop_gradient(x), args, kwargs)
             condition = optimality.block_proximal_gradient(self._smooth, self.block_prox, steps)
             return condition(x, hyperparams_prox, *args, **kwargs)

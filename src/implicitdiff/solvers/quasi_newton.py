@@ -294,7 +294,7 @@ class LBFGS(_LineSearchSolver):
                 f"LBFGS: history_size must be a positive int, got {self.history_size!r}"
             )
 
-    def init_state(self, init_params, *args, **kwargs) -> LbfgsState:
+    def init_state(self, init_params, /, *args, **kwargs) -> LbfgsState:
         value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         m = self.history_size
@@ -313,7 +313,7 @@ class LBFGS(_LineSearchSolver):
             head=jnp.asarray(0, jnp.int32),
         )
 
-    def update(self, params, state: LbfgsState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: LbfgsState, /, *args, **kwargs) -> OptStep:
         dtype = state.rho_history.dtype
         direction = tree.neg(
             _linesearch.two_loop(
@@ -439,7 +439,7 @@ class BFGS(_LineSearchSolver):
       >>> x, state = BFGS(fun=rosenbrock).run(jnp.array([-1.2, 1.0]), 1.0)  # x = (1, 1)
     """
 
-    def init_state(self, init_params, *args, **kwargs) -> BfgsState:
+    def init_state(self, init_params, /, *args, **kwargs) -> BfgsState:
         value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         n = tree.size(init_params)
@@ -454,7 +454,7 @@ class BFGS(_LineSearchSolver):
             identity=jnp.asarray(True),
         )
 
-    def update(self, params, state: BfgsState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: BfgsState, /, *args, **kwargs) -> OptStep:
         H = state.inv_hessian
         dtype = H.dtype
         flat_grad, unravel = ravel_pytree(state.grad)
@@ -578,7 +578,7 @@ class NonlinearCG(_LineSearchSolver):
                 f"NonlinearCG: method must be one of {_CG_METHODS}, got {self.method!r}"
             )
 
-    def init_state(self, init_params, *args, **kwargs) -> NonlinearCGState:
+    def init_state(self, init_params, /, *args, **kwargs) -> NonlinearCGState:
         value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         return NonlinearCGState(
@@ -592,7 +592,7 @@ class NonlinearCG(_LineSearchSolver):
             slope=jax.lax.stop_gradient(-tree.vdot(grad, grad)).astype(dtype),
         )
 
-    def update(self, params, state: NonlinearCGState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: NonlinearCGState, /, *args, **kwargs) -> OptStep:
         dtype = state.slope.dtype
         g, d = state.grad, state.direction
         eta, value, new_g = self._search(params, state.value, g, d, state.stepsize, args, kwargs)

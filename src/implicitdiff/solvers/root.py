@@ -144,7 +144,7 @@ class Broyden(IterativeSolver):
             return jnp.linalg.inv(jax.jacfwd(flat_fun)(x))
         return self.gamma * jnp.eye(n, dtype=x.dtype)
 
-    def init_state(self, init_params, *args, **kwargs) -> BroydenState:
+    def init_state(self, init_params, /, *args, **kwargs) -> BroydenState:
         flat_fun = self._flat_fun(init_params, args, kwargs)
         x, _ = ravel_pytree(init_params)
         value = flat_fun(x)
@@ -178,30 +178,44 @@ class Broyden(IterativeSolver):
             ok = jnp.isfinite(trial_norm2) & (trial_norm2 <= (1.0 - 2e-4 * t) * norm2)
             return ok, trial_value
 
-        t, ok, trial_value, _ = _linesearch.shrink(
-            accept, jnp.asarray(1.0, x.dtype), factor=0.5, maxiter=self.max_backtracks + 1
-        )
-        return sg(t), sg(ok), sg(trial_value)
+        one = jnp.asarray(1.0, x.dtype)
+        first_ok, first_value = accept(one)
 
-    def update(self, params, state: BroydenState, *args, **kwargs) -> OptStep:
+        def backtrack():
+            t, ok, trial_value, _ = _linesearch.shrink(
+                accept, 0.5 * one, factor=0.5, maxiter=self.max_backtracks
+            )
+            return t, ok, trial_value
+
+        t, ok, trial_value = jax.lax.cond(first_ok, lambda: (one, first_ok, first_value), backtrack)
+        # G at the full step is returned too: a rejected full step still updates the model.
+        return sg(t), sg(ok), sg(trial_value), sg(first_value)
+
+    def update(self, params, state: BroydenState, /, *args, **kwargs) -> OptStep:
         flat_fun = self._flat_fun(params, args, kwargs)
         x, unravel = ravel_pytree(params)
         h, value = state.inverse_jacobian, state.value
         direction = -h @ value if state.direction is None else state.direction
-        t, ok, trial_value = self._line_search(flat_fun, x, value, direction)
+        t, ok, trial_value, full_value = self._line_search(flat_fun, x, value, direction)
 
         x_new = jnp.where(ok, x + t * direction, x)
         if self.implicit_diff:  # iterations never differentiated: keep the search's value
             value_new = jnp.where(ok, trial_value, value)
         else:  # differentiated at the accepted point only (never at a rejected trial)
             value_new = flat_fun(x_new)
-        s = x_new - x
-        h_value_new = h @ value_new
-        hy = h_value_new + direction  # H y = H G(x⁺) − H G(x), and H G(x) = −direction
+        # The secant pair: the step taken; after a failed search, the rejected full step
+        # (s = d, y = G(x + d) − G(x)), so that the model still learns where it was wrong
+        # (resetting it to the same γI would repeat the same failed direction for ever).
+        rejected = jax.lax.stop_gradient(jnp.logical_not(ok) & jnp.all(jnp.isfinite(full_value)))
+        s = jnp.where(rejected, direction, x_new - x)
+        secant_value = jnp.where(rejected, full_value, value_new)
+        h_secant_value = h @ secant_value
+        h_value_new = jnp.where(ok, h_secant_value, -direction)  # H G(x⁺); H G(x) = −direction
+        hy = h_secant_value + direction  # H y = H G(x + s) − H G(x)
         sh = s @ h
         denominator = jnp.vdot(s, hy)
         eps = jnp.finfo(x.dtype).eps
-        secant = ok & (
+        secant = (ok | rejected) & (
             jnp.abs(denominator) > jnp.sqrt(eps) * jnp.linalg.norm(s) * jnp.linalg.norm(hy)
         )
         # H⁺ = H + u shᵀ with u = (s − Hy)/(sᵀHy), and H⁺G(x⁺) = H G(x⁺) + u (shᵀG(x⁺)).
@@ -212,7 +226,10 @@ class Broyden(IterativeSolver):
             h0 = self._initial_inverse(flat_fun, x).astype(h.dtype)
             return h0, -h0 @ value
 
-        h_new, direction_new = jax.lax.cond(ok, lambda: updated, reset)
+        # "exact": a failed search resets to the exact inverse Jacobian (a Newton direction,
+        # which descends); "identity": the secant update from the rejected step, when it exists.
+        keep = ok | (secant & (self.init_jacobian == "identity"))
+        h_new, direction_new = jax.lax.cond(keep, lambda: updated, reset)
         state = state._replace(
             iter_num=state.iter_num + 1,
             error=_abs_error(value_new, state.error.dtype),
@@ -293,6 +310,8 @@ class Bisection(IterativeSolver):
       >>> x, state = Bisection(optimality_fun=G, lower=-5.0, upper=5.0).run(None, 2.0)  # x = 1
     """
 
+    _user_function = "optimality_fun"
+
     optimality_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     lower: float = dataclasses.field(default=0.0, kw_only=False)
     upper: float = dataclasses.field(default=0.0, kw_only=False)
@@ -332,7 +351,7 @@ class Bisection(IterativeSolver):
             )
         return value
 
-    def init_state(self, init_params, *args, **kwargs) -> BisectionState:
+    def init_state(self, init_params, /, *args, **kwargs) -> BisectionState:
         dtype = jnp.result_type(init_params)
         low = jnp.asarray(self.lower, dtype)
         high = jnp.asarray(self.upper, dtype)
@@ -357,7 +376,7 @@ class Bisection(IterativeSolver):
             valid_bracket=valid,
         )
 
-    def update(self, params, state: BisectionState, *args, **kwargs) -> OptStep:
+    def update(self, params, state: BisectionState, /, *args, **kwargs) -> OptStep:
         # params is the midpoint of [low, high] and state.value = G(params): keep the half on
         # which G changes sign, then evaluate G at its midpoint.
         below = state.sign * state.value < 0  # the root is above params

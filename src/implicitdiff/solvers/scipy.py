@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from implicitdiff import _checks, optimality, tree
 from implicitdiff import _projection_ops as projections
-from implicitdiff import optimality, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import (
@@ -192,6 +192,10 @@ class ScipyMinimize(HostWrapper):
                 )
             if method in USES_HESS:
                 extra["hess"] = lambda x: np.asarray(hess(to_jax(x), arrays), host_dtype)
+            if lower is not None and np.any(~(np.asarray(lower) <= np.asarray(upper))):
+                # An empty (or NaN) box reaching the host traced: no solve, a failed result.
+                nan = np.full(np.shape(x0), np.nan, param_dtype)
+                return nan, np.int32(0), np.int32(-1), np.bool_(False)
             if lower is not None:
                 extra["bounds"] = scipy_optimize.Bounds(
                     np.asarray(lower, host_dtype), np.asarray(upper, host_dtype)
@@ -249,7 +253,7 @@ class ScipyMinimize(HostWrapper):
             iter_num=iter_num, error=error, converged=converged, status=status, value=value
         )
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         params, iter_num, status, success = self._minimize(init_params, None, args, kwargs)
         value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
         return params, self._state(params, tree.norm(grad), value, iter_num, status, success)
@@ -286,6 +290,8 @@ class ScipyBoundedMinimize(ScipyMinimize):
     def _methods() -> tuple[str, ...]:
         return BOUNDED_METHODS
 
+    _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
+
     def optimality(self) -> tuple[str, Callable]:
         return "fixed_point", optimality.projected_gradient(self.fun, projections.box)
 
@@ -294,7 +300,11 @@ class ScipyBoundedMinimize(ScipyMinimize):
         by keyword (it is passed on positionally, where the optimality condition expects it)."""
         return super().run(init_params, bounds, *args, **kwargs)
 
-    def _solution(self, init_params, bounds, *args, **kwargs):
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
+            _checks.check_bounds(f"{type(self).__name__}.run", *args[0])
+
+    def _solution(self, init_params, /, bounds, *args, **kwargs):
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
             raise TypeError(
                 f"{type(self).__name__}.run: bounds must be a pair (lower, upper), got {bounds!r}"
@@ -337,6 +347,8 @@ class ScipyRootFinding(HostWrapper):
       >>> F = lambda x, a: x**3 - a  # the cube root of a
       >>> x, state = ScipyRootFinding(optimality_fun=F).run(jnp.ones(2), jnp.array([8.0, 27.0]))
     """
+
+    _user_function = "optimality_fun"
 
     optimality_fun: Callable | None = None
     method: str = dataclasses.field(default="hybr", kw_only=False)
@@ -388,7 +400,7 @@ class ScipyRootFinding(HostWrapper):
 
         return host
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         params, iter_num, status, success = call_host(self, "root", init_params, args, kwargs)
         residual = self.optimality_fun(params, *args, **kwargs)
         error = tree.norm(residual).astype(tree.dtype(params))
@@ -434,6 +446,8 @@ class ScipyLeastSquares(HostWrapper):
       >>> t = jnp.linspace(0.0, 1.0, 5)
       >>> p, state = ScipyLeastSquares(residual_fun=r).run(jnp.ones(2), t, 2.0 * jnp.exp(-t))
     """
+
+    _user_function = "residual_fun"
 
     residual_fun: Callable | None = None
     method: str = dataclasses.field(default="trf", kw_only=False)
@@ -491,7 +505,7 @@ class ScipyLeastSquares(HostWrapper):
 
         return host
 
-    def _solution(self, init_params, *args, **kwargs):
+    def _solution(self, init_params, /, *args, **kwargs):
         params, iter_num, status, success = call_host(
             self, "least_squares", init_params, args, kwargs
         )

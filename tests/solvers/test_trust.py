@@ -1,0 +1,466 @@
+"""Families of defects from issue 12, each swept over every solver it concerns.
+
+One catalog (``CASES``) holds every solver class of :mod:`implicitdiff.solvers` on a problem
+with a closed-form solution x*(θ) and Jacobian dx*/dθ: mostly the quadratic
+f(x, θ) = ½ xᵀHx − θᵀx (x* = H⁻¹θ, dx*/dθ = H⁻¹), in the form each solver takes (the gradient
+map, the residual, the root, the QP data). The user function's argument θ can be given any
+name (``x``, ``params``, ``state``, ...) and be made keyword-only, for the keyword family.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from implicitdiff import projections, prox, solvers
+
+H = jnp.array([[1.0, 0.2, 0.0], [0.2, 0.8, 0.1], [0.0, 0.1, 1.2]])  # eigenvalues in [0.7, 1.3]
+H_INV = jnp.linalg.inv(H)
+THETA = jnp.array([0.3, -0.5, 0.8])
+
+
+def _named(body, name: str, keyword_only: bool = False):
+    """``def f(p, <name>)`` (or ``f(p, *, <name>)``) returning body(p, <name>)."""
+    star = "*, " if keyword_only else ""
+    namespace = {"body": body}
+    exec(f"def user_fun(p, {star}{name}):\n    return body(p, {name})\n", namespace)
+    return namespace["user_fun"]
+
+
+def _quadratic(x, theta):
+    return 0.5 * x @ H @ x - theta @ x
+
+
+def _gradient_map(x, theta):
+    return x - (H @ x - theta)
+
+
+def _root(x, theta):
+    return H @ x - theta
+
+
+def _host_solve(init, theta):
+    return np.linalg.solve(np.asarray(H), np.asarray(theta))
+
+
+class Case:
+    """A solver on a problem with a closed form.
+
+    make(user_fun, **options) -> solver; call(solver, init, theta, name, keyword) -> x, state
+    (θ passed positionally, or by keyword under ``name``); body: the user function's body;
+    solution(θ), jacobian(θ): closed forms; init: a start away from the solution.
+    """
+
+    def __init__(
+        self,
+        make,
+        body,
+        call=None,
+        solution=None,
+        jacobian=None,
+        theta=THETA,
+        init=None,
+        host=False,
+        unrolls=True,
+        complex_ok=False,
+    ):
+        self.make, self.body = make, body
+        self.call = call or _plain_call
+        self.solution = solution or (lambda theta: H_INV @ theta)
+        self.jacobian = jacobian or (lambda theta: H_INV)
+        self.theta = theta
+        self.init = jnp.zeros(3) if init is None else init
+        self.host, self.unrolls, self.complex_ok = host, unrolls, complex_ok
+
+    def solver(self, name="theta", keyword_only=False, **options):
+        return self.make(_named(self.body, name, keyword_only), **options)
+
+    def run(self, solver, init, theta, name=None):
+        return self.call(solver, init, theta, name)
+
+
+def _plain_call(solver, init, theta, name):
+    return solver.run(init, theta) if name is None else solver.run(init, **{name: theta})
+
+
+def _leading_call(leading):
+    def call(solver, init, theta, name):
+        if name is None:
+            return solver.run(init, leading, theta)
+        return solver.run(init, leading, **{name: theta})
+
+    return call
+
+
+def _qp_call(kind):
+    def call(solver, init, theta, name):
+        del name  # the QP's own arguments, always by keyword here
+        if kind == "box":
+            return solver.run(init, params_obj=(H, -theta), params_ineq=(-10.0, 10.0))
+        return solver.run(init, params_obj=(H, -theta))
+
+    return call
+
+
+def _qp_init(kind):
+    if kind == "eq":
+        return None
+    if kind == "osqp":
+        return None
+    return jnp.zeros(3)
+
+
+_SIMPLEX_C = jnp.array([0.05, -0.02, 0.01])
+_CENTER = jnp.eye(3) - jnp.ones((3, 3)) / 3
+
+
+def _mirror_body(p, c):
+    return 0.5 * jnp.sum(p**2) + c @ p
+
+
+CASES = {
+    "GradientDescent": Case(
+        lambda f, **o: solvers.GradientDescent(fun=f, **o), _quadratic, complex_ok=True
+    ),
+    "LBFGS": Case(lambda f, **o: solvers.LBFGS(fun=f, **o), _quadratic, complex_ok=True),
+    "BFGS": Case(lambda f, **o: solvers.BFGS(fun=f, **o), _quadratic),
+    "NonlinearCG": Case(
+        lambda f, **o: solvers.NonlinearCG(fun=f, **o), _quadratic, complex_ok=True
+    ),
+    "Newton": Case(lambda f, **o: solvers.Newton(fun=f, **o), _quadratic),
+    "LBFGSB": Case(
+        lambda f, **o: solvers.LBFGSB(fun=f, **o), _quadratic, call=_leading_call((-10.0, 10.0))
+    ),
+    "ProximalGradient": Case(
+        lambda f, **o: solvers.ProximalGradient(fun=f, prox=prox.none, **o),
+        _quadratic,
+        call=_leading_call(None),
+    ),
+    "ProjectedGradient": Case(
+        lambda f, **o: solvers.ProjectedGradient(fun=f, projection=projections.box, **o),
+        _quadratic,
+        call=_leading_call((-10.0, 10.0)),
+    ),
+    "BlockCoordinateDescent": Case(
+        lambda f, **o: solvers.BlockCoordinateDescent(fun=f, block_prox=prox.none, **o),
+        _quadratic,
+        call=_leading_call(None),
+    ),
+    "MirrorDescent": Case(
+        lambda f, **o: solvers.MirrorDescent(fun=f, stepsize=0.5, **o),
+        _mirror_body,
+        call=_leading_call(None),
+        solution=lambda c: jnp.ones(3) / 3 - _CENTER @ c,
+        jacobian=lambda c: -_CENTER,
+        theta=_SIMPLEX_C,
+        init=jnp.ones(3) / 3,
+    ),
+    "FixedPointIteration": Case(
+        lambda f, **o: solvers.FixedPointIteration(fixed_point_fun=f, **o), _gradient_map
+    ),
+    "AndersonAcceleration": Case(
+        lambda f, **o: solvers.AndersonAcceleration(fixed_point_fun=f, **o), _gradient_map
+    ),
+    "Broyden": Case(lambda f, **o: solvers.Broyden(fun=f, **o), _root),
+    "GaussNewton": Case(lambda f, **o: solvers.GaussNewton(residual_fun=f, **o), _root),
+    "LevenbergMarquardt": Case(
+        lambda f, **o: solvers.LevenbergMarquardt(residual_fun=f, **o), _root
+    ),
+    "Bisection": Case(
+        lambda f, **o: solvers.Bisection(optimality_fun=f, lower=-5.0, upper=5.0, **o),
+        lambda x, a: x**3 + x - a,
+        solution=lambda a: jnp.asarray(1.0),
+        jacobian=lambda a: jnp.asarray(0.25),
+        theta=jnp.asarray(2.0),
+        init=jnp.asarray(0.0),
+        unrolls=False,  # documented: bisection's iterates are piecewise constant in θ
+    ),
+    "EqualityConstrainedQP": Case(
+        lambda f, **o: solvers.EqualityConstrainedQP(**o),
+        None,
+        call=_qp_call("eq"),
+        init=None,
+    ),
+    "BoxCDQP": Case(lambda f, **o: solvers.BoxCDQP(**o), None, call=_qp_call("box")),
+    "OSQP": Case(lambda f, **o: solvers.OSQP(**o), None, call=_qp_call("osqp"), init=None),
+    "ScipyMinimize": Case(
+        lambda f, **o: solvers.ScipyMinimize(fun=f, **_host(o)), _quadratic, host=True
+    ),
+    "ScipyBoundedMinimize": Case(
+        lambda f, **o: solvers.ScipyBoundedMinimize(fun=f, **_host(o)),
+        _quadratic,
+        call=_leading_call((-10.0, 10.0)),
+        host=True,
+    ),
+    "ScipyRootFinding": Case(
+        lambda f, **o: solvers.ScipyRootFinding(optimality_fun=f, **_host(o)), _root, host=True
+    ),
+    "ScipyLeastSquares": Case(
+        lambda f, **o: solvers.ScipyLeastSquares(residual_fun=f, **_host(o)), _root, host=True
+    ),
+    "HostSolver": Case(
+        lambda f, **o: solvers.HostSolver(solve_fn=_host_solve, optimality_fun=f, **_host(o)),
+        _root,
+        host=True,
+    ),
+}
+
+
+def _host(options):
+    """Host solvers take neither maxiter nor tol as iterative solvers do: drop them."""
+    options = dict(options)
+    options.pop("maxiter", None)
+    tol = options.pop("tol", None)
+    del tol
+    options.pop("implicit_diff", None)
+    return options
+
+
+def _params(out):
+    """The solution x of a run's output (the primal part of a QP's KKTSolution)."""
+    params = out[0]
+    return params.primal if isinstance(params, solvers.KKTSolution) else params
+
+
+def test_catalog_has_every_solver():
+    public = {
+        name
+        for name in dir(solvers)
+        if isinstance(getattr(solvers, name), type)
+        and issubclass(getattr(solvers, name), solvers._base.DifferentiableRun)
+        and name not in ("IterativeSolver",)
+    }
+    assert public == set(CASES)
+
+
+def _quiet(fn, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args)
+
+
+def _start_at_solution(case):
+    x = case.solution(case.theta)
+    if case.init is None:  # a QP: the KKT solution (no constraints but the box, if any)
+        return solvers.KKTSolution(x, None, None)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "keyword arguments" (issue 12, item 14): a user argument passed to run by keyword,
+# under any name, including those of the solvers' internals.
+
+# (name, keyword-only, implicit): every internal name once, both kinds of parameter, both modes.
+KEYWORD_COMBINATIONS = [
+    ("x", False, True),
+    ("params", True, True),
+    ("state", False, True),
+    ("kwargs", True, True),
+    ("init_params_", False, True),
+    ("x", True, False),
+    ("state", False, False),
+]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_keyword_arguments_family_every_solver(name):
+    """θ by keyword under the solvers' internal names (x, params, state, ...), as a
+    positional-or-keyword and as a keyword-only parameter of the user function: the solution and
+    its Jacobian in θ (reverse mode) match the closed forms, implicit and unrolled. QPs: their own
+    arguments by keyword."""
+    case = CASES[name]
+    for keyword_name, keyword_only, implicit in KEYWORD_COMBINATIONS:
+        if not implicit and (case.host or not case.unrolls):
+            continue
+        options = {"implicit_diff": implicit, "tol": 1e-11, "on_failure": "ignore"}
+        if case.body is not None:
+            solver, by = case.solver(keyword_name, keyword_only, **options), keyword_name
+        else:
+            solver, by = case.make(None, **options), "qp"
+
+        def solve(theta, solver=solver, by=by):
+            x = _params(case.run(solver, case.init, theta, by))
+            return x, x
+
+        jac, x = _quiet(jax.jacrev(solve, has_aux=True), case.theta)
+        message = f"{name}: {keyword_name}, keyword_only={keyword_only}, implicit={implicit}"
+        np.testing.assert_allclose(
+            x, case.solution(case.theta), rtol=1e-7, atol=1e-8, err_msg=message
+        )
+        np.testing.assert_allclose(
+            jac, case.jacobian(case.theta), rtol=1e-6, atol=1e-7, err_msg=message
+        )
+        if case.body is None:
+            break
+
+
+def test_keyword_arguments_family_bounds_and_hyperparams_by_keyword():
+    """run's own named arguments (bounds, hyperparams_prox, hyperparams_proj) by keyword."""
+    lbfgsb = CASES["LBFGSB"].solver(tol=1e-11)
+    x = lbfgsb.run(jnp.zeros(3), THETA, bounds=(-10.0, 10.0)).params
+    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
+    scipy = CASES["ScipyBoundedMinimize"].solver()
+    x = scipy.run(jnp.zeros(3), THETA, bounds=(-10.0, 10.0)).params
+    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-7)
+    pg = CASES["ProximalGradient"].solver(tol=1e-11)
+    x = pg.run(jnp.zeros(3), THETA, hyperparams_prox=None).params
+    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
+    proj = CASES["ProjectedGradient"].solver(tol=1e-11)
+    x = proj.run(jnp.zeros(3), theta=THETA, hyperparams_proj=(-10.0, 10.0)).params
+    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "started at the solution" (issue 12, item 6): the derivative of a run that starts
+# exactly at the solution, implicit and unrolled, with tol = 0 (no iteration needed at all) and
+# with a positive tol.
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_started_at_the_solution_family_every_solver(name):
+    case = CASES[name]
+    modes = [True, False] if case.unrolls and not case.host else [True]
+    for implicit in modes:
+        for tol in (0.0, 1e-8):
+            options = {"implicit_diff": implicit, "tol": tol, "on_failure": "ignore"}
+            if name == "Bisection":
+                options["tol"] = max(tol, 1e-12)
+            solver = case.solver(**options) if case.body is not None else case.make(None, **options)
+            start = _start_at_solution(case)
+
+            def solve(theta, solver=solver, start=start):
+                return _params(case.run(solver, start, theta, None))
+
+            jac = _quiet(jax.jacobian(solve), case.theta)
+            np.testing.assert_allclose(
+                jac,
+                case.jacobian(case.theta),
+                rtol=1e-6,
+                atol=1e-7,
+                err_msg=f"{name} implicit={implicit} tol={tol}",
+            )
+
+
+def test_started_at_the_solution_family_one_coordinate_anderson():
+    """The reported instance: T(x) = cos x + θ, one coordinate started at its fixed point π/2
+    (dx/dθ = 1/(1 + sin x*) = 0.5 there), unrolled Anderson; and with tol = 0 every coordinate
+    started at its fixed point (the loop stops before the first iteration)."""
+
+    def T(x, theta):
+        return jnp.cos(x) + theta
+
+    for start, theta in (
+        (jnp.array([jnp.pi / 2, 0.0]), jnp.array([jnp.pi / 2, 1.0])),
+        (jnp.array([jnp.pi / 2]), jnp.array([jnp.pi / 2])),
+    ):
+        for tol in (0.0, 1e-10):
+            solver = solvers.AndersonAcceleration(
+                fixed_point_fun=T, implicit_diff=False, tol=tol, maxiter=300, on_failure="ignore"
+            )
+            x = solver.run(start, theta).params
+            jac = jax.jacobian(lambda t, solver=solver, start=start: solver.run(start, t).params)(
+                theta
+            )
+            np.testing.assert_allclose(jnp.diag(jac), 1 / (1 + jnp.sin(x)), rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "bounds" (issue 12, item 2): every solver and projection taking bounds, with an empty
+# box (lower > upper on one coordinate), with ±inf bounds and with equal bounds.
+
+_C = jnp.array([0.5, 2.0, -1.0])
+_EMPTY = (jnp.array([0.0, 1.0, 0.0]), jnp.array([1.0, 0.0, 1.0]))  # lower > upper on entry 1
+
+
+def _box_objective(x, c):
+    return jnp.sum((x - c) ** 2)
+
+
+def _bounded_runs(tol=1e-10):
+    """name -> run(lower, upper, c) -> (x, converged), for every bounded solver."""
+    q = 2.0 * jnp.eye(3)
+    ignore = {"on_failure": "ignore", "backward_on_failure": "ignore"}
+
+    def pg_box_section(lower, upper, c):
+        solver = solvers.ProjectedGradient(
+            fun=_box_objective, projection=projections.box_section, tol=tol, **ignore
+        )
+        w = jnp.array([0.0, 0.0, 1.0])  # a section that does not cut the test's coordinates
+        return solver.run(jnp.zeros(3), (lower, upper, w, jnp.clip(c[2], lower[2], upper[2])), c)
+
+    runs = {
+        "LBFGSB": lambda lo, up, c: solvers.LBFGSB(fun=_box_objective, tol=tol, **ignore).run(
+            jnp.zeros(3), (lo, up), c
+        ),
+        "BoxCDQP": lambda lo, up, c: solvers.BoxCDQP(tol=tol, **ignore).run(
+            jnp.zeros(3), (q, -2.0 * c), (lo, up)
+        ),
+        "ProjectedGradient-box": lambda lo, up, c: solvers.ProjectedGradient(
+            fun=_box_objective, projection=projections.box, tol=tol, **ignore
+        ).run(jnp.zeros(3), (lo, up), c),
+        "ProjectedGradient-box_section": pg_box_section,
+        "ScipyBoundedMinimize": lambda lo, up, c: solvers.ScipyBoundedMinimize(
+            fun=_box_objective, **ignore
+        ).run(jnp.zeros(3), (lo, up), c),
+    }
+    return {name: (lambda lo, up, c, r=r: _unpack(r(lo, up, c))) for name, r in runs.items()}
+
+
+def _unpack(step):
+    return step.params, step.state.converged
+
+
+@pytest.mark.parametrize("name", list(_bounded_runs()))
+def test_bounds_family_empty_box(name):
+    """Concrete lower > upper: a ValueError naming the bounds. Traced (jit, vmap): a run that
+    ends with converged False and a NaN solution, never a silent "converged"."""
+    run = _bounded_runs()[name]
+    lower, upper = _EMPTY
+    with pytest.raises(ValueError, match=r"lower|upper|bounds|alpha|beta"):
+        run(lower, upper, _C)
+    x, converged = _quiet(jax.jit(run), lower, upper, _C)
+    assert not bool(converged) and bool(jnp.any(jnp.isnan(x)))
+    _, conv = _quiet(
+        jax.vmap(run, in_axes=(None, 0, None)), lower, jnp.stack([upper, upper + 2.0]), _C
+    )
+    assert not bool(conv[0]) and bool(conv[1])
+    jac = _quiet(jax.jit(jax.jacobian(lambda c: run(lower, upper, c)[0])), _C)
+    assert bool(jnp.any(jnp.isnan(jac)))
+
+
+def test_bounds_family_projections_empty_box():
+    lower, upper = _EMPTY
+    with pytest.raises(ValueError, match="lower"):
+        projections.box(_C, (lower, upper))
+    with pytest.raises(ValueError, match="alpha"):
+        projections.box_section(_C, (lower, upper, jnp.ones(3), 1.0))
+    assert bool(jnp.isnan(jax.jit(projections.box)(_C, (lower, upper))[1]))
+
+
+@pytest.mark.parametrize("name", list(_bounded_runs()))
+def test_bounds_family_infinite_and_equal_bounds(name):
+    """lower = (−inf, 1, 0.2), upper = (+inf, +inf, 0.2): x = clip(c, lower, upper) = (0.5, 2,
+    0.2); dx/dc = diag(1, 1, 0); moving the equal bounds of entry 2 together moves x₂ with them
+    (derivative 1), and nothing else moves x₂."""
+    run = _bounded_runs()[name]
+    lower = jnp.array([-jnp.inf, 1.0, 0.2])
+    upper = jnp.array([jnp.inf, jnp.inf, 0.2])
+    if name == "ProjectedGradient-box_section":
+        lower, upper = (
+            jnp.where(jnp.isinf(lower), -50.0, lower),
+            jnp.where(jnp.isinf(upper), 50.0, upper),
+        )  # box_section takes finite bounds (documented)
+    x, converged = _quiet(run, lower, upper, _C)
+    assert bool(converged)
+    np.testing.assert_allclose(x, jnp.array([0.5, 2.0, 0.2]), rtol=1e-8, atol=1e-9)
+    jac = _quiet(jax.jacobian(lambda c: run(lower, upper, c)[0]), _C)
+    np.testing.assert_allclose(jac, jnp.diag(jnp.array([1.0, 1.0, 0.0])), atol=1e-7)
+    e2 = jnp.array([0.0, 0.0, 1.0])
+    _, along = _quiet(
+        lambda: jax.jvp(lambda s: run(lower + s * e2, upper + s * e2, _C)[0], (0.0,), (1.0,))
+    )
+    np.testing.assert_allclose(along, e2, atol=1e-7)
