@@ -330,18 +330,20 @@ def _marginal_scale(a: jax.Array, b: jax.Array) -> jax.Array:
 def _check_marginals(a: jax.Array, b: jax.Array, name: str) -> jax.Array | None:
     """Whether U(a, b) is non-empty: a, b and the balanced ā, b̄ non-negative.
 
-    Concrete marginals: raise ValueError if not (and return None); traced: the traced flag.
+    Concrete marginals: raise ValueError if not, else return None (checked in NumPy, so that
+    marginals closed over by an outer ``jit`` count as concrete); traced: the traced flag.
     """
-    a_bar, b_bar, _ = _projected_marginals(a, b)
-    valid = jnp.all(a >= 0) & jnp.all(b >= 0) & jnp.all(a_bar >= 0) & jnp.all(b_bar >= 0)
     if _checks.is_traced((a, b)):
-        return valid
-    if not bool(valid):
+        a_bar, b_bar, _ = _projected_marginals(a, b)
+        return jnp.all(a >= 0) & jnp.all(b >= 0) & jnp.all(a_bar >= 0) & jnp.all(b_bar >= 0)
+    a, b = np.asarray(a), np.asarray(b)
+    s = (a.sum() - b.sum()) / (a.size + b.size)
+    a_bar, b_bar = a - s, b + s
+    if not (np.all(a >= 0) and np.all(b >= 0) and np.all(a_bar >= 0) and np.all(b_bar >= 0)):
         raise ValueError(
             f"{name}: the marginals (hyperparams a, b) must be non-negative (U(a, b) is empty "
-            f"otherwise); got min(a) = {float(jnp.min(a))}, min(b) = {float(jnp.min(b))}, and "
-            f"after balancing their totals min(ā) = {float(jnp.min(a_bar))}, "
-            f"min(b̄) = {float(jnp.min(b_bar))}"
+            f"otherwise); got min(a) = {a.min()}, min(b) = {b.min()}, and after balancing "
+            f"their totals min(ā) = {a_bar.min()}, min(b̄) = {b_bar.min()}"
         )
     return None
 
