@@ -122,8 +122,6 @@ NEVER_EMPTY = {
     "second_order_cone": "no parameter",
     "psd_cone": "no parameter",
 }
-# Members in _transport.py (not this module's owner): negative marginals are not detected yet.
-_EMPTY_NOT_DETECTED = {"transport_polytope", "kl_transport_polytope"}
 
 PROXES = {
     "none": None,
@@ -167,8 +165,6 @@ def _leaves(tree):
 @pytest.mark.parametrize("name", sorted(EMPTY))
 def test_projection_family_empty_sets(name):
     """Concrete parameters of an empty set: ValueError; traced (jit, vmap): NaN."""
-    if name in _EMPTY_NOT_DETECTED:
-        pytest.xfail("_transport.py: negative marginals are not detected (owned by the lead)")
     projection = getattr(P, name)
     x, _ = SAMPLES[name](jnp.float64)
     hyper = EMPTY[name](jnp.float64)

@@ -288,3 +288,24 @@ def test_vmap(kind):
         single, single_t = jax.jvp(fun, (x,), (t,))
         np.testing.assert_allclose(p, single, atol=1e-11)
         np.testing.assert_allclose(pt, single_t, atol=1e-9)
+
+
+@pytest.mark.parametrize("projection", [transport_polytope, kl_transport_polytope])
+def test_transport_family_empty_sets(projection):
+    """Marginals with a negative entry, or whose balanced ā = a − s 1 has one (U(a, b) empty):
+    ValueError naming the marginals when concrete; an all-NaN P, and NaN derivatives, when
+    traced (jit, vmap, grad)."""
+    x = jnp.asarray([[0.5, -0.2, 0.9], [0.1, 0.3, -0.6]])
+    cases = [
+        (jnp.asarray([-0.2, 1.2]), jnp.asarray([0.4, 0.4, 0.2])),  # a negative
+        (jnp.asarray([0.5, 0.5]), jnp.asarray([1.2, -0.4, 0.2])),  # b negative
+        (jnp.asarray([0.01, 5.0]), jnp.asarray([0.1, 0.1, 0.1])),  # ā = a − 0.942 negative
+    ]
+    for a, b in cases:
+        with pytest.raises(ValueError, match="marginals"):
+            projection(x, (a, b))
+        assert np.all(np.isnan(jax.jit(projection)(x, (a, b))))
+        stacked = jax.vmap(projection, in_axes=(None, 0))(x, (jnp.stack([a, a]), jnp.stack([b, b])))
+        assert np.all(np.isnan(stacked))
+        grads = jax.grad(lambda x, a, b: jnp.sum(projection(x, (a, b)) ** 2), (0, 1, 2))(x, a, b)
+        assert all(np.all(np.isnan(g)) for g in grads)

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from implicitdiff import linear_solve
+from implicitdiff import _checks, _linesearch, linear_solve
 from implicitdiff.implicit import custom_root
 
 __all__ = [
@@ -175,113 +175,50 @@ def _projected_marginals(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Arr
 
 
 # ---------------------------------------------------------------------------------------------
-# L-BFGS for a smooth convex function known only by its gradient.
+# L-BFGS on the shared kernel (implicitdiff._linesearch: the zoom line search, the two-loop).
 
 
-def _line_search(grad_fn, z, g, d, slope, *, c2=0.9, target=0.05, max_steps=30):
-    """A step t > 0 along the descent direction d with c2 · h(0) ≤ h(t) ≤ 0, h(t) = ∇f(z + td)·d.
-
-    For convex f, h is non-decreasing: h(t) ≤ 0 means f decreased over [0, t], and h(t) ≥ c2 h(0)
-    is the curvature condition that keeps L-BFGS's updates positive definite. Only gradients are
-    used: near the solution, differences of function values drown in rounding, slopes do not.
-    The bracket [lo, hi] (h(lo) < c2 h(0), h(hi) > 0) shrinks by safeguarded secant steps aimed at
-    h = target · h(0); before a bracket exists, t grows. Returns (z + t d, its gradient, ok), where
-    ok says that some t with h(t) ≤ 0 was found (the furthest one is returned if none qualified).
-    """
-    lower = c2 * slope
-    aim = target * slope
-    dtype = z.dtype
-    inf = jnp.asarray(jnp.inf, dtype)
-
-    def cond(state):
-        _, _, _, _, _, _, _, _, accepted, step = state
-        return jnp.logical_not(accepted) & (step < max_steps)
-
-    def body(state):
-        t, lo, h_lo, hi, h_hi, z_best, g_best, found, _, step = state
-        z_t = z + t * d
-        g_t = grad_fn(z_t)
-        h = jnp.vdot(g_t, d)
-        accepted = (h >= lower) & (h <= 0)
-        early = h < lower
-        descended = h <= 0
-        z_best = jnp.where(descended, z_t, z_best)
-        g_best = jnp.where(descended, g_t, g_best)
-        found = found | descended
-        lo, h_lo = jnp.where(early, t, lo), jnp.where(early, h, h_lo)
-        hi, h_hi = jnp.where(h > 0, t, hi), jnp.where(h > 0, h, h_hi)
-        # Inside a bracket: the secant root of h = aim, kept away from both ends.
-        width = hi - lo
-        denominator = jnp.where(h_hi > h_lo, h_hi - h_lo, 1.0)
-        t_secant = lo + (aim - h_lo) * width / denominator
-        t_inside = jnp.clip(t_secant, lo + 0.01 * width, hi - 0.01 * width)
-        # No bracket yet (h < c2 h(0) so far): extrapolate the secant through (0, h(0)) and (t, h).
-        growth = jnp.where(h > slope, (aim - slope) / jnp.where(h > slope, h - slope, 1.0), 20.0)
-        t_outside = t * jnp.clip(growth, 2.0, 20.0)
-        t_next = jnp.where(jnp.isfinite(hi), t_inside, t_outside)
-        return t_next, lo, h_lo, hi, h_hi, z_best, g_best, found, accepted, step + 1
-
-    zero = jnp.zeros((), dtype)
-    init = (jnp.ones((), dtype), zero, slope, inf, inf, z, g, False, False, 0)
-    state = jax.lax.while_loop(cond, body, init)
-    return state[5], state[6], state[7]
-
-
-def _two_loop(g, s_hist, y_hist, rho, h0):
-    """−H g for the L-BFGS inverse-Hessian approximation H (newest pair last; rho = 0: unused)."""
-
-    def newest_first(q, pair):
-        s, y, r = pair
-        c = r * jnp.vdot(s, q)
-        return q - c * y, c
-
-    q, coefficients = jax.lax.scan(newest_first, g, (s_hist, y_hist, rho), reverse=True)
-    yy = jnp.vdot(y_hist[-1], y_hist[-1])
-    sy = jnp.vdot(s_hist[-1], y_hist[-1])
-    gamma = jnp.where(rho[-1] > 0, sy / jnp.where(yy > 0, yy, 1.0), h0)
-
-    def oldest_first(r, pair):
-        s, y, rh, c = pair
-        return r + (c - rh * jnp.vdot(y, r)) * s, None
-
-    r, _ = jax.lax.scan(oldest_first, gamma * q, (s_hist, y_hist, rho, coefficients))
-    return -r
-
-
-def _lbfgs(grad_fn: Callable, z0: jax.Array, h0: Any, gtol: jax.Array, maxiter: int):
+def _lbfgs(value_and_grad: Callable, z0: jax.Array, h0: Any, gtol: jax.Array, maxiter: Any):
     """Minimize a smooth convex f from z0 until ‖∇f‖∞ ≤ gtol, at most maxiter iterations.
 
-    ``h0`` scales the first step (an estimate of 1 / the largest curvature).
+    Directions by the two-loop recursion (memory ``_LBFGS_MEMORY``, newest pair last, γ I the
+    initial matrix, γ = ⟨s, y⟩ / ⟨y, y⟩ of the newest pair, ``h0`` before any pair), steps by the
+    strong-Wolfe zoom line search (whose approximate-Wolfe fallback compares slopes where values
+    of f drown in rounding, near the solution). Stops early when the line search finds no step
+    at all (η = 0: tol below what rounding allows).
     """
     memory = _LBFGS_MEMORY
     dtype = z0.dtype
-    size = z0.shape[0]
+    order = jnp.arange(memory - 1, -1, -1)  # slots newest first
 
     def cond(state):
-        _, g, _, _, _, k, stalled = state
+        _, _, g, _, _, _, k, stalled = state
         return (k < maxiter) & (jnp.max(jnp.abs(g)) > gtol) & jnp.logical_not(stalled)
 
     def body(state):
-        z, g, s_hist, y_hist, rho, k, _ = state
-        d = _two_loop(g, s_hist, y_hist, rho, h0)
-        slope = jnp.vdot(g, d)
-        steepest = jnp.logical_not(slope < 0)  # not a descent direction (or NaN): restart
+        z, f, g, s_hist, y_hist, rho, k, _ = state
+        sy_last = jnp.vdot(s_hist[-1], y_hist[-1])
+        yy_last = jnp.vdot(y_hist[-1], y_hist[-1])
+        gamma = jnp.where(rho[-1] > 0, sy_last / jnp.where(yy_last > 0, yy_last, 1.0), h0)
+        d = -_linesearch.two_loop(g, s_hist, y_hist, rho, gamma, order)
+        steepest = jnp.logical_not(jnp.vdot(g, d) < 0)  # not a descent direction (or NaN)
         d = jnp.where(steepest, -h0 * g, d)
-        slope = jnp.where(steepest, -h0 * jnp.vdot(g, g), slope)
-        z_new, g_new, ok = _line_search(grad_fn, z, g, d, slope)
-        s, y = z_new - z, g_new - g
+        search = _linesearch.zoom(value_and_grad, z, f, g, d, jnp.ones((), dtype))
+        z_new = z + search.stepsize * d
+        s, y = z_new - z, search.grad - g
         sy = jnp.vdot(s, y)
-        update = ok & (sy > 0)
+        update = sy > 0
         s_hist = jnp.where(update, jnp.roll(s_hist, -1, axis=0).at[-1].set(s), s_hist)
         y_hist = jnp.where(update, jnp.roll(y_hist, -1, axis=0).at[-1].set(y), y_hist)
-        new_rho = 1.0 / jnp.where(sy > 0, sy, 1.0)
+        new_rho = 1.0 / jnp.where(update, sy, 1.0)
         rho = jnp.where(update, jnp.roll(rho, -1).at[-1].set(new_rho), rho)
-        return z_new, g_new, s_hist, y_hist, rho, k + 1, jnp.logical_not(ok)
+        stalled = jnp.logical_not(search.stepsize > 0)
+        return z_new, search.value, search.grad, s_hist, y_hist, rho, k + 1, stalled
 
-    history = jnp.zeros((memory, size), dtype)
-    init = (z0, grad_fn(z0), history, history, jnp.zeros(memory, dtype), 0, False)
-    z, *_ = jax.lax.while_loop(cond, body, init)
-    return z
+    history = jnp.zeros((memory, z0.shape[0]), dtype)
+    f0, g0 = value_and_grad(z0)
+    init = (z0, f0, g0, history, history, jnp.zeros(memory, dtype), 0, False)
+    return jax.lax.while_loop(cond, body, init)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,13 +247,20 @@ def _euclidean_solver(init, x, a, b, *, maxiter, tol):
     n, m = x.shape
     alpha0, beta0 = init
 
-    def grad_fn(z):  # the gradient of −D, flat
-        g_alpha, g_beta = _euclidean_optimality((z[:n], z[n:]), x, a, b)
-        return -jnp.concatenate([g_alpha, g_beta])
+    def value_and_grad(z):  # −D and its gradient, flat
+        alpha, beta = z[:n], z[n:]
+        y = x + alpha[:, None] + beta[None, :]
+        p = _relu(y)
+        gauge = (jnp.sum(alpha) - jnp.sum(beta)) / (n + m)
+        value = 0.5 * jnp.vdot(p, p) - jnp.vdot(alpha, a) - jnp.vdot(beta, b)
+        value = value + 0.5 * (n + m) * gauge**2
+        grad = jnp.concatenate([jnp.sum(p, axis=1) + gauge - a, jnp.sum(p, axis=0) - gauge - b])
+        return value, grad
 
     # The Hessian of −D has row sums at most 2 max(n, m) + 1 (Gershgorin): a safe first step.
     h0 = 1.0 / (2.0 * max(n, m) + 1.0)
-    z = _lbfgs(grad_fn, jnp.concatenate([alpha0, beta0]), h0, _threshold(tol, a, b), maxiter)
+    z0 = jnp.concatenate([alpha0, beta0])
+    z = _lbfgs(value_and_grad, z0, h0, _threshold(tol, a, b), maxiter)
     return z[:n], z[n:]
 
 
@@ -352,7 +296,17 @@ def _sinkhorn_solver(init, x, a, b, *, maxiter, tol):
 
 @functools.partial(jax.jit, static_argnames=("kind", "solve"))
 def _project_jit(x, a, b, maxiter, tol, *, kind, solve):
-    # maxiter and tol are traced: changing them does not recompile.
+    # maxiter and tol are traced: changing them does not recompile. Both projections are
+    # homogeneous in the marginals: P(X; μa, μb) = μ P(X; a, b) for the KL one, and
+    # P(μX; μa, μb) = μ P(X; a, b) for the Euclidean one. Solving at μ = 1 (μ a power of two:
+    # the scaling is exact) keeps the dual's values and curvature O(1) at any magnitude (in
+    # float32, ½‖P‖² at |P| ~ 1e30 would overflow).
+    mu = _marginal_scale(a, b)
+    x = x / mu if kind == "euclidean" else x
+    return mu * _project_unit(x, a / mu, b / mu, maxiter, tol, kind=kind, solve=solve)
+
+
+def _project_unit(x, a, b, maxiter, tol, *, kind, solve):
     if kind == "euclidean":
         solver = functools.partial(_euclidean_solver, maxiter=maxiter, tol=tol)
         optimality = _euclidean_optimality
@@ -366,20 +320,118 @@ def _project_jit(x, a, b, maxiter, tol, *, kind, solve):
     return _primal(kind, x, alpha, beta)
 
 
-def _project(kind, x, a, b, maxiter, tol, solve):
+def _marginal_scale(a: jax.Array, b: jax.Array) -> jax.Array:
+    """μ = max(‖a‖∞, ‖b‖∞) rounded to a power of two (1 if that is 0 or not finite)."""
+    mu = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b))))
+    ok = jnp.isfinite(mu) & (mu > 0)
+    return jnp.where(ok, jnp.exp2(jnp.round(jnp.log2(jnp.where(ok, mu, 1.0)))), 1.0)
+
+
+def _check_marginals(a: jax.Array, b: jax.Array, name: str) -> jax.Array | None:
+    """Whether U(a, b) is non-empty: a, b and the balanced ā, b̄ non-negative.
+
+    Concrete marginals: raise ValueError if not, else return None (checked in NumPy, so that
+    marginals closed over by an outer ``jit`` count as concrete); traced: the traced flag.
+    """
+    if _checks.is_traced((a, b)):
+        a_bar, b_bar, _ = _projected_marginals(a, b)
+        return jnp.all(a >= 0) & jnp.all(b >= 0) & jnp.all(a_bar >= 0) & jnp.all(b_bar >= 0)
+    a, b = np.asarray(a), np.asarray(b)
+    s = (a.sum() - b.sum()) / (a.size + b.size)
+    a_bar, b_bar = a - s, b + s
+    if not (np.all(a >= 0) and np.all(b >= 0) and np.all(a_bar >= 0) and np.all(b_bar >= 0)):
+        raise ValueError(
+            f"{name}: the marginals (hyperparams a, b) must be non-negative (U(a, b) is empty "
+            f"otherwise); got min(a) = {a.min()}, min(b) = {b.min()}, and after balancing "
+            f"their totals min(ā) = {a_bar.min()}, min(b̄) = {b_bar.min()}"
+        )
+    return None
+
+
+@jax.custom_jvp
+def _poison(valid: jax.Array, leaf: jax.Array, inputs: tuple) -> jax.Array:
+    """``leaf`` where ``valid``; elsewhere NaN, with NaN derivatives in ``leaf`` and ``inputs``
+    (a bare ``where`` would give the derivative of its NaN branch, a constant: 0)."""
+    return jnp.where(valid, leaf, jnp.asarray(jnp.nan, leaf.dtype))
+
+
+@_poison.defjvp
+def _poison_jvp(primals, tangents):
+    valid, leaf, inputs = primals
+    _, leaf_dot, inputs_dot = tangents
+    # Linear in the tangents (reverse mode transposes it). The NaN goes straight to the inputs;
+    # what flows back into ``leaf`` (the implicit derivative's linear solve) stays finite: 0.
+    zeros = jnp.where(valid, jnp.zeros((), leaf.dtype), jnp.asarray(jnp.nan, leaf.dtype))
+    spill = sum((jnp.sum(t) for t in jax.tree_util.tree_leaves(inputs_dot)), 0.0)
+    return _poison(valid, leaf, inputs), jnp.where(valid, leaf_dot, 0.0) + zeros * spill
+
+
+def _project(kind, name, x, a, b, maxiter, tol, solve):
+    valid = _check_marginals(a, b, name)
+    inputs = (x, a, b)
+    if valid is not None:  # traced: an empty set gives NaN (the rule of implicitdiff._checks),
+        # after solving a valid stand-in U(1, n/m) (NaN marginals would trouble the solvers).
+        n, m = x.shape
+        a = jnp.where(valid, a, jnp.ones_like(a))
+        b = jnp.where(valid, b, jnp.full_like(b, n / m))
     if solve is None:
         # The Euclidean dual's Hessian is singular when the support of P is disconnected (a
         # permutation matrix, say): CG still solves such consistent systems, LU does not.
         solve = "cg" if kind == "euclidean" else "auto"
     maxiter = jnp.asarray(_check_maxiter(maxiter))
     tol = jnp.asarray(_resolve_tol(tol, x.dtype), x.dtype)
-    return _project_jit(x, a, b, maxiter, tol, kind=kind, solve=solve)
+    p = _project_jit(x, a, b, maxiter, tol, kind=kind, solve=solve)
+    return p if valid is None else _poison(valid, p, inputs)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public functions.
 
+_MARGINALS_DOC = """``a`` and ``b`` must be non-negative with equal sums. If the sums differ, the
+    marginals used are ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and
+    derivatives follow that map). A negative entry of a, b, ā or b̄ makes U(a, b) empty:
+    concrete marginals raise ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative)
+    give an all-NaN P."""
 
+_ARGS_DOC = """Args:
+      x: {x}, shape (n, m).
+      hyperparams: the pair (a, b) of marginals, shapes (n,) and (m,).
+      maxiter: {maxiter}.
+      tol: relative tolerance of the marginals, see above; ``None`` means 1e-10 in float64 and
+        about 2e-5 in float32 (``linear_solve.default_tol``).
+      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
+        ({solve}).
+
+    Returns:
+      P*, shape (n, m), in the floating dtype that X, a and b promote to.
+"""
+
+
+def _documented(x: str, maxiter: str, solve: str) -> Callable:
+    """Fill the shared paragraphs ({marginals}, {args}) of a transport projection's docstring."""
+
+    def decorate(fun):
+        args = _ARGS_DOC.format(x=x, maxiter=maxiter, solve=solve)
+        fun.__doc__ = fun.__doc__.replace("{marginals}", _MARGINALS_DOC).replace("{args}", args)
+        return fun
+
+    return decorate
+
+
+def _transport(kind: str, name: str, x, hyperparams, maxiter, tol, solve) -> jax.Array:
+    a, b = _unpack_marginals(hyperparams, name)
+    x, a, b = _as_problem(x, a, b, name)
+    return _project(kind, name, x, a, b, maxiter, tol, solve)
+
+
+@_documented(
+    x="the matrix X to project",
+    maxiter="the most L-BFGS iterations",
+    solve=(
+        'default ``"cg"``, which also solves the singular but consistent system of a solution\n'
+        '        whose support is disconnected, as a permutation matrix; dense ``"lu"`` fails there'
+    ),
+)
 def transport_polytope(
     x: Any,
     hyperparams: tuple[Any, Any],
@@ -401,28 +453,14 @@ def transport_polytope(
     solution of the problem without P ≥ 0, with a line search on slopes. Derivatives with
     respect to X, a and b come from the implicit function theorem on ∇D = 0.
 
-    ``a`` and ``b`` must be positive with equal sums. If the sums differ, the marginals used are
-    ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and derivatives follow that
-    map).
+    {marginals}
 
     Stopping criterion: ‖∇D(α, β)‖∞ ≤ tol · max(‖a‖∞, ‖b‖∞), that is, every row and column sum of
     P is within that distance of its marginal; or after ``maxiter`` iterations, or when the line
     search finds no step that decreases the dual objective (tol below what rounding allows); the
     last iterate is then returned, without warning.
 
-    Args:
-      x: the matrix X to project, shape (n, m).
-      hyperparams: the pair (a, b) of marginals, shapes (n,) and (m,).
-      maxiter: the most L-BFGS iterations.
-      tol: relative tolerance of the marginals, see above; ``None`` means 1e-10 in float64 and
-        about 2e-5 in float32 (``linear_solve.default_tol``).
-      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
-        (default ``"cg"``, which also solves the singular but consistent system of a solution
-        whose support is disconnected, as a permutation matrix; dense ``"lu"`` fails there).
-
-    Returns:
-      P*, shape (n, m), in the floating dtype that X, a and b promote to.
-
+    {args}
     Example:
       >>> import jax.numpy as jnp
       >>> from implicitdiff.projections import transport_polytope
@@ -432,12 +470,14 @@ def transport_polytope(
       >>> print(p.sum(axis=1).round(6), p.sum(axis=0).round(6))
       [0.5 0.5] [0.25 0.25 0.5 ]
     """
-    name = "transport_polytope"
-    a, b = _unpack_marginals(hyperparams, name)
-    x, a, b = _as_problem(x, a, b, name)
-    return _project("euclidean", x, a, b, maxiter, tol, solve)
+    return _transport("euclidean", "transport_polytope", x, hyperparams, maxiter, tol, solve)
 
 
+@_documented(
+    x="the matrix X (log of the kernel K)",
+    maxiter="the most Sinkhorn iterations (one row and one column update each)",
+    solve='default ``"auto"``',
+)
 def kl_transport_polytope(
     x: Any,
     hyperparams: tuple[Any, Any],
@@ -460,27 +500,14 @@ def kl_transport_polytope(
     function theorem on the stationarity of the dual D(α, β) = ⟨α, a⟩ + ⟨β, b⟩ −
     Σ exp(X + α 1ᵀ + 1 βᵀ) − (⟨α, 1⟩ − ⟨β, 1⟩)² / (2 (n + m)) (see the module docstring).
 
-    ``a`` and ``b`` must be positive with equal sums. If the sums differ, the marginals used are
-    ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and derivatives follow that
-    map).
+    {marginals}
 
     Stopping criterion: after each β update the column sums are exact; the iterations stop when
     every row sum is within tol · max(‖a‖∞, ‖b‖∞) of its marginal, and that (α, β) is returned;
     or after ``maxiter`` iterations (the last iterate is then returned, without warning). Sinkhorn
     converges linearly, more slowly as the spread of X grows.
 
-    Args:
-      x: the matrix X (log of the kernel K), shape (n, m).
-      hyperparams: the pair (a, b) of marginals, shapes (n,) and (m,).
-      maxiter: the most Sinkhorn iterations (one row and one column update each).
-      tol: relative tolerance of the marginals, see above; ``None`` means 1e-10 in float64 and
-        about 2e-5 in float32.
-      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
-        (default ``"auto"``).
-
-    Returns:
-      P*, shape (n, m), in the floating dtype that X, a and b promote to.
-
+    {args}
     Example:
       >>> import jax.numpy as jnp
       >>> from implicitdiff.projections import kl_transport_polytope
@@ -490,10 +517,7 @@ def kl_transport_polytope(
       >>> print(p.sum(axis=1).round(4), p.sum(axis=0).round(4))
       [0.5 0.5] [0.25 0.25 0.5 ]
     """
-    name = "kl_transport_polytope"
-    a, b = _unpack_marginals(hyperparams, name)
-    x, a, b = _as_problem(x, a, b, name)
-    return _project("kl", x, a, b, maxiter, tol, solve)
+    return _transport("kl", "kl_transport_polytope", x, hyperparams, maxiter, tol, solve)
 
 
 def birkhoff_polytope(
@@ -520,7 +544,7 @@ def birkhoff_polytope(
     """
     del hyperparams
     x, a, b = _square(x, "birkhoff_polytope")
-    return _project("euclidean", x, a, b, maxiter, tol, solve)
+    return _project("euclidean", "birkhoff_polytope", x, a, b, maxiter, tol, solve)
 
 
 def kl_birkhoff_polytope(
@@ -547,4 +571,4 @@ def kl_birkhoff_polytope(
     """
     del hyperparams
     x, a, b = _square(x, "kl_birkhoff_polytope")
-    return _project("kl", x, a, b, maxiter, tol, solve)
+    return _project("kl", "kl_birkhoff_polytope", x, a, b, maxiter, tol, solve)
