@@ -234,10 +234,6 @@ TRANSFORMS = (
 pytestmark = pytest.mark.filterwarnings("error::implicitdiff.solvers.SolverWarning")
 
 # Known failures, each strict: (solver or "*", problem or "*", transform) → reason.
-_CHECKPOINT = (
-    "issue 12 item 7: the backward failure check's io_callback breaks jax.checkpoint "
-    "(NotImplementedError: Effects not supported in partial-eval of checkpoint: IOEffect)"
-)
 _SHARD_MAP = (
     "issue 12 item 8: shard_map with all axes manual crashes: loop carry / cond branch / custom "
     "JVP types differ (e.g. bool[] vs bool[]{V:batch})"
@@ -247,7 +243,6 @@ _SHARD_MAP_SILENT = (
     "error (rows of other devices, or no progress from the start)"
 )
 XFAIL: dict[tuple[str, str, str], str] = {
-    ("*", "*", "checkpoint"): _CHECKPOINT,
     ("*", "*", "shard_map"): _SHARD_MAP,
     **{
         (name, "*", "shard_map"): _SHARD_MAP_SILENT
