@@ -248,10 +248,6 @@ XFAIL: dict[tuple[str, str, str], str] = {
         (name, "*", "shard_map"): _SHARD_MAP_SILENT
         for name in ("GradientDescent", "Newton", "MirrorDescent")
     },
-    ("ScipyRootFinding", "cos_fp", "eager"): (
-        "tests-matrix report: ScipyRootFinding reports converged False (SciPy hybr status 3, "
-        "'no further improvement') at a residual of 1e-16 <= error_tol"
-    ),
 }
 
 SLOW: set[tuple[str, str, str]] = set()
