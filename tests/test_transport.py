@@ -11,7 +11,7 @@ import pytest
 from helpers import assert_tree_allclose, finite_difference_jvp, random_tangent
 from scipy.optimize import minimize
 
-from implicitdiff import BackwardSolveWarning
+from implicitdiff import BackwardSolveWarning, projections
 from implicitdiff.projections import (
     birkhoff_polytope,
     kl_birkhoff_polytope,
@@ -309,3 +309,72 @@ def test_transport_family_empty_sets(projection):
         assert np.all(np.isnan(stacked))
         grads = jax.grad(lambda x, a, b: jnp.sum(projection(x, (a, b)) ** 2), (0, 1, 2))(x, a, b)
         assert all(np.all(np.isnan(g)) for g in grads)
+
+
+# Family: every transport projection at X of huge magnitude (issue 12, item 4).
+_HUGE_X = np.array([[0.5, -0.2, 0.9, 0.1], [0.1, 0.3, -0.6, 0.7], [0.8, 0.4, 0.2, -0.3]])
+_HUGE_A = np.array([0.2, 0.3, 0.5])
+_HUGE_B = np.array([0.15, 0.35, 0.3, 0.2])
+
+
+def _lp_vertex(x, a, b):
+    """argmax ⟨X, P⟩ over U(a, b) (SciPy's HiGHS), the limit of both projections."""
+    from scipy.optimize import linprog
+
+    n, m = x.shape
+    eq = np.zeros((n + m, n * m))
+    for i in range(n):
+        eq[i, i * m : (i + 1) * m] = 1.0
+    for j in range(m):
+        eq[n + j, j::m] = 1.0
+    res = linprog(-x.ravel(), A_eq=eq, b_eq=np.concatenate([a, b]), bounds=(0, None))
+    return res.x.reshape(n, m)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [(jnp.float64, 2.0**100), (jnp.float32, 2.0**100), (jnp.float32, 2.0**23)],
+)
+@pytest.mark.parametrize(
+    "name", ["transport_polytope", "kl_transport_polytope", "birkhoff_polytope", "kl_birkhoff"]
+)
+def test_transport_family_huge_inputs(name, dtype, scale):
+    """Every transport projection at X of magnitude 1e30 (float64, float32) and 1e7 (float32):
+    the vertex of the linear program max ⟨X, P⟩ over U(a, b) to rounding (both projections
+    reach it exactly at such a spread), finite; derivative 0 in X (a vertex is locally
+    constant) and, in a, the derivative of the vertex (central differences in float64)."""
+    square = name.startswith("birkhoff") or name == "kl_birkhoff"
+    fun = {
+        "transport_polytope": projections.transport_polytope,
+        "kl_transport_polytope": projections.kl_transport_polytope,
+        "birkhoff_polytope": projections.birkhoff_polytope,
+        "kl_birkhoff": projections.kl_birkhoff_polytope,
+    }[name]
+    x0 = _HUGE_X[:, :3] if square else _HUGE_X
+    a = np.ones(3) if square else _HUGE_A
+    b = np.ones(3) if square else _HUGE_B
+    x = jnp.asarray(x0, dtype) * scale
+    ref = _lp_vertex(np.asarray(x0, np.float64), a, b)
+    got = fun(x) if square else fun(x, (jnp.asarray(a, dtype), jnp.asarray(b, dtype)))
+    eps = np.finfo(dtype).eps
+    assert got.dtype == dtype
+    atol = 16 * eps if dtype == jnp.float64 else 1e-4  # float32: the solvers' default tol
+    np.testing.assert_allclose(np.asarray(got, np.float64), ref, atol=atol)
+    if dtype != jnp.float64:
+        return
+    if square:
+        grad_x = jax.grad(lambda x: jnp.sum(fun(x) * jnp.asarray(ref + 1.0)))(x)
+        np.testing.assert_array_equal(np.asarray(grad_x), 0.0)
+        return
+    w = jnp.asarray(np.arange(12.0).reshape(3, 4))
+    grad_x = jax.grad(lambda x: jnp.sum(fun(x, (jnp.asarray(a), jnp.asarray(b))) * w))(x)
+    np.testing.assert_allclose(np.asarray(grad_x), 0.0, atol=1e-9)
+    # Along a direction keeping the totals equal, the vertex moves linearly (same support).
+    da = np.array([1.0, -1.0, 0.0])
+    db = np.array([0.5, -0.5, 0.0, 0.0])
+    h = 1e-4
+    jvp = jax.jvp(
+        lambda t: fun(x, (jnp.asarray(a) + t * da, jnp.asarray(b) + t * db)), (0.0,), (1.0,)
+    )[1]
+    fd = (_lp_vertex(x0, a + h * da, b + h * db) - _lp_vertex(x0, a - h * da, b - h * db)) / (2 * h)
+    np.testing.assert_allclose(np.asarray(jvp), fd, atol=1e-7)

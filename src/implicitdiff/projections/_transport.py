@@ -303,7 +303,65 @@ def _project_jit(x, a, b, maxiter, tol, *, kind, solve):
     # float32, ½‖P‖² at |P| ~ 1e30 would overflow).
     mu = _marginal_scale(a, b)
     x = x / mu if kind == "euclidean" else x
-    return mu * _project_unit(x, a / mu, b / mu, maxiter, tol, kind=kind, solve=solve)
+    a, b = a / mu, b / mu
+    finite = jnp.isfinite(x)
+    spread = jax.lax.stop_gradient(
+        jnp.max(jnp.where(finite, x, -jnp.inf)) - jnp.min(jnp.where(finite, x, jnp.inf))
+    )
+    level = _probe_level(x.dtype)
+    threshold = 2.0 ** (level if kind == "euclidean" else level + 10)
+    use_limit = jnp.isfinite(spread) & (spread > threshold)
+
+    def ordinary(operands):
+        return _project_unit(*operands, maxiter, tol, kind=kind, solve=solve)
+
+    def limit(operands):
+        return _project_limit(*operands, spread, maxiter, tol, kind=kind, solve=solve)
+
+    return mu * jax.lax.cond(use_limit, limit, ordinary, (x, a, b))
+
+
+def _probe_level(dtype: Any) -> int:
+    """log₂ of the spread of X at which the limit path probes the LP support (see
+    :func:`_project_limit`): where rounding in X + α1ᵀ + 1βᵀ stays far below the marginals."""
+    return 24 if jnp.finfo(dtype).bits >= 64 else 12
+
+
+def _project_limit(x, a, b, spread, maxiter, tol, *, kind, solve):
+    """The projection at a spread of X too wide for X + α1ᵀ + 1βᵀ in floating point.
+
+    At a wide spread both projections reach their limit, the face F = {P ∈ U(a, b), Pᵢⱼ = 0
+    off S} of the linear program max ⟨X, P⟩ over U(a, b) (S its optimal support): the Euclidean
+    projection of tX is constant, equal to argmin_{P ∈ F} ½‖P‖², once t is past a threshold, and
+    the KL one is argmin_{P ∈ F} KL(P ‖ 1_S) (the entries off S underflow to 0). Both are solved
+    exactly as the ordinary projections of Z = 0 on S, −∞ (a huge finite value) off S, whose
+    values and potentials are O(1). S is probed by the Euclidean projection of X scaled by a
+    power of two (exact) to the spread 2^L of ``_probe_level`` and to 2^(L+1): both supports
+    must agree and the projection of Z must keep all its mass on S; otherwise the result is
+    NaN (flagged, never silently wrong). Derivatives: Z carries X's tangent, and the implicit
+    derivative of the projection of Z is that of the limit (on S, the same active set).
+    """
+    level = _probe_level(x.dtype)
+    scale = jnp.exp2(level - jnp.ceil(jnp.log2(spread)))
+    xs = jax.lax.stop_gradient(x)
+    xs = xs - jnp.max(xs)  # a common shift changes neither projection
+    a0, b0 = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
+    probe = functools.partial(_project_unit, maxiter=maxiter, tol=tol, kind="euclidean", solve="cg")
+    support = probe(xs * scale, a0, b0) > 0
+    support2 = probe(xs * (2 * scale), a0, b0) > 0
+    n, m = x.shape
+    if kind == "euclidean":
+        off = -4.0 * (n + m) * jnp.maximum(jnp.max(a0), jnp.max(b0)) - 4.0
+    else:
+        off = -0.125 * jnp.finfo(x.dtype).max
+    # Value 0 on S and ``off`` elsewhere, tangent that of X (x − stop_gradient(x) is exactly 0).
+    z = jnp.where(support, 0.0, off).astype(x.dtype) + (x - jax.lax.stop_gradient(x))
+    # On S alone the KL dual's Hessian is singular too when S is disconnected (a permutation):
+    # CG, not LU, for the default.
+    solve = "cg" if isinstance(solve, str) and solve == "auto" else solve
+    p = _project_unit(z, a, b, maxiter, tol, kind=kind, solve=solve)
+    ok = jnp.all(support == support2) & jnp.all(jnp.where(support, True, p == 0))
+    return jnp.where(ok, p, jnp.nan)
 
 
 def _project_unit(x, a, b, maxiter, tol, *, kind, solve):
