@@ -238,21 +238,8 @@ _CHECKPOINT = (
     "issue 12 item 7: the backward failure check's io_callback breaks jax.checkpoint "
     "(NotImplementedError: Effects not supported in partial-eval of checkpoint: IOEffect)"
 )
-_SHARD_MAP = (
-    "issue 12 item 8: shard_map with all axes manual crashes: loop carry / cond branch / custom "
-    "JVP types differ (e.g. bool[] vs bool[]{V:batch})"
-)
-_SHARD_MAP_SILENT = (
-    "issue 12 item 8, silent form: under shard_map the run returns wrong params without an "
-    "error (rows of other devices, or no progress from the start)"
-)
 XFAIL: dict[tuple[str, str, str], str] = {
     ("*", "*", "checkpoint"): _CHECKPOINT,
-    ("*", "*", "shard_map"): _SHARD_MAP,
-    **{
-        (name, "*", "shard_map"): _SHARD_MAP_SILENT
-        for name in ("GradientDescent", "Newton", "MirrorDescent")
-    },
     ("ScipyRootFinding", "cos_fp", "eager"): (
         "tests-matrix report: ScipyRootFinding reports converged False (SciPy hybr status 3, "
         "'no further improvement') at a residual of 1e-16 <= error_tol"
