@@ -1,4 +1,5 @@
-"""``while_loop`` and ``scan`` whose carries take the device-varying type the body gives them.
+"""``while_loop``, ``scan`` and ``cond`` whose carries (and branches) take the device-varying
+type the body gives them.
 
 Inside ``jax.shard_map`` a value is *varying* over a manual mesh axis when it may differ from
 device to device (anything computed from a sharded input), and JAX requires a loop carry to keep
@@ -6,8 +7,9 @@ its type: a carry initialised with a constant (``jnp.asarray(0.0)``, invariant) 
 depends on the data (varying) is rejected ("while_loop body function carry input and carry output
 must have equal types"). These wrappers trace the body once more to learn its output types and
 mark the matching initial carries varying (``jax.lax.pcast(..., to="varying")``), which changes
-no value. Outside a manual-axis context (no ``shard_map``) they are the plain ``lax`` loops, with
-no extra tracing.
+no value. ``cond`` does the same for branches that disagree (one returns a constant, the other
+a value computed from the data). Outside a manual-axis context (no ``shard_map``) they are the
+plain ``lax`` primitives, with no extra tracing.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 import jax
 
-__all__ = ["scan", "vary_like", "while_loop"]
+__all__ = ["cond", "manual_axes", "scan", "vary_like", "while_loop"]
 
 
-def _manual_axes() -> tuple:
+def manual_axes() -> tuple:
+    """The manual mesh axes of the current trace (inside ``shard_map``), () elsewhere."""
     get = getattr(jax.sharding, "get_abstract_mesh", None)
     if get is None:  # pragma: no cover - older JAX
         return ()
@@ -46,7 +49,7 @@ def _pcast(x: Any, axes: frozenset) -> Any:
 def vary_like(value: Any, reference: Any) -> Any:
     """``value`` (a pytree) marked varying over every manual axis some leaf of ``reference``
     varies over: the identity outside ``shard_map``."""
-    if not _manual_axes():
+    if not manual_axes():
         return value
     axes = frozenset().union(*(_varying(leaf) for leaf in jax.tree_util.tree_leaves(reference)))
     return jax.tree_util.tree_map(lambda x: _pcast(x, axes), value)
@@ -69,14 +72,14 @@ def _match(body_types: Callable[[Any], Any], init: Any) -> Any:
 
 def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
     """``jax.lax.while_loop``, also when a constant initial carry becomes varying in the body."""
-    if _manual_axes():
+    if manual_axes():
         init_val = _match(lambda c: jax.eval_shape(body_fun, c), init_val)
     return jax.lax.while_loop(cond_fun, body_fun, init_val)
 
 
 def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, **kwargs) -> Any:
     """``jax.lax.scan``, also when a constant initial carry becomes varying in the body."""
-    if _manual_axes():
+    if manual_axes():
 
         def carry_types(carry):
             x = jax.tree_util.tree_map(lambda a: a[0], xs) if xs is not None else None
@@ -84,3 +87,25 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, **kw
 
         init = _match(carry_types, init)
     return jax.lax.scan(f, init, xs, length=length, **kwargs)
+
+
+def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> Any:
+    """``jax.lax.cond``, also when one branch returns a value varying across devices (computed
+    from sharded data) where the other returns an invariant one (a constant): each output is
+    marked as varying as the most varying of the two branches."""
+    if not manual_axes():
+        return jax.lax.cond(pred, true_fun, false_fun, *operands)
+    outs = [jax.tree_util.tree_leaves(jax.eval_shape(f, *operands)) for f in (true_fun, false_fun)]
+    if len(outs[0]) != len(outs[1]):  # malformed: let JAX report it
+        return jax.lax.cond(pred, true_fun, false_fun, *operands)
+    axes = [_varying(a) | _varying(b) for a, b in zip(*outs, strict=True)]
+
+    def widened(fun):
+        def branch(*ops):
+            leaves, treedef = jax.tree_util.tree_flatten(fun(*ops))
+            leaves = [_pcast(x, a) for x, a in zip(leaves, axes, strict=True)]
+            return jax.tree_util.tree_unflatten(treedef, leaves)
+
+        return branch
+
+    return jax.lax.cond(pred, widened(true_fun), widened(false_fun), *operands)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, tree
+from implicitdiff import _checks, _loop, tree
 from implicitdiff._args import ArgsSplit, is_dynamic
 from implicitdiff._backward_check import (
     BackwardSolveError,
@@ -64,7 +64,16 @@ def _linear_solve(matvec: Callable, b: PyTree, solve: Callable, symmetric: bool)
     transpose rule needs every leaf of b to be linear in the tangents, which fails when one leaf
     of the solution does not move with the perturbed arguments (its b leaf is a constant zero).
     ``solve`` and ``matvec`` still see pytrees.
+
+    Inside ``shard_map`` the right-hand side varies across devices; a solver that applies the
+    matrix to a constant (the identity's columns of a dense factorization) gets that constant
+    marked varying as b, the type the linearized matvec expects (a no-op elsewhere).
     """
+    base_solve = solve
+
+    def solve(matvec, rhs):
+        return base_solve(lambda v: matvec(_loop.vary_like(v, rhs)), rhs)
+
     if len(jax.tree_util.tree_leaves(b)) <= 1:
         return jax.lax.custom_linear_solve(
             matvec, b, solve=solve, transpose_solve=solve, symmetric=symmetric
@@ -146,7 +155,9 @@ def _implicit_solver(
             sol, aux = out
         else:
             sol, aux = out, None
-        sol = tree.stop_gradient(sol)
+        # Under shard_map, a solution as varying across devices as its inputs (a host
+        # callback's output is not): its tangent, computed from them, is.
+        sol = _loop.vary_like(tree.stop_gradient(sol), (init_params, args, kwargs))
 
         output_shape = []
 

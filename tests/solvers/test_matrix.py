@@ -234,21 +234,7 @@ TRANSFORMS = (
 pytestmark = pytest.mark.filterwarnings("error::implicitdiff.solvers.SolverWarning")
 
 # Known failures, each strict: (solver or "*", problem or "*", transform) → reason.
-_SHARD_MAP = (
-    "issue 12 item 8: shard_map with all axes manual crashes: loop carry / cond branch / custom "
-    "JVP types differ (e.g. bool[] vs bool[]{V:batch})"
-)
-_SHARD_MAP_SILENT = (
-    "issue 12 item 8, silent form: under shard_map the run returns wrong params without an "
-    "error (rows of other devices, or no progress from the start)"
-)
-XFAIL: dict[tuple[str, str, str], str] = {
-    ("*", "*", "shard_map"): _SHARD_MAP,
-    **{
-        (name, "*", "shard_map"): _SHARD_MAP_SILENT
-        for name in ("GradientDescent", "Newton", "MirrorDescent")
-    },
-}
+XFAIL: dict[tuple[str, str, str], str] = {}
 
 SLOW: set[tuple[str, str, str]] = set()
 

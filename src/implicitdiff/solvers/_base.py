@@ -484,11 +484,34 @@ class DifferentiableRun(abc.ABC):
             bound.apply_defaults()
         return tuple(bound.args), dict(bound.kwargs)
 
+    def _vary_start(self, init_params: PyTree, args: tuple, kwargs: dict) -> PyTree:
+        """Inside ``shard_map``: the start marked varying over every manual axis that the
+        arguments, or the values of the user function (which may close over per-device data),
+        vary over; the identity elsewhere.
+
+        A start that is the same on every device (invariant) while the problem differs
+        (varying) must be marked: differentiating an invariant value that feeds a varying
+        output sums the derivative over the devices (JAX transposes the implicit broadcast into
+        a ``psum``), so ∇f(x) would silently be the sum of every device's gradient.
+        """
+        if not _loop.manual_axes():
+            return init_params
+        reference = [args, kwargs]
+        fun = getattr(self, self._user_function, None) if self._user_function else None
+        if callable(fun):
+            fun_args = args[len(self._run_arguments) :]
+            try:
+                reference.append(jax.eval_shape(fun, init_params, *fun_args, **kwargs))
+            except Exception:  # a probe only: the solver reports bad input itself
+                pass
+        return _loop.vary_like(init_params, reference)
+
     def _run(self, init_params: PyTree, /, *args, **kwargs) -> OptStep:
         """``run`` without the failure policy."""
         _checks.check_init_params(init_params, f"{type(self).__name__}.run")
         args, kwargs = self._bind_keywords(args, kwargs)
         self._check_arguments(init_params, args, kwargs)
+        init_params = self._vary_start(init_params, args, kwargs)
         solution = self._differentiable_solution()
         if not self.jit:
             return OptStep(*solution(init_params, *args, **kwargs))

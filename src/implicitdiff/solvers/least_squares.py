@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import linear_solve, optimality, tree
+from implicitdiff import _loop, linear_solve, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -37,9 +37,13 @@ __all__ = [
 
 def _linearize(residual_fun: Callable, params: PyTree, args: tuple, kwargs: dict):
     """r(x), v ↦ J v and u ↦ Jᵀ u at x = params (J = ∂₁r, never formed)."""
-    r, jvp = jax.linearize(lambda x: residual_fun(x, *args, **kwargs), params)
-    transpose = jax.linear_transpose(jvp, params)
-    return r, jvp, lambda u: transpose(u)[0]
+    r, linear = jax.linearize(lambda x: residual_fun(x, *args, **kwargs), params)
+    transpose = jax.linear_transpose(linear, params)
+
+    def jvp(v):  # under shard_map, v may be a constant (a basis vector) where params vary
+        return linear(_loop.vary_like(v, params))
+
+    return r, jvp, lambda u: transpose(_loop.vary_like(u, r))[0]
 
 
 def _value_and_gradient(residual_fun: Callable, params: PyTree, args: tuple, kwargs: dict):

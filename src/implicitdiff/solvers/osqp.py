@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import tree
+from implicitdiff import _loop, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import (
@@ -333,7 +333,7 @@ class OSQP(IterativeSolver):
         )
         eps = self.eps_primal_infeasible * norm
         candidate = (norm > 0) & (support <= -eps)
-        return candidate & jax.lax.cond(
+        return candidate & _loop.cond(
             candidate, lambda: inf_norm(data.C.T @ dy) <= eps, lambda: jnp.asarray(False)
         )
 
@@ -351,7 +351,7 @@ class OSQP(IterativeSolver):
             return cone & (inf_norm(data.P @ dx) <= eps)
 
         candidate = (norm > 0) & (jnp.vdot(data.q, dx) <= -eps)
-        return candidate & jax.lax.cond(candidate, products_pass, lambda: jnp.asarray(False))
+        return candidate & _loop.cond(candidate, products_pass, lambda: jnp.asarray(False))
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -428,7 +428,7 @@ class OSQP(IterativeSolver):
                 new_rho_vec = self._rho_vector(new_rho, data)
                 return self._factorize(new_rho, data), data.C.T @ (new_rho_vec * z_new - y_new)
 
-            factor, w_new = jax.lax.cond(change, refactor, lambda: (factor, w_new))
+            factor, w_new = _loop.cond(change, refactor, lambda: (factor, w_new))
             rho = jnp.where(change, new_rho, rho)
 
         state = state._replace(

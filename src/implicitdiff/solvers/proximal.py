@@ -24,7 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, _linesearch, optimality, tree
+from implicitdiff import _checks, _linesearch, _loop, optimality, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 from implicitdiff._typing import PyTree
@@ -488,6 +488,7 @@ def _block_lipschitz(fun: Callable, x: jax.Array, args: tuple, kwargs: dict) -> 
 
     def block_hessian(i):
         basis = jnp.zeros((width, *x.shape), x.dtype).at[:, i].set(eye)
+        basis = _loop.vary_like(basis, x)  # under shard_map: as varying as x
         return jax.vmap(hvp)(basis)[:, i].reshape(width, width)
 
     return _spectral_norms(jax.lax.map(block_hessian, jnp.arange(m)))
