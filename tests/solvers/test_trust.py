@@ -422,7 +422,7 @@ def test_bounds_family_empty_box(name):
         jax.vmap(run, in_axes=(None, 0, None)), lower, jnp.stack([upper, upper + 2.0]), _C
     )
     assert not bool(conv[0]) and bool(conv[1])
-    jac = _quiet(jax.jit(jax.jacobian(lambda c: run(lower, upper, c)[0])), _C)
+    jac = _quiet(jax.jit(jax.jacobian(lambda c, lo, up: run(lo, up, c)[0])), _C, lower, upper)
     assert bool(jnp.any(jnp.isnan(jac)))
 
 
