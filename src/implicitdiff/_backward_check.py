@@ -74,17 +74,21 @@ def _user_site() -> tuple[str, int, dict] | None:
     return None
 
 
-def _warn(message: str, site: tuple[str, int, dict] | None) -> None:
+def _warn(
+    message: str,
+    site: tuple[str, int, dict] | None,
+    category: type[Warning] = BackwardSolveWarning,
+) -> None:
     """Warn once, attributed to the user's frame on the stack if the callback runs in the
     user's thread, else to ``site``, the user's frame when the derivative was traced."""
     site = _user_site() or site
     if site is None:
-        warnings.warn(message, BackwardSolveWarning, stacklevel=2)
+        warnings.warn(message, category, stacklevel=2)
         return
     filename, lineno, module_globals = site
     warnings.warn_explicit(
         message,
-        BackwardSolveWarning,
+        category,
         filename,
         lineno,
         module=module_globals.get("__name__", "__main__"),
@@ -206,6 +210,13 @@ def _fallback_report(dense: bool, site) -> Callable:
         _warn(message, site)
 
     return host
+
+
+# The same reporting, for the solvers' own failure policy (solvers/_base.py, on_failure="warn"
+# inside a transformation): x unchanged, one warning per failing call, at the user's line.
+user_site = _user_site
+report_if = _report_if
+warn_at_site = _warn
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def _root(x, theta):
     return H @ x - theta
 
 
-def _host_solve(init, theta):
+def _host_solve(init, *args, **kwargs):
+    """Takes the optimality function's arguments after x, whatever their name (θ by keyword)."""
+    (theta,) = args + tuple(kwargs.values())
     return np.linalg.solve(np.asarray(H), np.asarray(theta))
 
 
@@ -63,7 +65,7 @@ class Case:
         solution=None,
         jacobian=None,
         theta=THETA,
-        init=None,
+        init="zeros",
         host=False,
         unrolls=True,
         complex_ok=False,
@@ -73,7 +75,7 @@ class Case:
         self.solution = solution or (lambda theta: H_INV @ theta)
         self.jacobian = jacobian or (lambda theta: H_INV)
         self.theta = theta
-        self.init = jnp.zeros(3) if init is None else init
+        self.init = jnp.zeros(3) if isinstance(init, str) else init  # None: a QP's own default
         self.host, self.unrolls, self.complex_ok = host, unrolls, complex_ok
 
     def solver(self, name="theta", keyword_only=False, **options):
@@ -104,14 +106,6 @@ def _qp_call(kind):
         return solver.run(init, params_obj=(H, -theta))
 
     return call
-
-
-def _qp_init(kind):
-    if kind == "eq":
-        return None
-    if kind == "osqp":
-        return None
-    return jnp.zeros(3)
 
 
 _SIMPLEX_C = jnp.array([0.05, -0.02, 0.01])
@@ -301,13 +295,13 @@ def test_keyword_arguments_family_every_solver(name):
 def test_keyword_arguments_family_bounds_and_hyperparams_by_keyword():
     """run's own named arguments (bounds, hyperparams_prox, hyperparams_proj) by keyword."""
     lbfgsb = CASES["LBFGSB"].solver(tol=1e-11)
-    x = lbfgsb.run(jnp.zeros(3), THETA, bounds=(-10.0, 10.0)).params
+    x = lbfgsb.run(jnp.zeros(3), bounds=(-10.0, 10.0), theta=THETA).params
     np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
     scipy = CASES["ScipyBoundedMinimize"].solver()
-    x = scipy.run(jnp.zeros(3), THETA, bounds=(-10.0, 10.0)).params
+    x = scipy.run(jnp.zeros(3), bounds=(-10.0, 10.0), theta=THETA).params
     np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-7)
     pg = CASES["ProximalGradient"].solver(tol=1e-11)
-    x = pg.run(jnp.zeros(3), THETA, hyperparams_prox=None).params
+    x = pg.run(jnp.zeros(3), hyperparams_prox=None, theta=THETA).params
     np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
     proj = CASES["ProjectedGradient"].solver(tol=1e-11)
     x = proj.run(jnp.zeros(3), theta=THETA, hyperparams_proj=(-10.0, 10.0)).params
@@ -428,7 +422,7 @@ def test_bounds_family_empty_box(name):
         jax.vmap(run, in_axes=(None, 0, None)), lower, jnp.stack([upper, upper + 2.0]), _C
     )
     assert not bool(conv[0]) and bool(conv[1])
-    jac = _quiet(jax.jit(jax.jacobian(lambda c: run(lower, upper, c)[0])), _C)
+    jac = _quiet(jax.jit(jax.jacobian(lambda c, lo, up: run(lo, up, c)[0])), _C, lower, upper)
     assert bool(jnp.any(jnp.isnan(jac)))
 
 

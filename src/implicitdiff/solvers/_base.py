@@ -39,6 +39,7 @@ from jax.experimental import checkify, io_callback
 from implicitdiff import _checks, _loop, linear_solve, tree
 from implicitdiff._args import ArgsSplit, is_traced
 from implicitdiff._backward_check import POLICIES as _BACKWARD_POLICIES
+from implicitdiff._backward_check import user_site, warn_at_site
 from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_fixed_point, custom_root
 
@@ -182,10 +183,13 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
     """Apply ``solver.on_failure`` to the state of a finished run, then return the run as is.
 
-    Outside a JAX trace the state is concrete: one boolean is read back to the host (no callback
-    in the compiled program). Inside a trace (the user's jit, vmap, grad): "warn" calls back to
-    the host (``io_callback``), "raise" adds a ``checkify.check``, "auto" does nothing more than
-    the flag in the state.
+    The flag is *known* when ``converged`` is not a tracer once derivatives are stopped: a plain
+    call, and eager ``grad`` / ``jacobian`` / ``jvp`` (a boolean carries no derivative). Then one
+    boolean is read back to the host (no callback in the compiled program) and "auto" and "warn"
+    warn once, at the user's line. Inside ``jit`` or ``vmap`` the flag is traced: "auto" leaves
+    only the flag, "warn" routes ``params`` through a ``pure_callback`` behind a ``lax.cond``
+    that warns once per call (once per batch under ``vmap``) at the line that traced the run,
+    and "raise" adds a ``checkify.check``.
     """
     policy = getattr(solver, "on_failure", "ignore")
     state = step.state
@@ -193,12 +197,12 @@ def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
     if policy == "ignore" or converged is None:
         return step
     status = getattr(state, "status", None)
-    error, iter_num = state.error, state.iter_num
-    values = (converged, error, iter_num, status)
-    traced = is_traced(values)
-    if traced:  # (unrolled runs carry derivatives in the error)
-        error, iter_num = tree.stop_gradient((error, iter_num))
-    else:
+    # (Unrolled runs carry derivatives in the error: stopped, it is concrete under eager grad.)
+    values = (converged, state.error, state.iter_num, status)
+    if is_traced(values):
+        values = tree.stop_gradient(values)
+    converged, error, iter_num, status = values
+    if not is_traced(values):
         message = _failure_message(solver, converged, error, iter_num, status)
         if message is None:
             return step
@@ -209,17 +213,18 @@ def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
     if policy == "auto":
         return step
     if policy == "warn":
+        site = user_site()  # the user's line that traced the run
 
-        def report(converged, error, iter_num, *status):
+        def report(failed, error, iter_num, *status):
             message = _failure_message(
-                solver, converged, error, iter_num, status[0] if status else None
+                solver, np.logical_not(failed), error, iter_num, status[0] if status else None
             )
             if message is not None:
-                warnings.warn(message, SolverWarning, stacklevel=2)
+                warn_at_site(message, site, SolverWarning)
 
         extra = () if status is None else (status,)
-        # Unordered: kept by the compiler (it has a side effect), and a rolled loop under vmap.
-        io_callback(report, None, converged, error, iter_num, *extra, ordered=False)
+        failed = jnp.logical_not(jnp.asarray(converged, bool))
+        _report_once(report)(failed, error, iter_num, *extra)
         return step
     # "raise" inside a trace: JAX's own checking machinery. Under checkify.checkify the error is
     # functionalized (err.throw() raises it); eagerly under vmap or grad it raises at once; under
@@ -234,6 +239,27 @@ def _apply_failure_policy(solver: Any, step: OptStep) -> OptStep:
     text += " after {iter_num} iterations (see implicitdiff.solvers.Status for the codes)."
     checkify.check(jnp.asarray(converged, bool), text, **fmt)
     return step
+
+
+def _report_once(host: Callable) -> Callable:
+    """``report(*values)``: calls ``host(*values)`` on the host through an unordered
+    ``io_callback`` (an effect, so the compiler keeps it even when no result of the run is used,
+    as under ``jit(grad)``); under ``vmap``, once for the whole batch, not once per element."""
+
+    @jax.custom_batching.custom_vmap
+    def report(*values):
+        io_callback(host, None, *values, ordered=False)
+        return values[0]
+
+    @report.def_vmap
+    def report_batched(axis_size, in_batched, *values):
+        values = [
+            v if batched else jnp.broadcast_to(v, (axis_size, *jnp.shape(v)))
+            for v, batched in zip(values, in_batched, strict=True)
+        ]
+        return report(*values), True
+
+    return report
 
 
 COMPILE_CACHE_SIZE = 32
@@ -341,13 +367,15 @@ class DifferentiableRun(abc.ABC):
       on_failure: what ``run`` does when the run did not converge (``state.converged`` False,
         whatever the cause: see :class:`Status`).
 
-        - ``"auto"`` (the default): a :class:`SolverWarning` when ``run`` is called outside any
-          JAX transformation (the check reads one boolean back from the device after the
-          compiled solve: no host callback in the compiled program); inside ``jit``, ``vmap``,
-          ``grad``... only the flag in the state, so that the user's compiled program keeps
-          JAX's fast dispatch.
+        - ``"auto"`` (the default): one :class:`SolverWarning`, at the caller's line, when the
+          flag is known while Python runs: a call outside any transformation, or under eager
+          ``grad`` / ``jacobian`` / ``jvp`` (a boolean carries no derivative). The check reads
+          one boolean back from the device after the compiled solve: no host callback in the
+          compiled program. Inside ``jit`` or ``vmap`` (the flag is traced) only the flag in
+          the state, so that the user's compiled program keeps JAX's fast dispatch.
         - ``"ignore"``: only the flag in the state.
-        - ``"warn"``: a :class:`SolverWarning` in every context; inside a transformation it
+        - ``"warn"``: one :class:`SolverWarning` per failing call in every context (one per
+          batch under ``vmap``), at the line that called (or traced) ``run``; inside ``jit`` it
           comes from a host callback (``io_callback``), which costs about 0.1–0.2 ms per call of
           the compiled program (it disables JAX's C++ fast dispatch).
         - ``"raise"``: outside a transformation, a :class:`SolverError`. Inside one, a

@@ -203,6 +203,13 @@ class LBFGSB(IterativeSolver):
         if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
             _checks.check_bounds("LBFGSB.run", *args[0])
 
+    def _solution(self, init_params, /, bounds, *args, **kwargs):
+        """The run, with a NaN solution when the (traced) box is empty: its derivative is then
+        NaN too, never a finite derivative of a point that solves nothing."""
+        params, state = super()._solution(init_params, bounds, *args, **kwargs)
+        empty = jnp.any(jnp.isnan(_flat_bounds(params, bounds)[1]))
+        return tree.map(lambda p: jnp.where(empty, jnp.nan, p), params), state
+
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
         value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)
         return value, ravel_pytree(grad)[0]

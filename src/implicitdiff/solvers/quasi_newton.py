@@ -90,7 +90,7 @@ class _LineSearchSolver(IterativeSolver):
             raise ValueError(f"{name}: max_stepsize must be > 0, got {self.max_stepsize!r}")
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
-    def _evaluate(self, params, *args, **kwargs):
+    def _evaluate(self, params, /, *args, **kwargs):
         """(f, ∇f) at params, f cast to the params' real dtype (whatever dtype ``fun`` returns)."""
         value, grad = self._value_and_grad(params, *args, **kwargs)
         return jnp.real(jnp.asarray(value)).astype(_linesearch.real_dtype(params)), grad
