@@ -314,29 +314,54 @@ def test_keyword_arguments_family_bounds_and_hyperparams_by_keyword():
 # with a positive tol.
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_started_at_the_solution_family_every_solver(name):
+# Open (found by this sweep): an unrolled run started exactly at the solution carries the
+# derivative past the stop test, and the line search of these solvers grows the step at a zero
+# gradient, so that derivative blows up (about 3e8 against 1), with tol = 0 and tol = 1e-8.
+_STARTED_XFAIL = {
+    (name, False, tol)
+    for tol in (0.0, 1e-8)
+    for name in (
+        "GradientDescent",
+        "LBFGS",
+        "BFGS",
+        "NonlinearCG",
+        "ProximalGradient",
+        "ProjectedGradient",
+    )
+}
+
+
+def _started_cases():
+    for name, case in CASES.items():
+        for implicit in [True, False] if case.unrolls and not case.host else [True]:
+            for tol in (0.0, 1e-8):
+                marks = ()
+                if (name, implicit, tol) in _STARTED_XFAIL:
+                    reason = "open: unrolled, started at the solution: the derivative diverges"
+                    marks = (pytest.mark.xfail(strict=True, reason=reason),)
+                yield pytest.param(name, implicit, tol, marks=marks, id=f"{name}-{implicit}-{tol}")
+
+
+@pytest.mark.parametrize(("name", "implicit", "tol"), list(_started_cases()))
+def test_started_at_the_solution_family_every_solver(name, implicit, tol):
     case = CASES[name]
-    modes = [True, False] if case.unrolls and not case.host else [True]
-    for implicit in modes:
-        for tol in (0.0, 1e-8):
-            options = {"implicit_diff": implicit, "tol": tol, "on_failure": "ignore"}
-            if name == "Bisection":
-                options["tol"] = max(tol, 1e-12)
-            solver = case.solver(**options) if case.body is not None else case.make(None, **options)
-            start = _start_at_solution(case)
+    options = {"implicit_diff": implicit, "tol": tol, "on_failure": "ignore"}
+    if name == "Bisection":
+        options["tol"] = max(tol, 1e-12)
+    solver = case.solver(**options) if case.body is not None else case.make(None, **options)
+    start = _start_at_solution(case)
 
-            def solve(theta, solver=solver, start=start):
-                return _params(case.run(solver, start, theta, None))
+    def solve(theta):
+        return _params(case.run(solver, start, theta, None))
 
-            jac = _quiet(jax.jacobian(solve), case.theta)
-            np.testing.assert_allclose(
-                jac,
-                case.jacobian(case.theta),
-                rtol=1e-6,
-                atol=1e-7,
-                err_msg=f"{name} implicit={implicit} tol={tol}",
-            )
+    jac = _quiet(jax.jacobian(solve), case.theta)
+    np.testing.assert_allclose(
+        jac,
+        case.jacobian(case.theta),
+        rtol=1e-6,
+        atol=1e-7,
+        err_msg=f"{name} implicit={implicit} tol={tol}",
+    )
 
 
 def test_started_at_the_solution_family_one_coordinate_anderson():
