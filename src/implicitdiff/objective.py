@@ -134,15 +134,15 @@ class CompositeLinearFunction:
 
     def lipschitz_const(self, hyperparams: Any) -> Any:
         """The Lipschitz constant of ∇subfun (not available for the objectives here)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no Lipschitz constant of ∇subfun")
 
     def make_linop(self, *args: Any, **kwargs: Any) -> LinearOperator:
-        """The linear operator A(*args)."""
-        raise NotImplementedError
+        """The linear operator A(*args); each composite objective defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define make_linop")
 
     def subfun(self, predictions: Any, *args: Any, **kwargs: Any) -> jax.Array:
-        """subfun(A W, *args)."""
-        raise NotImplementedError
+        """subfun(A W, *args); each composite objective defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define subfun")
 
     def __call__(self, params: Any, *args: Any, **kwargs: Any) -> jax.Array:
         """f(params, *args) = subfun(A params, *args) + ⟨params, b(*args)⟩.

@@ -117,8 +117,9 @@ class LineSearch:
         """The kernel on a given x ↦ (f(x), ∇f(x)): an :class:`implicitdiff._linesearch.Result`.
 
         What solvers call (they supply their own evaluation of f); ``run`` is the user's form.
+        Each line search (backtracking, zoom, Hager-Zhang) defines it.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define search")
 
     def run(
         self,
