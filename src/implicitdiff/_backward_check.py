@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import linear_solve, tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 POLICIES = ("warn", "raise", "nan", "ignore", "fallback")
 

@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _loop, tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "CONDITIONS",

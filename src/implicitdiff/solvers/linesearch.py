@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _linesearch, tree
-
-PyTree = Any
+from implicitdiff._typing import PyTree
 
 __all__ = [
     "BacktrackingLineSearch",

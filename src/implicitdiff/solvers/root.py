@@ -182,6 +182,8 @@ class Broyden(IterativeSolver):
         first_ok, first_value = accept(one)
 
         def backtrack():
+            if self.max_backtracks == 0:  # no safeguard: only the full step is tried
+                return one, first_ok, first_value
             t, ok, trial_value, _ = _linesearch.shrink(
                 accept, 0.5 * one, factor=0.5, maxiter=self.max_backtracks
             )
