@@ -184,9 +184,20 @@ def _implicit_solver(
             # The solution seen by the rule goes through this same rule again, so that the
             # rule's own derivative (second order) sees how the solution moves with θ.
             sol = attach_derivative(sol, arrays, consts)
+            # A solution that is not finite (a failed or flagged run) has no derivative: NaN,
+            # never a silent finite one. The scaling is applied to the tangents going in and to
+            # the one coming out, so that it survives transposition (reverse mode), where a
+            # masking operation inside F (a projection's select) would drop it at one end.
+            leaves = jax.tree_util.tree_leaves(sol)
+            finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in leaves] or [True]))
+
+            def flag(t):
+                return None if t is None else t * jnp.where(finite, 1, jnp.nan).astype(t.dtype)
+
             theta = [*arrays, *consts]
             t_theta = [
-                _keep_tangent(p, t) for p, t in zip(theta, [*t_arrays, *t_consts], strict=True)
+                flag(_keep_tangent(p, t))
+                for p, t in zip(theta, [*t_arrays, *t_consts], strict=True)
             ]
             n = len(arrays)
 
@@ -194,13 +205,7 @@ def _implicit_solver(
                 return closed_residual(x, flat[:n], *flat[n:])
 
             tangent = _tangent(g, sol, theta, t_theta, checked, symmetric)
-            # A solution that is not finite (a failed or flagged run) has no derivative: NaN,
-            # never a silent finite one. A scaling by a constant keeps the tangent linear.
-            leaves = jax.tree_util.tree_leaves(sol)
-            finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in leaves] or [True]))
-            return sol, jax.tree_util.tree_map(
-                lambda t: t * jnp.where(finite, 1, jnp.nan).astype(t.dtype), tangent
-            )
+            return sol, jax.tree_util.tree_map(flag, tangent)
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)
         sol = attach_derivative(sol, split.arrays, consts)

@@ -433,12 +433,9 @@ def _unpack(step):
     return step.params, step.state.converged
 
 
-_EMPTY_BOX_XFAIL = {
-    "ProjectedGradient-box_section": (
-        "open: the derivative of ProjectedGradient over an empty box_section under jit is finite "
-        "(0) where the solution is NaN"
-    )
-}
+# Solvers whose empty-box derivative is still wrong (none: the engine's NaN flag now survives
+# reverse mode, where ProjectedGradient's box_section used to drop it to 0).
+_EMPTY_BOX_XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
