@@ -72,7 +72,9 @@ def gaps_of(obj, qualname: str) -> list[str]:
     elif obj.is_class:
         sections = _sections(obj)
         init = obj.members.get("__init__")
-        has_fields = bool(obj.attributes) or (init is not None and _params(init))
+        # (private attributes, as a ``__name__`` set on the class, are not rendered: not fields)
+        public = [name for name in obj.attributes if not name.startswith("_")]
+        has_fields = bool(public) or (init is not None and _params(init))
         if obj.docstring is None:
             out.append(f"{qualname}: docstring")
         elif has_fields and not sections & {"parameters", "attributes", "other parameters"}:
