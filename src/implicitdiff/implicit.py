@@ -255,7 +255,7 @@ def custom_root(
 
     Returns:
       A decorator: ``custom_root(F)(solver)`` is a function with the signature of ``solver``,
-      returning its value (``x``, or ``(x, aux)``) with the implicit derivative attached.
+        returning its value (``x``, or ``(x, aux)``) with the implicit derivative attached.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -307,8 +307,8 @@ def custom_fixed_point(
 
     Returns:
       A decorator: ``custom_fixed_point(T)(solver)`` is a function with the signature of
-      ``solver``, returning its value (``x``, or ``(x, aux)``) with the implicit derivative
-      attached.
+        ``solver``, returning its value (``x``, or ``(x, aux)``) with the implicit derivative
+        attached.
 
     Example:
       >>> import jax.numpy as jnp
@@ -441,7 +441,7 @@ def root_vjp(
 
     Returns:
       A tuple with one entry per argument: the cotangent vᵀ∂x*/∂θᵢ, a pytree like ``args[i]``
-      (None for an argument without arrays; float0 zeros for an integer array).
+        (None for an argument without arrays; float0 zeros for an integer array).
     """
     args = _numbers_to_arrays(args)
     split = ArgsSplit(args, {})

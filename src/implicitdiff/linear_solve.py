@@ -214,7 +214,7 @@ def cg(
 
     Returns:
       x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
-      residual itself).
+        residual itself).
     """
     x, _ = jsp_sparse.cg(
         _add_ridge(matvec, ridge),
@@ -261,7 +261,7 @@ def gmres(
 
     Returns:
       x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
-      residual itself).
+        residual itself).
     """
     restart = max(1, min(restart, tree.size(b)))
     maxiter = _maxiter(maxiter)
@@ -309,7 +309,7 @@ def bicgstab(
 
     Returns:
       x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
-      residual itself).
+        residual itself).
     """
     x, _ = jsp_sparse.bicgstab(
         _add_ridge(matvec, ridge),

@@ -97,7 +97,7 @@ class LinearOperator:
 
         Returns:
           A[idx] x: a scalar for an int idx and a vector x (a row of length t for x of shape
-          (p, t)).
+            (p, t)).
         """
         return jnp.dot(self.A[idx], x)
 
@@ -121,7 +121,7 @@ class LinearOperator:
 
         Returns:
           A[:, idx]ᵀ x: a scalar for an int idx and a vector x (a row of length t for x of shape
-          (m, t)).
+            (m, t)).
         """
         return jnp.dot(self.A[:, idx], x)
 
@@ -215,7 +215,7 @@ class CompositeLinearFunction:
           hyperparams: the objective's arguments after W (unused).
 
         Returns:
-          Nothing: it raises.
+          Nothing (it always raises).
 
         Raises:
           NotImplementedError: always.

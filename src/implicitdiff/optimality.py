@@ -75,7 +75,7 @@ def stationary(fun: Callable) -> Callable:
 
     Returns:
       The condition F(x, *args, **kwargs) = ∇₁fun(x, *args, **kwargs), a pytree like x (a
-      ``Condition`` marked symmetric), for :func:`implicitdiff.custom_root`.
+        ``Condition`` marked symmetric), for :func:`implicitdiff.custom_root`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -120,7 +120,7 @@ def kkt(
 
     Returns:
       The condition ``F(z, params_fun, params_eq=None, params_ineq=None)``, a triple shaped like
-      z (a ``Condition``, not symmetric), for :func:`implicitdiff.custom_root`.
+        z (a ``Condition``, not symmetric), for :func:`implicitdiff.custom_root`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -172,8 +172,8 @@ def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> C
 
     Returns:
       The fixed-point map T(x, hyperparams_prox, *args, **kwargs), a pytree like x (a
-      ``Condition``, symmetric only for ``prox.Identity``: then I − ∂₁T = η∇²fun), for
-      :func:`implicitdiff.custom_fixed_point`.
+        ``Condition``, symmetric only for ``prox.Identity``: then I − ∂₁T = η∇²fun), for
+        :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -212,7 +212,7 @@ def projected_gradient(fun: Callable, projection: Callable, stepsize: float = 1.
 
     Returns:
       The fixed-point map T(x, hyperparams_proj, *args, **kwargs), a pytree like x (a
-      ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
+        ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -307,7 +307,7 @@ def mirror_descent(
 
     Returns:
       The fixed-point map T(x, hyperparams_proj, *args, **kwargs), a pytree like x (a
-      ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
+        ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -359,7 +359,7 @@ def newton(fun: Callable, stepsize: float = 1.0, solve: str | Callable | None = 
 
     Returns:
       The fixed-point map T(x, *args, **kwargs), a pytree like x (a ``Condition``, not
-      symmetric), for :func:`implicitdiff.custom_fixed_point`.
+        symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -394,7 +394,7 @@ def block_proximal_gradient(fun: Callable, block_prox: Callable, stepsize: Any =
 
     Returns:
       The fixed-point map T(x, hyperparams_prox, *args, **kwargs), an array shaped like x (a
-      ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
+        ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -435,7 +435,7 @@ def least_squares(residual_fun: Callable) -> Callable:
 
     Returns:
       The condition F(x, *args, **kwargs), a pytree like x (a ``Condition`` marked symmetric),
-      for :func:`implicitdiff.custom_root`.
+        for :func:`implicitdiff.custom_root`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -545,8 +545,8 @@ def conic(cone: Sequence[tuple[str, int]]) -> Callable:
 
     Returns:
       The condition ``F(z, A, b, c)`` on z = (u, v), u of shape (n,) and v of shape (m,), with A
-      of shape (m, n), b of shape (m,) and c of shape (n,); its value is a pair shaped like z (a
-      ``Condition``, not symmetric).
+        of shape (m, n), b of shape (m,) and c of shape (n,); its value is a pair shaped like z (a
+        ``Condition``, not symmetric).
 
     Raises:
       TypeError, ValueError: a malformed ``cone`` (unknown kind, non-positive dimension, a

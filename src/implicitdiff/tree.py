@@ -112,7 +112,7 @@ def vdot(x: PyTree, y: PyTree) -> jax.Array:
 
     Returns:
       A scalar, in the promoted dtype of the leaves (at least :func:`dtype` of x); 0 for an
-      empty tree.
+        empty tree.
     """
     parts = jax.tree_util.tree_leaves(map(lambda a, b: jnp.vdot(a, b), x, y))
     return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
@@ -126,7 +126,7 @@ def sum(x: PyTree) -> jax.Array:
 
     Returns:
       A scalar, in the promoted dtype of the leaves (at least :func:`dtype` of x); 0 for an
-      empty tree.
+        empty tree.
     """
     parts = [jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(x)]
     return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
@@ -262,7 +262,7 @@ def dtype(x: PyTree) -> Any:
 
     Returns:
       The dtype: float32 or float64 (per JAX's x64 flag) for integer leaves or an empty
-      tree, else the leaves' own floating or complex dtype, promoted together.
+        tree, else the leaves' own floating or complex dtype, promoted together.
     """
     leaves = jax.tree_util.tree_leaves(x)
     if not leaves:

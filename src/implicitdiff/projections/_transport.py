@@ -589,7 +589,7 @@ def birkhoff_polytope(
 
     Returns:
       P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
-      float).
+        float).
 
     Example:
       >>> import jax.numpy as jnp
@@ -629,7 +629,7 @@ def kl_birkhoff_polytope(
 
     Returns:
       P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
-      float).
+        float).
 
     Example:
       >>> import jax.numpy as jnp
