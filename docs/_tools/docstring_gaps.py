@@ -5,8 +5,11 @@
 Reads the source with griffe as the API reference does (same public names: a module's
 ``__all__``, a package's ``from x import a as a`` re-exports, and the public methods of public
 classes) and parses each docstring in Google style. A function with parameters needs an
-``Args:`` section (a class: ``Args:`` or ``Attributes:``), one that returns a value a
-``Returns:`` section (or ``Yields:``); a missing docstring counts as missing both. Prints one
+``Args:`` section (a class with public attributes or ``__init__`` parameters: ``Args:`` or
+``Attributes:``), one that returns a value a ``Returns:`` section (or ``Yields:``); a missing
+docstring counts as missing both. Inherited methods are not checked, and not rendered either
+(mkdocstrings shows a class's own members only): a subclass that overrides a method writes its
+docstring out. Prints one
 line per gap and the count; ``--strict`` exits non-zero when there is any.
 """
 
