@@ -53,7 +53,9 @@ bench-quick: $(VENV)/.bench-deps
 	done
 	@echo "wrote $(BENCH_QUICK_DIR)/benchmarks.md and $(BENCH_QUICK_DIR)/images/"
 
-# `make docs` builds the site into site/ (mkdocs build --strict: a warning fails it), running the
+# `make docs` checks that every public docstring has its Args/Returns sections
+# (docs/_tools/docstring_gaps.py --strict: it needs griffe, so it runs here and not in `make
+# test`), then builds the site into site/ (mkdocs build --strict: a warning fails it), running the
 # tutorials at full size; `make docs-check` opens it in headless Chromium (installed with apt if
 # missing: root on Debian) and leaves screenshots in site-screenshots/. Their own venv, .venv-docs.
 DOCS_VENV ?= .venv-docs
@@ -67,6 +69,7 @@ $(DOCS_VENV)/.docs-deps: pyproject.toml | $(DOCS_PY)
 	touch $@
 
 docs: $(DOCS_VENV)/.docs-deps
+	$(DOCS_PY) docs/_tools/docstring_gaps.py --strict
 	NO_MKDOCS_2_WARNING=1 $(DOCS_PY) -m mkdocs build --strict
 
 docs-check: $(DOCS_VENV)/.docs-deps

@@ -5,8 +5,11 @@
 Reads the source with griffe as the API reference does (same public names: a module's
 ``__all__``, a package's ``from x import a as a`` re-exports, and the public methods of public
 classes) and parses each docstring in Google style. A function with parameters needs an
-``Args:`` section (a class: ``Args:`` or ``Attributes:``), one that returns a value a
-``Returns:`` section (or ``Yields:``); a missing docstring counts as missing both. Prints one
+``Args:`` section (a class with public attributes or ``__init__`` parameters: ``Args:`` or
+``Attributes:``), one that returns a value a ``Returns:`` section (or ``Yields:``); a missing
+docstring counts as missing both. Inherited methods are not checked, and not rendered either
+(mkdocstrings shows a class's own members only): a subclass that overrides a method writes its
+docstring out. Prints one
 line per gap and the count; ``--strict`` exits non-zero when there is any.
 """
 
@@ -72,7 +75,9 @@ def gaps_of(obj, qualname: str) -> list[str]:
     elif obj.is_class:
         sections = _sections(obj)
         init = obj.members.get("__init__")
-        has_fields = bool(obj.attributes) or (init is not None and _params(init))
+        # (private attributes, as a ``__name__`` set on the class, are not rendered: not fields)
+        public = [name for name in obj.attributes if not name.startswith("_")]
+        has_fields = bool(public) or (init is not None and _params(init))
         if obj.docstring is None:
             out.append(f"{qualname}: docstring")
         elif has_fields and not sections & {"parameters", "attributes", "other parameters"}:

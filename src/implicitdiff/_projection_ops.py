@@ -125,6 +125,9 @@ def non_negative(x: PyTree, hyperparams: None = None) -> PyTree:
       x: an array or a pytree of arrays.
       hyperparams: unused (None).
 
+    Returns:
+      p, a pytree like x (integer leaves become the default float).
+
     Example:
       >>> import jax.numpy as jnp
       >>> non_negative(jnp.array([-1.0, 2.0]))
@@ -149,6 +152,9 @@ def box(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
       x: an array or a pytree of arrays.
       hyperparams: ``(lower, upper)``, each a scalar, an array broadcastable to every leaf of x,
         or a pytree like x; lower ≤ upper entry by entry.
+
+    Returns:
+      p, a pytree like x.
 
     Example:
       >>> import jax.numpy as jnp
@@ -177,6 +183,9 @@ def hypercube(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       x: an array or a pytree of arrays.
       hyperparams: ``scale`` ≥ 0, a scalar (or an array broadcastable to the leaves of x).
 
+    Returns:
+      p, a pytree like x.
+
     Example:
       >>> import jax.numpy as jnp
       >>> hypercube(jnp.array([-1.0, 0.5, 3.0]), 2.0)
@@ -192,6 +201,9 @@ def linf_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     Args:
       x: an array or a pytree of arrays.
       hyperparams: ``radius`` ≥ 0, a scalar.
+
+    Returns:
+      p, a pytree like x.
 
     Example:
       >>> import jax.numpy as jnp
@@ -266,6 +278,9 @@ def simplex(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
       x: an array of any shape; the sum runs over all of its entries.
       hyperparams: ``scale`` ≥ 0, a scalar.
 
+    Returns:
+      p, shaped like x.
+
     Example:
       >>> import jax.numpy as jnp
       >>> simplex(jnp.array([1.0, 0.5, -1.0]))
@@ -288,6 +303,9 @@ def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Arra
       x: an array of any shape; all its entries are considered together.
       hyperparams: ``(scale, max_nz)``: ``scale`` ≥ 0 a scalar, ``max_nz`` ≥ 1 a Python int
         (static: it fixes shapes; under ``jax.jit`` close over it rather than pass it traced).
+
+    Returns:
+      p, shaped like x, with at most ``max_nz`` nonzero entries.
 
     Example:
       >>> import jax.numpy as jnp
@@ -326,6 +344,9 @@ def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
       x: an array of any shape; the norm runs over all of its entries.
       hyperparams: ``radius`` ≥ 0, a scalar.
 
+    Returns:
+      p, shaped like x.
+
     Example:
       >>> import jax.numpy as jnp
       >>> l1_sphere(jnp.array([0.25, -0.25]))
@@ -347,6 +368,9 @@ def l1_ball(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
     Args:
       x: an array of any shape; the norm runs over all of its entries.
       hyperparams: ``radius`` ≥ 0, a scalar.
+
+    Returns:
+      p, shaped like x.
 
     Example:
       >>> import jax.numpy as jnp
@@ -373,6 +397,9 @@ def l2_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       x: an array or a pytree of arrays (the norm is that of all entries together).
       hyperparams: ``radius`` ≥ 0, a scalar.
 
+    Returns:
+      p, a pytree like x.
+
     Example:
       >>> import jax.numpy as jnp
       >>> l2_ball(jnp.array([3.0, 4.0]), 1.0)
@@ -398,6 +425,9 @@ def l2_sphere(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     Args:
       x: an array or a pytree of arrays (the norm is that of all entries together).
       hyperparams: ``radius`` ≥ 0, a scalar.
+
+    Returns:
+      p, a pytree like x.
 
     Example:
       >>> import jax.numpy as jnp
@@ -742,6 +772,9 @@ def box_section(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arr
         non-empty iff Σ min(wα, wβ) ≤ c ≤ Σ max(wα, wβ) (up to rounding): otherwise a
         concrete set raises ``ValueError`` and a traced one gives NaN.
 
+    Returns:
+      p, shaped like x.
+
     Example:
       >>> import jax.numpy as jnp
       >>> box_section(jnp.array([1.0, 0.6, 0.0]), (0.0, 1.0, jnp.ones(3), 1.0))
@@ -791,6 +824,9 @@ def second_order_cone(x: tuple[ArrayLike, ArrayLike], hyperparams: None = None) 
     Args:
       x: a pair ``(t, z)``, t a scalar and z an array (its norm runs over all entries).
       hyperparams: unused (None).
+
+    Returns:
+      The pair ``(t, z)`` of the projection, t a scalar and z shaped like the given z.
 
     Example:
       >>> import jax.numpy as jnp
@@ -848,6 +884,9 @@ def psd_cone(x: ArrayLike, hyperparams: None = None) -> jax.Array:
     Args:
       x: a square matrix (n × n), or a stack of them (…, n, n); it is symmetrized first.
       hyperparams: unused (None).
+
+    Returns:
+      P, a symmetric positive semidefinite matrix (or stack) shaped like x.
 
     Example:
       >>> import jax.numpy as jnp

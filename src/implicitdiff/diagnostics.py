@@ -77,8 +77,8 @@ def jacobian_error_bound(
     the arguments given to its ``run`` after ``init_params``; θ is the floating-point arrays (and
     Python floats) of the arguments listed in ``argnums`` (default: every argument), flattened
     into one vector, and the Jacobian J(x) = A(x)⁻¹B(x), A = −∂₁F, B = ∂₂F, is that of x with
-    respect to θ. Norms are Euclidean on the flattened x and θ, spectral on matrices. Returns a
-    :class:`JacobianErrorBound` with the bound of Theorem 1 of the paper,
+    respect to θ. Norms are Euclidean on the flattened x and θ, spectral on matrices. The bound
+    is that of Theorem 1 of the paper,
 
         ‖J(x̂) − ∂x*(θ)‖ ≤ (β/α + γR/α²) ‖x̂ − x*‖,    ‖x̂ − x*‖ ≲ ‖F(x̂, θ)‖ / α,
 
@@ -116,6 +116,9 @@ def jacobian_error_bound(
         when the number of unknowns is at most this).
       dense_max_size: up to this many unknowns, α and R are computed from dense matrices.
       seed: the seed of the random starting vectors.
+
+    Returns:
+      A :class:`JacobianErrorBound` of float scalars: the bound and every quantity in it.
 
     Example:
       >>> import jax.numpy as jnp

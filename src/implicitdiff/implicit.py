@@ -258,6 +258,10 @@ def custom_root(
         under every transformation; see ``docs/failure_modes.md`` ("When the backward linear
         system fails") and :mod:`implicitdiff._backward_check`.
 
+    Returns:
+      A decorator: ``custom_root(F)(solver)`` is a function with the signature of ``solver``,
+        returning its value (``x``, or ``(x, aux)``) with the implicit derivative attached.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from implicitdiff import custom_root
@@ -294,6 +298,22 @@ def custom_fixed_point(
     (I − ∂₁T) u = ∂₂T v, positive definite when T is a contraction with a symmetric Jacobian (as
     the gradient step T(x) = x − η∇f(x) for convex f). ``symmetric`` states whether ∂₁T is
     symmetric; the derivative with respect to ``init_params`` is zero.
+
+    Args:
+      fixed_point_fun: T(x, *args, **kwargs), a pytree with the structure of x, equal to x at
+        the solution.
+      has_aux: whether the solver returns ``(solution, aux)``.
+      solve: the linear solver for the system in I − ∂₁T, as in :func:`custom_root` (default
+        ``"auto"``).
+      symmetric: whether ∂₁T is symmetric; ``None``: what ``fixed_point_fun`` states if it is a
+        condition built by :mod:`implicitdiff.optimality`, else False.
+      on_failure: the policy when the linear system is not solved to tolerance, as in
+        :func:`custom_root` (default ``"warn"``).
+
+    Returns:
+      A decorator: ``custom_fixed_point(T)(solver)`` is a function with the signature of
+        ``solver``, returning its value (``x``, or ``(x, aux)``) with the implicit derivative
+        attached.
 
     Example:
       >>> import jax.numpy as jnp
@@ -335,9 +355,25 @@ def root_jvp(
 ) -> PyTree:
     """J v: the directional derivative of the root x*(θ) of F(x, θ) = 0 at ``sol``.
 
-    Solves A u = B v with A = −∂₁F(sol, θ), B = ∂₂F(sol, θ), θ = ``args``, v = ``tangents`` (a
-    tuple like ``args``; None, or the entry of a non-array argument, means no perturbation).
-    Returns u, a pytree like ``sol``. Differentiable itself.
+    Solves A u = B v with A = −∂₁F(sol, θ), B = ∂₂F(sol, θ), θ = ``args``, v = ``tangents``.
+    Differentiable itself.
+
+    Args:
+      optimality_fun: F(x, *args), zero at the solution (positional arguments only).
+      sol: the root x*(θ), a pytree (F is linearized there; it is not re-solved).
+      args: the tuple θ of F's arguments after x; Python numbers are treated as 0-d arrays.
+      tangents: a tuple with one entry per argument, each None (no perturbation; also the only
+        valid entry for an integer or boolean argument) or a pytree with the structure and
+        shapes of that argument.
+      solve: the linear solver for the system in A, as in :func:`custom_root` (default
+        ``"auto"``).
+      symmetric: whether ∂₁F is symmetric; ``None``: what ``optimality_fun`` states if it is a
+        condition built by :mod:`implicitdiff.optimality`, else False.
+      on_failure: the policy when the linear system is not solved to tolerance, as in
+        :func:`custom_root` (default ``"warn"``).
+
+    Returns:
+      u = J v, a pytree like ``sol`` (zeros when no tangent is given).
     """
     args = _numbers_to_arrays(args)
     tangents = tuple(tangents)
@@ -394,8 +430,23 @@ def root_vjp(
 ) -> tuple:
     """vᵀJ: the cotangents of ``args`` for the cotangent v of the root x*(θ) of F(x, θ) = 0.
 
-    Solves Aᵀ u = v with A = −∂₁F(sol, θ), then returns uᵀB with B = ∂₂F(sol, θ), as a tuple with
-    one entry per argument (None for a non-array argument; float0 zeros for an integer one).
+    Solves Aᵀ u = v with A = −∂₁F(sol, θ), then returns uᵀB with B = ∂₂F(sol, θ).
+
+    Args:
+      optimality_fun: F(x, *args), zero at the solution (positional arguments only).
+      sol: the root x*(θ), a pytree (F is linearized there; it is not re-solved).
+      args: the tuple θ of F's arguments after x; Python numbers are treated as 0-d arrays.
+      cotangent: v, a pytree with the structure of ``sol``.
+      solve: the linear solver for the system in Aᵀ, as in :func:`custom_root` (default
+        ``"auto"``).
+      symmetric: whether ∂₁F is symmetric; ``None``: what ``optimality_fun`` states if it is a
+        condition built by :mod:`implicitdiff.optimality`, else False.
+      on_failure: the policy when the linear system is not solved to tolerance, as in
+        :func:`custom_root` (default ``"warn"``).
+
+    Returns:
+      A tuple with one entry per argument: the cotangent vᵀ∂x*/∂θᵢ, a pytree like ``args[i]``
+        (None for an argument without arrays; float0 zeros for an integer array).
     """
     args = _numbers_to_arrays(args)
     split = ArgsSplit(args, {})

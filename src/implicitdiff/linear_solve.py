@@ -72,7 +72,14 @@ DENSE_MAX_SIZE = 200
 
 
 def default_tol(dtype: Any) -> float:
-    """The default relative tolerance for a system in ``dtype``: max(1e-10, 200 · eps)."""
+    """The default relative tolerance for a system in ``dtype``: max(1e-10, 200 · eps).
+
+    Args:
+      dtype: a floating dtype (or anything ``jnp.finfo`` accepts).
+
+    Returns:
+      The tolerance, a Python float: 1e-10 in float64, about 2.4e-5 in float32.
+    """
     return max(1e-10, 200.0 * float(jnp.finfo(dtype).eps))
 
 
@@ -193,6 +200,21 @@ def cg(
 
     Wraps ``jax.scipy.sparse.linalg.cg``. CG's iterates do not change if A and b are both negated,
     so a negative definite A (as in ``T(x) − x`` for a symmetric contraction T) works too.
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      tol: relative tolerance: stop when ‖b − (A + ridge · I) x‖ ≤ max(tol · ‖b‖, atol);
+        None (default): ``default_tol(dtype of b)``.
+      atol: absolute tolerance (default 0).
+      maxiter: the most iterations; None (default): JAX's default for the method.
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      init: a warm start x₀, a pytree like b; None (default): zeros.
+      preconditioner: a callable approximating ``v ↦ A⁻¹ v``; None (default): none.
+
+    Returns:
+      x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
+        residual itself).
     """
     x, _ = jsp_sparse.cg(
         _add_ridge(matvec, ridge),
@@ -221,8 +243,25 @@ def gmres(
 ) -> PyTree:
     """Restarted GMRES for (A + ridge · I) x = b, any non-singular A.
 
-    Wraps ``jax.scipy.sparse.linalg.gmres``; ``maxiter`` counts matvecs (rounded up to whole
-    restart cycles of ``restart`` matvecs each).
+    Wraps ``jax.scipy.sparse.linalg.gmres`` (its ``"batched"`` method).
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      tol: relative tolerance: stop when ‖b − (A + ridge · I) x‖ ≤ max(tol · ‖b‖, atol);
+        None (default): ``default_tol(dtype of b)``.
+      atol: absolute tolerance (default 0).
+      maxiter: the most matvecs, rounded up to whole restart cycles; None (default): JAX's
+        default for the method.
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      init: a warm start x₀, a pytree like b; None (default): zeros.
+      preconditioner: a callable approximating ``v ↦ A⁻¹ v``; None (default): none.
+      restart: the Krylov subspace size of one cycle (default 20, capped at the number of
+        unknowns).
+
+    Returns:
+      x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
+        residual itself).
     """
     restart = max(1, min(restart, tree.size(b)))
     maxiter = _maxiter(maxiter)
@@ -253,7 +292,25 @@ def bicgstab(
     init: PyTree | None = None,
     preconditioner: Callable | None = None,
 ) -> PyTree:
-    """BiCGSTAB for (A + ridge · I) x = b, any non-singular A. Wraps ``jax.scipy`` 's bicgstab."""
+    """BiCGSTAB for (A + ridge · I) x = b, any non-singular A.
+
+    Wraps ``jax.scipy.sparse.linalg.bicgstab``.
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      tol: relative tolerance: stop when ‖b − (A + ridge · I) x‖ ≤ max(tol · ‖b‖, atol);
+        None (default): ``default_tol(dtype of b)``.
+      atol: absolute tolerance (default 0).
+      maxiter: the most iterations; None (default): JAX's default for the method.
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      init: a warm start x₀, a pytree like b; None (default): zeros.
+      preconditioner: a callable approximating ``v ↦ A⁻¹ v``; None (default): none.
+
+    Returns:
+      x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
+        residual itself).
+    """
     x, _ = jsp_sparse.bicgstab(
         _add_ridge(matvec, ridge),
         b,
@@ -281,12 +338,28 @@ def normal_cg(
     """CG on the normal equations (AᵀA + ridge · I) x = Aᵀb.
 
     Works for any A, square or not, singular or not: from ``init = 0`` and with ``ridge = 0`` it
-    converges to the least-squares solution of least norm. For a non-square A (``matvec`` maps
-    x ∈ ℝⁿ to ℝᵐ, b ∈ ℝᵐ), pass ``init`` shaped like x (zeros for the least-norm solution): it
-    gives the shape of x. Aᵀ comes from ``jax.linear_transpose``
-    of ``matvec``, which must therefore be linear (as every matvec built by the engine is). The
-    ``preconditioner`` approximates (AᵀA)⁻¹. Squares the condition number: prefer ``cg`` or
-    ``gmres`` when A is well-conditioned and non-singular.
+    converges to the least-squares solution of least norm. Aᵀ comes from ``jax.linear_transpose``
+    of ``matvec``, which must therefore be linear (as every matvec built by the engine is).
+    Squares the condition number: prefer ``cg`` or ``gmres`` when A is well-conditioned and
+    non-singular.
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like x to pytrees like b.
+      b: the right-hand side, a pytree of arrays (b ∈ ℝᵐ).
+      tol: relative tolerance on the normal equations: stop when
+        ‖Aᵀb − (AᵀA + ridge · I) x‖ ≤ max(tol · ‖Aᵀb‖, atol); None (default):
+        ``default_tol(dtype of b)``.
+      atol: absolute tolerance (default 0).
+      maxiter: the most CG iterations (each one matvec and one transposed matvec); None
+        (default): JAX's default.
+      ridge: the Tikhonov term added to AᵀA (default 0, ≥ 0).
+      init: a warm start x₀, which also gives the shape of x: for a non-square A (``matvec``
+        maps x ∈ ℝⁿ to ℝᵐ), pass it shaped like x (zeros for the least-norm solution). None
+        (default): zeros shaped like b (A square).
+      preconditioner: a callable approximating ``v ↦ (AᵀA)⁻¹ v``; None (default): none.
+
+    Returns:
+      x, a pytree like ``init`` (like b when ``init`` is None).
     """
     x_like = b if init is None else init  # a non-square A needs init to give x's shape
     try:
@@ -344,7 +417,20 @@ def _materialize(matvec: Matvec, b: PyTree):
 
 @_linear_solver
 def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
-    """Dense solve by LU factorization with partial pivoting (builds the n × n matrix)."""
+    """Dense solve of (A + ridge · I) x = b by LU factorization with partial pivoting.
+
+    Builds the n × n matrix of A with n matvecs (n = the number of entries of b): for small n.
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      **ignored: the iterative solvers' options (``tol``, ``maxiter``, ``init``,
+        ``preconditioner``, ...), accepted and ignored.
+
+    Returns:
+      x, a pytree like b.
+    """
     del ignored
     a, b_flat, unravel = _materialize(matvec, b)
     _check_ridge(ridge)
@@ -355,9 +441,21 @@ def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTr
 
 @_linear_solver
 def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
-    """Dense solve by Cholesky factorization; A + ridge · I must be symmetric positive definite.
+    """Dense solve of (A + ridge · I) x = b by Cholesky factorization.
 
-    For a symmetric *negative* definite A (a fixed point's I − ∂T negated), use ``lu``.
+    A + ridge · I must be symmetric positive definite (it is symmetrized, (M + Mᵀ)/2, before
+    factorizing). For a symmetric *negative* definite A (a fixed point's I − ∂T negated), use
+    ``lu``. Builds the n × n matrix of A with n matvecs.
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      **ignored: the iterative solvers' options (``tol``, ``maxiter``, ``init``,
+        ``preconditioner``, ...), accepted and ignored.
+
+    Returns:
+      x, a pytree like b.
     """
     del ignored
     a, b_flat, unravel = _materialize(matvec, b)
@@ -380,7 +478,18 @@ def auto(
 
     Up to ``dense_max_size`` unknowns: ``lu`` (exact, and cheap at that size). Above: ``cg`` when
     ``symmetric`` (as for the Hessian of a stationary condition), else ``gmres``. It never builds a
-    dense matrix above ``dense_max_size``. ``options`` are passed to the chosen solver.
+    dense matrix above ``dense_max_size``.
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      symmetric: whether A is symmetric (default False).
+      dense_max_size: the most unknowns (entries of b) solved densely (default
+        :data:`DENSE_MAX_SIZE`, 200).
+      **options: passed to the chosen solver (``tol``, ``maxiter``, ``ridge``, ...).
+
+    Returns:
+      x, a pytree like b.
     """
     if tree.size(b) <= dense_max_size:
         return lu(matvec, b, **options)
@@ -401,7 +510,20 @@ _BY_NAME: dict[str, Callable[..., PyTree]] = {
 
 
 def resolve(solve: str | Callable | None) -> Callable[..., PyTree]:
-    """The solver named by ``solve`` (a name in this module), ``auto`` for None, or the callable."""
+    """The linear solver that a ``solve`` option names.
+
+    Args:
+      solve: a name of this module's solvers (``"auto"``, ``"cg"``, ``"gmres"``, ``"bicgstab"``,
+        ``"normal_cg"``, ``"lu"``, ``"cholesky"``), None (``auto``), or a callable
+        ``solve(matvec, b) -> x``.
+
+    Returns:
+      The solver function (the callable itself when one is given).
+
+    Raises:
+      ValueError: an unknown name.
+      TypeError: neither a name, a callable nor None.
+    """
     if solve is None:
         return auto
     if isinstance(solve, str):
@@ -469,10 +591,15 @@ _SPECS: dict[Callable, Spec] = {
 def spec(solve: str | Callable | None) -> Spec:
     """The :class:`Spec` of a choice of linear solver.
 
-    A name or None (``auto``): that solver's spec. A :class:`Spec`: itself. One of this module's
-    solvers, or a ``functools.partial`` of one with keyword options: its spec, with the ``tol``
-    option if one is bound. Any other callable: ``Spec(solve)`` (default tolerance, not least
-    squares, no ``symmetric`` keyword); wrap it in a :class:`Spec` to declare otherwise.
+    Args:
+      solve: what a ``solve`` option accepts. A name or None (``auto``): that solver's spec. A
+        :class:`Spec`: itself. One of this module's solvers, or a ``functools.partial`` of one with
+        keyword options: its spec, with the ``tol`` option if one is bound. Any other callable:
+        ``Spec(solve)`` (default tolerance, not least squares, no ``symmetric`` keyword); wrap it
+        in a :class:`Spec` to declare otherwise.
+
+    Returns:
+      A :class:`Spec` whose ``fun`` is the solver.
     """
     solve = resolve(solve)
     if isinstance(solve, Spec):

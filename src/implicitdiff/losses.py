@@ -113,6 +113,14 @@ def multiclass_hinge_loss(label: Any, scores: Any) -> jax.Array:
     or weights), maxⱼ (zⱼ − ⟨y, z⟩ + 1 − yⱼ). A (sub)gradient in z is e_{j*} − eᵧ, j* the
     maximizing index.
 
+    Args:
+      label: the class index y, an integer in [0, k) (an array of shape ``scores.shape[:-1]``,
+        normally a scalar), or a label vector shaped like ``scores`` (one-hot or weights).
+      scores: the scores z, shape (k,) (or (…, k)).
+
+    Returns:
+      The loss, a scalar (shape ``scores.shape[:-1]`` for leading batch dimensions).
+
     >>> import jax.numpy as jnp
     >>> print(multiclass_hinge_loss(1, jnp.array([0.5, 1.0, -1.0])))
     0.5
@@ -142,6 +150,14 @@ def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
     limits: −inf masks a class out (a −inf logit with yⱼ = 0 adds nothing; the loss is +inf if
     yⱼ ≠ 0), and +inf logits share the probability equally among themselves. The derivative is
     the closed form softmax(z) Σⱼyⱼ − y in z (finite also there) and logsumexp(z) − z in y.
+
+    Args:
+      label: the class index y, an integer in [0, k) (an array of shape ``logits.shape[:-1]``,
+        normally a scalar), or a label vector shaped like ``logits`` (one-hot or weights).
+      logits: the logits z, shape (k,) (or (…, k)).
+
+    Returns:
+      The loss, a scalar (shape ``logits.shape[:-1]`` for leading batch dimensions).
 
     >>> import jax.numpy as jnp
     >>> print(multiclass_logistic_loss(0, jnp.array([0.0, 0.0])).round(4))  # log 2
@@ -199,6 +215,14 @@ def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
     Bernoulli distribution of parameter y). The gradient in z is σ(z) − y. Element-wise: arrays
     of labels and logits give one loss per entry.
 
+    Args:
+      label: y ∈ {0, 1} (or a soft label in [0, 1]), a scalar or an array broadcasting with
+        ``logit``.
+      logit: the logit z, a scalar or an array.
+
+    Returns:
+      The loss, shaped like the broadcast of ``label`` and ``logit`` (a scalar for scalars).
+
     >>> import jax.numpy as jnp
     >>> print(binary_logistic_loss(1, 0.0).round(4))  # log 2
     0.6931
@@ -223,6 +247,12 @@ def sparsemax(scores: Any) -> jax.Array:
     where τ solves Σⱼ max(zⱼ − τ, 0) = 1. With z₍₁₎ ≥ … ≥ z₍ₖ₎ sorted in decreasing order, the
     support size is K = max{j : 1 + j z₍ⱼ₎ > Σ_{i ≤ j} z₍ᵢ₎} and τ = (Σ_{i ≤ K} z₍ᵢ₎ − 1) / K. The
     Jacobian is diag(s) − s sᵀ / K, s the indicator of the support. Acts on the last axis.
+
+    Args:
+      scores: the scores z, shape (k,), or (…, k) for one projection per row.
+
+    Returns:
+      p = sparsemax(z), shaped like ``scores``: non-negative, each row summing to 1.
 
     >>> import jax.numpy as jnp
     >>> print(sparsemax(jnp.array([1.0, 0.5, -1.0])))
@@ -249,6 +279,14 @@ def sparsemax_loss(label: Any, scores: Any) -> jax.Array:
     For a label on the simplex (one-hot or a probability vector) it is ≥ 0, zero exactly when
     p = y, convex in z, invariant to adding a constant to every score, and its gradient in z is
     p − y (also for any other label vector y, with which the formula is evaluated as written).
+
+    Args:
+      label: the class index y, an integer in [0, k) (an array of shape ``scores.shape[:-1]``,
+        normally a scalar), or a label vector shaped like ``scores`` (one-hot or weights).
+      scores: the scores z, shape (k,) (or (…, k)).
+
+    Returns:
+      The loss, a scalar (shape ``scores.shape[:-1]`` for leading batch dimensions).
 
     >>> import jax.numpy as jnp
     >>> print(sparsemax_loss(0, jnp.array([0.0, 0.0])))
@@ -300,6 +338,13 @@ def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:
 
     The gradient in ``prediction`` is prediction − target. ``target`` and ``prediction`` must
     have the same structure and leaf shapes (no broadcasting): ValueError otherwise.
+
+    Args:
+      target: an array or a pytree of arrays.
+      prediction: a pytree of the structure and leaf shapes of ``target``.
+
+    Returns:
+      The loss, a scalar.
 
     >>> import jax.numpy as jnp
     >>> print(squared_loss(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))

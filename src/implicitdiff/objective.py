@@ -70,29 +70,75 @@ class LinearOperator:
         self.A = jnp.asarray(A)
 
     def shape(self) -> tuple[int, ...]:
-        """The shape (m, p) of A."""
+        """The shape (m, p) of A.
+
+        Returns:
+          The tuple ``A.shape``.
+        """
         return self.A.shape
 
     def matvec(self, x: jax.Array) -> jax.Array:
-        """A x (x a vector or a matrix with p rows)."""
+        """A x.
+
+        Args:
+          x: a vector of length p, or a matrix with p rows.
+
+        Returns:
+          A x, shape (m,) (or (m, t) for x of shape (p, t)).
+        """
         return jnp.dot(self.A, x)
 
     def matvec_element(self, x: jax.Array, idx: Any) -> jax.Array:
-        """(A x)[idx]."""
+        """(A x)[idx] = A[idx] x.
+
+        Args:
+          x: a vector of length p, or a matrix with p rows.
+          idx: a row index of A (or anything that indexes the rows).
+
+        Returns:
+          A[idx] x: a scalar for an int idx and a vector x (a row of length t for x of shape
+            (p, t)).
+        """
         return jnp.dot(self.A[idx], x)
 
     def rmatvec(self, x: jax.Array) -> jax.Array:
-        """Aᵀ x."""
+        """Aᵀ x.
+
+        Args:
+          x: a vector of length m, or a matrix with m rows.
+
+        Returns:
+          Aᵀ x, shape (p,) (or (p, t) for x of shape (m, t)).
+        """
         return jnp.dot(self.A.T, x)
 
     def rmatvec_element(self, x: jax.Array, idx: Any) -> jax.Array:
-        """(Aᵀ x)[idx]."""
+        """(Aᵀ x)[idx] = A[:, idx]ᵀ x.
+
+        Args:
+          x: a vector of length m, or a matrix with m rows.
+          idx: a column index of A (or anything that indexes the columns).
+
+        Returns:
+          A[:, idx]ᵀ x: a scalar for an int idx and a vector x (a row of length t for x of shape
+            (m, t)).
+        """
         return jnp.dot(self.A[:, idx], x)
 
     def update_matvec(self, Ax: jax.Array, delta: jax.Array, idx: Any) -> jax.Array:
-        """A (x + δ e_idx) from Ax: Ax + δ A[:, idx] (δ a row when x is a matrix).
+        """A (x + δ e_idx) from Ax: Ax + δ A[:, idx], without a full product.
 
-        Raises ``ValueError`` unless ``Ax`` is a vector or a matrix.
+        Args:
+          Ax: the current product A x, shape (m,) or (m, t).
+          delta: δ, the change of entry idx of x: a scalar, or a row of length t when x is a
+            matrix.
+          idx: the changed entry of x (a column index of A).
+
+        Returns:
+          A (x + δ e_idx), shaped like ``Ax``.
+
+        Raises:
+          ValueError: ``Ax`` is neither a vector nor a matrix.
         """
         if Ax.ndim == 1:
             return Ax + delta * self.A[:, idx]
@@ -101,7 +147,20 @@ class LinearOperator:
         raise ValueError(f"update_matvec: Ax must be a vector or a matrix, got shape {Ax.shape}")
 
     def update_rmatvec(self, ATx: jax.Array, delta: jax.Array, idx: Any) -> jax.Array:
-        """Aᵀ (x + δ e_idx) from Aᵀx: Aᵀx + δ A[idx] (δ a row when x is a matrix)."""
+        """Aᵀ (x + δ e_idx) from Aᵀx: Aᵀx + δ A[idx], without a full product.
+
+        Args:
+          ATx: the current product Aᵀ x, shape (p,) or (p, t).
+          delta: δ, the change of entry idx of x: a scalar, or a row of length t when x is a
+            matrix.
+          idx: the changed entry of x (a row index of A).
+
+        Returns:
+          Aᵀ (x + δ e_idx), shaped like ``ATx``.
+
+        Raises:
+          ValueError: ``ATx`` is neither a vector nor a matrix.
+        """
         if ATx.ndim == 1:
             return ATx + delta * self.A[idx]
         if ATx.ndim == 2:
@@ -109,7 +168,14 @@ class LinearOperator:
         raise ValueError(f"update_rmatvec: ATx must be a vector or a matrix, got {ATx.shape}")
 
     def column_l2_norms(self, squared: bool = False) -> jax.Array:
-        """‖A[:, j]‖₂ for every column j (squared if ``squared``)."""
+        """‖A[:, j]‖₂ for every column j (squared if ``squared``).
+
+        Args:
+          squared: return ‖A[:, j]‖₂² instead (default False).
+
+        Returns:
+          A vector of length p.
+        """
         sq = jnp.sum(self.A**2, axis=0)
         return sq if squared else jnp.sqrt(sq)
 
@@ -129,19 +195,66 @@ class CompositeLinearFunction:
     """
 
     def b(self, *args: Any, **kwargs: Any) -> Any:
-        """The linear term b(*args); None for none."""
+        """The linear term b(*args) of f(W) = subfun(A W) + ⟨W, b⟩; this default has none.
+
+        Args:
+          *args: the objective's arguments after W.
+          **kwargs: its keyword arguments.
+
+        Returns:
+          b, shaped like W, or None (no linear term: the default).
+        """
         return None
 
     def lipschitz_const(self, hyperparams: Any) -> Any:
-        """The Lipschitz constant of ∇subfun (not available for the objectives here)."""
+        """The Lipschitz constant of ∇subfun: not available for the objectives here.
+
+        Kept for JAXopt's interface; coordinate methods use ``columnwise_lipschitz_const``.
+
+        Args:
+          hyperparams: the objective's arguments after W (unused).
+
+        Returns:
+          Nothing (it always raises).
+
+        Raises:
+          NotImplementedError: always.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no Lipschitz constant of ∇subfun")
 
     def make_linop(self, *args: Any, **kwargs: Any) -> LinearOperator:
-        """The linear operator A(*args); each composite objective defines it."""
+        """The linear operator A(*args) of f(W) = subfun(A W) + ⟨W, b⟩.
+
+        Each composite objective defines it.
+
+        Args:
+          *args: the objective's arguments after W.
+          **kwargs: its keyword arguments.
+
+        Returns:
+          A :class:`LinearOperator`.
+
+        Raises:
+          NotImplementedError: called on the base class.
+        """
         raise NotImplementedError(f"{type(self).__name__} must define make_linop")
 
     def subfun(self, predictions: Any, *args: Any, **kwargs: Any) -> jax.Array:
-        """subfun(A W, *args); each composite objective defines it."""
+        """subfun(A W, *args), the part of f that sees W only through A W.
+
+        Each composite objective defines it.
+
+        Args:
+          predictions: A W.
+          *args: the objective's arguments after W.
+          **kwargs: its keyword arguments.
+
+        Returns:
+          A scalar.
+
+        Raises:
+          NotImplementedError: called on the base class.
+        """
         raise NotImplementedError(f"{type(self).__name__} must define subfun")
 
     def __call__(self, params: Any, *args: Any, **kwargs: Any) -> jax.Array:

@@ -70,6 +70,13 @@ def stationary(fun: Callable) -> Callable:
 
     At a local minimum of a smooth ``fun``, F = 0, and ∂₁F = ∇²₁fun is symmetric (marked).
 
+    Args:
+      fun: the objective ``fun(x, *args, **kwargs)``, a real scalar; x may be a pytree.
+
+    Returns:
+      The condition F(x, *args, **kwargs) = ∇₁fun(x, *args, **kwargs), a pytree like x (a
+        ``Condition`` marked symmetric), for :func:`implicitdiff.custom_root`.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from implicitdiff import custom_root, optimality
@@ -95,8 +102,8 @@ def kkt(
 ) -> Callable:
     """The KKT conditions of min f(x, θ_f) s.t. H(x, θ_H) = 0, G(x, θ_G) ≤ 0.
 
-    Returns F(z, params_fun, params_eq=None, params_ineq=None) on z = (x, ν, λ) (primal, dual of
-    the equalities, dual of the inequalities; a missing part is None):
+    The condition, on z = (x, ν, λ) (primal, dual of the equalities, dual of the inequalities; a
+    missing part is None), is
 
         F(z, θ) = (∇₁f(x, θ_f) + ∂₁H(x, θ_H)ᵀν + ∂₁G(x, θ_G)ᵀλ,  H(x, θ_H),  λ ∘ G(x, θ_G)),
 
@@ -104,6 +111,16 @@ def kkt(
     inequalities (G ≤ 0, λ ≥ 0) are dropped: they hold on a neighbourhood of a strictly
     complementary solution, where the derivative is defined. A quadratic f with affine H, G gives
     the QP layer of OptNet. x, ν, λ and the outputs of H and G may be pytrees.
+
+    Args:
+      fun: the objective f(x, params_fun), a real scalar.
+      eq_fun: H(x, params_eq), the equality constraints H = 0 (a pytree), or None (default).
+      ineq_fun: G(x, params_ineq), the inequality constraints G ≤ 0 (a pytree), or None
+        (default).
+
+    Returns:
+      The condition ``F(z, params_fun, params_eq=None, params_ineq=None)``, a triple shaped like
+        z (a ``Condition``, not symmetric), for :func:`implicitdiff.custom_root`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -143,11 +160,20 @@ def kkt(
 def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> Callable:
     """T(x, hyperparams_prox, *args) = prox(x − η∇₁fun(x, *args), hyperparams_prox, η).
 
-    The fixed point of proximal gradient for min_x fun(x, *args) + g(x, hyperparams_prox), with
-    ``prox(y, hyperparams, scaling)`` the proximal operator of g (see :mod:`implicitdiff.prox`)
-    and η = ``stepsize`` > 0. Any η > 0 gives the same solutions; it changes the conditioning of
-    I − ∂₁T (η ≈ 1/L, L the Lipschitz constant of ∇fun, is best). Use with
-    :func:`implicitdiff.custom_fixed_point`.
+    The fixed point of proximal gradient for min_x fun(x, *args) + g(x, hyperparams_prox). Any
+    η > 0 gives the same solutions; it changes the conditioning of I − ∂₁T (η ≈ 1/L, L the
+    Lipschitz constant of ∇fun, is best).
+
+    Args:
+      fun: the smooth part ``fun(x, *args, **kwargs)``, a real scalar; x may be a pytree.
+      prox: ``prox(y, hyperparams, scaling)``, the proximal operator of g (see
+        :mod:`implicitdiff.prox`).
+      stepsize: η > 0 (default 1).
+
+    Returns:
+      The fixed-point map T(x, hyperparams_prox, *args, **kwargs), a pytree like x (a
+        ``Condition``, symmetric only for ``prox.Identity``: then I − ∂₁T = η∇²fun), for
+        :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -176,10 +202,17 @@ def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> C
 def projected_gradient(fun: Callable, projection: Callable, stepsize: float = 1.0) -> Callable:
     """T(x, hyperparams_proj, *args) = projection(x − η∇₁fun(x, *args), hyperparams_proj).
 
-    The fixed point of projected gradient for min_{x ∈ C(hyperparams_proj)} fun(x, *args), with
-    ``projection(y, hyperparams)`` the Euclidean projection onto C (see
-    :mod:`implicitdiff.projections`) and η = ``stepsize`` > 0. Use with
-    :func:`implicitdiff.custom_fixed_point`.
+    The fixed point of projected gradient for min_{x ∈ C(hyperparams_proj)} fun(x, *args).
+
+    Args:
+      fun: the objective ``fun(x, *args, **kwargs)``, a real scalar; x may be a pytree.
+      projection: ``projection(y, hyperparams)``, the Euclidean projection onto C (see
+        :mod:`implicitdiff.projections`).
+      stepsize: η > 0 (default 1).
+
+    Returns:
+      The fixed-point map T(x, hyperparams_proj, *args, **kwargs), a pytree like x (a
+        ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -202,7 +235,7 @@ def projected_gradient(fun: Callable, projection: Callable, stepsize: float = 1.
     )
 
 
-def negative_entropy(x: PyTree, gradient: PyTree, stepsize: Any, hyperparams: Any = None):
+def negative_entropy(x: PyTree, gradient: PyTree, stepsize: Any, hyperparams: Any = None) -> PyTree:
     """The entropic mirror step on simplices: x ⊙ exp(−η g), normalized along the last axis.
 
     This is P^φ(∇φ(x) − η g) for φ the negative entropy and P^φ the KL projection onto the
@@ -211,8 +244,20 @@ def negative_entropy(x: PyTree, gradient: PyTree, stepsize: Any, hyperparams: An
     the exponent shifted by its row maximum: exact zeros of x stay zeros and have finite
     derivatives, where the form softmax(log x − η g) would take log 0.
 
-    A negative total raises ``ValueError`` when concrete and gives NaN when traced; an empty last
-    axis (the simplex of ℝ⁰ is empty) raises ``ValueError``.
+    Args:
+      x: the current point, an array or a pytree of arrays, each leaf non-negative with a
+        non-empty last axis.
+      gradient: g, a pytree like x.
+      stepsize: η, a scalar.
+      hyperparams: the total s ≥ 0 of each simplex: a scalar, or an array broadcastable to
+        each leaf (shape (…, 1) for one total per row); None (default): 1.
+
+    Returns:
+      s · x ⊙ exp(−η g) / Σ_last axis (x ⊙ exp(−η g)), a pytree like x.
+
+    Raises:
+      ValueError: a concrete negative total, or an empty last axis (the simplex of ℝ⁰ is
+        empty). A traced negative total gives NaN.
     """
     scale = 1.0 if hyperparams is None else hyperparams
     leaves = _checks.concrete_leaves(scale)
@@ -244,14 +289,25 @@ def mirror_descent(
 ) -> Callable:
     """T(x, hyperparams_proj, *args) = P^φ(∇φ(x) − η∇₁fun(x, *args), hyperparams_proj).
 
-    The fixed point of mirror descent for min_{x ∈ C} fun(x, *args), with ``mapping`` = ∇φ the
-    mirror map of a strictly convex φ and ``projection(y, hyperparams)`` = P^φ the Bregman
-    projection onto C of the point whose mirror image is y, argmin_{x ∈ C} D_φ(x, ∇φ*(y)).
+    The fixed point of mirror descent for min_{x ∈ C} fun(x, *args), with ∇φ the mirror map of a
+    strictly convex φ and P^φ the Bregman projection onto C of the point whose mirror image is y,
+    argmin_{x ∈ C} D_φ(x, ∇φ*(y)).
 
     The default (``projection`` and ``mapping`` both None) is the negative entropy on the
     simplex (each row of the last axis a simplex of total ``hyperparams_proj``, 1 if None), in
     the stable multiplicative form x ⊙ exp(−η∇f) / Σ(x ⊙ exp(−η∇f)) of :func:`negative_entropy`,
-    which keeps exact zeros safe. Use with :func:`implicitdiff.custom_fixed_point`.
+    which keeps exact zeros safe.
+
+    Args:
+      fun: the objective ``fun(x, *args, **kwargs)``, a real scalar; x may be a pytree.
+      projection: ``projection(y, hyperparams)`` = P^φ, or None (default) with ``mapping``.
+      mapping: ``mapping(x)`` = ∇φ(x), a pytree like x, or None (default) with ``projection``;
+        give both or neither.
+      stepsize: η > 0 (default 1).
+
+    Returns:
+      The fixed-point map T(x, hyperparams_proj, *args, **kwargs), a pytree like x (a
+        ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -291,12 +347,19 @@ def mirror_descent(
 def newton(fun: Callable, stepsize: float = 1.0, solve: str | Callable | None = None) -> Callable:
     """T(x, *args) = x − η[∂₁G(x, *args)]⁻¹G(x, *args): the Newton fixed point of G = 0.
 
-    ``fun`` is the root function G (its output shaped like x), η = ``stepsize`` > 0. At a root,
-    ∂₁T = I − η I, so I − ∂₁T = ηI and ∂₂T = −η[∂₁G]⁻¹∂₂G: the same derivative as the root
-    itself. The inner system is solved matrix-free by ``solve`` (a name or callable of
-    :mod:`implicitdiff.linear_solve`, default ``"auto"``) through a transposable
-    ``jax.lax.custom_linear_solve``, so T can be differentiated. Use with
-    :func:`implicitdiff.custom_fixed_point`.
+    At a root, ∂₁T = I − η I, so I − ∂₁T = ηI and ∂₂T = −η[∂₁G]⁻¹∂₂G: the same derivative as the
+    root itself. The inner system is solved matrix-free through a transposable
+    ``jax.lax.custom_linear_solve``, so T can be differentiated.
+
+    Args:
+      fun: the root function G(x, *args, **kwargs), its output shaped like x.
+      stepsize: η > 0 (default 1).
+      solve: the inner linear solver, a name or callable of :mod:`implicitdiff.linear_solve`
+        (default None: ``"auto"``).
+
+    Returns:
+      The fixed-point map T(x, *args, **kwargs), a pytree like x (a ``Condition``, not
+        symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -319,11 +382,19 @@ def block_proximal_gradient(fun: Callable, block_prox: Callable, stepsize: Any =
     """Tᵢ(x, hyperparams_prox, *args) = block_prox(xᵢ − ηᵢ[∇₁fun(x, *args)]ᵢ, hyperparams_prox, ηᵢ).
 
     The fixed point of block coordinate descent for min_x fun(x, *args) + Σᵢ g(xᵢ,
-    hyperparams_prox), the blocks xᵢ being the rows (leading axis) of the array x and
-    ``block_prox(y, hyperparams, scaling)`` the prox of g on one block. ``stepsize`` is η, a
-    scalar or one ηᵢ > 0 per block (1/Lᵢ, Lᵢ the Lipschitz constant of [∇f]ᵢ, is best). BCD
-    updates one block at a time, but its fixed points are those of this simultaneous map, which is
-    what the derivative needs. Use with :func:`implicitdiff.custom_fixed_point`.
+    hyperparams_prox), the blocks xᵢ being the rows (leading axis) of the array x. BCD updates
+    one block at a time, but its fixed points are those of this simultaneous map, which is what
+    the derivative needs.
+
+    Args:
+      fun: the smooth part ``fun(x, *args, **kwargs)``, a real scalar of the array x.
+      block_prox: ``block_prox(y, hyperparams, scaling)``, the prox of g on one block (a row).
+      stepsize: η, a scalar or one ηᵢ > 0 per block (1/Lᵢ, Lᵢ the Lipschitz constant of
+        [∇f]ᵢ, is best); default 1.
+
+    Returns:
+      The fixed-point map T(x, hyperparams_prox, *args, **kwargs), an array shaped like x (a
+        ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -356,8 +427,15 @@ def least_squares(residual_fun: Callable) -> Callable:
     """F(x, *args) = ∂₁r(x, *args)ᵀ r(x, *args): stationarity of ½‖r(x, *args)‖².
 
     The condition at a (local) solution of a nonlinear least-squares problem, as Gauss–Newton
-    and Levenberg–Marquardt find it; ``residual_fun`` returns r (a pytree). ∂₁F = JᵀJ + Σ rₖ∇²rₖ
-    is symmetric (marked). Computed with one VJP, never forming J.
+    and Levenberg–Marquardt find it. ∂₁F = JᵀJ + Σ rₖ∇²rₖ is symmetric (marked). Computed with
+    one VJP, never forming J.
+
+    Args:
+      residual_fun: r(x, *args, **kwargs), the residuals (a pytree); x may be a pytree.
+
+    Returns:
+      The condition F(x, *args, **kwargs), a pytree like x (a ``Condition`` marked symmetric),
+        for :func:`implicitdiff.custom_root`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -454,13 +532,25 @@ def conic(cone: Sequence[tuple[str, int]]) -> Callable:
                            = (Aᵀ Π_{K*}(v) + c,  b − A u − (Π_{K*}(v) − v)),
 
     whose Jacobian is invertible at a regular solution. Map solutions to and from z with
-    :func:`conic_embedding` and :func:`conic_solution`. ``cone`` lists K's blocks in order as
-    (kind, dimension) pairs: ``("zero", k)`` (equalities), ``("nonnegative", k)``, ``("soc", k)``
-    ((t, z) with ‖z‖ ≤ t, k = 1 + dim z) and ``("psd", k)`` (k × k matrices, as the k(k+1)/2
-    entries of the lower triangle in the (row-major) order of ``jnp.tril_indices``,
-    off-diagonals scaled by √2). Use with :func:`implicitdiff.custom_root` (or ``root_jvp`` /
-    ``root_vjp`` around an external cone solver); the system is not symmetric (``solve="gmres"``
-    or ``"lu"``).
+    :func:`conic_embedding` and :func:`conic_solution`. Use with :func:`implicitdiff.custom_root`
+    (or ``root_jvp`` / ``root_vjp`` around an external cone solver); the system is not symmetric
+    (``solve="gmres"`` or ``"lu"``).
+
+    Args:
+      cone: K's blocks in order, as (kind, dimension) pairs: ``("zero", k)`` (equalities),
+        ``("nonnegative", k)``, ``("soc", k)`` ((t, z) with ‖z‖ ≤ t, k = 1 + dim z ≥ 2) and
+        ``("psd", k)`` (k × k matrices, as the k(k+1)/2 entries of the lower triangle in the
+        (row-major) order of ``jnp.tril_indices``, off-diagonals scaled by √2). m is the total
+        number of rows.
+
+    Returns:
+      The condition ``F(z, A, b, c)`` on z = (u, v), u of shape (n,) and v of shape (m,), with A
+        of shape (m, n), b of shape (m,) and c of shape (n,); its value is a pair shaped like z (a
+        ``Condition``, not symmetric).
+
+    Raises:
+      TypeError, ValueError: a malformed ``cone`` (unknown kind, non-positive dimension, a
+        second-order cone of dimension 1).
 
     Example:
       >>> import jax.numpy as jnp
@@ -484,15 +574,33 @@ def conic(cone: Sequence[tuple[str, int]]) -> Callable:
 
 
 def conic_embedding(x: jax.Array, y: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """z = (x, y − s): the root of :func:`conic` 's F for a primal-dual solution (x, y, s)."""
+    """z = (x, y − s): the root of :func:`conic` 's F for a primal-dual solution (x, y, s).
+
+    Args:
+      x: the primal solution, shape (n,).
+      y: the dual solution, shape (m,), in K*.
+      s: the primal slack b − Ax, shape (m,), in K.
+
+    Returns:
+      The pair ``(x, y − s)``.
+    """
     return x, y - s
 
 
-def conic_solution(z: tuple[jax.Array, jax.Array], cone) -> tuple[jax.Array, ...]:
+def conic_solution(
+    z: tuple[jax.Array, jax.Array], cone: Sequence[tuple[str, int]]
+) -> tuple[jax.Array, ...]:
     """(x, y, s) = (u, Π_{K*}(v), Π_{K*}(v) − v) from z = (u, v): the inverse of the embedding.
 
     Differentiable: compose it with a solver wrapped by ``custom_root(conic(cone))`` to get the
     derivatives of the primal and dual solutions and of the slacks.
+
+    Args:
+      z: the pair (u, v), u of shape (n,) and v of shape (m,).
+      cone: the blocks of K, as for :func:`conic`.
+
+    Returns:
+      The triple ``(x, y, s)``: shapes (n,), (m,) and (m,).
     """
     u, v = z
     y = _project_dual_cone(v, _cone_blocks(cone))

@@ -187,7 +187,7 @@ def make_perturbed_fun(
 
     Returns:
       A function ``(inputs, rng) -> output`` shaped like ``fun``'s output, differentiable in
-      ``inputs``.
+        ``inputs``.
 
     Example:
       >>> import jax, jax.numpy as jnp

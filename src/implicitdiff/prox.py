@@ -144,8 +144,14 @@ def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
 
         prox(x)ᵢ = sign(xᵢ) · max(|xᵢ| − λ s, 0).
 
-    λ is a non-negative scalar, an array broadcasting to every leaf of ``x``, or a pytree like
-    ``x`` (one λ per leaf).
+    Args:
+      x: an array or a pytree of arrays (real).
+      hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
+        or a pytree like x (one λ per leaf).
+      scaling: s ≥ 0 (default 1), a scalar.
+
+    Returns:
+      prox(x), a pytree like x.
 
     >>> import jax.numpy as jnp
     >>> print(l1(jnp.array([3.0, -0.5, -2.0]), 1.0, scaling=0.5))
@@ -166,7 +172,14 @@ def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> Py
 
         prox(x)ᵢ = max(xᵢ − λ s, 0).
 
-    λ is shaped as in :func:`l1`.
+    Args:
+      x: an array or a pytree of arrays (real).
+      hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
+        or a pytree like x (one λ per leaf).
+      scaling: s ≥ 0 (default 1), a scalar.
+
+    Returns:
+      prox(x), a pytree like x.
 
     >>> import jax.numpy as jnp
     >>> print(non_negative_l1(jnp.array([3.0, 0.5, -2.0]), 1.0))
@@ -191,8 +204,16 @@ def elastic_net(x: PyTree, hyperparams: Any = (1.0, 1.0), scaling: Any = 1.0) ->
 
         prox(x)ᵢ = sign(xᵢ) · max(|xᵢ| − λ s, 0) / (1 + λ γ s),
 
-    soft thresholding followed by a shrinkage. γ = 0 gives :func:`l1`. Each of λ and γ is shaped
-    as the λ of :func:`l1`.
+    soft thresholding followed by a shrinkage. γ = 0 gives :func:`l1`.
+
+    Args:
+      x: an array or a pytree of arrays (real).
+      hyperparams: the pair (λ, γ), both ≥ 0 (default (1, 1)); each a scalar, an array
+        broadcasting to every leaf of x, or a pytree like x.
+      scaling: s ≥ 0 (default 1), a scalar.
+
+    Returns:
+      prox(x), a pytree like x.
 
     >>> import jax.numpy as jnp
     >>> print(elastic_net(jnp.array([3.0, -0.5, -2.0]), (1.0, 1.0)))
@@ -225,7 +246,14 @@ def ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
 
         prox(x) = x / (1 + λ s).
 
-    λ is shaped as in :func:`l1`.
+    Args:
+      x: an array or a pytree of arrays (real).
+      hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
+        or a pytree like x (one λ per leaf).
+      scaling: s ≥ 0 (default 1), a scalar.
+
+    Returns:
+      prox(x), a pytree like x.
 
     >>> import jax.numpy as jnp
     >>> print(ridge(jnp.array([3.0, -1.0]), 1.0))
@@ -246,7 +274,14 @@ def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) ->
 
         prox(x)ᵢ = max(xᵢ, 0) / (1 + λ s).
 
-    λ is shaped as in :func:`l1`.
+    Args:
+      x: an array or a pytree of arrays (real).
+      hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
+        or a pytree like x (one λ per leaf).
+      scaling: s ≥ 0 (default 1), a scalar.
+
+    Returns:
+      prox(x), a pytree like x.
 
     >>> import jax.numpy as jnp
     >>> print(non_negative_ridge(jnp.array([3.0, -1.0]), 2.0))
@@ -279,6 +314,14 @@ def group_lasso(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree
     The derivative is finite everywhere, also at x = 0 (where it is 0 for λ s > 0). For several
     groups, apply it to each, e.g. ``jax.vmap(group_lasso, in_axes=(0, None))`` over equal-sized
     groups stacked along axis 0.
+
+    Args:
+      x: an array or a pytree of arrays (real), the group.
+      hyperparams: λ ≥ 0 (default 1), a scalar.
+      scaling: s ≥ 0 (default 1), a scalar.
+
+    Returns:
+      prox(x), a pytree like x.
 
     >>> import jax.numpy as jnp
     >>> print(group_lasso(jnp.array([3.0, 4.0]), 2.5))
@@ -425,6 +468,15 @@ def nuclear_norm(x: jax.Array, hyperparams: Any = 1.0, scaling: Any = 1.0) -> ja
     the derivative has its own rule (the closed-form derivative of the spectral function), so it
     is exact wherever no singular value equals λ s and, unlike differentiating through
     ``jnp.linalg.svd``, finite with repeated or zero singular values.
+
+    Args:
+      x: a real matrix (m × n), or a stack of them (…, m, n); integer entries become the default
+        float.
+      hyperparams: λ ≥ 0 (default 1): a scalar or an array broadcasting to the batch dimensions.
+      scaling: s ≥ 0 (default 1), a scalar.
+
+    Returns:
+      prox(x), shaped like x.
 
     >>> import jax.numpy as jnp
     >>> print(nuclear_norm(jnp.diag(jnp.array([3.0, 0.5])), 1.0).round(6))

@@ -39,38 +39,95 @@ map = jax.tree_util.tree_map
 
 
 def add(x: PyTree, y: PyTree) -> PyTree:
-    """x + y, leaf by leaf."""
+    """x + y, leaf by leaf.
+
+    Args:
+      x: a pytree of arrays.
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A pytree like x.
+    """
     return map(operator.add, x, y)
 
 
 def sub(x: PyTree, y: PyTree) -> PyTree:
-    """x − y, leaf by leaf."""
+    """x − y, leaf by leaf.
+
+    Args:
+      x: a pytree of arrays.
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A pytree like x.
+    """
     return map(operator.sub, x, y)
 
 
 def neg(x: PyTree) -> PyTree:
-    """−x, leaf by leaf."""
+    """−x, leaf by leaf.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x.
+    """
     return map(operator.neg, x)
 
 
 def scale(a: Any, x: PyTree) -> PyTree:
-    """a · x for a scalar a."""
+    """a · x for a scalar a.
+
+    Args:
+      a: a scalar (or an array broadcasting to every leaf).
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x.
+    """
     return map(lambda leaf: a * leaf, x)
 
 
 def axpy(a: Any, x: PyTree, y: PyTree) -> PyTree:
-    """a · x + y for a scalar a."""
+    """a · x + y for a scalar a.
+
+    Args:
+      a: a scalar (or an array broadcasting to every leaf).
+      x: a pytree of arrays.
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A pytree like x.
+    """
     return map(lambda xi, yi: a * xi + yi, x, y)
 
 
 def vdot(x: PyTree, y: PyTree) -> jax.Array:
-    """⟨x, y⟩ = Σᵢ Σⱼ conj(xᵢⱼ) yᵢⱼ over all leaves i and their entries j."""
+    """⟨x, y⟩ = Σᵢ Σⱼ conj(xᵢⱼ) yᵢⱼ over all leaves i and their entries j.
+
+    Args:
+      x: a pytree of arrays.
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A scalar, in the promoted dtype of the leaves (at least :func:`dtype` of x); 0 for an
+        empty tree.
+    """
     parts = jax.tree_util.tree_leaves(map(lambda a, b: jnp.vdot(a, b), x, y))
     return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
 
 
 def sum(x: PyTree) -> jax.Array:
-    """Σ of every entry of every leaf."""
+    """Σ of every entry of every leaf.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A scalar, in the promoted dtype of the leaves (at least :func:`dtype` of x); 0 for an
+        empty tree.
+    """
     parts = [jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(x)]
     return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
 
@@ -115,33 +172,78 @@ def norm(x: PyTree, ord: int | float = 2) -> jax.Array:
 
 
 def zeros_like(x: PyTree) -> PyTree:
-    """A tree of zeros shaped like x."""
+    """A tree of zeros shaped like x.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x (same leaf shapes and dtypes).
+    """
     return map(jnp.zeros_like, x)
 
 
 def ones_like(x: PyTree) -> PyTree:
-    """A tree of ones shaped like x."""
+    """A tree of ones shaped like x.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x (same leaf shapes and dtypes).
+    """
     return map(jnp.ones_like, x)
 
 
 def full_like(x: PyTree, value: Any) -> PyTree:
-    """A tree shaped like x, every entry equal to value."""
+    """A tree shaped like x, every entry equal to value.
+
+    Args:
+      x: a pytree of arrays.
+      value: a scalar.
+
+    Returns:
+      A pytree like x (same leaf shapes and dtypes).
+    """
     return map(lambda leaf: jnp.full_like(leaf, value), x)
 
 
 def where(condition: Any, x: PyTree, y: PyTree) -> PyTree:
-    """x where condition holds, y elsewhere; condition is a scalar or broadcasts to every leaf."""
+    """x where condition holds, y elsewhere, leaf by leaf.
+
+    Args:
+      condition: a boolean scalar, or an array broadcasting to every leaf.
+      x: a pytree of arrays.
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A pytree like x.
+    """
     return map(lambda a, b: jnp.where(condition, a, b), x, y)
 
 
 def size(x: PyTree) -> int:
-    """Number of entries in the whole tree (a Python int: shapes are static)."""
+    """The number of entries in the whole tree.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A Python int (shapes are static).
+    """
     return int(builtins.sum(leaf.size for leaf in jax.tree_util.tree_leaves(x)))
 
 
 def stop_gradient(x: PyTree) -> PyTree:
-    """``jax.lax.stop_gradient`` on the floating array leaves of x; other leaves (ints, strings,
-    callables, integer arrays) are returned as they are."""
+    """``jax.lax.stop_gradient`` on the floating (and complex) array leaves of x.
+
+    Args:
+      x: any pytree; its other leaves (ints, strings, callables, integer arrays) are
+        returned as they are.
+
+    Returns:
+      A pytree like x, carrying no derivative.
+    """
 
     def cut(leaf):
         if isinstance(leaf, jax.Array) or hasattr(leaf, "__array__"):
@@ -153,7 +255,15 @@ def stop_gradient(x: PyTree) -> PyTree:
 
 
 def dtype(x: PyTree) -> Any:
-    """The common floating dtype of the leaves (promoted); float32/64 per JAX's x64 flag if none."""
+    """The common floating dtype of the leaves, promoted with the default float.
+
+    Args:
+      x: a pytree (of arrays, or of anything ``jnp.result_type`` accepts).
+
+    Returns:
+      The dtype: float32 or float64 (per JAX's x64 flag) for integer leaves or an empty
+        tree, else the leaves' own floating or complex dtype, promoted together.
+    """
     leaves = jax.tree_util.tree_leaves(x)
     if not leaves:
         return jnp.result_type(float)

@@ -86,6 +86,9 @@ def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arra
       hyperparams: ``(A, b, G, h)``: A (p, n) and b (p,) for the equalities, G (m, n) and h (m,)
         for the inequalities; either pair may be ``(None, None)``.
 
+    Returns:
+      p, a vector of length n in the dtype that x, A, b, G and h promote to.
+
     Example:
       >>> import jax.numpy as jnp
       >>> G, h = jnp.array([[1.0, 1.0]]), jnp.array([1.0])  # the half-plane x₁ + x₂ ≤ 1

@@ -445,36 +445,6 @@ def _project(kind, name, x, a, b, maxiter, tol, solve):
 # ---------------------------------------------------------------------------------------------
 # Public functions.
 
-_MARGINALS_DOC = """``a`` and ``b`` must be non-negative with equal sums. If the sums differ, the
-    marginals used are ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and
-    derivatives follow that map). A negative entry of a, b, ā or b̄ makes U(a, b) empty:
-    concrete marginals raise ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative)
-    give an all-NaN P."""
-
-_ARGS_DOC = """Args:
-      x: {x}, shape (n, m).
-      hyperparams: the pair (a, b) of marginals, shapes (n,) and (m,).
-      maxiter: {maxiter}.
-      tol: relative tolerance of the marginals, see above; ``None`` means 1e-10 in float64 and
-        about 2e-5 in float32 (``linear_solve.default_tol``).
-      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
-        ({solve}).
-
-    Returns:
-      P*, shape (n, m), in the floating dtype that X, a and b promote to.
-"""
-
-
-def _documented(x: str, maxiter: str, solve: str) -> Callable:
-    """Fill the shared paragraphs ({marginals}, {args}) of a transport projection's docstring."""
-
-    def decorate(fun):
-        args = _ARGS_DOC.format(x=x, maxiter=maxiter, solve=solve)
-        fun.__doc__ = fun.__doc__.replace("{marginals}", _MARGINALS_DOC).replace("{args}", args)
-        return fun
-
-    return decorate
-
 
 def _transport(kind: str, name: str, x, hyperparams, maxiter, tol, solve) -> jax.Array:
     a, b = _unpack_marginals(hyperparams, name)
@@ -482,14 +452,6 @@ def _transport(kind: str, name: str, x, hyperparams, maxiter, tol, solve) -> jax
     return _project(kind, name, x, a, b, maxiter, tol, solve)
 
 
-@_documented(
-    x="the matrix X to project",
-    maxiter="the most L-BFGS iterations",
-    solve=(
-        'default ``"cg"``, which also solves the singular but consistent system of a solution\n'
-        '        whose support is disconnected, as a permutation matrix; dense ``"lu"`` fails there'
-    ),
-)
 def transport_polytope(
     x: Any,
     hyperparams: tuple[Any, Any],
@@ -511,14 +473,29 @@ def transport_polytope(
     solution of the problem without P ≥ 0, with a line search on slopes. Derivatives with
     respect to X, a and b come from the implicit function theorem on ∇D = 0.
 
-    {marginals}
+    ``a`` and ``b`` must be non-negative with equal sums. If the sums differ, the marginals used
+    are ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and derivatives follow that
+    map). A negative entry of a, b, ā or b̄ makes U(a, b) empty: concrete marginals raise
+    ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P.
 
     Stopping criterion: ‖∇D(α, β)‖∞ ≤ tol · max(‖a‖∞, ‖b‖∞), that is, every row and column sum of
     P is within that distance of its marginal; or after ``maxiter`` iterations, or when the line
     search finds no step that decreases the dual objective (tol below what rounding allows); the
     last iterate is then returned, without warning.
 
-    {args}
+    Args:
+      x: the matrix X to project, shape (n, m).
+      hyperparams: the pair (a, b) of marginals, shapes (n,) and (m,).
+      maxiter: the most L-BFGS iterations (default 1000).
+      tol: relative tolerance of the marginals, see above; ``None`` (default) means 1e-10 in
+        float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
+      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
+        (default ``"cg"``, which also solves the singular but consistent system of a solution
+        whose support is disconnected, as a permutation matrix; dense ``"lu"`` fails there).
+
+    Returns:
+      P*, shape (n, m), in the floating dtype that X, a and b promote to.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from implicitdiff.projections import transport_polytope
@@ -531,11 +508,6 @@ def transport_polytope(
     return _transport("euclidean", "transport_polytope", x, hyperparams, maxiter, tol, solve)
 
 
-@_documented(
-    x="the matrix X (log of the kernel K)",
-    maxiter="the most Sinkhorn iterations (one row and one column update each)",
-    solve='default ``"auto"``',
-)
 def kl_transport_polytope(
     x: Any,
     hyperparams: tuple[Any, Any],
@@ -558,14 +530,28 @@ def kl_transport_polytope(
     function theorem on the stationarity of the dual D(α, β) = ⟨α, a⟩ + ⟨β, b⟩ −
     Σ exp(X + α 1ᵀ + 1 βᵀ) − (⟨α, 1⟩ − ⟨β, 1⟩)² / (2 (n + m)) (see the module docstring).
 
-    {marginals}
+    ``a`` and ``b`` must be non-negative with equal sums. If the sums differ, the marginals used
+    are ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and derivatives follow that
+    map). A negative entry of a, b, ā or b̄ makes U(a, b) empty: concrete marginals raise
+    ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P.
 
     Stopping criterion: after each β update the column sums are exact; the iterations stop when
     every row sum is within tol · max(‖a‖∞, ‖b‖∞) of its marginal, and that (α, β) is returned;
     or after ``maxiter`` iterations (the last iterate is then returned, without warning). Sinkhorn
     converges linearly, more slowly as the spread of X grows.
 
-    {args}
+    Args:
+      x: the matrix X (log of the kernel K), shape (n, m).
+      hyperparams: the pair (a, b) of marginals, shapes (n,) and (m,).
+      maxiter: the most Sinkhorn iterations (one row and one column update each) (default 1000).
+      tol: relative tolerance of the marginals, see above; ``None`` (default) means 1e-10 in
+        float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
+      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
+        (default ``"auto"``).
+
+    Returns:
+      P*, shape (n, m), in the floating dtype that X, a and b promote to.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from implicitdiff.projections import kl_transport_polytope
@@ -591,6 +577,19 @@ def birkhoff_polytope(
     P* = argmin_{P ≥ 0, P 1 = 1, Pᵀ 1 = 1} ½ ‖P − X‖²_F for a square X:
     :func:`transport_polytope` with a = b = 1 (see it for the method, the stopping criterion,
     ‖P 1 − 1‖∞, ‖Pᵀ 1 − 1‖∞ ≤ tol, and the options). ``hyperparams`` is ignored.
+
+    Args:
+      x: the square matrix X to project, shape (n, n).
+      hyperparams: ignored (None).
+      maxiter: the most L-BFGS iterations (default 1000).
+      tol: relative tolerance of the row and column sums; ``None`` (default) means 1e-10 in
+        float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
+      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
+        (default ``"cg"``).
+
+    Returns:
+      P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
+        float).
 
     Example:
       >>> import jax.numpy as jnp
@@ -618,6 +617,19 @@ def kl_birkhoff_polytope(
     P* = argmin_{P ≥ 0, P 1 = 1, Pᵀ 1 = 1} KL(P ‖ exp(X)) = diag(u) exp(X) diag(v) for a square X:
     :func:`kl_transport_polytope` with a = b = 1 (see it for the method, the stopping criterion,
     ‖P 1 − 1‖∞ ≤ tol with exact column sums, and the options). ``hyperparams`` is ignored.
+
+    Args:
+      x: the square matrix X to project, shape (n, n).
+      hyperparams: ignored (None).
+      maxiter: the most Sinkhorn iterations (default 1000).
+      tol: relative tolerance of the row and column sums; ``None`` (default) means 1e-10 in
+        float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
+      solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
+        (default ``"auto"``).
+
+    Returns:
+      P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
+        float).
 
     Example:
       >>> import jax.numpy as jnp

@@ -90,7 +90,12 @@ class SolverError(RuntimeError):
 
 
 class OptStep(NamedTuple):
-    """What ``run`` and ``update`` return: unpacks as ``params, state``."""
+    """What ``run`` and ``update`` return: unpacks as ``params, state``.
+
+    Attributes:
+      params: the iterate, or the solution (a pytree; a :class:`KKTSolution` for the QP solvers).
+      state: the solver's state, a ``NamedTuple`` (``iter_num``, ``error``, ``converged``, ...).
+    """
 
     params: PyTree
     state: Any
@@ -434,7 +439,14 @@ class DifferentiableRun(abc.ABC):
 
     @abc.abstractmethod
     def optimality(self) -> tuple[str, Callable]:
-        """Subclasses define it (see the class docstring)."""
+        """The condition that the solution is differentiated through; each solver defines it.
+
+        Returns:
+          ``("root", F)`` for F(x, *args, **kwargs) = 0 at the solution
+            (:func:`implicitdiff.custom_root`) or ``("fixed_point", T)`` for
+            x = T(x, *args, **kwargs) (:func:`implicitdiff.custom_fixed_point`), with the arguments
+            of ``run`` after ``init_params``.
+        """
 
     def _differentiable_solution(self) -> Callable:
         if not self.implicit_diff:
@@ -445,12 +457,22 @@ class DifferentiableRun(abc.ABC):
         return decorator(fun, has_aux=True, solve=self.solve, on_failure=backward)(self._solution)
 
     def run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
-        """Solve from ``init_params``; returns ``OptStep(params, state)``.
+        """Solve from ``init_params``.
 
-        The arguments after ``init_params`` are those of the solver's objective (or of its
-        operators), as each solver documents; the solution is differentiable with respect to
-        each of them (not with respect to ``init_params``). A run that did not converge is
-        handled by the solver's ``on_failure`` policy (see :class:`IterativeSolver`).
+        The solution is differentiable with respect to each argument after ``init_params`` (not with
+        respect to ``init_params``). A run that did not converge is handled by the solver's
+        ``on_failure`` policy (see :class:`IterativeSolver`).
+
+        Args:
+          init_params: the starting point, a pytree (each solver documents what it accepts).
+          *args: the arguments of the solver's objective (or of its operators) after x, as each
+            solver documents.
+          **kwargs: their keyword arguments.
+
+        Returns:
+          ``OptStep(params, state)``: the solution and the solver's final state
+            (``state.converged``, ``state.error``, ``state.iter_num``, and for the iterative solvers
+            ``state.status``).
         """
         return _apply_failure_policy(self, self._run(init_params, *args, **kwargs))
 
@@ -591,11 +613,32 @@ class IterativeSolver(DifferentiableRun):
 
     @abc.abstractmethod
     def init_state(self, init_params: PyTree, /, *args, **kwargs) -> Any:
-        """Subclasses define it (see the class docstring)."""
+        """The state before the first iteration; each solver defines it.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the problem's arguments, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          The solver's state, a ``NamedTuple`` with at least ``iter_num`` (0), ``error``
+            (the stopping measure) and ``converged`` (False), and ``status`` (a :class:`Status`
+            code).
+        """
 
     @abc.abstractmethod
     def update(self, params: PyTree, state: Any, /, *args, **kwargs) -> OptStep:
-        """Subclasses define it (see the class docstring)."""
+        """One iteration; each solver defines it.
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the problem's arguments, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: the next iterate and its state (``iter_num`` + 1).
+        """
 
     def __post_init__(self):
         if not (isinstance(self.maxiter, int) and self.maxiter >= 1):

@@ -28,7 +28,13 @@ __all__ = ["KKTSolution", "qp_kkt"]
 
 
 class KKTSolution(NamedTuple):
-    """A QP's primal-dual solution (as JAXopt's): a tuple ``(primal, dual_eq, dual_ineq)``."""
+    """A QP's primal-dual solution (as JAXopt's): a tuple ``(primal, dual_eq, dual_ineq)``.
+
+    Attributes:
+      primal: x, shape (n,) (a pytree with matvec operators).
+      dual_eq: ν, the multipliers of Ax = b, shape (p,); None without equalities.
+      dual_ineq: λ ≥ 0, the multipliers of Gx ≤ h, shape (m,); None without inequalities.
+    """
 
     primal: PyTree
     dual_eq: PyTree

@@ -86,7 +86,22 @@ class BoxCDQP(IterativeSolver):
         params_obj: tuple | None = None,
         params_ineq: tuple | None = None,
     ) -> OptStep:
-        """Solve from ``init_params`` (clipped into the box; None: clip(0, l, u)); see the class."""
+        """Solve from ``init_params``; see the class.
+
+        Args:
+          init_params: the starting point, shape (n,), clipped into the box; None (default):
+            clip(0, l, u).
+          params_obj: ``(Q, c)``, Q of shape (n, n) and c of shape (n,); required.
+          params_ineq: ``(l, u)``, each a scalar or an array broadcasting to (n,), l ≤ u
+            (±inf allowed); required.
+
+        Returns:
+          ``OptStep(x, state)``: the primal solution x, shape (n,), and the ``BoxCDQPState``.
+
+        Raises:
+          TypeError: a missing or malformed pair.
+          ValueError: shapes that do not match, or concrete bounds with l > u somewhere.
+        """
         if params_obj is None or params_ineq is None:
             raise TypeError("BoxCDQP.run: params_obj=(Q, c) and params_ineq=(l, u) are required")
         check_pair("params_obj", params_obj)
@@ -114,6 +129,16 @@ class BoxCDQP(IterativeSolver):
         return super().run(clip_to_box(x0, lower, upper), (Q, c), (lower, upper))
 
     def init_state(self, init_params, params_obj, params_ineq) -> BoxCDQPState:
+        """The state before the first sweep: (Q + Qᵀ)/2 formed once.
+
+        Args:
+          init_params: the starting point x₀, shape (n,).
+          params_obj: ``(Q, c)``, as in ``run``.
+          params_ineq: ``(l, u)``, arrays of shape (n,) (``run`` broadcasts scalars).
+
+        Returns:
+          A ``BoxCDQPState``: iter_num 0, error inf, quadratic = (Q + Qᵀ)/2.
+        """
         dtype = dtype_of(*params_obj)
         Q = params_obj[0]
         return BoxCDQPState(
@@ -124,6 +149,20 @@ class BoxCDQP(IterativeSolver):
         )
 
     def update(self, params, state, params_obj, params_ineq) -> OptStep:
+        """One sweep over the coordinates i = 1, …, n.
+
+        xᵢ ← clip(xᵢ − (Qx + c)ᵢ / Qᵢᵢ, lᵢ, uᵢ), the gradient updated after each.
+
+        Args:
+          params: the current iterate x, shape (n,) (clipped into the box first).
+          state: the state at x (from ``init_state`` or the last ``update``).
+          params_obj: ``(Q, c)``, as in ``run``.
+          params_ineq: ``(l, u)``, arrays of shape (n,).
+
+        Returns:
+          ``OptStep(params, state)``: x after the sweep and its state (error
+            ‖x − clip(x − D⁻¹(Qx + c), l, u)‖₂).
+        """
         Q, c = params_obj
         lower, upper = params_ineq
         P = 0.5 * (Q + Q.T) if state.quadratic is None else state.quadratic
@@ -145,4 +184,10 @@ class BoxCDQP(IterativeSolver):
         return OptStep(x, state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through: x = T(x, (Q, c), (l, u)), with
+        T(x) = clip(x − D⁻¹(Qx + c), l, u) and D = diag(Q) (Q symmetrized).
+
+        Returns:
+          ``("fixed_point", T)``.
+        """
         return "fixed_point", _box_fixed_point

@@ -99,7 +99,24 @@ class EqualityConstrainedQP(IterativeSolver):
         params_obj: tuple | None = None,
         params_eq: tuple | None = None,
     ) -> OptStep:
-        """Solve from ``init_params`` ((x, ν, None), or None for zeros); see the class."""
+        """Solve from ``init_params``; see the class.
+
+        Args:
+          init_params: ``(x, ν, None)`` (a :class:`KKTSolution` or a triple; a None part is zeros),
+            or None (default) for zeros.
+          params_obj: ``(Q, c)``: Q of shape (n, n) and c of shape (n,) (with ``matvec_Q``, Q any
+            pytree of parameters); required.
+          params_eq: ``(A, b)``: A of shape (p, n) and b of shape (p,) (with ``matvec_A``, A any
+            pytree); None (default) for no constraint.
+
+        Returns:
+          ``OptStep(params, state)``: ``KKTSolution(x, ν, None)`` (ν None without ``params_eq``) and
+            the ``EqualityConstrainedQPState``.
+
+        Raises:
+          TypeError: a missing or malformed pair.
+          ValueError: dense arrays of shapes that do not match.
+        """
         if params_obj is None:
             raise TypeError("EqualityConstrainedQP.run: params_obj=(Q, c) is required")
         check_pair("params_obj", params_obj)
@@ -177,6 +194,16 @@ class EqualityConstrainedQP(IterativeSolver):
     # -- protocol --------------------------------------------------------------------------
 
     def init_state(self, init_params, params_obj, params_eq=None) -> EqualityConstrainedQPState:
+        """The state before the first solve (nothing is evaluated).
+
+        Args:
+          init_params: ``KKTSolution(x, ν, None)``, as ``run`` builds it.
+          params_obj: ``(Q, c)``, as in ``run``.
+          params_eq: ``(A, b)`` or None, as in ``run``.
+
+        Returns:
+          An ``EqualityConstrainedQPState``: iter_num 0, error inf.
+        """
         dtype = dtype_of(params_obj[1])
         return EqualityConstrainedQPState(
             iter_num=jnp.asarray(0),
@@ -185,6 +212,18 @@ class EqualityConstrainedQP(IterativeSolver):
         )
 
     def update(self, params, state, params_obj, params_eq=None) -> OptStep:
+        """One step of iterative refinement of K z = r: z ← z + K⁻¹(r − K z).
+
+        Args:
+          params: the current ``KKTSolution(x, ν, None)`` (z = (x, ν)).
+          state: the state at z (from ``init_state`` or the last ``update``).
+          params_obj: ``(Q, c)``, as in ``run``.
+          params_eq: ``(A, b)`` or None, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: the refined ``KKTSolution`` and its state (error ‖K z − r‖∞ /
+            (1 + ‖r‖∞)).
+        """
         params, error = self._refine(params, params_obj, params_eq)
         state = EqualityConstrainedQPState(
             iter_num=state.iter_num + 1,
@@ -194,4 +233,10 @@ class EqualityConstrainedQP(IterativeSolver):
         return OptStep(params, state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through: the KKT conditions
+        (Qx + c + Aᵀν, Ax − b) = 0 (:func:`qp_kkt`, with this solver's matvecs).
+
+        Returns:
+          ``("root", F)`` with F(z, params_obj, params_eq=None), z a :class:`KKTSolution`.
+        """
         return "root", self._kkt

@@ -86,6 +86,19 @@ class FixedPointIteration(IterativeSolver):
         _check_fixed_point_fun("FixedPointIteration", self.fixed_point_fun)
 
     def init_state(self, init_params, /, *args, **kwargs) -> FixedPointState:
+        """The state at ``init_params``: T evaluated there once.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fixed_point_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``FixedPointState``: iter_num 0, error ‖T(x₀) − x₀‖ and next_params = T(x₀).
+
+        Raises:
+          TypeError: T(x₀) is not shaped like x₀.
+        """
         next_params = self.fixed_point_fun(init_params, *args, **kwargs)
         _checks.check_like(
             init_params, next_params, "FixedPointIteration", "fixed_point_fun", "init_params"
@@ -98,6 +111,19 @@ class FixedPointIteration(IterativeSolver):
         )
 
     def update(self, params, state: FixedPointState, /, *args, **kwargs) -> OptStep:
+        """One iteration x⁺ = T(x), the state's next_params.
+
+        T(x⁺) is evaluated for the error and the next step.
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fixed_point_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (error ‖T(x⁺) − x⁺‖, next_params = T(x⁺)).
+        """
         params = state.next_params
         next_params = self.fixed_point_fun(params, *args, **kwargs)
         state = FixedPointState(
@@ -109,6 +135,11 @@ class FixedPointIteration(IterativeSolver):
         return OptStep(params, state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through: x = T(x, *args).
+
+        Returns:
+          ``("fixed_point", fixed_point_fun)``.
+        """
         return "fixed_point", self.fixed_point_fun
 
 
@@ -220,6 +251,20 @@ class AndersonAcceleration(IterativeSolver):
         return params_history, residuals_history, gram
 
     def init_state(self, init_params, /, *args, **kwargs) -> AndersonState:
+        """The state at ``init_params``: T evaluated there once, and the histories started.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fixed_point_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          An ``AndersonState``: iter_num 0, error ‖g₀‖ with g₀ = T(x₀) − x₀, the ring buffers
+            (``history_size`` copies of x) holding x₀ and g₀ in slot 0, and their Gram matrix.
+
+        Raises:
+          TypeError: T(x₀) is not shaped like x₀.
+        """
         m = self.history_size
         dtype = tree.dtype(init_params)
         next_params = self.fixed_point_fun(init_params, *args, **kwargs)
@@ -262,6 +307,21 @@ class AndersonAcceleration(IterativeSolver):
         return jnp.where(ok, w / jnp.where(ok, total, 1.0), fallback)
 
     def update(self, params, state: AndersonState, /, *args, **kwargs) -> OptStep:
+        """One iteration: the mixed point x⁺, then g⁺ = T(x⁺) − x⁺ recorded in the histories.
+
+        x⁺ = Σᵢ αᵢ (xᵢ + β gᵢ) over the filled slots of the histories every ``mixing_frequency``-th
+        iteration; the damped step x⁺ = x + β g otherwise, and always with ``history_size`` 1.
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fixed_point_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (error ‖T(x⁺) − x⁺‖, the updated histories
+            and Gram matrix).
+        """
         m = self.history_size
         k = state.iter_num
         position = jnp.mod(k, m)
@@ -300,4 +360,9 @@ class AndersonAcceleration(IterativeSolver):
         return OptStep(params, state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through: x = T(x, *args).
+
+        Returns:
+          ``("fixed_point", fixed_point_fun)``.
+        """
         return "fixed_point", self.fixed_point_fun

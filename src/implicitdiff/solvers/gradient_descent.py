@@ -65,6 +65,19 @@ class GradientDescent(IterativeSolver):
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
     def init_state(self, init_params, /, *args, **kwargs) -> GradientDescentState:
+        """The state at ``init_params``: f and ∇f evaluated there.
+
+        Checks first that ``fun`` takes ``(params, *args)``.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``GradientDescentState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀) and the step size
+            (``stepsize``, or 1 with backtracking).
+        """
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
@@ -80,6 +93,21 @@ class GradientDescent(IterativeSolver):
         )
 
     def update(self, params, state: GradientDescentState, /, *args, **kwargs) -> OptStep:
+        """One step x⁺ = x − η∇f(x, *args).
+
+        η is ``stepsize``; with backtracking, the first of increase_factor · η₋, then halvings of it
+        (at most 31 trials), with f(x − η∇f) ≤ f(x) − η‖∇f‖²/2, η₋ the state's last step (kept as is
+        where ∇f = 0).
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (f, ∇f and the error ‖∇f‖ at x⁺, the step η).
+        """
         direction = tree.neg(state.grad)
         eta = state.stepsize
         if self.stepsize == 0:
@@ -114,4 +142,9 @@ class GradientDescent(IterativeSolver):
         return OptStep(params, state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.stationary(fun))``.
+        """
         return "root", optimality.stationary(self.fun)

@@ -108,6 +108,11 @@ class HostSolver(HostWrapper):
             raise ValueError(f"{owner}: tol must be a number ≥ 0, got {self.tol!r}")
 
     def optimality(self) -> tuple[str, Callable]:
+        """The condition that the solution is differentiated through, as given.
+
+        Returns:
+          ``(kind, optimality_fun)``: ``("root", F)`` or ``("fixed_point", T)``.
+        """
         return self.kind, self.optimality_fun
 
     def _result_shape(self, init_params, args, kwargs) -> PyTree:

@@ -215,6 +215,18 @@ class LBFGSB(IterativeSolver):
         return value, ravel_pytree(grad)[0]
 
     def init_state(self, init_params, /, bounds, *args, **kwargs) -> LBFGSBState:
+        """The state at ``init_params``: f and ∇f evaluated there, on the flattened params.
+
+        Args:
+          init_params: the starting point x₀, a pytree of arrays.
+          bounds: ``(lower, upper)``, as in ``run``.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          An ``LBFGSBState``: iter_num 0, error ‖x₀ − P(x₀ − ∇f(x₀))‖, f(x₀), ∇f(x₀) (flattened), an
+            empty history, and γ = min(1, 1/‖∇f(x₀)‖).
+        """
         flat_x, unravel = ravel_pytree(init_params)
         lower, upper = _flat_bounds(init_params, bounds)
         dtype = flat_x.dtype
@@ -238,6 +250,19 @@ class LBFGSB(IterativeSolver):
         )
 
     def update(self, params, state: LBFGSBState, /, bounds, *args, **kwargs) -> OptStep:
+        """One projected quasi-Newton step x⁺ = P(x + αd): steps 1–4 of the class docstring.
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          bounds: ``(lower, upper)``, as in ``run``.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ (a pytree like x) and its state (f, ∇f and the projected
+            gradient error at x⁺, the step α, the history).
+        """
         x, unravel = ravel_pytree(params)
         lower, upper = _flat_bounds(params, bounds)
         g, value = state.grad, state.value
@@ -311,6 +336,15 @@ class LBFGSB(IterativeSolver):
         return OptStep(unravel(new_x), state)
 
     def optimality(self):
+        """The condition that differentiates the solution: x = P(x − ∇₁f(x, *args), bounds).
+
+        P is :func:`implicitdiff.projections.box` and the step η = 1
+        (:func:`implicitdiff.optimality.projected_gradient`).
+
+        Returns:
+          ``("fixed_point", T)`` with T(x, bounds, *args, **kwargs), the arguments of ``run`` after
+            ``init_params``.
+        """
         condition = optimality.projected_gradient(self.fun, projections.box, stepsize=1.0)
 
         def fixed_point_fun(x, /, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``

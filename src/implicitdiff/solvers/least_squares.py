@@ -137,6 +137,16 @@ class GaussNewton(IterativeSolver):
         )
 
     def init_state(self, init_params, /, *args, **kwargs) -> GaussNewtonState:
+        """The state at ``init_params``: ½‖r‖² and Jᵀr evaluated there (one VJP of r).
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``residual_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``GaussNewtonState``: iter_num 0, error ‖Jᵀr(x₀)‖, value ½‖r(x₀)‖², gradient Jᵀr(x₀).
+        """
         value, gradient = _value_and_gradient(self.residual_fun, init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         return GaussNewtonState(
@@ -148,6 +158,17 @@ class GaussNewton(IterativeSolver):
         )
 
     def update(self, params, state: GaussNewtonState, /, *args, **kwargs) -> OptStep:
+        """One full Gauss–Newton step x⁺ = x + d, (JᵀJ) d = −Jᵀr solved by ``solver`` (matrix-free).
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``residual_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (½‖r‖², Jᵀr and the error ‖Jᵀr‖ at x⁺).
+        """
         _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)
         direction = self._solve_step(lambda v: vjp(jvp(v)), tree.neg(state.gradient))
         params = tree.add(params, direction)
@@ -161,6 +182,11 @@ class GaussNewton(IterativeSolver):
         return OptStep(params, state)
 
     def optimality(self):
+        """The condition that differentiates the solution: ∂₁r(x, *args)ᵀ r(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.least_squares(residual_fun))``.
+        """
         return "root", optimality.least_squares(self.residual_fun)
 
 
@@ -267,6 +293,18 @@ class LevenbergMarquardt(IterativeSolver):
             )
 
     def init_state(self, init_params, /, *args, **kwargs) -> LevenbergMarquardtState:
+        """The state at ``init_params``: r, Jᵀr and the first damping there.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``residual_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``LevenbergMarquardtState``: iter_num 0, error ‖Jᵀr(x₀)‖, value ½‖r(x₀)‖², gradient
+            Jᵀr(x₀), damping μ₀ = ``damping_parameter`` · maxᵢ (JᵀJ)ᵢᵢ at x₀ (n JVPs; the maximum
+            taken as 1 when J = 0), ν = 2.
+        """
         dtype = tree.dtype(init_params)
         r, jvp, vjp = _linearize(self.residual_fun, init_params, args, kwargs)
         gradient = vjp(r)
@@ -286,6 +324,21 @@ class LevenbergMarquardt(IterativeSolver):
         )
 
     def update(self, params, state: LevenbergMarquardtState, /, *args, **kwargs) -> OptStep:
+        """One trial step x + d, taken or not by its gain ratio ρ.
+
+        (JᵀJ + μI) d = −Jᵀr is solved by ``solver`` (matrix-free), and μ, ν are updated by Nielsen's
+        rule (see the class).
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``residual_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ (x + d if accepted, else x) and its state (½‖r‖², Jᵀr and
+            the error ‖Jᵀr‖ at x⁺, μ, ν, ρ, whether the step was accepted).
+        """
         dtype = state.damping.dtype
         mu, nu = state.damping, state.damping_increase
         _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)
@@ -350,4 +403,9 @@ class LevenbergMarquardt(IterativeSolver):
         return OptStep(params, state)
 
     def optimality(self):
+        """The condition that differentiates the solution: ∂₁r(x, *args)ᵀ r(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.least_squares(residual_fun))``.
+        """
         return "root", optimality.least_squares(self.residual_fun)

@@ -40,9 +40,19 @@ __all__ = [
 
 
 class LineSearchState(NamedTuple):
-    """params = x + η d, value = f(params), grad = ∇f(params), aux (``fun``'s auxiliary output
-    at params with ``has_aux=True``, else None), done (η satisfies the condition), failed (it
-    does not: η is the search's fallback), iter_num (trials), num_fun_eval, num_grad_eval."""
+    """What a line search's ``run`` returns beside the step η.
+
+    Attributes:
+      params: x + η d.
+      value: f(params).
+      grad: ∇f(params).
+      aux: ``fun``'s auxiliary output at params with ``has_aux=True``, else None.
+      done: whether η satisfies the search's condition.
+      failed: whether it does not (η is then the search's fallback).
+      iter_num: the number of trials.
+      num_fun_eval: the number of evaluations of f.
+      num_grad_eval: the number of evaluations of ∇f.
+    """
 
     params: PyTree
     value: jax.Array
@@ -113,10 +123,22 @@ class LineSearch:
         return value_and_grad
 
     def search(self, value_and_grad, params, value, grad, direction, stepsize):
-        """The kernel on a given x ↦ (f(x), ∇f(x)): an :class:`implicitdiff._linesearch.Result`.
+        """The search on a given x ↦ (f(x), ∇f(x)).
 
-        What solvers call (they supply their own evaluation of f); ``run`` is the user's form.
-        Each line search (backtracking, zoom, Hager-Zhang) defines it.
+        What the solvers call (``run`` is the user's form). Each line search (backtracking, zoom,
+        Hager–Zhang) defines it.
+
+        Args:
+          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
+          params: the current point x, a pytree.
+          value: f(x).
+          grad: ∇f(x), a pytree like x.
+          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
+          stepsize: the first trial η₀ > 0.
+
+        Returns:
+          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
+            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
         """
         raise NotImplementedError(f"{type(self).__name__} must define search")
 
@@ -137,13 +159,16 @@ class LineSearch:
         Args:
           init_stepsize: the first trial η₀ (> 0; capped by ``max_stepsize``).
           params: the current point x, a pytree of arrays.
-          value, grad: f(x) and ∇f(x); computed when either is None.
+          value: f(x); computed (with ∇f(x)) when it or ``grad`` is None.
+          grad: ∇f(x), a pytree like x; computed (with f(x)) when it or ``value`` is None.
           descent_direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0; −∇f(x) if None.
-          *args, **kwargs: the arguments of ``fun`` after params (or ``fun_args`` and
-            ``fun_kwargs``, JAXopt's spelling).
+          *args: the arguments of ``fun`` after params.
+          fun_args: JAXopt's spelling: arguments of ``fun`` placed before ``*args``.
+          fun_kwargs: JAXopt's spelling: keyword arguments of ``fun`` (``**kwargs`` win).
+          **kwargs: the keyword arguments of ``fun``.
 
         Returns:
-          (stepsize, :class:`LineSearchState`).
+          The pair ``(stepsize, state)``: η, and the :class:`LineSearchState` at x + η d.
         """
         if fun_args is not None:
             args = (*tuple(fun_args), *args)
@@ -232,6 +257,22 @@ class BacktrackingLineSearch(LineSearch):
         _check_number("BacktrackingLineSearch", "decrease_factor", self.decrease_factor, 0, 1)
 
     def search(self, value_and_grad, params, value, grad, direction, stepsize):
+        """The search on a given x ↦ (f(x), ∇f(x)).
+
+        What the solvers call (``run`` is the user's form).
+
+        Args:
+          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
+          params: the current point x, a pytree.
+          value: f(x).
+          grad: ∇f(x), a pytree like x.
+          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
+          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
+
+        Returns:
+          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
+            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
+        """
         return _linesearch.backtracking(
             value_and_grad,
             params,
@@ -291,6 +332,22 @@ class ZoomLineSearch(LineSearch):
         _check_number("ZoomLineSearch", "increase_factor", self.increase_factor, 1, float("inf"))
 
     def search(self, value_and_grad, params, value, grad, direction, stepsize):
+        """The search on a given x ↦ (f(x), ∇f(x)).
+
+        What the solvers call (``run`` is the user's form).
+
+        Args:
+          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
+          params: the current point x, a pytree.
+          value: f(x).
+          grad: ∇f(x), a pytree like x.
+          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
+          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
+
+        Returns:
+          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
+            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
+        """
         return _linesearch.zoom(
             value_and_grad,
             params,
@@ -365,6 +422,22 @@ class HagerZhangLineSearch(LineSearch):
         )
 
     def search(self, value_and_grad, params, value, grad, direction, stepsize):
+        """The search on a given x ↦ (f(x), ∇f(x)).
+
+        What the solvers call (``run`` is the user's form).
+
+        Args:
+          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
+          params: the current point x, a pytree.
+          value: f(x).
+          grad: ∇f(x), a pytree like x.
+          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
+          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
+
+        Returns:
+          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
+            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
+        """
         return _linesearch.hager_zhang(
             value_and_grad,
             params,

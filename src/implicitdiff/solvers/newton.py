@@ -153,6 +153,16 @@ class Newton(IterativeSolver):
         object.__setattr__(self, "_grad", jax.grad(self.fun))
 
     def init_state(self, init_params, /, *args, **kwargs) -> NewtonState:
+        """The state at ``init_params``: f and ∇f evaluated there.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``NewtonState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀), step size 1, damping μ = 0.
+        """
         value, grad = self._value_and_grad(init_params, *args, **kwargs)
         dtype = tree.dtype(init_params)
         return NewtonState(
@@ -167,6 +177,22 @@ class Newton(IterativeSolver):
         )
 
     def update(self, params, state: NewtonState, /, *args, **kwargs) -> OptStep:
+        """One damped Newton step x⁺ = x + ηd.
+
+        d solves (∇²f(x) + μI) d = −∇f(x) by truncated CG on Hessian-vector products (−∇f(x) if it
+        does not descend), η by Armijo backtracking from 1 (at most ``maxls`` halvings), and μ is
+        updated as the class says.
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (f, ∇f and the error ‖∇f‖ at x⁺, η, the new
+            μ, whether d was CG's direction).
+        """
         dtype = state.stepsize.dtype
         grad = state.grad
         mu = state.damping
@@ -237,4 +263,9 @@ class Newton(IterativeSolver):
         return OptStep(params, state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.stationary(fun))``.
+        """
         return "root", optimality.stationary(self.fun)

@@ -189,7 +189,25 @@ class OSQP(IterativeSolver):
         params_eq: tuple | None = None,
         params_ineq: tuple | None = None,
     ) -> OptStep:
-        """Solve from ``init_params`` ((x, ν, λ) or None for zeros); see the class."""
+        """Solve from ``init_params``; see the class.
+
+        Args:
+          init_params: ``(x, ν, λ)`` (a :class:`KKTSolution` or a triple; a None part is zeros), or
+            None (default) for zeros.
+          params_obj: ``(Q, c)``: Q of shape (n, n), symmetric positive semidefinite, or None
+            (an LP), and c of shape (n,); required.
+          params_eq: ``(A, b)``: A of shape (p, n), b of shape (p,); None (default) for none.
+          params_ineq: ``(G, h)``: G of shape (m, n), h of shape (m,); None (default) for none.
+
+        Returns:
+          ``OptStep(params, state)``: ``KKTSolution(x, ν, λ)`` (None for an absent pair) and the
+            ``OSQPState`` (``state.status``: 0 solved, 1 maxiter, 2 primal infeasible, 3 dual
+            infeasible).
+
+        Raises:
+          TypeError: a missing or malformed pair.
+          ValueError: shapes that do not match.
+        """
         if params_obj is None:
             raise TypeError("OSQP.run: params_obj=(Q, c) is required")
         for name, pair in (
@@ -356,6 +374,21 @@ class OSQP(IterativeSolver):
     # -- protocol --------------------------------------------------------------------------
 
     def init_state(self, init_params, params_obj, params_eq=None, params_ineq=None) -> OSQPState:
+        """The state at ``init_params``.
+
+        It holds the stacked problem l ≤ Cx ≤ u, P = (Q + Qᵀ)/2, the Cholesky factor of
+        P + σI + CᵀRC for the initial ρ, z = clip(Cx, l, u), and the residuals there.
+
+        Args:
+          init_params: ``KKTSolution(x, ν, λ)``, as ``run`` builds it.
+          params_obj: ``(Q, c)``, as in ``run``.
+          params_eq: ``(A, b)`` or None, as in ``run``.
+          params_ineq: ``(G, h)`` or None, as in ``run``.
+
+        Returns:
+          An ``OSQPState``: iter_num 0, the error and residuals at the start, ρ, z, the factor, the
+            stacked data and the carried products.
+        """
         data = self._data(params_obj, params_eq, params_ineq)
         x = init_params[0]
         y = self._dual_vector(init_params, data)
@@ -379,6 +412,22 @@ class OSQP(IterativeSolver):
         )
 
     def update(self, params, state: OSQPState, params_obj, params_eq=None, params_ineq=None):
+        """One ADMM iteration on (x, z, y), as in the class docstring.
+
+        Then come the stopping and infeasibility tests and, with ``adaptive_rho``, a possible update
+        of ρ (and refactoring).
+
+        Args:
+          params: the current ``KKTSolution(x, ν, λ)`` (y = (ν, λ)).
+          state: the state at it (from ``init_state`` or the last ``update``).
+          params_obj: ``(Q, c)``, as in ``run``.
+          params_eq: ``(A, b)`` or None, as in ``run``.
+          params_ineq: ``(G, h)`` or None, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: the new ``KKTSolution`` and its state (error, residuals,
+            status, ρ, z, the products for the next iteration).
+        """
         data = self._state_data(state, params_obj, params_eq, params_ineq)
         x, z = params[0], state.z
         y = self._dual_vector(params, data)
@@ -502,4 +551,11 @@ class OSQP(IterativeSolver):
         return params, state
 
     def optimality(self):
+        """The condition that the solution is differentiated through: the KKT conditions
+        (Qx + c + Aᵀν + Gᵀλ, Ax − b, λ ∘ (Gx − h)) = 0 (:func:`qp_kkt`).
+
+        Returns:
+          ``("root", F)`` with F(z, params_obj, params_eq=None, params_ineq=None), z a
+            :class:`KKTSolution`.
+        """
         return "root", self._kkt

@@ -263,15 +263,53 @@ class ProximalGradient(_ProximalGradientBase):
     def init_state(
         self, init_params, /, hyperparams_prox, *args, **kwargs
     ) -> ProximalGradientState:
+        """The state before the first iteration (nothing is evaluated).
+
+        Checks that ``fun`` takes ``(params, *args)``.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          hyperparams_prox: as in ``run`` (unused here).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``ProximalGradientState``: iter_num 0, error inf, y = x₀, t = 1, and the step size
+            (``stepsize``, or 1 with backtracking).
+        """
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
         return self._init_state(init_params)
 
     def update(self, params, state, /, hyperparams_prox, *args, **kwargs) -> OptStep:
+        """One proximal gradient (FISTA or ISTA) step from the state's point y.
+
+        x⁺ = prox(y − η∇f(y), hyperparams_prox, η), with η fixed or found by backtracking
+        (see the class); with acceleration, t⁺ = (1 + √(1 + 4t²))/2 and
+        y⁺ = x⁺ + ((t − 1)/t⁺)(x⁺ − x), without it y⁺ = x⁺.
+
+        Args:
+          params: the current iterate x (used by the extrapolation).
+          state: the state at x (from ``init_state`` or the last ``update``).
+          hyperparams_prox: as in ``run``.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (error ‖x⁺ − y‖/η, y⁺, t⁺, η).
+        """
         return self._update(params, state, hyperparams_prox, args, kwargs)
 
     def optimality(self):
+        """The condition that the solution is differentiated through:
+        x = prox(x − η∇₁f(x, *args), hyperparams_prox, η).
+
+        η is ``stepsize`` when fixed, 1 with backtracking.
+
+        Returns:
+          ``("fixed_point", optimality.proximal_gradient(fun, prox, η))``.
+        """
         return "fixed_point", optimality.proximal_gradient(
             self.fun, self.prox, stepsize=self._fixed_point_stepsize
         )
@@ -343,15 +381,53 @@ class ProjectedGradient(_ProximalGradientBase):
     def init_state(
         self, init_params, /, hyperparams_proj, *args, **kwargs
     ) -> ProximalGradientState:
+        """The state before the first iteration (nothing is evaluated).
+
+        Checks that ``fun`` takes ``(params, *args)``.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          hyperparams_proj: as in ``run`` (unused here).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``ProximalGradientState``: iter_num 0, error inf, y = x₀, t = 1, and the step size
+            (``stepsize``, or 1 with backtracking).
+        """
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
         return self._init_state(init_params)
 
     def update(self, params, state, /, hyperparams_proj, *args, **kwargs) -> OptStep:
+        """One projected gradient step from the state's point y.
+
+        x⁺ = projection(y − η∇f(y), hyperparams_proj), with η fixed or found by backtracking
+        (see the class); with acceleration, t⁺ = (1 + √(1 + 4t²))/2 and
+        y⁺ = x⁺ + ((t − 1)/t⁺)(x⁺ − x), without it y⁺ = x⁺.
+
+        Args:
+          params: the current iterate x (used by the extrapolation).
+          state: the state at x (from ``init_state`` or the last ``update``).
+          hyperparams_proj: as in ``run``.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (error ‖x⁺ − y‖/η, y⁺, t⁺, η).
+        """
         return self._update(params, state, hyperparams_proj, args, kwargs)
 
     def optimality(self):
+        """The condition that the solution is differentiated through:
+        x = projection(x − η∇₁f(x, *args), hyperparams_proj).
+
+        η is ``stepsize`` when fixed, 1 with backtracking.
+
+        Returns:
+          ``("fixed_point", optimality.projected_gradient(fun, projection, η))``.
+        """
         return "fixed_point", optimality.projected_gradient(
             self.fun, self.projection, stepsize=self._fixed_point_stepsize
         )
@@ -440,6 +516,17 @@ class MirrorDescent(IterativeSolver):
         return self.projection(dual, hyperparams)
 
     def init_state(self, init_params, /, hyperparams_proj, *args, **kwargs) -> MirrorDescentState:
+        """The state before the first iteration (nothing is evaluated).
+
+        Args:
+          init_params: the starting point x₀, a pytree (positive entries for the entropy).
+          hyperparams_proj: as in ``run`` (unused here).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``MirrorDescentState``: iter_num 0, error inf.
+        """
         return MirrorDescentState(
             iter_num=jnp.asarray(0),
             error=jnp.asarray(jnp.inf, tree.dtype(init_params)),
@@ -449,6 +536,20 @@ class MirrorDescent(IterativeSolver):
     def update(
         self, params, state: MirrorDescentState, /, hyperparams_proj, *args, **kwargs
     ) -> OptStep:
+        """One step x⁺ = T(x) = P^φ(∇φ(x) − η∇f(x, *args), hyperparams_proj).
+
+        By default the entropic step x ⊙ exp(−η∇f(x)), normalized row by row.
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          hyperparams_proj: as in ``run``.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (error ‖x⁺ − x‖/η).
+        """
         grad = self._grad(params, *args, **kwargs)
         new_params = self._step(params, hyperparams_proj, grad)
         diff = jax.lax.stop_gradient(tree.sub(new_params, params))
@@ -456,6 +557,12 @@ class MirrorDescent(IterativeSolver):
         return OptStep(new_params, MirrorDescentState(state.iter_num + 1, error, state.converged))
 
     def optimality(self):
+        """The condition that the solution is differentiated through:
+        x = P^φ(∇φ(x) − η∇₁f(x, *args), hyperparams_proj).
+
+        Returns:
+          ``("fixed_point", optimality.mirror_descent(fun, projection, mapping, stepsize))``.
+        """
         return "fixed_point", optimality.mirror_descent(
             self.fun, self.projection, self.mapping, stepsize=self.stepsize
         )
@@ -696,6 +803,23 @@ class BlockCoordinateDescent(IterativeSolver):
     def init_state(
         self, init_params, /, hyperparams_prox, *args, **kwargs
     ) -> BlockCoordinateDescentState:
+        """The state before the first sweep: the step sizes ηᵢ, and p in composite form.
+
+        Args:
+          init_params: the starting point x₀, an array with at least one axis (its rows are the
+            blocks).
+          hyperparams_prox: as in ``run`` (unused here).
+          *args: the arguments of ``fun`` (and of ``outer_fun``, ``block_fun``) after x, as in
+            ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``BlockCoordinateDescentState``: iter_num 0, error inf, ηᵢ (``stepsize``, or 1/Lᵢ
+            computed at x₀), and p = Σᵢ block_fun(x₀ᵢ, i, *args) in composite form (else None).
+
+        Raises:
+          ValueError: x₀ has no axis, or ``stepsize`` has not one entry per block.
+        """
         init_params = jnp.asarray(init_params)
         if init_params.ndim < 1:
             raise ValueError("BlockCoordinateDescent: params must be an array with ≥ 1 axis")
@@ -740,6 +864,23 @@ class BlockCoordinateDescent(IterativeSolver):
     def update(
         self, params, state: BlockCoordinateDescentState, /, hyperparams_prox, *args, **kwargs
     ) -> OptStep:
+        """One sweep over the blocks i = 1, …, m.
+
+        Each block is updated with the latest x, xᵢ ← block_prox(xᵢ − ηᵢ[∇f(x)]ᵢ, hyperparams_prox,
+        ηᵢ) (in composite form with p kept up to date, and recomputed every ``REFRESH`` sweeps).
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          hyperparams_prox: as in ``run``.
+          *args: the arguments of ``fun`` (and of ``outer_fun``, ``block_fun``) after x, as in
+            ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x after the sweep and its state (the error, the block gradient
+            mapping at it; p).
+        """
         params, steps, p = jnp.asarray(params), state.stepsize, state.predictions
         if self._composite and p is None:  # a state built by hand
             p = self._predictions(params, args, kwargs)
@@ -757,6 +898,16 @@ class BlockCoordinateDescent(IterativeSolver):
         return OptStep(new_params, state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through:
+        xᵢ = block_prox(xᵢ − ηᵢ[∇₁f(x, *args)]ᵢ, hyperparams_prox, ηᵢ) for every block i.
+
+        The ηᵢ are ``stepsize``, or 1/Lᵢ computed where the condition is evaluated, as constants.
+
+        Returns:
+          ``("fixed_point", T)`` with T(x, hyperparams_prox, *args, **kwargs)
+            (:func:`implicitdiff.optimality.block_proximal_gradient`).
+        """
+
         def fixed_point_fun(x, /, hyperparams_prox, *args, **kwargs):
             steps = self._stepsizes(jax.lax.stop_gradient(x), args, kwargs)
             condition = optimality.block_proximal_gradient(self._smooth, self.block_prox, steps)

@@ -189,6 +189,11 @@ class _LineSearchSolver(IterativeSolver):
         return eta, new_value, new_grad
 
     def optimality(self):
+        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.stationary(fun))``.
+        """
         return "root", optimality.stationary(self.fun)
 
 
@@ -295,6 +300,19 @@ class LBFGS(_LineSearchSolver):
             )
 
     def init_state(self, init_params, /, *args, **kwargs) -> LbfgsState:
+        """The state at ``init_params``: f and ∇f evaluated there.
+
+        Checks first that ``fun`` takes ``(params, *args)``.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          An ``LbfgsState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀), and an empty memory
+            (``history_size`` slots, γ = 1).
+        """
         value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         m = self.history_size
@@ -314,6 +332,25 @@ class LBFGS(_LineSearchSolver):
         )
 
     def update(self, params, state: LbfgsState, /, *args, **kwargs) -> OptStep:
+        """One iteration x⁺ = x + ηd.
+
+        d = −H∇f(x) by the two-loop recursion (−∇f(x) if it does not descend), η by the line search
+        (first trial 1, or min(1, 1/‖∇f‖) with an empty memory).
+
+        The pair s = x⁺ − x, y = ∇f(x⁺) − ∇f(x) enters the memory if it passes the curvature test;
+        the memory is cleared after a direction that did not descend or a search that made no
+        progress (see the class).
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (f, ∇f and the error ‖∇f‖ at x⁺, η, the
+            memory).
+        """
         dtype = state.rho_history.dtype
         direction = tree.neg(
             _linesearch.two_loop(
@@ -440,6 +477,19 @@ class BFGS(_LineSearchSolver):
     """
 
     def init_state(self, init_params, /, *args, **kwargs) -> BfgsState:
+        """The state at ``init_params``: f and ∇f evaluated there.
+
+        Checks first that ``fun`` takes ``(params, *args)``.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``BfgsState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀), and H = I (n × n, n the number
+            of entries of x₀), flagged as the identity.
+        """
         value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         n = tree.size(init_params)
@@ -455,6 +505,22 @@ class BFGS(_LineSearchSolver):
         )
 
     def update(self, params, state: BfgsState, /, *args, **kwargs) -> OptStep:
+        """One iteration x⁺ = x + ηd, and the BFGS update of H.
+
+        d = −H∇f(x) (−∇f(x) if it does not descend), η by the line search (first trial 1, or
+        min(1, 1/‖∇f‖) while H = I), and the BFGS update of H by the pair s = x⁺ − x,
+        y = ∇f(x⁺) − ∇f(x) (H = I scaled by sᵀy / yᵀy first; the pair skipped, or H reset to I, as
+        the class says).
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (f, ∇f and the error ‖∇f‖ at x⁺, η, H).
+        """
         H = state.inv_hessian
         dtype = H.dtype
         flat_grad, unravel = ravel_pytree(state.grad)
@@ -579,6 +645,19 @@ class NonlinearCG(_LineSearchSolver):
             )
 
     def init_state(self, init_params, /, *args, **kwargs) -> NonlinearCGState:
+        """The state at ``init_params``: f and ∇f evaluated there.
+
+        Checks first that ``fun`` takes ``(params, *args)``.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``NonlinearCGState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀), the direction
+            d = −∇f(x₀), its slope −‖∇f(x₀)‖², and the first trial step min(1, 1/‖∇f(x₀)‖).
+        """
         value, grad = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         return NonlinearCGState(
@@ -593,6 +672,22 @@ class NonlinearCG(_LineSearchSolver):
         )
 
     def update(self, params, state: NonlinearCGState, /, *args, **kwargs) -> OptStep:
+        """One iteration x⁺ = x + ηd, then the next direction.
+
+        η comes from the line search along the state's direction d; the next direction is
+        d⁺ = −∇f(x⁺) + βd (with the ``method``'s β, or a restart d⁺ = −∇f(x⁺), as the class says)
+        and the first trial step of the next search.
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (f, ∇f and the error ‖∇f‖ at x⁺, d⁺, its
+            slope, the next first trial).
+        """
         dtype = state.slope.dtype
         g, d = state.grad, state.direction
         eta, value, new_g = self._search(params, state.value, g, d, state.stepsize, args, kwargs)

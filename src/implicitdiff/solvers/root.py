@@ -145,6 +145,20 @@ class Broyden(IterativeSolver):
         return self.gamma * jnp.eye(n, dtype=x.dtype)
 
     def init_state(self, init_params, /, *args, **kwargs) -> BroydenState:
+        """The state at ``init_params``: G evaluated there, and the first inverse-Jacobian estimate.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``BroydenState``: iter_num 0, error ‖G(x₀)‖, G(x₀) (flattened), H₀ (the exact inverse
+            Jacobian at x₀, or gamma · I) and the direction −H₀G(x₀).
+
+        Raises:
+          TypeError: G(x₀) has not as many entries as x₀.
+        """
         flat_fun = self._flat_fun(init_params, args, kwargs)
         x, _ = ravel_pytree(init_params)
         value = flat_fun(x)
@@ -194,6 +208,21 @@ class Broyden(IterativeSolver):
         return sg(t), sg(ok), sg(trial_value), sg(first_value)
 
     def update(self, params, state: BroydenState, /, *args, **kwargs) -> OptStep:
+        """One iteration: the safeguarded step x⁺ = x + td, then the Broyden update of H.
+
+        d = −HG(x) is the state's direction; x is kept when the search fails, and then H is reset
+        (see the class).
+
+        Args:
+          params: the current iterate x.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (G and the error ‖G‖ at x⁺, H, t (0 after a
+            failed search), the next direction).
+        """
         flat_fun = self._flat_fun(params, args, kwargs)
         x, unravel = ravel_pytree(params)
         h, value = state.inverse_jacobian, state.value
@@ -243,6 +272,11 @@ class Broyden(IterativeSolver):
         return OptStep(unravel(x_new), state)
 
     def optimality(self):
+        """The condition that the solution is differentiated through: G(x, *args) = 0.
+
+        Returns:
+          ``("root", fun)``.
+        """
         return "root", self.fun
 
 
@@ -354,6 +388,20 @@ class Bisection(IterativeSolver):
         return value
 
     def init_state(self, init_params, /, *args, **kwargs) -> BisectionState:
+        """The state at the start: G at lower, upper and ``init_params``, and the bracket.
+
+        Args:
+          init_params: the first iterate, the midpoint of [lower, upper] (``run`` passes it).
+          *args: the arguments of ``optimality_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``BisectionState``: iter_num 0, error |G(x₀)|, G(x₀), the bracket [lower, upper], its
+            sign (+1 for G increasing across it) and whether it is valid.
+
+        Raises:
+          TypeError: G does not return a scalar.
+        """
         dtype = jnp.result_type(init_params)
         low = jnp.asarray(self.lower, dtype)
         high = jnp.asarray(self.upper, dtype)
@@ -379,6 +427,18 @@ class Bisection(IterativeSolver):
         )
 
     def update(self, params, state: BisectionState, /, *args, **kwargs) -> OptStep:
+        """One bisection step: the half of the bracket where G changes sign, x⁺ its midpoint.
+
+        Args:
+          params: the current iterate x, the midpoint of the state's bracket.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``optimality_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (G and the error |G| at x⁺, the halved
+            bracket).
+        """
         # params is the midpoint of [low, high] and state.value = G(params): keep the half on
         # which G changes sign, then evaluate G at its midpoint.
         below = state.sign * state.value < 0  # the root is above params
@@ -409,10 +469,29 @@ class Bisection(IterativeSolver):
         )
 
     def optimality(self):
+        """The condition that the solution is differentiated through: G(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality_fun)``.
+        """
         return "root", self.optimality_fun
 
     def run(self, init_params: Any = None, *args, **kwargs) -> OptStep:
-        """Solve on [lower, upper]; ``init_params`` is ignored. Returns ``OptStep(x, state)``."""
+        """Solve on [lower, upper]; ``init_params`` is ignored.
+
+        Args:
+          init_params: ignored (JAXopt's convention; the start is the bracket's midpoint).
+          *args: the arguments of ``optimality_fun`` after x (differentiable).
+          **kwargs: its keyword arguments.
+
+        Returns:
+          ``OptStep(x, state)``: the root x, a scalar in the default float dtype (NaN for an invalid
+            bracket), and the ``BisectionState``.
+
+        Raises:
+          ValueError: with ``check_bracket``, concrete arguments and an invalid bracket (naming
+            lower, upper and G there).
+        """
         del init_params
         dtype = jnp.result_type(float)
         start = jnp.asarray(0.5 * (float(self.lower) + float(self.upper)), dtype)

@@ -148,6 +148,11 @@ class ScipyMinimize(HostWrapper):
         return MINIMIZE_METHODS
 
     def optimality(self) -> tuple[str, Callable]:
+        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.stationary(fun))``.
+        """
         return "root", optimality.stationary(self.fun)
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
@@ -293,11 +298,32 @@ class ScipyBoundedMinimize(ScipyMinimize):
     _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
 
     def optimality(self) -> tuple[str, Callable]:
+        """The condition that differentiates the solution: x = P(x − ∇₁fun(x, *args), bounds).
+
+        P is the projection onto the box (:func:`implicitdiff.projections.box`).
+
+        Returns:
+          ``("fixed_point", optimality.projected_gradient(fun, projections.box))``.
+        """
         return "fixed_point", optimality.projected_gradient(self.fun, projections.box)
 
     def run(self, init_params: PyTree, bounds: Any, *args, **kwargs):
-        """Solve from ``init_params`` within ``bounds = (lower, upper)``; ``bounds`` may be given
-        by keyword (it is passed on positionally, where the optimality condition expects it)."""
+        """Solve from ``init_params`` within ``bounds = (lower, upper)``.
+
+        ``bounds`` may be given by keyword (it is passed on positionally, where the optimality
+        condition expects it).
+
+        Args:
+          init_params: the starting point, a pytree of floating arrays.
+          bounds: ``(lower, upper)``: each a scalar, an array broadcasting to the params, or a
+            pytree like them; ±inf for a free side (not None).
+          *args: the arguments of ``fun`` after x (differentiable, as ``bounds``).
+          **kwargs: its keyword arguments.
+
+        Returns:
+          ``OptStep(params, state)``: the solution and its ``ScipyState`` (error
+            ‖P(x − ∇f(x)) − x‖).
+        """
         return super().run(init_params, bounds, *args, **kwargs)
 
     def _check_arguments(self, init_params, args, kwargs) -> None:
@@ -369,6 +395,11 @@ class ScipyRootFinding(HostWrapper):
         import_scipy_optimize()
 
     def optimality(self) -> tuple[str, Callable]:
+        """The condition that the solution is differentiated through: optimality_fun(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality_fun)``.
+        """
         return "root", self.optimality_fun
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
@@ -483,6 +514,11 @@ class ScipyLeastSquares(HostWrapper):
         import_scipy_optimize()
 
     def optimality(self) -> tuple[str, Callable]:
+        """The condition that differentiates the solution: ∂₁r(x, *args)ᵀ r(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.least_squares(residual_fun))``.
+        """
         return "root", optimality.least_squares(self.residual_fun)
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
