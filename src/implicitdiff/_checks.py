@@ -166,3 +166,13 @@ def check_bounds(owner: str, lower: Any, upper: Any, name: str = "bounds") -> No
                 f"{owner}: {name} = (lower, upper) must have lower ≤ upper entry by entry (the "
                 f"box is empty otherwise), got lower={lower!r}, upper={upper!r}"
             )
+
+
+def check_positive_number(value: Any, name: str, owner: str, *, allow_zero: bool) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a finite Python number > 0
+    (≥ 0 with ``allow_zero``); a bool is not a number here."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and value < float("inf")
+    if not ok:
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")

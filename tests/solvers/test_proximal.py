@@ -17,13 +17,10 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import Lasso
 
 from implicitdiff import projections, prox
+from implicitdiff.solvers.block_cd import BlockCoordinateDescent
 from implicitdiff.solvers.lbfgsb import LBFGSB
-from implicitdiff.solvers.proximal import (
-    BlockCoordinateDescent,
-    MirrorDescent,
-    ProjectedGradient,
-    ProximalGradient,
-)
+from implicitdiff.solvers.mirror_descent import MirrorDescent
+from implicitdiff.solvers.proximal import ProjectedGradient, ProximalGradient
 
 RNG = np.random.default_rng(0)
 

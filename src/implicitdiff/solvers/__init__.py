@@ -10,6 +10,7 @@ from implicitdiff.solvers._base import SolverError as SolverError
 from implicitdiff.solvers._base import SolverWarning as SolverWarning
 from implicitdiff.solvers._base import Status as Status
 from implicitdiff.solvers._qp_common import KKTSolution as KKTSolution
+from implicitdiff.solvers.block_cd import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.box_cdqp import BoxCDQP as BoxCDQP
 from implicitdiff.solvers.equality_qp import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers.fixed_point import AndersonAcceleration as AndersonAcceleration
@@ -23,10 +24,9 @@ from implicitdiff.solvers.linesearch import BacktrackingLineSearch as Backtracki
 from implicitdiff.solvers.linesearch import HagerZhangLineSearch as HagerZhangLineSearch
 from implicitdiff.solvers.linesearch import LineSearchState as LineSearchState
 from implicitdiff.solvers.linesearch import ZoomLineSearch as ZoomLineSearch
+from implicitdiff.solvers.mirror_descent import MirrorDescent as MirrorDescent
 from implicitdiff.solvers.newton import Newton as Newton
 from implicitdiff.solvers.osqp import OSQP as OSQP
-from implicitdiff.solvers.proximal import BlockCoordinateDescent as BlockCoordinateDescent
-from implicitdiff.solvers.proximal import MirrorDescent as MirrorDescent
 from implicitdiff.solvers.proximal import ProjectedGradient as ProjectedGradient
 from implicitdiff.solvers.proximal import ProximalGradient as ProximalGradient
 from implicitdiff.solvers.quasi_newton import BFGS as BFGS
