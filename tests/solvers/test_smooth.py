@@ -1,4 +1,4 @@
-"""Smooth unconstrained solvers: LBFGS, BFGS, NonlinearCG (quasi_newton.py) and Newton.
+"""Smooth unconstrained solvers: LBFGS, BFGS (quasi_newton.py), NonlinearCG, Newton.
 
 Problems: ridge regression on pytree params (closed form), L2-regularized logistic regression
 (scikit-learn's Newton-CG as reference; finite differences of its solutions for derivatives) and
@@ -18,7 +18,8 @@ from jax.flatten_util import ravel_pytree
 from sklearn.linear_model import LogisticRegression
 
 from implicitdiff.solvers.newton import Newton
-from implicitdiff.solvers.quasi_newton import BFGS, LBFGS, NonlinearCG
+from implicitdiff.solvers.nonlinear_cg import NonlinearCG
+from implicitdiff.solvers.quasi_newton import BFGS, LBFGS
 
 # ---------------------------------------------------------------------------------------------
 # Solvers: every configuration under test, built from (fun, options).

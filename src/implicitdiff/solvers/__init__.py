@@ -26,12 +26,12 @@ from implicitdiff.solvers.linesearch import LineSearchState as LineSearchState
 from implicitdiff.solvers.linesearch import ZoomLineSearch as ZoomLineSearch
 from implicitdiff.solvers.mirror_descent import MirrorDescent as MirrorDescent
 from implicitdiff.solvers.newton import Newton as Newton
+from implicitdiff.solvers.nonlinear_cg import NonlinearCG as NonlinearCG
 from implicitdiff.solvers.osqp import OSQP as OSQP
 from implicitdiff.solvers.proximal import ProjectedGradient as ProjectedGradient
 from implicitdiff.solvers.proximal import ProximalGradient as ProximalGradient
 from implicitdiff.solvers.quasi_newton import BFGS as BFGS
 from implicitdiff.solvers.quasi_newton import LBFGS as LBFGS
-from implicitdiff.solvers.quasi_newton import NonlinearCG as NonlinearCG
 from implicitdiff.solvers.root import Bisection as Bisection
 from implicitdiff.solvers.root import Broyden as Broyden
 from implicitdiff.solvers.scipy import ScipyBoundedMinimize as ScipyBoundedMinimize
