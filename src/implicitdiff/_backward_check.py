@@ -211,7 +211,7 @@ def _fallback_report(dense: bool, site) -> Callable:
     return host
 
 
-# The same reporting, for the solvers' own failure policy (solvers/_base.py, on_failure="warn"
+# The same reporting, for the solvers' own failure policy (solvers/_failures.py, on_failure="warn"
 # inside a transformation): x unchanged, one warning per failing call, at the user's line.
 user_site = _user_site
 report_if = _report_if

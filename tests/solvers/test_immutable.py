@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from implicitdiff import projections, solvers
-from implicitdiff.solvers import _base
+from implicitdiff.solvers import _base, _compile_cache
 
 A = jnp.array([0.2, 0.3, 0.5])  # sums to 1 (mirror descent on the simplex)
 BOUNDS = (-10.0, 10.0)
@@ -330,14 +330,14 @@ def test_compiled_programs_stay_bounded_with_a_new_function_per_run():
     lambdas they hold) beyond the documented bound are released."""
     base = solvers.FixedPointIteration(fixed_point_fun=_fixed_point(1), tol=1e-8)
     alive = []
-    for i in range(_base.COMPILE_CACHE_SIZE + 8):
+    for i in range(_compile_cache.COMPILE_CACHE_SIZE + 8):
         fun = lambda x, a, i=i: 0.5 * x + 0.5 * a + 0.0 * i  # noqa: E731
         alive.append(weakref.ref(fun))
         x, _ = dataclasses.replace(base, fixed_point_fun=fun).run(jnp.zeros(3), A)
         del fun
     np.testing.assert_allclose(x, A, atol=1e-6)
-    assert len(_base._COMPILED) <= _base.COMPILE_CACHE_SIZE
-    assert _alive_after_jax_caches_cleared(alive) <= _base.COMPILE_CACHE_SIZE
+    assert len(_compile_cache._COMPILED) <= _compile_cache.COMPILE_CACHE_SIZE
+    assert _alive_after_jax_caches_cleared(alive) <= _compile_cache.COMPILE_CACHE_SIZE
 
 
 def test_compiled_programs_stay_bounded_with_a_new_static_argument_per_run():
@@ -355,8 +355,8 @@ def test_compiled_programs_stay_bounded_with_a_new_static_argument_per_run():
         x, _ = solver.run(jnp.zeros(3), A, shift)
         del shift
     np.testing.assert_allclose(x, A, atol=1e-6)
-    assert len(solver._compiled) <= _base.COMPILE_CACHE_SIZE
-    assert _alive_after_jax_caches_cleared(alive) <= _base.COMPILE_CACHE_SIZE
+    assert len(solver._compiled) <= _compile_cache.COMPILE_CACHE_SIZE
+    assert _alive_after_jax_caches_cleared(alive) <= _compile_cache.COMPILE_CACHE_SIZE
 
 
 def test_equal_solvers_share_one_compilation():

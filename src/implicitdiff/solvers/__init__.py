@@ -6,9 +6,9 @@ returns ``(params, state)``; see :mod:`implicitdiff.solvers._base` for the proto
 
 from implicitdiff.solvers._base import IterativeSolver as IterativeSolver
 from implicitdiff.solvers._base import OptStep as OptStep
-from implicitdiff.solvers._base import SolverError as SolverError
-from implicitdiff.solvers._base import SolverWarning as SolverWarning
-from implicitdiff.solvers._base import Status as Status
+from implicitdiff.solvers._failures import SolverError as SolverError
+from implicitdiff.solvers._failures import SolverWarning as SolverWarning
+from implicitdiff.solvers._failures import Status as Status
 from implicitdiff.solvers._qp_common import KKTSolution as KKTSolution
 from implicitdiff.solvers.block_cd import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.box_cdqp import BoxCDQP as BoxCDQP

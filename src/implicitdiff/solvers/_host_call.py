@@ -35,11 +35,8 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
-from implicitdiff.solvers._base import (
-    COMPILE_CACHE_SIZE,
-    LRU,
-    DifferentiableRun,
-)
+from implicitdiff.solvers._base import DifferentiableRun
+from implicitdiff.solvers._compile_cache import COMPILE_CACHE_SIZE, LRU
 
 __all__: list[str] = []
 

@@ -22,7 +22,8 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _linesearch, tree
 from implicitdiff._typing import PyTree
-from implicitdiff.solvers._base import IterativeSolver, OptStep, Status
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._failures import Status
 
 __all__ = ["Bisection", "BisectionState", "Broyden", "BroydenState"]
 
