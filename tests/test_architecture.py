@@ -32,6 +32,9 @@ LAYERS = {
     "implicitdiff._backward_check": 2,
     "implicitdiff._condition": 2,
     # 3. operators of the catalog: projections onto simple sets, prox, losses
+    "implicitdiff._projection_common": 3,
+    "implicitdiff._projection_affine": 3,
+    "implicitdiff._projection_cones": 3,
     "implicitdiff._projection_ops": 3,
     "implicitdiff.prox": 3,
     "implicitdiff.losses": 3,

@@ -1,0 +1,95 @@
+"""Helpers of the projections in :mod:`implicitdiff._projection_ops` and its sibling modules
+(internal): dtypes, checks of concrete hyperparameters, and a norm safe to differentiate at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from implicitdiff import tree
+from implicitdiff._typing import PyTree
+
+__all__ = [
+    "as_dtype_of",
+    "check_non_negative",
+    "check_ordered",
+    "concrete_leaves",
+    "float_array",
+    "safe_sqrt",
+    "stable_norm",
+]
+
+
+def float_array(x: ArrayLike) -> jax.Array:
+    """x as a JAX array of a floating dtype (integers and booleans become the default float)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def as_dtype_of(value: ArrayLike, x: jax.Array) -> jax.Array:
+    """value as an array; Python numbers take x's dtype, arrays keep their own."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return jnp.asarray(value, dtype=x.dtype)
+    return float_array(value)
+
+
+def concrete_leaves(value: Any) -> list[np.ndarray] | None:
+    """The leaves of value as NumPy arrays, or None if any of them is traced."""
+    leaves = jax.tree_util.tree_leaves(value)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return None
+    return [np.asarray(leaf) for leaf in leaves]
+
+
+def check_non_negative(name: str, value: Any) -> None:
+    """Raise a ValueError naming ``name`` if some entry of a concrete ``value`` is negative."""
+    leaves = concrete_leaves(value)
+    if leaves is not None and any(np.any(leaf < 0) for leaf in leaves):
+        raise ValueError(f"{name} must be non-negative, got {name}={value!r}")
+
+
+def check_ordered(lower_name: str, lower: Any, upper_name: str, upper: Any) -> None:
+    """Raise if some entry of lower exceeds the matching entry of upper (both concrete)."""
+    lo, up = concrete_leaves(lower), concrete_leaves(upper)
+    if lo is None or up is None:
+        return
+    if len(lo) == 1:
+        lo = lo * len(up)
+    if len(up) == 1:
+        up = up * len(lo)
+    for a, b in zip(lo, up, strict=False):
+        if np.any(np.greater(a, b)):
+            raise ValueError(
+                f"{lower_name} must not exceed {upper_name}: {lower_name} > {upper_name} in "
+                f"some entry ({lower_name}={lower!r}, {upper_name}={upper!r})"
+            )
+
+
+def safe_sqrt(square: jax.Array, positive: jax.Array) -> jax.Array:
+    """sqrt(square) where ``positive``, else 1: no infinite derivative of sqrt at 0."""
+    return jnp.sqrt(jnp.where(positive, square, 1.0))
+
+
+def stable_norm(x: PyTree) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(‖x‖₂, a safe divisor, ‖x‖₂ > 0) for a pytree x, without overflow or underflow.
+
+    ‖x‖₂ = m · sqrt(Σ (xⱼ/m)²) with m = ‖x‖∞ held constant (its derivative is x/‖x‖₂ all the
+    same): exact to rounding for entries of 1e±30 in float32, whose squares over- or underflow.
+    The norm is 0 at x = 0 with derivative 0 there (not NaN); the divisor equals the norm where
+    it is positive and is positive elsewhere, so that dividing by it is safe in both branches of
+    a ``jnp.where``.
+    """
+    m = jax.lax.stop_gradient(tree.norm(x, jnp.inf))
+    scale = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
+    scaled = tree.map(lambda leaf: leaf / scale.astype(leaf.dtype), x)
+    square = jnp.real(tree.vdot(scaled, scaled))
+    positive = square > 0
+    divisor = (scale * safe_sqrt(square, positive)).astype(square.dtype)
+    return jnp.where(positive, divisor, 0).astype(square.dtype), divisor, positive
