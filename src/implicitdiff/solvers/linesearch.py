@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _linesearch, tree
+from implicitdiff import _hager_zhang, _linesearch, tree
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -373,7 +373,7 @@ class HagerZhangLineSearch(LineSearch):
 
     Bracketing by expansion (× ``expansion_factor``) from min(η₀, ``max_stepsize``), then
     secant² steps on φ', with bisection when a secant² step shrinks the bracket by less than
-    ``shrinkage_factor`` (see :func:`implicitdiff._linesearch.hager_zhang`). As in JAXopt, no
+    ``shrinkage_factor`` (see :func:`implicitdiff._hager_zhang.hager_zhang`). As in JAXopt, no
     step is accepted before a bracket is found, so the step lands near the line minimizer (on it
     for a quadratic), at the cost of a few more evaluations than stopping at the first Wolfe
     point. Unlike JAXopt's,
@@ -438,7 +438,7 @@ class HagerZhangLineSearch(LineSearch):
           An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
             ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
         """
-        return _linesearch.hager_zhang(
+        return _hager_zhang.hager_zhang(
             value_and_grad,
             params,
             value,
