@@ -1,6 +1,6 @@
 """The machinery shared by the host wrappers (:mod:`implicitdiff.solvers.scipy`,
-:mod:`implicitdiff.solvers.host`): a host solve run through ``jax.pure_callback`` inside a
-jitted, differentiable ``run``.
+:mod:`implicitdiff.solvers.scipy_root`, :mod:`implicitdiff.solvers.host`): a host solve run
+through ``jax.pure_callback`` inside a jitted, differentiable ``run``.
 
 Conventions (JAXopt's): ``solver.run(init_params, *args, **kwargs)`` returns
 ``OptStep(params, state)``; the solution is differentiable with respect to every array in

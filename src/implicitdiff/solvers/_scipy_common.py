@@ -1,5 +1,6 @@
-"""What the SciPy wrappers of :mod:`implicitdiff.solvers.scipy` share: SciPy's method names,
-their state, the option checks, and the conversions between pytrees and SciPy's flat vectors."""
+"""What the SciPy wrappers of :mod:`implicitdiff.solvers.scipy` and
+:mod:`implicitdiff.solvers.scipy_root` share: SciPy's method names, their state, the option
+checks, and the conversions between pytrees and SciPy's flat vectors."""
 
 from __future__ import annotations
 
