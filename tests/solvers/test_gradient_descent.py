@@ -34,15 +34,7 @@ def test_converges_to_closed_form(options):
 
 @pytest.mark.parametrize("implicit_diff", [True, False], ids=["implicit", "unrolled"])
 @pytest.mark.parametrize("options", SOLVERS.values(), ids=SOLVERS.keys())
-def test_hypergradients_match_closed_form(options, implicit_diff, request):
-    if not implicit_diff and not options:  # backtracking, unrolled
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="open (issue 12 item 6 follow-up): the unrolled derivative carried past the "
-                "stop test drifts with a backtracking step that grows after convergence",
-            )
-        )
+def test_hypergradients_match_closed_form(options, implicit_diff):
     solver = GradientDescent(
         fun=ridge_objective, tol=1e-10, maxiter=6000, implicit_diff=implicit_diff, **options
     )

@@ -397,14 +397,7 @@ def _derivatives(case: str, implicit_diff: bool):
     [
         "lasso-fista",
         "lasso-backtracking-checkpointed",
-        pytest.param(
-            "lbfgsb",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="open (issue 12 item 6 follow-up): the unrolled derivative carried past the "
-                "stop test drifts once the iterates have converged",
-            ),
-        ),
+        "lbfgsb",
         "mirror-descent",
         "block-coordinate-descent",
     ],

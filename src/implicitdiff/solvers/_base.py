@@ -360,6 +360,10 @@ class IterativeSolver(DifferentiableRun):
     def _done(self, state) -> jax.Array:
         return (state.iter_num >= self.maxiter) | (state.error <= self.tol)
 
+    def _searches_its_step(self) -> bool:
+        """Whether ``update`` chooses its step by a line search (see :meth:`_unrolled`)."""
+        return False
+
     def _stop(self, params, state) -> jax.Array:
         """Leave the loop: ``_done``, or a non-finite error (no use going on).
 
@@ -449,15 +453,24 @@ class IterativeSolver(DifferentiableRun):
         derivative, at the update's own rate. The returned iterate is ``kept``'s value with
         ``live``'s derivative (they coincide until ``kept`` stops). Same work per step as a
         single masked loop (one ``update``).
+
+        Except for a solver that searches its step (:meth:`_searches_its_step`): past
+        convergence its line search sees only rounding noise (a zero gradient accepts any
+        step, and the step grows), so the linearized update it would continue with is not a
+        contraction and the derivative diverges. There ``live`` stops with ``kept``: the
+        derivative is that of the iterations taken (JAXopt's), and a run that stops before its
+        first iteration (a start at the solution) has the derivative of its start.
         """
+        searches = self._searches_its_step()
 
         def masked_step(carry, _):
             live, kept = carry
+            stopped = self._stop(*kept)
             params, state = step(live)
             # The error is a stopping measure: no derivative (a norm has none at an exact 0).
             moved = (params, state._replace(error=jax.lax.stop_gradient(state.error)))
-            live = tree.where(jax.lax.stop_gradient(self._broken(*live)), live, moved)
-            stopped = self._stop(*kept)
+            halt = self._broken(*live) | stopped if searches else self._broken(*live)
+            live = tree.where(jax.lax.stop_gradient(halt), live, moved)
             kept = tree.where(stopped, kept, jax.lax.stop_gradient(moved))
             return (live, kept), None
 

@@ -94,6 +94,10 @@ class LineSearchSolver(IterativeSolver):
             raise ValueError(f"{name}: max_stepsize must be > 0, got {self.max_stepsize!r}")
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
+    def _searches_its_step(self) -> bool:
+        """Every step comes from a line search."""
+        return True
+
     def _evaluate(self, params, /, *args, **kwargs):
         """(f, ∇f) at params, f cast to the params' real dtype (whatever dtype ``fun`` returns)."""
         value, grad = self._value_and_grad(params, *args, **kwargs)

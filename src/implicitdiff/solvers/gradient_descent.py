@@ -64,6 +64,10 @@ class GradientDescent(IterativeSolver):
             raise ValueError(f"GradientDescent: stepsize must be ≥ 0, got {self.stepsize!r}")
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
+    def _searches_its_step(self) -> bool:
+        """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
+        return self.stepsize <= 0
+
     def init_state(self, init_params, /, *args, **kwargs) -> GradientDescentState:
         """The state at ``init_params``: f and ∇f evaluated there.
 

@@ -199,6 +199,10 @@ class LBFGSB(IterativeSolver):
             )
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
 
+    def _searches_its_step(self) -> bool:
+        """Every step comes from a search along the projected arc."""
+        return True
+
     def _check_arguments(self, init_params, args, kwargs) -> None:
         if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
             _checks.check_bounds("LBFGSB.run", *args[0])

@@ -134,6 +134,10 @@ class _ProximalGradientBase(IterativeSolver):
         """η of the fixed point that differentiates: the fixed step, or 1 with backtracking."""
         return float(self.stepsize) if self.stepsize > 0 else 1.0
 
+    def _searches_its_step(self) -> bool:
+        """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
+        return self.stepsize <= 0
+
     def _init_state(self, init_params) -> ProximalGradientState:
         dtype = tree.dtype(init_params)
         return ProximalGradientState(
