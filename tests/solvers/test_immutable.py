@@ -7,6 +7,7 @@ the fields, and the cache of compiled programs stays bounded when each run bring
 """
 
 import dataclasses
+import functools
 import gc
 import inspect
 import weakref
@@ -21,6 +22,10 @@ from implicitdiff.solvers import _base
 
 A = jnp.array([0.2, 0.3, 0.5])  # sums to 1 (mirror descent on the simplex)
 BOUNDS = (-10.0, 10.0)
+
+# The programs these tests build are compiled with LLVM's optimizations off (XLA's own HLO
+# passes all run): about a quarter less compilation time, the same values to rounding.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _minimized(c):
@@ -294,7 +299,7 @@ def test_replace_runs_with_its_own_settings(name):
     # order into one program: each ``run`` looks its compiled program up in the library's cache
     # by the solver's settings, so a replacement that reused the original's program (or the
     # reverse) shows in the iteration counts.
-    @jax.jit
+    @_jit
     def iterations(a):
         return tuple(case.solve(s, a)[1].iter_num for s in (solver, changed, solver))
 
@@ -320,7 +325,7 @@ def test_replace_function_changes_value_and_derivative(name):
     runs = ((1, solver), (2, swapped), (1, solver))  # the original is unchanged after
 
     # One program for the three runs and their Jacobians, traced in this order (see above).
-    @jax.jit
+    @_jit
     def jacobians(a):
         return [
             jax.jacobian(lambda a, s=s: (case.solve(s, a)[0],) * 2, has_aux=True)(a)
