@@ -81,12 +81,18 @@ class Problem:
         """∇²(L∘x*)(θ) = JᵀJ + Σᵢ (x* − target)ᵢ ∇²x*ᵢ."""
         theta = np.asarray(theta, np.float64)
         if self.solution_jax is not None:
-            return np.asarray(jax.hessian(lambda t: self.outer_loss(self.solution_jax(t)))(theta))
+            return np.asarray(_closed_form_outer_hessian(self)(theta))
         x = np.asarray(self.solution(theta)).reshape(-1)
         jac = np.asarray(self.jacobian(theta)).reshape(x.size, theta.size)
         second = np.asarray(self.second_derivative(theta)).reshape(x.size, theta.size, theta.size)
         hess = jac.T @ jac + np.einsum("i,ijk->jk", x - self.target.reshape(-1), second)
         return hess.reshape(theta.shape + theta.shape)
+
+
+@functools.cache
+def _closed_form_outer_hessian(problem: Problem) -> Callable:
+    """θ ↦ ∇²(L∘x*)(θ) by ``jax.hessian`` of the JAX closed form, compiled once per problem."""
+    return jax.jit(jax.hessian(lambda t: problem.outer_loss(problem.solution_jax(t))))
 
 
 def _rng(seed: int) -> np.random.RandomState:

@@ -7,12 +7,18 @@ solves. Each cell (solver, problem, transform) runs that map under one transform
 values, not shapes, against the problem's closed form in float64:
 
 - eager: x*(θ) and ∇(L∘x*)(θ) for the outer loss L(x) = ½‖x − target‖², without an outer jit
-  (the user's default path); every other cell is one ``jax.jit`` (compiled once):
+  (the user's default path); every other cell is under ``jax.jit``:
 - grad: ``jax.value_and_grad(L∘x*)``;  jvp: the primal and J v;  jacfwd: J = ∂x*/∂θ;
 - hessian: ∇²(L∘x*)(θ);  vmap: x* and ∇(L∘x*) over a batch of θ;
 - scan: the solver inside a ``lax.scan`` body over the batch, differentiated through the scan;
 - checkpoint: ``jax.checkpoint`` around the solve, then ``grad``;
 - shard_map: one problem per device on 8 devices (all axes manual), values and gradients.
+
+The jitted cells of a solver but shard_map are outputs of ONE compiled program per solver, built
+by the first of its cells to run and read by each cell, which checks its own part: XLA compiles
+the solver's loops once for all of them instead of once per cell. shard_map (a program over 8
+devices) and eager stay programs of their own, as does a cell marked in ``XFAIL`` (so that its
+failure is its own).
 
 A new solver gets all of this by adding one line to ``SOLVERS`` (and a known failure one line to
 ``XFAIL``, strict, so that the fix flips it).
@@ -41,6 +47,11 @@ from implicitdiff.solvers._base import DifferentiableRun
 # difference (~1e-9).
 TOL = {"rtol": 1e-7, "atol": 1e-8}
 HESSIAN_TOL = {"rtol": 1e-6, "atol": 1e-7}
+
+# The programs these tests build are compiled with LLVM's optimizations off (XLA's own HLO
+# passes all run): about a quarter less compilation time, the same values to rounding (every
+# check here is at ≥ 1e-10). The library's own programs (eager runs) keep the defaults.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 # ---------------------------------------------------------------------------------------------
 # Adapters: problem → solve map θ ↦ x*(θ), one per form a solver consumes.
@@ -260,6 +271,9 @@ CELLS = [
     for transform in (TRANSFORMS if i == 0 else TRANSFORMS[:1])
 ]
 
+# The transforms computed in the solver's one program (the others each compile their own).
+MERGED = ("grad", "jvp", "jacfwd", "hessian", "vmap", "scan", "checkpoint")
+
 
 def test_every_solver_class_is_in_the_matrix():
     """A solver class exported by implicitdiff.solvers without a registry line fails here."""
@@ -321,38 +335,28 @@ def _close(actual, expected, tol=TOL):
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), **tol)
 
 
-@pytest.mark.parametrize(("solver", "problem", "transform"), CELLS)
-def test_matrix(solver, problem, transform):
-    p = problems.get(problem)
-    solve = _solve_map(solver, problem)
-    theta = jnp.asarray(p.theta)
-    thetas = jnp.asarray(p.thetas)
+def _direction(p) -> np.ndarray:
+    """The tangent v of the jvp cell."""
+    return np.linspace(1.0, -0.5, p.theta.size).reshape(p.theta.shape)
+
+
+def _transform(transform: str, p, solve: Callable) -> Callable:
+    """The function of (θ, v, θs) that a jitted cell compiles (``transform`` not eager)."""
 
     def loss(t):
         return p.outer_loss(solve(t))
 
-    if transform == "eager":  # the user's default path: no outer jit
-        _close(solve(theta), p.solution(p.theta))
-        _close(jax.grad(loss)(theta), p.hypergradient(p.theta))
-    elif transform == "grad":  # jitted once, as every cell below
-        value, grad = jax.jit(jax.value_and_grad(loss))(theta)
-        _close(value, p.outer_loss(p.solution(p.theta)))
-        _close(grad, p.hypergradient(p.theta))
-    elif transform == "jvp":
-        v = jnp.asarray(np.linspace(1.0, -0.5, p.theta.size).reshape(p.theta.shape))
-        x, tangent = jax.jit(lambda t, v: jax.jvp(solve, (t,), (v,)))(theta, v)
-        _close(x, p.solution(p.theta))
-        expected = np.tensordot(p.jacobian(p.theta), np.asarray(v), axes=np.ndim(v))
-        _close(tangent, expected)
-    elif transform == "jacfwd":
-        _close(jax.jit(jax.jacfwd(solve))(theta), p.jacobian(p.theta))
-    elif transform == "hessian":
-        _close(jax.jit(jax.hessian(loss))(theta), p.outer_hessian(p.theta), HESSIAN_TOL)
-    elif transform == "vmap":
-        xs, grads = jax.jit(jax.vmap(lambda t: (solve(t), jax.grad(loss)(t))))(thetas)
-        _close(xs, np.stack([p.solution(t) for t in p.thetas]))
-        _close(grads, np.stack([p.hypergradient(t) for t in p.thetas]))
-    elif transform == "scan":
+    if transform == "grad":
+        return lambda t, v, ts: (solve(t), jax.value_and_grad(loss)(t))
+    if transform == "jvp":
+        return lambda t, v, ts: jax.jvp(solve, (t,), (v,))
+    if transform == "jacfwd":
+        return lambda t, v, ts: jax.jacfwd(solve)(t)
+    if transform == "hessian":
+        return lambda t, v, ts: jax.hessian(loss)(t)
+    if transform == "vmap":
+        return lambda t, v, ts: jax.vmap(lambda t: (solve(t), jax.grad(loss)(t)))(ts)
+    if transform == "scan":
 
         def total(ts):
             def body(carry, t):
@@ -361,15 +365,11 @@ def test_matrix(solver, problem, transform):
 
             return lax.scan(body, jnp.zeros(()), ts)
 
-        (_, xs), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(thetas)
-        _close(xs, np.stack([p.solution(t) for t in p.thetas]))
-        _close(grads, np.stack([p.hypergradient(t) for t in p.thetas]))
-    elif transform == "checkpoint":
+        return lambda t, v, ts: jax.value_and_grad(total, has_aux=True)(ts)
+    if transform == "checkpoint":
         checkpointed = jax.checkpoint(solve)
-        value, grad = jax.jit(jax.value_and_grad(lambda t: p.outer_loss(checkpointed(t))))(theta)
-        _close(value, p.outer_loss(p.solution(p.theta)))
-        _close(grad, p.hypergradient(p.theta))
-    elif transform == "shard_map":
+        return lambda t, v, ts: jax.value_and_grad(lambda t: p.outer_loss(checkpointed(t)))(t)
+    if transform == "shard_map":
         sharded = jax.shard_map(
             lambda ts: solve(ts[0])[None],
             mesh=_mesh(),
@@ -377,13 +377,85 @@ def test_matrix(solver, problem, transform):
             out_specs=P("batch"),
         )
 
-        def total(ts):
+        def total_sharded(ts):
             xs = sharded(ts)
             return jnp.sum(jax.vmap(p.outer_loss)(xs)), xs
 
-        (_, xs), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(thetas)
+        return lambda t, v, ts: jax.value_and_grad(total_sharded, has_aux=True)(ts)
+    raise AssertionError(transform)  # pragma: no cover
+
+
+def _inputs(p) -> tuple:
+    return jnp.asarray(p.theta), jnp.asarray(_direction(p)), jnp.asarray(p.thetas)
+
+
+def _xfailed(solver: str, problem: str, transform: str) -> bool:
+    keys = ((solver, problem, transform), (solver, "*", transform), ("*", "*", transform))
+    return any(key in XFAIL for key in keys)
+
+
+def _merged_cells(solver: str) -> list[tuple[str, str]]:
+    """The (problem, transform) cells of the solver computed by its one program."""
+    first = SOLVERS[solver][1][0]
+    return [(first, t) for t in MERGED if not _xfailed(solver, first, t)]
+
+
+@functools.cache
+def _merged_outputs(solver: str) -> dict:
+    """{(problem, transform): outputs} of every merged cell of the solver, from one ``jax.jit``
+    (compiled and run once per session)."""
+    cells = _merged_cells(solver)
+    fns = [_transform(t, problems.get(name), _solve_map(solver, name)) for name, t in cells]
+    inputs = [_inputs(problems.get(name)) for name, _ in cells]
+    program = _jit(lambda inputs: [f(*i) for f, i in zip(fns, inputs, strict=True)])
+    return dict(zip(cells, program(inputs), strict=True))
+
+
+def _outputs(solver: str, problem: str, transform: str):
+    """The outputs of a jitted cell: read from the solver's one program, or compiled alone."""
+    if (problem, transform) in _merged_cells(solver):
+        return _merged_outputs(solver)[problem, transform]
+    p = problems.get(problem)
+    return _jit(_transform(transform, p, _solve_map(solver, problem)))(*_inputs(p))
+
+
+@pytest.mark.parametrize(("solver", "problem", "transform"), CELLS)
+def test_matrix(solver, problem, transform):
+    p = problems.get(problem)
+    solve = _solve_map(solver, problem)
+
+    if transform == "eager":  # the user's default path: no outer jit
+        theta = jnp.asarray(p.theta)
+        _close(solve(theta), p.solution(p.theta))
+        _close(jax.grad(lambda t: p.outer_loss(solve(t)))(theta), p.hypergradient(p.theta))
+        return
+    out = _outputs(solver, problem, transform)
+    if transform == "grad":
+        x, (value, grad) = out
+        _close(x, p.solution(p.theta))
+        _close(value, p.outer_loss(p.solution(p.theta)))
+        _close(grad, p.hypergradient(p.theta))
+    elif transform == "jvp":
+        x, tangent = out
+        _close(x, p.solution(p.theta))
+        expected = np.tensordot(p.jacobian(p.theta), _direction(p), axes=p.theta.ndim)
+        _close(tangent, expected)
+    elif transform == "jacfwd":
+        _close(out, p.jacobian(p.theta))
+    elif transform == "hessian":
+        _close(out, p.outer_hessian(p.theta), HESSIAN_TOL)
+    elif transform == "vmap":
+        xs, grads = out
         _close(xs, np.stack([p.solution(t) for t in p.thetas]))
         _close(grads, np.stack([p.hypergradient(t) for t in p.thetas]))
+    elif transform in ("scan", "shard_map"):
+        (_, xs), grads = out
+        _close(xs, np.stack([p.solution(t) for t in p.thetas]))
+        _close(grads, np.stack([p.hypergradient(t) for t in p.thetas]))
+    elif transform == "checkpoint":
+        value, grad = out
+        _close(value, p.outer_loss(p.solution(p.theta)))
+        _close(grad, p.hypergradient(p.theta))
     else:  # pragma: no cover
         raise AssertionError(transform)
 
