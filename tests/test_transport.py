@@ -4,6 +4,8 @@ invariances, and implicit derivatives against central finite differences."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,7 +194,8 @@ def test_bad_arguments():
 
 # ---------------------------------------------------------------------------------------------
 # Derivatives: jvp and vjp against central finite differences. Each function is differentiated
-# as a function of (X, (a, b)) with tight solves, so one compilation serves every tangent.
+# as a function of (X, (a, b)) with tight solves, in one jitted program per kind and shape that
+# gives P, J t and Jᵀ w from one linearization: every test of that shape shares it.
 
 
 def tight(kind):
@@ -203,12 +206,30 @@ def tight_birkhoff(kind):
     return lambda x: BIRKHOFF[kind](x, tol=TIGHT)
 
 
-def check_jvp_and_vjp(fun, primals, tangents, cotangent, rtol=1e-5, atol=1e-6):
-    """J t (jax.jvp) and ⟨w, J t⟩ = ⟨Jᵀw, t⟩ (jax.vjp) against J t by central differences."""
+def _linearized(fun, primals, tangents, cotangent):
+    """fun(primals), J t (forward mode) and Jᵀ w (its transpose: reverse mode)."""
+    out, jvp = jax.linearize(fun, *primals)
+    return out, jvp(*tangents), jax.linear_transpose(jvp, *primals)(cotangent)
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def transport_derivatives(kind, primals, tangents, cotangent):
+    """P(X, (a, b)), J t and Jᵀ w = (w̄_X, (w̄_a, w̄_b)) of the tight transport projection."""
+    return _linearized(tight(kind), primals, tangents, cotangent)
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def birkhoff_derivatives(kind, primals, tangents, cotangent):
+    """P(X), J t and Jᵀ w = (w̄_X,) of the tight Birkhoff projection."""
+    return _linearized(tight_birkhoff(kind), primals, tangents, cotangent)
+
+
+def check_jvp_and_vjp(fun, derivatives, primals, tangents, cotangent, rtol=1e-5, atol=1e-6):
+    """J t (forward mode) and ⟨w, J t⟩ = ⟨Jᵀw, t⟩ (reverse mode), both by ``derivatives``,
+    against J t by central differences of ``fun``."""
     expected = finite_difference_jvp(lambda p: fun(*p), primals, tangents)
-    _, jvp_out = jax.jvp(fun, primals, tangents)
+    _, jvp_out, vjp_out = derivatives(primals, tangents, cotangent)
     assert_tree_allclose(jvp_out, expected, rtol=rtol, atol=atol)
-    vjp_out = jax.vjp(fun, *primals)[1](cotangent)
     lhs = float(jnp.vdot(cotangent, expected))
     rhs = sum(
         float(jnp.vdot(u, v))
@@ -237,14 +258,16 @@ def transport_tangents(x, a, b, which):
 def test_derivative(kind, which):
     x, a, b = problem(11)
     tangents = transport_tangents(x, a, b, which)
-    check_jvp_and_vjp(tight(kind), (x, (a, b)), tangents, random_tangent(x, seed=3))
+    derivatives = functools.partial(transport_derivatives, kind)
+    check_jvp_and_vjp(tight(kind), derivatives, (x, (a, b)), tangents, random_tangent(x, seed=3))
 
 
 @pytest.mark.parametrize("kind", ["euclidean", "kl"])
 def test_derivative_birkhoff(kind):
     x, _, _ = problem(12, n=5, m=5)
     t, w = random_tangent(x, seed=4), random_tangent(x, seed=5)
-    check_jvp_and_vjp(tight_birkhoff(kind), (x,), (t,), w)
+    derivatives = functools.partial(birkhoff_derivatives, kind)
+    check_jvp_and_vjp(tight_birkhoff(kind), derivatives, (x,), (t,), w)
 
 
 def test_derivative_with_a_disconnected_support():
@@ -254,27 +277,39 @@ def test_derivative_with_a_disconnected_support():
     p = birkhoff_polytope(x, tol=TIGHT)
     assert np.sum(np.isclose(p, 1.0)) >= 1
     t, w = random_tangent(x, seed=6), random_tangent(x, seed=7)
-    check_jvp_and_vjp(tight_birkhoff("euclidean"), (x,), (t,), w)
+    derivatives = functools.partial(birkhoff_derivatives, "euclidean")
+    check_jvp_and_vjp(tight_birkhoff("euclidean"), derivatives, (x,), (t,), w)
 
 
 # ---------------------------------------------------------------------------------------------
 # Transformations.
 
 
+@functools.partial(jax.jit, static_argnames="kind")
+def _value_and_grad_under_jit(kind, x, a, b, w):
+    def loss(x, a, b):
+        p = tight(kind)(x, (a, b))
+        return jnp.vdot(w, p), p
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(x, a, b)
+
+
 @pytest.mark.parametrize("kind", ["euclidean", "kl"])
 def test_jit(kind):
     x, a, b = problem(11)
     w = random_tangent(x, seed=3)
-
-    def loss(x, a, b):
-        return jnp.vdot(w, tight(kind)(x, (a, b)))
-
-    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, a, b)
-    out, vjp = jax.vjp(tight(kind), x, (a, b))
+    (value, p), grads = _value_and_grad_under_jit(kind, x, a, b, w)
+    out = tight(kind)(x, (a, b))  # outside jit: concrete marginals
     np.testing.assert_allclose(value, jnp.vdot(w, out), rtol=1e-12)
-    gx, (ga, gb) = vjp(w)
+    tangents = transport_tangents(x, a, b, "all")
+    _, _, (gx, (ga, gb)) = transport_derivatives(kind, (x, (a, b)), tangents, w)
     assert_tree_allclose(grads, (gx, ga, gb), rtol=1e-9, atol=1e-11)
-    np.testing.assert_allclose(jax.jit(tight(kind))(x, (a, b)), out, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(p, out, rtol=1e-12, atol=1e-14)
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def _batched_jvp(kind, xs, ts):
+    return jax.jvp(jax.vmap(tight_birkhoff(kind)), (xs,), (ts,))
 
 
 @pytest.mark.parametrize("kind", ["euclidean", "kl"])
@@ -282,10 +317,9 @@ def test_vmap(kind):
     # Spreads 1, 2, 3: the last gives a disconnected support for the Euclidean projection.
     xs = jnp.stack([problem(seed, n=5, m=5, spread=1.0 + seed)[0] for seed in range(3)])
     ts = random_tangent(xs, seed=8)
-    fun = tight_birkhoff(kind)
-    batched, batched_t = jax.jvp(jax.vmap(fun), (xs,), (ts,))
+    batched, batched_t = _batched_jvp(kind, xs, ts)
     for x, t, p, pt in zip(xs, ts, batched, batched_t, strict=True):
-        single, single_t = jax.jvp(fun, (x,), (t,))
+        single, single_t, _ = birkhoff_derivatives(kind, (x,), (t,), t)
         np.testing.assert_allclose(p, single, atol=1e-11)
         np.testing.assert_allclose(pt, single_t, atol=1e-9)
 
@@ -293,28 +327,42 @@ def test_vmap(kind):
 @pytest.mark.parametrize("projection", [transport_polytope, kl_transport_polytope])
 def test_transport_family_empty_sets(projection):
     """Marginals with a negative entry, or whose balanced ā = a − s 1 has one (U(a, b) empty):
-    ValueError naming the marginals when concrete; an all-NaN P, and NaN derivatives, when
-    traced (jit, vmap, grad)."""
-    x = jnp.asarray([[0.5, -0.2, 0.9], [0.1, 0.3, -0.6]])
+    ValueError naming the marginals when concrete; an all-NaN P, and NaN derivatives (forward
+    and reverse mode), when traced (jit, vmap, derivatives)."""
+    kind = "euclidean" if projection is transport_polytope else "kl"
+    x, _, _ = problem(13)
     cases = [
-        (jnp.asarray([-0.2, 1.2]), jnp.asarray([0.4, 0.4, 0.2])),  # a negative
-        (jnp.asarray([0.5, 0.5]), jnp.asarray([1.2, -0.4, 0.2])),  # b negative
-        (jnp.asarray([0.01, 5.0]), jnp.asarray([0.1, 0.1, 0.1])),  # ā = a − 0.942 negative
+        (jnp.asarray([-0.2, 1.2, 0.5, 0.5]), jnp.asarray([0.4, 0.4, 0.2, 0.5, 0.5])),  # a < 0
+        (jnp.asarray([0.5, 0.5, 0.5, 0.5]), jnp.asarray([1.2, -0.4, 0.2, 0.5, 0.5])),  # b < 0
+        # ā = a − 0.723 negative
+        (jnp.asarray([0.01, 5.0, 1.0, 1.0]), jnp.asarray([0.1, 0.1, 0.1, 0.1, 0.1])),
     ]
     for a, b in cases:
         with pytest.raises(ValueError, match="marginals"):
             projection(x, (a, b))
-        assert np.all(np.isnan(jax.jit(projection)(x, (a, b))))
+        # Under jit: P, J t and Jᵀ w (finite t and w).
+        tangents = transport_tangents(x, a, b, "all")
+        p, jvp_out, vjp_out = transport_derivatives(kind, (x, (a, b)), tangents, x)
+        assert np.all(np.isnan(p)) and np.all(np.isnan(jvp_out))
+        assert all(np.all(np.isnan(g)) for g in jax.tree_util.tree_leaves(vjp_out))
         stacked = jax.vmap(projection, in_axes=(None, 0))(x, (jnp.stack([a, a]), jnp.stack([b, b])))
         assert np.all(np.isnan(stacked))
-        grads = jax.grad(lambda x, a, b: jnp.sum(projection(x, (a, b)) ** 2), (0, 1, 2))(x, a, b)
-        assert all(np.all(np.isnan(g)) for g in grads)
 
 
-# Family: every transport projection at X of huge magnitude (issue 12, item 4).
-_HUGE_X = np.array([[0.5, -0.2, 0.9, 0.1], [0.1, 0.3, -0.6, 0.7], [0.8, 0.4, 0.2, -0.3]])
-_HUGE_A = np.array([0.2, 0.3, 0.5])
-_HUGE_B = np.array([0.15, 0.35, 0.3, 0.2])
+# Family: every transport projection at X of huge magnitude (issue 12, item 4). The shapes are
+# those of the other tests (4 × 5, and 5 × 5 for the Birkhoff polytope), so the programs are
+# shared.
+_HUGE_X = np.array(
+    [
+        [0.5, -0.2, 0.9, 0.1, -0.4],
+        [0.1, 0.3, -0.6, 0.7, 0.2],
+        [0.8, 0.4, 0.2, -0.3, 0.6],
+        [-0.1, 0.9, 0.3, 0.5, -0.7],
+        [0.6, -0.5, 0.4, 0.2, 0.0],
+    ]
+)
+_HUGE_A = np.array([0.2, 0.3, 0.5, 0.4])
+_HUGE_B = np.array([0.15, 0.35, 0.3, 0.2, 0.4])
 
 
 def _lp_vertex(x, a, b):
@@ -342,7 +390,8 @@ def test_transport_family_huge_inputs(name, dtype, scale):
     """Every transport projection at X of magnitude 1e30 (float64, float32) and 1e7 (float32):
     the vertex of the linear program max ⟨X, P⟩ over U(a, b) to rounding (both projections
     reach it exactly at such a spread), finite; derivative 0 in X (a vertex is locally
-    constant) and, in a, the derivative of the vertex (central differences in float64)."""
+    constant) and, in a, the derivative of the vertex (central differences in float64). (The
+    derivatives with tight solves, as the other derivative tests.)"""
     square = name.startswith("birkhoff") or name == "kl_birkhoff"
     fun = {
         "transport_polytope": projections.transport_polytope,
@@ -350,9 +399,10 @@ def test_transport_family_huge_inputs(name, dtype, scale):
         "birkhoff_polytope": projections.birkhoff_polytope,
         "kl_birkhoff": projections.kl_birkhoff_polytope,
     }[name]
-    x0 = _HUGE_X[:, :3] if square else _HUGE_X
-    a = np.ones(3) if square else _HUGE_A
-    b = np.ones(3) if square else _HUGE_B
+    kind = "kl" if name.startswith("kl") else "euclidean"
+    x0 = _HUGE_X if square else _HUGE_X[:4]
+    a = np.ones(5) if square else _HUGE_A
+    b = np.ones(5) if square else _HUGE_B
     x = jnp.asarray(x0, dtype) * scale
     ref = _lp_vertex(np.asarray(x0, np.float64), a, b)
     got = fun(x) if square else fun(x, (jnp.asarray(a, dtype), jnp.asarray(b, dtype)))
@@ -363,18 +413,20 @@ def test_transport_family_huge_inputs(name, dtype, scale):
     if dtype != jnp.float64:
         return
     if square:
-        grad_x = jax.grad(lambda x: jnp.sum(fun(x) * jnp.asarray(ref + 1.0)))(x)
+        _, _, (grad_x,) = birkhoff_derivatives(
+            kind, (x,), (jnp.zeros_like(x),), jnp.asarray(ref + 1.0)
+        )
         np.testing.assert_array_equal(np.asarray(grad_x), 0.0)
         return
-    w = jnp.asarray(np.arange(12.0).reshape(3, 4))
-    grad_x = jax.grad(lambda x: jnp.sum(fun(x, (jnp.asarray(a), jnp.asarray(b))) * w))(x)
-    np.testing.assert_allclose(np.asarray(grad_x), 0.0, atol=1e-9)
     # Along a direction keeping the totals equal, the vertex moves linearly (same support).
-    da = np.array([1.0, -1.0, 0.0])
-    db = np.array([0.5, -0.5, 0.0, 0.0])
+    da = np.array([1.0, -1.0, 0.0, 0.0])
+    db = np.array([0.5, -0.5, 0.0, 0.0, 0.0])
+    w = jnp.asarray(np.arange(20.0).reshape(4, 5))
+    tangents = (jnp.zeros_like(x), (jnp.asarray(da), jnp.asarray(db)))
+    _, jvp, (grad_x, _) = transport_derivatives(
+        kind, (x, (jnp.asarray(a), jnp.asarray(b))), tangents, w
+    )
+    np.testing.assert_allclose(np.asarray(grad_x), 0.0, atol=1e-9)
     h = 1e-4
-    jvp = jax.jvp(
-        lambda t: fun(x, (jnp.asarray(a) + t * da, jnp.asarray(b) + t * db)), (0.0,), (1.0,)
-    )[1]
     fd = (_lp_vertex(x0, a + h * da, b + h * db) - _lp_vertex(x0, a - h * da, b - h * db)) / (2 * h)
     np.testing.assert_allclose(np.asarray(jvp), fd, atol=1e-7)

@@ -4,6 +4,8 @@ minimizers, under jit and vmap, and as the ``linesearch=`` option of the solvers
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,25 +79,63 @@ SEARCHES = {
 }
 
 
-def condition_holds(name, f, x, d, eta, search):
-    """Whether η satisfies the named condition at x along d (in float64, exactly as stated)."""
-    phi = lambda t: f(x + t * d)  # noqa: E731
+# Every search of a test runs in a jitted program of module-level functions, one per search (or
+# per configuration) shared by the tests that use it: the objectives of PROBLEMS are one function
+# of the problem's number k (traced), so one program serves the three problems.
+_OBJECTIVES = tuple(f for f, _ in PROBLEMS.values())
+PROBLEM_NUMBER = {name: k for k, name in enumerate(PROBLEMS)}
+
+
+def objective(x, k):
+    """The objective of PROBLEMS number k (k traced: one program for the three)."""
+    return jax.lax.switch(k, _OBJECTIVES, x)
+
+
+_OURS = {name: ours for name, (ours, _, _) in SEARCHES.items()}
+_OURS["backtracking-default"] = lambda f: BacktrackingLineSearch(fun=f)
+_TRACES = []  # the search of each trace of _ours
+
+
+@functools.partial(jax.jit, static_argnames="search")
+def _ours(search, k, x, sign, normalize, init_stepsize):
+    """Our search on the objective of problem k from x along d = sign ∇f(x) (divided by ‖∇f(x)‖
+    if normalize), f(x) and ∇f(x) given: (η, state, d, f(x))."""
+    _TRACES.append(search)
+    value, grad = jax.value_and_grad(objective)(x, k)
+    d = sign * grad / jnp.where(normalize, jnp.linalg.norm(grad), 1.0)
+    eta, state = _OURS[search](objective).run(init_stepsize, x, value, grad, d, k)
+    return eta, state, d, value
+
+
+@functools.partial(jax.jit, static_argnames="search")
+def _theirs(search, k, x, d, init_stepsize):
+    """JAXopt's search, with the same options, from x along d: (η, failed, f(x + η d))."""
+    value, grad = jax.value_and_grad(objective)(x, k)
+    search = SEARCHES[search][1](objective)
+    eta, state = search.run(init_stepsize, x, value, grad, d, fun_args=[k])
+    return eta, state.failed, state.value
+
+
+@jax.jit
+def _conditions(k, x, d, eta, c1, c2, approximate_wolfe_threshold):
+    """Whether η satisfies each condition at x along d (in float64, exactly as stated), and
+    x + η d, f and ∇f there."""
+    phi = lambda t: objective(x + t * d, k)  # noqa: E731
     dphi = jax.grad(phi)
     f0, s0, ft, st = phi(0.0), dphi(0.0), phi(eta), dphi(eta)
-    c1, c2 = search.c1, search.c2
     armijo = ft <= f0 + c1 * eta * s0
-    if name == "armijo":
-        return armijo
-    if name == "wolfe":
-        return armijo & (st >= c2 * s0)
-    if name == "strong-wolfe":
-        return armijo & (abs(st) <= c2 * abs(s0))
-    if name == "goldstein":
-        return armijo & (ft >= f0 + (1 - c1) * eta * s0)
     # Hager-Zhang: Wolfe, or approximate Wolfe (slope form of sufficient decrease near f0).
-    eps = search.approximate_wolfe_threshold * abs(f0)
+    eps = approximate_wolfe_threshold * abs(f0)
     approx = (ft <= f0 + eps) & ((2 * c1 - 1) * s0 >= st)
-    return (armijo | approx) & (st >= c2 * s0)
+    holds = {
+        "armijo": armijo,
+        "wolfe": armijo & (st >= c2 * s0),
+        "strong-wolfe": armijo & (abs(st) <= c2 * abs(s0)),
+        "goldstein": armijo & (ft >= f0 + (1 - c1) * eta * s0),
+        "approximate-wolfe": (armijo | approx) & (st >= c2 * s0),
+    }
+    new = x + eta * d
+    return holds, new, objective(new, k), jax.grad(objective)(new, k)
 
 
 @pytest.mark.parametrize("search", sorted(SEARCHES))
@@ -103,21 +143,21 @@ def condition_holds(name, f, x, d, eta, search):
     "problem, init_stepsize", [("rosenbrock", 1.0), ("wavy", 0.05), ("logistic", 1.0)]
 )
 def test_linesearch_matches_jaxopt(problem, search, init_stepsize):
-    f, x = PROBLEMS[problem]
-    ours, theirs, condition = SEARCHES[search]
-    value, grad = jax.value_and_grad(f)(x)
-    d = -grad
-    if init_stepsize == 1.0:
-        # Steepest descent on Rosenbrock overshoots at η = 1; a quasi-Newton-like direction too.
-        d = -grad / jnp.linalg.norm(grad)
-    ls = ours(f)
-    eta, state = ls.run(init_stepsize, x, value, grad, d)
-    ref_eta, ref_state = theirs(f).run(init_stepsize, x, value, grad, d)
+    _, x = PROBLEMS[problem]
+    k = PROBLEM_NUMBER[problem]
+    _, _, condition = SEARCHES[search]
+    # d = −∇f(x); with η₀ = 1, −∇f(x)/‖∇f(x)‖ (steepest descent on Rosenbrock overshoots at η = 1;
+    # a quasi-Newton-like direction too).
+    eta, state, d, value = _ours(search, k, x, -1.0, init_stepsize == 1.0, init_stepsize)
+    ref_eta, ref_failed, ref_value = _theirs(search, k, x, d, init_stepsize)
+    ls = _OURS[search](objective)
+    threshold = getattr(ls, "approximate_wolfe_threshold", 0.0)
+    holds, new_params, new_value, new_grad = _conditions(k, x, d, eta, ls.c1, ls.c2, threshold)
     if search.startswith("backtracking"):
         # The same rule as JAXopt's: the same step, and the same verdict. (Backtracking cannot
         # lengthen a step too short for a curvature or Goldstein lower bound: both fail then.)
         np.testing.assert_allclose(eta, ref_eta, rtol=1e-12)
-        assert bool(state.failed) == bool(ref_state.failed)
+        assert bool(state.failed) == bool(ref_failed)
         assert bool(state.done) != bool(state.failed)
         if condition == "armijo":
             assert bool(state.done)
@@ -125,15 +165,15 @@ def test_linesearch_matches_jaxopt(problem, search, init_stepsize):
         assert bool(state.done) and not bool(state.failed)
     if bool(state.done):
         assert float(eta) > 0
-        assert bool(condition_holds(condition, f, x, d, eta, ls)), (float(eta), float(ref_eta))
+        assert bool(holds[condition]), (float(eta), float(ref_eta))
     # The state: the new point, f and ∇f there.
-    np.testing.assert_allclose(state.params, x + eta * d, rtol=1e-15)
-    np.testing.assert_allclose(state.value, f(x + eta * d), rtol=1e-13)
-    np.testing.assert_allclose(state.grad, jax.grad(f)(x + eta * d), rtol=1e-12, atol=1e-14)
-    if not search.startswith("backtracking") and (search == "zoom" or not ref_state.failed):
+    np.testing.assert_allclose(state.params, new_params, rtol=1e-15)
+    np.testing.assert_allclose(state.value, new_value, rtol=1e-13)
+    np.testing.assert_allclose(state.grad, new_grad, rtol=1e-12, atol=1e-14)
+    if not search.startswith("backtracking") and (search == "zoom" or not ref_failed):
         # Same or better decrease than JAXopt's step (JAXopt's HZ starts at η = 1 whatever
         # init_stepsize, so its step is not always comparable; then it must at least hold).
-        assert float(state.value) <= float(ref_state.value) + 1e-12 * abs(float(value))
+        assert float(state.value) <= float(ref_value) + 1e-12 * abs(float(value))
 
 
 QUADRATICS = [
@@ -142,40 +182,72 @@ QUADRATICS = [
 ]
 
 
+def _quadratic(x, A, b):
+    return 0.5 * x @ A @ x - b @ x
+
+
+@functools.partial(jax.jit, static_argnames=("k", "cls"))
+def _quadratic_case(k, cls, init_stepsize):
+    """For both directions d (batched): η* = −⟨g, d⟩ / ⟨d, A d⟩, η, done, φ'(η), φ'(0)."""
+    A, x = QUADRATICS[k]
+    b = jnp.arange(1.0, 1.0 + x.shape[0])
+    g = A @ x - b
+    ls = cls(fun=_quadratic, c1=1e-3, c2=0.01, maxiter=40)
+
+    def along(d):
+        exact = -(g @ d) / (d @ A @ d)
+        eta, state = ls.run(init_stepsize, x, None, None, d, A, b)
+        slope = jax.grad(lambda t: _quadratic(x + t * d, A, b))(eta)
+        return exact, eta, state.done, slope, g @ d
+
+    return jax.vmap(along)(jnp.stack([-g, -jnp.linalg.solve(A + jnp.eye(x.shape[0]), g)]))
+
+
 @pytest.mark.parametrize("k", range(len(QUADRATICS)))
 @pytest.mark.parametrize("cls", [ZoomLineSearch, HagerZhangLineSearch])
 @pytest.mark.parametrize("init_stepsize", [1.0, 1e-4, 30.0])
 def test_linesearch_exact_on_quadratics(k, cls, init_stepsize):
     # φ(η) = f(x + ηd) is a parabola, minimized at η* = −⟨g, d⟩ / ⟨d, A d⟩: with a tight
     # curvature condition (c2 = 0.01) the only acceptable steps are near η*, and both the cubic
-    # interpolation of the zoom and the secant of Hager-Zhang land on it exactly.
-    A, x = QUADRATICS[k]
-    b = jnp.arange(1.0, 1.0 + x.shape[0])
+    # interpolation of the zoom and the secant of Hager-Zhang land on it exactly. Two directions:
+    # −g and a preconditioned one.
+    exact, eta, done, slope, slope0 = _quadratic_case(k, cls, init_stepsize)
+    assert np.all(done)
+    np.testing.assert_allclose(eta, exact, rtol=1e-2)
+    assert np.all(np.abs(slope) <= 0.01 * np.abs(slope0))
 
-    def f(x):
-        return 0.5 * x @ A @ x - b @ x
 
-    g = A @ x - b
-    for d in (-g, -jnp.linalg.solve(A + jnp.eye(x.shape[0]), g)):
-        exact = -(g @ d) / (d @ A @ d)
-        ls = cls(fun=f, c1=1e-3, c2=0.01, maxiter=40)
-        eta, state = ls.run(init_stepsize, x, descent_direction=d)
-        assert bool(state.done)
-        np.testing.assert_allclose(eta, exact, rtol=1e-2)
-        slope = jax.grad(lambda t, d=d: f(x + t * d))(eta)
-        assert abs(float(slope)) <= 0.01 * abs(float(g @ d))
+_BACKTRACKING_A = jnp.diag(jnp.array([1.0, 4.0]))
+_BACKTRACKING_C1, _BACKTRACKING_C2 = 0.25, 0.5
+
+
+def _backtracking_quadratic(x):
+    return 0.5 * x @ _BACKTRACKING_A @ x
+
+
+@functools.partial(jax.jit, static_argnames="condition")
+def _backtracking_case(condition, x):
+    ls = BacktrackingLineSearch(
+        fun=_backtracking_quadratic,
+        condition=condition,
+        c1=_BACKTRACKING_C1,
+        c2=_BACKTRACKING_C2,
+        decrease_factor=0.5,
+        max_stepsize=8.0,
+    )
+    eta, state = ls.run(8.0, x, descent_direction=-(_BACKTRACKING_A @ x))
+    return eta, state.done
 
 
 @pytest.mark.parametrize("condition", ["armijo", "wolfe", "strong-wolfe", "goldstein"])
 def test_backtracking_on_quadratic_accepts_the_first_step_that_holds(condition):
     # On φ(η) = φ(0) + η s + η² κ / 2 each condition is an interval of η in closed form; the
     # search returns the first of max_stepsize · 0.5ᵏ inside it.
-    A = jnp.diag(jnp.array([1.0, 4.0]))
-    x = jnp.array([1.0, 1.0])
-    f = lambda x: 0.5 * x @ A @ x  # noqa: E731
+    A = np.diag([1.0, 4.0])
+    x = np.array([1.0, 1.0])
     d = -(A @ x)
-    s, kappa = float(jnp.vdot(A @ x, d)), float(d @ A @ d)
-    c1, c2 = 0.25, 0.5
+    s, kappa = float(np.vdot(A @ x, d)), float(d @ A @ d)
+    c1, c2 = _BACKTRACKING_C1, _BACKTRACKING_C2
     eta_star = -s / kappa
 
     def holds(eta):
@@ -188,75 +260,77 @@ def test_backtracking_on_quadratic_accepts_the_first_step_that_holds(condition):
             return armijo and (1 - c2) * eta_star <= eta <= (1 + c2) * eta_star
         return armijo and eta >= 2 * c1 * eta_star
 
-    ls = BacktrackingLineSearch(
-        fun=f, condition=condition, c1=c1, c2=c2, decrease_factor=0.5, max_stepsize=8.0
-    )
-    eta, state = ls.run(8.0, x, descent_direction=d)
+    eta, done = _backtracking_case(condition, jnp.asarray(x))
     expected = next(8.0 * 0.5**k for k in range(30) if holds(8.0 * 0.5**k))
-    assert bool(state.done)
+    assert bool(done)
     np.testing.assert_allclose(eta, expected, rtol=1e-15)
 
 
 @pytest.mark.parametrize("search", sorted(SEARCHES))
 def test_linesearch_under_jit_and_vmap(search):
-    ours, _, _ = SEARCHES[search]
-    ls = ours(wavy)
+    k = PROBLEM_NUMBER["wavy"]
     starts = jnp.array([[0.3, -0.2, 1.1], [1.0, 2.0, -0.5], [-0.7, 0.1, 0.4]])
 
-    def step(x):
-        eta, state = ls.run(0.5, x)
+    def step(x):  # d = −∇f(x), η₀ = 0.5
+        eta, state, _, _ = _ours(search, k, x, -1.0, False, 0.5)
         return eta, state.value, state.done
 
-    eager = [step(x) for x in starts]
+    # One start at a time, jitted: the repeated calls do not retrace.
+    single = [step(x) for x in starts]
+    assert _TRACES.count(search) == 1
     batched = jax.jit(jax.vmap(step))(starts)
-    for i, (eta, value, done) in enumerate(eager):
+    for i, (eta, value, done) in enumerate(single):
         np.testing.assert_allclose(batched[0][i], eta, rtol=1e-13)
         np.testing.assert_allclose(batched[1][i], value, rtol=1e-13)
         assert bool(batched[2][i]) == bool(done)
-    # Repeated jitted calls do not retrace.
-    traces = []
 
-    @jax.jit
-    def traced(x):
-        traces.append(1)
-        return ls.run(0.5, x)[0]
 
-    traced(starts[0])
-    traced(starts[1])
-    assert len(traces) == 1
+def _scaled_cos(x, theta, scale=1.0):
+    return scale * jnp.sum(jnp.cos(theta * x) + 0.1 * x**2)
+
+
+@functools.partial(jax.jit, static_argnames="search")
+def _arguments_case(search, x, d):
+    ls = SEARCHES[search][0](_scaled_cos)
+    # θ positionally and scale by keyword; the reverse-mode derivative of η in θ.
+    a, vjp = jax.vjp(lambda t: ls.run(0.5, x, None, None, None, t, scale=3.0)[0], 2.0)
+    b = ls.run(0.5, x, fun_args=[2.0], fun_kwargs={"scale": 3.0})[0]
+
+    def new_params(x0, dd):
+        eta, state = ls.run(0.5, x0, None, None, dd, 2.0)
+        return state.params, eta
+
+    (jac, jac_d), eta = jax.jacrev(new_params, argnums=(0, 1), has_aux=True)(x, d)
+    return a, b, vjp(1.0)[0], eta, jac, jac_d
 
 
 @pytest.mark.parametrize("search", sorted(SEARCHES))
 def test_linesearch_arguments_and_derivatives(search):
     # fun's arguments positionally, by keyword, and as JAXopt's fun_args / fun_kwargs; η is a
     # constant for differentiation (zero derivative), state.params = x + η d is differentiable.
-    ours, _, _ = SEARCHES[search]
-
-    def f(x, theta, scale=1.0):
-        return scale * jnp.sum(jnp.cos(theta * x) + 0.1 * x**2)
-
-    ls = ours(f)
     x = jnp.array([0.3, -0.2])
-    a = ls.run(0.5, x, None, None, None, 2.0, scale=3.0)
-    b = ls.run(0.5, x, fun_args=[2.0], fun_kwargs={"scale": 3.0})
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-15)
-    assert float(jax.grad(lambda t: ls.run(0.5, x, None, None, None, t)[0])(2.0)) == 0.0
     d = jnp.array([1.0, 0.5])
-    eta = ls.run(0.5, x, None, None, d, 2.0)[0]
-    jac = jax.jacobian(lambda x0: ls.run(0.5, x0, None, None, d, 2.0)[1].params)(x)
+    a, b, d_eta_d_theta, eta, jac, jac_d = _arguments_case(search, x, d)
+    np.testing.assert_allclose(a, b, rtol=1e-15)
+    assert float(d_eta_d_theta) == 0.0
     np.testing.assert_allclose(jac, np.eye(2), rtol=1e-15)
-    jac_d = jax.jacobian(lambda dd: ls.run(0.5, x, None, None, dd, 2.0)[1].params)(d)
     np.testing.assert_allclose(jac_d, float(eta) * np.eye(2), rtol=1e-15)
 
 
 @pytest.mark.parametrize("cls", [ZoomLineSearch, HagerZhangLineSearch, BacktrackingLineSearch])
 def test_linesearch_flags_an_ascent_direction_as_failed(cls):
-    f, x = PROBLEMS["wavy"]
-    grad = jax.grad(f)(x)
-    eta, state = cls(fun=f).run(1.0, x, descent_direction=grad)
+    _, x = PROBLEMS["wavy"]
+    search = {
+        ZoomLineSearch: "zoom",
+        HagerZhangLineSearch: "hager-zhang",
+        BacktrackingLineSearch: "backtracking-default",
+    }[cls]
+    assert _OURS[search](wavy) == cls(fun=wavy)  # the class's defaults
+    # d = +∇f(x), η₀ = 1.
+    eta, state, _, value = _ours(search, PROBLEM_NUMBER["wavy"], x, 1.0, False, 1.0)
     assert bool(state.failed) and not bool(state.done)
     # No step increases f: zoom and Hager-Zhang stay put, backtracking's last trial is tiny.
-    assert float(state.value) <= float(f(x)) + 1e-12 or float(eta) < 1e-2
+    assert float(state.value) <= float(value) + 1e-12 or float(eta) < 1e-2
 
 
 @pytest.mark.parametrize(
@@ -279,11 +353,22 @@ def test_linesearch_bad_options_raise_naming_the_option(cls, options, name):
         cls(fun=None)
 
 
+def _logistic_with_aux(w):
+    return logistic(w), {"norm": w @ w}
+
+
+@jax.jit
+def _value_and_grad_and_aux_case(x):
+    both = ZoomLineSearch(fun=jax.value_and_grad(logistic), value_and_grad=True).run(1.0, x)
+    aux = ZoomLineSearch(fun=_logistic_with_aux, has_aux=True).run(1.0, x)
+    return both, aux
+
+
 def test_linesearch_value_and_grad_and_has_aux():
-    f, x = PROBLEMS["logistic"]
-    plain = ZoomLineSearch(fun=f).run(1.0, x)
-    both = ZoomLineSearch(fun=jax.value_and_grad(f), value_and_grad=True).run(1.0, x)
-    aux = ZoomLineSearch(fun=lambda w: (f(w), {"norm": w @ w}), has_aux=True).run(1.0, x)
+    _, x = PROBLEMS["logistic"]
+    # Plain: d = −∇f(x), η₀ = 1.
+    plain = _ours("zoom", PROBLEM_NUMBER["logistic"], x, -1.0, False, 1.0)
+    both, aux = _value_and_grad_and_aux_case(x)
     np.testing.assert_allclose(both[0], plain[0], rtol=1e-15)
     np.testing.assert_allclose(aux[0], plain[0], rtol=1e-15)
     np.testing.assert_allclose(aux[1].aux["norm"], aux[1].params @ aux[1].params, rtol=1e-14)
@@ -314,6 +399,35 @@ def ridge_logistic(w, theta):
     return jnp.sum(jnp.logaddexp(0.0, -y * (X @ w))) + theta * w @ w
 
 
+_X0 = jnp.zeros(3)
+_THETA = 0.3
+_H = 1e-5
+
+
+def _tight_loss(theta):
+    """‖x*(θ)‖² by a tight L-BFGS, and x*(θ)."""
+    x = LBFGS(fun=ridge_logistic, tol=1e-12).run(_X0, theta).params
+    return jnp.sum(x**2), x
+
+
+# The reference solution and the gradient of ‖x*(θ)‖² through it: one program for every test.
+_reference = jax.jit(jax.value_and_grad(_tight_loss, has_aux=True))
+
+
+@functools.partial(jax.jit, static_argnames=("cls", "search", "tol"))
+def _solver_case(cls, search, tol, theta):
+    """‖x*(θ)‖² and its gradient, x*(θ), and whether the solver converged: one program for
+    every θ."""
+    linesearch = _objects(ridge_logistic)[search] if search.endswith("object") else search
+    solver = cls(fun=ridge_logistic, linesearch=linesearch, tol=tol, maxiter=2000)
+
+    def loss(theta):
+        x, state = solver.run(_X0, theta)
+        return jnp.sum(x**2), (x, state.converged)
+
+    return jax.value_and_grad(loss, has_aux=True)(theta)
+
+
 @pytest.mark.parametrize("cls", [LBFGS, BFGS, NonlinearCG])
 @pytest.mark.parametrize(
     "search",
@@ -327,24 +441,17 @@ def ridge_logistic(w, theta):
     ],
 )
 def test_solvers_with_each_linesearch_converge_and_differentiate(cls, search):
-    linesearch = _objects(ridge_logistic)[search] if search.endswith("object") else search
     # Nonlinear CG without the zoom's strong Wolfe steps stalls near 1e-8 here: a looser tol.
     weak = cls is NonlinearCG and "zoom" not in search
     tol, rtol = (1e-7, 1e-4) if weak else (1e-10, 1e-6)
-    solver = cls(fun=ridge_logistic, linesearch=linesearch, tol=tol, maxiter=2000)
-    x0 = jnp.zeros(3)
-    x, state = solver.run(x0, 0.3)
-    assert bool(state.converged)
-    reference, _ = LBFGS(fun=ridge_logistic, tol=1e-12).run(x0, 0.3)
+    (_, (x, converged)), grad = _solver_case(cls, search, tol, _THETA)
+    assert bool(converged)
+    (_, reference), tight_grad = _reference(_THETA)
     np.testing.assert_allclose(x, reference, rtol=100 * tol, atol=100 * tol)
-
-    def loss(theta):
-        return jnp.sum(solver.run(x0, theta).params ** 2)
-
     if weak:  # finite differences of solutions to 1e-7 are noise: the tight solver's gradient
-        tight = LBFGS(fun=ridge_logistic, tol=1e-12)
-        expected = jax.grad(lambda t: jnp.sum(tight.run(x0, t).params ** 2))(0.3)
-    else:
-        h = 1e-5
-        expected = (loss(0.3 + h) - loss(0.3 - h)) / (2 * h)
-    np.testing.assert_allclose(jax.grad(loss)(0.3), expected, rtol=rtol)
+        expected = tight_grad
+    else:  # (the same compiled program at θ ± h)
+        (plus, _), _ = _solver_case(cls, search, tol, _THETA + _H)
+        (minus, _), _ = _solver_case(cls, search, tol, _THETA - _H)
+        expected = (plus - minus) / (2 * _H)
+    np.testing.assert_allclose(grad, expected, rtol=rtol)
