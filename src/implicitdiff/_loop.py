@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["cond", "manual_axes", "scan", "vary_like", "while_loop"]
+__all__ = ["cond", "manual_axes", "scan", "varies_within", "vary_like", "while_loop"]
 
 
 def manual_axes() -> tuple:
@@ -44,6 +44,14 @@ def _pcast(x: Any, axes: frozenset) -> Any:
     if not missing:
         return x
     return jax.lax.pcast(x, missing, to="varying")
+
+
+def varies_within(value: Any, reference: Any) -> bool:
+    """Whether ``value`` (an array) varies over no manual axis that ``reference`` does not: an
+    elementwise product of the two keeps ``reference``'s type. True outside ``shard_map``."""
+    if not manual_axes():
+        return True
+    return _varying(value) <= _varying(reference)
 
 
 def vary_like(value: Any, reference: Any) -> Any:

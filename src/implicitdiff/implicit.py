@@ -192,7 +192,12 @@ def _implicit_solver(
             finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in leaves] or [True]))
 
             def flag(t):
-                return None if t is None else t * jnp.where(finite, 1, jnp.nan).astype(t.dtype)
+                if t is None:
+                    return None
+                factor = jnp.where(finite, 1, jnp.nan).astype(t.dtype)
+                # Under shard_map a replicated input's tangent must stay replicated: a flag that
+                # varies per device is applied to the outgoing tangent only.
+                return t * factor if _loop.varies_within(factor, t) else t
 
             theta = [*arrays, *consts]
             t_theta = [
@@ -205,7 +210,9 @@ def _implicit_solver(
                 return closed_residual(x, flat[:n], *flat[n:])
 
             tangent = _tangent(g, sol, theta, t_theta, checked, symmetric)
-            return sol, jax.tree_util.tree_map(flag, tangent)
+            return sol, jax.tree_util.tree_map(
+                lambda t: t * jnp.where(finite, 1, jnp.nan).astype(t.dtype), tangent
+            )
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)
         sol = attach_derivative(sol, split.arrays, consts)
