@@ -9,6 +9,7 @@ name (``x``, ``params``, ``state``, ...) and be made keyword-only, for the keywo
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax
@@ -260,27 +261,46 @@ KEYWORD_COMBINATIONS = [
 ]
 
 
+def _keyword_solvers(name):
+    """(keyword name, keyword-only, implicit, solver, how θ is passed) for every combination
+    that the solver takes (a host solver or bisection: implicit only; a QP: its own keywords)."""
+    case = CASES[name]
+    out = []
+    for keyword_name, keyword_only, implicit in KEYWORD_COMBINATIONS:
+        if not implicit and (case.host or not case.unrolls):
+            continue
+        options = {"implicit_diff": implicit, "tol": 1e-11, "on_failure": "ignore"}
+        if case.body is None:
+            return [(keyword_name, keyword_only, implicit, case.make(None, **options), "qp")]
+        solver = case.solver(keyword_name, keyword_only, **options)
+        out.append((keyword_name, keyword_only, implicit, solver, keyword_name))
+    return out
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_keyword_arguments_family_every_solver(name):
     """θ by keyword under the solvers' internal names (x, params, state, ...), as a
     positional-or-keyword and as a keyword-only parameter of the user function: the solution and
     its Jacobian in θ (reverse mode) match the closed forms, implicit and unrolled. QPs: their own
-    arguments by keyword."""
+    arguments by keyword. Every combination is traced into one compiled program."""
     case = CASES[name]
-    for keyword_name, keyword_only, implicit in KEYWORD_COMBINATIONS:
-        if not implicit and (case.host or not case.unrolls):
-            continue
-        options = {"implicit_diff": implicit, "tol": 1e-11, "on_failure": "ignore"}
-        if case.body is not None:
-            solver, by = case.solver(keyword_name, keyword_only, **options), keyword_name
-        else:
-            solver, by = case.make(None, **options), "qp"
+    combinations = _keyword_solvers(name)
 
-        def solve(theta, solver=solver, by=by):
-            x = _params(case.run(solver, case.init, theta, by))
-            return x, x
+    def solve_all(theta):
+        out = []
+        for *_, solver, by in combinations:
 
-        jac, x = _quiet(jax.jacrev(solve, has_aux=True), case.theta)
+            def solve(theta, solver=solver, by=by):
+                x = _params(case.run(solver, case.init, theta, by))
+                return x, x
+
+            out.append(jax.jacrev(solve, has_aux=True)(theta))
+        return out
+
+    results = _quiet(jax.jit(solve_all), case.theta)
+    for (keyword_name, keyword_only, implicit, *_), (jac, x) in zip(
+        combinations, results, strict=True
+    ):
         message = f"{name}: {keyword_name}, keyword_only={keyword_only}, implicit={implicit}"
         np.testing.assert_allclose(
             x, case.solution(case.theta), rtol=1e-7, atol=1e-8, err_msg=message
@@ -288,24 +308,30 @@ def test_keyword_arguments_family_every_solver(name):
         np.testing.assert_allclose(
             jac, case.jacobian(case.theta), rtol=1e-6, atol=1e-7, err_msg=message
         )
-        if case.body is None:
-            break
 
 
 def test_keyword_arguments_family_bounds_and_hyperparams_by_keyword():
-    """run's own named arguments (bounds, hyperparams_prox, hyperparams_proj) by keyword."""
+    """run's own named arguments (bounds, hyperparams_prox, hyperparams_proj) by keyword (every
+    argument a constant of one compiled program, concrete as in a plain call)."""
     lbfgsb = CASES["LBFGSB"].solver(tol=1e-11)
-    x = lbfgsb.run(jnp.zeros(3), bounds=(-10.0, 10.0), theta=THETA).params
-    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
     scipy = CASES["ScipyBoundedMinimize"].solver()
-    x = scipy.run(jnp.zeros(3), bounds=(-10.0, 10.0), theta=THETA).params
-    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-7)
     pg = CASES["ProximalGradient"].solver(tol=1e-11)
-    x = pg.run(jnp.zeros(3), hyperparams_prox=None, theta=THETA).params
-    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
     proj = CASES["ProjectedGradient"].solver(tol=1e-11)
-    x = proj.run(jnp.zeros(3), theta=THETA, hyperparams_proj=(-10.0, 10.0)).params
-    np.testing.assert_allclose(x, H_INV @ THETA, rtol=1e-8)
+
+    def solve_all():
+        x0 = jnp.zeros(3)
+        return (
+            lbfgsb.run(x0, bounds=(-10.0, 10.0), theta=THETA).params,
+            scipy.run(x0, bounds=(-10.0, 10.0), theta=THETA).params,
+            pg.run(x0, hyperparams_prox=None, theta=THETA).params,
+            proj.run(x0, theta=THETA, hyperparams_proj=(-10.0, 10.0)).params,
+        )
+
+    x_lbfgsb, x_scipy, x_pg, x_proj = jax.jit(solve_all)()
+    np.testing.assert_allclose(x_lbfgsb, H_INV @ THETA, rtol=1e-8)
+    np.testing.assert_allclose(x_scipy, H_INV @ THETA, rtol=1e-7)
+    np.testing.assert_allclose(x_pg, H_INV @ THETA, rtol=1e-8)
+    np.testing.assert_allclose(x_proj, H_INV @ THETA, rtol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,32 +360,45 @@ _STARTED_XFAIL = {
 }
 
 
+def _started_modes(name):
+    case = CASES[name]
+    implicit_modes = [True, False] if case.unrolls and not case.host else [True]
+    return [(implicit, tol) for implicit in implicit_modes for tol in (0.0, 1e-8)]
+
+
 def _started_cases():
-    for name, case in CASES.items():
-        for implicit in [True, False] if case.unrolls and not case.host else [True]:
-            for tol in (0.0, 1e-8):
-                marks = ()
-                if (name, implicit, tol) in _STARTED_XFAIL:
-                    reason = "open: unrolled, started at the solution: no step to learn from"
-                    marks = (pytest.mark.xfail(strict=True, reason=reason),)
-                yield pytest.param(name, implicit, tol, marks=marks, id=f"{name}-{implicit}-{tol}")
+    for name in CASES:
+        for implicit, tol in _started_modes(name):
+            marks = ()
+            if (name, implicit, tol) in _STARTED_XFAIL:
+                reason = "open: unrolled, started at the solution: no step to learn from"
+                marks = (pytest.mark.xfail(strict=True, reason=reason),)
+            yield pytest.param(name, implicit, tol, marks=marks, id=f"{name}-{implicit}-{tol}")
+
+
+@functools.cache
+def _started_jacobians(name):
+    """(implicit, tol) -> the Jacobian dx*/dθ of a run started at the solution, every mode of the
+    solver traced into one compiled program (computed once, read by each mode's test)."""
+    case = CASES[name]
+    start = _start_at_solution(case)
+    modes = _started_modes(name)
+    solves = []
+    for implicit, tol in modes:
+        options = {"implicit_diff": implicit, "tol": tol, "on_failure": "ignore"}
+        if name == "Bisection":
+            options["tol"] = max(tol, 1e-12)
+        solver = case.solver(**options) if case.body is not None else case.make(None, **options)
+        solves.append(lambda theta, solver=solver: _params(case.run(solver, start, theta, None)))
+    jacobians = _quiet(jax.jit(lambda theta: [jax.jacobian(f)(theta) for f in solves]), case.theta)
+    return dict(zip(modes, jacobians, strict=True))
 
 
 @pytest.mark.parametrize(("name", "implicit", "tol"), list(_started_cases()))
 def test_started_at_the_solution_family_every_solver(name, implicit, tol):
     case = CASES[name]
-    options = {"implicit_diff": implicit, "tol": tol, "on_failure": "ignore"}
-    if name == "Bisection":
-        options["tol"] = max(tol, 1e-12)
-    solver = case.solver(**options) if case.body is not None else case.make(None, **options)
-    start = _start_at_solution(case)
-
-    def solve(theta):
-        return _params(case.run(solver, start, theta, None))
-
-    jac = _quiet(jax.jacobian(solve), case.theta)
     np.testing.assert_allclose(
-        jac,
+        _started_jacobians(name)[implicit, tol],
         case.jacobian(case.theta),
         rtol=1e-6,
         atol=1e-7,
@@ -370,24 +409,44 @@ def test_started_at_the_solution_family_every_solver(name, implicit, tol):
 def test_started_at_the_solution_family_one_coordinate_anderson():
     """The reported instance: T(x) = cos x + θ, one coordinate started at its fixed point π/2
     (dx/dθ = 1/(1 + sin x*) = 0.5 there), unrolled Anderson; and with tol = 0 every coordinate
-    started at its fixed point (the loop stops before the first iteration)."""
+    started at its fixed point (the loop stops before the first iteration). Every case is traced
+    into one compiled program."""
+    cases = [
+        (
+            start,
+            theta,
+            solvers.AndersonAcceleration(
+                fixed_point_fun=_cos_map,
+                implicit_diff=False,
+                tol=tol,
+                maxiter=300,
+                on_failure="ignore",
+            ),
+        )
+        for start, theta in (
+            (jnp.array([jnp.pi / 2, 0.0]), jnp.array([jnp.pi / 2, 1.0])),
+            (jnp.array([jnp.pi / 2]), jnp.array([jnp.pi / 2])),
+        )
+        for tol in (0.0, 1e-10)
+    ]
 
-    def T(x, theta):
-        return jnp.cos(x) + theta
+    def solve_all(thetas):
+        out = []
+        for (start, _, solver), theta in zip(cases, thetas, strict=True):
 
-    for start, theta in (
-        (jnp.array([jnp.pi / 2, 0.0]), jnp.array([jnp.pi / 2, 1.0])),
-        (jnp.array([jnp.pi / 2]), jnp.array([jnp.pi / 2])),
-    ):
-        for tol in (0.0, 1e-10):
-            solver = solvers.AndersonAcceleration(
-                fixed_point_fun=T, implicit_diff=False, tol=tol, maxiter=300, on_failure="ignore"
-            )
-            x = solver.run(start, theta).params
-            jac = jax.jacobian(lambda t, solver=solver, start=start: solver.run(start, t).params)(
-                theta
-            )
-            np.testing.assert_allclose(jnp.diag(jac), 1 / (1 + jnp.sin(x)), rtol=1e-8)
+            def solve(t, solver=solver, start=start):
+                x = solver.run(start, t).params
+                return x, x
+
+            out.append(jax.jacobian(solve, has_aux=True)(theta))
+        return out
+
+    for jac, x in jax.jit(solve_all)([theta for _, theta, _ in cases]):
+        np.testing.assert_allclose(jnp.diag(jac), 1 / (1 + jnp.sin(x)), rtol=1e-8)
+
+
+def _cos_map(x, theta):
+    return jnp.cos(x) + theta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,13 +516,16 @@ def test_bounds_family_empty_box(name):
     lower, upper = _EMPTY
     with pytest.raises(ValueError, match=r"lower|upper|bounds|alpha|beta"):
         run(lower, upper, _C)
-    x, converged = _quiet(jax.jit(run), lower, upper, _C)
+
+    def traced(lower, uppers, c):  # the bounds traced: the run, its vmap and its Jacobian
+        x, converged = run(lower, uppers[0], c)
+        _, conv = jax.vmap(run, in_axes=(None, 0, None))(lower, uppers, c)
+        jac = jax.jacobian(lambda c: run(lower, uppers[0], c)[0])(c)
+        return x, converged, conv, jac
+
+    x, converged, conv, jac = _quiet(jax.jit(traced), lower, jnp.stack([upper, upper + 2.0]), _C)
     assert not bool(converged) and bool(jnp.any(jnp.isnan(x)))
-    _, conv = _quiet(
-        jax.vmap(run, in_axes=(None, 0, None)), lower, jnp.stack([upper, upper + 2.0]), _C
-    )
     assert not bool(conv[0]) and bool(conv[1])
-    jac = _quiet(jax.jit(jax.jacobian(lambda c, lo, up: run(lo, up, c)[0])), _C, lower, upper)
     assert bool(jnp.any(jnp.isnan(jac)))
 
 
@@ -489,13 +551,16 @@ def test_bounds_family_infinite_and_equal_bounds(name):
             jnp.where(jnp.isinf(lower), -50.0, lower),
             jnp.where(jnp.isinf(upper), 50.0, upper),
         )  # box_section takes finite bounds (documented)
-    x, converged = _quiet(run, lower, upper, _C)
+    e2 = jnp.array([0.0, 0.0, 1.0])
+
+    def solve_all(c):  # the bounds constants of the program: concrete, as in a plain call
+        x, converged = run(lower, upper, c)
+        jac = jax.jacobian(lambda c: run(lower, upper, c)[0])(c)
+        _, along = jax.jvp(lambda s: run(lower + s * e2, upper + s * e2, c)[0], (0.0,), (1.0,))
+        return x, converged, jac, along
+
+    x, converged, jac, along = _quiet(jax.jit(solve_all), _C)
     assert bool(converged)
     np.testing.assert_allclose(x, jnp.array([0.5, 2.0, 0.2]), rtol=1e-8, atol=1e-9)
-    jac = _quiet(jax.jacobian(lambda c: run(lower, upper, c)[0]), _C)
     np.testing.assert_allclose(jac, jnp.diag(jnp.array([1.0, 1.0, 0.0])), atol=1e-7)
-    e2 = jnp.array([0.0, 0.0, 1.0])
-    _, along = _quiet(
-        lambda: jax.jvp(lambda s: run(lower + s * e2, upper + s * e2, _C)[0], (0.0,), (1.0,))
-    )
     np.testing.assert_allclose(along, e2, atol=1e-7)
