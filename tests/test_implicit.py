@@ -88,19 +88,38 @@ def test_solution_is_the_solvers_output():
     assert_tree_allclose(ridge(jnp.zeros(4), LAM, X, Y), ridge_closed_form(LAM, X, Y), rtol=1e-10)
 
 
+# Each test below computes what it compares in one jitted program (the engine's derivative and
+# its reference together), rather than op by op.
+
+
+@functools.partial(jax.jit, static_argnames=("argnum", "jac"))
+def _ridge_jacobian(argnum, jac, lam, X, y):
+    return jac(ridge, argnums=argnum)(jnp.zeros(4), lam, X, y)
+
+
+@functools.partial(jax.jit, static_argnames="argnum")
+def _closed_form_jacobian(argnum, lam, X, y):  # (one program for both modes of the engine)
+    return jax.jacobian(ridge_closed_form, argnums=argnum)(lam, X, y)
+
+
 @pytest.mark.parametrize("argnum", [1, 2, 3])
 @pytest.mark.parametrize("jac", [jax.jacfwd, jax.jacrev], ids=["jacfwd", "jacrev"])
 def test_ridge_jacobians_match_closed_form(argnum, jac):
-    got = jac(ridge, argnums=argnum)(jnp.zeros(4), LAM, X, Y)
-    want = jax.jacobian(ridge_closed_form, argnums=argnum - 1)(LAM, X, Y)
+    got = _ridge_jacobian(argnum, jac, LAM, X, Y)
+    want = _closed_form_jacobian(argnum - 1, LAM, X, Y)
     assert_tree_allclose(got, want, rtol=1e-8, atol=1e-11)
 
 
 def test_ridge_against_finite_differences():
     args = (LAM, X, Y)
     tangents = random_tangent((jnp.asarray(LAM), X, Y), seed=3)
-    _, got = jax.jvp(lambda *a: ridge(jnp.zeros(4), *a), args, tangents)
-    want = finite_difference_jvp(lambda a: ridge_closed_form(*a), args, tangents)
+
+    @jax.jit
+    def compare(args, tangents):
+        _, got = jax.jvp(lambda *a: ridge(jnp.zeros(4), *a), args, tangents)
+        return got, finite_difference_jvp(lambda a: ridge_closed_form(*a), args, tangents)
+
+    got, want = compare(args, tangents)
     assert_tree_allclose(got, want, rtol=1e-6, atol=1e-8)
 
 
@@ -129,11 +148,24 @@ def test_nonlinear_fixed_point_matches_ift_and_finite_differences():
 @pytest.mark.parametrize("solve", ["gmres", "bicgstab", "normal_cg", "lu", "auto"])
 def test_nonsymmetric_root_all_suitable_solvers(solve):
     solver = custom_root(nonsym_root, solve=solve)(newton_solve)
-    x_star = newton_solve(jnp.zeros(4), THETA)
-    want = jnp.linalg.inv(A_NONSYM + 0.1 * jnp.diag(1 - jnp.tanh(x_star) ** 2))
-    for jac in (jax.jacfwd, jax.jacrev):
-        got = jax.jit(jac(solver, 1))(jnp.zeros(4), THETA)
+
+    @jax.jit
+    def compute(theta):
+        x_star = newton_solve(jnp.zeros(4), theta)
+        want = jnp.linalg.inv(A_NONSYM + 0.1 * jnp.diag(1 - jnp.tanh(x_star) ** 2))
+        return want, [jac(solver, 1)(jnp.zeros(4), theta) for jac in (jax.jacfwd, jax.jacrev)]
+
+    want, jacs = compute(THETA)
+    for got in jacs:
         assert_tree_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
+def _closed_form_loss(lam, X, y):
+    return jnp.sum(ridge_closed_form(lam, X, y) ** 2)
+
+
+# ∂/∂λ ‖x*(λ)‖² in closed form: one program for every test comparing with it.
+_closed_form_grad = jax.jit(jax.grad(_closed_form_loss))
 
 
 @pytest.mark.parametrize(
@@ -153,8 +185,13 @@ def test_fixed_point_with_cholesky_is_positive_definite():
         return x - 0.05 * ridge_optimality(x, lam, X, Y)
 
     solver = custom_fixed_point(step, solve="cholesky")(lambda x, lam: ridge_closed_form(lam, X, Y))
-    got = jax.jacrev(solver, 1)(jnp.zeros(4), LAM)
-    assert_tree_allclose(got, jax.jacrev(ridge_closed_form)(LAM, X, Y), rtol=1e-9)
+    got, want = jax.jit(
+        lambda lam: (
+            jax.jacrev(solver, 1)(jnp.zeros(4), lam),
+            jax.jacrev(ridge_closed_form)(lam, X, Y),
+        )
+    )(LAM)
+    assert_tree_allclose(got, want, rtol=1e-9)
 
 
 def test_init_params_get_zero_derivative():
@@ -205,10 +242,15 @@ def outer_loss_closed(lam):
 )
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_every_transform_matches_closed_form(transform, jit):
-    got, want = transform(outer_loss), transform(outer_loss_closed)
-    if jit:
-        got = jax.jit(got)
-    np.testing.assert_allclose(got(LAM), want(LAM), rtol=1e-7)
+    # The engine's derivative eagerly (op by op) or jitted; the closed form's jitted (the same
+    # program for both).
+    got = jax.jit(transform(outer_loss)) if jit else transform(outer_loss)
+    np.testing.assert_allclose(got(LAM), _jitted_closed_form(transform)(LAM), rtol=1e-7)
+
+
+@functools.cache
+def _jitted_closed_form(transform):
+    return jax.jit(transform(outer_loss_closed))
 
 
 def test_value_and_grad_value():
@@ -235,9 +277,11 @@ LAMS_2D = jnp.stack([LAMS, 2 * LAMS])
     ids=["vmap_grad", "grad_vmap", "jit_vmap_grad", "vmap_hessian", "jacfwd_vmap", "vmap_vmap"],
 )
 def test_vmap_compositions(compose, lams):
-    np.testing.assert_allclose(
-        compose(outer_loss)(lams), compose(outer_loss_closed)(lams), rtol=1e-7
+    # Both sides in one jitted program.
+    got, want = jax.jit(lambda lams: (compose(outer_loss)(lams), compose(outer_loss_closed)(lams)))(
+        lams
     )
+    np.testing.assert_allclose(got, want, rtol=1e-7)
 
 
 def test_vmap_over_data():
@@ -249,9 +293,10 @@ def test_vmap_over_data():
     def loss_closed(X):
         return jnp.sum(ridge_closed_form(LAM, X, Y))
 
-    assert_tree_allclose(
-        jax.vmap(jax.grad(loss))(Xs), jax.vmap(jax.grad(loss_closed))(Xs), rtol=1e-8, atol=1e-11
-    )
+    got, want = jax.jit(
+        lambda Xs: (jax.vmap(jax.grad(loss))(Xs), jax.vmap(jax.grad(loss_closed))(Xs))
+    )(Xs)
+    assert_tree_allclose(got, want, rtol=1e-8, atol=1e-11)
 
 
 def test_jit_does_not_retrace_on_repeated_calls():
@@ -291,11 +336,20 @@ def test_pytree_params_and_args():
     init = {"w": jnp.zeros(4), "b": jnp.asarray(0.0)}
     hyper = (jnp.asarray(0.5), jnp.asarray(2.0))
     data = {"X": X, "y": Y}
-    for argnum in (1, 2):
-        for jac in (jax.jacfwd, jax.jacrev):
-            got = jax.jit(jac(solver, argnums=argnum))(init, hyper, data)
-            want = jac(closed, argnums=argnum - 1)(hyper, data)
-            assert_tree_allclose(got, want, rtol=1e-8, atol=1e-11)
+    pairs = [(argnum, jac) for argnum in (1, 2) for jac in (jax.jacfwd, jax.jacrev)]
+
+    @jax.jit
+    def compute(init, hyper, data):  # every pair in one program
+        return [
+            (
+                jac(solver, argnums=argnum)(init, hyper, data),
+                jac(closed, argnums=argnum - 1)(hyper, data),
+            )
+            for argnum, jac in pairs
+        ]
+
+    for got, want in compute(init, hyper, data):
+        assert_tree_allclose(got, want, rtol=1e-8, atol=1e-11)
 
 
 def test_keyword_arguments_are_differentiated():
@@ -325,7 +379,7 @@ def test_has_aux_returns_aux_without_derivative():
         x, aux = wrapped(jnp.zeros(4), lam, X, Y)
         return jnp.sum(x**2) + aux["residual"]
 
-    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X, Y) ** 2))(LAM)
+    want = _closed_form_grad(LAM, X, Y)
     np.testing.assert_allclose(jax.grad(loss)(LAM), want, rtol=1e-8)
     np.testing.assert_allclose(jax.jit(jax.grad(loss))(LAM), want, rtol=1e-8)
 
@@ -360,8 +414,12 @@ def test_integer_arguments_pass_through_as_data():
 
     wrapped = custom_root(F)(solver)
     idx = jnp.arange(8)
-    got = jax.grad(lambda lam: jnp.sum(wrapped(jnp.zeros(4), lam, X, Y, idx)))(LAM)
-    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X[:8], Y[:8])))(LAM)
+    got, want = jax.jit(
+        lambda lam, idx: (
+            jax.grad(lambda lam: jnp.sum(wrapped(jnp.zeros(4), lam, X, Y, idx)))(lam),
+            jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X[:8], Y[:8])))(lam),
+        )
+    )(LAM, idx)
     np.testing.assert_allclose(got, want, rtol=1e-8)
 
 
@@ -390,9 +448,13 @@ def closure_loss_closed(lam, y):
     ],
     ids=["grad", "jit_grad", "jacfwd", "hessian", "vmap_grad"],
 )
-def test_closed_over_arrays_are_differentiated(transform, lam):
-    got = transform(closure_loss)(lam, Y)
-    want = transform(closure_loss_closed)(lam, Y)
+def test_closed_over_arrays_are_differentiated(transform, lam, request):
+    if request.node.callspec.id in ("grad", "vmap_grad"):  # eagerly (op by op)
+        got, want = transform(closure_loss)(lam, Y), transform(closure_loss_closed)(lam, Y)
+    else:  # both sides in one jitted program
+        got, want = jax.jit(
+            lambda lam, y: (transform(closure_loss)(lam, y), transform(closure_loss_closed)(lam, y))
+        )(lam, Y)
     assert_tree_allclose(got, want, rtol=1e-7, atol=1e-10)
 
 
@@ -584,7 +646,7 @@ TRANSFORMS_OF_THE_CHECK = ["jit", "vmap", "scan", "checkpoint", "grad_of_checkpo
 
 
 def _closed_form_gradient(X):
-    return jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X, Y) ** 2))(LAM)
+    return _closed_form_grad(LAM, X, Y)
 
 
 @pytest.mark.parametrize("transform", TRANSFORMS_OF_THE_CHECK)
@@ -666,7 +728,7 @@ def test_singular_system_nonfinite_is_reported():
     solver = custom_root(ridge_optimality, solve="lu", on_failure="nan")(
         lambda init, lam, X, y: jnp.linalg.lstsq(X, y)[0]
     )
-    g = jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(6), lam, Xw, yw)))(0.0)
+    g = jax.jit(jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(6), lam, Xw, yw))))(0.0)
     assert np.isnan(g)
     # normal_cg copes: it solves the transposed system Aᵀu = v in the least-squares sense, which
     # gives −vᵀ(XᵀX)⁺x, the limit λ → 0⁺ of the ridge derivative −vᵀ(XᵀX + λI)⁻¹x.
@@ -676,9 +738,10 @@ def test_singular_system_nonfinite_is_reported():
     v = jnp.arange(1.0, 7.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        g = jax.grad(lambda lam: v @ solver(jnp.zeros(6), lam, Xw, yw))(0.0)
-    x0 = jnp.linalg.lstsq(Xw, yw)[0]
-    np.testing.assert_allclose(g, -v @ jnp.linalg.pinv(Xw.T @ Xw) @ x0, rtol=1e-7)
+        g = jax.jit(jax.grad(lambda lam: v @ solver(jnp.zeros(6), lam, Xw, yw)))(0.0)
+        g.block_until_ready()
+    x0 = np.linalg.lstsq(Xw, yw)[0]
+    np.testing.assert_allclose(g, -v @ np.linalg.pinv(Xw.T @ Xw) @ x0, rtol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -691,6 +754,7 @@ def test_float32_gradients_are_accurate_to_float32():
     def solver(init, lam, X, y):
         return jnp.linalg.solve(X.T @ X + lam * jnp.eye(4, dtype=X.dtype), X.T @ y)
 
+    want = jax.jit(jax.jacrev(ridge_closed_form, (0, 1)))(LAM, X, Y)
     for solve in ("cg", "gmres", "lu", "auto"):
         wrapped = custom_root(ridge_optimality, solve=solve, symmetric=True)(solver)
         with warnings.catch_warnings():
@@ -698,7 +762,6 @@ def test_float32_gradients_are_accurate_to_float32():
             jac = jax.jit(jax.jacrev(wrapped, (1, 2)))
             g = jac(jnp.zeros(4, jnp.float32), jnp.float32(LAM), X32, Y32)
         assert g[0].dtype == jnp.float32
-        want = jax.jacrev(ridge_closed_form, (0, 1))(LAM, X, Y)
         assert_tree_allclose(g, want, rtol=2e-4, atol=2e-5)
 
 
@@ -824,12 +887,12 @@ def test_half_precision_family_grad_through_custom_root(dtype, solve):
     def loss(lam):
         return jnp.sum(wrapped(jnp.zeros(4, dtype), lam, Xh, Yh).astype(jnp.float32) ** 2)
 
-    got = jax.grad(loss)(jnp.asarray(LAM, dtype))
+    got = jax.jit(jax.grad(loss))(jnp.asarray(LAM, dtype))
     assert got.dtype == dtype
     # against float64 on the same rounded data
-    X64, Y64 = Xh.astype(jnp.float64), Yh.astype(jnp.float64)
+    X64, Y64 = np.asarray(Xh, np.float64), np.asarray(Yh, np.float64)
     lam64 = float(jnp.asarray(LAM, dtype))
-    want = jax.grad(lambda lam: jnp.sum(ridge_closed_form(lam, X64, Y64) ** 2))(lam64)
+    want = _closed_form_grad(lam64, X64, Y64)
     np.testing.assert_allclose(float(got), want, rtol=1e-2 if dtype == jnp.float16 else 5e-2)
 
 
