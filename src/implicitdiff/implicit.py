@@ -194,7 +194,7 @@ def _implicit_solver(
             def flag(t):
                 if t is None:
                     return None
-                factor = jnp.where(finite, 1, jnp.nan).astype(t.dtype)
+                factor = jnp.where(finite, 1, jnp.nan).astype(jnp.result_type(t))
                 # Under shard_map a replicated input's tangent must stay replicated: a flag that
                 # varies per device is applied to the outgoing tangent only.
                 return t * factor if _loop.varies_within(factor, t) else t
