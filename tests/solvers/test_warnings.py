@@ -143,11 +143,20 @@ def test_warnings_family_solver_warning_once_at_user_line(name, implicit, policy
 
 
 def test_warnings_family_converged_run_is_silent():
-    """The same calls with enough iterations: no SolverWarning anywhere."""
+    """The same calls with the same solver as the sweep above (maxiter = 2, tol = 1e-14: its
+    compiled runs are reused), on problems that Newton solves in exactly those 2 iterations (θ
+    scaled by 1e-4, where the quartic term is negligible): no SolverWarning anywhere."""
+    solver = solvers.Newton(fun=_quadratic, maxiter=2, tol=1e-14, on_failure="ignore")
+    state = jax.vmap(lambda t: solver.run(jnp.zeros(3), t).state)(_SMALL * BATCH)
+    assert bool(jnp.all(state.converged)) and bool(jnp.all(state.iter_num == 2)), state
     for policy in WARNS_IN:
-        solve = functools.partial(KINDS["Newton"], maxiter=50, tol=1e-8, on_failure=policy)
+        solve = functools.partial(KINDS["Newton"], maxiter=2, tol=1e-14, on_failure=policy)
         for how, (fn, arg) in _solver_transformations(solve).items():
-            assert not _caught(fn, arg, category=solvers.SolverWarning), (policy, how)
+            caught = _caught(fn, _SMALL * arg, category=solvers.SolverWarning)
+            assert not caught, (policy, how)
+
+
+_SMALL = 1e-4  # Newton's error: above tol after one iteration, at most 2e-20 after two
 
 
 # ---------------------------------------------------------------------------------------------
