@@ -241,34 +241,52 @@ def backward_system(problem: Problem) -> tuple[Callable, jax.Array]:
     """v ↦ ∂ₓF(x*) v and the backward right-hand side ∇ₓ(validation loss) at x*.
 
     The reverse pass solves (∂ₓF)ᵀ u = ±rhs, the same system (∂ₓF is symmetric) for every
-    engine. Also checks that the inner solver converged.
+    engine. Also checks that the inner solver converged. (x*, its stationarity and the
+    right-hand side come from one compiled program; the matvec is traced where it is used.)
     """
     lam = jnp.exp(problem.theta)
     A, b, A_val, b_val = problem.data
-    x = jax.jit(problem.solver)(jnp.zeros(problem.p), lam, A, b)
-    stationarity = jnp.linalg.norm(problem.optimality(x, lam, A, b)) / jnp.linalg.norm(
-        problem.optimality(jnp.zeros_like(x), lam, A, b)
-    )
+
+    @jax.jit
+    def solution(lam, A, b, A_val, b_val):
+        x = problem.solver(jnp.zeros(problem.p, A.dtype), lam, A, b)
+        stationarity = jnp.linalg.norm(problem.optimality(x, lam, A, b)) / jnp.linalg.norm(
+            problem.optimality(jnp.zeros_like(x), lam, A, b)
+        )
+        return x, stationarity, jax.grad(problem.validation_loss)(x, A_val, b_val)
+
+    x, stationarity, rhs = solution(lam, A, b, A_val, b_val)
     assert stationarity < 1e-9, f"{problem.name}: inner solver not converged ({stationarity:.1e})"
-    _, matvec = jax.linearize(lambda v: problem.optimality(v, lam, A, b), x)
-    return matvec, jax.grad(problem.validation_loss)(x, A_val, b_val)
+
+    def matvec(v):
+        return jax.jvp(lambda u: problem.optimality(u, lam, A, b), (x,), (v,))[1]
+
+    return matvec, rhs
 
 
 def cg_iterations(matvec: Callable, rhs: jax.Array, linear_solver: lx.CG) -> tuple[int, int]:
-    """Iterations of jax.scipy's CG (ours, JAXopt) and of lineax.CG on the backward system."""
+    """Iterations of jax.scipy's CG (ours, JAXopt) and of lineax.CG on the backward system
+    (each solve one compiled program)."""
     calls = []
 
     def counted_matvec(v):
         jax.debug.callback(lambda: calls.append(1))
         return matvec(v)
 
-    jax.block_until_ready(jsp_sparse.cg(counted_matvec, rhs, tol=BACKWARD_TOL)[0])
+    scipy_cg = jax.jit(lambda rhs: jsp_sparse.cg(counted_matvec, rhs, tol=BACKWARD_TOL)[0])
+    jax.block_until_ready(scipy_cg(rhs))
     jax.effects_barrier()
-    operator = lx.FunctionLinearOperator(
-        matvec, jax.eval_shape(lambda: rhs), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
-    )
-    solution = lx.linear_solve(operator, rhs, linear_solver)
-    return len(calls) - 1, int(solution.stats["num_steps"])  # jax.scipy: one matvec for r₀
+
+    @jax.jit
+    def lineax_steps(rhs):
+        operator = lx.FunctionLinearOperator(
+            matvec,
+            jax.eval_shape(lambda: rhs),
+            tags=(lx.symmetric_tag, lx.positive_semidefinite_tag),
+        )
+        return lx.linear_solve(operator, rhs, linear_solver).stats["num_steps"]
+
+    return len(calls) - 1, int(lineax_steps(rhs))  # jax.scipy: one matvec for r₀
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ infinity (item 5), prox.from_projection of every projection (item 17).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from fractions import Fraction
 
@@ -164,7 +165,8 @@ def _leaves(tree):
 
 @pytest.mark.parametrize("name", sorted(EMPTY))
 def test_projection_family_empty_sets(name):
-    """Concrete parameters of an empty set: ValueError; traced (jit, vmap): NaN."""
+    """Concrete parameters of an empty set: ValueError; traced (jit, vmap): NaN (the jitted and
+    the vmapped call in one compiled program)."""
     projection = getattr(P, name)
     x, _ = SAMPLES[name](jnp.float64)
     hyper = EMPTY[name](jnp.float64)
@@ -172,12 +174,19 @@ def test_projection_family_empty_sets(name):
         projection(x, hyper)
     if name == "sparse_simplex":  # max_nz is static: close over it
         scale, k = hyper
-        jitted = jax.jit(lambda x, s: projection(x, (s, k)))(x, scale)
-        mapped = jax.vmap(lambda s: projection(x, (s, k)))(jnp.stack([scale, scale]))
+
+        def traced(x, s):
+            mapped = jax.vmap(lambda s: projection(x, (s, k)))(jnp.stack([s, s]))
+            return projection(x, (s, k)), mapped
+
+        jitted, mapped = jax.jit(traced)(x, scale)
     else:
-        jitted = jax.jit(projection)(x, hyper)
-        stacked = jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf, leaf]), hyper)
-        mapped = jax.vmap(projection, in_axes=(None, 0))(x, stacked)
+
+        def traced(x, hyper):
+            stacked = jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf, leaf]), hyper)
+            return projection(x, hyper), jax.vmap(projection, in_axes=(None, 0))(x, stacked)
+
+        jitted, mapped = jax.jit(traced)(x, hyper)
     for out in (jitted, mapped):
         assert all(np.all(np.isnan(leaf)) for leaf in _leaves(out)), (name, out)
 
@@ -454,6 +463,32 @@ def _call_loss(name, label, z):
     return fun(z) if name == "sparsemax" else fun(label, z)
 
 
+@functools.cache
+def _jitted_loss(name, label):
+    """z ↦ the loss at an integer label, jitted (the label is a constant: its concrete check
+    runs at trace time); compiled once per name, label and dtype."""
+    return jax.jit(functools.partial(_call_loss, name, label))
+
+
+def _loss_and_derivative(name, label, z):
+    """(loss, its gradient in z), or (sparsemax, its Jacobian)."""
+    fun = functools.partial(_call_loss, name, label)
+    derivative = jax.jacobian(fun) if name == "sparsemax" else jax.grad(fun)
+    return fun(z), derivative(z)
+
+
+#: compiled once per name and dtype, the label traced
+_jitted_loss_and_derivative = jax.jit(_loss_and_derivative, static_argnums=0)
+
+
+def _binary_loss_and_grad(y, z):
+    loss = losses.binary_logistic_loss
+    return loss(y, z), jax.grad(loss, argnums=1)(y, z)
+
+
+_jitted_binary_loss_and_grad = jax.jit(_binary_loss_and_grad)
+
+
 @pytest.mark.parametrize(("dtype", "magnitude"), CASES, ids=_CASE_IDS)
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_loss_family_huge_and_tiny_inputs(name, dtype, magnitude):
@@ -465,24 +500,27 @@ def test_loss_family_huge_and_tiny_inputs(name, dtype, magnitude):
         _check_loss_at_magnitude(name, dtype, magnitude, scores, eps)
 
 
+_jitted_squared_loss = jax.jit(losses.squared_loss)
+
+
 def _check_loss_at_magnitude(name, dtype, magnitude, scores, eps):
     z = np.asarray(np.asarray(scores, dtype) * magnitude, np.float64)
     if name == "binary_logistic_loss":
         for y, zi in itertools.product([0.0, 1.0], z):
-            got = float(losses.binary_logistic_loss(y, jnp.asarray(zi, dtype)))
+            got = float(_jitted_binary_loss_and_grad(y, jnp.asarray(zi, dtype))[0])
             ref = float(_np_loss(name, y, zi))
             np.testing.assert_allclose(got, ref, rtol=4 * eps, atol=4 * eps * (ref == 0))
         return
     label = 1
     if name == "squared_loss":
         label = np.asarray(np.asarray([0.1, 0.2, -0.3], dtype) * magnitude, np.float64)
-        got = losses.squared_loss(jnp.asarray(label, dtype), jnp.asarray(z, dtype))
+        got = _jitted_squared_loss(jnp.asarray(label, dtype), jnp.asarray(z, dtype))
         ref = np.float64(_np_loss(name, label, z))
         if ref > np.finfo(dtype).max or ref < np.finfo(dtype).tiny:
             return  # the loss itself is not representable in this dtype
         np.testing.assert_allclose(float(got), ref, rtol=8 * eps)
         return
-    got = np.asarray(_call_loss(name, label, jnp.asarray(z, dtype)), np.float64)
+    got = np.asarray(_jitted_loss(name, label)(jnp.asarray(z, dtype)), np.float64)
     ref = np.asarray(_np_loss(name, label, z), np.float64)
     np.testing.assert_allclose(got, ref, rtol=8 * eps, atol=8 * eps * max(1.0, np.abs(ref).max()))
 
@@ -570,14 +608,14 @@ def test_loss_family_at_infinity(name, case, dtype):
     label, scores = _INF_CASES[case]
     z = jnp.asarray(scores, dtype)
     value, grad = _closed_form(name, label, np.asarray(z, np.float64))
-    got = _call_loss(name, label, z)
+    got, g = _jitted_loss_and_derivative(
+        name, jnp.asarray(label), z
+    )  # g: the Jacobian for sparsemax
     eps = np.finfo(dtype).eps
     np.testing.assert_allclose(np.asarray(got, np.float64), value, rtol=8 * eps, atol=8 * eps)
     if name == "sparsemax":
-        jac = jax.jacobian(losses.sparsemax)(z)
-        assert np.all(np.isfinite(jac))
+        assert np.all(np.isfinite(g))
         return
-    g = jax.grad(lambda s: _call_loss(name, label, s))(z)
     assert np.all(np.isfinite(g)), (name, scores, g)
     if grad is not None:
         np.testing.assert_allclose(g, grad, rtol=8 * eps, atol=8 * eps)
@@ -588,12 +626,11 @@ def test_loss_family_at_infinity_binary(dtype):
     """binary_logistic_loss(y, z) = (1 − y) softplus(z) + y softplus(−z), gradient σ(z) − y."""
     for y, z in itertools.product([0.0, 1.0], [INF, -INF, 1e9, -1e9, 1e-9, -1e-9]):
         zz = jnp.asarray(z, dtype)
-        value = float(losses.binary_logistic_loss(y, zz))
+        value, grad = map(float, _jitted_binary_loss_and_grad(y, zz))
         with np.errstate(over="ignore", invalid="ignore"):
             ref = (1 - y) * np.logaddexp(0, z) if y == 0 else np.logaddexp(0, -z)
             sigma = 1 / (1 + np.exp(-z))
         np.testing.assert_allclose(value, ref, rtol=8 * np.finfo(dtype).eps)
-        grad = float(jax.grad(losses.binary_logistic_loss, argnums=1)(y, zz))
         np.testing.assert_allclose(grad, sigma - y, rtol=8 * np.finfo(dtype).eps, atol=1e-30)
 
 

@@ -38,14 +38,16 @@ def cosine(x, theta):
 COSINE_THETA = {"a": jnp.array([0.3, -1.2]), "b": jnp.array([2.0, 0.7, -0.4])}
 
 
-def cosine_reference(theta):
-    """x* by SciPy's brentq on x − ½cos x − θ = 0, entry by entry, and dx*/dθ (diagonal)."""
+@functools.cache
+def cosine_reference():
+    """x* by SciPy's brentq on x − ½cos x − θ = 0 (θ = COSINE_THETA), entry by entry, and
+    dx*/dθ (diagonal), in NumPy."""
 
     def solve(t):
         return scipy.optimize.brentq(lambda x: x - 0.5 * np.cos(x) - t, t - 1, t + 1, xtol=1e-15)
 
-    x = jax.tree_util.tree_map(lambda t: jnp.asarray([solve(float(v)) for v in t]), theta)
-    return x, jax.tree_util.tree_map(lambda x: 1.0 / (1.0 + 0.5 * jnp.sin(x)), x)
+    x = {k: np.array([solve(float(v)) for v in t]) for k, t in COSINE_THETA.items()}
+    return x, {k: 1.0 / (1.0 + 0.5 * np.sin(v)) for k, v in x.items()}
 
 
 FIXED_POINT_PROBLEMS = {
@@ -73,8 +75,20 @@ def fixed_point_solver(solver_name, problem_name, **options):
 
 def fixed_point_reference(problem_name):
     if problem_name == "affine":
-        return jnp.linalg.solve(jnp.eye(N) - M, THETA)
-    return cosine_reference(COSINE_THETA)[0]
+        return np.linalg.solve(np.eye(N) - np.asarray(M), np.asarray(THETA))
+    return cosine_reference()[0]
+
+
+@functools.cache
+def residual_norm(problem_name):
+    """x ↦ ‖T(x) − x‖ for a problem, jitted (compiled once per problem)."""
+    problem = FIXED_POINT_PROBLEMS[problem_name]
+
+    def norm(x):
+        residual = ravel_pytree(problem["fun"](x, *problem["args"]))[0] - ravel_pytree(x)[0]
+        return jnp.linalg.norm(residual)
+
+    return jax.jit(norm)
 
 
 @pytest.mark.parametrize("problem_name", FIXED_POINT_PROBLEMS)
@@ -86,9 +100,8 @@ def test_fixed_point_converges(solver_name, problem_name):
     assert bool(state.converged) and float(state.error) <= TOL
     assert_tree_allclose(params, fixed_point_reference(problem_name), rtol=1e-10, atol=1e-11)
     # state.error is ‖T(x) − x‖ at the returned x
-    residual = ravel_pytree(problem["fun"](params, *problem["args"]))[0] - ravel_pytree(params)[0]
     np.testing.assert_allclose(
-        float(state.error), float(jnp.linalg.norm(residual)), rtol=1e-3, atol=1e-15
+        float(state.error), float(residual_norm(problem_name)(params)), rtol=1e-3, atol=1e-15
     )
 
 
@@ -107,30 +120,35 @@ def test_anderson_needs_clearly_fewer_iterations(problem_name):
 @pytest.mark.parametrize("problem_name", FIXED_POINT_PROBLEMS)
 @pytest.mark.parametrize("solver_name", ["iteration", "anderson"])
 def test_fixed_point_derivatives_match_closed_form(solver_name, problem_name):
+    """affine: the Jacobian in θ and a JVP in M, in one compiled program; cosine: the gradient
+    of Σᵢ i·sin(xᵢ*) (the jitted one shared with the unrolled and jit/vmap tests), whose
+    closed form i·cos(xᵢ*)·dxᵢ*/dθᵢ checks each entry of the diagonal Jacobian."""
     problem = FIXED_POINT_PROBLEMS[problem_name]
-    solver = fixed_point_solver(solver_name, problem_name)
     if problem_name == "affine":
-        resolvent = jnp.linalg.inv(jnp.eye(N) - M)
-        x = resolvent @ THETA
-        jac = jax.jacobian(lambda t: solver.run(problem["init"], M, t).params)(THETA)
-        np.testing.assert_allclose(jac, resolvent, rtol=1e-10, atol=1e-12)
+        solver = fixed_point_solver(solver_name, problem_name)
+        resolvent = np.linalg.inv(np.eye(N) - np.asarray(M))
+        x = resolvent @ np.asarray(THETA)
         dM = jnp.asarray(RNG.normal(size=(N, N)))  # forward mode in M: (I − M)⁻¹ dM x*
-        _, tangent = jax.jvp(lambda m: solver.run(problem["init"], m, THETA).params, (M,), (dM,))
-        np.testing.assert_allclose(tangent, resolvent @ dM @ x, rtol=1e-9, atol=1e-11)
-    else:
-        _, diagonal = cosine_reference(COSINE_THETA)
-        cotangent = {"a": jnp.array([1.0, -2.0]), "b": jnp.array([0.5, 3.0, 1.0])}
-        grad = jax.grad(
-            lambda t: sum(
-                jnp.vdot(c, x)
-                for c, x in zip(
-                    jax.tree_util.tree_leaves(cotangent),
-                    jax.tree_util.tree_leaves(solver.run(problem["init"], t).params),
-                    strict=True,
-                )
+
+        @jax.jit
+        def derivatives(M, theta, dM):
+            jac = jax.jacobian(lambda t: solver.run(problem["init"], M, t).params)(theta)
+            _, tangent = jax.jvp(
+                lambda m: solver.run(problem["init"], m, theta).params, (M,), (dM,)
             )
-        )(COSINE_THETA)
-        expected = jax.tree_util.tree_map(lambda c, d: c * d, cotangent, diagonal)
+            return jac, tangent
+
+        jac, tangent = derivatives(M, THETA, dM)
+        np.testing.assert_allclose(jac, resolvent, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(tangent, resolvent @ np.asarray(dM) @ x, rtol=1e-9, atol=1e-11)
+    else:
+        x, diagonal = cosine_reference()
+        _, grad = implicit_value_and_grad(f"{solver_name}-cosine")(COSINE_THETA)
+        weights = np.arange(1.0, 6.0)  # Σᵢ i·sin(xᵢ) over x = (a, b) flattened
+        flat_x, flat_diagonal = (np.concatenate([d["a"], d["b"]]) for d in (x, diagonal))
+        flat_expected = weights * np.cos(flat_x) * flat_diagonal
+        assert np.abs(flat_expected).min() > 0.1  # every entry of the diagonal is checked
+        expected = {"a": flat_expected[:2], "b": flat_expected[2:]}
         assert_tree_allclose(grad, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -239,16 +257,17 @@ def test_bisection_unrolled_gives_the_root_and_a_zero_derivative():
 @pytest.mark.parametrize("init_name", BROYDEN_SOLVERS)
 def test_broyden_root_and_derivative(init_name):
     solver = broyden(init_name)
-    x, state = solver.run(jnp.ones(2), SYSTEM_THETA)
+
+    @jax.jit
+    def solve(theta):  # the run, its residual and its Jacobian in θ: one program
+        x, state = solver.run(jnp.ones(2), theta)
+        jac = jax.jacobian(lambda t: solver.run(jnp.ones(2), t).params)(theta)
+        return x, state, jnp.linalg.norm(square_system(x, theta)), jac
+
+    x, state, residual, jac = solve(SYSTEM_THETA)
     assert bool(state.converged) and float(state.error) <= TOL
     np.testing.assert_allclose(x, square_system_solution(SYSTEM_THETA), rtol=1e-12)
-    np.testing.assert_allclose(
-        float(state.error),
-        float(jnp.linalg.norm(square_system(x, SYSTEM_THETA))),
-        rtol=1e-3,
-        atol=1e-15,
-    )
-    jac = jax.jacobian(lambda t: solver.run(jnp.ones(2), t).params)(SYSTEM_THETA)
+    np.testing.assert_allclose(float(state.error), float(residual), rtol=1e-3, atol=1e-15)
     np.testing.assert_allclose(jac, square_system_jacobian(SYSTEM_THETA), rtol=1e-10, atol=1e-12)
     # and against SciPy's solution
     reference = scipy.optimize.root(
@@ -261,11 +280,16 @@ def test_broyden_safeguard_from_a_far_start():
     """arctan from x₀ = 3: full Newton/Broyden steps diverge; the safeguard converges."""
     solver = broyden("exact", fun=arctan_system)
     init = jnp.full(3, 3.0)
-    x, state = solver.run(init, ARCTAN_THETA)
+
+    def summed(t):  # the run and the gradient of Σ x*: one program
+        x, state = solver.run(init, t)
+        return jnp.sum(x), (x, state)
+
+    (_, (x, state)), grad = jax.jit(jax.value_and_grad(summed, has_aux=True))(ARCTAN_THETA)
     assert bool(state.converged)
-    np.testing.assert_allclose(x, jnp.tan(ARCTAN_THETA), rtol=1e-12)
-    grad = jax.grad(lambda t: jnp.sum(solver.run(init, t).params))(ARCTAN_THETA)
-    np.testing.assert_allclose(grad, 1.0 + jnp.tan(ARCTAN_THETA) ** 2, rtol=1e-10)
+    tan = np.tan(np.asarray(ARCTAN_THETA))
+    np.testing.assert_allclose(x, tan, rtol=1e-12)
+    np.testing.assert_allclose(grad, 1.0 + tan**2, rtol=1e-10)
     # without the safeguard (no backtracking: a failed full step resets and stays) it stalls
     _, state = broyden("exact", fun=arctan_system, max_backtracks=0).run(init, ARCTAN_THETA)
     assert not bool(state.converged)
@@ -284,7 +308,10 @@ def test_broyden_family_converges_where_jaxopt_does(n):
     """Side by side with JAXopt 0.8.5's Broyden on ½tanh(Qx) + c − x, Q random (seeds 0–5) scaled
     to spectral norm 1, c = 0.3: both of our modes converge to the same root in no more
     iterations than JAXopt (which needs 25–34 at n = 5, 71–109 at n = 20), and the implicit
-    derivative in c matches the closed form."""
+    derivative in c matches the closed form (for every seed).
+
+    One compiled program per n holds the three runs and the Jacobian; the seeds call it in turn
+    (JAXopt's own ``run`` retraces at every call)."""
     jaxopt = pytest.importorskip("jaxopt")
     c = 0.3 * jnp.ones(n)
     ours = {
@@ -292,22 +319,30 @@ def test_broyden_family_converges_where_jaxopt_does(n):
         for mode in ("identity", "exact")
     }
     theirs = jaxopt.Broyden(fun=_tanh_system, tol=1e-10, maxiter=500, jit=True)
+
+    @jax.jit
+    def compare(Q):
+        x_ref, state_ref = theirs.run(jnp.zeros(n), Q, c)
+        runs = {mode: solver.run(jnp.zeros(n), Q, c) for mode, solver in ours.items()}
+        residuals = {mode: jnp.linalg.norm(_tanh_system(x, Q, c)) for mode, (x, _) in runs.items()}
+        jac = jax.jacobian(lambda c: ours["identity"].run(jnp.zeros(n), Q, c).params)(c)
+        reference = (x_ref, state_ref.iter_num, jnp.linalg.norm(_tanh_system(x_ref, Q, c)))
+        return reference, runs, residuals, jac
+
     for seed in range(6):
         Q = np.random.default_rng(seed).normal(size=(n, n))
-        Q = jnp.asarray(Q / np.linalg.norm(Q, 2))
-        x_ref, state_ref = theirs.run(jnp.zeros(n), Q, c)
-        assert float(jnp.linalg.norm(_tanh_system(x_ref, Q, c))) <= 1e-9
-        for mode, solver in ours.items():
-            x, state = solver.run(jnp.zeros(n), Q, c)
+        Q = Q / np.linalg.norm(Q, 2)
+        (x_ref, iters_ref, residual_ref), runs, residuals, jac = compare(jnp.asarray(Q))
+        assert float(residual_ref) <= 1e-9
+        for mode, (x, state) in runs.items():
             assert bool(state.converged), (seed, mode)
-            assert float(jnp.linalg.norm(_tanh_system(x, Q, c))) <= 1e-9, (seed, mode)
-            assert int(state.iter_num) <= int(state_ref.iter_num), (seed, mode)
+            assert float(residuals[mode]) <= 1e-9, (seed, mode)
+            assert int(state.iter_num) <= int(iters_ref), (seed, mode)
             np.testing.assert_allclose(x, x_ref, rtol=1e-8, atol=1e-9)
-        if seed == 0:
-            jac = jax.jacobian(lambda c, Q=Q: ours["identity"].run(jnp.zeros(n), Q, c).params)(c)
-            sech2 = 1.0 / jnp.cosh(Q @ x) ** 2
-            expected = jnp.linalg.inv(jnp.eye(n) - 0.5 * sech2[:, None] * Q)
-            np.testing.assert_allclose(jac, expected, rtol=1e-8, atol=1e-10)
+        x = np.asarray(runs["identity"][0])
+        sech2 = 1.0 / np.cosh(Q @ x) ** 2
+        expected = np.linalg.inv(np.eye(n) - 0.5 * sech2[:, None] * Q)
+        np.testing.assert_allclose(jac, expected, rtol=1e-8, atol=1e-10)
 
 
 # -- unrolled against implicit, for every iterative solver with a meaningful unrolling -----
@@ -336,11 +371,16 @@ def problem_theta(problem_name):
 
 
 @functools.cache
-def implicit_loss_and_grad(case):
-    """The loss of a case's implicit solver and its jitted gradient (compiled once, shared)."""
+def implicit_loss(case):
+    """The scalar loss of a case's implicit solver (one function object per case)."""
     make, problem_name = UNROLLED_CASES[case]
-    loss = functools.partial(scalar_loss, make(), problem_name)
-    return loss, jax.jit(jax.grad(loss))
+    return functools.partial(scalar_loss, make(), problem_name)
+
+
+@functools.cache
+def implicit_value_and_grad(case):
+    """The jitted value and gradient of a case's implicit loss (compiled once, shared)."""
+    return jax.jit(jax.value_and_grad(implicit_loss(case)))
 
 
 @pytest.mark.parametrize("case", UNROLLED_CASES)
@@ -351,8 +391,8 @@ def test_unrolled_matches_implicit(case):
     unrolled = make(
         implicit_diff=False, maxiter=maxiter, unroll_checkpoint=(case == "anderson-cosine")
     )
-    want = implicit_loss_and_grad(case)[1](theta)
-    got = jax.grad(lambda t: scalar_loss(unrolled, problem_name, t))(theta)
+    want = implicit_value_and_grad(case)(theta)[1]
+    got = jax.jit(jax.grad(lambda t: scalar_loss(unrolled, problem_name, t)))(theta)
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(got))
     assert_tree_allclose(got, want, rtol=1e-8, atol=1e-10)
 
@@ -362,20 +402,24 @@ def test_unrolled_matches_implicit(case):
 
 @pytest.mark.parametrize("case", ["iteration-cosine", "anderson-cosine", "broyden_exact"])
 def test_jit_and_vmap(case):
+    """The loss and its gradient under jit of vmap (one program) match them θ by θ (the
+    jitted value and gradient shared with the other tests)."""
     _, problem_name = UNROLLED_CASES[case]
-    loss, grad = implicit_loss_and_grad(case)  # grad: jit of the gradient
+    value_and_grad = implicit_value_and_grad(case)
     thetas = jax.tree_util.tree_map(
-        lambda t: t + 0.1 * jnp.arange(3.0).reshape((3,) + (1,) * t.ndim),
+        lambda t: np.asarray(t) + 0.1 * np.arange(3.0).reshape((3,) + (1,) * t.ndim),
         problem_theta(problem_name),
     )
-    batched_losses = jax.vmap(loss)(thetas)
-    batched_grads = jax.jit(jax.vmap(grad))(thetas)
+    batched_losses, batched_grads = jax.jit(jax.vmap(jax.value_and_grad(implicit_loss(case))))(
+        thetas
+    )
     for i in range(3):
         theta_i = jax.tree_util.tree_map(lambda t, i=i: t[i], thetas)
-        np.testing.assert_allclose(batched_losses[i], loss(theta_i), rtol=1e-12)
+        loss_i, grad_i = value_and_grad(theta_i)
+        np.testing.assert_allclose(batched_losses[i], loss_i, rtol=1e-12)
         assert_tree_allclose(
             jax.tree_util.tree_map(lambda g, i=i: g[i], batched_grads),
-            grad(theta_i),
+            grad_i,
             rtol=1e-9,
             atol=1e-12,
         )
