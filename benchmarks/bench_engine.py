@@ -327,7 +327,7 @@ def benchmark(problem: Problem, compile_repeats: int, run_budget_s: float) -> Re
     # Run times are taken through jax.jit, the path a user's code takes. (An ahead-of-time
     # ``Compiled`` object dispatches from Python when its program holds a host callback, as the
     # default failure report does: about 0.1 ms more per call; jax.jit keeps the C++ dispatch.)
-    compiled = {name: jax.jit(builders[name]()) for name in CONTESTANTS}
+    compiled = {name: jax.jit(build()) for name, build in builders.items()}
 
     outputs = {name: compiled[name](*args) for name in CONTESTANTS}
     values = [float(value) for value, _ in outputs.values()]
