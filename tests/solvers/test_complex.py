@@ -176,8 +176,8 @@ def test_complex_family_supported(name, implicit):
     assert not np.iscomplexobj(state.stepsize)
     assert np.all(state.converged), (name, state.error)
     plain = name == "GradientDescent"
-    # (unrolled derivatives lag their iterates, gradient descent's most)
-    rtol = 1e-9 if implicit or not plain else 2e-8
+    # (unrolled derivatives lag their iterates: by about gradient descent's tol, 1e-8, for it)
+    rtol = 1e-9 if implicit or not plain else 1e-7
 
     # μ = 0: the closed form, forward (both columns) and reverse.
     theta, lam = P_QUAD
