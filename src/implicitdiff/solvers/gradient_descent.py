@@ -67,7 +67,7 @@ class GradientDescent(IterativeSolver):
             raise ValueError(f"GradientDescent: stepsize must be ≥ 0, got {self.stepsize!r}")
         object.__setattr__(self, "_fun_value_and_grad", jax.value_and_grad(self.fun))
 
-    def _value_and_grad(self, params, *args, **kwargs):
+    def _value_and_grad(self, params, /, *args, **kwargs):
         """(f, ∇f) at params; for complex params ∇f is conj of ``jax.grad`` (the gradient over
         the real pairs, see :mod:`implicitdiff.solvers._dtypes`). f stays in the dtype ``fun``
         computes in: the line search casts it, knowing then how finely f is rounded."""
