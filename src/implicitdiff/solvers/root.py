@@ -22,6 +22,7 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _linesearch, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._failures import Status
 
@@ -134,8 +135,9 @@ class Broyden(IterativeSolver):
         _, unravel = ravel_pytree(params)
 
         def flat_fun(x):
+            # G's value in the params' dtype, whatever dtype fun computes in (see _dtypes).
             value = self.fun(unravel(x), *args, **kwargs)
-            return ravel_pytree(value)[0]
+            return ravel_pytree(_dtypes.cast_like(value, unravel(x)))[0]
 
         return flat_fun
 
@@ -478,7 +480,7 @@ class Bisection(IterativeSolver):
         return "root", self.optimality_fun
 
     def run(self, init_params: Any = None, *args, **kwargs) -> OptStep:
-        """Solve on [lower, upper]; ``init_params`` is ignored.
+        """Solve on [lower, upper]; ``init_params`` is ignored (a complex one is refused).
 
         Args:
           init_params: ignored (JAXopt's convention; the start is the bracket's midpoint).
@@ -493,6 +495,7 @@ class Bisection(IterativeSolver):
           ValueError: with ``check_bracket``, concrete arguments and an invalid bracket (naming
             lower, upper and G there).
         """
+        _dtypes.check_real_params(init_params, "Bisection.run", type(self)._COMPLEX_SOLVERS)
         del init_params
         dtype = jnp.result_type(float)
         start = jnp.asarray(0.5 * (float(self.lower) + float(self.upper)), dtype)
