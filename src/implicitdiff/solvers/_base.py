@@ -364,7 +364,7 @@ class IterativeSolver(DifferentiableRun):
         """Whether ``update`` chooses its step by a line search (see :meth:`_unrolled`)."""
         return False
 
-    def _continuation(self, *args, **kwargs) -> Any:
+    def _continuation(self, /, *args, **kwargs) -> Any:
         """The map that unrolling continues the derivative with once the loop has stopped.
 
         None (the default): the solver's own ``update`` (see :meth:`_unrolled`). A solver that

@@ -87,7 +87,7 @@ def gradient_continuation(
     """
     grad = jax.grad(fun)
 
-    def descent(x, *a, **k):
+    def descent(x, /, *a, **k):
         return tree.map(jnp.conj, grad(x, *a, **k))
 
     def stepsize(params):

@@ -99,7 +99,7 @@ class LineSearchSolver(IterativeSolver):
         """Every step comes from a line search."""
         return True
 
-    def _continuation(self, *args, **kwargs):
+    def _continuation(self, /, *args, **kwargs):
         """Unrolling continues the derivative past the stop with x ← x − η∇f(x), η = 1/L̂
         (:mod:`implicitdiff.solvers._continuation`)."""
         return gradient_continuation(self.fun, args, kwargs)

@@ -69,7 +69,7 @@ class GradientDescent(IterativeSolver):
         """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
         return self.stepsize <= 0
 
-    def _continuation(self, *args, **kwargs):
+    def _continuation(self, /, *args, **kwargs):
         """With backtracking, unrolling continues the derivative past the stop with
         x ← x − η∇f(x), η = 1/L̂ (:mod:`implicitdiff.solvers._continuation`)."""
         if not self._searches_its_step():

@@ -204,7 +204,7 @@ class LBFGSB(IterativeSolver):
         """Every step comes from a search along the projected arc."""
         return True
 
-    def _continuation(self, bounds, *args, **kwargs):
+    def _continuation(self, bounds, /, *args, **kwargs):
         """Unrolling continues the derivative past the stop with x ← P(x − η∇f(x)), P the
         projection onto the box, η = 1/L̂ (:mod:`implicitdiff.solvers._continuation`)."""
 

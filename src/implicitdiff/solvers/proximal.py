@@ -139,7 +139,7 @@ class _ProximalGradientBase(IterativeSolver):
         """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
         return self.stepsize <= 0
 
-    def _continuation(self, hyperparams, *args, **kwargs):
+    def _continuation(self, hyperparams, /, *args, **kwargs):
         """With backtracking, unrolling continues the derivative past the stop with
         x ← prox(x − η∇f(x), hyperparams, η), η = 1/L̂
         (:mod:`implicitdiff.solvers._continuation`)."""
