@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from implicitdiff import projections, prox, solvers
+from implicitdiff.solvers import _continuation as continuation
 
 H = jnp.array([[1.0, 0.2, 0.0], [0.2, 0.8, 0.1], [0.0, 0.1, 1.2]])  # eigenvalues in [0.7, 1.3]
 H_INV = jnp.linalg.inv(H)
@@ -340,26 +341,6 @@ def test_keyword_arguments_family_bounds_and_hyperparams_by_keyword():
 # with a positive tol.
 
 
-# Open (found by this sweep): an unrolled run of a solver that searches its step, started
-# exactly at the solution. Carried past the stop test, its derivative blew up (the line search
-# grows the step at a zero gradient: about 3e8 against 1), and drifted after convergence from
-# any start; so these solvers' derivative now stops with the iterate (JAXopt's unrolling), which
-# is right from any start but, from the solution itself, is the derivative of at most one step.
-_STARTED_XFAIL = {
-    (name, False, tol)
-    for tol in (0.0, 1e-8)
-    for name in (
-        "GradientDescent",
-        "LBFGS",
-        "BFGS",
-        "NonlinearCG",
-        "ProximalGradient",
-        "ProjectedGradient",
-        "LBFGSB",
-    )
-}
-
-
 def _started_modes(name):
     case = CASES[name]
     implicit_modes = [True, False] if case.unrolls and not case.host else [True]
@@ -369,11 +350,7 @@ def _started_modes(name):
 def _started_cases():
     for name in CASES:
         for implicit, tol in _started_modes(name):
-            marks = ()
-            if (name, implicit, tol) in _STARTED_XFAIL:
-                reason = "open: unrolled, started at the solution: no step to learn from"
-                marks = (pytest.mark.xfail(strict=True, reason=reason),)
-            yield pytest.param(name, implicit, tol, marks=marks, id=f"{name}-{implicit}-{tol}")
+            yield pytest.param(name, implicit, tol, id=f"{name}-{implicit}-{tol}")
 
 
 @functools.cache
@@ -404,6 +381,78 @@ def test_started_at_the_solution_family_every_solver(name, implicit, tol):
         atol=1e-7,
         err_msg=f"{name} implicit={implicit} tol={tol}",
     )
+
+
+# The solvers that search their step (line search or backtracking), unrolled: past the stop their
+# derivative follows a fixed-step contraction (solvers._continuation), not their own update.
+_ILL = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(0), (6, 6)))[0]
+_ILL_H = _ILL @ jnp.diag(jnp.linspace(1.0, 30.0, 6)) @ _ILL.T  # condition number 30
+_ILL_THETA = jnp.arange(6.0) - 2.0
+_ILL_BOX = (-100.0, 100.0)
+
+
+def _ill_quadratic(x, theta):
+    return 0.5 * x @ _ILL_H @ x - theta @ x
+
+
+_SEARCHING = {
+    "GradientDescent": lambda o: (solvers.GradientDescent(fun=_ill_quadratic, **o), ()),
+    "LBFGS": lambda o: (solvers.LBFGS(fun=_ill_quadratic, **o), ()),
+    "BFGS": lambda o: (solvers.BFGS(fun=_ill_quadratic, **o), ()),
+    "NonlinearCG": lambda o: (solvers.NonlinearCG(fun=_ill_quadratic, **o), ()),
+    "LBFGSB": lambda o: (solvers.LBFGSB(fun=_ill_quadratic, **o), (_ILL_BOX,)),
+    "ProximalGradient": lambda o: (
+        solvers.ProximalGradient(fun=_ill_quadratic, prox=prox.none, **o),
+        (None,),
+    ),
+    "ProjectedGradient": lambda o: (
+        solvers.ProjectedGradient(fun=_ill_quadratic, projection=projections.box, **o),
+        (_ILL_BOX,),
+    ),
+}
+
+
+def test_started_at_the_solution_family_searching_solvers_ill_conditioned():
+    """Every solver that searches its step, unrolled, started at x* = H⁻¹θ of a quadratic with
+    condition number 30 (tol 1e-10: the start passes the test at once, or after one step for the
+    proximal solvers, whose error is not measured before it). The returned values are the
+    start's; the derivative comes from the continuation x ← x − η∇f (prox/projection after it),
+    η = 1/L̂, whose derivative error shrinks as (1 − 1/30)ᵏ: within maxiter = 500 it is H⁻¹.
+    With maxiter = 3 (GradientDescent, LBFGSB: no step of the solver's own) it is exactly the
+    derivative of the 3 continuation steps, (I − (I − ηH)³) H⁻¹, finite. One compiled program."""
+    start = jnp.linalg.solve(_ILL_H, _ILL_THETA)
+    h_inv = jnp.linalg.inv(_ILL_H)
+    options = {"implicit_diff": False, "tol": 1e-10, "on_failure": "ignore"}
+    runs = [(name, 500, *make(options)) for name, make in _SEARCHING.items()]
+    runs += [
+        (name, 3, *_SEARCHING[name](dict(options, maxiter=3)))
+        for name in ("GradientDescent", "LBFGSB")
+    ]
+
+    def solve_all(theta):
+        out = []
+        for _, _, solver, leading in runs:
+
+            def solve(t, solver=solver, leading=leading):
+                params, state = solver.run(start, *leading, t)
+                return params, (params, state.iter_num)
+
+            out.append(jax.jacrev(solve, has_aux=True)(theta))
+        return out
+
+    results = jax.jit(solve_all)(_ILL_THETA)
+    # η of the continuation (the power-iteration estimate 1/L̂ at x*), for the maxiter = 3 form.
+    eta = continuation.gradient_continuation(_ill_quadratic, (_ILL_THETA,), {}).stepsize(start)
+    assert 1 / 30.0 <= eta <= 2 / 30.0
+    contraction = jnp.eye(6) - eta * _ILL_H
+    three_steps = (jnp.eye(6) - contraction @ contraction @ contraction) @ h_inv
+    for (name, maxiter, *_), (jac, (x, iterations)) in zip(runs, results, strict=True):
+        message = f"{name} maxiter={maxiter}"
+        proximal = name in ("ProximalGradient", "ProjectedGradient")
+        assert int(iterations) == (1 if proximal else 0), message
+        np.testing.assert_allclose(x, start, rtol=1e-13, atol=1e-14, err_msg=message)
+        expected = h_inv if maxiter == 500 else three_steps
+        np.testing.assert_allclose(jac, expected, rtol=1e-6, atol=1e-8, err_msg=message)
 
 
 def test_started_at_the_solution_family_one_coordinate_anderson():

@@ -408,6 +408,19 @@ class IterativeSolver(DifferentiableRun):
         """Whether ``update`` chooses its step by a line search (see :meth:`_unrolled`)."""
         return False
 
+    def _continuation(self, /, *args, **kwargs) -> Any:
+        """The map that unrolling continues the derivative with once the loop has stopped.
+
+        None (the default): the solver's own ``update`` (see :meth:`_unrolled`). A solver that
+        searches its step returns a pair ``(stepsize, step)`` instead, for the problem's
+        arguments ``*args, **kwargs`` (those of ``run`` after ``init_params``): ``stepsize(x)``,
+        a positive constant η computed once at the stopped iterate x, and ``step(x, η)``, one
+        step of a map T whose fixed points are the solver's solutions and whose linearization
+        at the solution is a contraction (:mod:`implicitdiff.solvers._continuation`).
+        """
+        del args, kwargs
+        return None
+
     def _stop(self, params, state) -> jax.Array:
         """Leave the loop: ``_done``, or a non-finite error (no use going on).
 
@@ -471,7 +484,8 @@ class IterativeSolver(DifferentiableRun):
                 lambda carry: jnp.logical_not(self._stop(*carry)), step, (init_params, state)
             )
         else:
-            carry = self._unrolled(step, (init_params, state))
+            continuation = self._continuation(*args, **kwargs)
+            carry = self._unrolled(step, (init_params, state), continuation)
         return self._finish(*carry)
 
     def _broken(self, params, state) -> jax.Array:
@@ -483,7 +497,7 @@ class IterativeSolver(DifferentiableRun):
             broken = broken | (jnp.asarray(state.status) >= Status.PRIMAL_INFEASIBLE)
         return broken
 
-    def _unrolled(self, step: Callable, start: tuple) -> tuple:
+    def _unrolled(self, step: Callable, start: tuple, continuation: Any = None) -> tuple:
         """Unrolling: ``maxiter`` steps in a ``lax.scan`` that JAX differentiates step by step.
 
         Two copies of the iteration are carried. ``kept`` stops at the usual test (``_stop``)
@@ -498,12 +512,20 @@ class IterativeSolver(DifferentiableRun):
         ``live``'s derivative (they coincide until ``kept`` stops). Same work per step as a
         single masked loop (one ``update``).
 
-        Except for a solver that searches its step (:meth:`_searches_its_step`): past
-        convergence its line search sees only rounding noise (a zero gradient accepts any
-        step, and the step grows), so the linearized update it would continue with is not a
-        contraction and the derivative diverges. There ``live`` stops with ``kept``: the
-        derivative is that of the iterations taken (JAXopt's), and a run that stops before its
-        first iteration (a start at the solution) has the derivative of its start.
+        A solver that searches its step (:meth:`_searches_its_step`) cannot be continued with
+        its own update: past convergence its line search sees only rounding noise (a zero
+        gradient accepts any step, and the step grows), the linearized update is not a
+        contraction and the derivative diverges. It supplies a ``continuation``
+        (:meth:`_continuation`): until ``kept`` stops, ``live`` runs the solver's ``update``
+        exactly as above; from the step where ``kept`` has stopped, ``live``'s iterate follows
+        the fixed-step map T(x) = ``step(x, η)`` instead (its state is left as it was), with
+        η = ``stepsize(x_stop)`` computed once, at the stopped iterate, and carried. T has the
+        solution as fixed point (values stay there to rounding) and contracts, so the
+        derivative converges to dx*/dθ within the iterations left (``maxiter`` − those made);
+        when too few are left it is the derivative of the iterations made, finite. The two
+        branches are a ``lax.cond`` (one of them runs per step; both under ``vmap``, where the
+        once-only η is also recomputed at each step). A searching solver without a
+        continuation (None) stops ``live`` with ``kept``: the derivative of the steps taken.
         """
         searches = self._searches_its_step()
 
@@ -518,11 +540,17 @@ class IterativeSolver(DifferentiableRun):
             kept = tree.where(stopped, kept, jax.lax.stop_gradient(moved))
             return (live, kept), None
 
+        if continuation is not None:
+            masked_step = self._continued_step(step, continuation)
+            real = jnp.finfo(tree.dtype(start[0])).dtype
+            start = (start, jnp.zeros((), real))  # η: 0 until kept stops
         if self.unroll_checkpoint:
             masked_step = jax.checkpoint(masked_step)
         (live, kept), _ = _loop.scan(
             masked_step, (start, jax.lax.stop_gradient(start)), None, length=self.maxiter
         )
+        if continuation is not None:
+            live, kept = live[0], kept[0]
 
         def merge(live_leaf, kept_leaf):
             if not jnp.issubdtype(jnp.result_type(kept_leaf), jnp.inexact):
@@ -530,6 +558,36 @@ class IterativeSolver(DifferentiableRun):
             return _value_with_derivative_of(kept_leaf, live_leaf)
 
         return jax.tree_util.tree_map(merge, live, kept)
+
+    def _continued_step(self, step: Callable, continuation: Any) -> Callable:
+        """The scan body of :meth:`_unrolled` with a continuation: ``(live, η), (kept, _)``."""
+        stepsize, contract = continuation
+
+        def solver_step(live):
+            params, state = step(live)
+            # The error is a stopping measure: no derivative (a norm has none at an exact 0).
+            return params, state._replace(error=jax.lax.stop_gradient(state.error))
+
+        def masked_step(carry, _):
+            (live, eta), (kept, _) = carry
+            stopped = self._stop(*kept)
+            eta = _loop.cond(
+                stopped & (eta <= 0),
+                lambda: jax.lax.stop_gradient(stepsize(kept[0])).astype(eta.dtype),
+                lambda: eta,
+            )
+            moved = _loop.cond(
+                stopped,
+                lambda live: (contract(live[0], eta), live[1]),
+                solver_step,
+                live,
+            )
+            halt = jax.lax.stop_gradient(self._broken(*live))
+            live = tree.where(halt, live, moved)
+            kept = tree.where(stopped, kept, jax.lax.stop_gradient(moved))
+            return ((live, eta), (kept, eta)), None
+
+        return masked_step
 
 
 @jax.custom_jvp

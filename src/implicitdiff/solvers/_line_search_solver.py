@@ -23,6 +23,7 @@ from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver
+from implicitdiff.solvers._continuation import gradient_continuation
 from implicitdiff.solvers.linesearch import (
     BacktrackingLineSearch,
     HagerZhangLineSearch,
@@ -115,6 +116,11 @@ class LineSearchSolver(IterativeSolver):
                 "Hager-Zhang line search are not supported; use implicit_diff=True, or "
                 'linesearch="zoom" or "backtracking"'
             )
+
+    def _continuation(self, /, *args, **kwargs):
+        """Unrolling continues the derivative past the stop with x ← x − η∇f(x), η = 1/L̂
+        (:mod:`implicitdiff.solvers._continuation`)."""
+        return gradient_continuation(self.fun, args, kwargs)
 
     def _evaluate(self, params, /, *args, **kwargs):
         """(f, ∇f) at params, f cast to the params' real dtype (whatever dtype ``fun`` returns).

@@ -13,6 +13,7 @@ from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._continuation import gradient_continuation
 
 __all__ = ["GradientDescent", "GradientDescentState"]
 
@@ -77,6 +78,13 @@ class GradientDescent(IterativeSolver):
     def _searches_its_step(self) -> bool:
         """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
         return self.stepsize <= 0
+
+    def _continuation(self, /, *args, **kwargs):
+        """With backtracking, unrolling continues the derivative past the stop with
+        x ← x − η∇f(x), η = 1/L̂ (:mod:`implicitdiff.solvers._continuation`)."""
+        if not self._searches_its_step():
+            return None
+        return gradient_continuation(self.fun, args, kwargs)
 
     def init_state(self, init_params, /, *args, **kwargs) -> GradientDescentState:
         """The state at ``init_params``: f and ∇f evaluated there.

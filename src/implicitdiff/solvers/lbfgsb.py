@@ -22,6 +22,7 @@ from implicitdiff import _projection_ops as projections
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._continuation import gradient_continuation
 
 __all__ = ["LBFGSB", "LBFGSBState"]
 
@@ -203,6 +204,18 @@ class LBFGSB(IterativeSolver):
     def _searches_its_step(self) -> bool:
         """Every step comes from a search along the projected arc."""
         return True
+
+    def _continuation(self, bounds, /, *args, **kwargs):
+        """Unrolling continues the derivative past the stop with x ← P(x − η∇f(x)), P the
+        projection onto the box, η = 1/L̂ (:mod:`implicitdiff.solvers._continuation`)."""
+
+        def project(z, eta):
+            del eta
+            flat, unravel = ravel_pytree(z)
+            lower, upper = _flat_bounds(z, bounds)
+            return unravel(jnp.clip(flat, lower, upper))
+
+        return gradient_continuation(self.fun, args, kwargs, finish=project)
 
     def _check_arguments(self, init_params, args, kwargs) -> None:
         if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:

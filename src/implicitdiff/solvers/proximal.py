@@ -30,6 +30,7 @@ from implicitdiff import prox as prox_operators
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._continuation import gradient_continuation
 
 __all__ = ["ProjectedGradient", "ProximalGradient", "ProximalGradientState"]
 
@@ -140,6 +141,17 @@ class _ProximalGradientBase(IterativeSolver):
     def _searches_its_step(self) -> bool:
         """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
         return self.stepsize <= 0
+
+    def _continuation(self, hyperparams, /, *args, **kwargs):
+        """With backtracking, unrolling continues the derivative past the stop with
+        x ← prox(x − η∇f(x), hyperparams, η), η = 1/L̂
+        (:mod:`implicitdiff.solvers._continuation`)."""
+        if not self._searches_its_step():
+            return None
+        prox = self._prox()
+        return gradient_continuation(
+            self.fun, args, kwargs, finish=lambda z, eta: prox(z, hyperparams, eta)
+        )
 
     def _init_state(self, init_params) -> ProximalGradientState:
         dtype = tree.dtype(init_params)
