@@ -82,8 +82,9 @@ def _check_number(owner, name, value, low, high, *, low_open=True, high_open=Tru
 class LineSearch:
     """The base of the line searches: ``run``, and ``search`` (what solvers call).
 
-    A subclass defines ``search``; an instance (of any subclass) is accepted as the
-    ``linesearch=`` option of the solvers that have one.
+    A subclass names its kernel and options in ``_kernel`` (or overrides ``search``); an
+    instance (of any subclass) is accepted as the ``linesearch=`` option of the solvers that have
+    one.
     """
 
     fun: Callable
@@ -126,7 +127,8 @@ class LineSearch:
         """The search on a given x ↦ (f(x), ∇f(x)).
 
         What the solvers call (``run`` is the user's form). Each line search (backtracking, zoom,
-        Hager–Zhang) defines it.
+        Hager–Zhang) runs its kernel of :mod:`implicitdiff._linesearch` or
+        :mod:`implicitdiff._hager_zhang`, named by ``_kernel``.
 
         Args:
           value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
@@ -134,13 +136,19 @@ class LineSearch:
           value: f(x).
           grad: ∇f(x), a pytree like x.
           direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0.
+          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
 
         Returns:
           An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
             ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
         """
-        raise NotImplementedError(f"{type(self).__name__} must define search")
+        kernel, options = self._kernel()
+        return kernel(value_and_grad, params, value, grad, direction, stepsize, **options)
+
+    def _kernel(self) -> tuple[Callable, dict[str, Any]]:
+        """The search's kernel ``kernel(value_and_grad, params, value, grad, direction, stepsize,
+        **options)`` and its options from this object's fields."""
+        raise NotImplementedError(f"{type(self).__name__} must define search or _kernel")
 
     def run(
         self,
@@ -256,30 +264,8 @@ class BacktrackingLineSearch(LineSearch):
             )
         _check_number("BacktrackingLineSearch", "decrease_factor", self.decrease_factor, 0, 1)
 
-    def search(self, value_and_grad, params, value, grad, direction, stepsize):
-        """The search on a given x ↦ (f(x), ∇f(x)).
-
-        What the solvers call (``run`` is the user's form).
-
-        Args:
-          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
-          params: the current point x, a pytree.
-          value: f(x).
-          grad: ∇f(x), a pytree like x.
-          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
-
-        Returns:
-          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
-            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
-        """
-        return _linesearch.backtracking(
-            value_and_grad,
-            params,
-            value,
-            grad,
-            direction,
-            stepsize,
+    def _kernel(self):
+        return _linesearch.backtracking, dict(
             condition=self.condition,
             c1=self.c1,
             c2=self.c2,
@@ -331,30 +317,8 @@ class ZoomLineSearch(LineSearch):
         self._check_common()
         _check_number("ZoomLineSearch", "increase_factor", self.increase_factor, 1, float("inf"))
 
-    def search(self, value_and_grad, params, value, grad, direction, stepsize):
-        """The search on a given x ↦ (f(x), ∇f(x)).
-
-        What the solvers call (``run`` is the user's form).
-
-        Args:
-          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
-          params: the current point x, a pytree.
-          value: f(x).
-          grad: ∇f(x), a pytree like x.
-          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
-
-        Returns:
-          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
-            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
-        """
-        return _linesearch.zoom(
-            value_and_grad,
-            params,
-            value,
-            grad,
-            direction,
-            stepsize,
+    def _kernel(self):
+        return _linesearch.zoom, dict(
             c1=self.c1,
             c2=self.c2,
             maxiter=self.maxiter,
@@ -421,30 +385,8 @@ class HagerZhangLineSearch(LineSearch):
             low_open=False,
         )
 
-    def search(self, value_and_grad, params, value, grad, direction, stepsize):
-        """The search on a given x ↦ (f(x), ∇f(x)).
-
-        What the solvers call (``run`` is the user's form).
-
-        Args:
-          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
-          params: the current point x, a pytree.
-          value: f(x).
-          grad: ∇f(x), a pytree like x.
-          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
-
-        Returns:
-          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
-            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
-        """
-        return _hager_zhang.hager_zhang(
-            value_and_grad,
-            params,
-            value,
-            grad,
-            direction,
-            stepsize,
+    def _kernel(self):
+        return _hager_zhang.hager_zhang, dict(
             c1=self.c1,
             c2=self.c2,
             maxiter=self.maxiter,
