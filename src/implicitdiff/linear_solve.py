@@ -111,20 +111,7 @@ def _add_ridge(matvec: Matvec, ridge: float) -> Matvec:
     return lambda x: tree.axpy(ridge, x, matvec(x))
 
 
-def _krylov(
-    method: Callable,
-    matvec: Matvec,
-    rhs: PyTree,
-    tol_like: PyTree,
-    tol: float | None,
-    atol: float,
-    maxiter: int | None,
-    ridge: float,
-    init: PyTree | None,
-    preconditioner: Callable | None,
-    /,
-    **extra: Any,
-) -> PyTree:
+def _krylov(method, matvec, rhs, tol_like, tol, atol, maxiter, ridge, init, preconditioner, /):
     """x from a ``jax.scipy.sparse.linalg`` method on (matvec + ridge · I) x = rhs, the options
     checked (``tol`` None: the default for the dtype of ``tol_like``)."""
     x, _ = method(
@@ -135,7 +122,6 @@ def _krylov(
         atol=atol,
         maxiter=_maxiter(maxiter),
         M=preconditioner,
-        **extra,
     )
     return x
 
@@ -290,20 +276,8 @@ def gmres(
     restart = max(1, min(restart, tree.size(b)))
     maxiter = _maxiter(maxiter)
     cycles = None if maxiter is None else max(1, math.ceil(maxiter / restart))
-    return _krylov(
-        jsp_sparse.gmres,
-        matvec,
-        b,
-        b,
-        tol,
-        atol,
-        cycles,
-        ridge,
-        init,
-        preconditioner,
-        restart=restart,
-        solve_method="batched",
-    )
+    method = functools.partial(jsp_sparse.gmres, restart=restart, solve_method="batched")
+    return _krylov(method, matvec, b, b, tol, atol, cycles, ridge, init, preconditioner)
 
 
 @_linear_solver
