@@ -82,9 +82,9 @@ def _check_number(owner, name, value, low, high, *, low_open=True, high_open=Tru
 class LineSearch:
     """The base of the line searches: ``run``, and ``search`` (what solvers call).
 
-    A subclass names its kernel and options in ``_kernel`` (or overrides ``search``); an
-    instance (of any subclass) is accepted as the ``linesearch=`` option of the solvers that have
-    one.
+    A subclass names its kernel in ``_kernel``, its fields being the kernel's options (or
+    overrides ``search``); an instance (of any subclass) is accepted as the ``linesearch=`` option
+    of the solvers that have one.
     """
 
     fun: Callable
@@ -142,12 +142,17 @@ class LineSearch:
           An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
             ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
         """
-        kernel, options = self._kernel()
-        return kernel(value_and_grad, params, value, grad, direction, stepsize, **options)
+        options = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in ("fun", "value_and_grad", "has_aux")
+        }
+        return self._kernel()(value_and_grad, params, value, grad, direction, stepsize, **options)
 
-    def _kernel(self) -> tuple[Callable, dict[str, Any]]:
+    def _kernel(self) -> Callable:
         """The search's kernel ``kernel(value_and_grad, params, value, grad, direction, stepsize,
-        **options)`` and its options from this object's fields."""
+        **options)``; the options are this object's fields but ``fun``, ``value_and_grad`` and
+        ``has_aux``."""
         raise NotImplementedError(f"{type(self).__name__} must define search or _kernel")
 
     def run(
@@ -265,15 +270,7 @@ class BacktrackingLineSearch(LineSearch):
         _check_number("BacktrackingLineSearch", "decrease_factor", self.decrease_factor, 0, 1)
 
     def _kernel(self):
-        return _linesearch.backtracking, dict(
-            condition=self.condition,
-            c1=self.c1,
-            c2=self.c2,
-            decrease_factor=self.decrease_factor,
-            maxiter=self.maxiter,
-            max_stepsize=self.max_stepsize,
-            tol=self.tol,
-        )
+        return _linesearch.backtracking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,13 +315,7 @@ class ZoomLineSearch(LineSearch):
         _check_number("ZoomLineSearch", "increase_factor", self.increase_factor, 1, float("inf"))
 
     def _kernel(self):
-        return _linesearch.zoom, dict(
-            c1=self.c1,
-            c2=self.c2,
-            maxiter=self.maxiter,
-            increase_factor=self.increase_factor,
-            max_stepsize=self.max_stepsize,
-        )
+        return _linesearch.zoom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,12 +377,4 @@ class HagerZhangLineSearch(LineSearch):
         )
 
     def _kernel(self):
-        return _hager_zhang.hager_zhang, dict(
-            c1=self.c1,
-            c2=self.c2,
-            maxiter=self.maxiter,
-            expansion_factor=self.expansion_factor,
-            shrinkage_factor=self.shrinkage_factor,
-            approximate_wolfe_threshold=self.approximate_wolfe_threshold,
-            max_stepsize=self.max_stepsize,
-        )
+        return _hager_zhang.hager_zhang
