@@ -41,6 +41,7 @@ __all__ = [
     "Result",
     "backtracking",
     "evaluator",
+    "inner",
     "real_dtype",
     "search_start",
     "shrink",
@@ -73,9 +74,15 @@ def real_dtype(params: PyTree) -> Any:
     return jnp.finfo(tree.dtype(params)).dtype
 
 
+def inner(x: PyTree, y: PyTree) -> jax.Array:
+    """Re ⟨x, y⟩ = Re Σ conj(x) y: the inner product of ℝⁿ, and of ℝ²ⁿ for complex leaves read
+    as pairs (real part, imaginary part)."""
+    return jnp.real(tree.vdot(x, y))
+
+
 def slope(grad: PyTree, direction: PyTree) -> jax.Array:
     """φ'(η) = Re ⟨∇f, d⟩ (for complex params, ∇f as ``jax.grad`` returns it, conjugated)."""
-    return jnp.real(tree.vdot(grad, direction))
+    return inner(grad, direction)
 
 
 def search_start(params, value, grad, direction, stepsize, max_stepsize):
@@ -94,9 +101,14 @@ def search_start(params, value, grad, direction, stepsize, max_stepsize):
     return params, value, grad, direction, stepsize, slope0, dtype
 
 
-def _noise(value: jax.Array, rtol: float) -> jax.Array:
-    """rtol · machine epsilon · |f|: differences of f below it are rounding."""
-    noise = rtol * jnp.finfo(value.dtype).eps * jnp.abs(value)
+def _noise(value: jax.Array, rtol: float, computed_in: Any = None) -> jax.Array:
+    """rtol · machine epsilon · |f|: differences of f below it are rounding. The epsilon is the
+    coarser of the params' dtype and ``computed_in``, the dtype f was computed in (an objective
+    computing in float32 for float64 params rounds at float32's epsilon)."""
+    eps = jnp.finfo(value.dtype).eps
+    if computed_in is not None and jnp.issubdtype(computed_in, jnp.floating):
+        eps = max(eps, jnp.finfo(computed_in).eps)
+    noise = rtol * eps * jnp.abs(value)
     return jnp.where(jnp.isfinite(noise), noise, 0.0)
 
 
@@ -177,11 +189,12 @@ def backtracking(
     """
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    computed_in = jnp.result_type(value)
     params, value, grad, direction, stepsize, slope0, dtype = search_start(
         params, value, grad, direction, stepsize, max_stepsize
     )
     evaluate = evaluator(value_and_grad_fun, params, direction, dtype)
-    noise = _noise(value, value_rtol)
+    noise = _noise(value, value_rtol, computed_in)
     needs_grad = condition in ("wolfe", "strong-wolfe")
 
     def accept(eta):
@@ -298,11 +311,12 @@ def zoom(
     (possibly 0) and ``failed`` is True. One evaluation of f and ∇f per trial; f and ∇f at the
     returned step come back with it.
     """
+    computed_in = jnp.result_type(value)
     params, value, grad, direction, stepsize, slope0, dtype = search_start(
         params, value, grad, direction, stepsize, max_stepsize
     )
     evaluate = evaluator(value_and_grad_fun, params, direction, dtype)
-    noise = _noise(value, value_rtol)
+    noise = _noise(value, value_rtol, computed_in)
     cap = jnp.asarray(jnp.inf if max_stepsize is None else max_stepsize).astype(dtype)
     inf = jnp.asarray(jnp.inf, dtype)
     zero = jnp.asarray(0.0, dtype)
@@ -411,7 +425,8 @@ def two_loop(
     H is the L-BFGS inverse-Hessian estimate of the pairs (sᵢ, yᵢ), ρᵢ = 1/⟨sᵢ, yᵢ⟩, from the
     initial matrix γ I: the memory holds m pairs (pytrees like g whose leaves have a leading axis
     of length m; ρᵢ = 0 marks a pair to skip), visited newest to oldest in ``order`` (m slot
-    indices; a ring buffer gives its own order). Linear in g; O(m n) work.
+    indices; a ring buffer gives its own order). Linear in g; O(m n) work. Inner products are
+    real (:func:`inner`): complex leaves are pairs of reals, H a real operator on them.
     """
 
     def pair(i):
@@ -419,7 +434,7 @@ def two_loop(
 
     def first(q, i):
         s, y = pair(i)
-        alpha = rho[i] * tree.vdot(s, q)
+        alpha = rho[i] * inner(s, q)
         return tree.axpy(-alpha, y, q), alpha
 
     q, alphas = _loop.scan(first, grad, order)
@@ -428,7 +443,7 @@ def two_loop(
     def second(r, item):
         i, alpha = item
         s, y = pair(i)
-        beta = rho[i] * tree.vdot(y, r)
+        beta = rho[i] * inner(y, r)
         return tree.axpy(alpha - beta, s, r), None
 
     r, _ = _loop.scan(second, r, (order[::-1], alphas[::-1]))

@@ -31,10 +31,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, _loop, linear_solve, tree
+from implicitdiff import _checks, _loop, linear_solve, optimality, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_fixed_point, custom_root
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._compile_cache import CompiledView, freeze
 from implicitdiff.solvers._failures import Status, apply_failure_policy, check_failure_policies
 
@@ -153,13 +154,52 @@ class DifferentiableRun(abc.ABC):
             of ``run`` after ``init_params``.
         """
 
+    # Whether ``init_params`` may be complex: True for the minimizers of a real objective
+    # ``fun`` whose optimality condition is ∇fun = 0 (see :mod:`implicitdiff.solvers._dtypes`).
+    _complex_params = False
+    _COMPLEX_SOLVERS = "GradientDescent, LBFGS and NonlinearCG"
+
     def _differentiable_solution(self) -> Callable:
         if not self.implicit_diff:
             return self._solution
         kind, fun = self.optimality()
+        # The user's functions may compute in another float dtype: the condition's value in the
+        # solution's dtype, where the derivative's linear system lives.
+        fun = _dtypes.cast_output(fun)
         decorator = custom_root if kind == "root" else custom_fixed_point
         backward = getattr(self, "backward_on_failure", "warn")
-        return decorator(fun, has_aux=True, solve=self.solve, on_failure=backward)(self._solution)
+        real = decorator(fun, has_aux=True, solve=self.solve, on_failure=backward)(self._solution)
+        if not self._complex_params:
+            return real
+
+        def solution(init_params, /, *args, **kwargs):
+            if not _dtypes.complex_leaves(init_params):  # (dtypes are static under jit)
+                return real(init_params, *args, **kwargs)
+            return self._complex_solution(init_params, args, kwargs, backward)
+
+        return solution
+
+    def _complex_solution(self, init_params, args, kwargs, backward):
+        """The implicitly differentiated run on complex params, on their real pairs (x, y):
+        the condition ∇_(x,y) f = 0 there (symmetric Jacobian, ℝ-linear as the Hessian of a
+        real function of z is), the solver itself on the complex params."""
+        like, fun = init_params, self.fun
+
+        def real_objective(pairs, /, *a, **k):
+            return fun(_dtypes.from_real(pairs, like), *a, **k)
+
+        def real_solution(pairs, /, *a, **k):
+            params, state = self._solution(_dtypes.from_real(pairs, like), *a, **k)
+            return _dtypes.to_real(params), state
+
+        decorated = custom_root(
+            optimality.stationary(real_objective),
+            has_aux=True,
+            solve=self.solve,
+            on_failure=backward,
+        )(real_solution)
+        pairs, state = decorated(_dtypes.to_real(init_params), *args, **kwargs)
+        return _dtypes.from_real(pairs, like), state
 
     def run(self, init_params: PyTree, *args, **kwargs) -> OptStep:
         """Solve from ``init_params``.
@@ -265,6 +305,10 @@ class DifferentiableRun(abc.ABC):
     def _run(self, init_params: PyTree, /, *args, **kwargs) -> OptStep:
         """``run`` without the failure policy."""
         _checks.check_init_params(init_params, f"{type(self).__name__}.run")
+        if not self._complex_params:
+            _dtypes.check_real_params(
+                init_params, f"{type(self).__name__}.run", self._COMPLEX_SOLVERS
+            )
         args, kwargs = self._bind_keywords(args, kwargs)
         self._check_arguments(init_params, args, kwargs)
         init_params = self._vary_start(init_params, args, kwargs)

@@ -14,6 +14,7 @@ import numpy as np
 
 from implicitdiff import tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._failures import Status
 
@@ -218,7 +219,7 @@ class Bisection(IterativeSolver):
         return "root", self.optimality_fun
 
     def run(self, init_params: Any = None, *args, **kwargs) -> OptStep:
-        """Solve on [lower, upper]; ``init_params`` is ignored.
+        """Solve on [lower, upper]; ``init_params`` is ignored (a complex one is refused).
 
         Args:
           init_params: ignored (JAXopt's convention; the start is the bracket's midpoint).
@@ -233,6 +234,7 @@ class Bisection(IterativeSolver):
           ValueError: with ``check_bracket``, concrete arguments and an invalid bracket (naming
             lower, upper and G there).
         """
+        _dtypes.check_real_params(init_params, "Bisection.run", type(self)._COMPLEX_SOLVERS)
         del init_params
         dtype = jnp.result_type(float)
         start = jnp.asarray(0.5 * (float(self.lower) + float(self.upper)), dtype)

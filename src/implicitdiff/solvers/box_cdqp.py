@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from implicitdiff import _checks, tree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import check_pair, clip_to_box, dtype_of
 
@@ -104,6 +105,7 @@ class BoxCDQP(IterativeSolver):
         """
         if params_obj is None or params_ineq is None:
             raise TypeError("BoxCDQP.run: params_obj=(Q, c) and params_ineq=(l, u) are required")
+        _dtypes.check_real_params(init_params, "BoxCDQP.run", type(self)._COMPLEX_SOLVERS)
         check_pair("params_obj", params_obj)
         check_pair("params_ineq", params_ineq)
         Q, c = params_obj

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 __all__ = ["GradientDescent", "GradientDescentState"]
@@ -51,6 +52,8 @@ class GradientDescent(IterativeSolver):
       >>> w, state = GradientDescent(fun=f).run(jnp.zeros(3), 0.5)
     """
 
+    _complex_params = True
+
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     stepsize: float = 0.0
     increase_factor: float = 1.5
@@ -62,7 +65,14 @@ class GradientDescent(IterativeSolver):
             raise TypeError(f"GradientDescent: fun must be callable, got {self.fun!r}")
         if not self.stepsize >= 0:
             raise ValueError(f"GradientDescent: stepsize must be ≥ 0, got {self.stepsize!r}")
-        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
+        object.__setattr__(self, "_fun_value_and_grad", jax.value_and_grad(self.fun))
+
+    def _value_and_grad(self, params, /, *args, **kwargs):
+        """(f, ∇f) at params; for complex params ∇f is conj of ``jax.grad`` (the gradient over
+        the real pairs, see :mod:`implicitdiff.solvers._dtypes`). f stays in the dtype ``fun``
+        computes in: the line search casts it, knowing then how finely f is rounded."""
+        value, grad = self._fun_value_and_grad(params, *args, **kwargs)
+        return value, tree.map(jnp.conj, grad)
 
     def _searches_its_step(self) -> bool:
         """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
@@ -86,7 +96,7 @@ class GradientDescent(IterativeSolver):
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
         value, grad = self._value_and_grad(init_params, *args, **kwargs)
-        dtype = tree.dtype(init_params)
+        dtype = _dtypes.real_dtype(init_params)
         return GradientDescentState(
             iter_num=jnp.asarray(0),
             error=tree.norm(grad).astype(dtype),
@@ -117,7 +127,7 @@ class GradientDescent(IterativeSolver):
         if self.stepsize == 0:
             # At an exact stationary point every step is accepted: keep η (growing it there
             # would overflow it, and the derivative of a run continued past convergence).
-            slope = -tree.vdot(state.grad, state.grad)
+            slope = -_linesearch.inner(state.grad, state.grad)
             trial = jnp.where(jax.lax.stop_gradient(slope) < 0, eta * self.increase_factor, eta)
             eta = _linesearch.backtracking(
                 lambda x: self._value_and_grad(x, *args, **kwargs),

@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 __all__ = ["LBFGSB", "LBFGSBState"]
@@ -216,7 +217,7 @@ class LBFGSB(IterativeSolver):
 
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
         value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)
-        return value, ravel_pytree(grad)[0]
+        return _dtypes.cast_value(value, flat_x), ravel_pytree(grad)[0]
 
     def init_state(self, init_params, /, bounds, *args, **kwargs) -> LBFGSBState:
         """The state at ``init_params``: f and ∇f evaluated there, on the flattened params.
@@ -301,7 +302,7 @@ class LBFGSB(IterativeSolver):
         )
 
         def cut_value(z):
-            return self.fun(unravel(z), *cut_args, **cut_kwargs)
+            return _dtypes.cast_value(self.fun(unravel(z), *cut_args, **cut_kwargs), z)
 
         def cut_project(z):
             return jnp.clip(z, cut_lower, cut_upper)

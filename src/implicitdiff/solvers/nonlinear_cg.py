@@ -17,8 +17,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import tree
+from implicitdiff import _linesearch, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._line_search_solver import (
     LineSearchSolver,
@@ -120,7 +121,7 @@ class NonlinearCG(LineSearchSolver):
             d = −∇f(x₀), its slope −‖∇f(x₀)‖², and the first trial step min(1, 1/‖∇f(x₀)‖).
         """
         value, grad = self._start(init_params, args, kwargs)
-        dtype = tree.dtype(init_params)
+        dtype = _dtypes.real_dtype(init_params)
         return NonlinearCGState(
             iter_num=jnp.asarray(0),
             error=gradient_error(grad, dtype),
@@ -129,7 +130,7 @@ class NonlinearCG(LineSearchSolver):
             grad=grad,
             stepsize=first_stepsize(grad, dtype),
             direction=tree.neg(grad),
-            slope=jax.lax.stop_gradient(-tree.vdot(grad, grad)).astype(dtype),
+            slope=jax.lax.stop_gradient(-_linesearch.inner(grad, grad)).astype(dtype),
         )
 
     def update(self, params, state: NonlinearCGState, /, *args, **kwargs) -> OptStep:
@@ -158,33 +159,33 @@ class NonlinearCG(LineSearchSolver):
         if not self.implicit_diff:
             # Unrolling: η moves as the exact line minimizer would, dη = −dφ'(η) / φ''(η), φ''
             # the secant (φ'(η) − φ'(0)) / η; its value stays η (see the class docstring).
-            slope = tree.vdot(new_g, d)
-            curvature = tree.vdot(tree.sub(jax.lax.stop_gradient(new_g), cut_g), cut_d)
+            slope = _linesearch.inner(new_g, d)
+            curvature = _linesearch.inner(tree.sub(jax.lax.stop_gradient(new_g), cut_g), cut_d)
             curvature = curvature / jnp.where(eta > 0, eta, 1.0)
             ok = (eta > 0) & (curvature > safe_min(dtype))
             step = eta - safe_divide(slope - jax.lax.stop_gradient(slope), curvature, ok)
             value, new_g = self._evaluate(tree.axpy(step, d, params), *args, **kwargs)
         cut_new_g = jax.lax.stop_gradient(new_g)
-        gg, new_gg = tree.vdot(cut_g, cut_g), tree.vdot(cut_new_g, cut_new_g)
+        gg, new_gg = _linesearch.inner(cut_g, cut_g), _linesearch.inner(cut_new_g, cut_new_g)
         y = tree.sub(new_g, g)
         safe = safe_min(dtype)
         if self.method == "fletcher-reeves":
-            beta = safe_divide(tree.vdot(new_g, new_g), tree.vdot(g, g), gg > safe)
+            beta = safe_divide(_linesearch.inner(new_g, new_g), _linesearch.inner(g, g), gg > safe)
         elif self.method == "polak-ribiere":
-            beta = safe_divide(tree.vdot(new_g, y), tree.vdot(g, g), gg > safe)
+            beta = safe_divide(_linesearch.inner(new_g, y), _linesearch.inner(g, g), gg > safe)
         else:
-            dy = tree.vdot(d, y)
+            dy = _linesearch.inner(d, y)
             cut_dy = jax.lax.stop_gradient(dy)
-            beta = safe_divide(tree.vdot(new_g, y), dy, jnp.abs(cut_dy) > safe)
+            beta = safe_divide(_linesearch.inner(new_g, y), dy, jnp.abs(cut_dy) > safe)
         if self.method != "fletcher-reeves":
             beta = jnp.maximum(beta, 0.0)
         beta = beta.astype(dtype)
         new_d = tree.axpy(beta, d, tree.neg(new_g))
         cut_beta = jax.lax.stop_gradient(beta)
-        slope = tree.vdot(cut_new_g, tree.axpy(cut_beta, cut_d, tree.neg(cut_new_g)))
+        slope = _linesearch.inner(cut_new_g, tree.axpy(cut_beta, cut_d, tree.neg(cut_new_g)))
         restart = (
             ((state.iter_num + 1) % tree.size(params) == 0)
-            | (jnp.abs(tree.vdot(cut_new_g, cut_g)) >= 0.1 * new_gg)
+            | (jnp.abs(_linesearch.inner(cut_new_g, cut_g)) >= 0.1 * new_gg)
             | jnp.logical_not((slope < 0) & jnp.isfinite(slope))
             | (eta <= 0)
         )

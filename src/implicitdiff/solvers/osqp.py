@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _loop, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._osqp_parts import (
     DUAL_INFEASIBLE,
@@ -236,6 +237,7 @@ class OSQP(IterativeSolver):
                         f"{jnp.shape(M)} and {jnp.shape(v)}"
                     )
         dtype = dtype_of(Q, c)
+        _dtypes.check_real_params(init_params, "OSQP.run", type(self)._COMPLEX_SOLVERS)
         if init_params is None:
             init_params = (None, None, None)
         x0, nu0, lam0 = init_params

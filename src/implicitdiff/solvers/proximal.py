@@ -28,6 +28,7 @@ from implicitdiff import _checks, _linesearch, optimality, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 __all__ = ["ProjectedGradient", "ProximalGradient", "ProximalGradientState"]
@@ -65,7 +66,9 @@ def _prox_backtracking(
     its derivative is zero almost everywhere.
     """
     point, value, grad, stepsize = jax.lax.stop_gradient((point, value, grad, stepsize))
-    noise = 8 * jnp.finfo(jnp.result_type(value)).eps * jnp.abs(value)
+    # (f may compute in another dtype than the params: the coarser of the two rounds f)
+    eps = max(jnp.finfo(jnp.result_type(value)).eps, jnp.finfo(tree.dtype(point)).eps)
+    noise = 8 * eps * jnp.abs(value)
 
     def accepted(eta):
         candidate = prox_step(tree.axpy(-eta, grad, point), eta)
@@ -159,7 +162,7 @@ class _ProximalGradientBase(IterativeSolver):
             eta = _prox_backtracking(
                 lambda x: self.fun(x, *cut_args, **cut_kwargs),
                 lambda x: jax.grad(self.fun)(x, *cut_args, **cut_kwargs),
-                lambda z, s: prox(z, cut_hyperparams, s),
+                lambda z, s: _dtypes.cast_like(prox(z, cut_hyperparams, s), z),
                 y,
                 value,
                 grad,
@@ -167,7 +170,8 @@ class _ProximalGradientBase(IterativeSolver):
                 # that a run continued past convergence (unrolling) does not overflow it.
                 jnp.where(state.error > 0, eta * self.increase_factor, eta),
             )
-        new_params = prox(tree.axpy(-eta, grad, y), hyperparams, eta)
+        # (bounds or other data of another float dtype: the iterate keeps the params' dtype)
+        new_params = _dtypes.cast_like(prox(tree.axpy(-eta, grad, y), hyperparams, eta), y)
         diff = jax.lax.stop_gradient(tree.sub(new_params, y))
         error = (tree.norm(diff) / jax.lax.stop_gradient(eta)).astype(state.error.dtype)
         if self.acceleration:

@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _linesearch, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._line_search_solver import (
     LineSearchSolver,
@@ -152,7 +153,7 @@ class LBFGS(LineSearchSolver):
             (``history_size`` slots, γ = 1).
         """
         value, grad = self._start(init_params, args, kwargs)
-        dtype = tree.dtype(init_params)
+        dtype = _dtypes.real_dtype(init_params)
         m = self.history_size
         empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), jnp.result_type(leaf)), grad)
         return LbfgsState(
@@ -200,7 +201,7 @@ class LBFGS(LineSearchSolver):
                 (state.head - 1 - jnp.arange(self.history_size)) % self.history_size,
             )
         )
-        slope = jax.lax.stop_gradient(tree.vdot(state.grad, direction))
+        slope = jax.lax.stop_gradient(_linesearch.inner(state.grad, direction))
         descent = (slope < 0) & jnp.isfinite(slope)
         direction = tree.where(descent, direction, tree.neg(state.grad))
         empty_memory = jnp.all(state.rho_history == 0)
@@ -215,7 +216,7 @@ class LBFGS(LineSearchSolver):
         eta = eta.astype(dtype)
         # The memory holds constants (see the class docstring on unrolling).
         s, y = jax.lax.stop_gradient((tree.scale(eta, direction), tree.sub(grad, state.grad)))
-        sy = tree.vdot(s, y)
+        sy = _linesearch.inner(s, y)
         keep = _pair_ok(s, y, sy, params, dtype)
         # Clear the memory when the direction did not descend or the search made no progress.
         reset = jnp.logical_not(descent) | (eta <= 0)
@@ -236,7 +237,7 @@ class LBFGS(LineSearchSolver):
         )
         gamma = jnp.where(
             keep,
-            safe_divide(sy, tree.vdot(y, y), keep, 1.0),
+            safe_divide(sy, _linesearch.inner(y, y), keep, 1.0),
             jnp.where(reset, 1.0, state.gamma),
         ).astype(dtype)
         state = LbfgsState(
@@ -313,6 +314,8 @@ class BFGS(LineSearchSolver):
       >>> rosenbrock = lambda x, a: (a - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
       >>> x, state = BFGS(fun=rosenbrock).run(jnp.array([-1.2, 1.0]), 1.0)  # x = (1, 1)
     """
+
+    _complex_params = False  # H is a complex matrix: it cannot hold an ℝ-linear map of z
 
     def init_state(self, init_params, /, *args, **kwargs) -> BfgsState:
         """The state at ``init_params``: f and ∇f evaluated there.

@@ -22,6 +22,7 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _linesearch, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._bisection import Bisection, BisectionState, abs_error
 
@@ -129,8 +130,9 @@ class Broyden(IterativeSolver):
         _, unravel = ravel_pytree(params)
 
         def flat_fun(x):
+            # G's value in the params' dtype, whatever dtype fun computes in (see _dtypes).
             value = self.fun(unravel(x), *args, **kwargs)
-            return ravel_pytree(value)[0]
+            return ravel_pytree(_dtypes.cast_like(value, unravel(x)))[0]
 
         return flat_fun
 
