@@ -111,6 +111,21 @@ def _add_ridge(matvec: Matvec, ridge: float) -> Matvec:
     return lambda x: tree.axpy(ridge, x, matvec(x))
 
 
+def _krylov(method, matvec, rhs, tol_like, tol, atol, maxiter, ridge, init, preconditioner, /):
+    """x from a ``jax.scipy.sparse.linalg`` method on (matvec + ridge · I) x = rhs, the options
+    checked (``tol`` None: the default for the dtype of ``tol_like``)."""
+    x, _ = method(
+        _add_ridge(matvec, ridge),
+        rhs,
+        x0=init,
+        tol=_tol(tol, tol_like),
+        atol=atol,
+        maxiter=_maxiter(maxiter),
+        M=preconditioner,
+    )
+    return x
+
+
 def _is_half(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4
 
@@ -128,6 +143,13 @@ def _shape_text(value: PyTree) -> str:
     return str(shapes[0] if len(shapes) == 1 else shapes)
 
 
+def _same_shapes(out: PyTree, b: PyTree) -> bool:
+    """Whether ``out`` (shape structs from ``jax.eval_shape``) has b's tree structure and shapes."""
+    return jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(b) and [
+        o.shape for o in jax.tree_util.tree_leaves(out)
+    ] == [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]
+
+
 def _square_operator_error(name: str, matvec: Matvec, b: PyTree) -> ValueError | None:
     """A ValueError naming the operator's shape if ``matvec`` does not map b's space to itself."""
     try:
@@ -138,10 +160,7 @@ def _square_operator_error(name: str, matvec: Matvec, b: PyTree) -> ValueError |
             f"{name} needs a square operator (x shaped like b); for a non-square operator use "
             "normal_cg with init shaped like x"
         )
-    same = jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(b) and [
-        o.shape for o in jax.tree_util.tree_leaves(out)
-    ] == [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]
-    if same:
+    if _same_shapes(out, b):
         return None
     return ValueError(
         f"{name}: matvec maps vectors shaped like b {_shape_text(b)} to {_shape_text(out)}: "
@@ -216,16 +235,7 @@ def cg(
       x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
         residual itself).
     """
-    x, _ = jsp_sparse.cg(
-        _add_ridge(matvec, ridge),
-        b,
-        x0=init,
-        tol=_tol(tol, b),
-        atol=atol,
-        maxiter=_maxiter(maxiter),
-        M=preconditioner,
-    )
-    return x
+    return _krylov(jsp_sparse.cg, matvec, b, b, tol, atol, maxiter, ridge, init, preconditioner)
 
 
 @_linear_solver
@@ -266,18 +276,8 @@ def gmres(
     restart = max(1, min(restart, tree.size(b)))
     maxiter = _maxiter(maxiter)
     cycles = None if maxiter is None else max(1, math.ceil(maxiter / restart))
-    x, _ = jsp_sparse.gmres(
-        _add_ridge(matvec, ridge),
-        b,
-        x0=init,
-        tol=_tol(tol, b),
-        atol=atol,
-        restart=restart,
-        maxiter=cycles,
-        M=preconditioner,
-        solve_method="batched",
-    )
-    return x
+    method = functools.partial(jsp_sparse.gmres, restart=restart, solve_method="batched")
+    return _krylov(method, matvec, b, b, tol, atol, cycles, ridge, init, preconditioner)
 
 
 @_linear_solver
@@ -311,16 +311,9 @@ def bicgstab(
       x, a pytree like b (not flagged if the tolerance was not reached: the engine checks the
         residual itself).
     """
-    x, _ = jsp_sparse.bicgstab(
-        _add_ridge(matvec, ridge),
-        b,
-        x0=init,
-        tol=_tol(tol, b),
-        atol=atol,
-        maxiter=_maxiter(maxiter),
-        M=preconditioner,
+    return _krylov(
+        jsp_sparse.bicgstab, matvec, b, b, tol, atol, maxiter, ridge, init, preconditioner
     )
-    return x
 
 
 @_linear_solver
@@ -370,9 +363,7 @@ def normal_cg(
             f"{'b' if init is None else 'init'} {_shape_text(x_like)} ({err}); for a non-square "
             "operator pass init shaped like x (the columns)"
         ) from None
-    if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(b) or [
-        o.shape for o in jax.tree_util.tree_leaves(out)
-    ] != [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(b)]:
+    if not _same_shapes(out, b):
         raise ValueError(
             f"normal_cg: matvec maps x shaped like {_shape_text(x_like)} to {_shape_text(out)}, "
             f"not to the shape of b {_shape_text(b)}"
@@ -385,17 +376,9 @@ def normal_cg(
     def normal_matvec(x):
         return rmatvec(matvec(x))
 
-    rhs = rmatvec(b)
-    x, _ = jsp_sparse.cg(
-        _add_ridge(normal_matvec, ridge),
-        rhs,
-        x0=init,
-        tol=_tol(tol, b),
-        atol=atol,
-        maxiter=_maxiter(maxiter),
-        M=preconditioner,
+    return _krylov(
+        jsp_sparse.cg, normal_matvec, rmatvec(b), b, tol, atol, maxiter, ridge, init, preconditioner
     )
-    return x
 
 
 def _materialize(matvec: Matvec, b: PyTree):
@@ -415,6 +398,16 @@ def _materialize(matvec: Matvec, b: PyTree):
     return columns.T, b_flat, unravel
 
 
+def _dense_system(matvec: Matvec, b: PyTree, ridge: float):
+    """The dense matrix of A + ridge · I on the flattened space of ``b``, the flat b, and the
+    unravel function."""
+    a, b_flat, unravel = _materialize(matvec, b)
+    _check_ridge(ridge)
+    if not (isinstance(ridge, (int, float)) and ridge == 0):
+        a = a + ridge * jnp.eye(a.shape[0], dtype=a.dtype)
+    return a, b_flat, unravel
+
+
 @_linear_solver
 def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
     """Dense solve of (A + ridge · I) x = b by LU factorization with partial pivoting.
@@ -432,10 +425,7 @@ def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTr
       x, a pytree like b.
     """
     del ignored
-    a, b_flat, unravel = _materialize(matvec, b)
-    _check_ridge(ridge)
-    if not (isinstance(ridge, (int, float)) and ridge == 0):
-        a = a + ridge * jnp.eye(a.shape[0], dtype=a.dtype)
+    a, b_flat, unravel = _dense_system(matvec, b, ridge)
     return unravel(jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b_flat))
 
 
@@ -458,10 +448,7 @@ def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -
       x, a pytree like b.
     """
     del ignored
-    a, b_flat, unravel = _materialize(matvec, b)
-    _check_ridge(ridge)
-    if not (isinstance(ridge, (int, float)) and ridge == 0):
-        a = a + ridge * jnp.eye(a.shape[0], dtype=a.dtype)
+    a, b_flat, unravel = _dense_system(matvec, b, ridge)
     a = 0.5 * (a + a.T)
     return unravel(jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b_flat))
 

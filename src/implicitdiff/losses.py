@@ -26,6 +26,7 @@ it is not checked (and gives an all-zero one-hot vector).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -94,6 +95,33 @@ def _shift_by_max(z: jax.Array) -> jax.Array:
 def _is_zero(tangent: Any) -> bool:
     """Whether a tangent given to a custom JVP rule is a symbolic zero (not differentiated)."""
     return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+def _closed_form_loss(parts: Callable, grad_z: Callable, grad_y: Callable) -> Callable:
+    """loss(y, z) = parts(y, z)[0] with the custom JVP Σⱼ grad_z ⊙ dz + Σⱼ grad_y ⊙ dy (along the
+    last axis), each gradient ``grad(y, z, aux)`` with aux = parts(y, z)[1].
+
+    Symbolic zeros: a term whose tangent is not differentiated (the label, usually) is left out,
+    so that its gradient, possibly infinite (at a −inf score), cannot make the result NaN.
+    """
+
+    @jax.custom_jvp
+    def loss(y: jax.Array, z: jax.Array) -> jax.Array:
+        return parts(y, z)[0]
+
+    def jvp(primals, tangents):
+        y, z = primals
+        dy, dz = tangents
+        value, aux = parts(y, z)
+        out = jnp.zeros_like(value)
+        if not _is_zero(dz):
+            out = out + jnp.sum(grad_z(y, z, aux) * dz, axis=-1)
+        if not _is_zero(dy):
+            out = out + jnp.sum(grad_y(y, z, aux) * dy, axis=-1)
+        return value, out
+
+    loss.defjvp(jvp, symbolic_zeros=True)
+    return loss
 
 
 def _weighted_sum(y: jax.Array, z: jax.Array) -> jax.Array:
@@ -168,37 +196,23 @@ def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
     return _logistic(y, logits)
 
 
-def _logistic_parts(y: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(loss, softmax(z), logsumexp(z) − z) for a label vector y, with the limits above."""
+def _logistic_parts(y: jax.Array, z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """(loss, (softmax(z), logsumexp(z) − z)) for a label vector y, with the limits above."""
     shifted = _shift_by_max(z)
     all_minus_inf = jnp.all(z == -jnp.inf, axis=-1)  # no distribution: NaN
     lse = jax.nn.logsumexp(shifted, axis=-1)
     loss = lse * jnp.sum(y, axis=-1) - _weighted_sum(y, shifted)
     loss = jnp.where(all_minus_inf, jnp.nan, loss)
     softmax = jnp.exp(shifted - lse[..., None])
-    return loss, softmax, lse[..., None] - shifted
+    return loss, (softmax, lse[..., None] - shifted)
 
 
-@jax.custom_jvp
-def _logistic(y: jax.Array, z: jax.Array) -> jax.Array:
-    return _logistic_parts(y, z)[0]
-
-
-def _logistic_jvp(primals, tangents):
-    # Symbolic zeros: a label that is not differentiated (the usual case) adds no term, so that
-    # its coefficient logsumexp(z) − z, +inf at a −inf logit, cannot make the result NaN.
-    y, z = primals
-    dy, dz = tangents
-    loss, softmax, minus_log_softmax = _logistic_parts(y, z)
-    out = jnp.zeros_like(loss)
-    if not _is_zero(dz):
-        out = out + jnp.sum((softmax * jnp.sum(y, axis=-1, keepdims=True) - y) * dz, axis=-1)
-    if not _is_zero(dy):
-        out = out + jnp.sum(minus_log_softmax * dy, axis=-1)
-    return loss, out
-
-
-_logistic.defjvp(_logistic_jvp, symbolic_zeros=True)
+# ∂/∂z = softmax(z) Σ y − y, ∂/∂y = logsumexp(z) − z (+inf at a −inf logit).
+_logistic = _closed_form_loss(
+    _logistic_parts,
+    lambda y, z, aux: aux[0] * jnp.sum(y, axis=-1, keepdims=True) - y,
+    lambda y, z, aux: aux[1],
+)
 
 
 def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
@@ -311,26 +325,10 @@ def _sparsemax_loss_parts(y: jax.Array, scores: jax.Array) -> tuple[jax.Array, j
     return value + correction, p
 
 
-@jax.custom_jvp
-def _sparsemax_loss(y: jax.Array, scores: jax.Array) -> jax.Array:
-    return _sparsemax_loss_parts(y, scores)[0]
-
-
-def _sparsemax_loss_jvp(primals, tangents):
-    # Closed forms: ∂/∂z = p − y, ∂/∂y = y − z (+inf at a −inf score: symbolic zeros keep it out
-    # of the result when the label is not differentiated).
-    y, scores = primals
-    dy, dz = tangents
-    loss, p = _sparsemax_loss_parts(y, scores)
-    out = jnp.zeros_like(loss)
-    if not _is_zero(dz):
-        out = out + jnp.sum((p - y) * dz, axis=-1)
-    if not _is_zero(dy):
-        out = out + jnp.sum((y - scores) * dy, axis=-1)
-    return loss, out
-
-
-_sparsemax_loss.defjvp(_sparsemax_loss_jvp, symbolic_zeros=True)
+# Closed forms: ∂/∂z = p − y, ∂/∂y = y − z (+inf at a −inf score).
+_sparsemax_loss = _closed_form_loss(
+    _sparsemax_loss_parts, lambda y, z, p: p - y, lambda y, z, p: y - z
+)
 
 
 def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:

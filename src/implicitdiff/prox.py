@@ -137,6 +137,20 @@ class Identity:
 none = Identity()
 
 
+def _scaled_leafwise(
+    name: str, leaf_prox: Callable, x: PyTree, hyperparams: Any, scaling: Any
+) -> PyTree:
+    """``leaf_prox(leaf, λ · s)`` on every leaf of x, λ = ``hyperparams`` (one per leaf, see
+    ``_map_with_hyperparam``) and s = ``scaling``, both checked non-negative (NaN if traced and
+    negative)."""
+    _check_non_negative(hyperparams, "hyperparams (λ)", name)
+    _check_non_negative(scaling, "scaling", name)
+    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
+    return _map_with_hyperparam(
+        lambda leaf, lam: leaf_prox(leaf, lam * scaling), x, hyperparams, "hyperparams", name
+    )
+
+
 def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
     """Soft thresholding, the prox of g(y) = λ‖y‖₁ with λ = ``hyperparams``.
 
@@ -157,12 +171,7 @@ def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
     >>> print(l1(jnp.array([3.0, -0.5, -2.0]), 1.0, scaling=0.5))
     [ 2.5  0.  -1.5]
     """
-    _check_non_negative(hyperparams, "hyperparams (λ)", "l1")
-    _check_non_negative(scaling, "scaling", "l1")
-    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
-    return _map_with_hyperparam(
-        lambda leaf, lam: _soft_threshold(leaf, lam * scaling), x, hyperparams, "hyperparams", "l1"
-    )
+    return _scaled_leafwise("l1", lambda leaf, t: _soft_threshold(leaf, t), x, hyperparams, scaling)
 
 
 def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
@@ -185,15 +194,8 @@ def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> Py
     >>> print(non_negative_l1(jnp.array([3.0, 0.5, -2.0]), 1.0))
     [2. 0. 0.]
     """
-    _check_non_negative(hyperparams, "hyperparams (λ)", "non_negative_l1")
-    _check_non_negative(scaling, "scaling", "non_negative_l1")
-    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
-    return _map_with_hyperparam(
-        lambda leaf, lam: jnp.maximum(leaf - lam * scaling, 0),
-        x,
-        hyperparams,
-        "hyperparams",
-        "non_negative_l1",
+    return _scaled_leafwise(
+        "non_negative_l1", lambda leaf, t: jnp.maximum(leaf - t, 0), x, hyperparams, scaling
     )
 
 
@@ -259,12 +261,7 @@ def ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
     >>> print(ridge(jnp.array([3.0, -1.0]), 1.0))
     [ 1.5 -0.5]
     """
-    _check_non_negative(hyperparams, "hyperparams (λ)", "ridge")
-    _check_non_negative(scaling, "scaling", "ridge")
-    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
-    return _map_with_hyperparam(
-        lambda leaf, lam: leaf / (1 + lam * scaling), x, hyperparams, "hyperparams", "ridge"
-    )
+    return _scaled_leafwise("ridge", lambda leaf, t: leaf / (1 + t), x, hyperparams, scaling)
 
 
 def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
@@ -287,15 +284,12 @@ def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) ->
     >>> print(non_negative_ridge(jnp.array([3.0, -1.0]), 2.0))
     [1. 0.]
     """
-    _check_non_negative(hyperparams, "hyperparams (λ)", "non_negative_ridge")
-    _check_non_negative(scaling, "scaling", "non_negative_ridge")
-    hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
-    return _map_with_hyperparam(
-        lambda leaf, lam: jnp.maximum(leaf, 0) / (1 + lam * scaling),
+    return _scaled_leafwise(
+        "non_negative_ridge",
+        lambda leaf, t: jnp.maximum(leaf, 0) / (1 + t),
         x,
         hyperparams,
-        "hyperparams",
-        "non_negative_ridge",
+        scaling,
     )
 
 

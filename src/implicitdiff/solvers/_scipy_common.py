@@ -14,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers._host_call import check_callable
 
 __all__ = ["ScipyState"]
 
@@ -114,6 +115,17 @@ def check_common(solver: Any, owner: str) -> None:
         raise TypeError(f"{owner}: dtype must be a floating dtype or None, got {solver.dtype!r}")
     if not solver.error_tol >= 0:
         raise ValueError(f"{owner}: error_tol must be ≥ 0, got {solver.error_tol!r}")
+
+
+def check_fields(solver: Any, known: tuple[str, ...], *, allow_callable: bool) -> str:
+    """Checks a wrapper's user function (named by ``_user_function``), ``method`` among ``known``
+    (or a callable if ``allow_callable``) and the common options; returns the owner's name."""
+    owner = type(solver).__name__
+    name = solver._user_function
+    check_callable(getattr(solver, name), name, owner, solver.method)
+    check_method(solver.method, known, owner, allow_callable=allow_callable)
+    check_common(solver, owner)
+    return owner
 
 
 def flat_bound(bound: Any, params: PyTree, dtype: Any) -> jax.Array:

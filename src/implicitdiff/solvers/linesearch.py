@@ -82,8 +82,9 @@ def _check_number(owner, name, value, low, high, *, low_open=True, high_open=Tru
 class LineSearch:
     """The base of the line searches: ``run``, and ``search`` (what solvers call).
 
-    A subclass defines ``search``; an instance (of any subclass) is accepted as the
-    ``linesearch=`` option of the solvers that have one.
+    A subclass names its kernel in ``_kernel``, its fields being the kernel's options (or
+    overrides ``search``); an instance (of any subclass) is accepted as the ``linesearch=`` option
+    of the solvers that have one.
     """
 
     fun: Callable
@@ -126,7 +127,8 @@ class LineSearch:
         """The search on a given x ↦ (f(x), ∇f(x)).
 
         What the solvers call (``run`` is the user's form). Each line search (backtracking, zoom,
-        Hager–Zhang) defines it.
+        Hager–Zhang) runs its kernel of :mod:`implicitdiff._linesearch` or
+        :mod:`implicitdiff._hager_zhang`, named by ``_kernel``.
 
         Args:
           value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
@@ -134,13 +136,24 @@ class LineSearch:
           value: f(x).
           grad: ∇f(x), a pytree like x.
           direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0.
+          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
 
         Returns:
           An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
             ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
         """
-        raise NotImplementedError(f"{type(self).__name__} must define search")
+        options = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in ("fun", "value_and_grad", "has_aux")
+        }
+        return self._kernel()(value_and_grad, params, value, grad, direction, stepsize, **options)
+
+    def _kernel(self) -> Callable:
+        """The search's kernel ``kernel(value_and_grad, params, value, grad, direction, stepsize,
+        **options)``; the options are this object's fields but ``fun``, ``value_and_grad`` and
+        ``has_aux``."""
+        raise NotImplementedError(f"{type(self).__name__} must define search or _kernel")
 
     def run(
         self,
@@ -256,38 +269,8 @@ class BacktrackingLineSearch(LineSearch):
             )
         _check_number("BacktrackingLineSearch", "decrease_factor", self.decrease_factor, 0, 1)
 
-    def search(self, value_and_grad, params, value, grad, direction, stepsize):
-        """The search on a given x ↦ (f(x), ∇f(x)).
-
-        What the solvers call (``run`` is the user's form).
-
-        Args:
-          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
-          params: the current point x, a pytree.
-          value: f(x).
-          grad: ∇f(x), a pytree like x.
-          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
-
-        Returns:
-          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
-            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
-        """
-        return _linesearch.backtracking(
-            value_and_grad,
-            params,
-            value,
-            grad,
-            direction,
-            stepsize,
-            condition=self.condition,
-            c1=self.c1,
-            c2=self.c2,
-            decrease_factor=self.decrease_factor,
-            maxiter=self.maxiter,
-            max_stepsize=self.max_stepsize,
-            tol=self.tol,
-        )
+    def _kernel(self):
+        return _linesearch.backtracking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,36 +314,8 @@ class ZoomLineSearch(LineSearch):
         self._check_common()
         _check_number("ZoomLineSearch", "increase_factor", self.increase_factor, 1, float("inf"))
 
-    def search(self, value_and_grad, params, value, grad, direction, stepsize):
-        """The search on a given x ↦ (f(x), ∇f(x)).
-
-        What the solvers call (``run`` is the user's form).
-
-        Args:
-          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
-          params: the current point x, a pytree.
-          value: f(x).
-          grad: ∇f(x), a pytree like x.
-          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
-
-        Returns:
-          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
-            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
-        """
-        return _linesearch.zoom(
-            value_and_grad,
-            params,
-            value,
-            grad,
-            direction,
-            stepsize,
-            c1=self.c1,
-            c2=self.c2,
-            maxiter=self.maxiter,
-            increase_factor=self.increase_factor,
-            max_stepsize=self.max_stepsize,
-        )
+    def _kernel(self):
+        return _linesearch.zoom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,35 +376,5 @@ class HagerZhangLineSearch(LineSearch):
             low_open=False,
         )
 
-    def search(self, value_and_grad, params, value, grad, direction, stepsize):
-        """The search on a given x ↦ (f(x), ∇f(x)).
-
-        What the solvers call (``run`` is the user's form).
-
-        Args:
-          value_and_grad: x ↦ (f(x), ∇f(x)), f a real scalar.
-          params: the current point x, a pytree.
-          value: f(x).
-          grad: ∇f(x), a pytree like x.
-          direction: d, a pytree like x with ⟨∇f(x), d⟩ < 0.
-          stepsize: the first trial η₀ > 0 (capped by ``max_stepsize``).
-
-        Returns:
-          An :class:`implicitdiff._linesearch.Result`: the step η, f and ∇f at x + ηd, ``done`` /
-            ``failed`` and the counts of trials and evaluations (every entry cut from the graph).
-        """
-        return _hager_zhang.hager_zhang(
-            value_and_grad,
-            params,
-            value,
-            grad,
-            direction,
-            stepsize,
-            c1=self.c1,
-            c2=self.c2,
-            maxiter=self.maxiter,
-            expansion_factor=self.expansion_factor,
-            shrinkage_factor=self.shrinkage_factor,
-            approximate_wolfe_threshold=self.approximate_wolfe_threshold,
-            max_stepsize=self.max_stepsize,
-        )
+    def _kernel(self):
+        return _hager_zhang.hager_zhang

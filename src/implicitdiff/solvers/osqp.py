@@ -2,8 +2,10 @@
 adaptive ρ, infeasibility detection and solution polishing: :class:`OSQP`, returning a
 :class:`~implicitdiff.solvers._qp_common.KKTSolution` differentiated through the KKT conditions.
 
-This module must not import :mod:`implicitdiff.projections` (which imports OSQP, for the
-polyhedron projection): the box projection it needs is a clip.
+The stacked problem, its residuals, the infeasibility tests and the polishing solve live in
+:mod:`implicitdiff.solvers._osqp_parts`. This module must not import
+:mod:`implicitdiff.projections` (which imports OSQP, for the polyhedron projection): the box
+projection it needs is a clip.
 """
 
 from __future__ import annotations
@@ -18,20 +20,31 @@ from implicitdiff import _loop, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._osqp_parts import (
+    DUAL_INFEASIBLE,
+    MAX_ITERATIONS,
+    PRIMAL_INFEASIBLE,
+    SOLVED,
+    Data,
+    dual_infeasible,
+    dual_vector,
+    kkt_params,
+    polished_point,
+    primal_infeasible,
+    residuals,
+    residuals_of,
+    stack_problem,
+)
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
     check_pair,
     clip_to_box,
     dtype_of,
-    inf_norm,
     qp_kkt,
     transpose_products,
 )
 
 __all__ = ["OSQP", "OSQPState"]
-
-# OSQP's status codes.
-SOLVED, MAX_ITERATIONS, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE = 0, 1, 2, 3
 
 
 class OSQPState(NamedTuple):
@@ -59,15 +72,6 @@ class OSQPState(NamedTuple):
     polished: jax.Array
     data: Any = None
     products: Any = None
-
-
-class _Data(NamedTuple):
-    P: jax.Array
-    q: jax.Array
-    C: jax.Array
-    lower: jax.Array
-    upper: jax.Array
-    n_eq: int
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -254,124 +258,28 @@ class OSQP(IterativeSolver):
 
     # -- data and the pieces of an iteration -------------------------------------------------
 
-    @staticmethod
-    def _data(params_obj, params_eq, params_ineq) -> _Data:
-        Q, c = params_obj
-        dtype = dtype_of(Q, c)
-        n = c.shape[0]
-        P = jnp.zeros((n, n), dtype) if Q is None else 0.5 * (Q + Q.T)
-        rows, lower, upper = [jnp.zeros((0, n), dtype)], [], []
-        n_eq = 0
-        if params_eq is not None:
-            A, b = params_eq
-            rows.append(A)
-            lower.append(b)
-            upper.append(b)
-            n_eq = A.shape[0]
-        if params_ineq is not None:
-            G, h = params_ineq
-            rows.append(G)
-            lower.append(jnp.full(h.shape, -jnp.inf, dtype))
-            upper.append(h)
-        C = jnp.concatenate(rows).astype(dtype)
-        empty = jnp.zeros((0,), dtype)
-        lower = jnp.concatenate([empty, *lower]).astype(dtype)
-        upper = jnp.concatenate([empty, *upper]).astype(dtype)
-        return _Data(P, c.astype(dtype), C, lower, upper, n_eq)
-
-    def _state_data(self, state: OSQPState, params_obj, params_eq, params_ineq) -> _Data:
+    def _state_data(self, state: OSQPState, params_obj, params_eq, params_ineq) -> Data:
         """The stacked problem: from the state when ``init_state`` stored it, else rebuilt."""
         if state.data is None:
-            return self._data(params_obj, params_eq, params_ineq)
+            return stack_problem(params_obj, params_eq, params_ineq)
         n_eq = 0 if params_eq is None else jnp.shape(params_eq[1])[0]
-        return _Data(*state.data, n_eq)
+        return Data(*state.data, n_eq)
 
-    def _products(self, x, z, y, rho_vec, data: _Data) -> tuple:
+    def _products(self, x, z, y, rho_vec, data: Data) -> tuple:
         """(Cx, Px, Cᵀy, Cᵀ(Rz − y)), computed from scratch."""
         Cty, w = transpose_products(data.C, y, rho_vec * z - y)
         return data.C @ x, data.P @ x, Cty, w
 
-    @staticmethod
-    def _dual_vector(params, data: _Data) -> jax.Array:
-        _, nu, lam = params
-        parts = [jnp.zeros((0,), data.q.dtype)] + [v for v in (nu, lam) if v is not None]
-        return jnp.concatenate(parts)
-
-    @staticmethod
-    def _params(x, y, data: _Data, params) -> KKTSolution:
-        _, nu, lam = params
-        return KKTSolution(
-            x,
-            None if nu is None else y[: data.n_eq],
-            None if lam is None else y[data.n_eq :],
-        )
-
-    def _rho_vector(self, rho, data: _Data) -> jax.Array:
+    def _rho_vector(self, rho, data: Data) -> jax.Array:
         equality = data.lower == data.upper
         free = jnp.isinf(data.lower) & jnp.isinf(data.upper)
         return jnp.where(equality, 1e3 * rho, jnp.where(free, self.rho_min, rho))
 
-    def _factorize(self, rho, data: _Data) -> jax.Array:
+    def _factorize(self, rho, data: Data) -> jax.Array:
         n = data.q.shape[0]
         rho_vec = self._rho_vector(rho, data)
         M = data.P + self.sigma * jnp.eye(n, dtype=data.q.dtype) + (data.C.T * rho_vec) @ data.C
         return jnp.linalg.cholesky(M)
-
-    @classmethod
-    def _residuals(cls, x, z, y, data: _Data):
-        """(error, r_prim, r_dual, s_prim, s_dual)."""
-        return cls._residuals_of(data.C @ x, data.P @ x, data.C.T @ y, z, data)
-
-    @staticmethod
-    def _residuals_of(Cx, Px, Cty, z, data: _Data):
-        """(error, r_prim, r_dual, s_prim, s_dual) from the products Cx, Px and Cᵀy."""
-        r_prim = inf_norm(Cx - z)
-        r_dual = inf_norm(Px + data.q + Cty)
-        s_prim = jnp.maximum(inf_norm(Cx), inf_norm(z))
-        s_dual = jnp.maximum(jnp.maximum(inf_norm(Px), inf_norm(Cty)), inf_norm(data.q))
-        error = jnp.maximum(r_prim / (1 + s_prim), r_dual / (1 + s_dual))
-        return error, r_prim, r_dual, s_prim, s_dual
-
-    def _primal_infeasible(self, dy, data: _Data) -> jax.Array:
-        """Whether δy certifies primal infeasibility. The product Cᵀδy is computed only when the
-        cheap part of the test (the support function) passes."""
-        lower_inf, upper_inf = jnp.isinf(data.lower), jnp.isinf(data.upper)
-        # Project δy onto the polar of the recession cone of [l, u].
-        dy = jnp.where(
-            lower_inf & upper_inf,
-            0.0,
-            jnp.where(
-                upper_inf,
-                jnp.minimum(dy, 0.0),
-                jnp.where(lower_inf, jnp.maximum(dy, 0.0), dy),
-            ),
-        )
-        norm = inf_norm(dy)
-        support = jnp.sum(
-            jnp.where(upper_inf, 0.0, data.upper * jnp.maximum(dy, 0.0))
-            + jnp.where(lower_inf, 0.0, data.lower * jnp.minimum(dy, 0.0))
-        )
-        eps = self.eps_primal_infeasible * norm
-        candidate = (norm > 0) & (support <= -eps)
-        return candidate & _loop.cond(
-            candidate, lambda: inf_norm(data.C.T @ dy) <= eps, lambda: jnp.asarray(False)
-        )
-
-    def _dual_infeasible(self, dx, data: _Data) -> jax.Array:
-        """Whether δx certifies dual infeasibility. The products Cδx and Pδx are computed only
-        when the cheap part of the test (cᵀδx) passes."""
-        norm = inf_norm(dx)
-        eps = self.eps_dual_infeasible * norm
-
-        def products_pass():
-            Cdx = data.C @ dx
-            cone = jnp.all(
-                (jnp.isinf(data.upper) | (Cdx <= eps)) & (jnp.isinf(data.lower) | (Cdx >= -eps))
-            )
-            return cone & (inf_norm(data.P @ dx) <= eps)
-
-        candidate = (norm > 0) & (jnp.vdot(data.q, dx) <= -eps)
-        return candidate & _loop.cond(candidate, products_pass, lambda: jnp.asarray(False))
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -391,13 +299,13 @@ class OSQP(IterativeSolver):
           An ``OSQPState``: iter_num 0, the error and residuals at the start, ρ, z, the factor, the
             stacked data and the carried products.
         """
-        data = self._data(params_obj, params_eq, params_ineq)
+        data = stack_problem(params_obj, params_eq, params_ineq)
         x = init_params[0]
-        y = self._dual_vector(init_params, data)
+        y = dual_vector(init_params, data)
         z = clip_to_box(data.C @ x, data.lower, data.upper)
         rho = jnp.asarray(self.rho, data.q.dtype)
         products = self._products(x, z, y, self._rho_vector(rho, data), data)
-        error, r_prim, r_dual, _, _ = self._residuals_of(*products[:3], z, data)
+        error, r_prim, r_dual, _, _ = residuals_of(*products[:3], z, data)
         return OSQPState(
             iter_num=jnp.asarray(0),
             error=error,
@@ -432,7 +340,7 @@ class OSQP(IterativeSolver):
         """
         data = self._state_data(state, params_obj, params_eq, params_ineq)
         x, z = params[0], state.z
-        y = self._dual_vector(params, data)
+        y = dual_vector(params, data)
         rho_vec = self._rho_vector(state.rho, data)
         products = state.products
         if products is None:
@@ -450,17 +358,19 @@ class OSQP(IterativeSolver):
         Px_new = data.P @ x_new
         Cty_new, w_new = transpose_products(data.C, y_new, rho_vec * z_new - y_new)
 
-        error, r_prim, r_dual, s_prim, s_dual = self._residuals_of(
-            Cx_new, Px_new, Cty_new, z_new, data
-        )
+        error, r_prim, r_dual, s_prim, s_dual = residuals_of(Cx_new, Px_new, Cty_new, z_new, data)
         solved = error <= self.tol
         status = jnp.where(
             solved,
             SOLVED,
             jnp.where(
-                self._primal_infeasible(y_new - y, data),
+                primal_infeasible(y_new - y, data, self.eps_primal_infeasible),
                 PRIMAL_INFEASIBLE,
-                jnp.where(self._dual_infeasible(x_new - x, data), DUAL_INFEASIBLE, MAX_ITERATIONS),
+                jnp.where(
+                    dual_infeasible(x_new - x, data, self.eps_dual_infeasible),
+                    DUAL_INFEASIBLE,
+                    MAX_ITERATIONS,
+                ),
             ),
         ).astype(jnp.int32)
 
@@ -494,45 +404,20 @@ class OSQP(IterativeSolver):
             data=tuple(data[:5]),
             products=(Cx_new, Px_new, Cty_new, w_new),
         )
-        return OptStep(self._params(x_new, y_new, data, params), state)
+        return OptStep(kkt_params(x_new, y_new, data, params), state)
 
     def _done(self, state: OSQPState) -> jax.Array:
         return super()._done(state) | (state.status >= PRIMAL_INFEASIBLE)
 
-    def _polish(self, params, state: OSQPState, data: _Data):
+    def _polish(self, params, state: OSQPState, data: Data):
         """The solution of the KKT system of the guessed active set, where it is better."""
-        x, z = params[0], state.z
-        y = self._dual_vector(params, data)
-        n = x.shape[0]
-        dtype = x.dtype
-        equality = data.lower == data.upper
-        upper = equality | (jnp.isfinite(data.upper) & (data.upper - z < y))
-        lower = ~upper & jnp.isfinite(data.lower) & (z - data.lower < -y)
-        active = (upper | lower).astype(dtype)
-        bound = jnp.where(upper, data.upper, jnp.where(lower, data.lower, 0.0))
-
-        # Rows of C for the active constraints; y = 0 for the others.
-        K = jnp.block([[data.P, data.C.T], [active[:, None] * data.C, -jnp.diag(1 - active)]])
-        regularization = jnp.concatenate(
-            [jnp.full(n, self.polish_delta, dtype), -self.polish_delta * active]
+        z = state.z
+        x_p, z_p, y_p = polished_point(
+            params[0], z, dual_vector(params, data), data, self.polish_delta
         )
-        lu = jax.scipy.linalg.lu_factor(K + jnp.diag(regularization))
-        rhs = jnp.concatenate([-data.q, active * bound])
-
-        def refine(_, sol):
-            return sol + jax.scipy.linalg.lu_solve(lu, rhs - K @ sol)
-
-        sol = jax.lax.fori_loop(0, 3, refine, jax.scipy.linalg.lu_solve(lu, rhs), unroll=True)
-        x_p, y_p = sol[:n], sol[n:]
-        y_p = jnp.where(
-            equality,
-            y_p,
-            jnp.where(upper, jnp.maximum(y_p, 0.0), jnp.where(lower, jnp.minimum(y_p, 0.0), 0.0)),
-        )
-        z_p = clip_to_box(data.C @ x_p, data.lower, data.upper)
-        error_p, r_prim, r_dual, _, _ = self._residuals(x_p, z_p, y_p, data)
+        error_p, r_prim, r_dual, _, _ = residuals(x_p, z_p, y_p, data)
         accept = jnp.isfinite(error_p) & (error_p < state.error) & (state.status <= 1)
-        params = tree.where(accept, self._params(x_p, y_p, data, params), params)
+        params = tree.where(accept, kkt_params(x_p, y_p, data, params), params)
         state = state._replace(
             error=jnp.where(accept, error_p.astype(state.error.dtype), state.error),
             status=jnp.where(accept & (error_p <= self.tol), SOLVED, state.status).astype(

@@ -51,7 +51,6 @@ from implicitdiff.solvers._host_call import (
     HostWrapper,
     all_finite,
     callback_args,
-    check_callable,
     flat_params,
     on_cpu,
     shape_key,
@@ -63,8 +62,7 @@ from implicitdiff.solvers._scipy_common import (
     USES_HESS,
     USES_HESSP,
     ScipyState,
-    check_common,
-    check_method,
+    check_fields,
     flat_bound,
     import_scipy_optimize,
     result_fields,
@@ -132,10 +130,7 @@ class ScipyMinimize(HostWrapper):
 
     def __post_init__(self):
         super().__post_init__()
-        owner = type(self).__name__
-        check_callable(self.fun, "fun", owner, self.method)
-        check_method(self.method, self._methods(), owner, allow_callable=True)
-        check_common(self, owner)
+        check_fields(self, self._methods(), allow_callable=True)
         import_scipy_optimize()
 
     @staticmethod

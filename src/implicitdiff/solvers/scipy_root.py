@@ -24,7 +24,6 @@ from implicitdiff.solvers._host_call import (
     HostWrapper,
     all_finite,
     call_host,
-    check_callable,
     on_cpu,
 )
 from implicitdiff.solvers._scipy_common import (
@@ -32,8 +31,7 @@ from implicitdiff.solvers._scipy_common import (
     ROOT_METHODS,
     ROOT_USES_JAC,
     ScipyState,
-    check_common,
-    check_method,
+    check_fields,
     flat_output_fun,
     import_scipy_optimize,
     result_fields,
@@ -82,10 +80,7 @@ class ScipyRootFinding(HostWrapper):
 
     def __post_init__(self):
         super().__post_init__()
-        owner = type(self).__name__
-        check_callable(self.optimality_fun, "optimality_fun", owner, self.method)
-        check_method(self.method, ROOT_METHODS, owner, allow_callable=False)
-        check_common(self, owner)
+        check_fields(self, ROOT_METHODS, allow_callable=False)
         import_scipy_optimize()
 
     def optimality(self) -> tuple[str, Callable]:
@@ -189,10 +184,7 @@ class ScipyLeastSquares(HostWrapper):
 
     def __post_init__(self):
         super().__post_init__()
-        owner = type(self).__name__
-        check_callable(self.residual_fun, "residual_fun", owner, self.method)
-        check_method(self.method, LEAST_SQUARES_METHODS, owner, allow_callable=False)
-        check_common(self, owner)
+        owner = check_fields(self, LEAST_SQUARES_METHODS, allow_callable=False)
         options = self.options or {}
         bad = [
             name for name in ("bounds", "f_scale", "fun", "x0", "jac", "method") if name in options

@@ -1,0 +1,254 @@
+"""Bisection, the root of a scalar function on a bracket: :class:`Bisection`, re-exported by
+:mod:`implicitdiff.solvers.root` (whose docstring says how its solution is differentiated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from implicitdiff import tree
+from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._failures import Status
+
+__all__ = ["Bisection", "BisectionState"]
+
+
+def abs_error(value: PyTree, dtype: Any) -> jax.Array:
+    # The stopping test needs no derivative, and sqrt has none at an exact zero.
+    return tree.norm(jax.lax.stop_gradient(value)).astype(dtype)
+
+
+class BisectionState(NamedTuple):
+    """iter_num, error = |G(x)| at the current x, converged, value = G(x), the bracket
+    [low, high] ∋ x, sign = ±1 (G increasing or decreasing across the bracket), and
+    valid_bracket: whether G(lower) and G(upper) are finite and of opposite signs (or one is
+    0). An invalid bracket stops the solver at once with x = NaN and converged = False."""
+
+    iter_num: jax.Array
+    error: jax.Array
+    converged: jax.Array
+    value: jax.Array
+    low: jax.Array
+    high: jax.Array
+    sign: jax.Array
+    valid_bracket: jax.Array
+    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+
+def _is_tracer(leaf: Any) -> bool:
+    return isinstance(leaf, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class Bisection(IterativeSolver):
+    """The root of a scalar function G(x, *args) on [lower, upper] by bisection.
+
+    ``run(init_params=None, *args, **kwargs)``: ``init_params`` is ignored (JAXopt's
+    convention; the bracket is the start). G must change sign on the bracket (G(lower) and
+    G(upper) of opposite signs; monotone G has a single root there). The iterate is the
+    midpoint x = (low + high)/2 of the current bracket, from [lower, upper]; each iteration
+    keeps the half on which G changes sign,
+
+        low ← x if sign · G(x) < 0 else low,   high ← x if sign · G(x) ≥ 0 else high,
+
+    (sign = +1 for G increasing across the bracket, −1 decreasing) and moves x to its midpoint:
+    one evaluation of G per iteration, the bracket halved each time. Stops when |G(x)| ≤ tol
+    (``state.error``), when the bracket cannot shrink any more in floating point (then
+    ``converged`` is False unless |G(x)| ≤ tol), or after ``maxiter`` iterations.
+
+    An invalid bracket (no sign change, or G not finite at an end) is never returned silently:
+    the solver stops at once with x = NaN, ``state.valid_bracket = False`` and ``converged =
+    False``; and with ``check_bracket=True`` (the default), when the arguments are concrete
+    (not traced by ``jit``, ``vmap`` or ``grad``), ``run`` raises a ValueError naming lower and
+    upper and the values of G there (this reads ``state.valid_bracket`` back to the host).
+
+    The solution is differentiated through G(x, *args) = 0 (:func:`implicitdiff.custom_root`):
+    dx/dθ = −∂₂G / ∂₁G. Unrolling (``implicit_diff=False``) gives a zero derivative: the
+    iterates are piecewise constant in θ (lower and upper are constants). Keep the default.
+
+    Attributes:
+      optimality_fun: G(x, *args, **kwargs), a scalar for a scalar x.
+      lower, upper: the bracket, lower < upper (finite numbers).
+      check_bracket: raise on an invalid bracket when the arguments are concrete (default True).
+      maxiter, tol: stop when |G(x)| ≤ tol (default 1e-6) or after maxiter (100) iterations.
+      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.root import Bisection
+      >>> G = lambda x, a: x**3 + x - a
+      >>> x, state = Bisection(optimality_fun=G, lower=-5.0, upper=5.0).run(None, 2.0)  # x = 1
+    """
+
+    _user_function = "optimality_fun"
+
+    optimality_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    lower: float = dataclasses.field(default=0.0, kw_only=False)
+    upper: float = dataclasses.field(default=0.0, kw_only=False)
+    check_bracket: bool = True
+    maxiter: int = 100
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not callable(self.optimality_fun):
+            raise TypeError(
+                f"Bisection: optimality_fun must be callable, got {self.optimality_fun!r}"
+            )
+        for name in ("lower", "upper"):
+            value = getattr(self, name)
+            try:
+                if isinstance(value, (bool, str, bytes)):
+                    raise TypeError
+                number = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"Bisection: {name} must be a real number (a Python, NumPy or concrete JAX "
+                    f"scalar), got {value!r}"
+                ) from None
+            if not np.isfinite(number):
+                raise ValueError(f"Bisection: {name} must be a finite number, got {value!r}")
+        if not float(self.lower) < float(self.upper):
+            raise ValueError(
+                f"Bisection: lower must be < upper, got lower={self.lower!r}, upper={self.upper!r}"
+            )
+
+    def _value(self, x, args, kwargs) -> jax.Array:
+        value = jnp.asarray(self.optimality_fun(x, *args, **kwargs))
+        if value.shape != ():
+            raise TypeError(
+                f"Bisection: optimality_fun must return a scalar, got shape {value.shape}"
+            )
+        return value
+
+    def init_state(self, init_params, /, *args, **kwargs) -> BisectionState:
+        """The state at the start: G at lower, upper and ``init_params``, and the bracket.
+
+        Args:
+          init_params: the first iterate, the midpoint of [lower, upper] (``run`` passes it).
+          *args: the arguments of ``optimality_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          A ``BisectionState``: iter_num 0, error |G(x₀)|, G(x₀), the bracket [lower, upper], its
+            sign (+1 for G increasing across it) and whether it is valid.
+
+        Raises:
+          TypeError: G does not return a scalar.
+        """
+        dtype = jnp.result_type(init_params)
+        low = jnp.asarray(self.lower, dtype)
+        high = jnp.asarray(self.upper, dtype)
+        value_low = self._value(low, args, kwargs)
+        value_high = self._value(high, args, kwargs)
+        valid = (
+            jnp.isfinite(value_low)
+            & jnp.isfinite(value_high)
+            & (jnp.sign(value_low) * jnp.sign(value_high) <= 0)
+        )
+        # Increasing across the bracket: G(upper) > 0 or G(lower) < 0.
+        sign = jnp.where((value_high > 0) | (value_low < 0), 1.0, -1.0).astype(dtype)
+        value = self._value(init_params, args, kwargs)
+        return BisectionState(
+            iter_num=jnp.asarray(0),
+            error=abs_error(value, dtype),
+            converged=jnp.asarray(False),
+            value=value,
+            low=low,
+            high=high,
+            sign=sign,
+            valid_bracket=valid,
+        )
+
+    def update(self, params, state: BisectionState, /, *args, **kwargs) -> OptStep:
+        """One bisection step: the half of the bracket where G changes sign, x⁺ its midpoint.
+
+        Args:
+          params: the current iterate x, the midpoint of the state's bracket.
+          state: the state at x (from ``init_state`` or the last ``update``).
+          *args: the arguments of ``optimality_fun`` after x, as in ``run``.
+          **kwargs: its keyword arguments, as in ``run``.
+
+        Returns:
+          ``OptStep(params, state)``: x⁺ and its state (G and the error |G| at x⁺, the halved
+            bracket).
+        """
+        # params is the midpoint of [low, high] and state.value = G(params): keep the half on
+        # which G changes sign, then evaluate G at its midpoint.
+        below = state.sign * state.value < 0  # the root is above params
+        low = jnp.where(below, params, state.low)
+        high = jnp.where(below, state.high, params)
+        x = 0.5 * (low + high)
+        value = self._value(x, args, kwargs)
+        state = state._replace(
+            iter_num=state.iter_num + 1,
+            error=abs_error(value, state.error.dtype),
+            value=value,
+            low=low,
+            high=high,
+        )
+        return OptStep(x, state)
+
+    def _done(self, state) -> jax.Array:
+        midpoint = 0.5 * (state.low + state.high)
+        collapsed = (midpoint <= state.low) | (midpoint >= state.high)
+        return super()._done(state) | collapsed | jnp.logical_not(state.valid_bracket)
+
+    def _finish(self, params, state):
+        params = jnp.where(state.valid_bracket, params, jnp.nan)
+        params, state = super()._finish(params, state)
+        return params, state._replace(
+            converged=state.converged & state.valid_bracket,
+            status=jnp.where(state.valid_bracket, state.status, Status.INVALID_INPUT),
+        )
+
+    def optimality(self):
+        """The condition that the solution is differentiated through: G(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality_fun)``.
+        """
+        return "root", self.optimality_fun
+
+    def run(self, init_params: Any = None, *args, **kwargs) -> OptStep:
+        """Solve on [lower, upper]; ``init_params`` is ignored (a complex one is refused).
+
+        Args:
+          init_params: ignored (JAXopt's convention; the start is the bracket's midpoint).
+          *args: the arguments of ``optimality_fun`` after x (differentiable).
+          **kwargs: its keyword arguments.
+
+        Returns:
+          ``OptStep(x, state)``: the root x, a scalar in the default float dtype (NaN for an invalid
+            bracket), and the ``BisectionState``.
+
+        Raises:
+          ValueError: with ``check_bracket``, concrete arguments and an invalid bracket (naming
+            lower, upper and G there).
+        """
+        _dtypes.check_real_params(init_params, "Bisection.run", type(self)._COMPLEX_SOLVERS)
+        del init_params
+        dtype = jnp.result_type(float)
+        start = jnp.asarray(0.5 * (float(self.lower) + float(self.upper)), dtype)
+        result = super().run(start, *args, **kwargs)
+        if self.check_bracket:
+            valid = result.state.valid_bracket
+            if not _is_tracer(valid) and not bool(valid):
+                low_value = self.optimality_fun(self.lower, *args, **kwargs)
+                high_value = self.optimality_fun(self.upper, *args, **kwargs)
+                raise ValueError(
+                    f"Bisection: the bracket [lower={self.lower!r}, upper={self.upper!r}] is "
+                    f"invalid: G(lower) = {float(low_value):.6g} and G(upper) = "
+                    f"{float(high_value):.6g} must be finite and of opposite signs (or one "
+                    "zero). Widen or move lower/upper, or pass check_bracket=False to get "
+                    "state.valid_bracket = False instead."
+                )
+        return result
