@@ -16,6 +16,22 @@ import jax.numpy as jnp
 from implicitdiff import _loop
 from implicitdiff.solvers._qp_common import KKTSolution, clip_to_box, dtype_of, inf_norm
 
+__all__ = [
+    "DUAL_INFEASIBLE",
+    "MAX_ITERATIONS",
+    "PRIMAL_INFEASIBLE",
+    "SOLVED",
+    "Data",
+    "dual_infeasible",
+    "dual_vector",
+    "kkt_params",
+    "polished_point",
+    "primal_infeasible",
+    "residuals",
+    "residuals_of",
+    "stack_problem",
+]
+
 # OSQP's status codes.
 SOLVED, MAX_ITERATIONS, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE = 0, 1, 2, 3
 
