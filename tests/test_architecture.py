@@ -39,6 +39,7 @@ LAYERS = {
     "implicitdiff._projection_ops": 3,
     "implicitdiff.prox": 3,
     "implicitdiff.losses": 3,
+    "implicitdiff._losses_scalar": 3,
     "implicitdiff.isotonic": 3,
     "implicitdiff.perturbations": 3,
     "implicitdiff.objective": 3,

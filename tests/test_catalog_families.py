@@ -138,11 +138,32 @@ PROXES = {
 LOSSES = {
     "multiclass_hinge_loss",
     "multiclass_logistic_loss",
+    "multiclass_perceptron_loss",
+    "multiclass_sparsemax_loss",
     "binary_logistic_loss",
     "sparsemax_loss",
     "squared_loss",
     "sparsemax",
+    # element-wise, f(y, z) for y ∈ {0, 1} (huber_loss: target y, prediction z, δ = 1;
+    # sparse_plus and sparse_sigmoid ignore y): swept by _check_elementwise
+    "huber_loss",
+    "sparse_plus",
+    "sparse_sigmoid",
+    "binary_sparsemax_loss",
+    "binary_hinge_loss",
+    "binary_perceptron_loss",
 }
+ELEMENTWISE = {
+    "huber_loss",
+    "sparse_plus",
+    "sparse_sigmoid",
+    "binary_sparsemax_loss",
+    "binary_hinge_loss",
+    "binary_perceptron_loss",
+}
+# Not a loss but a factory: make_fenchel_young_loss(F) computes F(z) − ⟨y, z⟩ as written, as
+# accurate as the user's F (tested in tests/test_losses_parity.py).
+LOSS_FACTORIES = {"make_fenchel_young_loss"}
 
 
 def test_catalog_tables_cover_every_member():
@@ -152,7 +173,7 @@ def test_catalog_tables_cover_every_member():
     # (classes such as a tag type are not proxes; their instances, e.g. prox.none, are)
     members = {n for n in prox.__all__ if not isinstance(getattr(prox, n), type)}
     assert set(PROXES) == members
-    assert set(LOSSES) == set(losses.__all__)
+    assert set(LOSSES) | LOSS_FACTORIES == set(losses.__all__)
 
 
 def _leaves(tree):
@@ -446,8 +467,8 @@ def _np_loss(name, y, z):
     zs = z - z.max()
     if name == "multiclass_logistic_loss":
         return np.log(np.sum(np.exp(zs))) - zs[y]
-    if name == "multiclass_hinge_loss":
-        margin = np.ones_like(zs)
+    if name in ("multiclass_hinge_loss", "multiclass_perceptron_loss"):
+        margin = np.ones_like(zs) * (name == "multiclass_hinge_loss")
         margin[y] = 0
         return np.max(zs - zs[y] + margin)
     p = np.asarray(_frac_simplex(np.asarray(zs, np.float64), 1.0), np.longdouble)
@@ -505,6 +526,10 @@ _jitted_squared_loss = jax.jit(losses.squared_loss)
 
 def _check_loss_at_magnitude(name, dtype, magnitude, scores, eps):
     z = np.asarray(np.asarray(scores, dtype) * magnitude, np.float64)
+    if name in ELEMENTWISE:
+        for y, zi in itertools.product([0.0, 1.0], z):
+            _check_elementwise(name, y, zi, dtype)
+        return
     if name == "binary_logistic_loss":
         for y, zi in itertools.product([0.0, 1.0], z):
             got = float(_jitted_binary_loss_and_grad(y, jnp.asarray(zi, dtype))[0])
@@ -574,7 +599,7 @@ def _closed_form(name, y, z):
         else:  # logsumexp(z) − z_y in the log domain
             value = np.log(np.sum(np.exp(z - top))) + (top - z[y])
         return value, s - e
-    if name == "sparsemax_loss":
+    if name in ("sparsemax_loss", "multiclass_sparsemax_loss"):
         p = _limit_sparsemax(z)
         if np.isinf(z.max()):  # scores at +inf: the value only depends on which entries
             zs = np.where(z == z.max(), 0.0, -INF)
@@ -584,21 +609,83 @@ def _closed_form(name, y, z):
             terms = np.where(p - e == 0, 0.0, (p - e) * zs)
         value = terms.sum() + 0.5 * (1 - np.sum(p * p))
         return value, p - e
-    if name == "multiclass_hinge_loss":
+    if name in ("multiclass_hinge_loss", "multiclass_perceptron_loss"):
+        margin = (np.arange(len(z)) != y) * (name == "multiclass_hinge_loss")
         with np.errstate(invalid="ignore"):
             same_infinity = np.isinf(z) & (z == z[y])  # the limit of zⱼ − z_y along a tie
-            d = np.where(same_infinity, 0.0, z - z[y]) + (np.arange(len(z)) != y)
+            d = np.where(same_infinity, 0.0, z - z[y]) + margin
         return np.max(d), None  # a subgradient; checked to be finite
     if name == "sparsemax":
         return _limit_sparsemax(z), None
     raise KeyError(name)
 
 
-_INF_LOSSES = ["multiclass_logistic_loss", "sparsemax_loss", "multiclass_hinge_loss", "sparsemax"]
+_INF_LOSSES = [
+    "multiclass_logistic_loss",
+    "sparsemax_loss",
+    "multiclass_sparsemax_loss",
+    "multiclass_hinge_loss",
+    "multiclass_perceptron_loss",
+    "sparsemax",
+]
 
 
 def test_loss_family_at_infinity_covers_losses():
-    assert set(_INF_LOSSES) | {"binary_logistic_loss", "squared_loss"} == LOSSES
+    assert set(_INF_LOSSES) | {"binary_logistic_loss", "squared_loss"} | ELEMENTWISE == LOSSES
+
+
+def _np_elementwise(name, y, z):
+    """(value, derivative in z) of an element-wise loss, closed forms in extended precision
+    (limits at z = ±inf)."""
+    z = np.longdouble(z)
+    s = 2 * y - 1
+    if name == "huber_loss":
+        r = y - z
+        value = 0.5 * r * r if abs(r) <= 1 else abs(r) - 0.5
+        return value, -np.clip(r, -1, 1)
+    if name in ("sparse_plus", "binary_sparsemax_loss"):
+        flip = name == "binary_sparsemax_loss" and y == 1  # sparse_plus(−z)
+        x = -z if flip else z
+        value = 0 if x <= -1 else (x if x >= 1 else (x + 1) ** 2 / 4)
+        slope = np.clip((x + 1) / 2, 0, 1)
+        return value, (-slope if flip else slope)
+    if name == "sparse_sigmoid":
+        return np.clip((z + 1) / 2, 0, 1), (0.5 if abs(z) < 1 else 0.0)
+    margin = 1 if name == "binary_hinge_loss" else 0
+    signed = 0 if s == 0 else s * z
+    gap = margin - signed  # at the kink (gap 0), jnp.maximum's half of each side's slope
+    return max(0, gap), (-s if gap > 0 else (-s / 2 if gap == 0 else 0.0))
+
+
+def _elementwise_and_grad(name, y, z):
+    fun = getattr(losses, name)
+    if name in ("sparse_plus", "sparse_sigmoid"):
+        return jax.value_and_grad(fun)(z)
+    return jax.value_and_grad(fun, argnums=1)(y, z)
+
+
+_jitted_elementwise_and_grad = jax.jit(_elementwise_and_grad, static_argnums=0)
+
+
+def _check_elementwise(name, y, z, dtype):
+    """Value and derivative at (y, z) equal the closed forms, exact to rounding (and finite
+    where the limit is)."""
+    value, grad = _jitted_elementwise_and_grad(name, jnp.asarray(y, dtype), jnp.asarray(z, dtype))
+    ref_value, ref_grad = (np.float64(v) for v in _np_elementwise(name, y, z))
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(float(value), ref_value, rtol=4 * eps, atol=4 * eps)
+    assert np.isfinite(float(grad)), (name, y, z)
+    np.testing.assert_allclose(float(grad), ref_grad, rtol=4 * eps, atol=4 * eps)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_loss_family_at_infinity_elementwise(dtype):
+    """Every element-wise loss at ±inf, ±1e9, ±1e-9 and 0, both labels: the limits, with a
+    finite derivative (JAXopt's Huber, sparse plus and binary sparsemax derivatives are NaN at
+    ±inf)."""
+    for name in sorted(ELEMENTWISE):
+        for y, z in itertools.product([0.0, 1.0], [INF, -INF, 1e9, -1e9, 1e-9, -1e-9, 0.0]):
+            _check_elementwise(name, y, np.float64(np.asarray(z, dtype)), dtype)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])

@@ -166,6 +166,7 @@ def test_squared_loss_values():
 MULTICLASS = [
     losses.multiclass_hinge_loss,
     losses.multiclass_logistic_loss,
+    losses.multiclass_perceptron_loss,
     losses.sparsemax_loss,
 ]
 

@@ -6,8 +6,19 @@ Catalog (k classes; y a class index, eᵧ its one-hot vector; z a vector of k sc
 - :func:`multiclass_logistic_loss`: logsumexp(z) − zᵧ (softmax cross-entropy).
 - :func:`binary_logistic_loss`: softplus(z) − y z for a label y ∈ {0, 1} and a scalar logit z.
 - :func:`sparsemax_loss`: the sparsemax loss of Martins & Astudillo (2016).
+- :func:`multiclass_perceptron_loss`: maxⱼ zⱼ − zᵧ.
+- :func:`multiclass_sparsemax_loss`: the same function as :func:`sparsemax_loss` (JAXopt's name).
 - :func:`squared_loss`: ½‖target − prediction‖².
 - :func:`sparsemax`: the Euclidean projection of z onto the probability simplex.
+- :func:`make_fenchel_young_loss`: F(z) − ⟨y, z⟩ for a max function F.
+
+Element-wise (label y ∈ {0, 1} and a scalar score z, or arrays of them):
+
+- :func:`binary_hinge_loss`: max(0, 1 − (2y − 1) z); :func:`binary_perceptron_loss`:
+  max(0, −(2y − 1) z).
+- :func:`binary_sparsemax_loss`: sparse_plus(z) − y z, with the links :func:`sparse_plus` and
+  :func:`sparse_sigmoid` (its derivative).
+- :func:`huber_loss`: ½ r² for |r| ≤ δ, δ (|r| − δ/2) beyond, r = target − prediction.
 
 The multiclass losses take the label either as an integer class index (an array with one
 dimension fewer than the scores, normally a scalar) or as a vector of the scores' shape: a
@@ -35,12 +46,27 @@ import numpy as np
 
 from implicitdiff import _projection_ops as projections
 from implicitdiff import tree
+from implicitdiff._losses_scalar import binary_hinge_loss as binary_hinge_loss
+from implicitdiff._losses_scalar import binary_perceptron_loss as binary_perceptron_loss
+from implicitdiff._losses_scalar import binary_sparsemax_loss as binary_sparsemax_loss
+from implicitdiff._losses_scalar import huber_loss as huber_loss
+from implicitdiff._losses_scalar import sparse_plus as sparse_plus
+from implicitdiff._losses_scalar import sparse_sigmoid as sparse_sigmoid
 from implicitdiff._typing import PyTree
 
 __all__ = [
+    "binary_hinge_loss",
     "binary_logistic_loss",
+    "binary_perceptron_loss",
+    "binary_sparsemax_loss",
+    "huber_loss",
+    "make_fenchel_young_loss",
     "multiclass_hinge_loss",
     "multiclass_logistic_loss",
+    "multiclass_perceptron_loss",
+    "multiclass_sparsemax_loss",
+    "sparse_plus",
+    "sparse_sigmoid",
     "sparsemax",
     "sparsemax_loss",
     "squared_loss",
@@ -155,12 +181,44 @@ def multiclass_hinge_loss(label: Any, scores: Any) -> jax.Array:
     """
     scores = _float_array(scores)
     y = _label_vector(label, scores, "multiclass_hinge_loss")
-    # Subtract the label's score before adding the margin: no cancellation for large scores.
+    return jnp.max(_score_gaps(y, scores) + (1 - y), axis=-1)
+
+
+def _score_gaps(y: jax.Array, scores: jax.Array) -> jax.Array:
+    """zⱼ − ⟨y, z⟩ for every j, the label's score subtracted before any margin is added (no
+    cancellation for large scores); 0 where both are the same infinity (the label's own score,
+    for a one-hot y)."""
     true_score = _weighted_sum(y, scores)[..., None]
-    # zⱼ − ⟨y, z⟩ is 0 where both are the same infinity (the label's own score, for a one-hot y).
     same_infinity = jnp.isinf(scores) & (scores == true_score)
-    difference = jnp.where(same_infinity, 0, scores - jnp.where(same_infinity, 0, true_score))
-    return jnp.max(difference + (1 - y), axis=-1)
+    return jnp.where(same_infinity, 0, scores - jnp.where(same_infinity, 0, true_score))
+
+
+def multiclass_perceptron_loss(label: Any, scores: Any) -> jax.Array:
+    """The multiclass perceptron loss (Collins, 2002).
+
+    For a class index y and scores z (k,)::
+
+        loss = maxⱼ zⱼ − zᵧ  ≥ 0,
+
+    zero when zᵧ is a largest score (the hinge loss without its margin). For a label vector y,
+    maxⱼ (zⱼ − ⟨y, z⟩). A (sub)gradient in z is e_{j*} − eᵧ, j* a maximizing index (ties share
+    it equally, as ``jnp.max``).
+
+    Args:
+      label: the class index y, an integer in [0, k) (an array of shape ``scores.shape[:-1]``,
+        normally a scalar), or a label vector shaped like ``scores`` (one-hot or weights).
+      scores: the scores z, shape (k,) (or (…, k)).
+
+    Returns:
+      The loss, a scalar (shape ``scores.shape[:-1]`` for leading batch dimensions).
+
+    >>> import jax.numpy as jnp
+    >>> print(multiclass_perceptron_loss(1, jnp.array([0.5, 1.0, -1.0])))
+    0.0
+    """
+    scores = _float_array(scores)
+    y = _label_vector(label, scores, "multiclass_perceptron_loss")
+    return jnp.max(_score_gaps(y, scores), axis=-1)
 
 
 def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
@@ -311,6 +369,29 @@ def sparsemax_loss(label: Any, scores: Any) -> jax.Array:
     return _sparsemax_loss(y, scores)
 
 
+def multiclass_sparsemax_loss(label: Any, scores: Any) -> jax.Array:
+    """JAXopt's name of :func:`sparsemax_loss`: the same loss, values and derivatives.
+
+    ::
+
+        loss = ⟨p − y, z⟩ + ½ (‖y‖² − ‖p‖²),  p = sparsemax(z).
+
+    Args:
+      label: the class index y, or a label vector shaped like ``scores``.
+      scores: the scores z, shape (k,) (or (…, k)).
+
+    Returns:
+      The loss, a scalar (shape ``scores.shape[:-1]`` for leading batch dimensions).
+
+    >>> import jax.numpy as jnp
+    >>> print(multiclass_sparsemax_loss(0, jnp.array([0.0, 0.0])))
+    0.25
+    """
+    scores = _float_array(scores)
+    y = _label_vector(label, scores, "multiclass_sparsemax_loss")
+    return _sparsemax_loss(y, scores)
+
+
 def _sparsemax_loss_parts(y: jax.Array, scores: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(loss, sparsemax(scores)) for a label vector y."""
     # Shift the largest score to 0. The formula changes by shift · (1 − Σ y) (zero for a one-hot
@@ -358,3 +439,47 @@ def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:
         )
     residual = tree.sub(target, prediction)
     return 0.5 * tree.vdot(residual, residual)
+
+
+def make_fenchel_young_loss(max_fun: Callable[..., Any]) -> Callable[..., jax.Array]:
+    """The Fenchel–Young loss (Blondel, Martins & Niculae, 2020) of a max function F.
+
+    ::
+
+        loss(y, z, *args, **kwargs) = F(z, *args, **kwargs) − ⟨y, z⟩,
+
+    whose gradient in z is ∇F(z) − y (∇F the regularized argmax: softmax for F = logsumexp,
+    sparsemax for the sparsemax's conjugate). In ⟨y, z⟩ an entry with yⱼ = 0 counts 0 also at
+    an infinite score (a −inf score masks a class out, with a finite gradient).
+
+    Args:
+      max_fun: F(z, *args, **kwargs), a scalar function of the scores (``jax.nn.logsumexp``,
+        say).
+
+    Returns:
+      ``loss(y_true, scores, *args, **kwargs)``, y_true shaped like scores (one-hot or weights).
+
+    Raises:
+      TypeError: ``max_fun`` is not callable.
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> loss = make_fenchel_young_loss(jax.nn.logsumexp)
+    >>> print(loss(jnp.array([1.0, 0.0]), jnp.zeros(2)).round(4))  # log 2
+    0.6931
+    """
+    if not callable(max_fun):
+        raise TypeError(f"make_fenchel_young_loss: max_fun must be callable, got {max_fun!r}")
+
+    def fenchel_young_loss(y_true: Any, scores: Any, *args: Any, **kwargs: Any) -> jax.Array:
+        scores = _float_array(scores)
+        y_true = jnp.asarray(y_true, scores.dtype)
+        if y_true.shape != scores.shape:
+            raise ValueError(
+                "fenchel_young_loss: y_true must be shaped like scores "
+                f"{scores.shape}, got {y_true.shape}"
+            )
+        inner = jnp.sum(_weighted_sum(y_true.ravel(), scores.ravel()))
+        return max_fun(scores, *args, **kwargs) - inner
+
+    return fenchel_young_loss
