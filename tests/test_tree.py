@@ -57,10 +57,16 @@ _REDUCTIONS = {
     "vdot": (lambda t: tree.vdot(t, t), lambda v: np.sum(v * v)),
     "sum": (tree.sum, np.sum),
     "size": (tree.size, np.size),
+    "vdot_real": (lambda t: tree.vdot_real(t, t), lambda v: np.sum(v * v)),
+    "l2_norm": (tree.l2_norm, lambda v: np.sqrt(np.sum(np.abs(v) ** 2))),
+    "inf_norm": (tree.inf_norm, lambda v: np.max(np.abs(v), initial=0.0)),
 }
 _NOT_REDUCTIONS = {
     "add", "axpy", "dtype", "full_like", "map", "neg", "ones_like", "scale",
     "stop_gradient", "sub", "where", "zeros_like",
+    # JAXopt's tree_util names (issue 13): element-wise, or reductions along a batch axis
+    "add_scalar_mul", "average", "broadcast", "conj", "div", "dot", "gram", "imag", "mul",
+    "negative", "real", "reciprocal", "reduce", "scalar_mul",
 }  # fmt: skip
 
 _TREES = {

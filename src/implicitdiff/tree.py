@@ -18,24 +18,44 @@ from implicitdiff._typing import PyTree
 
 __all__ = [
     "add",
+    "add_scalar_mul",
+    "average",
     "axpy",
+    "broadcast",
+    "conj",
+    "div",
+    "dot",
     "dtype",
     "full_like",
+    "gram",
+    "imag",
+    "inf_norm",
+    "l2_norm",
     "map",
+    "mul",
     "neg",
+    "negative",
     "norm",
     "ones_like",
+    "real",
+    "reciprocal",
+    "reduce",
+    "scalar_mul",
     "scale",
     "size",
     "stop_gradient",
     "sub",
     "sum",
     "vdot",
+    "vdot_real",
     "where",
     "zeros_like",
 ]
 
 map = jax.tree_util.tree_map
+#: ``reduce(function, x, initializer)``: ``function`` folded over the leaves of x (JAXopt's
+#: ``tree_reduce``, ``jax.tree_util.tree_reduce``).
+reduce = jax.tree_util.tree_reduce
 
 
 def add(x: PyTree, y: PyTree) -> PyTree:
@@ -76,6 +96,41 @@ def neg(x: PyTree) -> PyTree:
     return map(operator.neg, x)
 
 
+def mul(x: PyTree, y: PyTree) -> PyTree:
+    """x ⊙ y, the entry-wise product, leaf by leaf (y of x's structure)."""
+    return map(operator.mul, x, y)
+
+
+def div(x: PyTree, y: PyTree) -> PyTree:
+    """x ⊘ y, the entry-wise quotient, leaf by leaf (y of x's structure)."""
+    return map(operator.truediv, x, y)
+
+
+def reciprocal(x: PyTree) -> PyTree:
+    """1 / x, entry by entry."""
+    return map(jnp.reciprocal, x)
+
+
+def negative(x: PyTree) -> PyTree:
+    """−x, leaf by leaf: JAXopt's name of :func:`neg`."""
+    return neg(x)
+
+
+def conj(x: PyTree) -> PyTree:
+    """The complex conjugate x̄, leaf by leaf (x itself for real leaves)."""
+    return map(jnp.conj, x)
+
+
+def real(x: PyTree) -> PyTree:
+    """Re x, leaf by leaf."""
+    return map(jnp.real, x)
+
+
+def imag(x: PyTree) -> PyTree:
+    """Im x, leaf by leaf (zeros for real leaves)."""
+    return map(jnp.imag, x)
+
+
 def scale(a: Any, x: PyTree) -> PyTree:
     """a · x for a scalar a.
 
@@ -101,6 +156,28 @@ def axpy(a: Any, x: PyTree, y: PyTree) -> PyTree:
       A pytree like x.
     """
     return map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def scalar_mul(a: Any, x: PyTree) -> PyTree:
+    """a · x for a scalar a: JAXopt's name of :func:`scale` (same argument order)."""
+    return scale(a, x)
+
+
+def add_scalar_mul(x: PyTree, a: Any, y: PyTree) -> PyTree:
+    """x + a · y for a scalar a (JAXopt's argument order; :func:`axpy` is a · y + x)."""
+    return map(lambda xi, yi: xi + a * yi, x, y)
+
+
+def dot(x: PyTree, y: PyTree) -> PyTree:
+    """``jnp.dot(xᵢ, yᵢ)`` for each pair of leaves: a tree, not a scalar (a block-diagonal
+    operator stored as one block per leaf, applied to a vector of blocks)."""
+    return map(jnp.dot, x, y)
+
+
+def vdot_real(x: PyTree, y: PyTree) -> jax.Array:
+    """Re⟨x, y⟩ = Σ Re(conj(xⱼ) yⱼ), a real scalar (the real inner product of the real pairs
+    (Re, Im) of complex trees; ⟨x, y⟩ itself for real ones)."""
+    return jnp.real(vdot(x, y))
 
 
 def vdot(x: PyTree, y: PyTree) -> jax.Array:
@@ -162,6 +239,34 @@ def norm(x: PyTree, ord: int | float = 2) -> jax.Array:
     if ord == jnp.inf:
         return functools.reduce(jnp.maximum, [jnp.max(m) for m in magnitudes]).astype(real)
     return _two_norm(leaves).astype(real)
+
+
+def l2_norm(x: PyTree, squared: bool = False) -> jax.Array:
+    """‖x‖₂ (:func:`norm`, safe at 1e±30), or ‖x‖₂² = Σ |xⱼ|² if ``squared``; real."""
+    if not squared:
+        return norm(x)
+    real_dtype = jnp.finfo(dtype(x)).dtype
+    squares = map(lambda leaf: jnp.sum(jnp.real(leaf) ** 2 + jnp.imag(leaf) ** 2), x)
+    return sum(squares).astype(real_dtype)
+
+
+def inf_norm(x: PyTree) -> jax.Array:
+    """‖x‖∞ = maxⱼ |xⱼ| over every entry (0 for a tree with no entries): :func:`norm` with
+    ``ord=jnp.inf``."""
+    return norm(x, jnp.inf)
+
+
+def average(x: PyTree, weights: Any) -> PyTree:
+    """Σₖ wₖ x[k], a weighted combination of the m trees stacked along the leading axis of each
+    leaf of x (weights of shape (m,))."""
+    return map(lambda leaf: jnp.tensordot(weights, leaf, axes=1), x)
+
+
+def gram(x: PyTree) -> jax.Array:
+    """The m × m matrix G[k, l] = ⟨x[l], x[k]⟩ = Σ conj(x[l]ⱼ) x[k]ⱼ of the m trees stacked along
+    the leading axis of each leaf of x (JAXopt's order; symmetric for real trees)."""
+    rows = jax.vmap(jax.vmap(vdot, in_axes=(0, None)), in_axes=(None, 0))
+    return rows(x, x)
 
 
 def _scaled_squares(leaf: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -247,17 +352,56 @@ def full_like(x: PyTree, value: Any) -> PyTree:
 
 
 def where(condition: Any, x: PyTree, y: PyTree) -> PyTree:
-    """x where condition holds, y elsewhere, leaf by leaf.
+    """x where condition holds, y elsewhere, leaf by leaf: ``jnp.where(cᵢ, xᵢ, yᵢ)``.
+
+    Each of the three is a pytree or a single array; single arrays are used for every leaf of
+    the others (:func:`broadcast`), and the arrays of a leaf broadcast as in ``jnp.where``.
 
     Args:
-      condition: a boolean scalar, or an array broadcasting to every leaf.
-      x: a pytree of arrays.
-      y: a pytree of the structure and leaf shapes of x.
+      condition: a boolean array (a scalar, or broadcasting to every leaf), or a pytree of
+        boolean arrays of the structure of x.
+      x: a pytree of arrays, or one array.
+      y: a pytree of the structure of x, or one array.
 
     Returns:
-      A pytree like x.
+      A pytree of the common structure.
+
+    Raises:
+      ValueError: two of them are pytrees of different structures.
     """
-    return map(lambda a, b: jnp.where(condition, a, b), x, y)
+    condition, x, y = broadcast(condition, x, y)
+    return map(jnp.where, condition, x, y)
+
+
+def broadcast(*trees: PyTree) -> tuple:
+    """The trees with each single array (a leaf) repeated into the structure that the others
+    share, for leaf-by-leaf operations mixing trees and arrays (JAXopt's
+    ``broadcast_pytrees``).
+
+    Args:
+      *trees: pytrees, all those that are not single leaves of one structure.
+
+    Returns:
+      A tuple of trees of that structure (the inputs as given if every one is a leaf).
+
+    Raises:
+      ValueError: two non-leaf trees of different structures.
+    """
+    flat = [jax.tree_util.tree_flatten(t) for t in trees]
+    structures = {d for _, d in flat if not jax.tree_util.treedef_is_leaf(d)}
+    if not structures:
+        return tuple(trees)
+    if len(structures) > 1:
+        raise ValueError(
+            f"broadcast: the trees have different structures {sorted(map(str, structures))}"
+        )
+    (structure,) = structures
+    return tuple(
+        jax.tree_util.tree_unflatten(structure, leaves * structure.num_leaves)
+        if jax.tree_util.treedef_is_leaf(d)
+        else t
+        for t, (leaves, d) in zip(trees, flat, strict=True)
+    )
 
 
 def size(x: PyTree) -> int:
