@@ -27,6 +27,7 @@ LAYERS = {
     # 1. numerical kernels: linear algebra, line searches
     "implicitdiff.linear_solve": 1,
     "implicitdiff._linesearch": 1,
+    "implicitdiff._linear_solve_more": 1,
     "implicitdiff._hager_zhang": 1,
     # 2. the engine
     "implicitdiff.implicit": 2,

@@ -17,8 +17,9 @@ SPD = jnp.asarray(_B @ _B.T + N * np.eye(N))
 NONSYM = jnp.asarray(RNG.normal(size=(N, N)) + 3 * np.eye(N))
 RHS = jnp.asarray(RNG.normal(size=N))
 
-ALL = ["cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky", "auto"]
-GENERAL = ["gmres", "bicgstab", "normal_cg", "lu", "auto"]
+ALL = ["cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky", "auto", "qr", "inv"]
+ALL += ["iterative_refinement"]
+GENERAL = ["gmres", "bicgstab", "normal_cg", "lu", "auto", "qr", "inv", "iterative_refinement"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -129,7 +130,7 @@ def test_resolve():
     custom = functools.partial(linear_solve.cg, tol=1e-3)
     assert linear_solve.resolve(custom) is custom
     with pytest.raises(ValueError, match="not a known linear solver"):
-        linear_solve.resolve("qr")
+        linear_solve.resolve("svd")
     with pytest.raises(TypeError, match="solve must be"):
         linear_solve.resolve(3)
 
@@ -168,7 +169,8 @@ def test_solvers_under_jit_and_vmap():
 # Families (issue 12, items 9 and 18): every solver in half precision; every solver on a
 # non-square operator.
 
-ALL_SOLVERS = ["auto", "cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky"]
+ALL_SOLVERS = ["auto", "cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky", "qr", "inv"]
+ALL_SOLVERS += ["iterative_refinement"]
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])

@@ -23,9 +23,11 @@ and ``preconditioner``):
 Matrix-free: ``cg`` (A symmetric positive definite, or negative definite), ``gmres`` and
 ``bicgstab`` (general A), ``normal_cg`` (CG on the normal equations AᵀA x = Aᵀb: any A, also
 singular or least-squares systems; it needs A's transpose, obtained by ``jax.linear_transpose``
-of the matvec). Dense: ``lu`` and ``cholesky`` (A symmetric positive definite) build the n × n
-matrix with n matvecs, right for small n. ``auto`` picks one of them from the size of the system
-and the ``symmetric`` hint.
+of the matvec). Dense: ``lu``, ``cholesky`` (A symmetric positive definite), ``qr`` and ``inv``
+build the n × n matrix with n matvecs, right for small n. ``auto`` picks one of them from the
+size of the system and the ``symmetric`` hint. ``iterative_refinement`` corrects any of them
+with the residual. JAXopt's names (``solve_cg``, ..., ``solve_iterative_refinement``) are
+aliases taking JAXopt's positional ``(matvec, b, ridge, init)``.
 
 Every solver solves a half-precision system (float16, bfloat16: no LAPACK kernel, and too few
 digits for CG's recurrences) in float32 and rounds the solution back; every solver but
@@ -47,6 +49,7 @@ import jax.numpy as jnp
 import jax.scipy.sparse.linalg as jsp_sparse
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff import _linear_solve_more as _more
 from implicitdiff import tree
 from implicitdiff._typing import PyTree
 
@@ -61,9 +64,21 @@ __all__ = [
     "cholesky",
     "default_tol",
     "gmres",
+    "inv",
+    "iterative_refinement",
     "lu",
     "normal_cg",
+    "qr",
     "resolve",
+    "solve_bicgstab",
+    "solve_cg",
+    "solve_cholesky",
+    "solve_gmres",
+    "solve_inv",
+    "solve_iterative_refinement",
+    "solve_lu",
+    "solve_normal_cg",
+    "solve_qr",
     "spec",
 ]
 
@@ -453,6 +468,98 @@ def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -
     return unravel(jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b_flat))
 
 
+@_linear_solver
+def inv(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
+    """Dense solve x = (A + ridge · I)⁻¹ b with the explicit inverse (``jnp.linalg.inv``).
+
+    Builds the n × n matrix of A with n matvecs; ``lu`` is cheaper and more accurate for one
+    right-hand side (kept for JAXopt's ``solve_inv``). Arguments as :func:`lu`.
+    """
+    del ignored
+    a, b_flat, unravel = _dense_system(matvec, b, ridge)
+    return unravel(_more.dense_inverse_solve(a, b_flat))
+
+
+@_linear_solver
+def qr(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
+    """Dense solve of (A + ridge · I) x = b by QR factorization: A + ridge · I = Q R,
+    x = R⁻¹ Qᴴ b (back substitution). Builds the n × n matrix with n matvecs. Arguments as
+    :func:`lu`."""
+    del ignored
+    a, b_flat, unravel = _dense_system(matvec, b, ridge)
+    return unravel(_more.dense_qr_solve(a, b_flat))
+
+
+@_linear_solver
+def iterative_refinement(
+    matvec: Matvec,
+    b: PyTree,
+    *,
+    solve: str | Callable | None = "gmres",
+    tol: float | None = None,
+    atol: float = 0.0,
+    maxiter: int = 10,
+    ridge: float = 0.0,
+    init: PyTree | None = None,
+) -> PyTree:
+    """Iterative refinement (Wilkinson, 1963) of an inner solver for (A + ridge · I) x = b.
+
+    From x₀ (``init``, default 0)::
+
+        rₖ = b − A xₖ,   xₖ₊₁ = xₖ + solve(A, rₖ),
+
+    until ‖rₖ‖ ≤ max(tol · ‖b‖, atol) or ``maxiter`` corrections. Each step removes most of the
+    error left by an inaccurate (low precision, loose tolerance, regularized) inner solve.
+    Differentiable in b and in what ``matvec`` closes over (``jax.lax.custom_linear_solve``; the
+    transposed system is refined the same way).
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      solve: the inner solver, a name of this module's solvers or ``solve(matvec, r) -> x``
+        (default ``"gmres"``).
+      tol: relative tolerance; None (default): ``default_tol(dtype of b)``.
+      atol: absolute tolerance (default 0).
+      maxiter: the most corrections (default 10).
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      init: x₀, a pytree like b; None (default): zeros.
+
+    Returns:
+      x, a pytree like b.
+    """
+    inner = resolve(solve)
+    return _more.refined_solve(
+        _add_ridge(matvec, ridge), b, init, inner, _maxiter(maxiter), _tol(tol, b), atol
+    )
+
+
+#: JAXopt's names, with its call ``(matvec, b, ridge=None, init=None, **options)``.
+solve_cg = _more.jaxopt_named(cg, "solve_cg")
+solve_normal_cg = _more.jaxopt_named(normal_cg, "solve_normal_cg")
+solve_gmres = _more.jaxopt_named(gmres, "solve_gmres")
+solve_bicgstab = _more.jaxopt_named(bicgstab, "solve_bicgstab")
+solve_lu = _more.jaxopt_named(lu, "solve_lu")
+solve_cholesky = _more.jaxopt_named(cholesky, "solve_cholesky")
+solve_inv = _more.jaxopt_named(inv, "solve_inv")
+solve_qr = _more.jaxopt_named(qr, "solve_qr")
+
+
+def solve_iterative_refinement(
+    matvec: Matvec,
+    b: PyTree,
+    init: PyTree | None = None,
+    maxiter: int = 10,
+    tol: float = 1e-7,
+    solve: str | Callable = "gmres",
+    **options: Any,
+) -> PyTree:
+    """JAXopt's ``solve_iterative_refinement``: :func:`iterative_refinement` with JAXopt's
+    positional order and its *absolute* tolerance, ‖b − A x‖ ≤ tol (default 1e-7)."""
+    return iterative_refinement(
+        matvec, b, init=init, maxiter=maxiter, tol=0.0, atol=tol, solve=solve, **options
+    )
+
+
 def auto(
     matvec: Matvec,
     b: PyTree,
@@ -493,6 +600,9 @@ _BY_NAME: dict[str, Callable[..., PyTree]] = {
     "normal_cg": normal_cg,
     "lu": lu,
     "cholesky": cholesky,
+    "inv": inv,
+    "qr": qr,
+    "iterative_refinement": iterative_refinement,
 }
 
 
@@ -501,7 +611,8 @@ def resolve(solve: str | Callable | None) -> Callable[..., PyTree]:
 
     Args:
       solve: a name of this module's solvers (``"auto"``, ``"cg"``, ``"gmres"``, ``"bicgstab"``,
-        ``"normal_cg"``, ``"lu"``, ``"cholesky"``), None (``auto``), or a callable
+        ``"normal_cg"``, ``"lu"``, ``"cholesky"``, ``"qr"``, ``"inv"``,
+        ``"iterative_refinement"``), None (``auto``), or a callable
         ``solve(matvec, b) -> x``.
 
     Returns:
@@ -572,6 +683,9 @@ _SPECS: dict[Callable, Spec] = {
     normal_cg: Spec(normal_cg, least_squares=True),
     lu: Spec(lu),
     cholesky: Spec(cholesky),
+    inv: Spec(inv),
+    qr: Spec(qr),
+    iterative_refinement: Spec(iterative_refinement),
 }
 
 
