@@ -40,6 +40,7 @@ from implicitdiff.solvers import GaussNewton as GaussNewton
 from implicitdiff.solvers import GradientDescent as GradientDescent
 from implicitdiff.solvers import HagerZhangLineSearch as HagerZhangLineSearch
 from implicitdiff.solvers import HostSolver as HostSolver
+from implicitdiff.solvers import IterativeRefinement as IterativeRefinement
 from implicitdiff.solvers import LevenbergMarquardt as LevenbergMarquardt
 from implicitdiff.solvers import MirrorDescent as MirrorDescent
 from implicitdiff.solvers import Newton as Newton

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from implicitdiff import projections, solvers
+from implicitdiff import linear_solve, projections, solvers
 from implicitdiff.solvers import _base, _compile_cache
 
 A = jnp.array([0.2, 0.3, 0.5])  # sums to 1 (mirror descent on the simplex)
@@ -214,6 +214,18 @@ CASES = {
         _plain,
         ("residual_fun",),
         setting=("options", {"max_nfev": 2}),
+    ),
+    "IterativeRefinement": Case(
+        # A x / c = a by refinement around an inner solve of A + ½ I: x* = c a.
+        lambda c: solvers.IterativeRefinement(
+            lambda A, x, c=c: A * x / c,
+            inner_solve=functools.partial(linear_solve.lu, ridge=0.5),
+            tol=1e-12,
+            maxiter=100,
+            **_quiet(),
+        ),
+        lambda s, a: s.run(None, jnp.ones(3), a),
+        ("matvec_A",),
     ),
     "HostSolver": Case(
         lambda c: solvers.HostSolver(solve_fn=_host_solve(c), optimality_fun=_root(c)),

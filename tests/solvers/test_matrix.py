@@ -154,6 +154,21 @@ def qp(cls, *pairs, **opts):
     return make
 
 
+def linear(cls, **opts):
+    """cls().run(None, Q, −c) for the linear system Q x = −c of the problem's unconstrained QP."""
+
+    def make(p):
+        solver = cls(**opts)
+
+        def solve(t):
+            Q, c = p.qp(t)["obj"]
+            return solver.run(None, Q, -c).params
+
+        return solve
+
+    return make
+
+
 def host(kind="root", **opts):
     """HostSolver with the problem's numpy solve and its root or fixed-point condition."""
 
@@ -223,6 +238,12 @@ SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     ),
     "ScipyLeastSquares": (
         least_squares(S.ScipyLeastSquares, tol=1e-15, error_tol=1e-8),
+        ("ridge",),
+    ),
+    # inner_solve="cg": jax.scipy gmres (the default inner solve) fails under shard_map (its
+    # Arnoldi basis starts device-invariant while the operator varies: a while_loop type error)
+    "IterativeRefinement": (
+        linear(S.IterativeRefinement, inner_solve="cg", tol=1e-12, maxiter=50),
         ("ridge",),
     ),
     "HostSolver": (host("root", tol=1e-9), ("ridge", "logistic")),

@@ -17,6 +17,9 @@ from implicitdiff.solvers.fixed_point import AndersonAcceleration as AndersonAcc
 from implicitdiff.solvers.fixed_point import FixedPointIteration as FixedPointIteration
 from implicitdiff.solvers.gradient_descent import GradientDescent as GradientDescent
 from implicitdiff.solvers.host import HostSolver as HostSolver
+from implicitdiff.solvers.iterative_refinement import (
+    IterativeRefinement as IterativeRefinement,
+)
 from implicitdiff.solvers.lbfgsb import LBFGSB as LBFGSB
 from implicitdiff.solvers.least_squares import GaussNewton as GaussNewton
 from implicitdiff.solvers.least_squares import LevenbergMarquardt as LevenbergMarquardt
