@@ -29,6 +29,7 @@ from implicitdiff.solvers import LBFGS as LBFGS
 from implicitdiff.solvers import LBFGSB as LBFGSB
 from implicitdiff.solvers import OSQP as OSQP
 from implicitdiff.solvers import AndersonAcceleration as AndersonAcceleration
+from implicitdiff.solvers import AndersonWrapper as AndersonWrapper
 from implicitdiff.solvers import BacktrackingLineSearch as BacktrackingLineSearch
 from implicitdiff.solvers import Bisection as Bisection
 from implicitdiff.solvers import BlockCoordinateDescent as BlockCoordinateDescent

@@ -150,6 +150,13 @@ CASES = {
         _plain,
         ("fixed_point_fun",),
     ),
+    "AndersonWrapper": Case(
+        lambda c: solvers.AndersonWrapper(
+            solvers.GradientDescent(fun=_minimized(c), stepsize=0.3, tol=1e-10), **_quiet()
+        ),
+        _plain,
+        ("solver",),
+    ),
     "Broyden": Case(
         lambda c: solvers.Broyden(fun=_root(c), tol=1e-12, **_quiet()), _plain, ("fun",)
     ),

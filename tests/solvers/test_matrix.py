@@ -67,6 +67,16 @@ def minimize(cls, **opts):
     return make
 
 
+def wrapped(cls, inner, inner_opts, **opts):
+    """cls(inner(fun=f)).run(init, θ) for min_x f(x, θ): a wrapper around a minimizer."""
+
+    def make(p):
+        solver = cls(inner(fun=p.fun, **inner_opts), **opts)
+        return lambda t: solver.run(p.init, t).params
+
+    return make
+
+
 def proximal(cls, prox_field="prox", **opts):
     """cls(fun=f, prox=g).run(init, hyper(θ), θ) for min_x f(x, θ) + g(x, hyper(θ))."""
 
@@ -218,6 +228,11 @@ SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "AndersonAcceleration": (
         fixed_point(S.AndersonAcceleration, tol=1e-12),
         ("affine_fp", "cos_fp"),
+    ),
+    "AndersonWrapper": (
+        # a fixed step: Anderson mixing assumes one map (see AndersonWrapper)
+        wrapped(S.AndersonWrapper, S.GradientDescent, {"stepsize": 0.05, "tol": 1e-11}),
+        ("ridge", "logistic"),
     ),
     "Broyden": (root(S.Broyden, "fun", tol=1e-12), ("cos_fp", "ridge")),
     "Bisection": (

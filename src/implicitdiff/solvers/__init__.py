@@ -10,6 +10,7 @@ from implicitdiff.solvers._failures import SolverError as SolverError
 from implicitdiff.solvers._failures import SolverWarning as SolverWarning
 from implicitdiff.solvers._failures import Status as Status
 from implicitdiff.solvers._qp_common import KKTSolution as KKTSolution
+from implicitdiff.solvers.anderson_wrapper import AndersonWrapper as AndersonWrapper
 from implicitdiff.solvers.block_cd import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.box_cdqp import BoxCDQP as BoxCDQP
 from implicitdiff.solvers.equality_qp import EqualityConstrainedQP as EqualityConstrainedQP

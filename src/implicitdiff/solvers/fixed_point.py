@@ -20,6 +20,8 @@ import jax.numpy as jnp
 
 from implicitdiff import _checks, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers._anderson import mixing_weights, slot_products
+from implicitdiff.solvers._anderson import stack_slot as _stack_slot
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 __all__ = [
@@ -159,21 +161,6 @@ class AndersonState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
-def _stack_slot(history: PyTree, position: jax.Array, value: PyTree) -> PyTree:
-    return tree.map(lambda h, v: h.at[position].set(v), history, value)
-
-
-def _slot_products(history: PyTree, value: PyTree) -> jax.Array:
-    """⟨hᵢ, value⟩ for every slot i of the history (a vector of length history_size)."""
-    parts = [
-        jnp.tensordot(h.reshape(h.shape[0], -1), v.reshape(-1), axes=1)
-        for h, v in zip(
-            jax.tree_util.tree_leaves(history), jax.tree_util.tree_leaves(value), strict=True
-        )
-    ]
-    return sum(parts[1:], parts[0])
-
-
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class AndersonAcceleration(IterativeSolver):
     """x = T(x, *args) by Anderson acceleration (type II, Walker & Ni 2011).
@@ -246,7 +233,7 @@ class AndersonAcceleration(IterativeSolver):
         params_history, residuals_history, gram = state_parts
         params_history = _stack_slot(params_history, position, params)
         residuals_history = _stack_slot(residuals_history, position, residual)
-        row = _slot_products(residuals_history, residual).astype(gram.dtype)
+        row = slot_products(residuals_history, residual).astype(gram.dtype)
         gram = gram.at[position, :].set(row).at[:, position].set(row)
         return params_history, residuals_history, gram
 
@@ -287,24 +274,7 @@ class AndersonAcceleration(IterativeSolver):
 
     def _weights(self, gram: jax.Array, filled: jax.Array, newest: jax.Array) -> jax.Array:
         """α = argmin_{Σα = 1} ‖Σᵢαᵢgᵢ‖² + ridge Σᵢ αᵢ²‖gᵢ‖² over the filled slots."""
-        m = self.history_size
-        valid = jnp.arange(m) < filled
-        both = valid[:, None] & valid[None, :]
-        squares = jnp.diag(gram)
-        # A residual that vanished (square below √tiny) gets a unit scale, free of overflow.
-        squares = jnp.where(valid & (squares > jnp.sqrt(jnp.finfo(gram.dtype).tiny)), squares, 1.0)
-        inv_norms = jnp.where(valid, 1.0 / jnp.sqrt(squares), 0.0)
-        # With D = diag(G): (D^-½ G D^-½ + ridge I) u = D^-½ 1, w = D^-½ u, α = w / Σw. The
-        # scaled matrix has a unit diagonal whatever the residuals' sizes; the empty slots get
-        # an identity block and a zero right-hand side (weight 0).
-        scaled = jnp.where(both, gram * inv_norms[:, None] * inv_norms[None, :], 0.0)
-        regularized = scaled + jnp.diag(jnp.where(valid, self.ridge, 1.0))
-        w = inv_norms * jnp.linalg.solve(regularized, inv_norms)
-        total = jnp.sum(w)
-        ok = jnp.isfinite(total) & (total != 0)
-        # A degenerate system (possible only with ridge = 0): the newest point alone.
-        fallback = jax.nn.one_hot(newest, m, dtype=gram.dtype)
-        return jnp.where(ok, w / jnp.where(ok, total, 1.0), fallback)
+        return mixing_weights(gram, filled, newest, self.ridge)
 
     def update(self, params, state: AndersonState, /, *args, **kwargs) -> OptStep:
         """One iteration: the mixed point x⁺, then g⁺ = T(x⁺) − x⁺ recorded in the histories.
