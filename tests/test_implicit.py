@@ -526,8 +526,8 @@ def test_solve_returning_wrong_structure_is_named():
 
 
 def test_unknown_solver_name_and_policy():
-    with pytest.raises(ValueError, match="solve='qr' is not a known linear solver"):
-        custom_root(ridge_optimality, solve="qr")
+    with pytest.raises(ValueError, match="solve='svd' is not a known linear solver"):
+        custom_root(ridge_optimality, solve="svd")
     with pytest.raises(ValueError, match="on_failure must be one of"):
         custom_root(ridge_optimality, on_failure="shout")
 

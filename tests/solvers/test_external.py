@@ -396,7 +396,7 @@ def test_host_solver_result_shape_from_the_data():
         (lambda: ScipyMinimize(fun=ridge_objective, tol=-1.0), ValueError, "tol"),
         (lambda: ScipyMinimize(fun=ridge_objective, options=[1]), TypeError, "options"),
         (lambda: ScipyMinimize(fun=ridge_objective, dtype=np.int32), TypeError, "dtype"),
-        (lambda: ScipyMinimize(fun=ridge_objective, solve="qr"), ValueError, "solve"),
+        (lambda: ScipyMinimize(fun=ridge_objective, solve="svd"), ValueError, "solve"),
         (
             lambda: ScipyLeastSquares(residual_fun=_system, options={"loss": "huber"}),
             ValueError,
