@@ -50,10 +50,12 @@ class AndersonWrapper(IterativeSolver):
     ``state.error`` ≤ tol) or after ``maxiter`` iterations. The solution is differentiated
     through the wrapped solver's optimality condition.
 
-    The mixing assumes that U is one fixed map: wrap a solver with a fixed step (a
-    ``GradientDescent`` with ``stepsize`` > 0, say). Steps of varying length (a line search)
-    bias the mixed point (Σαᵢgᵢ ≈ 0 no longer puts it near the fixed point) and the iteration
-    can stall short of ``tol``, in JAXopt too.
+    The mixing assumes that U is one fixed map: wrap a solver with a fixed step and no
+    momentum (``GradientDescent(stepsize=η)``, ``ProximalGradient(stepsize=η,
+    acceleration=False)``). Steps of varying length (a line search) bias the mixed point
+    (Σαᵢgᵢ ≈ 0 no longer puts it near the fixed point) and the iteration can stall short of
+    ``tol``; momentum (FISTA), which the restarts at the mixed points reset, can make it
+    diverge. JAXopt's wrapper behaves the same.
 
     Attributes:
       solver: the iterative solver to accelerate (any of :mod:`implicitdiff.solvers` with
