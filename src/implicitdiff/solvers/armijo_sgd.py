@@ -168,6 +168,8 @@ class ArmijoSGD(StochasticSolver):
         params, value, grad, args, kwargs = tree.stop_gradient((params, value, grad, args, kwargs))
         grad_sqnorm = tree.vdot(grad, grad).real
         c = 1.0 - self.aggressiveness
+        # The rounding of f: ε max(1, |f(x)|) (JAXopt: ε alone, which stalls where |f| > 1).
+        slack = jnp.finfo(value.dtype).eps * jnp.maximum(1.0, jnp.abs(value))
 
         def trial(eta):
             return self._value(tree.axpy(-eta, grad, params), *args, **kwargs)
@@ -178,8 +180,7 @@ class ArmijoSGD(StochasticSolver):
 
         def body(carry):
             count, eta, next_value, _ = carry
-            eps = jnp.finfo(next_value.dtype).eps
-            too_long = eta * c * grad_sqnorm > value - next_value + eps
+            too_long = eta * c * grad_sqnorm > value - next_value + slack
             eta, next_value = _loop.cond(
                 too_long, scaled, lambda e, _: (e, next_value), eta, self.decrease_factor
             )
