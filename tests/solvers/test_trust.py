@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PlainSGD
 
 from implicitdiff import projections, prox, solvers
 from implicitdiff.solvers import _continuation as continuation
@@ -198,6 +199,12 @@ CASES = {
     "ScipyLeastSquares": Case(
         lambda f, **o: solvers.ScipyLeastSquares(residual_fun=f, **_host(o)), _root, host=True
     ),
+    "OptaxSolver": Case(lambda f, **o: solvers.OptaxSolver(f, PlainSGD(0.7), **o), _quadratic),
+    # f* = −10 lies below the minimum (−½θᵀH⁻¹θ): the step tends to its cap, 0.7 < 2/L.
+    "PolyakSGD": Case(
+        lambda f, **o: solvers.PolyakSGD(fun=f, fun_min=-10.0, max_stepsize=0.7, **o), _quadratic
+    ),
+    "ArmijoSGD": Case(lambda f, **o: solvers.ArmijoSGD(fun=f, **o), _quadratic),
     "HostSolver": Case(
         lambda f, **o: solvers.HostSolver(solve_fn=_host_solve, optimality_fun=f, **_host(o)),
         _root,
