@@ -10,7 +10,8 @@ SOLVERS = (
     "MirrorDescent BlockCoordinateDescent LBFGSB GaussNewton LevenbergMarquardt "
     "FixedPointIteration AndersonAcceleration Broyden Bisection EqualityConstrainedQP BoxCDQP "
     "OSQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares HostSolver "
-    "IterativeRefinement AndersonWrapper"
+    "IterativeRefinement AndersonWrapper "
+    "OptaxSolver PolyakSGD ArmijoSGD"
 ).split()
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PlainSGD
 
 from implicitdiff import linear_solve, projections, solvers
 from implicitdiff.solvers import _base, _compile_cache
@@ -233,6 +234,17 @@ CASES = {
         ),
         lambda s, a: s.run(None, jnp.ones(3), a),
         ("matvec_A",),
+    ),
+    "OptaxSolver": Case(
+        lambda c: solvers.OptaxSolver(_minimized(c), PlainSGD(0.2), tol=1e-10, **_quiet()),
+        _plain,
+        ("fun",),
+    ),
+    "PolyakSGD": Case(
+        lambda c: solvers.PolyakSGD(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
+    ),
+    "ArmijoSGD": Case(
+        lambda c: solvers.ArmijoSGD(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
     ),
     "HostSolver": Case(
         lambda c: solvers.HostSolver(solve_fn=_host_solve(c), optimality_fun=_root(c)),

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_together, unpack
+from helpers import PlainSGD, run_together, unpack
 
 from implicitdiff import projections, prox, solvers
 
@@ -108,6 +108,17 @@ def _catalog(out, tol):
             (None,),
             simplex,
         ),
+        "OptaxSolver": (
+            solvers.OptaxSolver(f, PlainSGD(0.7), tol=tol, maxiter=2000),
+            (),
+            quadratic,
+        ),
+        "PolyakSGD": (
+            solvers.PolyakSGD(fun=f, fun_min=-10.0, max_stepsize=0.7, tol=tol, maxiter=2000),
+            (),
+            quadratic,
+        ),
+        "ArmijoSGD": (solvers.ArmijoSGD(fun=f, tol=tol, maxiter=2000), (), quadratic),
         "Broyden": (solvers.Broyden(fun=g, tol=tol), (), quadratic),
         "GaussNewton": (solvers.GaussNewton(residual_fun=g, tol=tol), (), quadratic),
         "LevenbergMarquardt": (solvers.LevenbergMarquardt(residual_fun=g, tol=tol), (), quadratic),
@@ -159,6 +170,8 @@ def test_objective_dtype_family_catalog_has_every_solver_with_a_user_function():
         "AndersonAcceleration",
         "Bisection",  # scalar bracket solver in the default float dtype: init_params is ignored
         "HostSolver",  # the user's own host solve: its dtype is the user's
+        "IterativeRefinement",  # a linear system (A, b), no user objective (as the QPs)
+        "AndersonWrapper",  # the objective is the wrapped solver's, swept on its own
     }
     assert public - without == {name.split("-")[0] for name in NAMES}
 
