@@ -261,9 +261,16 @@ class OSQP(IterativeSolver):
     def _state_data(self, state: OSQPState, params_obj, params_eq, params_ineq) -> Data:
         """The stacked problem: from the state when ``init_state`` stored it, else rebuilt."""
         if state.data is None:
-            return stack_problem(params_obj, params_eq, params_ineq)
-        n_eq = 0 if params_eq is None else jnp.shape(params_eq[1])[0]
-        return Data(*state.data, n_eq)
+            return self._stack(params_obj, params_eq, params_ineq)
+        return Data(*state.data, self._n_eq(params_eq))
+
+    def _stack(self, params_obj, params_eq, params_ineq) -> Data:
+        """The problem in the stacked form l ≤ Cx ≤ u (C = [A; G])."""
+        return stack_problem(params_obj, params_eq, params_ineq)
+
+    def _n_eq(self, params_eq) -> int:
+        """The number of equality rows at the top of C."""
+        return 0 if params_eq is None else jnp.shape(params_eq[1])[0]
 
     def _products(self, x, z, y, rho_vec, data: Data) -> tuple:
         """(Cx, Px, Cᵀy, Cᵀ(Rz − y)), computed from scratch."""
@@ -299,7 +306,7 @@ class OSQP(IterativeSolver):
           An ``OSQPState``: iter_num 0, the error and residuals at the start, ρ, z, the factor, the
             stacked data and the carried products.
         """
-        data = stack_problem(params_obj, params_eq, params_ineq)
+        data = self._stack(params_obj, params_eq, params_ineq)
         x = init_params[0]
         y = dual_vector(init_params, data)
         z = clip_to_box(data.C @ x, data.lower, data.upper)
