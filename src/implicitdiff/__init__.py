@@ -33,6 +33,7 @@ from implicitdiff.solvers import BacktrackingLineSearch as BacktrackingLineSearc
 from implicitdiff.solvers import Bisection as Bisection
 from implicitdiff.solvers import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers import BoxCDQP as BoxCDQP
+from implicitdiff.solvers import BoxOSQP as BoxOSQP
 from implicitdiff.solvers import Broyden as Broyden
 from implicitdiff.solvers import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers import FixedPointIteration as FixedPointIteration

@@ -56,7 +56,7 @@ def box_qp_optimality(
     ``KKTSolution((x, z), y, (μ, φ))`` (y the multiplier of Ax = z, μ = max(y, 0) of z ≤ u,
     φ = max(−y, 0) of l ≤ z):
 
-        F = ((Qx + c + Aᵀy,  z − clip(z + y, l, u)),  Ax − z,  (μ − max(y, 0), φ − max(−y, 0))).
+        F = ((½(Q + Qᵀ)x + c + Aᵀy,  z − clip(z + y, l, u)),  Ax − z,  (μ − max(y, 0), φ − max(−y, 0))).
 
     F = 0 is equivalent to the KKT conditions (the second part says y ∈ N_[l,u](z): y ≥ 0 where
     z = u, y ≤ 0 where z = l, y = 0 strictly inside). Its Jacobian stays invertible on rows with
@@ -76,7 +76,9 @@ def box_qp_optimality(
         Q, c = params_obj
         lower, upper = params_ineq
         Ax, transpose = jax.vjp(lambda v: product(matvec_A, params_eq, v), x)
-        stationarity = product(matvec_Q, Q, x) + c + transpose(y)[0]
+        # ∇ of ½xᵀQx: ½(Q + Qᵀ)x, as the solver symmetrizes Q.
+        quadratic = jax.grad(lambda v: 0.5 * jnp.vdot(v, product(matvec_Q, Q, v)))(x)
+        stationarity = quadratic + c + transpose(y)[0]
         in_box = z - clip_to_box(z + y, lower, upper)
         mu, phi = params[2]
         duals = (mu - jnp.maximum(y, 0.0), phi - jnp.maximum(-y, 0.0))
@@ -138,8 +140,8 @@ class BoxOSQP(IterativeSolver):
     every active bound has y ≠ 0 and the active rows of A are linearly independent.
 
     Attributes:
-      matvec_Q, matvec_A, fun: JAXopt's matrix-free forms; not supported (a ``ValueError``):
-        give Q and A as matrices.
+      matvec_Q, matvec_A, fun: JAXopt's matrix-free forms; not supported yet (``run`` raises a
+        ``ValueError``): give Q and A as matrices.
       check_primal_dual_infeasability: accepted for JAXopt's signature ("auto", True or False);
         the infeasibility tests always run (they cost a product only when a cheap test passes).
       sigma: σ > 0 (default 1e-6).
@@ -194,11 +196,9 @@ class BoxOSQP(IterativeSolver):
     def __post_init__(self):
         super().__post_init__()
         for name in ("matvec_Q", "matvec_A", "fun"):
-            if getattr(self, name) is not None:
-                raise ValueError(
-                    f"BoxOSQP: {name} is not supported; give Q and A as matrices in params_obj "
-                    "and params_eq"
-                )
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"BoxOSQP: {name} must be callable or None, got {value!r}")
         if self.check_primal_dual_infeasability not in ("auto", True, False):
             raise ValueError(
                 "BoxOSQP: check_primal_dual_infeasability must be 'auto', True or False, got "
@@ -267,6 +267,12 @@ class BoxOSQP(IterativeSolver):
           TypeError: a missing or malformed argument.
           ValueError: shapes that do not match.
         """
+        for name in ("matvec_Q", "matvec_A", "fun"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"BoxOSQP.run: {name} is not supported yet; give Q and A as matrices in "
+                    "params_obj and params_eq"
+                )
         if params_obj is None:
             raise TypeError("BoxOSQP.run: params_obj=(Q, c) is required")
         if params_eq is None:
@@ -383,4 +389,3 @@ class BoxOSQP(IterativeSolver):
 def _full_solution(primal: tuple, y: jax.Array) -> KKTSolution:
     """JAXopt's layout: ``KKTSolution((x, z), y, (μ, φ))``, μ = max(y, 0), φ = max(−y, 0)."""
     return KKTSolution(primal, y, (jnp.maximum(y, 0.0), jnp.maximum(-y, 0.0)))
-

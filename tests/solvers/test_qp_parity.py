@@ -1,0 +1,138 @@
+"""JAXopt 0.8.5 parity of the QP solvers (issue 13): BoxOSQP, EqualityConstrainedQP's refinement
+options, CvxpyQP; side by side with jaxopt on the same inputs, derivatives against jaxopt and
+central finite differences (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from implicitdiff.solvers import BoxOSQP, KKTSolution, Status
+
+jaxopt = pytest.importorskip("jaxopt")
+
+RNG = np.random.default_rng(0)
+N, M = 4, 3
+_F = RNG.normal(size=(N, N))
+Q = jnp.asarray(_F @ _F.T + np.eye(N))
+C = jnp.asarray(RNG.normal(size=N))
+A = jnp.asarray(RNG.normal(size=(M, N)))
+# At the solution, rows 0 (two-sided) and 1 (one-sided) are active at u, with y > 0; row 2 is an
+# equality l = u (y < 0).
+LOWER = jnp.array([-0.1, -jnp.inf, 0.2])
+UPPER = jnp.array([0.1, 0.3, 0.2])
+
+OURS = BoxOSQP(tol=1e-10)
+THEIRS = jaxopt.BoxOSQP(tol=1e-10, eq_qp_solve="lu", maxiter=20000)
+
+
+def _x(solver, Q, c, A, lower, upper):
+    return solver.run(None, (Q, c), A, (lower, upper)).params.primal[0]
+
+
+@jax.jit
+def _box_case(Q, c, A, lower, upper):
+    ours, state = OURS.run(None, (Q, c), A, (lower, upper))
+    theirs, their_state = THEIRS.run(None, (Q, c), A, (lower, upper))
+    jacobians = jax.jacobian(_x, argnums=(1, 2, 3, 4, 5))(OURS, Q, c, A, lower, upper)
+    their_jacobian_c = jax.jacobian(_x, argnums=2)(THEIRS, Q, c, A, lower, upper)
+    return ours, state, theirs, their_state, jacobians, their_jacobian_c
+
+
+def _central(f, value, eps=1e-6):
+    """The Jacobian of f at value by central differences (columns: the entries of value)."""
+    flat = np.asarray(value).ravel()
+    columns = []
+    for i in range(flat.size):
+        step = np.zeros_like(flat)
+        step[i] = eps
+        plus = f(jnp.asarray((flat + step).reshape(np.shape(value))))
+        minus = f(jnp.asarray((flat - step).reshape(np.shape(value))))
+        columns.append((plus - minus) / (2 * eps))
+    return np.stack(columns, axis=-1).reshape(np.shape(plus) + np.shape(value))
+
+
+_solve_x = jax.jit(lambda Q, c, A, lower, upper: _x(OURS, Q, c, A, lower, upper))
+
+
+def test_box_osqp_matches_jaxopt_and_finite_differences():
+    ours, state, theirs, their_state, jacobians, their_jac_c = _box_case(Q, C, A, LOWER, UPPER)
+    assert int(state.status) == BoxOSQP.SOLVED and bool(state.converged)
+    assert int(their_state.status) == jaxopt.BoxOSQP.SOLVED
+    # JAXopt's layout: ((x, z), y, (μ, φ)), z = Ax, μ = max(y, 0), φ = max(−y, 0).
+    (x, z), y, (mu, phi) = ours
+    assert isinstance(ours, KKTSolution)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+    np.testing.assert_allclose(z, A @ x, atol=1e-12)
+    np.testing.assert_allclose(mu - phi, y, atol=0)
+    assert float(jnp.min(mu)) >= 0 and float(jnp.min(phi)) >= 0
+    # KKT of the original problem: Qx + c + Aᵀy = 0, every row active here.
+    np.testing.assert_allclose(Q @ x + C + A.T @ y, 0, atol=1e-10)
+    # Derivatives: against JAXopt (c) and central differences (Q, c, A, l, u).
+    jac_Q, jac_c, jac_A, jac_l, jac_u = jacobians
+    np.testing.assert_allclose(jac_c, their_jac_c, atol=2e-6)
+    args = [Q, C, A, LOWER, UPPER]
+    for name, value, jac, argnum in (("Q", Q, jac_Q, 0), ("c", C, jac_c, 1), ("A", A, jac_A, 2)):
+
+        def f(v, argnum=argnum):
+            return _solve_x(*args[:argnum], v, *args[argnum + 1 :])
+
+        np.testing.assert_allclose(jac, _central(f, value), atol=1e-6, err_msg=name)
+    # u₀, u₁: active upper bounds; the equality row moves l₂ = u₂ = b together; the inactive
+    # lower bound l₀ and the infinite l₁ have no effect.
+    fd_u = _central(lambda v: _solve_x(Q, C, A, LOWER, UPPER.at[:2].set(v)), UPPER[:2])
+    np.testing.assert_allclose(jac_u[:, :2], fd_u, atol=1e-6)
+    fd_b = _central(lambda b: _solve_x(Q, C, A, LOWER.at[2].set(b), UPPER.at[2].set(b)), UPPER[2])
+    np.testing.assert_allclose(jac_l[:, 2] + jac_u[:, 2], fd_b, atol=1e-6)
+    assert float(jnp.max(jnp.abs(fd_b))) > 1e-2  # the check has teeth
+    np.testing.assert_allclose(jac_l[:, :2], 0, atol=1e-12)
+
+
+QUIET = BoxOSQP(on_failure="ignore")
+CHECKING = jaxopt.BoxOSQP(check_primal_dual_infeasability=True)
+
+
+@jax.jit
+def _statuses(Q, c, A, lower, upper):
+    ours = QUIET.run(None, (Q, c), A, (lower, upper)).state.status
+    return ours, CHECKING.run(None, (Q, c), A, (lower, upper)).state.status
+
+
+def test_box_osqp_reports_infeasibility():
+    # x₁ ≥ 1 and x₁ ≤ 0: primal infeasible (JAXopt agrees when asked to check).
+    args = (
+        jnp.eye(2),
+        jnp.ones(2),
+        jnp.array([[1.0, 0.0], [1.0, 0.0]]),
+        jnp.array([1.0, -jnp.inf]),
+        jnp.array([jnp.inf, 0.0]),
+    )
+    ours, theirs = _statuses(*args)
+    assert int(ours) == BoxOSQP.PRIMAL_INFEASIBLE == Status.PRIMAL_INFEASIBLE
+    assert int(theirs) == jaxopt.BoxOSQP.PRIMAL_INFEASIBLE
+    # min −x₁ s.t. x₁ ≥ 0, 0 ≤ x₂ ≤ 1: unbounded below, dual infeasible. JAXopt 0.8.5 says
+    # "Primal infeasible" here (a defect: the problem is feasible).
+    unbounded = (
+        jnp.zeros((2, 2)),
+        jnp.array([-1.0, 0.0]),
+        jnp.eye(2),
+        jnp.zeros(2),
+        jnp.array([jnp.inf, 1.0]),
+    )
+    ours, theirs = _statuses(*unbounded)
+    assert int(ours) == BoxOSQP.DUAL_INFEASIBLE
+    assert int(theirs) == jaxopt.BoxOSQP.PRIMAL_INFEASIBLE  # JAXopt's defect
+
+
+def test_box_osqp_rejects_bad_input():
+    with pytest.raises(ValueError, match="momentum"):
+        BoxOSQP(momentum=2.5)
+    with pytest.raises(ValueError, match="eq_qp_solve"):
+        BoxOSQP(eq_qp_solve="qr")
+    with pytest.raises(TypeError, match="params_ineq"):
+        OURS.run(None, (Q, C), A)
+    with pytest.raises(ValueError, match=r"params_ineq \(l, u\)"):
+        OURS.run(None, (Q, C), A, (LOWER[:2], UPPER))
+    with pytest.raises(ValueError, match="params_eq A"):
+        OURS.run(None, (Q, C), A[:, :2], (LOWER, UPPER))
