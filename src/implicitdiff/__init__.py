@@ -35,6 +35,7 @@ from implicitdiff.solvers import BlockCoordinateDescent as BlockCoordinateDescen
 from implicitdiff.solvers import BoxCDQP as BoxCDQP
 from implicitdiff.solvers import BoxOSQP as BoxOSQP
 from implicitdiff.solvers import Broyden as Broyden
+from implicitdiff.solvers import CvxpyQP as CvxpyQP
 from implicitdiff.solvers import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers import FixedPointIteration as FixedPointIteration
 from implicitdiff.solvers import GaussNewton as GaussNewton

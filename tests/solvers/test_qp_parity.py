@@ -2,12 +2,15 @@
 options, CvxpyQP; side by side with jaxopt on the same inputs, derivatives against jaxopt and
 central finite differences (float64)."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from implicitdiff.solvers import BoxOSQP, KKTSolution, Status
+from implicitdiff.solvers import BoxOSQP, CvxpyQP, KKTSolution, Status
 
 jaxopt = pytest.importorskip("jaxopt")
 
@@ -136,3 +139,69 @@ def test_box_osqp_rejects_bad_input():
         OURS.run(None, (Q, C), A, (LOWER[:2], UPPER))
     with pytest.raises(ValueError, match="params_eq A"):
         OURS.run(None, (Q, C), A[:, :2], (LOWER, UPPER))
+
+
+# -- CvxpyQP ----------------------------------------------------------------------------------
+
+G = jnp.asarray(RNG.normal(size=(3, N)))
+H = jnp.array([-0.5, 5.0, 5.0])  # row 0 active, rows 1-2 not (checked below)
+EQ_A, EQ_B = jnp.ones((1, N)), jnp.array([0.3])
+CVX = {"solver": "CLARABEL", "solver_options": {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12}}
+
+
+def _cvxpy_x(c, b, h):
+    return CvxpyQP(**CVX).run(None, (Q, c), (EQ_A, b), (G, h)).params.primal
+
+
+@jax.jit
+def _cvxpy_case(c, b, h):
+    ours, state = CvxpyQP(**CVX).run(None, (Q, c), (EQ_A, b), (G, h))
+    jacobians = jax.jacobian(_cvxpy_x, argnums=(0, 1, 2))(c, b, h)
+    batch = jax.vmap(_cvxpy_x, in_axes=(0, None, None))(jnp.stack([c, 2 * c]), b, h)
+    return ours, state, jacobians, batch
+
+
+def test_cvxpy_qp_matches_jaxopt_and_finite_differences():
+    pytest.importorskip("cvxpy")
+    ours, state, (jac_c, jac_b, jac_h), batch = _cvxpy_case(C, EQ_B, H)
+    assert bool(state.converged) and int(state.status) == Status.CONVERGED
+    theirs = jaxopt.CvxpyQP("CLARABEL").run(None, (Q, C), (EQ_A, EQ_B), (G, H)).params
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    x, nu, lam = ours
+    np.testing.assert_allclose(Q @ x + C + EQ_A.T @ nu + G.T @ lam, 0, atol=1e-8)
+    assert float(lam[0]) > 1e-3 and np.all(np.asarray(G @ x - H)[1:] < -1e-3)
+    np.testing.assert_allclose(batch[0], x, atol=1e-12)
+    np.testing.assert_allclose(batch[1], _cvxpy_x(2 * C, EQ_B, H), atol=1e-8)
+    their_jac_c = jax.jacobian(
+        lambda c: jaxopt.CvxpyQP("CLARABEL").run(None, (Q, c), (EQ_A, EQ_B), (G, H)).params.primal
+    )(C)
+    np.testing.assert_allclose(jac_c, their_jac_c, atol=1e-6)
+    solve = jax.jit(_cvxpy_x)
+    np.testing.assert_allclose(jac_b, _central(lambda b: solve(C, b, H), EQ_B), atol=1e-5)
+    np.testing.assert_allclose(jac_h, _central(lambda h: solve(C, EQ_B, h), H), atol=1e-5)
+    assert float(jnp.max(jnp.abs(jac_h[:, 0]))) > 1e-2  # the active row moves x
+
+
+def test_cvxpy_qp_statuses_and_missing_cvxpy(monkeypatch):
+    pytest.importorskip("cvxpy")
+    quiet = CvxpyQP(**CVX, on_failure="ignore", jit=False)
+    infeasible = (jnp.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]), jnp.array([-1.0, -1.0]))
+    (x, _, _), state = quiet.run(None, (Q, C), None, infeasible)
+    assert int(state.status) == Status.PRIMAL_INFEASIBLE and not bool(state.converged)
+    assert bool(jnp.all(jnp.isnan(x)))
+    # min −x₁ s.t. −x₁ ≤ 0 (Q = 0): unbounded below.
+    unbounded = quiet.run(
+        None, (jnp.zeros((2, 2)), jnp.array([-1.0, 0.0])), None, (-jnp.eye(2), jnp.zeros(2))
+    )
+    assert int(unbounded.state.status) == Status.DUAL_INFEASIBLE
+    with pytest.raises(ValueError, match="params_ineq"):
+        quiet.run(None, (Q, C), None, (G[:, :2], H))
+    monkeypatch.setitem(sys.modules, "cvxpy", None)  # as if not installed
+    with pytest.raises(Exception, match=r"implicitdiff\[cvxpy\]"):
+        CvxpyQP(jit=False).run(None, (Q, C), None, (G, H))
+
+
+def test_importing_implicitdiff_does_not_import_cvxpy():
+    code = "import sys, implicitdiff; assert 'cvxpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -56,7 +56,8 @@ def box_qp_optimality(
     ``KKTSolution((x, z), y, (μ, φ))`` (y the multiplier of Ax = z, μ = max(y, 0) of z ≤ u,
     φ = max(−y, 0) of l ≤ z):
 
-        F = ((½(Q + Qᵀ)x + c + Aᵀy,  z − clip(z + y, l, u)),  Ax − z,  (μ − max(y, 0), φ − max(−y, 0))).
+        F = ((½(Q + Qᵀ)x + c + Aᵀy,  z − clip(z + y, l, u)),  Ax − z,
+             (μ − max(y, 0), φ − max(−y, 0))).
 
     F = 0 is equivalent to the KKT conditions (the second part says y ∈ N_[l,u](z): y ≥ 0 where
     z = u, y ≤ 0 where z = l, y = 0 strictly inside). Its Jacobian stays invertible on rows with
