@@ -197,6 +197,11 @@ CASES = {
             s.run(None, (jnp.eye(3) + 0.5, -(jnp.eye(3) + 0.5) @ a), jnp.eye(3), BOX_ROWS)
         ),
     ),
+    "CvxpyQP": Case(
+        lambda c: solvers.CvxpyQP("CLARABEL", **_quiet()),
+        lambda s, a: _primal(s.run(None, (jnp.eye(3) + 0.5, -(jnp.eye(3) + 0.5) @ a))),
+        setting=None,
+    ),
     "ScipyMinimize": Case(
         lambda c: solvers.ScipyMinimize(fun=_minimized(c), tol=1e-12, **_quiet()),
         _plain,

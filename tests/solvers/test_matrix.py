@@ -193,6 +193,8 @@ def host(kind="root", **opts):
 # ---------------------------------------------------------------------------------------------
 # The registry: one line per solver class.
 
+CLARABEL_TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
+
 SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "GradientDescent": (
         minimize(S.GradientDescent, tol=1e-9, maxiter=20000),
@@ -238,6 +240,10 @@ SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "BoxCDQP": (qp(S.BoxCDQP, "box", tol=1e-12), ("box_qp",)),
     "OSQP": (qp(S.OSQP, "eq", "ineq", tol=1e-12), ("eq_qp", "simplex_qp")),
     "BoxOSQP": (box_osqp(S.BoxOSQP, tol=1e-12), ("eq_qp", "simplex_qp")),
+    "CvxpyQP": (
+        qp(S.CvxpyQP, "eq", "ineq", solver="CLARABEL", solver_options=CLARABEL_TIGHT),
+        ("eq_qp", "simplex_qp"),
+    ),
     "ScipyMinimize": (minimize(S.ScipyMinimize, tol=1e-14, error_tol=1e-8), ("ridge", "logistic")),
     "ScipyBoundedMinimize": (
         bounded(S.ScipyBoundedMinimize, tol=1e-14, error_tol=1e-8),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import tree
+from implicitdiff import _loop, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._failures import Status
 from implicitdiff.solvers._host_call import HostWrapper, all_finite
@@ -110,8 +110,6 @@ class CvxpyQP(HostWrapper):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.solver, str):
-            raise TypeError(f"CvxpyQP: solver must be a solver's name (str), got {self.solver!r}")
         if self.solver_options is not None and not isinstance(self.solver_options, dict):
             raise TypeError(
                 f"CvxpyQP: solver_options must be a dict or None, got {self.solver_options!r}"
@@ -139,10 +137,12 @@ class CvxpyQP(HostWrapper):
           ``OptStep(params, state)``: ``KKTSolution(x, ν, λ)`` and the :class:`CvxpyQPState`.
 
         Raises:
-          TypeError: a missing or malformed pair.
+          TypeError: a missing or malformed pair, or a ``solver`` that is not a name.
           ValueError: shapes that do not match.
           ImportError: cvxpy is not installed (when the problem is solved).
         """
+        if not isinstance(self.solver, str):
+            raise TypeError(f"CvxpyQP: solver must be a solver's name (str), got {self.solver!r}")
         if params_obj is None:
             raise TypeError("CvxpyQP.run: params_obj=(Q, c) is required")
         for name, pair in (
@@ -252,6 +252,9 @@ class CvxpyQP(HostWrapper):
             nu.astype(dtype) if has_eq else None,
             lam.astype(dtype) if has_ineq else None,
         )
+        # Under shard_map, as varying across devices as the data (a callback's output is not).
+        params = _loop.vary_like(params, (params_obj, params_eq, params_ineq))
+        code = _loop.vary_like(code, (params_obj, params_eq, params_ineq))
         residual = self._kkt(params, params_obj, params_eq, params_ineq)
         error = tree.norm(residual).astype(dtype)
         finite = all_finite(params) & jnp.isfinite(error)
