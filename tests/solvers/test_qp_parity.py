@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from implicitdiff.solvers import BoxOSQP, CvxpyQP, KKTSolution, Status
+from implicitdiff.solvers import BoxOSQP, CvxpyQP, EqualityConstrainedQP, KKTSolution, Status
 
 jaxopt = pytest.importorskip("jaxopt")
 
@@ -26,6 +26,12 @@ LOWER = jnp.array([-0.1, -jnp.inf, 0.2])
 UPPER = jnp.array([0.1, 0.3, 0.2])
 
 OURS = BoxOSQP(tol=1e-10)
+
+
+def _dense_matvec(M, x):
+    return M @ x
+
+
 THEIRS = jaxopt.BoxOSQP(tol=1e-10, eq_qp_solve="lu", maxiter=20000)
 
 
@@ -205,3 +211,65 @@ def test_cvxpy_qp_statuses_and_missing_cvxpy(monkeypatch):
 def test_importing_implicitdiff_does_not_import_cvxpy():
     code = "import sys, implicitdiff; assert 'cvxpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- EqualityConstrainedQP: refine_regularization, refine_maxiter -----------------------------
+
+_LOW = RNG.normal(size=(N, 2))
+Q_SINGULAR = jnp.asarray(_LOW @ _LOW.T)  # rank 2: the KKT matrix is still invertible
+EQ2_A, EQ2_B = jnp.asarray(RNG.normal(size=(2, N))), jnp.array([0.3, -0.2])
+REGULARIZED = EqualityConstrainedQP(refine_regularization=1e-3, tol=1e-12)
+REGULARIZED_MATVEC = EqualityConstrainedQP(
+    _dense_matvec, refine_regularization=1e-3, refine_maxiter=20, tol=1e-12
+)
+REGULARIZED_UNROLLED = EqualityConstrainedQP(
+    refine_regularization=1e-3, tol=1e-12, implicit_diff=False, maxiter=2
+)
+
+
+def _eq_x(solver, b):
+    return solver.run(None, (Q_SINGULAR, C), (EQ2_A, b)).params.primal
+
+
+@jax.jit
+def _eq_case(b):
+    dense = REGULARIZED.run(None, (Q_SINGULAR, C), (EQ2_A, b))
+    matvec = REGULARIZED_MATVEC.run(None, (Q_SINGULAR, C), (EQ2_A, b))
+    jacobian = jax.jacobian(_eq_x, argnums=1)(REGULARIZED, b)
+    unrolled = jax.jacobian(_eq_x, argnums=1)(REGULARIZED_UNROLLED, b)
+    # Redundant constraints (row 0 twice): singular K, solvable with δ > 0.
+    redundant = REGULARIZED.run(
+        None,
+        (Q_SINGULAR + jnp.eye(N), C),
+        (jnp.concatenate([EQ2_A, EQ2_A[:1]]), jnp.concatenate([b, b[:1]])),
+    )
+    return dense, matvec, jacobian, unrolled, redundant
+
+
+def test_equality_qp_refine_regularization_matches_jaxopt():
+    dense, matvec, jacobian, unrolled, redundant = _eq_case(EQ2_B)
+    theirs = jaxopt.EqualityConstrainedQP(refine_regularization=1e-3, tol=1e-12)
+    expected = theirs.run(None, (Q_SINGULAR, C), (EQ2_A, EQ2_B)).params
+    for ours in (dense, matvec):
+        assert bool(ours.state.converged)
+        np.testing.assert_allclose(ours.params.primal, expected.primal, rtol=1e-9)
+        np.testing.assert_allclose(ours.params.dual_eq, expected.dual_eq, rtol=1e-9)
+    exact = jnp.linalg.solve(
+        jnp.block([[Q_SINGULAR, EQ2_A.T], [EQ2_A, jnp.zeros((2, 2))]]),
+        jnp.concatenate([-C, EQ2_B]),
+    )
+    np.testing.assert_allclose(dense.params.primal, exact[:N], rtol=1e-10)
+    solve = jax.jit(lambda b: _eq_x(REGULARIZED, b))
+    np.testing.assert_allclose(jacobian, _central(solve, EQ2_B), rtol=1e-6)
+    np.testing.assert_allclose(unrolled, jacobian, rtol=1e-8)
+    redundant_theirs = jaxopt.EqualityConstrainedQP(refine_regularization=1e-3, tol=1e-12).run(
+        None,
+        (Q_SINGULAR + jnp.eye(N), C),
+        (jnp.concatenate([EQ2_A, EQ2_A[:1]]), jnp.concatenate([EQ2_B, EQ2_B[:1]])),
+    )
+    assert bool(redundant.state.converged)
+    np.testing.assert_allclose(redundant.params.primal, redundant_theirs.params.primal, rtol=1e-8)
+    with pytest.raises(ValueError, match="refine_regularization"):
+        EqualityConstrainedQP(refine_regularization=-1.0)
+    with pytest.raises(ValueError, match="refine_maxiter"):
+        EqualityConstrainedQP(refine_maxiter=0)
