@@ -20,7 +20,12 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._failures import Status
-from implicitdiff.solvers._osqp_parts import Data
+from implicitdiff.solvers._osqp_parts import (
+    Data,
+    Operators,
+    dense_operators,
+    matrix_free_operators,
+)
 from implicitdiff.solvers._qp_common import KKTSolution, check_pair, clip_to_box, dtype_of
 from implicitdiff.solvers.osqp import OSQP, OSQPState
 
@@ -94,6 +99,10 @@ class _BoxEngine(OSQP):
     """:class:`OSQP` on the problem given in the stacked form: (Q, c), A, (l, u)."""
 
     def _stack(self, params_obj, params_eq, params_ineq) -> Data:
+        if self._matrix_free():
+            Q, c = params_obj
+            lower, upper = params_ineq
+            return Data(Q, c, params_eq, lower, upper, 0)
         Q, c = params_obj
         dtype = dtype_of(Q, c)
         n = jnp.shape(c)[0]
@@ -110,6 +119,11 @@ class _BoxEngine(OSQP):
 
     def _n_eq(self, params_eq) -> int:
         return 0
+
+    def _operators(self, data: Data) -> Operators:
+        if not self._matrix_free():
+            return dense_operators(data)
+        return matrix_free_operators(self.matvec_Q, data, [(self.matvec_A, data.C)])
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -141,14 +155,18 @@ class BoxOSQP(IterativeSolver):
     every active bound has y ≠ 0 and the active rows of A are linearly independent.
 
     Attributes:
-      matvec_Q, matvec_A, fun: JAXopt's matrix-free forms; not supported yet (``run`` raises a
-        ``ValueError``): give Q and A as matrices.
+      matvec_Q, matvec_A: products ``matvec_Q(Q, x)``, ``matvec_A(A, x)`` (None: ``Q @ x``,
+        ``A @ x``); Q and A are then any pytrees of parameters (x, c, l, u stay 1-D arrays), Q
+        must be symmetric, and the x-step is solved by CG (the polishing by GMRES), never forming
+        a matrix.
+      fun: JAXopt's objective given as a function; not supported (``run`` raises a
+        ``ValueError``): give (Q, c), with ``matvec_Q`` for a matrix-free Q.
       check_primal_dual_infeasability: accepted for JAXopt's signature ("auto", True or False);
         the infeasibility tests always run (they cost a product only when a cheap test passes).
       sigma: σ > 0 (default 1e-6).
       momentum: the relaxation α ∈ (0, 2) (default 1.6).
-      eq_qp_solve: "cg", "cg+jacobi" or "lu" (JAXopt's choice of inner solver); accepted, the
-        x-step is a Cholesky solve for every value.
+      eq_qp_solve: "cg", "cg+jacobi" or "lu" (JAXopt's choice of inner solver); accepted: the
+        x-step is a Cholesky solve with matrices, CG with matvecs, for every value.
       rho_start, rho_min, rho_max: the initial ρ and its bounds (0.1, 1e-6, 1e6).
       stepsize_updates_frequency: iterations between ρ updates (default 10).
       primal_infeasible_tol, dual_infeasible_tol: the relative tolerances of the infeasibility
@@ -215,6 +233,8 @@ class BoxOSQP(IterativeSolver):
                 raise ValueError(f"BoxOSQP: {name} must be a positive int, got {value!r}")
         try:
             engine = _BoxEngine(
+                matvec_Q=self.matvec_Q,
+                matvec_A=self.matvec_A,
                 rho=self.rho_start,
                 sigma=self.sigma,
                 alpha=self.momentum,
@@ -242,7 +262,7 @@ class BoxOSQP(IterativeSolver):
                 message = message.replace(ours, theirs)
             raise ValueError(message) from None
         object.__setattr__(self, "_engine", engine)
-        object.__setattr__(self, "_kkt", box_qp_optimality())
+        object.__setattr__(self, "_kkt", box_qp_optimality(self.matvec_Q, self.matvec_A))
 
     def run(
         self,
@@ -268,12 +288,11 @@ class BoxOSQP(IterativeSolver):
           TypeError: a missing or malformed argument.
           ValueError: shapes that do not match.
         """
-        for name in ("matvec_Q", "matvec_A", "fun"):
-            if getattr(self, name) is not None:
-                raise ValueError(
-                    f"BoxOSQP.run: {name} is not supported yet; give Q and A as matrices in "
-                    "params_obj and params_eq"
-                )
+        if self.fun is not None:
+            raise ValueError(
+                "BoxOSQP.run: fun is not supported; give params_obj = (Q, c), with matvec_Q for "
+                "a matrix-free Q"
+            )
         if params_obj is None:
             raise TypeError("BoxOSQP.run: params_obj=(Q, c) is required")
         if params_eq is None:
@@ -284,33 +303,46 @@ class BoxOSQP(IterativeSolver):
         check_pair("params_ineq", params_ineq)
         Q, c = params_obj
         n = jnp.shape(c)[0] if jnp.ndim(c) == 1 else -1
-        if jnp.ndim(c) != 1 or (Q is not None and jnp.shape(Q) != (n, n)):
+        dense_Q = self.matvec_Q is None
+        if jnp.ndim(c) != 1 or (Q is not None and dense_Q and jnp.shape(Q) != (n, n)):
             raise ValueError(
                 f"BoxOSQP: Q must be (n, n) (or None) and c (n,); got Q {jnp.shape(Q)}, c "
                 f"{jnp.shape(c)}"
             )
         A = params_eq
         lower, upper = params_ineq
-        m = jnp.shape(A)[0] if jnp.ndim(A) == 2 else -1
-        if jnp.ndim(A) != 2 or jnp.shape(A)[1] != n:
-            raise ValueError(f"BoxOSQP: params_eq A must be a matrix (m, {n}), got {jnp.shape(A)}")
+        if self.matvec_A is None:
+            m = jnp.shape(A)[0] if jnp.ndim(A) == 2 else -1
+            if jnp.ndim(A) != 2 or jnp.shape(A)[1] != n:
+                raise ValueError(
+                    f"BoxOSQP: params_eq A must be a matrix (m, {n}), got {jnp.shape(A)}"
+                )
+        else:
+            m = jnp.shape(lower)[0] if jnp.ndim(lower) == 1 else -1
         if jnp.shape(lower) != (m,) or jnp.shape(upper) != (m,):
             raise ValueError(
                 f"BoxOSQP: params_ineq (l, u) must be two vectors ({m},); got {jnp.shape(lower)} "
                 f"and {jnp.shape(upper)}"
             )
-        dtype = dtype_of(Q, c, A)
+        dense = self.matvec_Q is None and self.matvec_A is None
+        dtype = dtype_of(Q, c, A) if dense else dtype_of(c)
         _dtypes.check_real_params(init_params, "BoxOSQP.run", type(self)._COMPLEX_SOLVERS)
         lower, upper = jnp.asarray(lower, dtype), jnp.asarray(upper, dtype)
-        A = jnp.asarray(A, dtype)
+        c = jnp.asarray(c, dtype)
+        if self.matvec_A is None:
+            A = jnp.asarray(A, dtype)
         if init_params is None:
             init_params = KKTSolution((None, None), None, None)
         (x0, z0), y0, _ = init_params
         x0 = jnp.zeros(n, dtype) if x0 is None else jnp.asarray(x0, dtype)
-        z0 = clip_to_box(A @ x0, lower, upper) if z0 is None else jnp.asarray(z0, dtype)
+        if z0 is None:
+            z0 = clip_to_box(
+                A @ x0 if self.matvec_A is None else self.matvec_A(A, x0), lower, upper
+            )
+        z0 = jnp.asarray(z0, dtype)
         y0 = jnp.zeros(m, dtype) if y0 is None else jnp.asarray(y0, dtype)
         init_params = _full_solution((x0, z0), y0)
-        return super().run(init_params, params_obj, A, (lower, upper))
+        return super().run(init_params, (Q, c), A, (lower, upper))
 
     # -- the engine's layout <-> JAXopt's ----------------------------------------------------
 
