@@ -10,7 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from implicitdiff.solvers import BoxOSQP, CvxpyQP, EqualityConstrainedQP, KKTSolution, Status
+from implicitdiff.solvers import (
+    OSQP,
+    BoxOSQP,
+    CvxpyQP,
+    EqualityConstrainedQP,
+    KKTSolution,
+    Status,
+)
 
 jaxopt = pytest.importorskip("jaxopt")
 
@@ -273,3 +280,71 @@ def test_equality_qp_refine_regularization_matches_jaxopt():
         EqualityConstrainedQP(refine_regularization=-1.0)
     with pytest.raises(ValueError, match="refine_maxiter"):
         EqualityConstrainedQP(refine_maxiter=0)
+
+
+# -- matvecs and pytree parameters (OSQP, BoxOSQP) ---------------------------------------------
+
+
+def _low_rank_matvec(params, x):
+    """Q x for Q = a I + B Bᵀ, given as the pytree {"a": a, "B": B} (no matrix to multiply)."""
+    return params["a"] * x + params["B"] @ (params["B"].T @ x)
+
+
+Q_PARAMS = {"a": 1.0, "B": jnp.asarray(_F)}  # Q = I + F Fᵀ, the Q above
+MATVEC_OSQP = OSQP(
+    matvec_Q=_low_rank_matvec, matvec_A=_dense_matvec, matvec_G=_dense_matvec, tol=1e-10
+)
+MATVEC_BOX = BoxOSQP(_low_rank_matvec, _dense_matvec, tol=1e-10)
+
+
+def _osqp_x(a, h):
+    params = {"a": a, "B": Q_PARAMS["B"]}
+    solution = MATVEC_OSQP.run(None, (params, C), (EQ_A, EQ_B), (G, h)).params
+    return solution.primal, solution
+
+
+def _box_x(a):
+    params = {"a": a, "B": Q_PARAMS["B"]}
+    solution = MATVEC_BOX.run(None, (params, C), A, (LOWER, UPPER)).params
+    return solution.primal[0], solution
+
+
+@jax.jit
+def _matvec_case(a, h):
+    """The solutions (as aux: one forward pass each) and their Jacobians."""
+    (d_a, d_h), osqp = jax.jacobian(_osqp_x, argnums=(0, 1), has_aux=True)(a, h)
+    d_box, box = jax.jacobian(_box_x, has_aux=True)(a)
+    return osqp, box, (d_a, d_h, d_box)
+
+
+def test_matvecs_and_pytree_parameters():
+    (x, nu, lam), ((x_box, z), y, _), (d_a, d_h, d_box) = _matvec_case(1.0, H)
+    np.testing.assert_allclose(Q, _low_rank_matvec(Q_PARAMS, jnp.eye(N)), atol=1e-12)
+    # KKT certificates of both solutions (Q = I + F Fᵀ).
+    np.testing.assert_allclose(Q @ x + C + EQ_A.T @ nu + G.T @ lam, 0, atol=1e-9)
+    np.testing.assert_allclose(EQ_A @ x, EQ_B, atol=1e-9)
+    np.testing.assert_allclose(lam * (G @ x - H), 0, atol=1e-9)
+    assert float(jnp.max(G @ x - H)) < 1e-9 and float(jnp.min(lam)) >= 0
+    np.testing.assert_allclose(Q @ x_box + C + A.T @ y, 0, atol=1e-9)
+    np.testing.assert_allclose(A @ x_box, z, atol=1e-9)
+    np.testing.assert_allclose(z, UPPER, atol=1e-9)  # every row active at u (y₂ < 0: l₂ = u₂)
+    # Side by side with JAXopt's matrix-free BoxOSQP (its CG x-step).
+    theirs = jaxopt.BoxOSQP(_low_rank_matvec, _dense_matvec, tol=1e-9, maxiter=20000)
+    expected = theirs.run(None, (Q_PARAMS, C), A, (LOWER, UPPER)).params
+    np.testing.assert_allclose(x_box, expected.primal[0], atol=1e-7)
+    np.testing.assert_allclose(y, expected.dual_eq, atol=1e-7)
+    # Derivatives against central differences (the same compiled program).
+    eps = 1e-6
+
+    def at(a, h):
+        return _matvec_case(a, h)
+
+    fd_a = (at(1.0 + eps, H)[0].primal - at(1.0 - eps, H)[0].primal) / (2 * eps)
+    fd_box = (at(1.0 + eps, H)[1].primal[0] - at(1.0 - eps, H)[1].primal[0]) / (2 * eps)
+    np.testing.assert_allclose(d_a, fd_a, atol=1e-6)
+    np.testing.assert_allclose(d_box, fd_box, atol=1e-6)
+    for i in range(3):
+        step = jnp.zeros(3).at[i].set(eps)
+        fd_h = (at(1.0, H + step)[0].primal - at(1.0, H - step)[0].primal) / (2 * eps)
+        np.testing.assert_allclose(d_h[:, i], fd_h, atol=1e-6)
+    assert float(jnp.max(jnp.abs(d_a))) > 1e-3 and float(jnp.max(jnp.abs(d_box))) > 1e-3

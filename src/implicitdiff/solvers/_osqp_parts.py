@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _loop, linear_solve
+from implicitdiff import _loop
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
     clip_to_box,
@@ -41,6 +41,7 @@ __all__ = [
     "residuals_of",
     "stack_matrix_free",
     "stack_problem",
+    "x_step",
 ]
 
 # OSQP's status codes.
@@ -108,6 +109,18 @@ def matrix_free_operators(matvec_Q, data: Data, parts) -> Operators:
         return transpose(y)[0]
 
     return Operators(P, C, Ct, lambda u, v: (Ct(u), Ct(v)), False)
+
+
+def x_step(factor, rhs, x, sigma, rho_vec, ops: Operators) -> jax.Array:
+    """x̃ = (P + σI + CᵀRC)⁻¹ rhs: by the Cholesky factor, or, with matvecs, by CG from x."""
+    if ops.dense:
+        return jax.scipy.linalg.cho_solve((factor, True), rhs)
+
+    def matvec(v):
+        return ops.P(v) + sigma * v + ops.Ct(rho_vec * ops.C(v))
+
+    tol = float(jnp.finfo(rhs.dtype).eps ** 0.9)
+    return jax.scipy.sparse.linalg.cg(matvec, rhs, x, tol=tol, maxiter=10 * rhs.shape[0])[0]
 
 
 def stack_matrix_free(params_obj, params_eq, params_ineq) -> Data:
@@ -273,9 +286,9 @@ def polished_point(x, z, y, data: Data, delta, ops: Operators):
 
         def solve(b):
             tol = jnp.finfo(dtype).eps ** 0.75
-            return linear_solve.gmres(
-                lambda sol: apply(sol) + regularization * sol, b, tol=float(tol), maxiter=10 * n
-            )
+            return jax.scipy.sparse.linalg.gmres(
+                lambda sol: apply(sol) + regularization * sol, b, tol=float(tol), maxiter=10
+            )[0]
 
     def refine(_, sol):
         return sol + solve(rhs - apply(sol))

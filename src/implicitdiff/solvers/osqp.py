@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _loop, linear_solve, tree
+from implicitdiff import _loop, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -39,6 +39,7 @@ from implicitdiff.solvers._osqp_parts import (
     residuals_of,
     stack_matrix_free,
     stack_problem,
+    x_step,
 )
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
@@ -132,6 +133,10 @@ class OSQP(IterativeSolver):
     constraint) with linearly independent active constraints.
 
     Attributes:
+      matvec_Q, matvec_A, matvec_G: products ``matvec_Q(Q, x)``, ... (None: the matrix
+        product); with any of them, Q, A, G are any pytrees of parameters (x, c, b, h stay 1-D
+        arrays), Q must be symmetric, and no matrix is formed: the x-step is solved by CG from
+        the current x, the polishing system by GMRES, Cᵀ applied by transposing the matvecs.
       rho: the initial ρ > 0 (default 0.1).
       sigma: σ > 0 (default 1e-6).
       alpha: the relaxation α ∈ (0, 2) (default 1.6).
@@ -303,17 +308,6 @@ class OSQP(IterativeSolver):
         parts = [(self.matvec_A, params_A), (self.matvec_G, params_G)]
         return matrix_free_operators(self.matvec_Q, data, parts)
 
-    def _x_step(self, factor, rhs, x, rho_vec, ops: Operators) -> jax.Array:
-        """x̃ = (P + σI + CᵀRC)⁻¹ rhs: by the Cholesky factor, or, with matvecs, by CG from x."""
-        if ops.dense:
-            return jax.scipy.linalg.cho_solve((factor, True), rhs)
-
-        def matvec(v):
-            return ops.P(v) + self.sigma * v + ops.Ct(rho_vec * ops.C(v))
-
-        tol = float(jnp.finfo(rhs.dtype).eps ** 0.9)
-        return linear_solve.cg(matvec, rhs, tol=tol, init=x, maxiter=10 * rhs.shape[0])
-
     def _n_eq(self, params_eq) -> int:
         """The number of equality rows at the top of C."""
         return 0 if params_eq is None else jnp.shape(params_eq[1])[0]
@@ -406,7 +400,7 @@ class OSQP(IterativeSolver):
 
         rhs = self.sigma * x - data.q + w
         ops = self._operators(data)
-        x_tilde = self._x_step(state.factor, rhs, x, rho_vec, ops)
+        x_tilde = x_step(state.factor, rhs, x, self.sigma, rho_vec, ops)
         Cx_tilde = ops.C(x_tilde)
         z_hat = self.alpha * Cx_tilde + (1 - self.alpha) * z
         x_new = self.alpha * x_tilde + (1 - self.alpha) * x
