@@ -321,14 +321,14 @@ def _box_x(a):
 
 @jax.jit
 def _matvec_case(a, h):
-    """The solutions (OSQP's as aux of its Jacobians: one forward pass)."""
+    """The solutions with their derivatives (OSQP: Jacobians wrt a, h; BoxOSQP: a JVP in a)."""
     (d_a, d_h), osqp = jax.jacobian(_osqp_x, argnums=(0, 1), has_aux=True)(a, h)
-    box = _box_x(a)[1]  # BoxOSQP's matvec derivative: the shared engine's, checked above
-    return osqp, box, (d_a, d_h)
+    box, d_box = jax.jvp(lambda a: _box_x(a)[1], (a,), (jnp.ones_like(a),))
+    return osqp, box, (d_a, d_h, d_box.primal[0])
 
 
 def test_matvecs_and_pytree_parameters():
-    (x, nu, lam), ((x_box, z), y, _), (d_a, d_h) = _matvec_case(1.0, H)
+    (x, nu, lam), ((x_box, z), y, _), (d_a, d_h, d_box) = _matvec_case(1.0, H)
     np.testing.assert_allclose(Q, _low_rank_matvec(Q_PARAMS, jnp.eye(N)), atol=1e-12)
     # KKT certificates of both solutions (Q = I + F Fᵀ).
     np.testing.assert_allclose(Q @ x + C + EQ_A.T @ nu + G.T @ lam, 0, atol=1e-9)
@@ -351,6 +351,9 @@ def test_matvecs_and_pytree_parameters():
 
     fd_a = (at(1.0 + eps, H)[0].primal - at(1.0 - eps, H)[0].primal) / (2 * eps)
     np.testing.assert_allclose(d_a, fd_a, atol=1e-6)
+    fd_box = (at(1.0 + eps, H)[1].primal[0] - at(1.0 - eps, H)[1].primal[0]) / (2 * eps)
+    np.testing.assert_allclose(d_box, fd_box, atol=1e-6)
+    assert float(jnp.max(jnp.abs(d_box))) > 1e-3
     for i in range(3):
         step = jnp.zeros(3).at[i].set(eps)
         fd_h = (at(1.0, H + step)[0].primal - at(1.0, H - step)[0].primal) / (2 * eps)
