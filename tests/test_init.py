@@ -9,7 +9,8 @@ SOLVERS = (
     "GradientDescent LBFGS BFGS NonlinearCG Newton ProximalGradient ProjectedGradient "
     "MirrorDescent BlockCoordinateDescent LBFGSB GaussNewton LevenbergMarquardt "
     "FixedPointIteration AndersonAcceleration Broyden Bisection EqualityConstrainedQP BoxCDQP "
-    "OSQP BoxOSQP CvxpyQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares HostSolver"
+    "OSQP BoxOSQP CvxpyQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares "
+    "HostSolver"
 ).split()
 
 
