@@ -275,7 +275,8 @@ class BoxOSQP(IterativeSolver):
 
         Args:
           init_params: a ``KKTSolution((x, z), y, (μ, φ))`` (μ, φ ignored; a None part is zeros,
-            z defaults to clip(Ax, l, u)), or None (default) for zeros.
+            z defaults to clip(Ax, l, u); x alone in place of (x, z) is accepted), or None
+            (default) for zeros.
           params_obj: ``(Q, c)``: Q of shape (n, n) (or None, an LP) and c of shape (n,).
           params_eq: A, of shape (m, n).
           params_ineq: ``(l, u)``, each of shape (m,).
@@ -333,7 +334,8 @@ class BoxOSQP(IterativeSolver):
             A = jnp.asarray(A, dtype)
         if init_params is None:
             init_params = KKTSolution((None, None), None, None)
-        (x0, z0), y0, _ = init_params
+        primal, y0, _ = init_params
+        x0, z0 = primal if isinstance(primal, (tuple, list)) else (primal, None)
         x0 = jnp.zeros(n, dtype) if x0 is None else jnp.asarray(x0, dtype)
         if z0 is None:
             z0 = clip_to_box(
