@@ -9,8 +9,8 @@ SOLVERS = (
     "GradientDescent LBFGS BFGS NonlinearCG Newton ProximalGradient ProjectedGradient "
     "MirrorDescent BlockCoordinateDescent LBFGSB GaussNewton LevenbergMarquardt "
     "FixedPointIteration AndersonAcceleration Broyden Bisection EqualityConstrainedQP BoxCDQP "
-    "OSQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares HostSolver "
-    "IterativeRefinement AndersonWrapper "
+    "OSQP BoxOSQP CvxpyQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares "
+    "HostSolver IterativeRefinement AndersonWrapper "
     "OptaxSolver PolyakSGD ArmijoSGD"
 ).split()
 

@@ -35,7 +35,9 @@ from implicitdiff.solvers import BacktrackingLineSearch as BacktrackingLineSearc
 from implicitdiff.solvers import Bisection as Bisection
 from implicitdiff.solvers import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers import BoxCDQP as BoxCDQP
+from implicitdiff.solvers import BoxOSQP as BoxOSQP
 from implicitdiff.solvers import Broyden as Broyden
+from implicitdiff.solvers import CvxpyQP as CvxpyQP
 from implicitdiff.solvers import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers import FixedPointIteration as FixedPointIteration
 from implicitdiff.solvers import GaussNewton as GaussNewton

@@ -199,6 +199,17 @@ CASES = {
         lambda c: solvers.OSQP(tol=1e-10, **_quiet()),
         lambda s, a: _primal(s.run(None, (jnp.eye(3) + 0.5, -(jnp.eye(3) + 0.5) @ a))),
     ),
+    "BoxOSQP": Case(
+        lambda c: solvers.BoxOSQP(tol=1e-10, **_quiet()),
+        lambda s, a: _box_primal(
+            s.run(None, (jnp.eye(3) + 0.5, -(jnp.eye(3) + 0.5) @ a), jnp.eye(3), BOX_ROWS)
+        ),
+    ),
+    "CvxpyQP": Case(
+        lambda c: solvers.CvxpyQP("CLARABEL", **_quiet()),
+        lambda s, a: _primal(s.run(None, (jnp.eye(3) + 0.5, -(jnp.eye(3) + 0.5) @ a))),
+        setting=None,
+    ),
     "ScipyMinimize": Case(
         lambda c: solvers.ScipyMinimize(fun=_minimized(c), tol=1e-12, **_quiet()),
         _plain,
@@ -262,6 +273,14 @@ def _block_none(x, hyperparams, scaling=1.0):
 def _column(step):
     params, state = step
     return params[:, 0], state
+
+
+BOX_ROWS = (jnp.full(3, -10.0), jnp.full(3, 10.0))
+
+
+def _box_primal(step):
+    params, state = step
+    return params.primal[0], state
 
 
 def _primal(step):

@@ -180,6 +180,31 @@ def linear(cls, **opts):
     return make
 
 
+def box_osqp(cls, **opts):
+    """cls().run(None, obj, C, (l, u)) on the problem's QP stacked as l ≤ Cx ≤ u (C = [A; G],
+    l = [b; −∞], u = [b; h]); the x of KKTSolution((x, z), y, (μ, φ))."""
+
+    def make(p):
+        solver = cls(**opts)
+
+        def solve(t):
+            data = p.qp(t)
+            c = data["obj"][1]
+            rows, lower, upper = [jnp.zeros((0, c.shape[0]), c.dtype)], [], []
+            if data.get("eq") is not None:
+                A, b = data["eq"]
+                rows, lower, upper = [*rows, A], [*lower, b], [*upper, b]
+            if data.get("ineq") is not None:
+                G, h = data["ineq"]
+                rows, lower, upper = [*rows, G], [*lower, jnp.full_like(h, -jnp.inf)], [*upper, h]
+            box = (jnp.concatenate(lower), jnp.concatenate(upper))
+            return solver.run(None, data["obj"], jnp.concatenate(rows), box).params.primal[0]
+
+        return solve
+
+    return make
+
+
 def host(kind="root", **opts):
     """HostSolver with the problem's numpy solve and its root or fixed-point condition."""
 
@@ -193,6 +218,8 @@ def host(kind="root", **opts):
 
 # ---------------------------------------------------------------------------------------------
 # The registry: one line per solver class.
+
+CLARABEL_TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
 
 SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "GradientDescent": (
@@ -243,6 +270,11 @@ SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "EqualityConstrainedQP": (qp(S.EqualityConstrainedQP, "eq", tol=1e-12), ("eq_qp", "ridge")),
     "BoxCDQP": (qp(S.BoxCDQP, "box", tol=1e-12), ("box_qp",)),
     "OSQP": (qp(S.OSQP, "eq", "ineq", tol=1e-12), ("eq_qp", "simplex_qp")),
+    "BoxOSQP": (box_osqp(S.BoxOSQP, tol=1e-12), ("eq_qp", "simplex_qp")),
+    "CvxpyQP": (
+        qp(S.CvxpyQP, "eq", "ineq", solver="CLARABEL", solver_options=CLARABEL_TIGHT),
+        ("eq_qp", "simplex_qp"),
+    ),
     "ScipyMinimize": (minimize(S.ScipyMinimize, tol=1e-14, error_tol=1e-8), ("ridge", "logistic")),
     "ScipyBoundedMinimize": (
         bounded(S.ScipyBoundedMinimize, tol=1e-14, error_tol=1e-8),

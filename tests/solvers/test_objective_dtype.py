@@ -166,6 +166,8 @@ def test_objective_dtype_family_catalog_has_every_solver_with_a_user_function():
         "EqualityConstrainedQP",
         "BoxCDQP",
         "OSQP",
+        "BoxOSQP",
+        "CvxpyQP",
         "FixedPointIteration",
         "AndersonAcceleration",
         "Bisection",  # scalar bracket solver in the default float dtype: init_params is ignored

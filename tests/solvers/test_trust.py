@@ -106,6 +106,11 @@ def _qp_call(kind):
         del name  # the QP's own arguments, always by keyword here
         if kind == "box":
             return solver.run(init, params_obj=(H, -theta), params_ineq=(-10.0, 10.0))
+        if kind == "box_osqp":  # l ≤ I x ≤ u
+            bounds = (jnp.full(3, -10.0), jnp.full(3, 10.0))
+            return solver.run(
+                init, params_obj=(H, -theta), params_eq=jnp.eye(3), params_ineq=bounds
+            )
         return solver.run(init, params_obj=(H, -theta))
 
     return call
@@ -189,6 +194,16 @@ CASES = {
     ),
     "BoxCDQP": Case(lambda f, **o: solvers.BoxCDQP(**o), None, call=_qp_call("box")),
     "OSQP": Case(lambda f, **o: solvers.OSQP(**o), None, call=_qp_call("osqp"), init=None),
+    "BoxOSQP": Case(
+        lambda f, **o: solvers.BoxOSQP(**o), None, call=_qp_call("box_osqp"), init=None
+    ),
+    "CvxpyQP": Case(
+        lambda f, **o: solvers.CvxpyQP("CLARABEL", **_host(o)),
+        None,
+        call=_qp_call("osqp"),
+        init=None,
+        host=True,
+    ),
     "ScipyMinimize": Case(
         lambda f, **o: solvers.ScipyMinimize(fun=f, **_host(o)), _quadratic, host=True
     ),
@@ -238,7 +253,10 @@ def _host(options):
 def _params(out):
     """The solution x of a run's output (the primal part of a QP's KKTSolution)."""
     params = out[0]
-    return params.primal if isinstance(params, solvers.KKTSolution) else params
+    if isinstance(params, solvers.KKTSolution):
+        params = params.primal
+        return params[0] if isinstance(params, tuple) else params  # BoxOSQP's (x, z)
+    return params
 
 
 def test_catalog_has_every_solver():

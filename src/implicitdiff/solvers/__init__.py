@@ -15,6 +15,8 @@ from implicitdiff.solvers.armijo_sgd import ArmijoSGD as ArmijoSGD
 from implicitdiff.solvers.armijo_sgd import ArmijoState as ArmijoState
 from implicitdiff.solvers.block_cd import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.box_cdqp import BoxCDQP as BoxCDQP
+from implicitdiff.solvers.box_osqp import BoxOSQP as BoxOSQP
+from implicitdiff.solvers.cvxpy_qp import CvxpyQP as CvxpyQP
 from implicitdiff.solvers.equality_qp import EqualityConstrainedQP as EqualityConstrainedQP
 from implicitdiff.solvers.fixed_point import AndersonAcceleration as AndersonAcceleration
 from implicitdiff.solvers.fixed_point import FixedPointIteration as FixedPointIteration

@@ -8,13 +8,20 @@ Like :mod:`implicitdiff.solvers.osqp`, this module must not import
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from implicitdiff import _loop
-from implicitdiff.solvers._qp_common import KKTSolution, clip_to_box, dtype_of, inf_norm
+from implicitdiff.solvers._qp_common import (
+    KKTSolution,
+    clip_to_box,
+    dtype_of,
+    inf_norm,
+    transpose_products,
+)
 
 __all__ = [
     "DUAL_INFEASIBLE",
@@ -22,14 +29,19 @@ __all__ = [
     "PRIMAL_INFEASIBLE",
     "SOLVED",
     "Data",
+    "Operators",
+    "dense_operators",
     "dual_infeasible",
     "dual_vector",
     "kkt_params",
+    "matrix_free_operators",
     "polished_point",
     "primal_infeasible",
     "residuals",
     "residuals_of",
+    "stack_matrix_free",
     "stack_problem",
+    "x_step",
 ]
 
 # OSQP's status codes.
@@ -46,6 +58,94 @@ class Data(NamedTuple):
     lower: jax.Array
     upper: jax.Array
     n_eq: int
+
+
+class Operators(NamedTuple):
+    """The products with P and C that the iteration needs, on flat vectors: ``P(x)``, ``C(x)``,
+    ``Ct(y)`` = Cᵀy, and ``Ct2(u, v)`` = (Cᵀu, Cᵀv) (one pass over C where C is a matrix);
+    ``dense`` whether P and C are matrices (then the x-step is factored)."""
+
+    P: Callable
+    C: Callable
+    Ct: Callable
+    Ct2: Callable
+    dense: bool
+
+
+def dense_operators(data: Data) -> Operators:
+    """The products with the matrices ``data.P`` and ``data.C``."""
+    return Operators(
+        lambda x: data.P @ x,
+        lambda x: data.C @ x,
+        lambda y: data.C.T @ y,
+        lambda u, v: transpose_products(data.C, u, v),
+        True,
+    )
+
+
+def matrix_free_operators(matvec_Q, data: Data, parts) -> Operators:
+    """The products of a problem given by matvecs: P x = ∇(½xᵀQx) with Q x = ``matvec_Q(Q, x)``
+    (``Q @ x`` without a matvec, 0 for Q None), Q's parameters in ``data.P``; C x the
+    concatenation of ``matvec(M, x)`` (``M @ x`` without a matvec) over the pairs
+    ``(matvec, M)`` of ``parts`` whose M is not None; Cᵀ the transpose of that linear map."""
+    Q = data.P
+    x_like = jax.ShapeDtypeStruct(data.q.shape, data.q.dtype)
+
+    def product(matvec, M, x):
+        return M @ x if matvec is None else matvec(M, x)
+
+    def P(x):
+        if Q is None:
+            return jnp.zeros_like(x)
+        return jax.grad(lambda v: 0.5 * jnp.vdot(v, product(matvec_Q, Q, v)))(x)
+
+    def C(x):
+        rows = [jnp.ravel(product(mv, M, x)) for mv, M in parts if M is not None]
+        return jnp.concatenate([jnp.zeros((0,), data.q.dtype), *rows]).astype(data.q.dtype)
+
+    transpose = jax.linear_transpose(C, x_like)
+
+    def Ct(y):
+        return transpose(y)[0]
+
+    return Operators(P, C, Ct, lambda u, v: (Ct(u), Ct(v)), False)
+
+
+def x_step(factor, rhs, x, sigma, rho_vec, ops: Operators) -> jax.Array:
+    """x̃ = (P + σI + CᵀRC)⁻¹ rhs: by the Cholesky factor, or, with matvecs, by CG from x."""
+    if ops.dense:
+        return jax.scipy.linalg.cho_solve((factor, True), rhs)
+
+    def matvec(v):
+        return ops.P(v) + sigma * v + ops.Ct(rho_vec * ops.C(v))
+
+    tol = float(jnp.finfo(rhs.dtype).eps ** 0.9)
+    return jax.scipy.sparse.linalg.cg(matvec, rhs, x, tol=tol, maxiter=10 * rhs.shape[0])[0]
+
+
+def stack_matrix_free(params_obj, params_eq, params_ineq) -> Data:
+    """The stacked form of min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h with Q, A, G any parameters of
+    matvecs: P = Q's parameters, C = (A's, G's) (None for an absent pair), l = [b; −∞],
+    u = [b; h]."""
+    Q, c = params_obj
+    dtype = dtype_of(c)
+    lower, upper = [jnp.zeros((0,), dtype)], [jnp.zeros((0,), dtype)]
+    A = G = None
+    n_eq = 0
+    if params_eq is not None:
+        A, b = params_eq
+        b = jnp.asarray(b, dtype)
+        lower.append(b)
+        upper.append(b)
+        n_eq = b.shape[0]
+    if params_ineq is not None:
+        G, h = params_ineq
+        h = jnp.asarray(h, dtype)
+        lower.append(jnp.full(h.shape, -jnp.inf, dtype))
+        upper.append(h)
+    return Data(
+        Q, jnp.asarray(c, dtype), (A, G), jnp.concatenate(lower), jnp.concatenate(upper), n_eq
+    )
 
 
 def stack_problem(params_obj, params_eq, params_ineq) -> Data:
@@ -93,9 +193,9 @@ def kkt_params(x, y, data: Data, params: KKTSolution) -> KKTSolution:
     )
 
 
-def residuals(x, z, y, data: Data):
+def residuals(x, z, y, data: Data, ops: Operators):
     """(error, r_prim, r_dual, s_prim, s_dual) at (x, z, y)."""
-    return residuals_of(data.C @ x, data.P @ x, data.C.T @ y, z, data)
+    return residuals_of(ops.C(x), ops.P(x), ops.Ct(y), z, data)
 
 
 def residuals_of(Cx, Px, Cty, z, data: Data):
@@ -108,7 +208,7 @@ def residuals_of(Cx, Px, Cty, z, data: Data):
     return error, r_prim, r_dual, s_prim, s_dual
 
 
-def primal_infeasible(dy, data: Data, eps_rel) -> jax.Array:
+def primal_infeasible(dy, data: Data, eps_rel, ops: Operators) -> jax.Array:
     """Whether δy certifies primal infeasibility, to the relative tolerance ``eps_rel``. The
     product Cᵀδy is computed only when the cheap part of the test (the support function) passes."""
     lower_inf, upper_inf = jnp.isinf(data.lower), jnp.isinf(data.upper)
@@ -130,30 +230,33 @@ def primal_infeasible(dy, data: Data, eps_rel) -> jax.Array:
     eps = eps_rel * norm
     candidate = (norm > 0) & (support <= -eps)
     return candidate & _loop.cond(
-        candidate, lambda: inf_norm(data.C.T @ dy) <= eps, lambda: jnp.asarray(False)
+        candidate, lambda: inf_norm(ops.Ct(dy)) <= eps, lambda: jnp.asarray(False)
     )
 
 
-def dual_infeasible(dx, data: Data, eps_rel) -> jax.Array:
+def dual_infeasible(dx, data: Data, eps_rel, ops: Operators) -> jax.Array:
     """Whether δx certifies dual infeasibility, to the relative tolerance ``eps_rel``. The
     products Cδx and Pδx are computed only when the cheap part of the test (cᵀδx) passes."""
     norm = inf_norm(dx)
     eps = eps_rel * norm
 
     def products_pass():
-        Cdx = data.C @ dx
+        Cdx = ops.C(dx)
         cone = jnp.all(
             (jnp.isinf(data.upper) | (Cdx <= eps)) & (jnp.isinf(data.lower) | (Cdx >= -eps))
         )
-        return cone & (inf_norm(data.P @ dx) <= eps)
+        return cone & (inf_norm(ops.P(dx)) <= eps)
 
     candidate = (norm > 0) & (jnp.vdot(data.q, dx) <= -eps)
     return candidate & _loop.cond(candidate, products_pass, lambda: jnp.asarray(False))
 
 
-def polished_point(x, z, y, data: Data, delta):
+def polished_point(x, z, y, data: Data, delta, ops: Operators):
     """(x, z, y) from the KKT system of the active set guessed from (z, y), regularized by
-    ``delta`` and refined three times (OSQP's polishing); the caller keeps it where better."""
+    ``delta`` and refined three times (OSQP's polishing); the caller keeps it where better.
+
+    With matrices, the system K is formed and LU-factored; with matvecs (``ops.dense`` False) it
+    is only applied, and each solve is GMRES's."""
     n = x.shape[0]
     dtype = x.dtype
     equality = data.lower == data.upper
@@ -161,22 +264,41 @@ def polished_point(x, z, y, data: Data, delta):
     lower = ~upper & jnp.isfinite(data.lower) & (z - data.lower < -y)
     active = (upper | lower).astype(dtype)
     bound = jnp.where(upper, data.upper, jnp.where(lower, data.lower, 0.0))
-
-    # Rows of C for the active constraints; y = 0 for the others.
-    K = jnp.block([[data.P, data.C.T], [active[:, None] * data.C, -jnp.diag(1 - active)]])
-    regularization = jnp.concatenate([jnp.full(n, delta, dtype), -delta * active])
-    lu = jax.scipy.linalg.lu_factor(K + jnp.diag(regularization))
     rhs = jnp.concatenate([-data.q, active * bound])
+    regularization = jnp.concatenate([jnp.full(n, delta, dtype), -delta * active])
+
+    # K = [[P, Cᵀ], [diag(a) C, −diag(1 − a)]]: rows of C for the active constraints (a = 1),
+    # y = 0 for the others.
+    if ops.dense:
+        K = jnp.block([[data.P, data.C.T], [active[:, None] * data.C, -jnp.diag(1 - active)]])
+        lu = jax.scipy.linalg.lu_factor(K + jnp.diag(regularization))
+
+        def apply(sol):
+            return K @ sol
+
+        def solve(b):
+            return jax.scipy.linalg.lu_solve(lu, b)
+    else:
+
+        def apply(sol):
+            u, v = sol[:n], sol[n:]
+            return jnp.concatenate([ops.P(u) + ops.Ct(v), active * ops.C(u) - (1 - active) * v])
+
+        def solve(b):
+            tol = jnp.finfo(dtype).eps ** 0.75
+            return jax.scipy.sparse.linalg.gmres(
+                lambda sol: apply(sol) + regularization * sol, b, tol=float(tol), maxiter=10
+            )[0]
 
     def refine(_, sol):
-        return sol + jax.scipy.linalg.lu_solve(lu, rhs - K @ sol)
+        return sol + solve(rhs - apply(sol))
 
-    sol = jax.lax.fori_loop(0, 3, refine, jax.scipy.linalg.lu_solve(lu, rhs), unroll=True)
+    sol = jax.lax.fori_loop(0, 3, refine, solve(rhs), unroll=True)
     x_p, y_p = sol[:n], sol[n:]
     y_p = jnp.where(
         equality,
         y_p,
         jnp.where(upper, jnp.maximum(y_p, 0.0), jnp.where(lower, jnp.minimum(y_p, 0.0), 0.0)),
     )
-    z_p = clip_to_box(data.C @ x_p, data.lower, data.upper)
+    z_p = clip_to_box(ops.C(x_p), data.lower, data.upper)
     return x_p, z_p, y_p

@@ -59,6 +59,10 @@ class EqualityConstrainedQP(IterativeSolver):
     Attributes:
       matvec_Q, matvec_A: optional matvecs, see above.
       kkt_solve: the linear solver of K z = r, see above.
+      refine_regularization: δ ≥ 0 (default 0). With δ > 0, each iteration solves with the
+        quasi-definite K̄ = [[Q + δI, Aᵀ], [A, −δI]], never singular (redundant constraints, Q
+        singular), and corrects δ's error by iterative refinement z ← z + K̄⁻¹(r − K z), up to
+        ``refine_maxiter`` steps (default 10) or until the residual is below ``tol``.
       maxiter, tol: stop when ‖K z − r‖∞ ≤ tol (1 + ‖r‖∞) (default tol 1e-6: the direct solve
         reaches about 1e-15 in float64, 1e-7 in float32), or after maxiter (10) refinement steps.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
@@ -78,6 +82,8 @@ class EqualityConstrainedQP(IterativeSolver):
     matvec_Q: Callable | None = dataclasses.field(default=None, kw_only=False)
     matvec_A: Callable | None = dataclasses.field(default=None, kw_only=False)
     kkt_solve: str | Callable | None = None
+    refine_regularization: float = 0.0
+    refine_maxiter: int = 10
     maxiter: int = 10
     tol: float = 1e-6
 
@@ -91,6 +97,16 @@ class EqualityConstrainedQP(IterativeSolver):
                 )
         if self.kkt_solve is not None:
             linear_solve.resolve(self.kkt_solve)  # raises on an unknown name
+        delta = self.refine_regularization
+        if not (isinstance(delta, (int, float)) and not isinstance(delta, bool) and delta >= 0):
+            raise ValueError(
+                f"EqualityConstrainedQP: refine_regularization must be a number ≥ 0, got {delta!r}"
+            )
+        if not (isinstance(self.refine_maxiter, int) and self.refine_maxiter >= 1):
+            raise ValueError(
+                "EqualityConstrainedQP: refine_maxiter must be a positive int, got "
+                f"{self.refine_maxiter!r}"
+            )
         object.__setattr__(self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A))
 
     def run(
@@ -174,22 +190,61 @@ class EqualityConstrainedQP(IterativeSolver):
         return matvec, (tree.neg(c), b)
 
     def _refine(self, params, params_obj, params_eq):
-        """z + K⁻¹(r − K z) and the scaled residual of the result."""
+        """z + K⁻¹(r − K z) (with ``refine_regularization`` δ > 0: up to ``refine_maxiter`` steps
+        z ← z + K̄⁻¹(r − K z), K̄ = K + diag(δI, −δI)) and the scaled residual of the result."""
         x, nu, _ = params
+        delta = self.refine_regularization
         if self._dense():
             K, r = self._dense_system(params_obj, params_eq)
             z = x if nu is None else jnp.concatenate([x, nu])
-            z = z + jnp.linalg.solve(K, r - K @ z)
-            error = inf_norm(K @ z - r) / (1 + inf_norm(r))
             n = x.shape[0]
+            if delta > 0:
+                sign = jnp.concatenate([jnp.ones(n), -jnp.ones(K.shape[0] - n)]).astype(K.dtype)
+                lu = jax.scipy.linalg.lu_factor(K + delta * jnp.diag(sign))
+                z = self._refinement_loop(
+                    lambda v: K @ v,
+                    lambda v: jax.scipy.linalg.lu_solve(lu, v),
+                    z,
+                    r,
+                )
+            else:
+                z = z + jnp.linalg.solve(K, r - K @ z)
+            error = inf_norm(K @ z - r) / (1 + inf_norm(r))
             return KKTSolution(z[:n], None if nu is None else z[n:], None), error
         matvec, r = self._matvec_system(params_obj, params_eq, x)
         z = x if nu is None else (x, nu)
         solver = linear_solve.resolve(self.kkt_solve if self.kkt_solve is not None else "gmres")
-        z = tree.add(z, solver(matvec, tree.sub(r, matvec(z))))
+        if delta > 0:
+
+            def regularized(v):  # K̄ v = K v + (δ v_x, −δ v_ν)
+                if nu is None:
+                    return tree.add(matvec(v), tree.scale(delta, v))
+                top, bottom = matvec(v)
+                return tree.add(top, tree.scale(delta, v[0])), tree.sub(
+                    bottom, tree.scale(delta, v[1])
+                )
+
+            z = self._refinement_loop(matvec, lambda v: solver(regularized, v), z, r)
+        else:
+            z = tree.add(z, solver(matvec, tree.sub(r, matvec(z))))
         error = tree.norm(tree.sub(matvec(z), r), jnp.inf) / (1 + tree.norm(r, jnp.inf))
         solution = KKTSolution(z, None, None) if nu is None else KKTSolution(z[0], z[1], None)
         return solution, error
+
+    def _refinement_loop(self, matvec, solve_regularized, z, r):
+        """Iterative refinement: z ← z + K̄⁻¹(r − K z), until ‖K z − r‖∞ ≤ tol (1 + ‖r‖∞) or
+        ``refine_maxiter`` steps."""
+        scale = 1 + tree.norm(r, jnp.inf)
+
+        def residual(z):
+            return tree.sub(r, matvec(z))
+
+        def step(_, z):  # a fixed count of masked steps: reverse-differentiable when unrolled
+            rest = residual(z)
+            live = tree.norm(rest, jnp.inf) > self.tol * scale
+            return tree.where(live, tree.add(z, solve_regularized(rest)), z)
+
+        return jax.lax.fori_loop(0, self.refine_maxiter, step, z)
 
     # -- protocol --------------------------------------------------------------------------
 

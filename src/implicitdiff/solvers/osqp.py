@@ -11,6 +11,7 @@ projection it needs is a clip.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -26,14 +27,19 @@ from implicitdiff.solvers._osqp_parts import (
     PRIMAL_INFEASIBLE,
     SOLVED,
     Data,
+    Operators,
+    dense_operators,
     dual_infeasible,
     dual_vector,
     kkt_params,
+    matrix_free_operators,
     polished_point,
     primal_infeasible,
     residuals,
     residuals_of,
+    stack_matrix_free,
     stack_problem,
+    x_step,
 )
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
@@ -41,7 +47,6 @@ from implicitdiff.solvers._qp_common import (
     clip_to_box,
     dtype_of,
     qp_kkt,
-    transpose_products,
 )
 
 __all__ = ["OSQP", "OSQPState"]
@@ -128,6 +133,10 @@ class OSQP(IterativeSolver):
     constraint) with linearly independent active constraints.
 
     Attributes:
+      matvec_Q, matvec_A, matvec_G: products ``matvec_Q(Q, x)``, ... (None: the matrix
+        product); with any of them, Q, A, G are any pytrees of parameters (x, c, b, h stay 1-D
+        arrays), Q must be symmetric, and no matrix is formed: the x-step is solved by CG from
+        the current x, the polishing system by GMRES, Cᵀ applied by transposing the matvecs.
       rho: the initial ρ > 0 (default 0.1).
       sigma: σ > 0 (default 1e-6).
       alpha: the relaxation α ∈ (0, 2) (default 1.6).
@@ -149,6 +158,9 @@ class OSQP(IterativeSolver):
 
     _user_function = None  # run has its own signature
 
+    matvec_Q: Callable | None = None
+    matvec_A: Callable | None = None
+    matvec_G: Callable | None = None
     rho: float = 0.1
     sigma: float = 1e-6
     alpha: float = 1.6
@@ -185,7 +197,11 @@ class OSQP(IterativeSolver):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"OSQP: {name} must be a non-negative number, got {value!r}")
-        object.__setattr__(self, "_kkt", qp_kkt())
+        for name in ("matvec_Q", "matvec_A", "matvec_G"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"OSQP: {name} must be callable or None, got {value!r}")
+        object.__setattr__(self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A, self.matvec_G))
 
     def run(
         self,
@@ -224,19 +240,27 @@ class OSQP(IterativeSolver):
         Q, c = params_obj
         c = jnp.asarray(c)
         n = c.shape[0] if c.ndim == 1 else -1
-        if c.ndim != 1 or (Q is not None and jnp.shape(Q) != (n, n)):
+        if c.ndim != 1 or (Q is not None and self.matvec_Q is None and jnp.shape(Q) != (n, n)):
             raise ValueError(
                 f"OSQP: Q must be (n, n) (or None) and c (n,); got Q {jnp.shape(Q)}, c {c.shape}"
             )
-        for name, pair in (("params_eq", params_eq), ("params_ineq", params_ineq)):
-            if pair is not None:
+        for name, pair, matvec in (
+            ("params_eq", params_eq, self.matvec_A),
+            ("params_ineq", params_ineq, self.matvec_G),
+        ):
+            if pair is not None and matvec is not None:
+                if jnp.ndim(pair[1]) != 1:
+                    raise ValueError(
+                        f"OSQP: the vector of {name} must be 1-D, got shape {jnp.shape(pair[1])}"
+                    )
+            elif pair is not None:
                 M, v = pair
                 if jnp.ndim(M) != 2 or jnp.shape(M)[1] != n or jnp.shape(v) != jnp.shape(M)[:1]:
                     raise ValueError(
                         f"OSQP: {name} must be a matrix (m, {n}) and a vector (m,); got "
                         f"{jnp.shape(M)} and {jnp.shape(v)}"
                     )
-        dtype = dtype_of(Q, c)
+        dtype = dtype_of(c) if self._matrix_free() else dtype_of(Q, c)
         _dtypes.check_real_params(init_params, "OSQP.run", type(self)._COMPLEX_SOLVERS)
         if init_params is None:
             init_params = (None, None, None)
@@ -261,14 +285,38 @@ class OSQP(IterativeSolver):
     def _state_data(self, state: OSQPState, params_obj, params_eq, params_ineq) -> Data:
         """The stacked problem: from the state when ``init_state`` stored it, else rebuilt."""
         if state.data is None:
-            return stack_problem(params_obj, params_eq, params_ineq)
-        n_eq = 0 if params_eq is None else jnp.shape(params_eq[1])[0]
-        return Data(*state.data, n_eq)
+            return self._stack(params_obj, params_eq, params_ineq)
+        return Data(*state.data, self._n_eq(params_eq))
+
+    def _stack(self, params_obj, params_eq, params_ineq) -> Data:
+        """The problem in the stacked form l ≤ Cx ≤ u (C = [A; G]; with matvecs, C holds the
+        pair of parameters (A, G), P the parameters of Q)."""
+        if self._matrix_free():
+            return stack_matrix_free(params_obj, params_eq, params_ineq)
+        return stack_problem(params_obj, params_eq, params_ineq)
+
+    def _matrix_free(self) -> bool:
+        return any(m is not None for m in (self.matvec_Q, self.matvec_A, self.matvec_G))
+
+    def _operators(self, data: Data) -> Operators:
+        """The products with P and C: the matrices', or, with matvecs, C = [A; G] applied as
+        ``matvec_A(A, x)``, ``matvec_G(G, x)`` (Cᵀ by transposing that linear map) and
+        P x = ∇(½xᵀQx) (the symmetric part of Q, as the matrices' (Q + Qᵀ)/2)."""
+        if not self._matrix_free():
+            return dense_operators(data)
+        params_A, params_G = data.C
+        parts = [(self.matvec_A, params_A), (self.matvec_G, params_G)]
+        return matrix_free_operators(self.matvec_Q, data, parts)
+
+    def _n_eq(self, params_eq) -> int:
+        """The number of equality rows at the top of C."""
+        return 0 if params_eq is None else jnp.shape(params_eq[1])[0]
 
     def _products(self, x, z, y, rho_vec, data: Data) -> tuple:
         """(Cx, Px, Cᵀy, Cᵀ(Rz − y)), computed from scratch."""
-        Cty, w = transpose_products(data.C, y, rho_vec * z - y)
-        return data.C @ x, data.P @ x, Cty, w
+        ops = self._operators(data)
+        Cty, w = ops.Ct2(y, rho_vec * z - y)
+        return ops.C(x), ops.P(x), Cty, w
 
     def _rho_vector(self, rho, data: Data) -> jax.Array:
         equality = data.lower == data.upper
@@ -276,6 +324,9 @@ class OSQP(IterativeSolver):
         return jnp.where(equality, 1e3 * rho, jnp.where(free, self.rho_min, rho))
 
     def _factorize(self, rho, data: Data) -> jax.Array:
+        """The Cholesky factor of P + σI + CᵀRC (a placeholder 0 with matvecs: no matrix)."""
+        if not self._operators(data).dense:
+            return jnp.zeros((), data.q.dtype)
         n = data.q.shape[0]
         rho_vec = self._rho_vector(rho, data)
         M = data.P + self.sigma * jnp.eye(n, dtype=data.q.dtype) + (data.C.T * rho_vec) @ data.C
@@ -299,10 +350,10 @@ class OSQP(IterativeSolver):
           An ``OSQPState``: iter_num 0, the error and residuals at the start, ρ, z, the factor, the
             stacked data and the carried products.
         """
-        data = stack_problem(params_obj, params_eq, params_ineq)
+        data = self._stack(params_obj, params_eq, params_ineq)
         x = init_params[0]
         y = dual_vector(init_params, data)
-        z = clip_to_box(data.C @ x, data.lower, data.upper)
+        z = clip_to_box(self._operators(data).C(x), data.lower, data.upper)
         rho = jnp.asarray(self.rho, data.q.dtype)
         products = self._products(x, z, y, self._rho_vector(rho, data), data)
         error, r_prim, r_dual, _, _ = residuals_of(*products[:3], z, data)
@@ -348,15 +399,16 @@ class OSQP(IterativeSolver):
         Cx, _, _, w = products  # w = Cᵀ(Rz − y)
 
         rhs = self.sigma * x - data.q + w
-        x_tilde = jax.scipy.linalg.cho_solve((state.factor, True), rhs)
-        Cx_tilde = data.C @ x_tilde
+        ops = self._operators(data)
+        x_tilde = x_step(state.factor, rhs, x, self.sigma, rho_vec, ops)
+        Cx_tilde = ops.C(x_tilde)
         z_hat = self.alpha * Cx_tilde + (1 - self.alpha) * z
         x_new = self.alpha * x_tilde + (1 - self.alpha) * x
         z_new = clip_to_box(z_hat + y / rho_vec, data.lower, data.upper)
         y_new = y + rho_vec * (z_hat - z_new)
         Cx_new = self.alpha * Cx_tilde + (1 - self.alpha) * Cx
-        Px_new = data.P @ x_new
-        Cty_new, w_new = transpose_products(data.C, y_new, rho_vec * z_new - y_new)
+        Px_new = ops.P(x_new)
+        Cty_new, w_new = ops.Ct2(y_new, rho_vec * z_new - y_new)
 
         error, r_prim, r_dual, s_prim, s_dual = residuals_of(Cx_new, Px_new, Cty_new, z_new, data)
         solved = error <= self.tol
@@ -364,10 +416,10 @@ class OSQP(IterativeSolver):
             solved,
             SOLVED,
             jnp.where(
-                primal_infeasible(y_new - y, data, self.eps_primal_infeasible),
+                primal_infeasible(y_new - y, data, self.eps_primal_infeasible, ops),
                 PRIMAL_INFEASIBLE,
                 jnp.where(
-                    dual_infeasible(x_new - x, data, self.eps_dual_infeasible),
+                    dual_infeasible(x_new - x, data, self.eps_dual_infeasible, ops),
                     DUAL_INFEASIBLE,
                     MAX_ITERATIONS,
                 ),
@@ -387,7 +439,7 @@ class OSQP(IterativeSolver):
 
             def refactor():  # R changes: the factor, and Cᵀ(Rz − y) for the next step
                 new_rho_vec = self._rho_vector(new_rho, data)
-                return self._factorize(new_rho, data), data.C.T @ (new_rho_vec * z_new - y_new)
+                return self._factorize(new_rho, data), ops.Ct(new_rho_vec * z_new - y_new)
 
             factor, w_new = _loop.cond(change, refactor, lambda: (factor, w_new))
             rho = jnp.where(change, new_rho, rho)
@@ -412,10 +464,11 @@ class OSQP(IterativeSolver):
     def _polish(self, params, state: OSQPState, data: Data):
         """The solution of the KKT system of the guessed active set, where it is better."""
         z = state.z
+        ops = self._operators(data)
         x_p, z_p, y_p = polished_point(
-            params[0], z, dual_vector(params, data), data, self.polish_delta
+            params[0], z, dual_vector(params, data), data, self.polish_delta, ops
         )
-        error_p, r_prim, r_dual, _, _ = residuals(x_p, z_p, y_p, data)
+        error_p, r_prim, r_dual, _, _ = residuals(x_p, z_p, y_p, data, ops)
         accept = jnp.isfinite(error_p) & (error_p < state.error) & (state.status <= 1)
         params = tree.where(accept, kkt_params(x_p, y_p, data, params), params)
         state = state._replace(
