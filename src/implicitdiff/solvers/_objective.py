@@ -64,8 +64,8 @@ def check_stepsize(owner: str, stepsize: Any) -> None:
     ok = isinstance(stepsize, (int, float)) and not isinstance(stepsize, bool) and stepsize >= 0
     if not ok:
         raise ValueError(
-            f"{owner}: stepsize must be a number ≥ 0 (0 or less: a line search, as in JAXopt) or "
-            f"a callable stepsize(iter_num) > 0, got {stepsize!r}"
+            f"{owner}: stepsize must be ≥ 0 (0: a line search) or a callable stepsize(iter_num) "
+            f"> 0, got {stepsize!r}"
         )
 
 
