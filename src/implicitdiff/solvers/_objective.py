@@ -150,10 +150,17 @@ class Objective:
         """(f(x), ∇₁f(x), aux(x)); aux None without ``has_aux``; ∇ as ``jax.grad`` gives it."""
         if self.value_and_grad:
             out, grad = self._pair(self.fun(x, *args, **kwargs))
+            value, aux = self._split(out)
+        elif self.has_aux:
+            (value, aux), grad = jax.value_and_grad(self._value_aux, has_aux=True)(
+                x, *args, **kwargs
+            )
         else:
-            out, grad = jax.value_and_grad(self.fun, has_aux=self.has_aux)(x, *args, **kwargs)
-        value, aux = self._split(out)
+            (value, grad), aux = jax.value_and_grad(self.fun)(x, *args, **kwargs), None
         return value, grad, aux
+
+    def _value_aux(self, x, /, *args, **kwargs):
+        return self._split(self.fun(x, *args, **kwargs))
 
     def value(self, x: PyTree, /, *args, **kwargs) -> jax.Array:
         """f(x) alone (with ``value_and_grad``, JAX prunes the unused gradient under jit)."""
