@@ -85,8 +85,10 @@ class NonlinearCG(LineSearchSolver):
       linesearch: ``"zoom"`` (default), ``"hager-zhang"``, ``"backtracking"`` (Armijo alone:
         directions may then fail to descend, and the method restarts more often) or a
         line-search object (:class:`implicitdiff.solvers.ZoomLineSearch`, ...).
-      maxls, c1, c2, max_stepsize: the line search's options, as in :class:`LBFGS`, but
-        c2 = 0.1 by default.
+      value_and_grad, has_aux: as in :class:`LBFGS` (aux in ``state.aux``).
+      linesearch_init, maxls, c1, c2, increase_factor, min_stepsize, max_stepsize: the line
+        search's options, as in :class:`LBFGS`, but c2 = 0.1 and increase_factor = 1.2 (as
+        JAXopt) by default.
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 

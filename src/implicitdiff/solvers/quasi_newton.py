@@ -110,16 +110,28 @@ class LBFGS(LineSearchSolver):
     ``tol`` than for the solution alone.
 
     Attributes:
-      fun: the objective f(x, *args, **kwargs), a scalar; smooth.
+      fun: the objective f(x, *args, **kwargs), a scalar; smooth. (f, aux) with ``has_aux``,
+        (f, ∇f) with ``value_and_grad`` (((f, aux), ∇f) with both), as in JAXopt.
+      value_and_grad: whether ``fun`` returns its gradient too (False); that gradient is also
+        the condition that differentiates the solution.
+      has_aux: whether ``fun`` returns an auxiliary output, kept in ``state.aux`` (False).
+      stepsize: 0 (default) for a line search; η > 0, or a callable ``stepsize(iter_num)``, for
+        x ← x + η d without one (as JAXopt).
       history_size: m ≥ 1, the number of pairs kept (default 10).
+      use_gamma: scale the initial matrix by γ (True); False: γ = 1.
       linesearch: ``"zoom"`` (strong Wolfe, default), ``"hager-zhang"`` (Wolfe or approximate
         Wolfe), ``"backtracking"`` (Armijo, halving) or a line-search object
         (:class:`implicitdiff.solvers.ZoomLineSearch`, :class:`~implicitdiff.solvers.
         HagerZhangLineSearch`, :class:`~implicitdiff.solvers.BacktrackingLineSearch`).
+      linesearch_init: the first trial of each search: None (default) as above; JAXopt's
+        ``"increase"`` (``increase_factor`` × the last step, ``max_stepsize`` once that is
+        ≤ ``min_stepsize``), ``"max"`` (``max_stepsize``) or ``"current"`` (the last step).
       maxls: the most trials per line search (30).
       c1, c2: the sufficient-decrease and curvature constants, 0 < c1 < c2 < 1 (1e-4, 0.9;
         backtracking uses c1 only).
-      max_stepsize: the largest step the zoom search tries (1e10).
+      increase_factor, min_stepsize: for ``linesearch_init="increase"`` (1.5, 1e-6).
+      max_stepsize: the largest step a search tries (None: no bound with
+        ``linesearch_init=None``, JAXopt's 1.0 with its strategies).
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -313,7 +325,9 @@ class BFGS(LineSearchSolver):
         Wolfe), ``"backtracking"`` (Armijo, halving) or a line-search object
         (:class:`implicitdiff.solvers.ZoomLineSearch`, :class:`~implicitdiff.solvers.
         HagerZhangLineSearch`, :class:`~implicitdiff.solvers.BacktrackingLineSearch`).
-      maxls, c1, c2, max_stepsize: the line search's options, as in :class:`LBFGS`.
+      fun, value_and_grad, has_aux, stepsize: as in :class:`LBFGS`.
+      linesearch_init, maxls, c1, c2, increase_factor, min_stepsize, max_stepsize: the line
+        search's options, as in :class:`LBFGS`.
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
