@@ -26,7 +26,6 @@ from implicitdiff.solvers._continuation import gradient_continuation
 from implicitdiff.solvers._objective import (
     LINESEARCH_INITS,
     Objective,
-    check_complex,
     check_objective_options,
     check_stepsize,
     first_trial,
@@ -321,7 +320,6 @@ class LBFGSB(IterativeSolver):
         )
 
     def _check_arguments(self, init_params, args, kwargs) -> None:
-        check_complex("LBFGSB", self._objective, init_params)
         if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
             _checks.check_bounds("LBFGSB.run", *args[0])
 

@@ -33,7 +33,6 @@ from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
 from implicitdiff.solvers._objective import (
     Objective,
-    check_complex,
     check_objective_options,
     check_stepsize,
     scheduled_stepsize,
@@ -189,10 +188,6 @@ class _ProximalGradientBase(IterativeSolver):
             finish=lambda z, eta: prox(z, hyperparams, eta),
             grad=self._objective.grad if self.value_and_grad else None,
         )
-
-    def _check_arguments(self, init_params, args, kwargs) -> None:
-        super()._check_arguments(init_params, args, kwargs)
-        check_complex(type(self).__name__, self._objective, init_params)
 
     def _init_state(self, init_params, args, kwargs) -> ProximalGradientState:
         dtype = tree.dtype(init_params)
