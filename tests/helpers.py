@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -115,3 +115,18 @@ def unpack(result: Any) -> Any:
     if isinstance(result, Exception):
         raise result
     return result
+
+
+class PlainSGD(NamedTuple):
+    """An optimizer in Optax's form (``init``, ``update``) without Optax: the increment −η g,
+    as ``optax.sgd(η)``; hashable, so that equal solvers share their compiled programs."""
+
+    learning_rate: float
+
+    def init(self, params: Any) -> tuple:
+        del params
+        return ()
+
+    def update(self, grads: Any, state: tuple, params: Any = None) -> tuple[Any, tuple]:
+        del params
+        return jax.tree_util.tree_map(lambda g: -self.learning_rate * g, grads), state

@@ -9,7 +9,8 @@ SOLVERS = (
     "GradientDescent LBFGS BFGS NonlinearCG Newton ProximalGradient ProjectedGradient "
     "MirrorDescent BlockCoordinateDescent LBFGSB GaussNewton LevenbergMarquardt "
     "FixedPointIteration AndersonAcceleration Broyden Bisection EqualityConstrainedQP BoxCDQP "
-    "OSQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares HostSolver"
+    "OSQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares HostSolver "
+    "OptaxSolver PolyakSGD ArmijoSGD"
 ).split()
 
 

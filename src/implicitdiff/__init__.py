@@ -29,6 +29,7 @@ from implicitdiff.solvers import LBFGS as LBFGS
 from implicitdiff.solvers import LBFGSB as LBFGSB
 from implicitdiff.solvers import OSQP as OSQP
 from implicitdiff.solvers import AndersonAcceleration as AndersonAcceleration
+from implicitdiff.solvers import ArmijoSGD as ArmijoSGD
 from implicitdiff.solvers import BacktrackingLineSearch as BacktrackingLineSearch
 from implicitdiff.solvers import Bisection as Bisection
 from implicitdiff.solvers import BlockCoordinateDescent as BlockCoordinateDescent
@@ -44,6 +45,8 @@ from implicitdiff.solvers import LevenbergMarquardt as LevenbergMarquardt
 from implicitdiff.solvers import MirrorDescent as MirrorDescent
 from implicitdiff.solvers import Newton as Newton
 from implicitdiff.solvers import NonlinearCG as NonlinearCG
+from implicitdiff.solvers import OptaxSolver as OptaxSolver
+from implicitdiff.solvers import PolyakSGD as PolyakSGD
 from implicitdiff.solvers import ProjectedGradient as ProjectedGradient
 from implicitdiff.solvers import ProximalGradient as ProximalGradient
 from implicitdiff.solvers import ScipyBoundedMinimize as ScipyBoundedMinimize

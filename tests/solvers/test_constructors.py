@@ -2,6 +2,7 @@
 the settings every solver shares (maxiter, tol, implicit_diff, ...) keyword-only."""
 
 import inspect
+import types
 
 import pytest
 
@@ -56,6 +57,7 @@ EXTRA = {
     "Bisection": {"lower": 0.0, "upper": 1.0},
     "BlockCoordinateDescent": {"block_prox": f},
     "ProjectedGradient": {"projection": f},
+    "OptaxSolver": {"opt": types.SimpleNamespace(init=f, update=f)},
 }
 
 

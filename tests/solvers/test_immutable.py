@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PlainSGD
 
 from implicitdiff import projections, solvers
 from implicitdiff.solvers import _base, _compile_cache
@@ -214,6 +215,17 @@ CASES = {
         _plain,
         ("residual_fun",),
         setting=("options", {"max_nfev": 2}),
+    ),
+    "OptaxSolver": Case(
+        lambda c: solvers.OptaxSolver(_minimized(c), PlainSGD(0.2), tol=1e-10, **_quiet()),
+        _plain,
+        ("fun",),
+    ),
+    "PolyakSGD": Case(
+        lambda c: solvers.PolyakSGD(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
+    ),
+    "ArmijoSGD": Case(
+        lambda c: solvers.ArmijoSGD(fun=_minimized(c), tol=1e-10, **_quiet()), _plain, ("fun",)
     ),
     "HostSolver": Case(
         lambda c: solvers.HostSolver(solve_fn=_host_solve(c), optimality_fun=_root(c)),

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import problems
 import pytest
+from helpers import PlainSGD
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -225,6 +226,15 @@ SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
         least_squares(S.ScipyLeastSquares, tol=1e-15, error_tol=1e-8),
         ("ridge",),
     ),
+    # The stochastic solvers on the full batch, with steps below 2/L (L ≈ 14.5 on ridge): near
+    # the solution PolyakSGD's step is its cap (f* = 0 lies below the minimum) and ArmijoSGD
+    # accepts its cap (the search's slack, the rounding of f, exceeds the decrease there).
+    "OptaxSolver": (
+        minimize(S.OptaxSolver, opt=PlainSGD(0.07), tol=1e-9, maxiter=5000),
+        ("ridge",),
+    ),
+    "PolyakSGD": (minimize(S.PolyakSGD, max_stepsize=0.07, tol=1e-9, maxiter=5000), ("ridge",)),
+    "ArmijoSGD": (minimize(S.ArmijoSGD, max_stepsize=0.1, tol=1e-9, maxiter=5000), ("ridge",)),
     "HostSolver": (host("root", tol=1e-9), ("ridge", "logistic")),
     "HostSolver[fixed_point]": (host("fixed_point", tol=1e-9), ("affine_fp",)),
 }

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_together, unpack
+from helpers import PlainSGD, run_together, unpack
 
 from implicitdiff import projections, prox, solvers
 
@@ -108,6 +108,17 @@ def _catalog(out, tol):
             (None,),
             simplex,
         ),
+        "OptaxSolver": (
+            solvers.OptaxSolver(f, PlainSGD(0.7), tol=tol, maxiter=2000),
+            (),
+            quadratic,
+        ),
+        "PolyakSGD": (
+            solvers.PolyakSGD(fun=f, fun_min=-10.0, max_stepsize=0.7, tol=tol, maxiter=2000),
+            (),
+            quadratic,
+        ),
+        "ArmijoSGD": (solvers.ArmijoSGD(fun=f, tol=tol, maxiter=2000), (), quadratic),
         "Broyden": (solvers.Broyden(fun=g, tol=tol), (), quadratic),
         "GaussNewton": (solvers.GaussNewton(residual_fun=g, tol=tol), (), quadratic),
         "LevenbergMarquardt": (solvers.LevenbergMarquardt(residual_fun=g, tol=tol), (), quadratic),

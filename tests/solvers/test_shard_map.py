@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from helpers import PlainSGD
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
@@ -80,6 +81,13 @@ CASES = {
     "BFGS": (S.BFGS(fun=smooth, tol=1e-11), None),
     "NonlinearCG": (S.NonlinearCG(fun=smooth, tol=1e-11), None),
     "LBFGSB": (S.LBFGSB(fun=smooth, tol=1e-11), lambda s, t, M: s.run(START, (-0.5, 1.0), t, M)),
+    # The stochastic solvers on the full batch, steps below 2/L (L ≈ 5.5); f* = −100 below min f.
+    "OptaxSolver": (S.OptaxSolver(smooth, PlainSGD(0.2), tol=1e-11, maxiter=5000), None),
+    "PolyakSGD": (
+        S.PolyakSGD(smooth, fun_min=-100.0, max_stepsize=0.2, tol=1e-11, maxiter=5000),
+        None,
+    ),
+    "ArmijoSGD": (S.ArmijoSGD(smooth, max_stepsize=0.3, tol=1e-11, maxiter=5000), None),
     "ProximalGradient": (
         S.ProximalGradient(fun=smooth, prox=prox.l1, tol=1e-11, maxiter=5000),
         lambda s, t, M: s.run(START, 0.1, t, M),

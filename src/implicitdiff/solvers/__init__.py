@@ -10,6 +10,8 @@ from implicitdiff.solvers._failures import SolverError as SolverError
 from implicitdiff.solvers._failures import SolverWarning as SolverWarning
 from implicitdiff.solvers._failures import Status as Status
 from implicitdiff.solvers._qp_common import KKTSolution as KKTSolution
+from implicitdiff.solvers.armijo_sgd import ArmijoSGD as ArmijoSGD
+from implicitdiff.solvers.armijo_sgd import ArmijoState as ArmijoState
 from implicitdiff.solvers.block_cd import BlockCoordinateDescent as BlockCoordinateDescent
 from implicitdiff.solvers.box_cdqp import BoxCDQP as BoxCDQP
 from implicitdiff.solvers.equality_qp import EqualityConstrainedQP as EqualityConstrainedQP
@@ -27,7 +29,11 @@ from implicitdiff.solvers.linesearch import ZoomLineSearch as ZoomLineSearch
 from implicitdiff.solvers.mirror_descent import MirrorDescent as MirrorDescent
 from implicitdiff.solvers.newton import Newton as Newton
 from implicitdiff.solvers.nonlinear_cg import NonlinearCG as NonlinearCG
+from implicitdiff.solvers.optax_solver import OptaxSolver as OptaxSolver
+from implicitdiff.solvers.optax_solver import OptaxState as OptaxState
 from implicitdiff.solvers.osqp import OSQP as OSQP
+from implicitdiff.solvers.polyak_sgd import PolyakSGD as PolyakSGD
+from implicitdiff.solvers.polyak_sgd import PolyakSGDState as PolyakSGDState
 from implicitdiff.solvers.proximal import ProjectedGradient as ProjectedGradient
 from implicitdiff.solvers.proximal import ProximalGradient as ProximalGradient
 from implicitdiff.solvers.quasi_newton import BFGS as BFGS

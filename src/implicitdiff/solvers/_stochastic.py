@@ -1,0 +1,152 @@
+"""What the stochastic solvers share: the objective's forms, its condition, and ``run_iterator``.
+
+:class:`~implicitdiff.solvers.OptaxSolver`, :class:`~implicitdiff.solvers.PolyakSGD` and
+:class:`~implicitdiff.solvers.ArmijoSGD` take the objective ``fun`` in one of four forms, set by
+``value_and_grad`` and ``has_aux``:
+
+- ``fun(x, *args) -> f``                                       (the default);
+- ``fun(x, *args) -> (f, aux)``                                (``has_aux=True``);
+- ``fun(x, *args) -> (f, ∇f)``                                 (``value_and_grad=True``);
+- ``fun(x, *args) -> ((f, aux), ∇f)``                          (both).
+
+Their ``update`` is one step on the batch of data the arguments hold; ``run`` repeats it on the
+same arguments (full batch) and is differentiated through the stationarity of the full-batch
+objective, ∇₁f(x*, *args) = 0; ``run_iterator`` repeats it over the batches of an iterator, in a
+Python loop (no derivative of its own: JAX differentiates the steps if asked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from implicitdiff import _checks, optimality
+from implicitdiff._typing import PyTree
+from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._continuation import gradient_continuation
+
+__all__ = ["StochasticSolver"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class StochasticSolver(IterativeSolver):
+    """Base of the stochastic solvers: the forms of ``fun`` (see the module docstring), their
+    condition ∇₁f = 0, the ``pre_update`` hook and ``run_iterator``.
+
+    A subclass has the fields ``fun``, ``value_and_grad``, ``has_aux`` and ``pre_update``.
+    """
+
+    def _check_objective_options(self) -> None:
+        owner = type(self).__name__
+        if not callable(self.fun):
+            raise TypeError(f"{owner}: fun must be callable, got {self.fun!r}")
+        if not isinstance(self.value_and_grad, bool):
+            raise TypeError(f"{owner}: value_and_grad must be a bool, got {self.value_and_grad!r}")
+        if not isinstance(self.has_aux, bool):
+            raise TypeError(f"{owner}: has_aux must be a bool, got {self.has_aux!r}")
+        if self.pre_update is not None and not callable(self.pre_update):
+            raise TypeError(
+                f"{owner}: pre_update must be callable or None, got {self.pre_update!r}"
+            )
+
+    def _check_fun(self, params, args, kwargs) -> None:
+        _checks.check_signature(
+            self.fun, type(self).__name__, "fun", (params, *args), kwargs, "fun(params, *args)"
+        )
+
+    def _value_aux(self, params, /, *args, **kwargs) -> tuple[Any, Any]:
+        """(f(x), aux) at x; aux is None without ``has_aux``."""
+        out = self.fun(params, *args, **kwargs)
+        if self.value_and_grad:
+            out = out[0]
+        return out if self.has_aux else (out, None)
+
+    def _value(self, params, /, *args, **kwargs):
+        """f(x), the scalar objective."""
+        return self._value_aux(params, *args, **kwargs)[0]
+
+    def _value_aux_grad(self, params, /, *args, **kwargs) -> tuple[Any, Any, PyTree]:
+        """(f(x), aux, ∇f(x)): the user's gradient with ``value_and_grad``, else JAX's."""
+        if self.value_and_grad:
+            out, grad = self.fun(params, *args, **kwargs)
+            value, aux = out if self.has_aux else (out, None)
+            return value, aux, grad
+        (value, aux), grad = jax.value_and_grad(self._value_aux, has_aux=True)(
+            params, *args, **kwargs
+        )
+        return value, aux, grad
+
+    def _gradient(self, params, /, *args, **kwargs) -> PyTree:
+        """∇₁f(x, *args, **kwargs): the condition of ``run``'s implicit derivative."""
+        return self._value_aux_grad(params, *args, **kwargs)[2]
+
+    def _pre_update(self, params, state, args, kwargs):
+        if self.pre_update is None:
+            return params, state
+        params, state = self.pre_update(params, state, *args, **kwargs)
+        return params, state
+
+    def optimality(self):
+        """The condition that ``run``'s solution is differentiated through: ∇₁f(x, *args) = 0,
+        the stationarity of the (full-batch) objective.
+
+        Returns:
+          ``("root", F)`` with F = ∇₁fun (``optimality.stationary`` of the value; with
+            ``value_and_grad=True``, the gradient that ``fun`` returns).
+        """
+        if self.value_and_grad:
+            return "root", self._gradient
+        return "root", optimality.stationary(self._value)
+
+    def _searched_step_continuation(self, args, kwargs):
+        """Unrolling past the stop continues with x ← x − η∇f(x), η = 1/L̂ (see
+        :mod:`implicitdiff.solvers._continuation`)."""
+        return gradient_continuation(self._value, args, kwargs)
+
+    def run_iterator(self, init_params: PyTree, iterator: Iterator, *args, **kwargs) -> OptStep:
+        """Iterate over the batches of ``iterator``: ``update`` on each, passed as ``data=``.
+
+        The first batch initializes the state (``init_state(init_params, *args, data=batch)``);
+        then each of the next ``maxiter`` batches makes one step
+        x ← ``update``(x, state, *args, data=batch), stopping earlier when the iterator ends. The
+        loop runs in Python (one call of the compiled ``update`` per batch with ``jit=True``);
+        ``tol`` is not tested, and ``on_failure`` is not applied.
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          iterator: an iterator of batches (any pytree of arrays; each the same shape), given to
+            ``fun`` as its keyword argument ``data``.
+          *args: the other arguments of ``fun`` after x.
+          **kwargs: its other keyword arguments.
+
+        Returns:
+          ``OptStep(params, state)``: the last iterate and its state.
+        """
+        try:
+            first = next(iterator)
+        except TypeError:
+            raise TypeError(
+                f"{type(self).__name__}.run_iterator: iterator must be an iterator (next() works "
+                f"on it), got {type(iterator).__name__}"
+            ) from None
+        except StopIteration:
+            raise ValueError(
+                f"{type(self).__name__}.run_iterator: iterator is empty (no batch to start from)"
+            ) from None
+        state = self.init_state(init_params, *args, **kwargs, data=first)
+        update = self._jitted_update() if self.jit else self.update
+        params = init_params
+        for batch in itertools.islice(iterator, self.maxiter):
+            params, state = update(params, state, *args, **kwargs, data=batch)
+        return OptStep(params, state)
+
+    def _jitted_update(self) -> Callable:
+        """``update`` compiled once per solver (kept in the solver's entry of the shared cache)."""
+        compiled = self._compiled.get("run_iterator.update")
+        if compiled is None:
+            compiled = self._compiled["run_iterator.update"] = jax.jit(self.update)
+        return compiled
