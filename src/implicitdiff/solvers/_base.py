@@ -38,6 +38,7 @@ from implicitdiff.implicit import custom_fixed_point, custom_root
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._compile_cache import CompiledView, freeze
 from implicitdiff.solvers._failures import Status, apply_failure_policy, check_failure_policies
+from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
 
 __all__ = ["DifferentiableRun", "IterativeSolver", "OptStep"]
 
@@ -105,6 +106,11 @@ class DifferentiableRun(abc.ABC):
     jit: bool = True
     on_failure: str = "auto"
     backward_on_failure: str = "warn"
+
+    def __new__(cls, *args, **kwargs):
+        # JAXopt's options that no field takes: a TypeError naming the alternative.
+        refuse_jaxopt_options(cls, kwargs)
+        return super().__new__(cls)
 
     def __post_init__(self):
         owner = type(self).__name__

@@ -69,6 +69,7 @@ def gradient_continuation(
     kwargs: dict,
     finish: Callable[[PyTree, jax.Array], PyTree] | None = None,
     iterations: int = POWER_ITERATIONS,
+    grad: Callable | None = None,
 ) -> Continuation:
     """The continuation x ← finish(x − η ∇₁fun(x, *args, **kwargs), η), η = 1/L̂.
 
@@ -80,12 +81,14 @@ def gradient_continuation(
         step (None: the identity).
       iterations: the number of power iterations of v ← ∇²f v / ‖∇²f v‖ for
         L̂ = ‖∇²f v‖ (≤ λ_max, and ≥ λ_max/2 after a few iterations from a generic v).
+      grad: ∇₁f(x, *args, **kwargs) when the user gives it (``value_and_grad=True``); None:
+        ``jax.grad(fun)``.
 
     Returns:
       A :class:`Continuation`. Where L̂ is 0 or not finite (f flat, or broken), η = 1.
       For complex x the step uses conj(∇f) (``jax.grad``'s convention), the steepest descent.
     """
-    grad = jax.grad(fun)
+    grad = jax.grad(fun) if grad is None else grad
 
     def descent(x, /, *a, **k):
         return tree.map(jnp.conj, grad(x, *a, **k))

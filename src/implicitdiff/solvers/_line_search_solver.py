@@ -13,17 +13,26 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _checks, _linesearch, optimality, tree
+from implicitdiff import _checks, _linesearch, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._objective import (
+    LINESEARCH_INITS,
+    Objective,
+    check_complex,
+    check_objective_options,
+    check_stepsize,
+    first_trial,
+    scheduled_stepsize,
+)
 from implicitdiff.solvers.linesearch import (
     BacktrackingLineSearch,
     HagerZhangLineSearch,
@@ -70,22 +79,49 @@ class LineSearchSolver(IterativeSolver):
     _complex_params = True
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    value_and_grad: bool = dataclasses.field(default=False, kw_only=False)
+    has_aux: bool = dataclasses.field(default=False, kw_only=False)
     tol: float = 1e-6
     linesearch: str = "zoom"
+    linesearch_init: str | None = None
     maxls: int = 30
     c1: float = 1e-4
     c2: float = 0.9
-    max_stepsize: float = 1e10
+    increase_factor: float = 1.5
+    max_stepsize: float | None = None
+    min_stepsize: float = 1e-6
+
+    # JAXopt's options refused here, with what to use instead.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "condition": (
+            "deprecated and ignored in JAXopt 0.8; pass linesearch=BacktrackingLineSearch(fun, "
+            "condition=...) (implicitdiff.solvers)"
+        ),
+        "decrease_factor": (
+            "deprecated and ignored in JAXopt 0.8; pass linesearch=BacktrackingLineSearch(fun, "
+            "decrease_factor=...) (implicitdiff.solvers)"
+        ),
+        "stop_if_linesearch_fails": (
+            "the run goes on after a failed search (the next direction is −∇f); read "
+            "state.status and state.converged after the run"
+        ),
+    }
 
     def __post_init__(self):
         name = type(self).__name__
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
+        check_objective_options(name, self.value_and_grad, self.has_aux)
         if not (isinstance(self.linesearch, LineSearch) or self.linesearch in _LINESEARCHES):
             raise ValueError(
                 f"{name}: linesearch must be one of {_LINESEARCHES} or a line-search object "
                 f"(implicitdiff.solvers.ZoomLineSearch, ...), got {self.linesearch!r}"
+            )
+        if not (self.linesearch_init is None or self.linesearch_init in LINESEARCH_INITS):
+            raise ValueError(
+                f"{name}: linesearch_init must be None (this solver's own first trial) or one of "
+                f"{LINESEARCH_INITS}, got {self.linesearch_init!r}"
             )
         if not (isinstance(self.maxls, int) and self.maxls >= 1):
             raise ValueError(f"{name}: maxls must be a positive int, got {self.maxls!r}")
@@ -94,9 +130,64 @@ class LineSearchSolver(IterativeSolver):
                 f"{name}: the Wolfe constants must satisfy 0 < c1 < c2 < 1, got "
                 f"c1={self.c1!r}, c2={self.c2!r}"
             )
-        if not self.max_stepsize > 0:
+        if not (self.max_stepsize is None or self.max_stepsize > 0):
             raise ValueError(f"{name}: max_stepsize must be > 0, got {self.max_stepsize!r}")
-        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
+        if not self.min_stepsize >= 0:
+            raise ValueError(f"{name}: min_stepsize must be ≥ 0, got {self.min_stepsize!r}")
+        if not self.increase_factor > 0:
+            raise ValueError(f"{name}: increase_factor must be > 0, got {self.increase_factor!r}")
+        check_stepsize(name, getattr(self, "stepsize", 0.0))
+        object.__setattr__(
+            self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
+        )
+
+    @property
+    def _max_stepsize(self) -> float:
+        """``max_stepsize``, or its default: no bound (1e10) with this solver's own first trial,
+        JAXopt's 1.0 with one of JAXopt's ``linesearch_init`` strategies."""
+        if self.max_stepsize is not None:
+            return float(self.max_stepsize)
+        return 1e10 if self.linesearch_init is None else 1.0
+
+    def _fixed_step(self) -> bool:
+        """Whether ``stepsize`` (LBFGS, BFGS) replaces the line search: > 0, or a callable."""
+        stepsize = getattr(self, "stepsize", 0.0)
+        return callable(stepsize) or stepsize > 0
+
+    def _initial_stepsize(self, own: Any, dtype: Any) -> jax.Array:
+        """The state's step before the first iteration: the solver's own, or ``max_stepsize``
+        (as JAXopt) with a ``linesearch_init`` strategy."""
+        if self.linesearch_init is None:
+            return jnp.asarray(own, dtype)
+        return jnp.asarray(self._max_stepsize, dtype)
+
+    def _step(self, params, state, direction, own_trial, args, kwargs):
+        """(η, f, ∇f, aux) at x + η d: η the fixed ``stepsize`` (or ``stepsize(iter_num)``), else
+        the line search's from the first trial (``own_trial`` or ``linesearch_init``'s)."""
+        dtype = jnp.result_type(state.stepsize)
+        if self._fixed_step():
+            eta = scheduled_stepsize(self.stepsize, state.iter_num, dtype)
+            value, grad, aux = self._evaluate_with_aux(
+                tree.axpy(eta, direction, params), *args, **kwargs
+            )
+            return eta, value, grad, aux
+        if self.linesearch_init is None:
+            trial = own_trial
+        else:
+            trial = first_trial(
+                self.linesearch_init,
+                state.stepsize,
+                max_stepsize=self._max_stepsize,
+                min_stepsize=self.min_stepsize,
+                increase_factor=self.increase_factor,
+            )
+        eta, value, grad = self._search(
+            params, state.value, state.grad, direction, trial, args, kwargs
+        )
+        aux = None
+        if self.has_aux:
+            aux = self._objective.aux(tree.axpy(eta, direction, params), *args, **kwargs)
+        return eta, value, grad, aux
 
     def _searches_its_step(self) -> bool:
         """Every step comes from a line search."""
@@ -104,6 +195,7 @@ class LineSearchSolver(IterativeSolver):
 
     def _check_arguments(self, init_params, args, kwargs) -> None:
         super()._check_arguments(init_params, args, kwargs)
+        check_complex(type(self).__name__, self._objective, init_params)
         hager_zhang = self.linesearch == "hager-zhang" or isinstance(
             self.linesearch, HagerZhangLineSearch
         )
@@ -120,7 +212,11 @@ class LineSearchSolver(IterativeSolver):
     def _continuation(self, /, *args, **kwargs):
         """Unrolling continues the derivative past the stop with x ← x − η∇f(x), η = 1/L̂
         (:mod:`implicitdiff.solvers._continuation`)."""
-        return gradient_continuation(self.fun, args, kwargs)
+        return gradient_continuation(self._objective.scalar(), args, kwargs, grad=self._grad())
+
+    def _grad(self):
+        """The user's gradient with ``value_and_grad`` (else None: ``jax.grad`` of f)."""
+        return self._objective.grad if self.value_and_grad else None
 
     def _evaluate(self, params, /, *args, **kwargs):
         """(f, ∇f) at params, f cast to the params' real dtype (whatever dtype ``fun`` returns).
@@ -128,15 +224,20 @@ class LineSearchSolver(IterativeSolver):
         For complex params, ∇f is the gradient over the real pairs (Re z, Im z) read as complex
         numbers: conj of what ``jax.grad`` returns (see :mod:`implicitdiff.solvers._dtypes`).
         """
-        value, grad = self._value_and_grad(params, *args, **kwargs)
-        return _dtypes.cast_value(value, params), tree.map(jnp.conj, grad)
+        value, grad, _ = self._evaluate_with_aux(params, *args, **kwargs)
+        return value, grad
+
+    def _evaluate_with_aux(self, params, /, *args, **kwargs):
+        """(f, ∇f, aux) at params, as :meth:`_evaluate`; aux None without ``has_aux``."""
+        value, grad, aux = self._objective.evaluate(params, *args, **kwargs)
+        return _dtypes.cast_value(value, params), tree.map(jnp.conj, grad), aux
 
     def _start(self, init_params, args, kwargs):
-        """f and ∇f at ``init_params``, after checking that ``fun`` takes (params, *args)."""
+        """f, ∇f and aux at ``init_params``, after checking that ``fun`` takes (params, *args)."""
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
-        return self._evaluate(init_params, *args, **kwargs)
+        return self._evaluate_with_aux(init_params, *args, **kwargs)
 
     def _linesearch_object(self) -> LineSearch:
         """The line search: the ``linesearch`` object, or the one its name stands for."""
@@ -148,7 +249,7 @@ class LineSearchSolver(IterativeSolver):
                 c1=self.c1,
                 c2=self.c2,
                 maxiter=self.maxls,
-                max_stepsize=self.max_stepsize,
+                max_stepsize=self._max_stepsize,
             )
         if self.linesearch == "hager-zhang":
             return HagerZhangLineSearch(
@@ -156,7 +257,7 @@ class LineSearchSolver(IterativeSolver):
                 c1=min(0.1, self.c2 / 2),
                 c2=self.c2,
                 maxiter=self.maxls,
-                max_stepsize=self.max_stepsize,
+                max_stepsize=self._max_stepsize,
             )
         # Armijo backtracking, halving: a search that cannot lengthen the step should not ask
         # for the curvature condition (JAXopt's strong-Wolfe backtracking is the object's).
@@ -167,7 +268,7 @@ class LineSearchSolver(IterativeSolver):
             c2=self.c2,
             decrease_factor=0.5,
             maxiter=self.maxls,
-            max_stepsize=self.max_stepsize,
+            max_stepsize=self._max_stepsize,
         )
 
     def _search(self, params, value, grad, direction, stepsize, args, kwargs):
@@ -228,6 +329,7 @@ class LineSearchSolver(IterativeSolver):
         """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
 
         Returns:
-          ``("root", optimality.stationary(fun))``.
+          ``("root", optimality.stationary(fun))`` (the value part of ``fun`` with ``has_aux``;
+            the gradient that ``fun`` returns with ``value_and_grad``).
         """
-        return "root", optimality.stationary(self.fun)
+        return "root", self._objective.stationary()

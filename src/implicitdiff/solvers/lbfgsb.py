@@ -11,27 +11,40 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, _linesearch, optimality, tree
+from implicitdiff import _checks, _linesearch, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._objective import (
+    LINESEARCH_INITS,
+    Objective,
+    check_objective_options,
+    check_stepsize,
+    first_trial,
+    scheduled_stepsize,
+)
 
 __all__ = ["LBFGSB", "LBFGSBState"]
 
 
 def _flat_bounds(params: PyTree, bounds: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
     """(lower, upper) as flat vectors matching ``ravel_pytree(params)``: each bound a scalar, an
-    array broadcasting to every leaf of params, or a pytree like params."""
+    array broadcasting to every leaf of params, or a pytree like params; ``bounds=None`` is
+    (−inf, inf), no bound (as in JAXopt)."""
+    if bounds is None:
+        bounds = (-jnp.inf, jnp.inf)
     if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-        raise TypeError(f"LBFGSB: bounds must be a pair (lower, upper), got {bounds!r}")
+        raise TypeError(
+            f"LBFGSB: bounds must be a pair (lower, upper) or None (unbounded), got {bounds!r}"
+        )
     structure = jax.tree_util.tree_structure(params)
     leaves = jax.tree_util.tree_leaves(params)
 
@@ -53,13 +66,23 @@ def _flat_bounds(params: PyTree, bounds: tuple[Any, Any]) -> tuple[jax.Array, ja
     return lower, jnp.where(lower <= upper, upper, jnp.nan)
 
 
-def _two_loop(grad, free, s_history, y_history, valid, gamma, newest):
+def _box(params: PyTree, bounds: Any) -> tuple[Any, Any]:
+    """``bounds``, with None read as (−inf, inf) (no bound)."""
+    if bounds is None:
+        return tree.map(lambda x: jnp.full_like(x, -jnp.inf), params), tree.map(
+            lambda x: jnp.full_like(x, jnp.inf), params
+        )
+    return bounds
+
+
+def _two_loop(grad, free, s_history, y_history, valid, gamma, newest, use_gamma=True):
     """H_F g by the L-BFGS two-loop recursion on the free variables, over a circular history.
 
     The pairs are restricted to the free variables (``free``, 0/1) before use, and a pair whose
     restriction lacks positive curvature (or an empty slot, ``valid`` False) is skipped; γ is
-    that of the newest pair when it is usable, else ``gamma``. For a quadratic whose binding
-    variables stayed put, the restricted pairs are exact pairs of the reduced Hessian.
+    that of the newest pair when it is usable (and ``use_gamma``), else ``gamma``. For a
+    quadratic whose binding variables stayed put, the restricted pairs are exact pairs of the
+    reduced Hessian.
     """
     size = s_history.shape[0]
     s_history, y_history = s_history * free, y_history * free
@@ -67,9 +90,10 @@ def _two_loop(grad, free, s_history, y_history, valid, gamma, newest):
     yy = jnp.sum(y_history * y_history, axis=1)
     usable = jax.lax.stop_gradient(valid & (sy > 1e-10 * yy) & (yy > 0))
     rho = jnp.where(usable, 1.0 / jnp.where(usable, sy, 1.0), 0.0)
-    gamma = jnp.where(
-        usable[newest], sy[newest] / jnp.where(usable[newest], yy[newest], 1.0), gamma
-    )
+    if use_gamma:
+        gamma = jnp.where(
+            usable[newest], sy[newest] / jnp.where(usable[newest], yy[newest], 1.0), gamma
+        )
     order = (newest - jnp.arange(size)) % size  # newest to oldest
     return _linesearch.two_loop(grad, s_history, y_history, rho, gamma, order) * free
 
@@ -88,11 +112,12 @@ def _arc_backtracking(
     grad: jax.Array,
     direction: jax.Array,
     *,
+    start: Any = 1.0,
     decrease: float = 1e-4,
     shrink: float = 0.5,
     maxiter: int = 30,
 ) -> tuple[jax.Array, jax.Array]:
-    """(α, ok): Armijo backtracking along the projection arc x(α) = P(x + α d), from α = 1.
+    """(α, ok): Armijo backtracking along the projection arc x(α) = P(x + α d), from α = start.
 
     Accepts f(x(α)) ≤ f(x) + decrease · ⟨∇f(x), x(α) − x⟩ up to a few ulps of |f(x)| (the
     rounding of f, which decides the test near a solution), with f(x(α)) finite; ``ok`` is False
@@ -108,9 +133,9 @@ def _arc_backtracking(
         bound = value + decrease * jnp.vdot(grad, candidate - x) + noise
         return (new_value <= bound) & jnp.isfinite(new_value)
 
-    one = jnp.asarray(1.0, x.dtype)
+    first = jax.lax.stop_gradient(jnp.asarray(start, x.dtype))
     alpha, ok, _, _ = _linesearch.shrink(
-        lambda alpha: (accepted(alpha), ()), one, factor=shrink, maxiter=maxiter + 1
+        lambda alpha: (accepted(alpha), ()), first, factor=shrink, maxiter=maxiter + 1
     )
     return alpha, ok
 
@@ -132,6 +157,7 @@ class LBFGSBState(NamedTuple):
     rho_history: jax.Array
     newest: jax.Array
     gamma: jax.Array
+    aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
@@ -167,9 +193,28 @@ class LBFGSB(IterativeSolver):
     bounds) (:func:`implicitdiff.optimality.projected_gradient` with
     :func:`implicitdiff.projections.box` and η = 1), also with respect to the bounds.
 
+    ``bounds=None`` means no bound (−inf, inf), as in JAXopt.
+
     Attributes:
-      fun: the objective f(x, *args, **kwargs), a scalar; x a pytree of arrays.
+      fun: the objective f(x, *args, **kwargs), a scalar; x a pytree of arrays. (f, aux) with
+        ``has_aux``, (f, ∇f) with ``value_and_grad`` (((f, aux), ∇f) with both), as in JAXopt.
+      value_and_grad: whether ``fun`` returns its gradient too (False).
+      has_aux: whether ``fun`` returns an auxiliary output, kept in ``state.aux`` (False).
+      stepsize: 0 (default) for the search of step 3; α > 0 fixed, or a callable
+        ``stepsize(iter_num)``, for x⁺ = P(x + αd) without a search.
+      linesearch: ``"backtracking"`` (default), or JAXopt's ``"zoom"`` and ``"hager-zhang"``,
+        which run the same search: along the projection arc, which has kinks where variables
+        reach a bound, the Wolfe curvature conditions of those searches do not apply, and step 3
+        is the search that converges here.
+      linesearch_init: the first trial α of each search: None (default) for 1, the quasi-Newton
+        step; JAXopt's ``"increase"`` (``increase_factor`` × the last α, or ``max_stepsize``
+        once it is ≤ ``min_stepsize``), ``"max"`` (``max_stepsize``) or ``"current"`` (the last
+        α); never more than ``max_stepsize``.
+      maxls: the most halvings of a search (30).
+      increase_factor, max_stepsize, min_stepsize: for ``linesearch_init`` (1.5, 1.0, 1e-6).
       history_size: the number of pairs kept (10).
+      use_gamma: scale the initial inverse Hessian by γ = ⟨s, y⟩/⟨y, y⟩ of the newest pair
+        (True); False: γ = 1 once a pair is kept.
       maxiter, tol: at most ``maxiter`` (500) iterations; stop when the error ≤ ``tol`` (1e-6).
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -183,14 +228,59 @@ class LBFGSB(IterativeSolver):
     _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    value_and_grad: bool = dataclasses.field(default=False, kw_only=False)
+    has_aux: bool = dataclasses.field(default=False, kw_only=False)
+    stepsize: float | Callable = 0.0
+    linesearch: str = "backtracking"
+    linesearch_init: str | None = None
+    maxls: int = 30
+    increase_factor: float = 1.5
+    max_stepsize: float = 1.0
+    min_stepsize: float = 1e-6
     history_size: int = 10
+    use_gamma: bool = True
     maxiter: int = 500
     tol: float = 1e-6
+
+    # JAXopt's options refused here, with what to use instead.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "condition": "deprecated and ignored in JAXopt 0.8; the search is Armijo's (step 3)",
+        "decrease_factor": "deprecated and ignored in JAXopt 0.8; each search halves the step",
+        "stop_if_linesearch_fails": (
+            "the run goes on after a failed search (the memory is cleared); read state.status "
+            "and state.converged after the run"
+        ),
+        "theta": "the initial inverse Hessian is γI; use_gamma=False makes γ = 1",
+    }
 
     def __post_init__(self):
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"LBFGSB: fun must be callable, got {self.fun!r}")
+        check_objective_options("LBFGSB", self.value_and_grad, self.has_aux)
+        check_stepsize("LBFGSB", self.stepsize)
+        if self.linesearch not in ("backtracking", "zoom", "hager-zhang"):
+            raise ValueError(
+                "LBFGSB: linesearch must be 'backtracking', 'zoom' or 'hager-zhang' (all run the "
+                f"backtracking search along the projection arc), got {self.linesearch!r}"
+            )
+        if not (self.linesearch_init is None or self.linesearch_init in LINESEARCH_INITS):
+            raise ValueError(
+                f"LBFGSB: linesearch_init must be None (first trial 1) or one of "
+                f"{LINESEARCH_INITS}, got {self.linesearch_init!r}"
+            )
+        if not (
+            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
+        ):
+            raise ValueError(f"LBFGSB: maxls must be a positive int, got {self.maxls!r}")
+        if not self.max_stepsize > 0:
+            raise ValueError(f"LBFGSB: max_stepsize must be > 0, got {self.max_stepsize!r}")
+        if not self.min_stepsize >= 0:
+            raise ValueError(f"LBFGSB: min_stepsize must be ≥ 0, got {self.min_stepsize!r}")
+        if not self.increase_factor > 0:
+            raise ValueError(f"LBFGSB: increase_factor must be > 0, got {self.increase_factor!r}")
+        if not isinstance(self.use_gamma, bool):
+            raise TypeError(f"LBFGSB: use_gamma must be a bool, got {self.use_gamma!r}")
         if not (
             isinstance(self.history_size, int)
             and not isinstance(self.history_size, bool)
@@ -199,10 +289,16 @@ class LBFGSB(IterativeSolver):
             raise ValueError(
                 f"LBFGSB: history_size must be a positive int, got {self.history_size!r}"
             )
-        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
+        object.__setattr__(
+            self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
+        )
+
+    def _fixed_step(self) -> bool:
+        return callable(self.stepsize) or self.stepsize > 0
 
     def _searches_its_step(self) -> bool:
-        """Every step comes from a search along the projected arc."""
+        """Every step comes from a search along the projected arc (or is a fixed step, which
+        past convergence is continued as a searched one: the memory holds rounding noise)."""
         return True
 
     def _continuation(self, bounds, /, *args, **kwargs):
@@ -215,7 +311,13 @@ class LBFGSB(IterativeSolver):
             lower, upper = _flat_bounds(z, bounds)
             return unravel(jnp.clip(flat, lower, upper))
 
-        return gradient_continuation(self.fun, args, kwargs, finish=project)
+        return gradient_continuation(
+            self._objective.scalar(),
+            args,
+            kwargs,
+            finish=project,
+            grad=self._objective.grad if self.value_and_grad else None,
+        )
 
     def _check_arguments(self, init_params, args, kwargs) -> None:
         if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
@@ -229,8 +331,9 @@ class LBFGSB(IterativeSolver):
         return tree.map(lambda p: jnp.where(empty, jnp.nan, p), params), state
 
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
-        value, grad = self._value_and_grad(unravel(flat_x), *args, **kwargs)
-        return _dtypes.cast_value(value, flat_x), ravel_pytree(grad)[0]
+        """(f, ∇f flattened, aux) at the flat point."""
+        value, grad, aux = self._objective.evaluate(unravel(flat_x), *args, **kwargs)
+        return _dtypes.cast_value(value, flat_x), ravel_pytree(grad)[0], aux
 
     def init_state(self, init_params, /, bounds, *args, **kwargs) -> LBFGSBState:
         """The state at ``init_params``: f and ∇f evaluated there, on the flattened params.
@@ -248,7 +351,7 @@ class LBFGSB(IterativeSolver):
         flat_x, unravel = ravel_pytree(init_params)
         lower, upper = _flat_bounds(init_params, bounds)
         dtype = flat_x.dtype
-        value, grad = self._flat_value_and_grad(flat_x, unravel, args, kwargs)
+        value, grad, aux = self._flat_value_and_grad(flat_x, unravel, args, kwargs)
         error = jnp.linalg.norm(
             jax.lax.stop_gradient(flat_x - jnp.clip(flat_x - grad, lower, upper))
         )
@@ -259,12 +362,13 @@ class LBFGSB(IterativeSolver):
             converged=jnp.asarray(False),
             value=jnp.asarray(value, dtype),
             grad=grad,
-            stepsize=jnp.asarray(1.0, dtype),
+            stepsize=jnp.asarray(1.0 if self.linesearch_init is None else self.max_stepsize, dtype),
             s_history=jnp.zeros((m, n), dtype),
             y_history=jnp.zeros((m, n), dtype),
             rho_history=jnp.zeros(m, dtype),
             newest=jnp.asarray(m - 1),
             gamma=_first_scaling(grad).astype(dtype),
+            aux=aux,
         )
 
     def update(self, params, state: LBFGSBState, /, bounds, *args, **kwargs) -> OptStep:
@@ -304,6 +408,7 @@ class LBFGSB(IterativeSolver):
             state.rho_history > 0,
             state.gamma,
             state.newest,
+            self.use_gamma,
         )
         direction = -jnp.where(binding, state.gamma * g, quasi_newton)
         descent = jax.lax.stop_gradient(jnp.vdot(g, direction)) < 0
@@ -315,14 +420,30 @@ class LBFGSB(IterativeSolver):
         )
 
         def cut_value(z):
-            return _dtypes.cast_value(self.fun(unravel(z), *cut_args, **cut_kwargs), z)
+            return _dtypes.cast_value(self._objective.value(unravel(z), *cut_args, **cut_kwargs), z)
 
         def cut_project(z):
             return jnp.clip(z, cut_lower, cut_upper)
 
-        alpha, ok = _arc_backtracking(cut_value, cut_project, x, value, g, direction)
+        if self._fixed_step():
+            alpha = scheduled_stepsize(self.stepsize, state.iter_num, x.dtype)
+            ok = jnp.asarray(True)
+        else:
+            start = 1.0
+            if self.linesearch_init is not None:
+                start = first_trial(
+                    self.linesearch_init,
+                    state.stepsize,
+                    max_stepsize=self.max_stepsize,
+                    min_stepsize=self.min_stepsize,
+                    increase_factor=self.increase_factor,
+                )
+                start = jnp.minimum(start, self.max_stepsize)
+            alpha, ok = _arc_backtracking(
+                cut_value, cut_project, x, value, g, direction, start=start, maxiter=self.maxls
+            )
         new_x = project(x + alpha * direction)
-        new_value, new_grad = self._flat_value_and_grad(new_x, unravel, args, kwargs)
+        new_value, new_grad, aux = self._flat_value_and_grad(new_x, unravel, args, kwargs)
 
         # 4. The memory. The pair is kept if it has positive curvature; otherwise (or after a
         # failed search, 30 halvings that moved x negligibly), the memory is cleared and the
@@ -350,6 +471,7 @@ class LBFGSB(IterativeSolver):
             rho_history=rho_history,
             newest=jnp.where(keep, slot, self.history_size - 1),
             gamma=gamma.astype(state.gamma.dtype),
+            aux=aux,
         )
         return OptStep(unravel(new_x), state)
 
@@ -363,7 +485,9 @@ class LBFGSB(IterativeSolver):
           ``("fixed_point", T)`` with T(x, bounds, *args, **kwargs), the arguments of ``run`` after
             ``init_params``.
         """
-        condition = optimality.projected_gradient(self.fun, projections.box, stepsize=1.0)
+        condition = self._objective.proximal_gradient(
+            lambda z, bounds, eta: projections.box(z, _box(z, bounds)), 1.0
+        )
 
         def fixed_point_fun(x, /, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``
             return condition(x, bounds, *args, **kwargs)

@@ -12,7 +12,7 @@ class).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ class NonlinearCGState(NamedTuple):
     stepsize: jax.Array
     direction: PyTree
     slope: jax.Array
+    aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
@@ -84,8 +85,10 @@ class NonlinearCG(LineSearchSolver):
       linesearch: ``"zoom"`` (default), ``"hager-zhang"``, ``"backtracking"`` (Armijo alone:
         directions may then fail to descend, and the method restarts more often) or a
         line-search object (:class:`implicitdiff.solvers.ZoomLineSearch`, ...).
-      maxls, c1, c2, max_stepsize: the line search's options, as in :class:`LBFGS`, but
-        c2 = 0.1 by default.
+      value_and_grad, has_aux: as in :class:`LBFGS` (aux in ``state.aux``).
+      linesearch_init, maxls, c1, c2, increase_factor, min_stepsize, max_stepsize: the line
+        search's options, as in :class:`LBFGS`, but c2 = 0.1 and increase_factor = 1.2 (as
+        JAXopt) by default.
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -98,6 +101,7 @@ class NonlinearCG(LineSearchSolver):
 
     method: str = "polak-ribiere"
     c2: float = 0.1
+    increase_factor: float = 1.2
 
     def __post_init__(self):
         super().__post_init__()
@@ -120,7 +124,7 @@ class NonlinearCG(LineSearchSolver):
           A ``NonlinearCGState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀), the direction
             d = −∇f(x₀), its slope −‖∇f(x₀)‖², and the first trial step min(1, 1/‖∇f(x₀)‖).
         """
-        value, grad = self._start(init_params, args, kwargs)
+        value, grad, aux = self._start(init_params, args, kwargs)
         dtype = _dtypes.real_dtype(init_params)
         return NonlinearCGState(
             iter_num=jnp.asarray(0),
@@ -128,9 +132,10 @@ class NonlinearCG(LineSearchSolver):
             converged=jnp.asarray(False),
             value=jnp.asarray(value),
             grad=grad,
-            stepsize=first_stepsize(grad, dtype),
+            stepsize=self._initial_stepsize(first_stepsize(grad, dtype), dtype),
             direction=tree.neg(grad),
             slope=jax.lax.stop_gradient(-_linesearch.inner(grad, grad)).astype(dtype),
+            aux=aux,
         )
 
     def update(self, params, state: NonlinearCGState, /, *args, **kwargs) -> OptStep:
@@ -152,7 +157,7 @@ class NonlinearCG(LineSearchSolver):
         """
         dtype = state.slope.dtype
         g, d = state.grad, state.direction
-        eta, value, new_g = self._search(params, state.value, g, d, state.stepsize, args, kwargs)
+        eta, value, new_g, aux = self._step(params, state, d, state.stepsize, args, kwargs)
         eta = eta.astype(dtype)
         cut_g, cut_d = jax.lax.stop_gradient((g, d))
         step = eta
@@ -164,7 +169,7 @@ class NonlinearCG(LineSearchSolver):
             curvature = curvature / jnp.where(eta > 0, eta, 1.0)
             ok = (eta > 0) & (curvature > safe_min(dtype))
             step = eta - safe_divide(slope - jax.lax.stop_gradient(slope), curvature, ok)
-            value, new_g = self._evaluate(tree.axpy(step, d, params), *args, **kwargs)
+            value, new_g, aux = self._evaluate_with_aux(tree.axpy(step, d, params), *args, **kwargs)
         cut_new_g = jax.lax.stop_gradient(new_g)
         gg, new_gg = _linesearch.inner(cut_g, cut_g), _linesearch.inner(cut_new_g, cut_new_g)
         y = tree.sub(new_g, g)
@@ -195,14 +200,17 @@ class NonlinearCG(LineSearchSolver):
         guess = safe_divide(eta * state.slope, slope, slope < 0, 1.0)
         ok = (eta > 0) & jnp.isfinite(guess) & (guess > 0)
         stepsize = jnp.where(ok, guess, first_stepsize(new_g, dtype))
+        if self.linesearch_init is not None:  # JAXopt's strategies start from the last step
+            stepsize = eta
         state = NonlinearCGState(
             iter_num=state.iter_num + 1,
             error=gradient_error(new_g, state.error.dtype),
             converged=state.converged,
             value=value,
             grad=new_g,
-            stepsize=jax.lax.stop_gradient(jnp.minimum(stepsize, self.max_stepsize)).astype(dtype),
+            stepsize=jax.lax.stop_gradient(jnp.minimum(stepsize, self._max_stepsize)).astype(dtype),
             direction=new_d,
             slope=jax.lax.stop_gradient(slope),
+            aux=aux,
         )
         return OptStep(tree.axpy(step, d, params), state)

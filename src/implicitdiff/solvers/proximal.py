@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,12 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._objective import (
+    Objective,
+    check_objective_options,
+    check_stepsize,
+    scheduled_stepsize,
+)
 
 __all__ = ["ProjectedGradient", "ProximalGradient", "ProximalGradientState"]
 
@@ -97,7 +103,9 @@ def _prox_backtracking(
 
 class ProximalGradientState(NamedTuple):
     """iter_num, error = ‖x⁺ − y‖/η (the gradient mapping at y), converged, the extrapolated point
-    y (``velocity``; y = x without acceleration), the momentum t, the last step size η."""
+    y (``velocity``; y = x without acceleration), the momentum t, the last step size η, and
+    ``fun``'s auxiliary output at the point of the last gradient (y before the step, as in
+    JAXopt; None without ``has_aux``)."""
 
     iter_num: jax.Array
     error: jax.Array
@@ -105,16 +113,20 @@ class ProximalGradientState(NamedTuple):
     velocity: PyTree
     t: jax.Array
     stepsize: jax.Array
+    aux: Any = None
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class _ProximalGradientBase(IterativeSolver):
-    """The proximal gradient loop, shared by ProximalGradient and ProjectedGradient."""
+    """The proximal gradient loop, shared by ProximalGradient and ProjectedGradient.
 
-    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
-    stepsize: float = 0.0
+    Each subclass declares its positional fields in JAXopt's order (fun, prox or projection,
+    value_and_grad, has_aux, stepsize); the options here are keyword-only."""
+
     acceleration: bool = True
+    maxls: int = 15
+    decrease_factor: float = 0.5
     increase_factor: float = 1.5
     maxiter: int = 500
     tol: float = 1e-6
@@ -126,21 +138,41 @@ class _ProximalGradientBase(IterativeSolver):
     def _check_options(self, name: str) -> None:
         if not callable(self.fun):
             raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
-        _checks.check_positive_number(self.stepsize, "stepsize", name, allow_zero=True)
+        check_objective_options(name, self.value_and_grad, self.has_aux)
+        check_stepsize(name, self.stepsize)
         if not isinstance(self.acceleration, bool):
             raise TypeError(f"{name}: acceleration must be a bool, got {self.acceleration!r}")
         if not (isinstance(self.increase_factor, (int, float)) and self.increase_factor >= 1):
             raise ValueError(f"{name}: increase_factor must be ≥ 1, got {self.increase_factor!r}")
-        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
+        if not (
+            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
+        ):
+            raise ValueError(f"{name}: maxls must be a positive int, got {self.maxls!r}")
+        if not 0 < self.decrease_factor < 1:
+            raise ValueError(
+                f"{name}: decrease_factor must be in (0, 1), got {self.decrease_factor!r}"
+            )
+        object.__setattr__(
+            self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
+        )
+
+    def _value_and_grad(self, params, /, *args, **kwargs):
+        """(f, ∇f) at params."""
+        value, grad, _ = self._objective.evaluate(params, *args, **kwargs)
+        return value, grad
+
+    def _fixed_step(self) -> bool:
+        return callable(self.stepsize) or self.stepsize > 0
 
     @property
     def _fixed_point_stepsize(self) -> float:
-        """η of the fixed point that differentiates: the fixed step, or 1 with backtracking."""
-        return float(self.stepsize) if self.stepsize > 0 else 1.0
+        """η of the fixed point that differentiates: the fixed step, or 1 with backtracking
+        (and with a scheduled step, whose fixed points are the same)."""
+        return float(self.stepsize) if not callable(self.stepsize) and self.stepsize > 0 else 1.0
 
     def _searches_its_step(self) -> bool:
         """Backtracking (``stepsize`` 0) searches; a fixed η does not."""
-        return self.stepsize <= 0
+        return not self._fixed_step()
 
     def _continuation(self, hyperparams, /, *args, **kwargs):
         """With backtracking, unrolling continues the derivative past the stop with
@@ -150,30 +182,38 @@ class _ProximalGradientBase(IterativeSolver):
             return None
         prox = self._prox()
         return gradient_continuation(
-            self.fun, args, kwargs, finish=lambda z, eta: prox(z, hyperparams, eta)
+            self._objective.scalar(),
+            args,
+            kwargs,
+            finish=lambda z, eta: prox(z, hyperparams, eta),
+            grad=self._objective.grad if self.value_and_grad else None,
         )
 
-    def _init_state(self, init_params) -> ProximalGradientState:
+    def _init_state(self, init_params, args, kwargs) -> ProximalGradientState:
         dtype = tree.dtype(init_params)
+        first = 1.0 if callable(self.stepsize) or self.stepsize <= 0 else self.stepsize
         return ProximalGradientState(
             iter_num=jnp.asarray(0),
             error=jnp.asarray(jnp.inf, dtype),
             converged=jnp.asarray(False),
             velocity=init_params,
             t=jnp.asarray(1.0, dtype),
-            stepsize=jnp.asarray(self.stepsize if self.stepsize > 0 else 1.0, dtype),
+            stepsize=jnp.asarray(first, dtype),
+            aux=self._objective.aux(init_params, *args, **kwargs),
         )
 
     def _update(self, params, state: ProximalGradientState, hyperparams, args, kwargs) -> OptStep:
         prox = self._prox()
         y = state.velocity
-        value, grad = self._value_and_grad(y, *args, **kwargs)
+        value, grad, aux = self._objective.evaluate(y, *args, **kwargs)
         eta = state.stepsize
-        if self.stepsize == 0:
+        if self._fixed_step():
+            eta = scheduled_stepsize(self.stepsize, state.iter_num, state.stepsize.dtype)
+        else:
             cut_hyperparams, cut_args, cut_kwargs = tree.stop_gradient((hyperparams, args, kwargs))
             eta = _prox_backtracking(
-                lambda x: self.fun(x, *cut_args, **cut_kwargs),
-                lambda x: jax.grad(self.fun)(x, *cut_args, **cut_kwargs),
+                lambda x: self._objective.value(x, *cut_args, **cut_kwargs),
+                lambda x: self._objective.grad(x, *cut_args, **cut_kwargs),
                 lambda z, s: _dtypes.cast_like(prox(z, cut_hyperparams, s), z),
                 y,
                 value,
@@ -181,6 +221,8 @@ class _ProximalGradientBase(IterativeSolver):
                 # At an exact solution (a zero residual) every step passes: keep η there, so
                 # that a run continued past convergence (unrolling) does not overflow it.
                 jnp.where(state.error > 0, eta * self.increase_factor, eta),
+                shrink=self.decrease_factor,
+                maxiter=self.maxls,
             )
         # (bounds or other data of another float dtype: the iterate keeps the params' dtype)
         new_params = _dtypes.cast_like(prox(tree.axpy(-eta, grad, y), hyperparams, eta), y)
@@ -199,6 +241,7 @@ class _ProximalGradientBase(IterativeSolver):
             velocity=velocity,
             t=new_t.astype(state.t.dtype),
             stepsize=jnp.asarray(eta).astype(state.stepsize.dtype),
+            aux=aux,
         )
         return OptStep(new_params, state)
 
@@ -231,10 +274,16 @@ class ProximalGradient(_ProximalGradientBase):
     system best: pass a fixed ``stepsize`` when f is badly scaled and the system is large).
 
     Attributes:
-      fun: the smooth part f(x, *args, **kwargs), a scalar.
+      fun: the smooth part f(x, *args, **kwargs), a scalar; (f, aux) with ``has_aux``, (f, ∇f)
+        with ``value_and_grad`` (((f, aux), ∇f) with both), as in JAXopt.
       prox: the proximal operator of the non-smooth part (default :func:`implicitdiff.prox.none`).
-      stepsize: η > 0 fixed (≤ 1/L for convergence), or 0 for backtracking (default).
+      value_and_grad: whether ``fun`` returns its gradient too (False).
+      has_aux: whether ``fun`` returns an auxiliary output, kept in ``state.aux`` (False).
+      stepsize: η > 0 fixed (≤ 1/L for convergence), a callable ``stepsize(iter_num)`` > 0, or
+        0 for backtracking (default).
       acceleration: FISTA (True, default) or ISTA (False).
+      maxls: the most halvings of a backtracking search (15, as JAXopt).
+      decrease_factor: the factor in (0, 1) of each backtracking step (0.5, as JAXopt).
       increase_factor: with backtracking, each search starts at this × the last step (1.5).
       maxiter, tol: at most ``maxiter`` (500) iterations; stop when the error ≤ ``tol`` (1e-6).
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
@@ -250,7 +299,11 @@ class ProximalGradient(_ProximalGradientBase):
 
     _run_arguments = ("hyperparams_prox",)  # run(init_params, hyperparams_prox, *args, **kwargs)
 
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     prox: Callable = dataclasses.field(default=prox_operators.none, kw_only=False)
+    value_and_grad: bool = dataclasses.field(default=False, kw_only=False)
+    has_aux: bool = dataclasses.field(default=False, kw_only=False)
+    stepsize: float | Callable = dataclasses.field(default=0.0, kw_only=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -284,7 +337,7 @@ class ProximalGradient(_ProximalGradientBase):
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
-        return self._init_state(init_params)
+        return self._init_state(init_params, args, kwargs)
 
     def update(self, params, state, /, hyperparams_prox, *args, **kwargs) -> OptStep:
         """One proximal gradient (FISTA or ISTA) step from the state's point y.
@@ -314,8 +367,8 @@ class ProximalGradient(_ProximalGradientBase):
         Returns:
           ``("fixed_point", optimality.proximal_gradient(fun, prox, η))``.
         """
-        return "fixed_point", optimality.proximal_gradient(
-            self.fun, self.prox, stepsize=self._fixed_point_stepsize
+        return "fixed_point", self._objective.proximal_gradient(
+            self.prox, self._fixed_point_stepsize
         )
 
 
@@ -337,7 +390,8 @@ class ProjectedGradient(_ProximalGradientBase):
       fun: the objective f(x, *args, **kwargs), a scalar.
       projection: ``projection(y, hyperparams_proj)``, the Euclidean projection onto C (see
         :mod:`implicitdiff.projections`).
-      stepsize, acceleration, increase_factor, maxiter, tol: as in :class:`ProximalGradient`.
+      value_and_grad, has_aux, stepsize, acceleration, maxls, decrease_factor, increase_factor,
+        maxiter, tol: as in :class:`ProximalGradient`.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
     Example:
@@ -352,7 +406,11 @@ class ProjectedGradient(_ProximalGradientBase):
 
     _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
 
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     projection: Callable | None = dataclasses.field(default=None, kw_only=False)
+    value_and_grad: bool = dataclasses.field(default=False, kw_only=False)
+    has_aux: bool = dataclasses.field(default=False, kw_only=False)
+    stepsize: float | Callable = dataclasses.field(default=0.0, kw_only=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -402,7 +460,7 @@ class ProjectedGradient(_ProximalGradientBase):
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
         )
-        return self._init_state(init_params)
+        return self._init_state(init_params, args, kwargs)
 
     def update(self, params, state, /, hyperparams_proj, *args, **kwargs) -> OptStep:
         """One projected gradient step from the state's point y.
@@ -432,6 +490,10 @@ class ProjectedGradient(_ProximalGradientBase):
         Returns:
           ``("fixed_point", optimality.projected_gradient(fun, projection, η))``.
         """
+        if self.value_and_grad:
+            return "fixed_point", self._objective.proximal_gradient(
+                self._projection_prox, self._fixed_point_stepsize
+            )
         return "fixed_point", optimality.projected_gradient(
-            self.fun, self.projection, stepsize=self._fixed_point_stepsize
+            self._objective.scalar(), self.projection, stepsize=self._fixed_point_stepsize
         )

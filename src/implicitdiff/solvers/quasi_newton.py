@@ -15,7 +15,8 @@ documents how).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,7 @@ class LbfgsState(NamedTuple):
     rho_history: jax.Array
     gamma: jax.Array
     head: jax.Array
+    aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
@@ -108,16 +110,28 @@ class LBFGS(LineSearchSolver):
     ``tol`` than for the solution alone.
 
     Attributes:
-      fun: the objective f(x, *args, **kwargs), a scalar; smooth.
+      fun: the objective f(x, *args, **kwargs), a scalar; smooth. (f, aux) with ``has_aux``,
+        (f, ∇f) with ``value_and_grad`` (((f, aux), ∇f) with both), as in JAXopt.
+      value_and_grad: whether ``fun`` returns its gradient too (False); that gradient is also
+        the condition that differentiates the solution.
+      has_aux: whether ``fun`` returns an auxiliary output, kept in ``state.aux`` (False).
+      stepsize: 0 (default) for a line search; η > 0, or a callable ``stepsize(iter_num)``, for
+        x ← x + η d without one (as JAXopt).
       history_size: m ≥ 1, the number of pairs kept (default 10).
+      use_gamma: scale the initial matrix by γ (True); False: γ = 1.
       linesearch: ``"zoom"`` (strong Wolfe, default), ``"hager-zhang"`` (Wolfe or approximate
         Wolfe), ``"backtracking"`` (Armijo, halving) or a line-search object
         (:class:`implicitdiff.solvers.ZoomLineSearch`, :class:`~implicitdiff.solvers.
         HagerZhangLineSearch`, :class:`~implicitdiff.solvers.BacktrackingLineSearch`).
+      linesearch_init: the first trial of each search: None (default) as above; JAXopt's
+        ``"increase"`` (``increase_factor`` × the last step, ``max_stepsize`` once that is
+        ≤ ``min_stepsize``), ``"max"`` (``max_stepsize``) or ``"current"`` (the last step).
       maxls: the most trials per line search (30).
       c1, c2: the sufficient-decrease and curvature constants, 0 < c1 < c2 < 1 (1e-4, 0.9;
         backtracking uses c1 only).
-      max_stepsize: the largest step the zoom search tries (1e10).
+      increase_factor, min_stepsize: for ``linesearch_init="increase"`` (1.5, 1e-6).
+      max_stepsize: the largest step a search tries (None: no bound with
+        ``linesearch_init=None``, JAXopt's 1.0 with its strategies).
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -129,10 +143,14 @@ class LBFGS(LineSearchSolver):
       >>> w, state = LBFGS(fun=f).run(jnp.zeros(3), X, y, 1.0)  # w = y / 2
     """
 
+    stepsize: float | Callable = 0.0
     history_size: int = 10
+    use_gamma: bool = True
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.use_gamma, bool):
+            raise TypeError(f"LBFGS: use_gamma must be a bool, got {self.use_gamma!r}")
         if not (isinstance(self.history_size, int) and self.history_size >= 1):
             raise ValueError(
                 f"LBFGS: history_size must be a positive int, got {self.history_size!r}"
@@ -152,7 +170,7 @@ class LBFGS(LineSearchSolver):
           An ``LbfgsState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀), and an empty memory
             (``history_size`` slots, γ = 1).
         """
-        value, grad = self._start(init_params, args, kwargs)
+        value, grad, aux = self._start(init_params, args, kwargs)
         dtype = _dtypes.real_dtype(init_params)
         m = self.history_size
         empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), jnp.result_type(leaf)), grad)
@@ -162,12 +180,13 @@ class LBFGS(LineSearchSolver):
             converged=jnp.asarray(False),
             value=jnp.asarray(value),
             grad=grad,
-            stepsize=jnp.asarray(1.0, dtype),
+            stepsize=self._initial_stepsize(1.0, dtype),
             s_history=empty,
             y_history=empty,
             rho_history=jnp.zeros(m, dtype),
             gamma=jnp.asarray(1.0, dtype),
             head=jnp.asarray(0, jnp.int32),
+            aux=aux,
         )
 
     def update(self, params, state: LbfgsState, /, *args, **kwargs) -> OptStep:
@@ -210,9 +229,7 @@ class LBFGS(LineSearchSolver):
             jnp.asarray(1.0, dtype),
             first_stepsize(state.grad, dtype),
         )
-        eta, value, grad = self._search(
-            params, state.value, state.grad, direction, stepsize, args, kwargs
-        )
+        eta, value, grad, aux = self._step(params, state, direction, stepsize, args, kwargs)
         eta = eta.astype(dtype)
         # The memory holds constants (see the class docstring on unrolling).
         s, y = jax.lax.stop_gradient((tree.scale(eta, direction), tree.sub(grad, state.grad)))
@@ -240,6 +257,8 @@ class LBFGS(LineSearchSolver):
             safe_divide(sy, _linesearch.inner(y, y), keep, 1.0),
             jnp.where(reset, 1.0, state.gamma),
         ).astype(dtype)
+        if not self.use_gamma:
+            gamma = jnp.ones_like(gamma)
         state = LbfgsState(
             iter_num=state.iter_num + 1,
             error=gradient_error(grad, state.error.dtype),
@@ -252,6 +271,7 @@ class LBFGS(LineSearchSolver):
             rho_history=rho_history,
             gamma=gamma,
             head=jnp.where(keep, (head + 1) % self.history_size, head).astype(jnp.int32),
+            aux=aux,
         )
         return OptStep(tree.axpy(eta, direction, params), state)
 
@@ -273,6 +293,7 @@ class BfgsState(NamedTuple):
     stepsize: jax.Array
     inv_hessian: jax.Array
     identity: jax.Array
+    aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
@@ -304,7 +325,9 @@ class BFGS(LineSearchSolver):
         Wolfe), ``"backtracking"`` (Armijo, halving) or a line-search object
         (:class:`implicitdiff.solvers.ZoomLineSearch`, :class:`~implicitdiff.solvers.
         HagerZhangLineSearch`, :class:`~implicitdiff.solvers.BacktrackingLineSearch`).
-      maxls, c1, c2, max_stepsize: the line search's options, as in :class:`LBFGS`.
+      fun, value_and_grad, has_aux, stepsize: as in :class:`LBFGS`.
+      linesearch_init, maxls, c1, c2, increase_factor, min_stepsize, max_stepsize: the line
+        search's options, as in :class:`LBFGS`.
       maxiter, tol: stop when ‖∇f(x)‖ ≤ tol (default 1e-6) or after maxiter (500) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -316,6 +339,8 @@ class BFGS(LineSearchSolver):
     """
 
     _complex_params = False  # H is a complex matrix: it cannot hold an ℝ-linear map of z
+
+    stepsize: float | Callable = 0.0
 
     def init_state(self, init_params, /, *args, **kwargs) -> BfgsState:
         """The state at ``init_params``: f and ∇f evaluated there.
@@ -331,7 +356,7 @@ class BFGS(LineSearchSolver):
           A ``BfgsState``: iter_num 0, error ‖∇f(x₀)‖, f(x₀), ∇f(x₀), and H = I (n × n, n the number
             of entries of x₀), flagged as the identity.
         """
-        value, grad = self._start(init_params, args, kwargs)
+        value, grad, aux = self._start(init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         n = tree.size(init_params)
         return BfgsState(
@@ -340,9 +365,10 @@ class BFGS(LineSearchSolver):
             converged=jnp.asarray(False),
             value=jnp.asarray(value),
             grad=grad,
-            stepsize=jnp.asarray(1.0, dtype),
+            stepsize=self._initial_stepsize(1.0, dtype),
             inv_hessian=jnp.eye(n, dtype=dtype),
             identity=jnp.asarray(True),
+            aux=aux,
         )
 
     def update(self, params, state: BfgsState, /, *args, **kwargs) -> OptStep:
@@ -371,9 +397,7 @@ class BFGS(LineSearchSolver):
         direction = tree.where(descent, direction, tree.neg(state.grad))
         fresh = state.identity | jnp.logical_not(descent)
         stepsize = jnp.where(fresh, first_stepsize(state.grad, dtype), jnp.asarray(1.0, dtype))
-        eta, value, grad = self._search(
-            params, state.value, state.grad, direction, stepsize, args, kwargs
-        )
+        eta, value, grad, aux = self._step(params, state, direction, stepsize, args, kwargs)
         eta = eta.astype(dtype)
         # H is a constant (see the class docstring on unrolling).
         s = ravel_pytree(tree.scale(eta, direction))[0].astype(dtype)
@@ -404,5 +428,6 @@ class BFGS(LineSearchSolver):
             stepsize=eta,
             inv_hessian=H,
             identity=jnp.logical_not(keep) & (fresh | reset),
+            aux=aux,
         )
         return OptStep(tree.axpy(eta, direction, params), state)

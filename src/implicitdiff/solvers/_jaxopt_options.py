@@ -1,0 +1,38 @@
+"""JAXopt 0.8.5 options that the solvers do not take, each refused with what to use instead.
+
+A JAXopt option that a solver has no field for would otherwise fail with Python's bare
+"unexpected keyword argument"; :func:`refuse_jaxopt_options` (called by every solver's
+constructor, :class:`implicitdiff.solvers._base.DifferentiableRun`) raises a TypeError naming
+the option and the alternative instead. A solver lists its own further refusals in its class
+attribute ``_jaxopt_refused`` (a dict name → alternative).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["COMMON", "refuse_jaxopt_options"]
+
+# The JAXopt options of (nearly) every solver that no solver here takes.
+COMMON = {
+    "implicit_diff_solve": "pass solve= (a name such as 'cg' or a linear solver callable)",
+    "unroll": (
+        "pass implicit_diff=False to differentiate the unrolled iterations (with "
+        "unroll_checkpoint=True to bound their memory)"
+    ),
+    "verbose": (
+        "read state.iter_num, state.error and state.status after the run, or print from fun "
+        "with jax.debug.print"
+    ),
+}
+
+
+def refuse_jaxopt_options(cls: type, kwargs: dict[str, Any]) -> None:
+    """TypeError for a keyword that is one of JAXopt's options and not a field of ``cls``."""
+    refused = {**COMMON, **getattr(cls, "_jaxopt_refused", {})}
+    fields = getattr(cls, "__dataclass_fields__", {})
+    for name in kwargs:
+        if name in refused and name not in fields:
+            raise TypeError(
+                f"{cls.__name__}: JAXopt's option {name}= is not supported; {refused[name]}"
+            )

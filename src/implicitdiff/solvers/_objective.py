@@ -1,0 +1,222 @@
+"""The objective of the smooth minimizers in JAXopt's three forms, and their shared options.
+
+A minimizer's ``fun(x, *args, **kwargs)`` returns, as in JAXopt,
+
+- f (``value_and_grad=False, has_aux=False``, the default);
+- (f, aux) with ``has_aux=True``: aux is any pytree, returned in ``state.aux``;
+- (f, ∇₁f) with ``value_and_grad=True``, ∇₁f a pytree like x (``jax.grad``'s convention);
+- ((f, aux), ∇₁f) with both.
+
+:class:`Objective` reads every form the same way, for GradientDescent, ProximalGradient,
+ProjectedGradient, LBFGS, BFGS, NonlinearCG and LBFGSB (one implementation). With
+``value_and_grad=True`` the gradient is the user's: the optimality conditions that
+differentiate the solution are built on it (∇₁f = 0, or x = prox(x − η∇₁f)), so it must be a
+JAX function of x and of the arguments (its derivatives are those of the implicit function).
+
+The step-size options shared by these solvers (a fixed or scheduled ``stepsize``, the first
+trial of each line search) are checked and computed here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from implicitdiff import optimality, tree
+from implicitdiff._condition import Condition
+from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
+
+__all__ = [
+    "LINESEARCH_INITS",
+    "Objective",
+    "check_complex",
+    "check_objective_options",
+    "check_stepsize",
+    "first_trial",
+    "scheduled_stepsize",
+]
+
+LINESEARCH_INITS = ("increase", "max", "current")
+
+
+def check_objective_options(owner: str, value_and_grad: Any, has_aux: Any) -> None:
+    """TypeError, naming the option, unless both are bools (JAXopt's meaning)."""
+    if not isinstance(value_and_grad, bool):
+        raise TypeError(
+            f"{owner}: value_and_grad must be a bool (True: fun returns (value, grad)), got "
+            f"{value_and_grad!r}"
+        )
+    if not isinstance(has_aux, bool):
+        raise TypeError(
+            f"{owner}: has_aux must be a bool (True: fun returns (value, aux)), got {has_aux!r}"
+        )
+
+
+def check_stepsize(owner: str, stepsize: Any) -> None:
+    """``stepsize``: a number ≥ 0 (0: a line search) or a callable ``stepsize(iter_num)``."""
+    if callable(stepsize):
+        return
+    ok = isinstance(stepsize, (int, float)) and not isinstance(stepsize, bool) and stepsize >= 0
+    if not ok:
+        raise ValueError(
+            f"{owner}: stepsize must be ≥ 0 (0: a line search) or a callable stepsize(iter_num) "
+            f"> 0, got {stepsize!r}"
+        )
+
+
+def check_complex(owner: str, objective: Objective, init_params: PyTree) -> None:
+    """Complex params are refused with ``value_and_grad`` or ``has_aux`` (TypeError)."""
+    if objective.plain or not _dtypes.complex_leaves(init_params):
+        return
+    raise TypeError(
+        f"{owner}.run: complex init_params are supported only with value_and_grad=False and "
+        "has_aux=False (a plain real-valued fun); split z into its real pairs (Re z, Im z)"
+    )
+
+
+def scheduled_stepsize(stepsize: Any, iter_num: jax.Array, dtype: Any) -> jax.Array:
+    """The fixed step: ``stepsize(iter_num)`` when callable, else ``stepsize``; a constant."""
+    eta = stepsize(iter_num) if callable(stepsize) else stepsize
+    return jax.lax.stop_gradient(jnp.asarray(eta, dtype))
+
+
+def first_trial(
+    strategy: str,
+    previous: jax.Array,
+    *,
+    max_stepsize: float,
+    min_stepsize: float,
+    increase_factor: float,
+) -> jax.Array:
+    """JAXopt's ``linesearch_init``: the first trial of a line search from the last step η₋.
+
+    ``"max"``: ``max_stepsize``; ``"current"``: η₋; ``"increase"``: ``increase_factor`` · η₋,
+    or ``max_stepsize`` once η₋ ≤ ``min_stepsize`` (a restart).
+    """
+    previous = jax.lax.stop_gradient(previous)
+    top = jnp.asarray(max_stepsize, previous.dtype)
+    if strategy == "max":
+        return top
+    if strategy == "current":
+        return previous
+    return jnp.where(previous <= min_stepsize, top, previous * increase_factor).astype(
+        previous.dtype
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """``fun`` read in any of JAXopt's forms (see the module): f, ∇₁f and aux at x.
+
+    Attributes:
+      fun: the user's function of (x, *args, **kwargs).
+      value_and_grad: whether ``fun`` returns (value, grad).
+      has_aux: whether its value part is (value, aux).
+    """
+
+    fun: Callable
+    value_and_grad: bool = False
+    has_aux: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Whether ``fun`` returns f alone."""
+        return not (self.value_and_grad or self.has_aux)
+
+    def _split(self, out: Any) -> tuple[Any, Any]:
+        if not self.has_aux:
+            return out, None
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(
+                "fun must return (value, aux) with has_aux=True, got "
+                f"{type(out).__name__}; pass has_aux=False for a function returning f alone"
+            )
+        return out[0], out[1]
+
+    def _pair(self, out: Any) -> tuple[Any, Any]:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(
+                "fun must return (value, grad) with value_and_grad=True (((value, aux), grad) "
+                f"with has_aux=True too), got {type(out).__name__}"
+            )
+        return out[0], out[1]
+
+    def evaluate(self, x: PyTree, /, *args, **kwargs) -> tuple[jax.Array, PyTree, Any]:
+        """(f(x), ∇₁f(x), aux(x)); aux None without ``has_aux``; ∇ as ``jax.grad`` gives it."""
+        if self.value_and_grad:
+            out, grad = self._pair(self.fun(x, *args, **kwargs))
+            value, aux = self._split(out)
+        elif self.has_aux:
+            (value, aux), grad = jax.value_and_grad(self._value_aux, has_aux=True)(
+                x, *args, **kwargs
+            )
+        else:
+            (value, grad), aux = jax.value_and_grad(self.fun)(x, *args, **kwargs), None
+        return value, grad, aux
+
+    def _value_aux(self, x, /, *args, **kwargs):
+        return self._split(self.fun(x, *args, **kwargs))
+
+    def value(self, x: PyTree, /, *args, **kwargs) -> jax.Array:
+        """f(x) alone (with ``value_and_grad``, JAX prunes the unused gradient under jit)."""
+        out = self.fun(x, *args, **kwargs)
+        if self.value_and_grad:
+            out = self._pair(out)[0]
+        return self._split(out)[0]
+
+    def grad(self, x: PyTree, /, *args, **kwargs) -> PyTree:
+        """∇₁f(x): the user's with ``value_and_grad``, else ``jax.grad`` of f."""
+        if self.value_and_grad:
+            return self._pair(self.fun(x, *args, **kwargs))[1]
+        return jax.grad(self.value)(x, *args, **kwargs)
+
+    def aux(self, x: PyTree, /, *args, **kwargs) -> Any:
+        """aux(x) with ``has_aux`` (cut from nothing: differentiable as ``fun`` is), else None."""
+        if not self.has_aux:
+            return None
+        out = self.fun(x, *args, **kwargs)
+        if self.value_and_grad:
+            out = self._pair(out)[0]
+        return self._split(out)[1]
+
+    def scalar(self) -> Callable:
+        """x, *args ↦ f: ``fun`` itself when plain, else its value part."""
+        return self.fun if self.plain else self.value
+
+    def stationary(self) -> Callable:
+        """The condition F(x, *args) = ∇₁f(x, *args) = 0 (marked symmetric: ∂₁F = ∇²f).
+
+        :func:`implicitdiff.optimality.stationary` of f, or the user's gradient with
+        ``value_and_grad``.
+        """
+        if not self.value_and_grad:
+            return optimality.stationary(self.scalar())
+        return Condition(
+            self.grad,
+            symmetric=True,
+            name="stationary_optimality",
+            doc="∇₁f(x, *args), the gradient that fun returns (value_and_grad=True).",
+        )
+
+    def proximal_gradient(self, prox: Callable, stepsize: float) -> Callable:
+        """T(x, hyperparams, *args) = prox(x − η∇₁f(x, *args), hyperparams, η), a fixed point
+        at the solution: :func:`implicitdiff.optimality.proximal_gradient` of f, or the same
+        map on the user's gradient with ``value_and_grad``."""
+        if not self.value_and_grad:
+            return optimality.proximal_gradient(self.scalar(), prox, stepsize=stepsize)
+
+        def fixed_point_fun(x, hyperparams, /, *args, **kwargs):
+            step = tree.axpy(-stepsize, self.grad(x, *args, **kwargs), x)
+            return prox(step, hyperparams, stepsize)
+
+        return Condition(
+            fixed_point_fun,
+            symmetric=False,
+            name="proximal_gradient_fixed_point",
+            doc="prox(x − η∇₁f(x, *args), hyperparams, η) with the gradient that fun returns.",
+        )
