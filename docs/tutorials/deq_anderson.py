@@ -35,7 +35,7 @@ from implicitdiff.solvers import AndersonAcceleration, FixedPointIteration
 jax.config.update("jax_enable_x64", True)
 
 small = os.environ.get("IMPLICITDIFF_TUTORIAL_SIZE", "full") == "small"
-num_steps = 30 if small else 400
+num_steps = 30 if small else 250
 num_train = 300 if small else 1200
 hidden = 32
 
