@@ -10,6 +10,7 @@ SOLVERS = (
     "MirrorDescent BlockCoordinateDescent LBFGSB GaussNewton LevenbergMarquardt "
     "FixedPointIteration AndersonAcceleration Broyden Bisection EqualityConstrainedQP BoxCDQP "
     "OSQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares HostSolver "
+    "ScipyBoundedLeastSquares "
     "IterativeRefinement AndersonWrapper "
     "OptaxSolver PolyakSGD ArmijoSGD"
 ).split()
