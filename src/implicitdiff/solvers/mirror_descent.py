@@ -53,8 +53,9 @@ class MirrorDescent(IterativeSolver):
     entries (e.g. uniform rows). The loop stops when ‖x⁺ − x‖/η ≤ ``tol``, returning x⁺.
 
     η is ``stepsize``, or ``stepsize(iter_num)`` when it is a callable (JAXopt's schedule; the
-    implicit derivative then uses η = 1 in the fixed point, which has the same solutions). For f L-smooth with respect to the norm in which φ is 1-strongly
-    convex (‖·‖₁ for the entropy, so L bounds |∂²f/∂xᵢ∂xⱼ|, row by row), η ≤ 1/L converges.
+    implicit derivative then uses η = 1 in the fixed point, which has the same solutions). For f
+    L-smooth with respect to the norm in which φ is 1-strongly convex (‖·‖₁ for the entropy, so
+    L bounds |∂²f/∂xᵢ∂xⱼ|, row by row), η ≤ 1/L converges.
     The solution is differentiated through the same fixed point x = T(x)
     (:func:`implicitdiff.optimality.mirror_descent` with this ``projection``, ``mapping`` and η).
     With the entropy, I − ∂₁T has 1 − exp(−η δⱼ) on the coordinates j off the support (δⱼ the gap
