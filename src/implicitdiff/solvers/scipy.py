@@ -12,9 +12,14 @@ wrapper                   host solver                           condition
 ``ScipyBoundedMinimize``  ``scipy.optimize.minimize``, bounds   ``projected_gradient(fun, box)``
 ``ScipyRootFinding``      ``scipy.optimize.root``               ``("root", optimality_fun)``
 ``ScipyLeastSquares``     ``scipy.optimize.least_squares``      ``least_squares(residual_fun)``
+                                                                or ``stationary(cost)``
+``ScipyBoundedLeas…``     ``scipy.optimize.least_squares``,     ``projected_gradient(cost, box)``
+                          bounds
 ========================  ====================================  ================================
 
-The first two are defined here, the last two in :mod:`implicitdiff.solvers.scipy_root`.
+The first two are defined here, the last three (``ScipyBoundedLeastSquares`` in full) in
+:mod:`implicitdiff.solvers.scipy_root`; ``cost`` is SciPy's least-squares cost
+½·f_scale²·Σρ(rᵢ²/f_scale²) for its robust loss ρ.
 
 ``run`` works under ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (see
 :mod:`implicitdiff.solvers._host_call`); :class:`implicitdiff.solvers.host.HostSolver` wraps any
