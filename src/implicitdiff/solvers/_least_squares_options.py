@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
+from implicitdiff import tree
 from implicitdiff._typing import PyTree
 
 __all__: list[str] = []
@@ -46,12 +48,42 @@ def check_lm_options(solver: Any) -> None:
         value = getattr(solver, name)
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{owner}: {name} must be a number ≥ 0, got {value!r}")
-    if solver.geodesic is not False:
+    if not isinstance(solver.geodesic, bool):
+        raise TypeError(f"{owner}: geodesic must be a bool, got {solver.geodesic!r}")
+    threshold = solver.contribution_ratio_threshold
+    if not (
+        isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0
+    ):
         raise ValueError(
-            f"{owner}: geodesic={solver.geodesic!r}: geodesic acceleration is not implemented; "
-            "use geodesic=False (the default), or a larger damping_parameter from a poor start"
+            f"{owner}: contribution_ratio_threshold must be a number > 0, got {threshold!r}"
         )
     if solver.jac_fun is not None and not callable(solver.jac_fun):
         raise TypeError(f"{owner}: jac_fun must be callable or None, got {solver.jac_fun!r}")
     if not isinstance(solver.materialize_jac, bool):
         raise TypeError(f"{owner}: materialize_jac must be a bool, got {solver.materialize_jac!r}")
+
+
+def geodesic_step(
+    residual_fun: Callable,
+    params: PyTree,
+    args: tuple,
+    kwargs: dict,
+    velocity: PyTree,
+    damped: Callable,
+    vjp: Callable,
+    solve_step: Callable,
+    threshold: float,
+):
+    """(v + a/2, ‖a‖ ≤ threshold·‖v‖): the geodesic-accelerated step, with
+    a = −(JᵀJ + μI)⁻¹ Jᵀ r''(x)[v, v] (``damped`` applies JᵀJ + μI, ``vjp`` u ↦ Jᵀu)."""
+
+    def along(y):
+        return jax.jvp(lambda z: residual_fun(z, *args, **kwargs), (y,), (velocity,))[1]
+
+    second = jax.jvp(along, (params,), (velocity,))[1]  # r''(x)[v, v]
+    acceleration = solve_step(damped, tree.neg(vjp(second)))
+    ratio = jax.lax.stop_gradient(tree.norm(acceleration) / tree.norm(velocity))
+    ok = jnp.isfinite(ratio) & (ratio <= threshold)
+    # Where v = 0 (at a solution) the ratio is 0/0: take the plain step.
+    ok = ok | (tree.norm(jax.lax.stop_gradient(velocity)) == 0)
+    return tree.axpy(0.5, acceleration, velocity), ok
