@@ -10,7 +10,7 @@ SOLVERS = (
     "MirrorDescent BlockCoordinateDescent LBFGSB GaussNewton LevenbergMarquardt "
     "FixedPointIteration AndersonAcceleration Broyden Bisection EqualityConstrainedQP BoxCDQP "
     "OSQP BoxOSQP CvxpyQP ScipyMinimize ScipyBoundedMinimize ScipyRootFinding ScipyLeastSquares "
-    "HostSolver IterativeRefinement AndersonWrapper "
+    "HostSolver ScipyBoundedLeastSquares IterativeRefinement AndersonWrapper "
     "OptaxSolver PolyakSGD ArmijoSGD"
 ).split()
 

@@ -53,6 +53,7 @@ from implicitdiff.solvers import OptaxSolver as OptaxSolver
 from implicitdiff.solvers import PolyakSGD as PolyakSGD
 from implicitdiff.solvers import ProjectedGradient as ProjectedGradient
 from implicitdiff.solvers import ProximalGradient as ProximalGradient
+from implicitdiff.solvers import ScipyBoundedLeastSquares as ScipyBoundedLeastSquares
 from implicitdiff.solvers import ScipyBoundedMinimize as ScipyBoundedMinimize
 from implicitdiff.solvers import ScipyLeastSquares as ScipyLeastSquares
 from implicitdiff.solvers import ScipyMinimize as ScipyMinimize

@@ -45,6 +45,7 @@ METHODS = {
     "ScipyBoundedMinimize": "L-BFGS-B",
     "ScipyRootFinding": "hybr",
     "ScipyLeastSquares": "trf",
+    "ScipyBoundedLeastSquares": "trf",
 }
 
 

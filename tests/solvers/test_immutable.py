@@ -234,6 +234,12 @@ CASES = {
         ("residual_fun",),
         setting=("options", {"max_nfev": 2}),
     ),
+    "ScipyBoundedLeastSquares": Case(
+        lambda c: solvers.ScipyBoundedLeastSquares(residual_fun=_root(c), tol=1e-12, **_quiet()),
+        lambda s, a: s.run(jnp.zeros(3), BOUNDS, a),
+        ("residual_fun",),
+        setting=("options", {"max_nfev": 2}),
+    ),
     "IterativeRefinement": Case(
         # A x / c = a by refinement around an inner solve of A + ½ I: x* = c a.
         lambda c: solvers.IterativeRefinement(

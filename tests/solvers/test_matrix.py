@@ -128,6 +128,16 @@ def least_squares(cls, **opts):
     return make
 
 
+def bounded_least_squares(cls, **opts):
+    """cls(residual_fun=r).run(init, (−∞, ∞), θ): a least-squares problem in an unbounded box."""
+
+    def make(p):
+        solver = cls(residual_fun=p.residual, **opts)
+        return lambda t: solver.run(p.init, (-jnp.inf, jnp.inf), t).params
+
+    return make
+
+
 def root(cls, field="optimality_fun", **opts):
     """cls(F).run(init, θ) for F(x, θ) = 0."""
 
@@ -286,6 +296,10 @@ SOLVERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     ),
     "ScipyLeastSquares": (
         least_squares(S.ScipyLeastSquares, tol=1e-15, error_tol=1e-8),
+        ("ridge",),
+    ),
+    "ScipyBoundedLeastSquares": (
+        bounded_least_squares(S.ScipyBoundedLeastSquares, tol=1e-15, error_tol=1e-8),
         ("ridge",),
     ),
     # inner_solve="cg": jax.scipy gmres (the default inner solve) fails under shard_map (its

@@ -139,6 +139,11 @@ def _catalog(out, tol):
             (),
             quadratic,
         ),
+        "ScipyBoundedLeastSquares": (
+            solvers.ScipyBoundedLeastSquares(residual_fun=g, error_tol=tol),
+            (BOX,),
+            quadratic,
+        ),
     }
 
 

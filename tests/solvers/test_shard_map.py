@@ -157,6 +157,10 @@ CASES = {
     ),
     "ScipyRootFinding": (S.ScipyRootFinding(optimality_fun=equations, tol=1e-14), None),
     "ScipyLeastSquares": (S.ScipyLeastSquares(residual_fun=equations, tol=1e-15), None),
+    "ScipyBoundedLeastSquares": (
+        S.ScipyBoundedLeastSquares(residual_fun=equations, tol=1e-15),
+        lambda s, t, M: s.run(START, (-10.0 * jnp.ones(3), 10.0 * jnp.ones(3)), t, M),
+    ),
     "HostSolver": (
         S.HostSolver(solve_fn=_host_linear, optimality_fun=lambda x, t, M: M @ x - t * C, tol=1e-9),
         None,

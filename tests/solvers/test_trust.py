@@ -219,6 +219,12 @@ CASES = {
     "ScipyLeastSquares": Case(
         lambda f, **o: solvers.ScipyLeastSquares(residual_fun=f, **_host(o)), _root, host=True
     ),
+    "ScipyBoundedLeastSquares": Case(
+        lambda f, **o: solvers.ScipyBoundedLeastSquares(residual_fun=f, **_host(o)),
+        _root,
+        call=_leading_call((-10.0, 10.0)),
+        host=True,
+    ),
     "OptaxSolver": Case(lambda f, **o: solvers.OptaxSolver(f, PlainSGD(0.7), **o), _quadratic),
     # f* = −10 lies below the minimum (−½θᵀH⁻¹θ): the step tends to its cap, 0.7 < 2/L.
     "PolyakSGD": Case(

@@ -48,5 +48,6 @@ from implicitdiff.solvers.root import Bisection as Bisection
 from implicitdiff.solvers.root import Broyden as Broyden
 from implicitdiff.solvers.scipy import ScipyBoundedMinimize as ScipyBoundedMinimize
 from implicitdiff.solvers.scipy import ScipyMinimize as ScipyMinimize
+from implicitdiff.solvers.scipy_root import ScipyBoundedLeastSquares as ScipyBoundedLeastSquares
 from implicitdiff.solvers.scipy_root import ScipyLeastSquares as ScipyLeastSquares
 from implicitdiff.solvers.scipy_root import ScipyRootFinding as ScipyRootFinding

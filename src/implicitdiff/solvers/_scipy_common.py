@@ -48,6 +48,7 @@ BOUNDED_METHODS = (
 GRADIENT_FREE = ("nelder-mead", "powell", "cobyla", "cobyqa")
 USES_HESSP = ("newton-cg", "trust-ncg", "trust-krylov", "trust-constr")
 USES_HESS = ("dogleg", "trust-exact")
+HESS_INV_METHODS = ("bfgs", "l-bfgs-b")
 ROOT_METHODS = (
     "hybr",
     "lm",
@@ -62,6 +63,65 @@ ROOT_METHODS = (
 )
 ROOT_USES_JAC = ("hybr", "lm")
 LEAST_SQUARES_METHODS = ("trf", "dogbox", "lm")
+BOUNDED_LEAST_SQUARES_METHODS = ("trf", "dogbox")
+
+
+def _huber(z):
+    return jnp.where(jnp.abs(z) <= 1.0, z**2, 2.0 * jnp.abs(z) - 1.0)
+
+
+# SciPy's robust losses ρ(s) of s = z² (z = r / f_scale), written as functions of z:
+# linear s, soft_l1 2(√(1+s) − 1), huber s if s ≤ 1 else 2√s − 1, cauchy log(1+s),
+# arctan arctan(s).  In z, huber's |z| keeps its gradient finite at z = 0.
+LOSSES: dict[str, Callable] = {
+    "linear": lambda z: z**2,
+    "soft_l1": lambda z: 2.0 * (jnp.sqrt(1.0 + z**2) - 1.0),
+    "huber": _huber,
+    "cauchy": lambda z: jnp.log1p(z**2),
+    "arctan": lambda z: jnp.arctan(z**2),
+}
+
+
+def robust_cost(residual_fun: Callable, loss: str, f_scale: float) -> Callable:
+    """C(x, *args) = ½·f_scale²·Σᵢ ρ(rᵢ(x, *args)² / f_scale²): ``least_squares``'s cost.
+
+    ρ is SciPy's loss (see ``LOSSES``); for the linear loss C = ½‖r‖².
+    """
+    rho = LOSSES[loss]
+
+    def cost(x, *args, **kwargs):
+        residuals = ravel_pytree(residual_fun(x, *args, **kwargs))[0]
+        scale = jnp.asarray(f_scale, residuals.dtype)
+        return 0.5 * scale**2 * jnp.sum(rho(residuals / scale))
+
+    return cost
+
+
+def check_least_squares_options(solver: Any, owner: str) -> float:
+    """Checks ``loss``, ``options`` (and its ``f_scale``) of a least-squares wrapper; returns
+    f_scale."""
+    if solver.loss not in LOSSES:
+        raise ValueError(
+            f"{owner}: unknown loss {solver.loss!r}; use one of {', '.join(LOSSES)} (a callable "
+            "loss is not supported)"
+        )
+    options = solver.options or {}
+    bad = [name for name in ("bounds", "fun", "x0", "jac", "method", "loss") if name in options]
+    if bad:
+        raise ValueError(
+            f"{owner}: options {bad} are not supported: pass loss= and method= as the wrapper's "
+            "fields (as in JAXopt), bounds to ScipyBoundedLeastSquares.run; fun, x0 and jac are "
+            "set by the wrapper"
+        )
+    f_scale = options.get("f_scale", 1.0)
+    if not (isinstance(f_scale, (int, float)) and not isinstance(f_scale, bool) and f_scale > 0):
+        raise ValueError(f"{owner}: options['f_scale'] must be a number > 0, got {f_scale!r}")
+    if solver.method.lower() == "lm" and solver.loss != "linear":
+        raise ValueError(
+            f"{owner}: method 'lm' supports only loss='linear' (SciPy's restriction); use "
+            "method='trf' or 'dogbox'"
+        )
+    return float(f_scale)
 
 
 class ScipyState(NamedTuple):
@@ -73,8 +133,11 @@ class ScipyState(NamedTuple):
       error: the norm of the wrapper's optimality residual at x, computed in JAX.
       converged: SciPy's ``success``, a finite x and error, and error ≤ ``error_tol``.
       status: SciPy's ``status`` code (its meaning depends on the method).
-      value: the objective at x: fun(x) (minimize), ½‖r(x)‖² (least squares) or ½‖F(x)‖²
-        (root finding).
+      value: the objective at x: fun(x) (minimize), ½·f_scale²·Σρ(rᵢ²/f_scale²) (least
+        squares; ½‖r(x)‖² for the linear loss) or ½‖F(x)‖² (root finding).
+      hess_inv: SciPy's inverse-Hessian approximation at x as a dense n × n matrix (n scalar
+        parameters) for ``ScipyMinimize`` / ``ScipyBoundedMinimize`` with "BFGS" or
+        "L-BFGS-B"; None otherwise. A constant (no derivative flows through it).
     """
 
     iter_num: jax.Array
@@ -82,6 +145,7 @@ class ScipyState(NamedTuple):
     converged: jax.Array
     status: jax.Array
     value: jax.Array
+    hess_inv: Any = None
 
 
 def import_scipy_optimize():
@@ -149,6 +213,19 @@ def result_fields(result: Any, count: str = "nit") -> tuple[np.ndarray, np.ndarr
         iters = getattr(result, "nfev", -1)
     status = getattr(result, "status", 0)
     return np.int32(iters), np.int32(status), np.bool_(result.success)
+
+
+def dense_hess_inv(result: Any, n: int, wanted: bool, dtype: Any) -> np.ndarray:
+    """SciPy's ``hess_inv`` as a dense (n, n) array (an operator is materialized), NaN if the
+    result has none; a (0, 0) array where it is not ``wanted``."""
+    if not wanted:
+        return np.zeros((0, 0), dtype)
+    hess_inv = getattr(result, "hess_inv", None)
+    if hess_inv is None:
+        return np.full((n, n), np.nan, dtype)
+    if hasattr(hess_inv, "todense"):
+        hess_inv = hess_inv.todense()
+    return np.asarray(hess_inv, dtype).reshape(n, n)
 
 
 def flat_output_fun(fun: Callable, key: tuple, unravel: Callable) -> Callable:

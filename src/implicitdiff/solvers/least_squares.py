@@ -26,6 +26,12 @@ from jax.flatten_util import ravel_pytree
 from implicitdiff import _loop, linear_solve, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._failures import Status
+from implicitdiff.solvers._least_squares_options import (
+    check_lm_options,
+    geodesic_step,
+    linearize_with_jacobian,
+)
 
 __all__ = [
     "GaussNewton",
@@ -193,7 +199,7 @@ class GaussNewton(IterativeSolver):
 class LevenbergMarquardtState(NamedTuple):
     """iter_num, error = ‖Jᵀr‖ at the current x, converged, value = ½‖r(x)‖², gradient = Jᵀr,
     damping = μ, damping_increase = ν (Nielsen's factor), gain_ratio = ρ of the last trial step,
-    accepted = whether the last trial step was taken."""
+    accepted = whether the last trial step was taken, step_norm = ‖d‖₂ of the last trial step."""
 
     iter_num: jax.Array
     error: jax.Array
@@ -204,6 +210,7 @@ class LevenbergMarquardtState(NamedTuple):
     damping_increase: jax.Array
     gain_ratio: jax.Array
     accepted: jax.Array
+    step_norm: jax.Array = jnp.inf  # ‖d‖ of the last trial step (inf before the first)
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
 
 
@@ -250,18 +257,35 @@ class LevenbergMarquardt(IterativeSolver):
     accepted points, so unrolled derivatives (``implicit_diff=False``) stay finite even when a
     rejected trial overflows.
 
-    Stops when ‖Jᵀr(x)‖ ≤ tol (``state.error``) or after ``maxiter`` iterations. The solution is
-    differentiated through ∂₁r(x, *args)ᵀ r(x, *args) = 0
-    (:func:`implicitdiff.optimality.least_squares`).
+    Stops when ‖Jᵀr(x)‖ ≤ tol (``state.error``) or after ``maxiter`` iterations; with
+    ``stop_criterion="madsen-nielsen"`` instead when the last trial step is small,
+    ‖d‖₂ ≤ xtol·(‖x‖₂ + xtol), or the gradient is, ‖Jᵀr(x)‖∞ ≤ gtol (then ``converged`` means
+    that test passed, whatever ``tol``). The solution is differentiated through
+    ∂₁r(x, *args)ᵀ r(x, *args) = 0 (:func:`implicitdiff.optimality.least_squares`).
 
     Attributes:
       residual_fun: r(x, *args, **kwargs), a pytree of arrays.
       damping_parameter: τ > 0 in μ₀ = τ · maxᵢ (JᵀJ)ᵢᵢ (default 1e-6: start close to
         Gauss–Newton; use 1e-3 to 1 from a poor start).
       solver: the linear solver of each step, a name or callable of
-        :mod:`implicitdiff.linear_solve`; default ``"auto"`` (dense LU up to 200 unknowns, CG
-        above). Not to be confused with ``solve``, the solver of the implicit derivative.
+        :mod:`implicitdiff.linear_solve` (JAXopt's ``"cholesky"``, ``"lu"``, ``"qr"``,
+        ``"inv"`` and callables among them; the named dense ones build the matrix JᵀJ + μI);
+        default ``"auto"`` (dense LU up to 200 unknowns, CG above). Not to be confused with
+        ``solve``, the solver of the implicit derivative.
       maxiter, tol: stop when ‖Jᵀr‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
+      stop_criterion: ``"grad-l2-norm"`` (default: the test above) or ``"madsen-nielsen"``
+        (JAXopt's names), with ``xtol`` and ``gtol`` (default 1e-3 each, as JAXopt).
+      jac_fun: J(x, *args, **kwargs), the Jacobian of r as a matrix (m, n), for a 1-D x and a
+        1-D residual, used for the steps instead of JVPs/VJPs of r (as JAXopt's). None
+        (default): J is never formed.
+      materialize_jac: accepted for JAXopt's signature; it changes no result (the steps are
+        matrix-free unless ``jac_fun`` is given or a dense ``solver`` is named).
+      geodesic: add the geodesic acceleration (Transtrum & Sethna, as JAXopt): with v the
+        step above and a = −(JᵀJ + μI)⁻¹ Jᵀ r''(x)[v, v] (a second directional derivative of
+        r), the trial step is d = v + a/2, rejected (μ raised) when ‖a‖/‖v‖ exceeds
+        ``contribution_ratio_threshold`` (default 0.75, JAXopt's). Default False.
+      contribution_ratio_threshold: see ``geodesic`` (a class attribute in JAXopt, a field
+        here).
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
     Example:
@@ -280,12 +304,20 @@ class LevenbergMarquardt(IterativeSolver):
     solver: str | Callable = "auto"
     maxiter: int = 100
     tol: float = 1e-6
+    stop_criterion: str = "grad-l2-norm"
+    xtol: float = 1e-3
+    gtol: float = 1e-3
+    geodesic: bool = False
+    contribution_ratio_threshold: float = 0.75
+    jac_fun: Callable | None = None
+    materialize_jac: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(
             self, "_solve_step", _check_common("LevenbergMarquardt", self.residual_fun, self.solver)
         )
+        check_lm_options(self)
         if not (isinstance(self.damping_parameter, (int, float)) and self.damping_parameter > 0):
             raise ValueError(
                 "LevenbergMarquardt: damping_parameter must be a positive number, got "
@@ -306,7 +338,7 @@ class LevenbergMarquardt(IterativeSolver):
             taken as 1 when J = 0), ν = 2.
         """
         dtype = tree.dtype(init_params)
-        r, jvp, vjp = _linearize(self.residual_fun, init_params, args, kwargs)
+        r, jvp, vjp = self._linearize(init_params, args, kwargs)
         gradient = vjp(r)
         scale = jax.lax.stop_gradient(_max_normal_diagonal(jvp, init_params))
         # An all-zero Jacobian at the start: fall back to an absolute damping.
@@ -341,10 +373,25 @@ class LevenbergMarquardt(IterativeSolver):
         """
         dtype = state.damping.dtype
         mu, nu = state.damping, state.damping_increase
-        _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)
-        direction = self._solve_step(
-            lambda v: tree.axpy(mu, v, vjp(jvp(v))), tree.neg(state.gradient)
-        )
+        _, jvp, vjp = self._linearize(params, args, kwargs)
+
+        def damped(v):
+            return tree.axpy(mu, v, vjp(jvp(v)))
+
+        direction = self._solve_step(damped, tree.neg(state.gradient))
+        geodesic_ok = jnp.asarray(True)
+        if self.geodesic:
+            direction, geodesic_ok = geodesic_step(
+                self.residual_fun,
+                params,
+                args,
+                kwargs,
+                direction,
+                damped,
+                vjp,
+                self._solve_step,
+                self.contribution_ratio_threshold,
+            )
         trial = tree.add(params, direction)
 
         # The gain ratio, cut from the graph: a constant for the derivative (its inputs at a
@@ -372,12 +419,12 @@ class LevenbergMarquardt(IterativeSolver):
             & (jnp.abs(predicted) <= 16 * jnp.finfo(dtype).eps * jnp.abs(state.value))
             & (jnp.abs(actual) <= 16 * jnp.finfo(dtype).eps * jnp.abs(state.value))
         )
-        accept = (ratio > 0) | negligible
+        accept = ((ratio > 0) | negligible) & geodesic_ok
 
         # Nielsen's rule, bounded so that a run of rejections cannot overflow.
         mu_max = jnp.sqrt(jnp.finfo(dtype).max).astype(dtype)
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
-        mu = jnp.where(ratio > 0, mu * shrink, jnp.where(negligible, mu, mu * nu))
+        mu = jnp.where(accept, jnp.where(ratio > 0, mu * shrink, mu), mu * nu)
         mu = jnp.minimum(mu, mu_max).astype(dtype)
         nu = jnp.where(accept, 2.0, jnp.minimum(2.0 * nu, 2.0**30)).astype(dtype)
 
@@ -399,8 +446,48 @@ class LevenbergMarquardt(IterativeSolver):
             damping_increase=nu,
             gain_ratio=ratio.astype(dtype),
             accepted=accept,
+            step_norm=jax.lax.stop_gradient(tree.norm(direction)).astype(dtype),
         )
         return OptStep(params, state)
+
+    def _linearize(self, params, args, kwargs):
+        if self.jac_fun is None:
+            return _linearize(self.residual_fun, params, args, kwargs)
+        return linearize_with_jacobian(self.residual_fun, self.jac_fun, params, args, kwargs)
+
+    def _madsen_nielsen(self, params, state) -> jax.Array:
+        """‖d‖₂ ≤ xtol·(‖x‖₂ + xtol) or ‖Jᵀr‖∞ ≤ gtol."""
+        small_step = state.step_norm <= self.xtol * (tree.norm(params) + self.xtol)
+        small_gradient = tree.norm(jax.lax.stop_gradient(state.gradient), jnp.inf) <= self.gtol
+        return small_step | small_gradient
+
+    def _stop(self, params, state) -> jax.Array:
+        if self.stop_criterion == "grad-l2-norm":
+            return super()._stop(params, state)
+        return (
+            (state.iter_num >= self.maxiter)
+            | jnp.isnan(state.error)
+            | self._madsen_nielsen(params, state)
+        )
+
+    def _finish(self, params, state):
+        params, state = super()._finish(params, state)
+        if self.stop_criterion == "grad-l2-norm":
+            return params, state
+        finite = jnp.isfinite(state.error) & jnp.all(
+            jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])
+        )
+        converged = self._madsen_nielsen(params, state) & finite
+        status = jnp.where(
+            converged,
+            Status.CONVERGED,
+            jnp.where(
+                state.status == Status.CONVERGED,
+                jnp.where(state.iter_num >= self.maxiter, Status.MAX_ITERATIONS, Status.STALLED),
+                state.status,
+            ),
+        ).astype(jnp.int32)
+        return params, state._replace(converged=converged, status=status)
 
     def optimality(self):
         """The condition that differentiates the solution: ∂₁r(x, *args)ᵀ r(x, *args) = 0.

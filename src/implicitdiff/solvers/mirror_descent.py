@@ -40,15 +40,22 @@ class MirrorDescent(IterativeSolver):
 
         x⁺ = T(x) = P^φ(∇φ(x) − η∇f(x), hyperparams_proj).
 
-    The default (both None) is the negative entropy on simplices: every row of the last axis of
+    As in JAXopt, the step may instead be given whole as ``projection_grad(x, g, η,
+    hyperparams_proj)`` (e.g. ``projection(mapping(x) − η g, hyperparams_proj)``), with
+    g = ∇f(x): then x⁺ = projection_grad(x, ∇f(x), η, hyperparams_proj).
+
+    The default (``projection``, ``mapping`` and ``projection_grad`` None) is the negative
+    entropy on simplices: every row of the last axis of
     each leaf of x is a simplex of total ``hyperparams_proj`` (1 if None), and
     x⁺ = x ⊙ exp(−η∇f(x)) / Σ(x ⊙ exp(−η∇f(x))) row by row, in the stable multiplicative form of
     :func:`implicitdiff.optimality.negative_entropy` (exponent shifted by its row maximum; no
     log x). Its iterates keep the support of ``init_params``: start from a point with positive
     entries (e.g. uniform rows). The loop stops when ‖x⁺ − x‖/η ≤ ``tol``, returning x⁺.
 
-    η is fixed (no schedule): for f L-smooth with respect to the norm in which φ is 1-strongly
-    convex (‖·‖₁ for the entropy, so L bounds |∂²f/∂xᵢ∂xⱼ|, row by row), η ≤ 1/L converges.
+    η is ``stepsize``, or ``stepsize(iter_num)`` when it is a callable (JAXopt's schedule; the
+    implicit derivative then uses η = 1 in the fixed point, which has the same solutions). For f
+    L-smooth with respect to the norm in which φ is 1-strongly convex (‖·‖₁ for the entropy, so
+    L bounds |∂²f/∂xᵢ∂xⱼ|, row by row), η ≤ 1/L converges.
     The solution is differentiated through the same fixed point x = T(x)
     (:func:`implicitdiff.optimality.mirror_descent` with this ``projection``, ``mapping`` and η).
     With the entropy, I − ∂₁T has 1 − exp(−η δⱼ) on the coordinates j off the support (δⱼ the gap
@@ -56,8 +63,11 @@ class MirrorDescent(IterativeSolver):
 
     Attributes:
       fun: the objective f(x, *args, **kwargs), a scalar.
-      projection, mapping: P^φ and ∇φ, both or neither (None: the entropy on simplices).
-      stepsize: η > 0 (default 1).
+      projection_grad: JAXopt's whole step ``projection_grad(x, g, η, hyperparams_proj)``, or
+        None (default): then ``projection`` and ``mapping`` (or the entropy) define it.
+      stepsize: η > 0 (default 1), or a callable ``stepsize(iter_num)`` returning η > 0.
+      projection, mapping: P^φ and ∇φ, both or neither (None: the entropy on simplices); not
+        with ``projection_grad``.
       maxiter, tol: at most ``maxiter`` (1000) iterations; stop when the error ≤ ``tol`` (1e-6).
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -71,9 +81,10 @@ class MirrorDescent(IterativeSolver):
     _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    projection_grad: Callable | None = dataclasses.field(default=None, kw_only=False)
+    stepsize: float | Callable = dataclasses.field(default=1.0, kw_only=False)
     projection: Callable | None = None
     mapping: Callable | None = None
-    stepsize: float = 1.0
     maxiter: int = 1000
     tol: float = 1e-6
 
@@ -81,7 +92,20 @@ class MirrorDescent(IterativeSolver):
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"MirrorDescent: fun must be callable, got {self.fun!r}")
-        _checks.check_positive_number(self.stepsize, "stepsize", "MirrorDescent", allow_zero=False)
+        if not callable(self.stepsize):
+            _checks.check_positive_number(
+                self.stepsize, "stepsize", "MirrorDescent", allow_zero=False
+            )
+        if self.projection_grad is not None:
+            if not callable(self.projection_grad):
+                raise TypeError(
+                    f"MirrorDescent: projection_grad must be callable, got {self.projection_grad!r}"
+                )
+            if self.projection is not None or self.mapping is not None:
+                raise TypeError(
+                    "MirrorDescent: give projection_grad (JAXopt's whole step) or projection and "
+                    "mapping, not both"
+                )
         if (self.projection is None) != (self.mapping is None):
             raise TypeError(
                 "MirrorDescent: give both projection and mapping, or neither (the negative "
@@ -93,13 +117,39 @@ class MirrorDescent(IterativeSolver):
                 raise TypeError(f"MirrorDescent: {name} must be callable, got {value!r}")
         object.__setattr__(self, "_grad", jax.grad(self.fun))
 
-    def _step(self, params, hyperparams, grad):
+    def _fixed_stepsize(self) -> float:
+        """η in the fixed point that differentiates the solution: 1 for a schedule."""
+        return 1.0 if callable(self.stepsize) else self.stepsize
+
+    def _stepsize_at(self, iter_num):
+        return self.stepsize(iter_num) if callable(self.stepsize) else self.stepsize
+
+    def _step(self, params, hyperparams, grad, stepsize):
+        if self.projection_grad is not None:
+            return self.projection_grad(params, grad, stepsize, hyperparams)
         if self.projection is None:
-            return optimality.negative_entropy(params, grad, self.stepsize, hyperparams)
-        dual = tree.axpy(-self.stepsize, grad, self.mapping(params))
+            return optimality.negative_entropy(params, grad, stepsize, hyperparams)
+        dual = tree.axpy(-stepsize, grad, self.mapping(params))
         return self.projection(dual, hyperparams)
 
-    def init_state(self, init_params, /, hyperparams_proj, *args, **kwargs) -> MirrorDescentState:
+    def run(self, init_params, hyperparams_proj=None, *args, **kwargs) -> OptStep:
+        """Solve from ``init_params``.
+
+        Args:
+          init_params: the starting point x₀, a pytree (positive entries for the entropy).
+          hyperparams_proj: the projection's hyperparameters (differentiable); optional, None
+            by default, as in JAXopt (the entropy's simplices then have total 1).
+          *args: the arguments of ``fun`` after x (differentiable).
+          **kwargs: its keyword arguments.
+
+        Returns:
+          ``OptStep(params, state)``: the solution and its ``MirrorDescentState``.
+        """
+        return super().run(init_params, hyperparams_proj, *args, **kwargs)
+
+    def init_state(
+        self, init_params, /, hyperparams_proj=None, *args, **kwargs
+    ) -> MirrorDescentState:
         """The state before the first iteration (nothing is evaluated).
 
         Args:
@@ -118,7 +168,7 @@ class MirrorDescent(IterativeSolver):
         )
 
     def update(
-        self, params, state: MirrorDescentState, /, hyperparams_proj, *args, **kwargs
+        self, params, state: MirrorDescentState, /, hyperparams_proj=None, *args, **kwargs
     ) -> OptStep:
         """One step x⁺ = T(x) = P^φ(∇φ(x) − η∇f(x, *args), hyperparams_proj).
 
@@ -135,18 +185,36 @@ class MirrorDescent(IterativeSolver):
           ``OptStep(params, state)``: x⁺ and its state (error ‖x⁺ − x‖/η).
         """
         grad = self._grad(params, *args, **kwargs)
-        new_params = self._step(params, hyperparams_proj, grad)
+        stepsize = self._stepsize_at(state.iter_num)
+        new_params = self._step(params, hyperparams_proj, grad, stepsize)
         diff = jax.lax.stop_gradient(tree.sub(new_params, params))
-        error = (tree.norm(diff) / self.stepsize).astype(state.error.dtype)
+        error = (tree.norm(diff) / stepsize).astype(state.error.dtype)
         return OptStep(new_params, MirrorDescentState(state.iter_num + 1, error, state.converged))
 
     def optimality(self):
         """The condition that the solution is differentiated through:
         x = P^φ(∇φ(x) − η∇₁f(x, *args), hyperparams_proj).
 
+        With ``projection_grad``: x = projection_grad(x, ∇₁f(x, *args), η, hyperparams_proj).
+        η is ``stepsize``, or 1 when it is a schedule.
+
         Returns:
-          ``("fixed_point", optimality.mirror_descent(fun, projection, mapping, stepsize))``.
+          ``("fixed_point", optimality.mirror_descent(fun, projection, mapping, stepsize))``,
+            or the ``projection_grad`` map above.
         """
+        if self.projection_grad is not None:
+            return "fixed_point", _projection_grad_map(
+                self._grad, self.projection_grad, self._fixed_stepsize()
+            )
         return "fixed_point", optimality.mirror_descent(
-            self.fun, self.projection, self.mapping, stepsize=self.stepsize
+            self.fun, self.projection, self.mapping, stepsize=self._fixed_stepsize()
         )
+
+
+def _projection_grad_map(grad: Callable, projection_grad: Callable, stepsize: float) -> Callable:
+    """T(x, hyperparams_proj, *args) = projection_grad(x, ∇₁f(x, *args), η, hyperparams_proj)."""
+
+    def fixed_point_map(x, hyperparams_proj, *args, **kwargs):
+        return projection_grad(x, grad(x, *args, **kwargs), stepsize, hyperparams_proj)
+
+    return fixed_point_map

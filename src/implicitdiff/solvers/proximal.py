@@ -440,8 +440,23 @@ class ProjectedGradient(_ProximalGradientBase):
                 "ProjectedGradient.run", *args[0][:2], name="hyperparams_proj[:2] (alpha, beta)"
             )
 
+    def run(self, init_params, hyperparams_proj=None, *args, **kwargs) -> OptStep:
+        """Solve from ``init_params`` over C(hyperparams_proj).
+
+        Args:
+          init_params: the starting point x₀, a pytree.
+          hyperparams_proj: the projection's hyperparameters (differentiable); optional, None
+            by default, as in JAXopt (for a projection that takes none).
+          *args: the arguments of ``fun`` after x (differentiable).
+          **kwargs: its keyword arguments.
+
+        Returns:
+          ``OptStep(params, state)``: the solution and its ``ProximalGradientState``.
+        """
+        return super().run(init_params, hyperparams_proj, *args, **kwargs)
+
     def init_state(
-        self, init_params, /, hyperparams_proj, *args, **kwargs
+        self, init_params, /, hyperparams_proj=None, *args, **kwargs
     ) -> ProximalGradientState:
         """The state before the first iteration (nothing is evaluated).
 
@@ -462,7 +477,7 @@ class ProjectedGradient(_ProximalGradientBase):
         )
         return self._init_state(init_params, args, kwargs)
 
-    def update(self, params, state, /, hyperparams_proj, *args, **kwargs) -> OptStep:
+    def update(self, params, state, /, hyperparams_proj=None, *args, **kwargs) -> OptStep:
         """One projected gradient step from the state's point y.
 
         x⁺ = projection(y − η∇f(y), hyperparams_proj), with η fixed or found by backtracking

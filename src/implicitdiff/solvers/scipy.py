@@ -12,9 +12,14 @@ wrapper                   host solver                           condition
 ``ScipyBoundedMinimize``  ``scipy.optimize.minimize``, bounds   ``projected_gradient(fun, box)``
 ``ScipyRootFinding``      ``scipy.optimize.root``               ``("root", optimality_fun)``
 ``ScipyLeastSquares``     ``scipy.optimize.least_squares``      ``least_squares(residual_fun)``
+                                                                or ``stationary(cost)``
+``ScipyBoundedLeas…``     ``scipy.optimize.least_squares``,     ``projected_gradient(cost, box)``
+                          bounds
 ========================  ====================================  ================================
 
-The first two are defined here, the last two in :mod:`implicitdiff.solvers.scipy_root`.
+The first two are defined here, the last three (``ScipyBoundedLeastSquares`` in full) in
+:mod:`implicitdiff.solvers.scipy_root`; ``cost`` is SciPy's least-squares cost
+½·f_scale²·Σρ(rᵢ²/f_scale²) for its robust loss ρ.
 
 ``run`` works under ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (see
 :mod:`implicitdiff.solvers._host_call`); :class:`implicitdiff.solvers.host.HostSolver` wraps any
@@ -58,11 +63,13 @@ from implicitdiff.solvers._host_call import (
 from implicitdiff.solvers._scipy_common import (
     BOUNDED_METHODS,
     GRADIENT_FREE,
+    HESS_INV_METHODS,
     MINIMIZE_METHODS,
     USES_HESS,
     USES_HESSP,
     ScipyState,
     check_fields,
+    dense_hess_inv,
     flat_bound,
     import_scipy_optimize,
     result_fields,
@@ -111,8 +118,16 @@ class ScipyMinimize(HostWrapper):
         Fortran methods such as L-BFGS-B need); the solution is cast back to the params' dtype.
       error_tol: ``state.converged`` requires ``state.error`` ≤ error_tol (default 1e-6), as well
         as SciPy's ``success``.
+      callback: called on the host after each SciPy iteration as ``callback(xk)``, with xk the
+        current iterate as a pytree like the params (JAX arrays on the CPU), as in JAXopt; its
+        return value is ignored. Under ``jax.vmap`` it is called for each problem in turn.
       implicit_diff, solve, jit: see ``run``; ``implicit_diff=False`` gives a result that
         cannot be differentiated.
+
+    ``state.hess_inv`` is SciPy's approximation of the inverse Hessian at the solution, for
+    "BFGS" (SciPy's ``hess_inv`` matrix) and "L-BFGS-B" (SciPy's ``LbfgsInvHessProduct``,
+    materialized as a dense n × n matrix, n the number of scalar parameters), and None for the
+    other methods.
 
     Example:
       >>> import jax.numpy as jnp
@@ -127,11 +142,18 @@ class ScipyMinimize(HostWrapper):
     options: Mapping | None = None
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
+    callback: Callable | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        check_fields(self, self._methods(), allow_callable=True)
+        owner = check_fields(self, self._methods(), allow_callable=True)
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError(f"{owner}: callback must be callable or None, got {self.callback!r}")
         import_scipy_optimize()
+
+    def _returns_hess_inv(self) -> bool:
+        """Whether SciPy's method returns an inverse Hessian (BFGS and L-BFGS-B do)."""
+        return isinstance(self.method, str) and self.method.lower() in HESS_INV_METHODS
 
     @staticmethod
     def _methods() -> tuple[str, ...]:
@@ -165,6 +187,8 @@ class ScipyMinimize(HostWrapper):
         options = dict(self.options) if self.options is not None else {}
         if method == "l-bfgs-b":  # SciPy's ftol = tol stops with ‖∇f‖ ≈ √(tol·|f|)
             options.setdefault("ftol", 1e-2 * tol)
+        user_callback = self.callback
+        wants_hess_inv = self._returns_hess_inv()
 
         def host(x0, arrays, lower, upper):
             arrays = on_cpu(list(arrays))
@@ -187,10 +211,18 @@ class ScipyMinimize(HostWrapper):
                 )
             if method in USES_HESS:
                 extra["hess"] = lambda x: np.asarray(hess(to_jax(x), arrays), host_dtype)
+            if user_callback is not None:
+
+                def scipy_callback(xk, *_):
+                    user_callback(unravel(to_jax(xk)))
+
+                extra["callback"] = scipy_callback
+            n = np.size(x0)
             if lower is not None and np.any(~(np.asarray(lower) <= np.asarray(upper))):
                 # An empty (or NaN) box reaching the host traced: no solve, a failed result.
                 nan = np.full(np.shape(x0), np.nan, param_dtype)
-                return nan, np.int32(0), np.int32(-1), np.bool_(False)
+                hess_nan = np.full((n, n) if wants_hess_inv else (0, 0), np.nan, param_dtype)
+                return nan, np.int32(0), np.int32(-1), np.bool_(False), hess_nan
             if lower is not None:
                 extra["bounds"] = scipy_optimize.Bounds(
                     np.asarray(lower, host_dtype), np.asarray(upper, host_dtype)
@@ -204,7 +236,11 @@ class ScipyMinimize(HostWrapper):
                 **extra,
             )
             x = np.asarray(result.x, param_dtype).reshape(np.shape(x0))
-            return (x, *result_fields(result))
+            return (
+                x,
+                *result_fields(result),
+                dense_hess_inv(result, n, wants_hess_inv, param_dtype),
+            )
 
         return host
 
@@ -232,26 +268,39 @@ class ScipyMinimize(HostWrapper):
                 flat_bound(upper, init_params, flat0.dtype),
             )
             callback = host
-        x, iter_num, status, success = jax.pure_callback(
+        n = flat0.size
+        hess_shape = (n, n) if self._returns_hess_inv() else (0, 0)
+        x, iter_num, status, success, hess_inv = jax.pure_callback(
             callback,
-            (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *INFO_SHAPES),
+            (
+                jax.ShapeDtypeStruct(flat0.shape, flat0.dtype),
+                *INFO_SHAPES,
+                jax.ShapeDtypeStruct(hess_shape, flat0.dtype),
+            ),
             *operands,
             vmap_method="sequential",
         )
-        return unravel(x), iter_num, status, success
+        # The host solve is not differentiated: SciPy's inverse Hessian is a constant.
+        hess_inv = jax.lax.stop_gradient(hess_inv) if self._returns_hess_inv() else None
+        return unravel(x), iter_num, status, success, hess_inv
 
-    def _state(self, params, error, value, iter_num, status, success) -> ScipyState:
+    def _state(self, params, error, value, iter_num, status, success, hess_inv=None) -> ScipyState:
         dtype = tree.dtype(params)
         error = jnp.asarray(error, dtype)
         converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
         return ScipyState(
-            iter_num=iter_num, error=error, converged=converged, status=status, value=value
+            iter_num=iter_num,
+            error=error,
+            converged=converged,
+            status=status,
+            value=value,
+            hess_inv=hess_inv,
         )
 
     def _solution(self, init_params, /, *args, **kwargs):
-        params, iter_num, status, success = self._minimize(init_params, None, args, kwargs)
+        params, *info = self._minimize(init_params, None, args, kwargs)
         value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
-        return params, self._state(params, tree.norm(grad), value, iter_num, status, success)
+        return params, self._state(params, tree.norm(grad), value, *info)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -330,8 +379,8 @@ class ScipyBoundedMinimize(ScipyMinimize):
                 f"{type(self).__name__}.run: a bound is None; leave a side free with -jnp.inf or "
                 "jnp.inf"
             )
-        params, iter_num, status, success = self._minimize(init_params, bounds, args, kwargs)
+        params, *info = self._minimize(init_params, bounds, args, kwargs)
         value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
         step = projections.box(tree.sub(params, grad), tuple(bounds))
         error = tree.norm(tree.sub(step, params))
-        return params, self._state(params, error, value, iter_num, status, success)
+        return params, self._state(params, error, value, *info)

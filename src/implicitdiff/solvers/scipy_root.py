@@ -19,25 +19,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import optimality, tree
+from implicitdiff import _checks, optimality, tree
+from implicitdiff import _projection_ops as projections
+from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import (
+    INFO_SHAPES,
     HostWrapper,
     all_finite,
     call_host,
+    callback_args,
+    flat_params,
     on_cpu,
+    shape_key,
 )
 from implicitdiff.solvers._scipy_common import (
+    BOUNDED_LEAST_SQUARES_METHODS,
     LEAST_SQUARES_METHODS,
     ROOT_METHODS,
     ROOT_USES_JAC,
     ScipyState,
     check_fields,
+    check_least_squares_options,
+    flat_bound,
     flat_output_fun,
     import_scipy_optimize,
     result_fields,
+    robust_cost,
 )
 
-__all__ = ["ScipyLeastSquares", "ScipyRootFinding"]
+__all__ = ["ScipyBoundedLeastSquares", "ScipyLeastSquares", "ScipyRootFinding"]
 
 # ---------------------------------------------------------------------------------------------
 # scipy.optimize.root and scipy.optimize.least_squares.
@@ -143,26 +153,30 @@ class ScipyRootFinding(HostWrapper):
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ScipyLeastSquares(HostWrapper):
-    """min_x ½‖r(x, *args)‖² by ``scipy.optimize.least_squares``, differentiable and jittable.
+    """min_x C(x) = ½·f_scale²·Σᵢ ρ(rᵢ(x, *args)²/f_scale²) by ``scipy.optimize.least_squares``.
 
-    ``run(init_params, *args, **kwargs)`` calls ``scipy.optimize.least_squares(…, method,
+    ``run(init_params, *args, **kwargs)`` calls ``scipy.optimize.least_squares(…, method, loss,
     ftol=tol, xtol=tol, gtol=tol, **options)`` on the host on the flattened params, with the
-    flattened residual r and its Jacobian (``jax.jacfwd``), both compiled. The solution is
-    differentiated through the stationarity of ½‖r‖², ∂₁r(x)ᵀ r(x) = 0
-    (:func:`implicitdiff.optimality.least_squares`), which needs JᵀJ + Σ rₖ∇²rₖ invertible.
-    ``state.error`` = ‖∂₁r(x)ᵀ r(x)‖; ``state.value`` = ½‖r(x)‖²; ``state.iter_num`` is
-    SciPy's ``nfev``.
+    flattened residual r and its Jacobian (``jax.jacfwd``), both compiled. ρ is SciPy's loss:
+    linear ρ(s) = s (C = ½‖r‖²), soft_l1 2(√(1+s) − 1), huber s if s ≤ 1 else 2√s − 1,
+    cauchy log(1 + s), arctan arctan(s). The solution is differentiated through the
+    stationarity of C: ∂₁r(x)ᵀ r(x) = 0 for the linear loss
+    (:func:`implicitdiff.optimality.least_squares`), ∇₁C(x) = Σᵢ ρ'(rᵢ²/f_scale²) rᵢ ∇rᵢ = 0
+    otherwise (:func:`implicitdiff.optimality.stationary` of C); it needs ∇²₁C invertible.
+    ``state.error`` = ‖∇₁C(x)‖; ``state.value`` = C(x) (SciPy's ``cost``);
+    ``state.iter_num`` is SciPy's ``nfev``.
 
     Attributes:
       residual_fun: r(x, *args, **kwargs), a pytree of residuals (at least as many entries as x
         for method "lm").
-      method: "trf" (default), "dogbox" or "lm".
+      method: "trf" (default), "dogbox" or "lm" (linear loss only).
       tol: SciPy's ``ftol``, ``xtol`` and ``gtol`` (default 1e-12: SciPy scales its ``gtol``
         test, and 1e-10 can leave ‖Jᵀr‖ ≈ 1e-8).
       options: more keyword arguments of ``least_squares`` (e.g. ``{"max_nfev": 200,
-        "x_scale": "jac"}``), or None. Robust losses and bounds change the problem, and its
-        optimality condition: ``loss`` other than "linear", ``f_scale`` and ``bounds`` are
-        rejected.
+        "x_scale": "jac", "f_scale": 0.5}``), or None. ``f_scale`` (default 1), the soft
+        margin between inlier and outlier residuals, enters the cost C and so the derivative.
+        ``bounds``: use :class:`ScipyBoundedLeastSquares`.
+      loss: "linear" (default), "soft_l1", "huber", "cauchy" or "arctan", SciPy's names.
       dtype, error_tol, implicit_diff, solve, jit: as for :class:`ScipyMinimize`.
 
     Example:
@@ -181,71 +195,181 @@ class ScipyLeastSquares(HostWrapper):
     options: Mapping | None = None
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
+    loss: str = "linear"
 
     def __post_init__(self):
         super().__post_init__()
-        owner = check_fields(self, LEAST_SQUARES_METHODS, allow_callable=False)
-        options = self.options or {}
-        bad = [
-            name for name in ("bounds", "f_scale", "fun", "x0", "jac", "method") if name in options
-        ]
-        if options.get("loss", "linear") != "linear":
-            bad.append("loss")
-        if bad:
-            raise ValueError(
-                f"{owner}: options {bad} are not supported: the solution is differentiated as "
-                "the unconstrained minimum of ½‖r‖² (no bounds, loss='linear'); fun, x0, jac and "
-                "method are set by the wrapper"
-            )
+        owner = check_fields(self, self._methods(), allow_callable=False)
+        f_scale = check_least_squares_options(self, owner)
+        object.__setattr__(self, "_cost", robust_cost(self.residual_fun, self.loss, f_scale))
         import_scipy_optimize()
 
+    @staticmethod
+    def _methods() -> tuple[str, ...]:
+        return LEAST_SQUARES_METHODS
+
     def optimality(self) -> tuple[str, Callable]:
-        """The condition that differentiates the solution: ∂₁r(x, *args)ᵀ r(x, *args) = 0.
+        """The condition that differentiates the solution: ∇₁C(x, *args) = 0.
 
         Returns:
-          ``("root", optimality.least_squares(residual_fun))``.
+          ``("root", optimality.least_squares(residual_fun))`` (∂₁rᵀr = 0) for the linear
+            loss, ``("root", optimality.stationary(C))`` for a robust one.
         """
-        return "root", optimality.least_squares(self.residual_fun)
+        if self.loss == "linear":
+            return "root", optimality.least_squares(self.residual_fun)
+        return "root", optimality.stationary(self._cost)
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
         flat_fun = flat_output_fun(self.residual_fun, key, unravel)
         value, jacobian = jax.jit(flat_fun), jax.jit(jax.jacfwd(flat_fun))
         host_dtype = np.dtype(self.dtype or np.float64)
         scipy_optimize = import_scipy_optimize()
-        method, tol = self.method, self.tol
+        method, tol, loss = self.method, self.tol, self.loss
         options = dict(self.options) if self.options is not None else {}
 
-        def host(x0, arrays):
+        def host(x0, arrays, lower=None, upper=None):
             arrays = on_cpu(list(arrays))
 
             def to_jax(x):
                 return on_cpu(np.asarray(x, param_dtype))
 
+            extra: dict = {}
+            if lower is not None:
+                lower = np.asarray(lower, host_dtype)
+                upper = np.asarray(upper, host_dtype)
+                if np.any(~(lower < upper)):
+                    # An empty or degenerate (or NaN) box reaching the host traced: SciPy needs
+                    # lower < upper; no solve, a failed result.
+                    nan = np.full(np.shape(x0), np.nan, param_dtype)
+                    return nan, np.int32(0), np.int32(-1), np.bool_(False)
+                extra["bounds"] = (lower, upper)
+                # SciPy refuses an infeasible start; the wrapper starts from its projection.
+                x0 = np.clip(np.asarray(x0, host_dtype), lower, upper)
             result = scipy_optimize.least_squares(
                 lambda x: np.asarray(value(to_jax(x), arrays), host_dtype),
                 np.asarray(x0, host_dtype),
                 jac=lambda x: np.atleast_2d(np.asarray(jacobian(to_jax(x), arrays), host_dtype)),
                 method=method,
+                loss=loss,
                 **{"ftol": tol, "xtol": tol, "gtol": tol, **options},
+                **extra,
             )
             x = np.asarray(result.x, param_dtype).reshape(np.shape(x0))
             return (x, *result_fields(result, count="nfev"))
 
         return host
 
-    def _solution(self, init_params, /, *args, **kwargs):
-        params, iter_num, status, success = call_host(
-            self, "least_squares", init_params, args, kwargs
-        )
+    def _state(self, params, error, iter_num, status, success, args, kwargs) -> ScipyState:
         dtype = tree.dtype(params)
-        residuals, vjp = jax.vjp(lambda p: self.residual_fun(p, *args, **kwargs), params)
-        error = tree.norm(vjp(residuals)[0]).astype(dtype)
+        error = jnp.asarray(error, dtype)
         converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
-        state = ScipyState(
+        return ScipyState(
             iter_num=iter_num,
             error=error,
             converged=converged,
             status=status,
-            value=(0.5 * tree.vdot(residuals, residuals)).astype(dtype),
+            value=jnp.asarray(self._cost(params, *args, **kwargs), dtype),
         )
-        return params, state
+
+    def _solution(self, init_params, /, *args, **kwargs):
+        params, *info = call_host(self, "least_squares", init_params, args, kwargs)
+        if self.loss == "linear":
+            residuals, vjp = jax.vjp(lambda p: self.residual_fun(p, *args, **kwargs), params)
+            error = tree.norm(vjp(residuals)[0])
+        else:
+            error = tree.norm(jax.grad(self._cost)(params, *args, **kwargs))
+        return params, self._state(params, error, *info, args, kwargs)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ScipyBoundedLeastSquares(ScipyLeastSquares):
+    """min_x C(x, *args) s.t. lower ≤ x ≤ upper, by ``scipy.optimize.least_squares`` with bounds.
+
+    C is :class:`ScipyLeastSquares`'s cost ½·f_scale²·Σᵢ ρ(rᵢ²/f_scale²).
+    ``run(init_params, bounds, *args, **kwargs)`` with ``bounds = (lower, upper)``, each a
+    pytree like ``init_params`` or a scalar (or array) broadcast to every leaf; ±inf leaves a
+    side free; SciPy needs lower < upper everywhere. SciPy starts from ``init_params`` clipped
+    into the box (JAXopt passes it as is, and SciPy refuses an infeasible start). The solution
+    is differentiated (with respect to ``bounds`` and ``args``) through the projected-gradient
+    fixed point x = box(x − ∇₁C(x, *args), bounds)
+    (:func:`implicitdiff.optimality.projected_gradient` with :func:`implicitdiff.projections.box`):
+    on an active bound the derivative with respect to ``args`` is 0 (and 1 with respect to that
+    bound); it needs strict complementarity (∇C ≠ 0 on the active bounds) and ∇²C invertible on
+    the free coordinates. ``state.error`` = ‖box(x − ∇₁C(x), bounds) − x‖.
+
+    Attributes:
+      residual_fun, tol, options, loss, dtype, error_tol, implicit_diff, solve, jit: as for
+        :class:`ScipyLeastSquares`.
+      method: "trf" (default) or "dogbox" (SciPy's "lm" takes no bounds).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from implicitdiff.solvers.scipy_root import ScipyBoundedLeastSquares
+      >>> r = lambda w, X, y: X @ w - y  # nonnegative least squares
+      >>> X, y = jnp.eye(3), jnp.array([1.0, -1.0, 2.0])
+      >>> w, state = ScipyBoundedLeastSquares(residual_fun=r).run(jnp.ones(3), (0.0, jnp.inf), X, y)
+    """
+
+    _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
+
+    @staticmethod
+    def _methods() -> tuple[str, ...]:
+        return BOUNDED_LEAST_SQUARES_METHODS
+
+    def optimality(self) -> tuple[str, Callable]:
+        """The condition that differentiates the solution: x = box(x − ∇₁C(x, *args), bounds).
+
+        Returns:
+          ``("fixed_point", optimality.projected_gradient(C, projections.box))``.
+        """
+        return "fixed_point", optimality.projected_gradient(self._cost, projections.box)
+
+    def run(self, init_params: PyTree, bounds: Any, *args, **kwargs):
+        """Solve from ``init_params`` (clipped into the box) within ``bounds = (lower, upper)``.
+
+        Args:
+          init_params: the starting point, a pytree of floating arrays.
+          bounds: ``(lower, upper)``: each a scalar, an array broadcasting to the params, or a
+            pytree like them; ±inf for a free side (not None).
+          *args: the arguments of ``residual_fun`` after x (differentiable, as ``bounds``).
+          **kwargs: its keyword arguments.
+
+        Returns:
+          ``OptStep(params, state)``: the solution and its ``ScipyState`` (error
+            ‖box(x − ∇C(x)) − x‖).
+        """
+        return super().run(init_params, bounds, *args, **kwargs)
+
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
+            _checks.check_bounds(f"{type(self).__name__}.run", *args[0])
+
+    def _solution(self, init_params, /, bounds, *args, **kwargs):
+        owner = type(self).__name__
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+            raise TypeError(f"{owner}.run: bounds must be a pair (lower, upper), got {bounds!r}")
+        if any(b is None for b in bounds):
+            raise TypeError(
+                f"{owner}.run: a bound is None; leave a side free with -jnp.inf or jnp.inf"
+            )
+        flat0, unravel = flat_params(init_params, owner)
+        key, arrays = callback_args(args, kwargs)
+        host = self._host_function(
+            ("bounded_least_squares", key, shape_key(init_params)),
+            lambda: self._build_host(key, unravel, flat0.dtype),
+        )
+        lower, upper = bounds
+        x, *info = jax.pure_callback(
+            host,
+            (jax.ShapeDtypeStruct(flat0.shape, flat0.dtype), *INFO_SHAPES),
+            flat0,
+            arrays,
+            flat_bound(lower, init_params, flat0.dtype),
+            flat_bound(upper, init_params, flat0.dtype),
+            vmap_method="sequential",
+        )
+        params = unravel(x)
+        grad = jax.grad(self._cost)(params, *args, **kwargs)
+        step = projections.box(tree.sub(params, grad), tuple(bounds))
+        error = tree.norm(tree.sub(step, params))
+        return params, self._state(params, error, *info, args, kwargs)
