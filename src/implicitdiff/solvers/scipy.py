@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -143,6 +143,13 @@ class ScipyMinimize(HostWrapper):
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
     callback: Callable | None = None
+
+    # JAXopt's options refused, with what to do instead.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "maxiter": "pass options={'maxiter': n} (SciPy's own option)",
+        "value_and_grad": "pass fun returning the value only: JAX computes the gradient",
+        "has_aux": "pass fun returning the value only (SciPy carries no auxiliary output)",
+    }
 
     def __post_init__(self):
         super().__post_init__()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,12 @@ __all__ = ["ScipyBoundedLeastSquares", "ScipyLeastSquares", "ScipyRootFinding"]
 # scipy.optimize.root and scipy.optimize.least_squares.
 
 
+_JACOBIAN = (
+    "the Jacobian is jax.jacfwd of the flattened function (the same matrix as jacrev; choose "
+    "the mode by wrapping your function if its cost matters)"
+)
+
+
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ScipyRootFinding(HostWrapper):
     """A root of F(x, *args) = 0 by ``scipy.optimize.root``, differentiable, jittable, vmappable.
@@ -87,6 +93,12 @@ class ScipyRootFinding(HostWrapper):
     options: Mapping | None = None
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
+
+    # JAXopt's options refused, with what to do instead.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "use_jacrev": _JACOBIAN,
+        "has_aux": "pass a function returning the residual only",
+    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -196,6 +208,13 @@ class ScipyLeastSquares(HostWrapper):
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
     loss: str = "linear"
+
+    # JAXopt's options refused, with what to do instead.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "fun": "the residual function is residual_fun= here",
+        "use_jacrev": _JACOBIAN,
+        "has_aux": "pass residual_fun returning the residual only",
+    }
 
     def __post_init__(self):
         super().__post_init__()
