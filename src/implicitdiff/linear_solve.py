@@ -473,7 +473,17 @@ def inv(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyT
     """Dense solve x = (A + ridge · I)⁻¹ b with the explicit inverse (``jnp.linalg.inv``).
 
     Builds the n × n matrix of A with n matvecs; ``lu`` is cheaper and more accurate for one
-    right-hand side (kept for JAXopt's ``solve_inv``). Arguments as :func:`lu`.
+    right-hand side (kept for JAXopt's ``solve_inv``).
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      **ignored: the iterative solvers' options (``tol``, ``maxiter``, ``init``,
+        ``preconditioner``, ...), accepted and ignored.
+
+    Returns:
+      x, a pytree like b.
     """
     del ignored
     a, b_flat, unravel = _dense_system(matvec, b, ridge)
@@ -483,8 +493,18 @@ def inv(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyT
 @_linear_solver
 def qr(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTree:
     """Dense solve of (A + ridge · I) x = b by QR factorization: A + ridge · I = Q R,
-    x = R⁻¹ Qᴴ b (back substitution). Builds the n × n matrix with n matvecs. Arguments as
-    :func:`lu`."""
+    x = R⁻¹ Qᴴ b (back substitution). Builds the n × n matrix with n matvecs.
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      ridge: the Tikhonov term added to A (default 0, ≥ 0).
+      **ignored: the iterative solvers' options (``tol``, ``maxiter``, ``init``,
+        ``preconditioner``, ...), accepted and ignored.
+
+    Returns:
+      x, a pytree like b.
+    """
     del ignored
     a, b_flat, unravel = _dense_system(matvec, b, ridge)
     return unravel(_more.dense_qr_solve(a, b_flat))
@@ -554,7 +574,21 @@ def solve_iterative_refinement(
     **options: Any,
 ) -> PyTree:
     """JAXopt's ``solve_iterative_refinement``: :func:`iterative_refinement` with JAXopt's
-    positional order and its *absolute* tolerance, ‖b − A x‖ ≤ tol (default 1e-7)."""
+    positional order and its *absolute* tolerance, ‖b − A x‖ ≤ tol (default 1e-7).
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      init: x₀, a pytree like b; None (default): zeros.
+      maxiter: the most corrections (default 10).
+      tol: the absolute tolerance on the residual, ‖b − A x‖ ≤ tol (default 1e-7).
+      solve: the inner solver, a name of this module's solvers or ``solve(matvec, r) -> x``
+        (default ``"gmres"``).
+      **options: passed to :func:`iterative_refinement` (``ridge``).
+
+    Returns:
+      x, a pytree like b.
+    """
     return iterative_refinement(
         matvec, b, init=init, maxiter=maxiter, tol=0.0, atol=tol, solve=solve, **options
     )

@@ -97,37 +97,88 @@ def neg(x: PyTree) -> PyTree:
 
 
 def mul(x: PyTree, y: PyTree) -> PyTree:
-    """x ⊙ y, the entry-wise product, leaf by leaf (y of x's structure)."""
+    """x ⊙ y, the entry-wise product, leaf by leaf (y of x's structure).
+
+    Args:
+      x: a pytree of arrays.
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A pytree like x.
+    """
     return map(operator.mul, x, y)
 
 
 def div(x: PyTree, y: PyTree) -> PyTree:
-    """x ⊘ y, the entry-wise quotient, leaf by leaf (y of x's structure)."""
+    """x ⊘ y, the entry-wise quotient, leaf by leaf (y of x's structure).
+
+    Args:
+      x: a pytree of arrays, the dividend.
+      y: a pytree of the structure and leaf shapes of x, the divisor.
+
+    Returns:
+      A pytree like x.
+    """
     return map(operator.truediv, x, y)
 
 
 def reciprocal(x: PyTree) -> PyTree:
-    """1 / x, entry by entry."""
+    """1 / x, entry by entry.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x.
+    """
     return map(jnp.reciprocal, x)
 
 
 def negative(x: PyTree) -> PyTree:
-    """−x, leaf by leaf: JAXopt's name of :func:`neg`."""
+    """−x, leaf by leaf: JAXopt's name of :func:`neg`.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x.
+    """
     return neg(x)
 
 
 def conj(x: PyTree) -> PyTree:
-    """The complex conjugate x̄, leaf by leaf (x itself for real leaves)."""
+    """The complex conjugate x̄, leaf by leaf (x itself for real leaves).
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x.
+    """
     return map(jnp.conj, x)
 
 
 def real(x: PyTree) -> PyTree:
-    """Re x, leaf by leaf."""
+    """Re x, leaf by leaf.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree of the structure and leaf shapes of x, with real leaves.
+    """
     return map(jnp.real, x)
 
 
 def imag(x: PyTree) -> PyTree:
-    """Im x, leaf by leaf (zeros for real leaves)."""
+    """Im x, leaf by leaf (zeros for real leaves).
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree of the structure and leaf shapes of x, with real leaves.
+    """
     return map(jnp.imag, x)
 
 
@@ -159,24 +210,57 @@ def axpy(a: Any, x: PyTree, y: PyTree) -> PyTree:
 
 
 def scalar_mul(a: Any, x: PyTree) -> PyTree:
-    """a · x for a scalar a: JAXopt's name of :func:`scale` (same argument order)."""
+    """a · x for a scalar a: JAXopt's name of :func:`scale` (same argument order).
+
+    Args:
+      a: a scalar (or an array broadcasting to every leaf).
+      x: a pytree of arrays.
+
+    Returns:
+      A pytree like x.
+    """
     return scale(a, x)
 
 
 def add_scalar_mul(x: PyTree, a: Any, y: PyTree) -> PyTree:
-    """x + a · y for a scalar a (JAXopt's argument order; :func:`axpy` is a · y + x)."""
+    """x + a · y for a scalar a (JAXopt's argument order; :func:`axpy` is a · y + x).
+
+    Args:
+      x: a pytree of arrays.
+      a: a scalar (or an array broadcasting to every leaf).
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A pytree like x.
+    """
     return map(lambda xi, yi: xi + a * yi, x, y)
 
 
 def dot(x: PyTree, y: PyTree) -> PyTree:
     """``jnp.dot(xᵢ, yᵢ)`` for each pair of leaves: a tree, not a scalar (a block-diagonal
-    operator stored as one block per leaf, applied to a vector of blocks)."""
+    operator stored as one block per leaf, applied to a vector of blocks).
+
+    Args:
+      x: a pytree of arrays (the blocks, e.g. matrices).
+      y: a pytree of x's structure, each leaf of a shape ``jnp.dot`` accepts with x's leaf.
+
+    Returns:
+      A pytree of x's structure, the leaf ``jnp.dot(xᵢ, yᵢ)`` for each pair.
+    """
     return map(jnp.dot, x, y)
 
 
 def vdot_real(x: PyTree, y: PyTree) -> jax.Array:
     """Re⟨x, y⟩ = Σ Re(conj(xⱼ) yⱼ), a real scalar (the real inner product of the real pairs
-    (Re, Im) of complex trees; ⟨x, y⟩ itself for real ones)."""
+    (Re, Im) of complex trees; ⟨x, y⟩ itself for real ones).
+
+    Args:
+      x: a pytree of arrays.
+      y: a pytree of the structure and leaf shapes of x.
+
+    Returns:
+      A real scalar (the real dtype of :func:`vdot`'s result); 0 for an empty tree.
+    """
     return jnp.real(vdot(x, y))
 
 
@@ -242,7 +326,15 @@ def norm(x: PyTree, ord: int | float = 2) -> jax.Array:
 
 
 def l2_norm(x: PyTree, squared: bool = False) -> jax.Array:
-    """‖x‖₂ (:func:`norm`, safe at 1e±30), or ‖x‖₂² = Σ |xⱼ|² if ``squared``; real."""
+    """‖x‖₂ (:func:`norm`, safe at 1e±30), or ‖x‖₂² = Σ |xⱼ|² if ``squared``; real.
+
+    Args:
+      x: a pytree of arrays.
+      squared: whether to return ‖x‖₂² instead of ‖x‖₂ (default False).
+
+    Returns:
+      A real scalar in the tree's real floating dtype (of :func:`dtype`); 0 for an empty tree.
+    """
     if not squared:
         return norm(x)
     real_dtype = jnp.finfo(dtype(x)).dtype
@@ -252,19 +344,41 @@ def l2_norm(x: PyTree, squared: bool = False) -> jax.Array:
 
 def inf_norm(x: PyTree) -> jax.Array:
     """‖x‖∞ = maxⱼ |xⱼ| over every entry (0 for a tree with no entries): :func:`norm` with
-    ``ord=jnp.inf``."""
+    ``ord=jnp.inf``.
+
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      A real scalar in the tree's real floating dtype (of :func:`dtype`).
+    """
     return norm(x, jnp.inf)
 
 
 def average(x: PyTree, weights: Any) -> PyTree:
     """Σₖ wₖ x[k], a weighted combination of the m trees stacked along the leading axis of each
-    leaf of x (weights of shape (m,))."""
+    leaf of x (weights of shape (m,)).
+
+    Args:
+      x: a pytree of arrays, each leaf of shape (m, ...): the m trees x[0], ..., x[m − 1].
+      weights: the m weights w, an array of shape (m,).
+
+    Returns:
+      A pytree of x's structure, each leaf without the leading axis: Σₖ wₖ x[k].
+    """
     return map(lambda leaf: jnp.tensordot(weights, leaf, axes=1), x)
 
 
 def gram(x: PyTree) -> jax.Array:
     """The m × m matrix G[k, l] = ⟨x[l], x[k]⟩ = Σ conj(x[l]ⱼ) x[k]ⱼ of the m trees stacked along
-    the leading axis of each leaf of x (JAXopt's order; symmetric for real trees)."""
+    the leading axis of each leaf of x (JAXopt's order; symmetric for real trees).
+
+    Args:
+      x: a pytree of arrays, each leaf of shape (m, ...): the m trees x[0], ..., x[m − 1].
+
+    Returns:
+      G, an array of shape (m, m), in the promoted dtype of the leaves (as :func:`vdot`).
+    """
     rows = jax.vmap(jax.vmap(vdot, in_axes=(0, None)), in_axes=(None, 0))
     return rows(x, x)
 

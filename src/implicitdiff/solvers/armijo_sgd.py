@@ -20,9 +20,20 @@ _RESETS = ("increase", "goldstein", "conservative")
 
 
 class ArmijoState(NamedTuple):
-    """iter_num; ‖∇f‖ at the iterate before the last step (inf before the first); f at the
-    accepted trial point x − η∇f; ``fun``'s auxiliary output; the accepted step η; the velocity
-    (None without momentum); converged; status."""
+    """The state of :class:`ArmijoSGD` after a step from x.
+
+    Attributes:
+      iter_num: the number of steps taken.
+      error: ‖∇f(x)‖ at the iterate x before the last step (inf before the first).
+      value: f at the accepted trial point x − η∇f(x) (inf before the first step).
+      aux: ``fun``'s auxiliary output at x (None without ``has_aux``).
+      stepsize: the accepted step η (``max_stepsize`` before the first step).
+      velocity: the last step x⁺ − x, the momentum's memory (None without momentum).
+      converged: whether the run ended with ‖∇f‖ ≤ tol at a finite iterate (set when ``run``
+        ends; False until then).
+      status: a :class:`~implicitdiff.solvers.Status` code, set when ``run`` ends (1 until
+        then).
+    """
 
     iter_num: jax.Array
     error: jax.Array

@@ -160,7 +160,15 @@ class IterativeRefinement(IterativeSolver):
         return OptStep(params, state)
 
     def optimality_fun(self, params, A, b, A_bar=None) -> PyTree:
-        """F(x, A, b) = b − A x, zero at the solution (A_bar plays no part)."""
+        """F(x, A, b) = b − A x, zero at the solution (A_bar plays no part).
+
+        Args:
+          params: x, a pytree like b.
+          A, b, A_bar: as in ``run``.
+
+        Returns:
+          The residual b − A x, a pytree like b.
+        """
         del A_bar
         return tree.sub(b, self._operator(A)(params))
 

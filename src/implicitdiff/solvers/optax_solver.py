@@ -23,9 +23,19 @@ __all__ = ["OptaxSolver", "OptaxState"]
 
 
 class OptaxState(NamedTuple):
-    """iter_num; f and ‖∇f‖ at the iterate before the last step (inf before the first);
-    the optimizer's own state; ``fun``'s auxiliary output (None without ``has_aux``);
-    converged; status."""
+    """The state of :class:`OptaxSolver`: the measures at the iterate before the last step.
+
+    Attributes:
+      iter_num: the number of steps taken.
+      value: f at the iterate before the last step (inf before the first).
+      error: ‖∇f‖ at the iterate before the last step (inf before the first).
+      internal_state: the optimizer's own state (``opt.init(x₀)``, then ``opt.update``'s).
+      aux: ``fun``'s auxiliary output at that iterate (None without ``has_aux``).
+      converged: whether the run ended with ‖∇f‖ ≤ tol at a finite iterate (set when ``run``
+        ends; False until then).
+      status: a :class:`~implicitdiff.solvers.Status` code, set when ``run`` ends (1 until
+        then).
+    """
 
     iter_num: jax.Array
     value: jax.Array

@@ -20,9 +20,22 @@ _VARIANTS = ("SPS_max", "SPS+")
 
 
 class PolyakSGDState(NamedTuple):
-    """iter_num; ‖∇f‖ and f at the iterate before the last step (inf before the first); the
-    last step size γ; ``fun``'s auxiliary output; the velocity v (None without momentum); the
-    counts of evaluations; converged; status."""
+    """The state of :class:`PolyakSGD`: the measures at the iterate before the last step.
+
+    Attributes:
+      iter_num: the number of steps taken.
+      error: ‖∇f‖ at the iterate before the last step (inf before the first).
+      value: f at the iterate before the last step (inf before the first).
+      aux: ``fun``'s auxiliary output at that iterate (None without ``has_aux``).
+      stepsize: the last step size γ (1 before the first step).
+      velocity: the velocity v of the momentum (None without momentum).
+      num_fun_eval: the number of evaluations of f.
+      num_grad_eval: the number of evaluations of ∇f.
+      converged: whether the run ended with ‖∇f‖ ≤ tol at a finite iterate (set when ``run``
+        ends; False until then).
+      status: a :class:`~implicitdiff.solvers.Status` code, set when ``run`` ends (1 until
+        then).
+    """
 
     iter_num: jax.Array
     error: jax.Array
