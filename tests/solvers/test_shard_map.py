@@ -74,6 +74,8 @@ def _host_fixed_point(x0, theta, M):
 
 
 # name: (solver, run(solver, θ, M) -> params). θ a scalar, M a (3, 3) matrix, on one device.
+_CLARABEL_TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
+
 CASES = {
     "GradientDescent": (S.GradientDescent(fun=smooth, tol=1e-11, maxiter=20000), None),
     "Newton": (S.Newton(fun=smooth, tol=1e-11), None),
@@ -137,6 +139,18 @@ CASES = {
     ),
     "OSQP": (
         S.OSQP(tol=1e-11),
+        lambda s, t, M: (
+            s.run(None, (M, -t * C), None, (jnp.eye(3), 0.5 * jnp.ones(3))).params.primal
+        ),
+    ),
+    "BoxOSQP": (
+        S.BoxOSQP(tol=1e-12),
+        lambda s, t, M: s.run(
+            None, (M, -t * C), jnp.eye(3), (-0.3 * jnp.ones(3), jnp.ones(3))
+        ).params.primal[0],
+    ),
+    "CvxpyQP": (
+        S.CvxpyQP("CLARABEL", solver_options=_CLARABEL_TIGHT),
         lambda s, t, M: (
             s.run(None, (M, -t * C), None, (jnp.eye(3), 0.5 * jnp.ones(3))).params.primal
         ),

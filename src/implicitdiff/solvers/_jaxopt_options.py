@@ -20,6 +20,10 @@ COMMON = {
         "pass implicit_diff=False to differentiate the unrolled iterations (with "
         "unroll_checkpoint=True to bound their memory)"
     ),
+    "has_aux": (
+        "this solver takes a function without auxiliary output: return the value only, and "
+        "evaluate the auxiliary output at the solution after the run"
+    ),
     "verbose": (
         "read state.iter_num, state.error and state.status after the run, or print from fun "
         "with jax.debug.print"

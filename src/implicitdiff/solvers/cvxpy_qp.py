@@ -18,6 +18,7 @@ import numpy as np
 
 from implicitdiff import _loop, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._failures import Status
 from implicitdiff.solvers._host_call import HostWrapper, all_finite
 from implicitdiff.solvers._qp_common import KKTSolution, check_pair, dtype_of, qp_kkt
@@ -143,6 +144,8 @@ class CvxpyQP(HostWrapper):
         """
         if not isinstance(self.solver, str):
             raise TypeError(f"CvxpyQP: solver must be a solver's name (str), got {self.solver!r}")
+        # (ignored, but a complex start says the problem is complex: refused as by every QP)
+        _dtypes.check_real_params(init_params, "CvxpyQP.run", type(self)._COMPLEX_SOLVERS)
         if params_obj is None:
             raise TypeError("CvxpyQP.run: params_obj=(Q, c) is required")
         for name, pair in (
