@@ -21,8 +21,8 @@ COMMON = {
         "unroll_checkpoint=True to bound their memory)"
     ),
     "verbose": (
-        "read state.iter_num, state.error and state.status after the run, or print from fun "
-        "with jax.debug.print"
+        "verbose= is an option of the iterative solvers; read state.iter_num, state.error and "
+        "state.status after the run"
     ),
 }
 

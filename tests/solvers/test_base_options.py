@@ -1,0 +1,215 @@
+"""JAXopt's options of every solver (issue 13): ``l2_optimality_error``, ``verbose``, ``jit=False``
+and ``has_aux``, side by side with JAXopt 0.8.5 where it applies."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import re
+
+import jax
+import jax.numpy as jnp
+import jaxopt
+import numpy as np
+import problems
+import pytest
+from test_matrix import SOLVERS
+
+from implicitdiff import solvers as S
+
+# ---------------------------------------------------------------------------------------------
+# Module-level problem functions (one compilation each).
+
+_X = np.random.RandomState(0).randn(6, 3)
+_Y = np.random.RandomState(1).randn(6)
+
+
+def ridge_fun(w, lam):
+    return 0.5 * jnp.sum((_X @ w - _Y) ** 2) + 0.5 * lam * jnp.sum(w**2)
+
+
+def ridge_residual(w, lam):
+    return jnp.concatenate([_X @ w - _Y, jnp.sqrt(lam) * w])
+
+
+def cos_map(x, theta):
+    return 0.5 * jnp.cos(x) + theta
+
+
+def cos_root(x, theta):
+    return 0.5 * jnp.cos(x) + theta - x
+
+
+def cos_map_numpy(x, theta):
+    """The same map, NumPy only (it cannot be traced)."""
+    return 0.5 * np.cos(np.asarray(x)) + np.asarray(theta)
+
+
+THETA = jnp.linspace(-0.4, 0.8, 3)
+LAM = 0.7
+
+# ---------------------------------------------------------------------------------------------
+# 1. l2_optimality_error
+
+
+class _Recorded(Exception):
+    pass
+
+
+def _run_arguments(name: str):
+    """(solver, problem, init_params, args) of the registry's line ``name`` on its first problem:
+    the solve map is called once with a ``run`` that records its arguments and stops."""
+    make, problem_names = SOLVERS[name]
+    p = problems.get(problem_names[0])
+    solve = make(p)
+    solver = inspect.getclosurevars(solve).nonlocals["solver"]
+    seen = {}
+
+    def record(init_params, *args, **kwargs):
+        seen.update(init=init_params, args=args, kwargs=kwargs)
+        raise _Recorded
+
+    object.__setattr__(solver, "run", record)
+    with pytest.raises(_Recorded):
+        solve(jnp.asarray(p.theta))
+    object.__delattr__(solver, "run")
+    return solver, p, seen["init"], seen["args"], seen["kwargs"]
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_l2_optimality_error_on_every_solver(name):
+    """≈ 0 at the solution (the closed form, or the solver's own run where params are a KKT
+    triple), a positive finite value away from it, and the norm of the solver's condition."""
+    solver, p, init, args, kwargs = _run_arguments(name)
+    solution = jnp.asarray(p.solution(p.theta))
+    try:
+        at_solution = solver.l2_optimality_error(solution, *args, **kwargs)
+    except (TypeError, ValueError, AttributeError):  # params are not x alone: solve
+        solution = solver.run(init, *args, **kwargs).params
+        at_solution = solver.l2_optimality_error(solution, *args, **kwargs)
+    assert float(at_solution) < 1e-6, float(at_solution)
+    away = jax.tree_util.tree_map(lambda v: v + 0.3, solution)
+    value = solver.l2_optimality_error(away, *args, **kwargs)
+    kind, condition = solver.optimality()
+    residual = condition(away, *args, **kwargs)
+    if kind == "fixed_point":
+        residual = jax.tree_util.tree_map(jnp.subtract, residual, away)
+    leaves = jax.tree_util.tree_leaves(residual)
+    by_hand = np.sqrt(sum(float(jnp.sum(jnp.abs(v) ** 2)) for v in leaves))
+    assert by_hand > 1e-3
+    np.testing.assert_allclose(float(value), by_hand, rtol=1e-12)
+
+
+def test_l2_optimality_error_by_hand_and_against_jaxopt():
+    """Away from the solution: closed forms ‖∇f‖, ‖T(x) − x‖, ‖F(x)‖, ‖Jᵀr‖, and JAXopt's."""
+    w = jnp.asarray([0.3, -0.2, 0.5])
+    x = jnp.asarray([0.1, 0.2, -0.3])
+    grad = _X.T @ (_X @ np.asarray(w) - _Y) + LAM * np.asarray(w)
+    cases = [
+        (S.GradientDescent(ridge_fun), jaxopt.GradientDescent(ridge_fun), w, LAM, grad),
+        (
+            S.FixedPointIteration(cos_map),
+            jaxopt.FixedPointIteration(cos_map),
+            x,
+            THETA,
+            0.5 * np.cos(x) + THETA - x,
+        ),
+        (S.Broyden(cos_root), jaxopt.Broyden(cos_root), x, THETA, 0.5 * np.cos(x) + THETA - x),
+        (
+            S.GaussNewton(ridge_residual),
+            jaxopt.GaussNewton(ridge_residual),
+            w,
+            LAM,
+            grad,  # Jᵀr of r = (Xw − y, √λ w) is the ridge gradient
+        ),
+    ]
+    for ours, theirs, params, theta, residual in cases:
+        value = float(ours.l2_optimality_error(params, theta))
+        np.testing.assert_allclose(value, np.linalg.norm(residual), rtol=1e-12)
+        np.testing.assert_allclose(
+            value, float(theirs.l2_optimality_error(params, theta)), rtol=1e-12
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. verbose
+
+_LINE = re.compile(r"INFO: implicitdiff\.(\w+): iter (\d+) error (\S+)")
+
+
+def _printed(capsys, name):
+    jax.effects_barrier()
+    lines = [m.groups() for m in _LINE.finditer(capsys.readouterr().out)]
+    assert all(n == name for n, _, _ in lines)
+    return [(int(i), float(e)) for _, i, e in lines]
+
+
+@pytest.mark.parametrize("implicit_diff", [True, False])
+def test_verbose_prints_each_iteration_under_jit(capsys, implicit_diff):
+    """One line per iteration, iter 1..iter_num, the last error that of the state; JAXopt's
+    FixedPointIteration prints one line per iteration too."""
+    solver = S.FixedPointIteration(
+        cos_map, tol=1e-8, maxiter=100, verbose=True, implicit_diff=implicit_diff
+    )
+    _, state = jax.jit(solver.run)(jnp.zeros(3), THETA)
+    lines = _printed(capsys, "FixedPointIteration")
+    n = int(state.iter_num)
+    assert [i for i, _ in lines] == list(range(1, n + 1))
+    np.testing.assert_allclose(lines[-1][1], float(state.error), rtol=1e-12)
+    errors = [e for _, e in lines]
+    assert errors[-2] > 1e-8 >= errors[-1]
+    # each printed error is ‖T(x) − x‖ at that iterate: contraction by about ½ sin
+    assert all(b < a for a, b in itertools.pairwise(errors))
+    theirs = jaxopt.FixedPointIteration(cos_map, tol=1e-8, maxiter=100, verbose=True)
+    _, their_state = theirs.run(jnp.zeros(3), THETA)
+    jax.effects_barrier()
+    their_lines = [ln for ln in capsys.readouterr().out.splitlines() if "jaxopt." in ln]
+    assert len(their_lines) == int(their_state.iter_num)
+    # JAXopt's error is ‖T(x) − x‖ at the previous iterate: one iteration more to stop
+    assert int(their_state.iter_num) == n + 1
+
+
+def test_verbose_is_checked_and_silent_by_default(capsys):
+    with pytest.raises(TypeError, match="verbose"):
+        S.GradientDescent(ridge_fun, verbose="yes")
+    S.GradientDescent(ridge_fun, maxiter=5).run(jnp.zeros(3), LAM)
+    assert _printed(capsys, "GradientDescent") == []
+    assert S.GradientDescent(ridge_fun, verbose=2).verbose == 2  # an int, as JAXopt's
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. jit=False
+
+
+def test_jit_false_runs_a_numpy_only_function():
+    """A fixed_point_fun that only NumPy can evaluate runs with jit=False (a Python loop)."""
+    solver = S.FixedPointIteration(cos_map_numpy, tol=1e-11, jit=False)
+    params, state = solver.run(jnp.zeros(3), np.asarray(THETA))
+    expected = problems.get("cos_fp").solution(np.asarray(THETA))
+    np.testing.assert_allclose(np.asarray(params), expected, atol=1e-10)
+    assert bool(state.converged)
+    theirs = jaxopt.FixedPointIteration(cos_map_numpy, tol=1e-11, jit=False, implicit_diff=False)
+    their_params, their_state = theirs.run(jnp.zeros(3), np.asarray(THETA))
+    np.testing.assert_allclose(np.asarray(params), np.asarray(their_params), atol=1e-10)
+    assert int(state.iter_num) + 1 == int(their_state.iter_num)  # (its error lags one step)
+
+
+def test_jit_false_matches_jit_true_value_and_gradient():
+    """A jnp function: same solution, iterations and implicit gradient with jit=False, and
+    the gradient that of the closed form x' = 1 / (1 + ½ sin x*)."""
+    compiled = S.FixedPointIteration(cos_map, tol=1e-12)
+    eager = dataclasses.replace(compiled, jit=False)
+
+    def loss(solver, theta):
+        return jnp.sum(solver.run(jnp.zeros(3), theta).params ** 2)
+
+    x_jit, state_jit = compiled.run(jnp.zeros(3), THETA)
+    x_eager, state_eager = eager.run(jnp.zeros(3), THETA)
+    np.testing.assert_allclose(np.asarray(x_eager), np.asarray(x_jit), rtol=1e-14, atol=1e-14)
+    assert int(state_eager.iter_num) == int(state_jit.iter_num)
+    g_jit = jax.grad(lambda t: loss(compiled, t))(THETA)
+    g_eager = jax.grad(lambda t: loss(eager, t))(THETA)
+    np.testing.assert_allclose(np.asarray(g_eager), np.asarray(g_jit), rtol=1e-12)
+    x = np.asarray(x_jit)
+    np.testing.assert_allclose(np.asarray(g_jit), 2 * x / (1 + 0.5 * np.sin(x)), rtol=1e-9)
