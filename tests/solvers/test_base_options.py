@@ -213,3 +213,149 @@ def test_jit_false_matches_jit_true_value_and_gradient():
     np.testing.assert_allclose(np.asarray(g_eager), np.asarray(g_jit), rtol=1e-12)
     x = np.asarray(x_jit)
     np.testing.assert_allclose(np.asarray(g_jit), 2 * x / (1 + 0.5 * np.sin(x)), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. has_aux
+
+
+def cos_map_aux(x, theta):
+    return cos_map(x, theta), {"total": jnp.sum(x), "count": jnp.asarray(3)}
+
+
+def cos_root_aux(x, theta):
+    return cos_root(x, theta), jnp.max(x)
+
+
+def ridge_residual_aux(w, lam):
+    r = ridge_residual(w, lam)
+    return r, {"loss": 0.5 * jnp.sum(r**2)}
+
+
+def cubic(x, t):
+    return x**3 - t
+
+
+def cubic_aux(x, t):
+    return cubic(x, t), 2 * x
+
+
+def simplex_quadratic(p, c):
+    return 0.5 * jnp.sum(p**2) + c @ p
+
+
+def simplex_quadratic_aux(p, c):
+    return simplex_quadratic(p, c), {"mass": jnp.sum(p), "value": simplex_quadratic(p, c)}
+
+
+C = jnp.asarray([0.1, -0.2, 0.3])
+
+# name: (build(fun, has_aux), fun, fun with aux, run's leading arguments, θ, JAXopt's class)
+AUX_CASES = {
+    "FixedPointIteration": (
+        lambda f, a: S.FixedPointIteration(f, tol=1e-12, has_aux=a),
+        cos_map,
+        cos_map_aux,
+        (jnp.zeros(3),),
+        THETA,
+        lambda f: jaxopt.FixedPointIteration(f, tol=1e-12, has_aux=True),
+    ),
+    "AndersonAcceleration": (
+        lambda f, a: S.AndersonAcceleration(f, tol=1e-12, has_aux=a),
+        cos_map,
+        cos_map_aux,
+        (jnp.zeros(3),),
+        THETA,
+        lambda f: jaxopt.AndersonAcceleration(f, tol=1e-12, has_aux=True),
+    ),
+    "Broyden": (
+        lambda f, a: S.Broyden(f, a, tol=1e-12),  # has_aux second, as in JAXopt
+        cos_root,
+        cos_root_aux,
+        (jnp.zeros(3),),
+        THETA,
+        lambda f: jaxopt.Broyden(f, True, tol=1e-12),
+    ),
+    "GaussNewton": (
+        lambda f, a: S.GaussNewton(f, tol=1e-12, has_aux=a),
+        ridge_residual,
+        ridge_residual_aux,
+        (jnp.zeros(3),),
+        LAM,
+        lambda f: jaxopt.GaussNewton(f, tol=1e-12, has_aux=True),
+    ),
+    "LevenbergMarquardt": (
+        lambda f, a: S.LevenbergMarquardt(f, tol=1e-12, has_aux=a),
+        ridge_residual,
+        ridge_residual_aux,
+        (jnp.zeros(3),),
+        LAM,
+        lambda f: jaxopt.LevenbergMarquardt(f, tol=1e-12, has_aux=True),
+    ),
+    "Bisection": (
+        lambda f, a: S.Bisection(f, -2.0, 3.0, tol=1e-12, maxiter=200, has_aux=a),
+        cubic,
+        cubic_aux,
+        (None,),
+        2.0,
+        lambda f: jaxopt.Bisection(f, -2.0, 3.0, tol=1e-12, maxiter=200, has_aux=True),
+    ),
+    "MirrorDescent": (
+        lambda f, a: S.MirrorDescent(f, stepsize=0.5, tol=1e-12, maxiter=2000, has_aux=a),
+        simplex_quadratic,
+        simplex_quadratic_aux,
+        (jnp.ones(3) / 3, None),
+        C,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(AUX_CASES))
+def test_has_aux(name):
+    """fun returns (value, aux): the same solution and derivative as without aux (aux plays no
+    part in them), aux in state.aux at the returned x; JAXopt's solution and aux."""
+    build, plain_fun, aux_fun, leading, theta, theirs = AUX_CASES[name]
+    with_aux, plain = build(aux_fun, True), build(plain_fun, False)
+
+    def loss(solver, t):
+        x, state = solver.run(*leading, t)
+        return jnp.sum(jnp.sin(x)), (x, state)
+
+    @jax.jit
+    def case(t):
+        (_, (x, state)), grad = jax.value_and_grad(lambda t: loss(with_aux, t), has_aux=True)(t)
+        (_, (x_plain, _)), grad_plain = jax.value_and_grad(lambda t: loss(plain, t), has_aux=True)(
+            t
+        )
+        return x, state, grad, x_plain, grad_plain
+
+    x, state, grad, x_plain, grad_plain = case(theta)
+    assert bool(state.converged)
+    assert_close = np.testing.assert_allclose
+    assert_close(np.asarray(x), np.asarray(x_plain), rtol=1e-12, atol=1e-14)
+    assert_close(np.asarray(grad), np.asarray(grad_plain), rtol=1e-10, atol=1e-14)
+    expected_aux = aux_fun(x, theta)[1]
+    jax.tree_util.tree_map(
+        lambda a, b: assert_close(np.asarray(a), np.asarray(b), rtol=1e-12), state.aux, expected_aux
+    )
+    if name == "Bisection":  # JAXopt's defect: init_state compares the (value, aux) pair
+        with pytest.raises(TypeError, match="not supported between instances of 'tuple'"):
+            theirs(aux_fun).run(*leading, theta)
+    elif theirs is not None:
+        their_x, their_state = theirs(aux_fun).run(*leading, theta)
+        assert_close(np.asarray(their_x), np.asarray(x), rtol=1e-7, atol=1e-9)
+        jax.tree_util.tree_map(
+            lambda a, b: assert_close(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9),
+            their_state.aux,
+            state.aux,
+        )
+
+
+def test_has_aux_errors_name_the_option():
+    with pytest.raises(TypeError, match="has_aux must be a bool"):
+        S.FixedPointIteration(cos_map, has_aux=1)
+    with pytest.raises(TypeError, match=r"fixed_point_fun must return \(value, aux\)"):
+        S.FixedPointIteration(cos_map, has_aux=True).run(jnp.zeros(3), THETA)
+    with pytest.raises(TypeError, match=r"residual_fun must return \(value, aux\)"):
+        S.GaussNewton(ridge_residual, has_aux=True).run(jnp.zeros(3), LAM)
