@@ -180,6 +180,17 @@ def test_verbose_is_checked_and_silent_by_default(capsys):
     S.GradientDescent(ridge_fun, maxiter=5).run(jnp.zeros(3), LAM)
     assert _printed(capsys, "GradientDescent") == []
     assert S.GradientDescent(ridge_fun, verbose=2).verbose == 2  # an int, as JAXopt's
+    # the host solvers have no loop of their own to report: refused, naming the alternative
+    with pytest.raises(TypeError, match=r"verbose=.*iterative solvers"):
+        S.ScipyMinimize(fun=ridge_fun, verbose=True)
+
+
+def test_verbose_with_jit_false_prints_from_the_python_loop(capsys):
+    solver = S.FixedPointIteration(cos_map, tol=1e-6, verbose=True, jit=False)
+    _, state = solver.run(jnp.zeros(3), THETA)
+    lines = _printed(capsys, "FixedPointIteration")
+    assert [i for i, _ in lines] == list(range(1, int(state.iter_num) + 1))
+    np.testing.assert_allclose(lines[-1][1], float(state.error), rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
