@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +86,13 @@ class EqualityConstrainedQP(IterativeSolver):
     refine_maxiter: int = 10
     maxiter: int = 10
     tol: float = 1e-6
+
+    # JAXopt's option of a quadratic objective given as a function.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "fun": (
+            "pass the objective as params_obj=(Q, c), or as matvec_Q= with params_obj=(params_Q, c)"
+        )
+    }
 
     def __post_init__(self):
         super().__post_init__()

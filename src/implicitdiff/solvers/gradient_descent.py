@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +90,11 @@ class GradientDescent(IterativeSolver):
     decrease_factor: float = 0.5
     increase_factor: float = 1.5
     tol: float = 1e-6
+
+    # JAXopt's GradientDescent inherits ProximalGradient's prox field.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "prox": "use ProximalGradient(fun, prox) for a composite objective"
+    }
 
     def __post_init__(self):
         super().__post_init__()

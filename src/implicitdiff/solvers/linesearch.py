@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from implicitdiff import _hager_zhang, _linesearch, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
 
 __all__ = [
     "BacktrackingLineSearch",
@@ -37,6 +38,12 @@ __all__ = [
     "LineSearchState",
     "ZoomLineSearch",
 ]
+
+
+_ZOOM_FIXED = (
+    "the zoom's trial steps are the safeguarded minimizer of a cubic through both ends "
+    "(bisection where it has none), not JAXopt's cubic/quadratic tolerances"
+)
 
 
 class LineSearchState(NamedTuple):
@@ -88,6 +95,20 @@ class LineSearch:
     """
 
     fun: Callable
+
+    # JAXopt's options that no line search here takes, with what to do instead.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "jit": "a line search has no compiled run of its own: call run inside your jax.jit",
+        "tol": "the search stops when its condition holds (no tolerance on the step)",
+        "c3": _ZOOM_FIXED,
+        "rel_tol_cubic": _ZOOM_FIXED,
+        "rel_tol_quad": _ZOOM_FIXED,
+        "interval_threshold": _ZOOM_FIXED,
+    }
+
+    def __new__(cls, *args, **kwargs):
+        refuse_jaxopt_options(cls, kwargs)
+        return super().__new__(cls)
 
     def _check_common(self) -> None:
         owner = type(self).__name__

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,7 @@ class BroydenState(NamedTuple):
 
 
 _INITS = ("exact", "identity")
+_SEARCH = "the step along the Broyden direction is halved until ||G|| decreases (max_backtracks=)"
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -112,6 +113,28 @@ class Broyden(IterativeSolver):
     max_backtracks: int = 20
     maxiter: int = 100
     tol: float = 1e-6
+
+    # JAXopt's line-search options of Broyden, refused with what this Broyden does instead.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        **{
+            name: f"no line search object here: {_SEARCH}"
+            for name in (
+                "stepsize",
+                "linesearch",
+                "condition",
+                "maxls",
+                "decrease_factor",
+                "increase_factor",
+                "max_stepsize",
+                "min_stepsize",
+            )
+        },
+        "stop_if_linesearch_fails": "a failed safeguard ends the run with converged=False",
+        "history_size": (
+            "the inverse-Jacobian estimate is dense (n x n); for large n use AndersonAcceleration "
+            "on x + G(x), or ScipyRootFinding(method='broyden1')"
+        ),
+    }
 
     def __post_init__(self):
         super().__post_init__()
