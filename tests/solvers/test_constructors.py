@@ -20,6 +20,7 @@ SHARED = {
     "jit",
     "on_failure",
     "backward_on_failure",
+    "verbose",
 }
 
 CONCRETE = sorted(

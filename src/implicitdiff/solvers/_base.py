@@ -35,7 +35,7 @@ from implicitdiff import _checks, _loop, linear_solve, optimality, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_fixed_point, custom_root
-from implicitdiff.solvers import _dtypes
+from implicitdiff.solvers import _dtypes, _run_options
 from implicitdiff.solvers._compile_cache import CompiledView, freeze
 from implicitdiff.solvers._failures import Status, apply_failure_policy, check_failure_policies
 from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
@@ -76,6 +76,10 @@ class DifferentiableRun(abc.ABC):
       jit: compile ``run`` (the default), once per shape and dtype of the arguments. Arrays and
         numbers are traced as ``jax.jit`` traces them; other arguments (strings, callables,
         ...) are compile-time constants: they must be hashable, and a new value recompiles.
+        ``jit=False`` runs eagerly: an iterative solver's loop (with ``implicit_diff=True``) is
+        then a Python loop on concrete arrays when no transformation traces the arguments, so
+        that a ``fun`` written with NumPy alone works (as JAXopt's ``jit=False``). Its
+        derivatives still need the optimality condition to be a JAX function (traceable).
       on_failure: what ``run`` does when the run did not converge (``state.converged`` False,
         whatever the cause: see :class:`Status`).
 
@@ -159,6 +163,17 @@ class DifferentiableRun(abc.ABC):
             x = T(x, *args, **kwargs) (:func:`implicitdiff.custom_fixed_point`), with the arguments
             of ``run`` after ``init_params``.
         """
+
+    def l2_optimality_error(self, params: PyTree, /, *args, **kwargs) -> jax.Array:
+        """‖F(params, *args, **kwargs)‖₂, the residual of the solver's optimality condition.
+
+        JAXopt's ``l2_optimality_error``: with the condition F = 0 of :meth:`optimality`, its
+        norm; with the fixed point x = T(x), ‖T(x) − x‖₂. Zero at a solution; the arguments are
+        those of ``run`` after ``init_params``.
+        """
+        kind, condition = self.optimality()
+        args, kwargs = self._bind_keywords(args, kwargs)
+        return _run_options.l2_optimality_error(kind, condition, params, args, kwargs)
 
     # Whether ``init_params`` may be complex: True for the minimizers of a real objective
     # ``fun`` whose optimality condition is ∇fun = 0 (see :mod:`implicitdiff.solvers._dtypes`).
@@ -320,6 +335,8 @@ class DifferentiableRun(abc.ABC):
         init_params = self._vary_start(init_params, args, kwargs)
         solution = self._differentiable_solution()
         if not self.jit:
+            if self.implicit_diff and _run_options.untraceable(self, init_params, args, kwargs):
+                solution = self._solution  # a NumPy-only condition: the run, no derivative
             return OptStep(*solution(init_params, *args, **kwargs))
         split = ArgsSplit(args, kwargs)
         key = split.key()
@@ -355,6 +372,9 @@ class IterativeSolver(DifferentiableRun):
       unroll_checkpoint: with ``implicit_diff=False``, recompute each iteration in the backward
         pass instead of storing it (``jax.checkpoint``): memory of one iteration's intermediates
         instead of ``maxiter`` of them, for about one more forward pass of time.
+      verbose: print ``state.iter_num`` and ``state.error`` after each iteration (a bool, or an
+        int as JAXopt's: any nonzero value prints), with ``jax.debug.print``: it prints from the
+        compiled loop too, in order (``jax.effects_barrier()`` waits for the lines).
       implicit_diff: differentiate the solution implicitly through the solver's optimality
         condition (True, the default), or unroll the iterations (False).
       solve, jit, on_failure, backward_on_failure: see :class:`DifferentiableRun`.
@@ -363,6 +383,7 @@ class IterativeSolver(DifferentiableRun):
     maxiter: int = 500
     tol: float = 1e-3
     unroll_checkpoint: bool = False
+    verbose: bool | int = False
 
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
@@ -403,6 +424,7 @@ class IterativeSolver(DifferentiableRun):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
         if not isinstance(self.unroll_checkpoint, bool):
             raise TypeError(f"unroll_checkpoint must be a bool, got {self.unroll_checkpoint!r}")
+        _run_options.check_verbose(type(self).__name__, self.verbose)
         super().__post_init__()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -486,8 +508,20 @@ class IterativeSolver(DifferentiableRun):
             return tuple(self.update(params, state, *args, **kwargs))
 
         if self.implicit_diff:
-            carry = _loop.while_loop(
-                lambda carry: jnp.logical_not(self._stop(*carry)), step, (init_params, state)
+
+            def reported_step(carry):
+                carry = step(carry)
+                if self.verbose:
+                    _run_options.report(type(self).__name__, carry[1])
+                return carry
+
+            # jit=False on concrete arguments: a Python loop (a NumPy-only fun works).
+            eager = not self.jit and _run_options.is_concrete(init_params, args, kwargs)
+            loop = _run_options.eager_while_loop if eager else _loop.while_loop
+            carry = loop(
+                lambda carry: jnp.logical_not(self._stop(*carry)),
+                reported_step,
+                (init_params, state),
             )
         else:
             continuation = self._continuation(*args, **kwargs)
@@ -553,6 +587,7 @@ class IterativeSolver(DifferentiableRun):
             halt = self._broken(*live) | stopped if searches else self._broken(*live)
             live = tree.where(jax.lax.stop_gradient(halt), live, moved)
             kept = tree.where(stopped, kept, jax.lax.stop_gradient(moved))
+            self._report_unless(stopped, kept[1])
             return (live, kept), None
 
         if continuation is not None:
@@ -575,6 +610,12 @@ class IterativeSolver(DifferentiableRun):
             return _value_with_derivative_of(kept_leaf, live_leaf)
 
         return jax.tree_util.tree_map(merge, live, kept)
+
+    def _report_unless(self, stopped: jax.Array, state: Any) -> None:
+        """With ``verbose``: the iteration's line, unless the loop had stopped before it."""
+        if self.verbose:
+            name = type(self).__name__
+            _loop.cond(stopped, lambda: None, lambda: _run_options.report(name, state))
 
     def _continued_step(self, step: Callable, continuation: Any) -> Callable:
         """The scan body of :meth:`_unrolled` with a continuation: ``(live, η), (kept, _)``."""
@@ -612,6 +653,7 @@ class IterativeSolver(DifferentiableRun):
             halt = jax.lax.stop_gradient(self._broken(*live))
             live = tree.where(halt, live, moved)
             kept = tree.where(stopped, kept, kept_moved)
+            self._report_unless(stopped, kept[1])
             # A stall: no new smallest error while the iterate moves by rounding only. Once
             # counted to _STALL_STEPS it stays (the switch is for good).
             error = jnp.asarray(kept[1].error, best.dtype)

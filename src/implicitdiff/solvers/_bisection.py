@@ -17,6 +17,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._failures import Status
+from implicitdiff.solvers._objective import WithAux
 
 __all__ = ["Bisection", "BisectionState"]
 
@@ -41,6 +42,7 @@ class BisectionState(NamedTuple):
     sign: jax.Array
     valid_bracket: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    aux: Any = None  # optimality_fun's aux at the current x (has_aux=True)
 
 
 def _is_tracer(leaf: Any) -> bool:
@@ -75,7 +77,10 @@ class Bisection(IterativeSolver):
     iterates are piecewise constant in θ (lower and upper are constants). Keep the default.
 
     Attributes:
-      optimality_fun: G(x, *args, **kwargs), a scalar for a scalar x.
+      optimality_fun: G(x, *args, **kwargs), a scalar for a scalar x; (G(x), aux) with
+        ``has_aux``.
+      has_aux: whether ``optimality_fun`` returns (G(x), aux); aux (at the returned x) is kept
+        in ``state.aux`` and plays no part in the iteration or the derivative (False).
       lower, upper: the bracket, lower < upper (finite numbers).
       check_bracket: raise on an invalid bracket when the arguments are concrete (default True).
       maxiter, tol: stop when |G(x)| ≤ tol (default 1e-6) or after maxiter (100) iterations.
@@ -94,6 +99,7 @@ class Bisection(IterativeSolver):
     lower: float = dataclasses.field(default=0.0, kw_only=False)
     upper: float = dataclasses.field(default=0.0, kw_only=False)
     check_bracket: bool = True
+    has_aux: bool = False
     maxiter: int = 100
     tol: float = 1e-6
 
@@ -103,6 +109,9 @@ class Bisection(IterativeSolver):
             raise TypeError(
                 f"Bisection: optimality_fun must be callable, got {self.optimality_fun!r}"
             )
+        with_aux = WithAux(self.optimality_fun, self.has_aux, "Bisection", "optimality_fun")
+        object.__setattr__(self, "_with_aux", with_aux)
+        object.__setattr__(self, "_root_fun", with_aux.value_fun())
         for name in ("lower", "upper"):
             value = getattr(self, name)
             try:
@@ -122,7 +131,7 @@ class Bisection(IterativeSolver):
             )
 
     def _value(self, x, args, kwargs) -> jax.Array:
-        value = jnp.asarray(self.optimality_fun(x, *args, **kwargs))
+        value = jnp.asarray(self._root_fun(x, *args, **kwargs))
         if value.shape != ():
             raise TypeError(
                 f"Bisection: optimality_fun must return a scalar, got shape {value.shape}"
@@ -166,6 +175,7 @@ class Bisection(IterativeSolver):
             high=high,
             sign=sign,
             valid_bracket=valid,
+            aux=self._with_aux.aux(init_params, *args, **kwargs),
         )
 
     def update(self, params, state: BisectionState, /, *args, **kwargs) -> OptStep:
@@ -194,6 +204,7 @@ class Bisection(IterativeSolver):
             value=value,
             low=low,
             high=high,
+            aux=self._with_aux.aux(x, *args, **kwargs),
         )
         return OptStep(x, state)
 
@@ -214,9 +225,9 @@ class Bisection(IterativeSolver):
         """The condition that the solution is differentiated through: G(x, *args) = 0.
 
         Returns:
-          ``("root", optimality_fun)``.
+          ``("root", G)``, G the value part of ``optimality_fun``.
         """
-        return "root", self.optimality_fun
+        return "root", self._root_fun
 
     def run(self, init_params: Any = None, *args, **kwargs) -> OptStep:
         """Solve on [lower, upper]; ``init_params`` is ignored (a complex one is refused).
@@ -242,8 +253,8 @@ class Bisection(IterativeSolver):
         if self.check_bracket:
             valid = result.state.valid_bracket
             if not _is_tracer(valid) and not bool(valid):
-                low_value = self.optimality_fun(self.lower, *args, **kwargs)
-                high_value = self.optimality_fun(self.upper, *args, **kwargs)
+                low_value = self._root_fun(self.lower, *args, **kwargs)
+                high_value = self._root_fun(self.upper, *args, **kwargs)
                 raise ValueError(
                     f"Bisection: the bracket [lower={self.lower!r}, upper={self.upper!r}] is "
                     f"invalid: G(lower) = {float(low_value):.6g} and G(upper) = "

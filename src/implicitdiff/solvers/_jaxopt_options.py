@@ -25,8 +25,8 @@ COMMON = {
         "evaluate the auxiliary output at the solution after the run"
     ),
     "verbose": (
-        "read state.iter_num, state.error and state.status after the run, or print from fun "
-        "with jax.debug.print"
+        "verbose= is an option of the iterative solvers; read state.iter_num, state.error and "
+        "state.status after the run"
     ),
 }
 

@@ -20,6 +20,7 @@ trial of each line search) are checked and computed here too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from implicitdiff.solvers import _dtypes
 __all__ = [
     "LINESEARCH_INITS",
     "Objective",
+    "WithAux",
     "check_complex",
     "check_objective_options",
     "check_stepsize",
@@ -220,3 +222,60 @@ class Objective:
             name="proximal_gradient_fixed_point",
             doc="prox(x − η∇₁f(x, *args), hyperparams, η) with the gradient that fun returns.",
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class WithAux:
+    """A user function that returns ``(value, aux)`` with ``has_aux=True`` (JAXopt's option of
+    FixedPointIteration, AndersonAcceleration, Broyden, GaussNewton, LevenbergMarquardt,
+    Bisection and MirrorDescent), its value alone otherwise.
+
+    :meth:`value` is the function the solver iterates on and differentiates through (its
+    optimality condition never sees aux); :meth:`aux` is what the solver keeps in
+    ``state.aux`` (None without ``has_aux``), at the state's iterate.
+
+    Attributes:
+      fun: the user's function of (x, *args, **kwargs).
+      has_aux: whether it returns (value, aux).
+      owner: the solver's name, for errors.
+      name: the function's field name (``fun``, ``fixed_point_fun``, ...), for errors.
+    """
+
+    fun: Callable
+    has_aux: bool = False
+    owner: str = ""
+    name: str = "fun"
+
+    def __post_init__(self):
+        if not isinstance(self.has_aux, bool):
+            raise TypeError(
+                f"{self.owner}: has_aux must be a bool (True: {self.name} returns (value, aux)), "
+                f"got {self.has_aux!r}"
+            )
+
+    def _split(self, out: Any) -> tuple[Any, Any]:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(
+                f"{self.owner}: {self.name} must return (value, aux) with has_aux=True, got "
+                f"{type(out).__name__}; pass has_aux=False for a function returning its value"
+            )
+        return out[0], out[1]
+
+    def value_fun(self) -> Callable:
+        """x, *args ↦ the value part: ``fun`` itself without ``has_aux`` (same signature)."""
+        if not self.has_aux:
+            return self.fun
+        split, fun = self._split, self.fun
+
+        @functools.wraps(fun)
+        def value(x, /, *args, **kwargs):
+            return split(fun(x, *args, **kwargs))[0]
+
+        return value
+
+    def aux(self, x: PyTree, /, *args, **kwargs) -> Any:
+        """aux(x) with ``has_aux``, else None (an implicitly differentiated run returns it
+        without derivative, as every state)."""
+        if not self.has_aux:
+            return None
+        return self._split(self.fun(x, *args, **kwargs))[1]

@@ -171,11 +171,11 @@ class BoxOSQP(IterativeSolver):
       stepsize_updates_frequency: iterations between ρ updates (default 10).
       primal_infeasible_tol, dual_infeasible_tol: the relative tolerances of the infeasibility
         certificates (default 1e-3 each).
-      termination_check_frequency, verbose: accepted for JAXopt's signature; the stopping test
-        runs at every iteration; nothing is printed.
+      termination_check_frequency: accepted for JAXopt's signature; the stopping test runs at
+        every iteration.
       maxiter, tol: at most ``maxiter`` iterations (default 4000); stop when ``state.error`` ≤
         ``tol`` (default 1e-3).
-      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+      implicit_diff, solve, unroll_checkpoint, jit, verbose: see :class:`IterativeSolver`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -205,7 +205,6 @@ class BoxOSQP(IterativeSolver):
     maxiter: int = 4000
     tol: float = 1e-3
     termination_check_frequency: int = 5
-    verbose: Any = False
 
     UNSOLVED = Status.MAX_ITERATIONS
     SOLVED = Status.CONVERGED

@@ -23,6 +23,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers._anderson import mixing_weights, slot_products
 from implicitdiff.solvers._anderson import stack_slot as _stack_slot
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._objective import WithAux
 
 __all__ = [
     "AndersonAcceleration",
@@ -37,9 +38,14 @@ def _error(residual: PyTree, dtype: Any) -> jax.Array:
     return tree.norm(jax.lax.stop_gradient(residual)).astype(dtype)
 
 
-def _check_fixed_point_fun(name: str, fixed_point_fun: Any) -> None:
+def _check_fixed_point_fun(solver: Any) -> None:
+    """Check ``fixed_point_fun`` and ``has_aux``; set ``solver._map``, T's value part."""
+    name, fixed_point_fun = type(solver).__name__, solver.fixed_point_fun
     if not callable(fixed_point_fun):
         raise TypeError(f"{name}: fixed_point_fun must be callable, got {fixed_point_fun!r}")
+    with_aux = WithAux(fixed_point_fun, solver.has_aux, name, "fixed_point_fun")
+    object.__setattr__(solver, "_with_aux", with_aux)
+    object.__setattr__(solver, "_map", with_aux.value_fun())
 
 
 class FixedPointState(NamedTuple):
@@ -50,6 +56,7 @@ class FixedPointState(NamedTuple):
     converged: jax.Array
     next_params: PyTree
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    aux: Any = None  # fixed_point_fun's aux at the current x (has_aux=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -66,7 +73,9 @@ class FixedPointIteration(IterativeSolver):
     (:func:`implicitdiff.custom_fixed_point`).
 
     Attributes:
-      fixed_point_fun: T(x, *args, **kwargs), a pytree like x.
+      fixed_point_fun: T(x, *args, **kwargs), a pytree like x; (T(x), aux) with ``has_aux``.
+      has_aux: whether ``fixed_point_fun`` returns (T(x), aux); aux (at the returned x) is kept
+        in ``state.aux`` and plays no part in the iteration or the derivative (False).
       maxiter, tol: stop when ‖T(x) − x‖ ≤ tol (default 1e-6) or after maxiter (1000) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -81,11 +90,12 @@ class FixedPointIteration(IterativeSolver):
 
     fixed_point_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     maxiter: int = 1000
+    has_aux: bool = False
     tol: float = 1e-6
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fixed_point_fun("FixedPointIteration", self.fixed_point_fun)
+        _check_fixed_point_fun(self)
 
     def init_state(self, init_params, /, *args, **kwargs) -> FixedPointState:
         """The state at ``init_params``: T evaluated there once.
@@ -101,7 +111,7 @@ class FixedPointIteration(IterativeSolver):
         Raises:
           TypeError: T(x₀) is not shaped like x₀.
         """
-        next_params = self.fixed_point_fun(init_params, *args, **kwargs)
+        next_params = self._map(init_params, *args, **kwargs)
         _checks.check_like(
             init_params, next_params, "FixedPointIteration", "fixed_point_fun", "init_params"
         )
@@ -110,6 +120,7 @@ class FixedPointIteration(IterativeSolver):
             error=_error(tree.sub(next_params, init_params), tree.dtype(init_params)),
             converged=jnp.asarray(False),
             next_params=next_params,
+            aux=self._with_aux.aux(init_params, *args, **kwargs),
         )
 
     def update(self, params, state: FixedPointState, /, *args, **kwargs) -> OptStep:
@@ -127,12 +138,13 @@ class FixedPointIteration(IterativeSolver):
           ``OptStep(params, state)``: x⁺ and its state (error ‖T(x⁺) − x⁺‖, next_params = T(x⁺)).
         """
         params = state.next_params
-        next_params = self.fixed_point_fun(params, *args, **kwargs)
+        next_params = self._map(params, *args, **kwargs)
         state = FixedPointState(
             iter_num=state.iter_num + 1,
             error=_error(tree.sub(next_params, params), state.error.dtype),
             converged=state.converged,
             next_params=next_params,
+            aux=self._with_aux.aux(params, *args, **kwargs),
         )
         return OptStep(params, state)
 
@@ -140,9 +152,9 @@ class FixedPointIteration(IterativeSolver):
         """The condition that the solution is differentiated through: x = T(x, *args).
 
         Returns:
-          ``("fixed_point", fixed_point_fun)``.
+          ``("fixed_point", T)``, T the value part of ``fixed_point_fun``.
         """
-        return "fixed_point", self.fixed_point_fun
+        return "fixed_point", self._map
 
 
 class AndersonState(NamedTuple):
@@ -159,6 +171,7 @@ class AndersonState(NamedTuple):
     residuals_history: PyTree
     gram: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    aux: Any = None  # fixed_point_fun's aux at the current x (has_aux=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -189,7 +202,9 @@ class AndersonAcceleration(IterativeSolver):
     (:func:`implicitdiff.custom_fixed_point`).
 
     Attributes:
-      fixed_point_fun: T(x, *args, **kwargs), a pytree like x.
+      fixed_point_fun: T(x, *args, **kwargs), a pytree like x; (T(x), aux) with ``has_aux``.
+      has_aux: whether ``fixed_point_fun`` returns (T(x), aux); aux (at the returned x) is kept
+        in ``state.aux`` and plays no part in the iteration or the derivative (False).
       history_size: m ≥ 1, the number of past iterates mixed (default 5).
       mixing_frequency: extrapolate every this many iterations (≥ 1, default 1: always).
       beta: β > 0, the damping of the residuals in the mixed step (default 1: undamped).
@@ -213,11 +228,12 @@ class AndersonAcceleration(IterativeSolver):
     beta: float = dataclasses.field(default=1.0, kw_only=False)
     ridge: float = 1e-5
     maxiter: int = 500
+    has_aux: bool = False
     tol: float = 1e-6
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fixed_point_fun("AndersonAcceleration", self.fixed_point_fun)
+        _check_fixed_point_fun(self)
         for name in ("history_size", "mixing_frequency"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -254,7 +270,7 @@ class AndersonAcceleration(IterativeSolver):
         """
         m = self.history_size
         dtype = tree.dtype(init_params)
-        next_params = self.fixed_point_fun(init_params, *args, **kwargs)
+        next_params = self._map(init_params, *args, **kwargs)
         _checks.check_like(
             init_params, next_params, "AndersonAcceleration", "fixed_point_fun", "init_params"
         )
@@ -270,6 +286,7 @@ class AndersonAcceleration(IterativeSolver):
             params_history=params_history,
             residuals_history=residuals_history,
             gram=gram,
+            aux=self._with_aux.aux(init_params, *args, **kwargs),
         )
 
     def _weights(self, gram: jax.Array, filled: jax.Array, newest: jax.Array) -> jax.Array:
@@ -312,7 +329,7 @@ class AndersonAcceleration(IterativeSolver):
             mixed = tree.map(mix, state.params_history, state.residuals_history, plain)
             extrapolate = jnp.mod(k, self.mixing_frequency) == 0
             params = tree.where(extrapolate, mixed, plain)
-        residual = tree.sub(self.fixed_point_fun(params, *args, **kwargs), params)
+        residual = tree.sub(self._map(params, *args, **kwargs), params)
         params_history, residuals_history, gram = self._record(
             (state.params_history, state.residuals_history, state.gram),
             jnp.mod(k + 1, m),
@@ -326,6 +343,7 @@ class AndersonAcceleration(IterativeSolver):
             params_history=params_history,
             residuals_history=residuals_history,
             gram=gram,
+            aux=self._with_aux.aux(params, *args, **kwargs),
         )
         return OptStep(params, state)
 
@@ -333,6 +351,6 @@ class AndersonAcceleration(IterativeSolver):
         """The condition that the solution is differentiated through: x = T(x, *args).
 
         Returns:
-          ``("fixed_point", fixed_point_fun)``.
+          ``("fixed_point", T)``, T the value part of ``fixed_point_fun``.
         """
-        return "fixed_point", self.fixed_point_fun
+        return "fixed_point", self._map

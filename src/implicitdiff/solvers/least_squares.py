@@ -32,6 +32,7 @@ from implicitdiff.solvers._least_squares_options import (
     geodesic_step,
     linearize_with_jacobian,
 )
+from implicitdiff.solvers._objective import WithAux
 
 __all__ = [
     "GaussNewton",
@@ -70,9 +71,16 @@ def _step_solver(solver: str | Callable) -> Callable:
     return base
 
 
-def _check_common(name: str, residual_fun: Any, solver: Any) -> Callable:
+def _check_common(least_squares: Any) -> Callable:
+    """Check ``residual_fun``, ``has_aux`` and ``solver``; set ``_residual`` (r's value part)
+    and ``_with_aux``; return the step's linear solver."""
+    name = type(least_squares).__name__
+    residual_fun, solver = least_squares.residual_fun, least_squares.solver
     if not callable(residual_fun):
         raise TypeError(f"{name}: residual_fun must be callable, got {residual_fun!r}")
+    with_aux = WithAux(residual_fun, least_squares.has_aux, name, "residual_fun")
+    object.__setattr__(least_squares, "_with_aux", with_aux)
+    object.__setattr__(least_squares, "_residual", with_aux.value_fun())
     try:
         return _step_solver(solver)
     except (TypeError, ValueError) as err:
@@ -88,6 +96,7 @@ class GaussNewtonState(NamedTuple):
     value: jax.Array
     gradient: PyTree
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    aux: Any = None  # residual_fun's aux at the current x (has_aux=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -113,7 +122,9 @@ class GaussNewton(IterativeSolver):
     JᵀJ + Σₖ rₖ∇²rₖ: derivatives are exact for non-zero residuals too.
 
     Attributes:
-      residual_fun: r(x, *args, **kwargs), a pytree of arrays.
+      residual_fun: r(x, *args, **kwargs), a pytree of arrays; (r, aux) with ``has_aux``.
+      has_aux: whether ``residual_fun`` returns (r, aux); aux (at the returned x) is kept in
+        ``state.aux`` and plays no part in the iteration or the derivative (False).
       solver: the linear solver of each step, a name or callable of
         :mod:`implicitdiff.linear_solve` (``solve(matvec, b) -> x``); default ``"auto"``
         (dense LU up to 200 unknowns, CG above). Not to be confused with ``solve``, the
@@ -133,14 +144,13 @@ class GaussNewton(IterativeSolver):
 
     residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     solver: str | Callable = "auto"
+    has_aux: bool = False
     maxiter: int = 100
     tol: float = 1e-6
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(
-            self, "_solve_step", _check_common("GaussNewton", self.residual_fun, self.solver)
-        )
+        object.__setattr__(self, "_solve_step", _check_common(self))
 
     def init_state(self, init_params, /, *args, **kwargs) -> GaussNewtonState:
         """The state at ``init_params``: ½‖r‖² and Jᵀr evaluated there (one VJP of r).
@@ -153,7 +163,7 @@ class GaussNewton(IterativeSolver):
         Returns:
           A ``GaussNewtonState``: iter_num 0, error ‖Jᵀr(x₀)‖, value ½‖r(x₀)‖², gradient Jᵀr(x₀).
         """
-        value, gradient = _value_and_gradient(self.residual_fun, init_params, args, kwargs)
+        value, gradient = _value_and_gradient(self._residual, init_params, args, kwargs)
         dtype = tree.dtype(init_params)
         return GaussNewtonState(
             iter_num=jnp.asarray(0),
@@ -161,6 +171,7 @@ class GaussNewton(IterativeSolver):
             converged=jnp.asarray(False),
             value=value,
             gradient=gradient,
+            aux=self._with_aux.aux(init_params, *args, **kwargs),
         )
 
     def update(self, params, state: GaussNewtonState, /, *args, **kwargs) -> OptStep:
@@ -175,15 +186,16 @@ class GaussNewton(IterativeSolver):
         Returns:
           ``OptStep(params, state)``: x⁺ and its state (½‖r‖², Jᵀr and the error ‖Jᵀr‖ at x⁺).
         """
-        _, jvp, vjp = _linearize(self.residual_fun, params, args, kwargs)
+        _, jvp, vjp = _linearize(self._residual, params, args, kwargs)
         direction = self._solve_step(lambda v: vjp(jvp(v)), tree.neg(state.gradient))
         params = tree.add(params, direction)
-        value, gradient = _value_and_gradient(self.residual_fun, params, args, kwargs)
+        value, gradient = _value_and_gradient(self._residual, params, args, kwargs)
         state = state._replace(
             iter_num=state.iter_num + 1,
             error=_error(gradient, state.error.dtype),
             value=value,
             gradient=gradient,
+            aux=self._with_aux.aux(params, *args, **kwargs),
         )
         return OptStep(params, state)
 
@@ -193,7 +205,7 @@ class GaussNewton(IterativeSolver):
         Returns:
           ``("root", optimality.least_squares(residual_fun))``.
         """
-        return "root", optimality.least_squares(self.residual_fun)
+        return "root", optimality.least_squares(self._residual)
 
 
 class LevenbergMarquardtState(NamedTuple):
@@ -212,6 +224,7 @@ class LevenbergMarquardtState(NamedTuple):
     accepted: jax.Array
     step_norm: jax.Array = jnp.inf  # ‖d‖ of the last trial step (inf before the first)
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    aux: Any = None  # residual_fun's aux at the current x (has_aux=True)
 
 
 def _max_normal_diagonal(jvp: Callable, params: PyTree) -> jax.Array:
@@ -264,7 +277,9 @@ class LevenbergMarquardt(IterativeSolver):
     ∂₁r(x, *args)ᵀ r(x, *args) = 0 (:func:`implicitdiff.optimality.least_squares`).
 
     Attributes:
-      residual_fun: r(x, *args, **kwargs), a pytree of arrays.
+      residual_fun: r(x, *args, **kwargs), a pytree of arrays; (r, aux) with ``has_aux``.
+      has_aux: whether ``residual_fun`` returns (r, aux); aux (at the returned x) is kept in
+        ``state.aux`` and plays no part in the iteration or the derivative (False).
       damping_parameter: τ > 0 in μ₀ = τ · maxᵢ (JᵀJ)ᵢᵢ (default 1e-6: start close to
         Gauss–Newton; use 1e-3 to 1 from a poor start).
       solver: the linear solver of each step, a name or callable of
@@ -302,6 +317,7 @@ class LevenbergMarquardt(IterativeSolver):
     residual_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     damping_parameter: float = 1e-6
     solver: str | Callable = "auto"
+    has_aux: bool = False
     maxiter: int = 100
     tol: float = 1e-6
     stop_criterion: str = "grad-l2-norm"
@@ -314,9 +330,7 @@ class LevenbergMarquardt(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(
-            self, "_solve_step", _check_common("LevenbergMarquardt", self.residual_fun, self.solver)
-        )
+        object.__setattr__(self, "_solve_step", _check_common(self))
         check_lm_options(self)
         if not (isinstance(self.damping_parameter, (int, float)) and self.damping_parameter > 0):
             raise ValueError(
@@ -353,6 +367,7 @@ class LevenbergMarquardt(IterativeSolver):
             damping_increase=jnp.asarray(2.0, dtype),
             gain_ratio=jnp.asarray(0.0, dtype),
             accepted=jnp.asarray(True),
+            aux=self._with_aux.aux(init_params, *args, **kwargs),
         )
 
     def update(self, params, state: LevenbergMarquardtState, /, *args, **kwargs) -> OptStep:
@@ -382,7 +397,7 @@ class LevenbergMarquardt(IterativeSolver):
         geodesic_ok = jnp.asarray(True)
         if self.geodesic:
             direction, geodesic_ok = geodesic_step(
-                self.residual_fun,
+                self._residual,
                 params,
                 args,
                 kwargs,
@@ -399,11 +414,9 @@ class LevenbergMarquardt(IterativeSolver):
         # are not differentiated (implicit_diff), the trial's gradient is taken along, and is
         # the new one if the trial is accepted: one evaluation of r fewer per iteration.
         if self.implicit_diff:
-            value_trial, gradient_trial = _value_and_gradient(
-                self.residual_fun, trial, args, kwargs
-            )
+            value_trial, gradient_trial = _value_and_gradient(self._residual, trial, args, kwargs)
         else:
-            r_trial = self.residual_fun(trial, *args, **kwargs)
+            r_trial = self._residual(trial, *args, **kwargs)
             value_trial = 0.5 * tree.vdot(r_trial, r_trial)
         predicted = 0.5 * (
             mu * tree.vdot(direction, direction) - tree.vdot(direction, state.gradient)
@@ -435,7 +448,7 @@ class LevenbergMarquardt(IterativeSolver):
             new_value = jnp.where(accept, value_trial, state.value)
             new_gradient = tree.where(accept, gradient_trial, state.gradient)
         else:
-            new_value, new_gradient = _value_and_gradient(self.residual_fun, params, args, kwargs)
+            new_value, new_gradient = _value_and_gradient(self._residual, params, args, kwargs)
         state = LevenbergMarquardtState(
             iter_num=state.iter_num + 1,
             error=_error(new_gradient, state.error.dtype),
@@ -447,13 +460,14 @@ class LevenbergMarquardt(IterativeSolver):
             gain_ratio=ratio.astype(dtype),
             accepted=accept,
             step_norm=jax.lax.stop_gradient(tree.norm(direction)).astype(dtype),
+            aux=self._with_aux.aux(params, *args, **kwargs),
         )
         return OptStep(params, state)
 
     def _linearize(self, params, args, kwargs):
         if self.jac_fun is None:
-            return _linearize(self.residual_fun, params, args, kwargs)
-        return linearize_with_jacobian(self.residual_fun, self.jac_fun, params, args, kwargs)
+            return _linearize(self._residual, params, args, kwargs)
+        return linearize_with_jacobian(self._residual, self.jac_fun, params, args, kwargs)
 
     def _madsen_nielsen(self, params, state) -> jax.Array:
         """‖d‖₂ ≤ xtol·(‖x‖₂ + xtol) or ‖Jᵀr‖∞ ≤ gtol."""
@@ -495,4 +509,4 @@ class LevenbergMarquardt(IterativeSolver):
         Returns:
           ``("root", optimality.least_squares(residual_fun))``.
         """
-        return "root", optimality.least_squares(self.residual_fun)
+        return "root", optimality.least_squares(self._residual)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from implicitdiff import _checks, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._objective import Objective, check_objective_options
 
 __all__ = ["MirrorDescent", "MirrorDescentState"]
 
@@ -28,6 +29,7 @@ class MirrorDescentState(NamedTuple):
     error: jax.Array
     converged: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    aux: Any = None  # fun's aux at the current x (has_aux=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -68,6 +70,9 @@ class MirrorDescent(IterativeSolver):
       stepsize: η > 0 (default 1), or a callable ``stepsize(iter_num)`` returning η > 0.
       projection, mapping: P^φ and ∇φ, both or neither (None: the entropy on simplices); not
         with ``projection_grad``.
+      has_aux: whether ``fun`` returns (f, aux); aux (at the returned x: one more evaluation of
+        ``fun`` per iteration) is kept in ``state.aux`` and plays no part in the iteration or
+        the derivative (False).
       maxiter, tol: at most ``maxiter`` (1000) iterations; stop when the error ≤ ``tol`` (1e-6).
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -86,6 +91,7 @@ class MirrorDescent(IterativeSolver):
     projection: Callable | None = None
     mapping: Callable | None = None
     maxiter: int = 1000
+    has_aux: bool = False
     tol: float = 1e-6
 
     def __post_init__(self):
@@ -115,7 +121,9 @@ class MirrorDescent(IterativeSolver):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"MirrorDescent: {name} must be callable, got {value!r}")
-        object.__setattr__(self, "_grad", jax.grad(self.fun))
+        check_objective_options("MirrorDescent", False, self.has_aux)
+        object.__setattr__(self, "_objective", Objective(self.fun, has_aux=self.has_aux))
+        object.__setattr__(self, "_grad", self._objective.grad)
 
     def _fixed_stepsize(self) -> float:
         """η in the fixed point that differentiates the solution: 1 for a schedule."""
@@ -165,6 +173,7 @@ class MirrorDescent(IterativeSolver):
             iter_num=jnp.asarray(0),
             error=jnp.asarray(jnp.inf, tree.dtype(init_params)),
             converged=jnp.asarray(False),
+            aux=self._objective.aux(init_params, *args, **kwargs),
         )
 
     def update(
@@ -189,7 +198,9 @@ class MirrorDescent(IterativeSolver):
         new_params = self._step(params, hyperparams_proj, grad, stepsize)
         diff = jax.lax.stop_gradient(tree.sub(new_params, params))
         error = (tree.norm(diff) / stepsize).astype(state.error.dtype)
-        return OptStep(new_params, MirrorDescentState(state.iter_num + 1, error, state.converged))
+        aux = self._objective.aux(new_params, *args, **kwargs)
+        state = MirrorDescentState(state.iter_num + 1, error, state.converged, aux=aux)
+        return OptStep(new_params, state)
 
     def optimality(self):
         """The condition that the solution is differentiated through:
@@ -207,7 +218,7 @@ class MirrorDescent(IterativeSolver):
                 self._grad, self.projection_grad, self._fixed_stepsize()
             )
         return "fixed_point", optimality.mirror_descent(
-            self.fun, self.projection, self.mapping, stepsize=self._fixed_stepsize()
+            self._objective.scalar(), self.projection, self.mapping, stepsize=self._fixed_stepsize()
         )
 
 

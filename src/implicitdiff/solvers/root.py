@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._bisection import Bisection, BisectionState, abs_error
+from implicitdiff.solvers._objective import WithAux
 
 __all__ = ["Bisection", "BisectionState", "Broyden", "BroydenState"]
 
@@ -47,6 +48,7 @@ class BroydenState(NamedTuple):
     stepsize: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     direction: jax.Array | None = None
+    aux: Any = None  # fun's aux at the current x (has_aux=True)
 
 
 _INITS = ("exact", "identity")
@@ -87,7 +89,10 @@ class Broyden(IterativeSolver):
     differentiated through G(x, *args) = 0 (:func:`implicitdiff.custom_root`).
 
     Attributes:
-      fun: G(x, *args, **kwargs), a pytree like x.
+      fun: G(x, *args, **kwargs), a pytree like x; (G(x), aux) with ``has_aux``.
+      has_aux: whether ``fun`` returns (G(x), aux); aux (at the returned x: one more evaluation
+        of ``fun`` per iteration) is kept in ``state.aux`` and plays no part in the iteration or
+        the derivative (False).
       init_jacobian: ``"exact"`` (default) or ``"identity"``, see above.
       gamma: H₀ = gamma · I with ``init_jacobian="identity"`` (≠ 0, default 1).
       max_backtracks: the most halvings of the step in the safeguard (≥ 0, default 20).
@@ -102,6 +107,7 @@ class Broyden(IterativeSolver):
     """
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
+    has_aux: bool = dataclasses.field(default=False, kw_only=False)
     init_jacobian: str = "exact"
     gamma: float = 1.0
     max_backtracks: int = 20
@@ -134,6 +140,9 @@ class Broyden(IterativeSolver):
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"Broyden: fun must be callable, got {self.fun!r}")
+        with_aux = WithAux(self.fun, self.has_aux, "Broyden", "fun")
+        object.__setattr__(self, "_with_aux", with_aux)
+        object.__setattr__(self, "_root_fun", with_aux.value_fun())
         if self.init_jacobian not in _INITS:
             raise ValueError(
                 f"Broyden: init_jacobian must be one of {_INITS}, got {self.init_jacobian!r}"
@@ -154,7 +163,7 @@ class Broyden(IterativeSolver):
 
         def flat_fun(x):
             # G's value in the params' dtype, whatever dtype fun computes in (see _dtypes).
-            value = self.fun(unravel(x), *args, **kwargs)
+            value = self._root_fun(unravel(x), *args, **kwargs)
             return ravel_pytree(_dtypes.cast_like(value, unravel(x)))[0]
 
         return flat_fun
@@ -198,6 +207,7 @@ class Broyden(IterativeSolver):
             inverse_jacobian=h,
             stepsize=jnp.asarray(1.0, dtype),
             direction=-h @ value,
+            aux=self._with_aux.aux(init_params, *args, **kwargs),
         )
 
     def _line_search(self, flat_fun, x, value, direction):
@@ -289,6 +299,7 @@ class Broyden(IterativeSolver):
             inverse_jacobian=h_new,
             stepsize=jnp.where(ok, t, 0.0).astype(state.stepsize.dtype),
             direction=direction_new,
+            aux=self._with_aux.aux(unravel(x_new), *args, **kwargs),
         )
         return OptStep(unravel(x_new), state)
 
@@ -296,6 +307,6 @@ class Broyden(IterativeSolver):
         """The condition that the solution is differentiated through: G(x, *args) = 0.
 
         Returns:
-          ``("root", fun)``.
+          ``("root", G)``, G the value part of ``fun``.
         """
-        return "root", self.fun
+        return "root", self._root_fun
