@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
 import os
 import statistics
 import sys
@@ -38,9 +37,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import jaxopt  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 import optimistix as optx  # noqa: E402
 from jax.extend import core as jax_core  # noqa: E402
 
+import implicitdiff.solvers  # noqa: E402
 from implicitdiff import projections, prox  # noqa: E402
 from implicitdiff.solvers import _base  # noqa: E402
 
@@ -55,12 +56,10 @@ AGREEMENT_RTOL = 1e-4
 GOAL_RUN, GOAL_MEDIAN, GOAL_COMPILE = 1.0, 0.8, 0.5
 
 
-def ours(module: str, name: str):
-    """Our solver class ``implicitdiff.solvers.<module>.<name>``, or None if it is missing."""
-    try:
-        return getattr(importlib.import_module(f"implicitdiff.solvers.{module}"), name)
-    except (ImportError, AttributeError):
-        return None
+def ours(name: str):
+    """Our solver class ``implicitdiff.solvers.<name>`` (the public surface: a missing name is an
+    AttributeError here, never a silently skipped case)."""
+    return getattr(implicitdiff.solvers, name)
 
 
 def fresh(fun: Callable) -> Callable:
@@ -172,7 +171,7 @@ def gradient_descent(quick: bool) -> Case:
     data = logistic_data(n, p)
     eta = 1.0 / (float(jnp.linalg.norm(data[0], 2)) ** 2 / (4 * n) + LAM_LOGISTIC)
     w0, f, args = jnp.zeros(p), logistic_objective, logistic_args
-    GD = ours("gradient_descent", "GradientDescent")
+    GD = ours("GradientDescent")
     c = case(
         GD, "GradientDescent", problem=f"logistic {n:,} × {p}",
         budget=f"fixed step 1/L, tol=0, {iters} iterations (JAXopt: acceleration=False)",
@@ -205,7 +204,7 @@ def quasi_newton(name: str, quick: bool) -> Case:
     n, p = (100, 10) if quick else (1000, 100)
     data = logistic_data(n, p, seed=1)
     w0, f, args = jnp.zeros(p), logistic_objective, logistic_args
-    cls = ours("quasi_newton", name)
+    cls = ours(name)
     c = case(
         cls, name, problem=f"logistic {n:,} × {p}",
         budget=f"‖∇f‖ ≤ {GTOL:g} (Optimistix: rtol = atol = {CAUCHY_TOL:g}), at most 500 its",
@@ -230,7 +229,7 @@ def lbfgsb(quick: bool) -> Case:
     data = logistic_data(n, p, seed=1)
     w0, f, box = jnp.zeros(p), logistic_objective, (-0.1, 0.1)
     args = lambda theta, A, b, *_: (box, jnp.exp(theta), A, b)  # noqa: E731
-    cls = ours("lbfgsb", "LBFGSB")
+    cls = ours("LBFGSB")
     c = case(
         cls, "LBFGSB", problem=f"logistic {n:,} × {p}, box [−0.1, 0.1]",
         budget=f"projected gradient ‖x − P(x − ∇f)‖ ≤ {GTOL:g} (ours: 2-norm, JAXopt: max-norm), "
@@ -267,7 +266,7 @@ def proximal_gradient(quick: bool) -> Case:
     eta = n / float(jnp.linalg.norm(data[0], 2)) ** 2
     w0, f = jnp.zeros(p), least_squares_objective
     args = lambda theta, X, y, *_: (jnp.exp(theta), X, y)  # noqa: E731
-    PG = ours("proximal", "ProximalGradient")
+    PG = ours("ProximalGradient")
     c = case(
         PG, "ProximalGradient", problem=f"lasso {n} × {p}",
         budget=f"FISTA, fixed step 1/L, tol=0, {iters} iterations",
@@ -347,7 +346,7 @@ def projected_gradient(quick: bool) -> Case:
     iters = 200 if quick else 500
     eta = LAM_SVM / float(jnp.linalg.norm(data[0], 2)) ** 2  # 1/L, L = ‖X‖²/λ
     f = svm_dual_objective
-    PG = ours("proximal", "ProjectedGradient")
+    PG = ours("ProjectedGradient")
     c = case(
         PG, "ProjectedGradient", problem=problem,
         budget=f"FISTA, fixed step 1/L, tol=0, {iters} iterations",
@@ -378,7 +377,7 @@ def mirror_descent(quick: bool) -> Case:
     X = data[0]
     eta = LAM_SVM / float(jnp.max(jnp.abs(X @ X.T)))  # 1/L in the ℓ1 norm of each row
     f = svm_dual_objective
-    MD = ours("proximal", "MirrorDescent")
+    MD = ours("MirrorDescent")
     c = case(
         MD, "MirrorDescent", problem=problem,
         budget=f"fixed step 1/L₁, tol=0, {iters} iterations",
@@ -406,7 +405,7 @@ def block_coordinate_descent(quick: bool) -> Case:
     """Cyclic, one sample's row of β per block, exact block steps 1/Lᵢ, tol = 0."""
     problem, data, beta0 = svm_problem(quick)
     iters = 30 if quick else 100
-    BCD = ours("proximal", "BlockCoordinateDescent")
+    BCD = ours("BlockCoordinateDescent")
     c = case(
         BCD, "BlockCoordinateDescent", problem=problem,
         budget=f"block steps 1/Lᵢ, tol=0, {iters} sweeps",
@@ -465,8 +464,7 @@ def least_squares(name: str, quick: bool) -> Case:
     data = tuple(jnp.asarray(a) for a in (t[:m], y[:m], t[m:], y[m:]))
     p0 = jnp.array([1.0, 1.0])
     args = lambda theta, t, y, *_: (jnp.exp(theta), t, y)  # noqa: E731
-    module = "least_squares"
-    cls = ours(module, name)
+    cls = ours(name)
     c = case(
         cls, name, problem=f"exponential fit, {m} points",
         budget=f"tol=0, {iters} iterations", theta=jnp.log(1e-2), data=data, loss=exp_loss,
@@ -521,7 +519,7 @@ def fixed_point(name: str, quick: bool) -> Case:
     iters = {"FixedPointIteration": 300, "AndersonAcceleration": 60}[name]
     x0 = jnp.zeros(n)
     args = lambda theta, W, u: (theta, W, u)  # noqa: E731
-    cls = ours("fixed_point", name)
+    cls = ours(name)
     c = case(
         cls, name, problem=f"tanh(Wx + θu), n = {n}",
         budget=f"tol=0, {iters} iterations" + (", history 5" if "Anderson" in name else ""),
@@ -557,7 +555,7 @@ def broyden(quick: bool) -> Case:
     n = 20 if quick else 200
     x0 = jnp.zeros(n)
     args = lambda theta, W, u: (theta, W, u)  # noqa: E731
-    cls = ours("root", "Broyden")
+    cls = ours("Broyden")
     c = case(
         cls, "Broyden", problem=f"x − tanh(Wx + θu) = 0, n = {n}",
         budget=f"‖G(x)‖ ≤ {ROOT_TOL:g}, at most 100 iterations",
@@ -584,7 +582,7 @@ def cubic(x, theta):
 
 def bisection(quick: bool) -> Case:
     iters = 50
-    cls = ours("root", "Bisection")
+    cls = ours("Bisection")
     c = case(
         cls, "Bisection", problem="x³ + x = θ on [−5, 5]",
         budget=f"tol=0, {iters} iterations (ours also stops when the bracket cannot shrink)",
@@ -646,7 +644,7 @@ def qp_data(n: int, m: int, seed: int) -> tuple:
 
 def equality_qp(quick: bool) -> Case:
     n, m = (20, 5) if quick else (200, 40)
-    cls = ours("qp", "EqualityConstrainedQP")
+    cls = ours("EqualityConstrainedQP")
     c = case(
         cls, "EqualityConstrainedQP", problem=f"QP, n = {n}, {m} equalities",
         budget="tol=1e-10 (refinement of the KKT solve)", theta=jnp.log(0.1),
@@ -662,7 +660,7 @@ def equality_qp(quick: bool) -> Case:
 
 def box_qp(quick: bool) -> Case:
     n, iters = (20, 50) if quick else (100, 100)
-    cls = ours("qp", "BoxCDQP")
+    cls = ours("BoxCDQP")
     c = case(
         cls, "BoxCDQP", problem=f"QP, n = {n}, box [0, 1]", budget=f"tol=0, {iters} sweeps",
         theta=jnp.log(0.1), data=qp_data(n, 0, 7)[:2], loss=qp_loss,
@@ -680,7 +678,7 @@ def osqp(quick: bool) -> Case:
     """ADMM with adaptive ρ, tol=0. JAXopt: eq_qp_solve="lu" (a factorization, as ours; its
     default "cg" with tol=0 would run CG to its iteration limit at every step)."""
     n, m, iters = (10, 20, 200) if quick else (50, 100, 500)
-    cls = ours("qp", "OSQP")
+    cls = ours("OSQP")
     c = case(
         cls, "OSQP", problem=f"QP, n = {n}, {m} inequalities",
         budget=f"tol=0, {iters} iterations (ours then polishes)", theta=jnp.log(0.1),
@@ -692,6 +690,98 @@ def osqp(quick: bool) -> Case:
         "JAXopt": run_style(
             lambda: jaxopt.OSQP(eq_qp_solve="lu", maxiter=iters, tol=0.0), None, args, True
         ),
+    }
+    return c
+
+
+def box_osqp(quick: bool) -> Case:
+    """OSQP's form l ≤ Ax ≤ u (the same QP as OSQP's case: Gx ≤ h as −inf ≤ Gx ≤ h), ADMM,
+    tol=0: both run the iterations of their adaptive ρ (JAXopt's BoxOSQP is its OSQP's core)."""
+    n, m, iters = (10, 20, 200) if quick else (50, 100, 500)
+    cls = ours("BoxOSQP")
+    c = case(
+        cls, "BoxOSQP", problem=f"QP, n = {n}, l ≤ Ax ≤ u with {m} rows",
+        budget=f"tol=0, {iters} iterations", theta=jnp.log(0.1),
+        data=qp_data(n, m, 8), loss=qp_loss,
+    )  # fmt: skip
+
+    def args(theta, M, c, G, h):
+        return qp_objective(theta, M, c), G, (jnp.full_like(h, -jnp.inf), h)
+
+    def box_style(make_solver):
+        def build():
+            solver = make_solver()
+
+            def solve(theta, *data):
+                params, state = solver.run(None, *args(theta, *data))
+                return params.primal[0], state.iter_num
+
+            return solve
+
+        return build
+
+    c.builders = {
+        "ours": box_style(lambda: cls(maxiter=iters, tol=0.0)),
+        "JAXopt": box_style(lambda: jaxopt.BoxOSQP(maxiter=iters, tol=0.0)),
+    }
+    return c
+
+
+def stochastic(name: str, quick: bool) -> Case:
+    """The stochastic solvers run full batch (``run``), tol=0, a fixed number of iterations, on
+    the logistic regression: the same iterations as JAXopt's (equal iterates: the tests)."""
+    n, p, iters = (100, 10, 100) if quick else (1000, 100, 300)
+    data = logistic_data(n, p, seed=3)
+    w0, f, args = jnp.zeros(p), logistic_objective, logistic_args
+    cls = ours(name)
+    options = {"OptaxSolver": "Adam, learning rate 1e-2", "PolyakSGD": "SPS_max, max step 1",
+               "ArmijoSGD": "Armijo, max step 1"}[name]  # fmt: skip
+    c = case(
+        cls, name, problem=f"logistic {n:,} × {p}",
+        budget=f"full batch, {options}, tol=0, {iters} iterations",
+        theta=jnp.log(LAM_LOGISTIC), data=data, loss=logistic_loss,
+    )  # fmt: skip
+
+    def make(module):
+        def make_solver():
+            if name == "OptaxSolver":
+                return module.OptaxSolver(fresh(f), optax.adam(1e-2), maxiter=iters, tol=0.0)
+            return getattr(module, name)(fresh(f), maxiter=iters, tol=0.0)
+
+        return make_solver
+
+    c.builders = {
+        "ours": run_style(make(implicitdiff.solvers), w0, args),
+        "JAXopt": run_style(make(jaxopt), w0, args),
+    }
+    return c
+
+
+def anderson_wrapper(quick: bool) -> Case:
+    """Anderson acceleration around gradient descent with a fixed step 1/L, tol=0."""
+    n, p, iters = (100, 10, 100) if quick else (1000, 100, 200)
+    data = logistic_data(n, p, seed=4)
+    eta = 1.0 / (float(jnp.linalg.norm(data[0], 2)) ** 2 / (4 * n) + LAM_LOGISTIC)
+    w0, f, args = jnp.zeros(p), logistic_objective, logistic_args
+    cls = ours("AndersonWrapper")
+    c = case(
+        cls, "AndersonWrapper", problem=f"logistic {n:,} × {p}",
+        budget=f"around GradientDescent (step 1/L), history 5, tol=0, {iters} iterations",
+        theta=jnp.log(LAM_LOGISTIC), data=data, loss=logistic_loss,
+    )  # fmt: skip
+
+    def make(module, **gd_options):
+        def make_solver():
+            inner = module.GradientDescent(
+                fresh(f), stepsize=eta, maxiter=iters, tol=0.0, **gd_options
+            )
+            return module.AndersonWrapper(inner)  # the inner solver's maxiter and tol
+
+        return make_solver
+
+    c.builders = {
+        "ours": run_style(make(implicitdiff.solvers), w0, args),
+        "JAXopt": run_style(make(jaxopt, acceleration=False), w0, args),
     }
     return c
 
@@ -716,6 +806,11 @@ def cases(quick: bool) -> list[Case]:
         equality_qp(quick),
         box_qp(quick),
         osqp(quick),
+        box_osqp(quick),
+        stochastic("OptaxSolver", quick),
+        stochastic("PolyakSGD", quick),
+        stochastic("ArmijoSGD", quick),
+        anderson_wrapper(quick),
     ]
 
 

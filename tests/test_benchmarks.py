@@ -101,3 +101,32 @@ def test_quick_run_writes_report_and_plots(runs, script):
         png = output.parent / "images" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
         assert f"images/{name}" in body, f"{name} is not shown in the report"
+
+
+def test_solver_benchmark_runs_every_public_solver_it_names():
+    """Every case of bench_solvers.py builds our class from ``implicitdiff.solvers`` (a case
+    that cannot find its class fails here, instead of being skipped in the report: after a file
+    split, six cases had silently stopped running), and the cases cover each solver that has a
+    JAXopt counterpart in the benchmark's reach."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_solvers
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import implicitdiff.solvers
+
+    cases = bench_solvers.cases(quick=True)
+    assert [c.solver for c in cases if c.skipped] == []
+    names = {c.solver for c in cases}
+    for name in names:
+        assert isinstance(getattr(implicitdiff.solvers, name), type), name
+    expected = {
+        "GradientDescent", "LBFGS", "BFGS", "NonlinearCG", "LBFGSB", "ProximalGradient",
+        "ProjectedGradient", "MirrorDescent", "BlockCoordinateDescent", "GaussNewton",
+        "LevenbergMarquardt", "FixedPointIteration", "AndersonAcceleration", "Broyden",
+        "Bisection", "EqualityConstrainedQP", "BoxCDQP", "OSQP", "BoxOSQP", "OptaxSolver",
+        "PolyakSGD", "ArmijoSGD", "AndersonWrapper",
+    }  # fmt: skip
+    assert expected <= names, sorted(expected - names)
+    for c in cases:
+        assert {"ours", "JAXopt"} <= set(c.builders), c.solver
