@@ -28,7 +28,6 @@ def test_lbfgs_and_lbfgsb_stop_where_the_search_fails():
     zoom = S.LBFGS(log_barrier, linesearch="zoom", on_failure="ignore", **options)
     backtracking = S.LBFGS(log_barrier, linesearch="backtracking", on_failure="ignore", **options)
     lbfgsb = S.LBFGSB(log_barrier, on_failure="ignore", **options)
-    going_on = S.LBFGS(log_barrier, linesearch="backtracking", maxls=1, on_failure="ignore")
 
     @jax.jit
     def program(c):
@@ -36,16 +35,13 @@ def test_lbfgs_and_lbfgsb_stop_where_the_search_fails():
             zoom.run(START, c),
             backtracking.run(START, c),
             lbfgsb.run(START, None, c),
-            going_on.run(START, c),
         )
 
-    *stopped, (x_on, state_on) = program(C)
+    stopped = program(C)
     for point, state in stopped:
         assert int(state.iter_num) == 1 and bool(state.failed_linesearch)
         assert int(state.status) == Status.STALLED
         np.testing.assert_array_equal(point, START)  # stopped where it stood
-    assert bool(state_on.converged)  # without the option the run goes on to the minimum
-    np.testing.assert_allclose(jax.grad(log_barrier)(x_on, C), 0.0, atol=1e-6)
 
     x_ref, state_ref = jaxopt.LBFGS(log_barrier, linesearch="zoom", **options).run(START, C)
     assert int(state_ref.iter_num) == 1 and bool(state_ref.failed_linesearch)
