@@ -95,3 +95,18 @@ def test_lbfgsb_theta():
     np.testing.assert_allclose(jacobian, _closed_form_jacobian(x, TARGET), rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="theta"):
         S.LBFGSB(box_objective, theta=0.0)
+
+
+@pytest.mark.parametrize("name", ["LBFGS", "BFGS", "NonlinearCG", "LBFGSB"])
+def test_deprecated_condition_and_decrease_factor_are_ignored_with_a_warning(name):
+    """JAXopt 0.8 accepts them, warns that they are deprecated and ignores them: so here."""
+    cls = getattr(S, name)
+    with pytest.warns(DeprecationWarning, match="condition= is deprecated and ignored"):
+        solver = cls(box_objective, condition="armijo")
+    with pytest.warns(DeprecationWarning, match="decrease_factor= is deprecated and ignored"):
+        cls(box_objective, decrease_factor=0.5)
+    plain = cls(box_objective)
+    assert solver.linesearch == plain.linesearch and solver.maxls == plain.maxls
+    with pytest.warns(DeprecationWarning):
+        jaxopt_solver = getattr(jaxopt, name)(box_objective, condition="armijo")
+    assert jaxopt_solver.condition == "armijo"

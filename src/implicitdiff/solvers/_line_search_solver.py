@@ -24,6 +24,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._jaxopt_options import warn_deprecated_search_options
 from implicitdiff.solvers._objective import (
     LINESEARCH_INITS,
     Objective,
@@ -91,16 +92,12 @@ class LineSearchSolver(IterativeSolver):
     max_stepsize: float | None = None
     min_stepsize: float = 1e-6
 
+    # JAXopt 0.8's deprecated options: accepted, ignored with a DeprecationWarning (as JAXopt).
+    condition: Any = None
+    decrease_factor: Any = None
+
     # JAXopt's options refused here, with what to use instead.
     _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "condition": (
-            "deprecated and ignored in JAXopt 0.8; pass linesearch=BacktrackingLineSearch(fun, "
-            "condition=...) (implicitdiff.solvers)"
-        ),
-        "decrease_factor": (
-            "deprecated and ignored in JAXopt 0.8; pass linesearch=BacktrackingLineSearch(fun, "
-            "decrease_factor=...) (implicitdiff.solvers)"
-        ),
         "stop_if_linesearch_fails": (
             "the run goes on after a failed search (the next direction is −∇f); read "
             "state.status and state.converged after the run"
@@ -113,6 +110,11 @@ class LineSearchSolver(IterativeSolver):
         if not callable(self.fun):
             raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
         check_objective_options(name, self.value_and_grad, self.has_aux)
+        warn_deprecated_search_options(
+            self,
+            "pass linesearch=BacktrackingLineSearch(fun, condition=..., decrease_factor=...) "
+            "(implicitdiff.solvers)",
+        )
         if not (isinstance(self.linesearch, LineSearch) or self.linesearch in _LINESEARCHES):
             raise ValueError(
                 f"{name}: linesearch must be one of {_LINESEARCHES} or a line-search object "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ from implicitdiff import _projection_ops as projections
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._jaxopt_options import warn_deprecated_search_options
 from implicitdiff.solvers._lbfgsb_parts import (
     arc_backtracking,
     box_or_unbounded,
@@ -151,18 +152,18 @@ class LBFGSB(IterativeSolver):
     tol: float = 1e-6
     theta: float = 1.0
     stop_if_linesearch_fails: bool = False
-
-    # JAXopt's options refused here, with what to use instead.
-    _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "condition": "deprecated and ignored in JAXopt 0.8; the search is Armijo's (step 3)",
-        "decrease_factor": "deprecated and ignored in JAXopt 0.8; each search halves the step",
-    }
+    # JAXopt 0.8's deprecated options: accepted, ignored with a DeprecationWarning (as JAXopt).
+    condition: Any = None
+    decrease_factor: Any = None
 
     def __post_init__(self):
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"LBFGSB: fun must be callable, got {self.fun!r}")
         check_objective_options("LBFGSB", self.value_and_grad, self.has_aux)
+        warn_deprecated_search_options(
+            self, "the search is Armijo's along the projection arc, halving the step (step 3)"
+        )
         check_stepsize("LBFGSB", self.stepsize)
         if self.linesearch not in ("backtracking", "zoom", "hager-zhang"):
             raise ValueError(
