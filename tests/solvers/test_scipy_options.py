@@ -118,7 +118,13 @@ def test_maxiter_is_forwarded_as_jaxopt_does():
     assert not bool(state.converged)
     assert S.ScipyMinimize(fun=quartic).maxiter == 500  # JAXopt's default
     with pytest.raises(ValueError, match="maxiter"):
-        S.ScipyMinimize(fun=quartic, options={"maxiter": 10})
+        S.ScipyMinimize(fun=quartic, maxiter=20, options={"maxiter": 10})
+    # options' own maxiter (this library's spelling before JAXopt's field) still works.
+    x_options, state = jax.jit(
+        S.ScipyMinimize(fun=quartic, method="BFGS", options={"maxiter": 2}, on_failure="ignore").run
+    )(jnp.zeros(3), A)
+    assert int(state.iter_num) == 2
+    np.testing.assert_array_equal(x_options, x)
     with pytest.raises(ValueError, match="maxiter"):
         S.ScipyBoundedMinimize(fun=quartic, maxiter=0)
     with pytest.raises(TypeError, match="has_aux"):

@@ -184,14 +184,21 @@ def check_common(solver: Any, owner: str) -> None:
         raise ValueError(f"{owner}: error_tol must be ≥ 0, got {solver.error_tol!r}")
 
 
+DEFAULT_MAXITER = 500  # JAXopt's default of the minimize wrappers' maxiter
+
+
 def check_maxiter(solver: Any, owner: str) -> None:
-    """``maxiter`` an int ≥ 1, not also given in ``options`` (JAXopt's ValueError)."""
+    """``maxiter`` an int ≥ 1, not in conflict with an ``options["maxiter"]``: one given in
+    ``options`` is used when ``maxiter`` is left at its default (JAXopt raises a ValueError for
+    any ``options["maxiter"]``); a different non-default ``maxiter`` too is a ValueError."""
     maxiter = solver.maxiter
     if not (isinstance(maxiter, int) and not isinstance(maxiter, bool) and maxiter >= 1):
         raise ValueError(f"{owner}: maxiter must be an int ≥ 1, got {maxiter!r}")
-    if solver.options is not None and "maxiter" in solver.options:
+    given = (solver.options or {}).get("maxiter", maxiter)
+    if maxiter != DEFAULT_MAXITER and given != maxiter:
         raise ValueError(
-            f"{owner}: pass maxiter= (default 500), not options['maxiter'] (as in JAXopt)"
+            f"{owner}: maxiter={maxiter!r} and options['maxiter']={given!r} disagree; pass "
+            "maxiter= only"
         )
 
 

@@ -125,7 +125,8 @@ class ScipyMinimize(HostWrapper):
         current iterate as a pytree like the params (JAX arrays on the CPU), as in JAXopt; its
         return value is ignored. Under ``jax.vmap`` it is called for each problem in turn.
       maxiter: SciPy's ``options["maxiter"]`` (default 500, JAXopt's), the most iterations of
-        the method; setting it in ``options`` too is a ValueError, as in JAXopt.
+        the method. An ``options["maxiter"]`` is used when ``maxiter`` is left at 500 (JAXopt
+        raises a ValueError); a different ``maxiter`` too is a ValueError.
       value_and_grad: True if ``fun`` returns ``(value, grad)`` (JAXopt's option): SciPy and the
         optimality condition ∇₁f = 0 use that gradient (a JAX function of x and the arguments,
         differentiated for Hessian products and for the implicit derivative).
@@ -211,7 +212,7 @@ class ScipyMinimize(HostWrapper):
         scipy_optimize = import_scipy_optimize()
         scipy_method, tol = self.method, self.tol
         options = dict(self.options) if self.options is not None else {}
-        options["maxiter"] = self.maxiter
+        options.setdefault("maxiter", self.maxiter)
         if method == "l-bfgs-b":  # SciPy's ftol = tol stops with ‖∇f‖ ≈ √(tol·|f|)
             options.setdefault("ftol", 1e-2 * tol)
         user_callback = self.callback
