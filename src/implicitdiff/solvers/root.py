@@ -44,7 +44,9 @@ class BroydenState(NamedTuple):
     """iter_num, error = ‖G(x)‖ at the current x, converged, value = G(x) (flattened),
     inverse_jacobian = H ≈ (∂₁G)⁻¹ on the flattened x (n × n), stepsize = the last accepted step
     size t (0 when the last line search failed and H was reset), status, direction = −H G(x),
-    the next step (kept up to date with H: one product with H per iteration is saved)."""
+    the next step (kept up to date with H: one product with H per iteration is saved), aux,
+    failed_linesearch (the last search failed), and with ``history_size`` = m the last m
+    update terms c dᵀ of H (``c_history``, ``d_history``, m × n; None otherwise)."""
 
     iter_num: jax.Array
     error: jax.Array
