@@ -74,6 +74,7 @@ def hager_zhang(
     shrinkage_factor: float = 0.66,
     approximate_wolfe_threshold: float = 1e-6,
     max_stepsize: Any = None,
+    tol: float = 0.0,
 ) -> Result:
     """A step η along d satisfying the Wolfe or the approximate Wolfe conditions (Hager & Zhang,
     2005, 2006: the line search of CG_DESCENT), with ε = ``approximate_wolfe_threshold`` · |φ(0)|:
@@ -129,10 +130,11 @@ def hager_zhang(
         finite = jnp.isfinite(f) & jnp.isfinite(s)
         f = jnp.where(finite, f, inf)
         s = jnp.where(finite, s, inf)
-        decrease = f <= value + c1 * t * slope0
-        near = f <= value + eps_k
-        curvature = s >= c2 * slope0
-        ok = finite & curvature & (decrease | (near & (s <= (2 * c1 - 1) * slope0)))
+        # Each inequality up to the slack ``tol`` (JAXopt's; 0 by default).
+        decrease = f <= value + c1 * t * slope0 + tol
+        near = f <= value + eps_k + tol
+        curvature = s >= c2 * slope0 - tol
+        ok = finite & curvature & (decrease | (near & (s <= (2 * c1 - 1) * slope0 + tol)))
         # The lowest trial satisfying the conditions, and the lowest with sufficient decrease
         # (the fallback should none satisfy them).
         take_ok = ok & (f < c.ok_value)

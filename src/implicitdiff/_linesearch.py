@@ -286,6 +286,7 @@ def zoom(
     increase_factor: float = 2.0,
     max_stepsize: Any = 1e10,
     value_rtol: float = 100.0,
+    tol: float = 0.0,
 ) -> Result:
     """A step η along d from x satisfying the strong Wolfe conditions
 
@@ -297,7 +298,7 @@ def zoom(
     value stops decreasing, or the slope turns non-negative); then trials at the safeguarded
     minimizer of the cubic interpolating φ and φ' at both ends, shrinking the interval, until one
     is accepted or ``maxiter`` trials were spent. A non-finite trial counts as a failure of
-    sufficient decrease.
+    sufficient decrease. Both conditions hold up to a slack ``tol`` (default 0).
 
     Near a minimum, f's decrease (about η|φ'(0)|/2) falls below the rounding of f itself, and
     comparisons of values stop meaning anything; there, as in Hager & Zhang's approximate Wolfe
@@ -339,7 +340,7 @@ def zoom(
         new_value, new_grad, new_slope = evaluate(eta)
         finite = jnp.isfinite(new_value) & jnp.isfinite(new_slope)
         # Sufficient decrease, or its approximate form where f's differences are rounding.
-        decrease = (new_value <= value + c1 * eta * slope0) | (
+        decrease = (new_value <= value + c1 * eta * slope0 + tol) | (
             (new_value <= value + noise) & (new_slope <= (2 * c1 - 1) * slope0)
         )
         too_far = (
@@ -347,7 +348,7 @@ def zoom(
             | (new_value > carry.lo_value + noise)
             | ((noise == 0) & (new_value >= carry.lo_value))
         )
-        accept = jnp.logical_not(too_far) & (jnp.abs(new_slope) <= -c2 * slope0)
+        accept = jnp.logical_not(too_far) & (jnp.abs(new_slope) <= -c2 * slope0 + tol)
         # Sufficient decrease and a lower value: the trial becomes lo; the old lo becomes hi if
         # the slope points back towards it (with no bracket, hi = +inf: slope ≥ 0 brackets).
         flip = jnp.logical_not(too_far) & (new_slope * (carry.hi_stepsize - carry.lo_stepsize) >= 0)

@@ -445,3 +445,33 @@ def test_solvers_with_each_linesearch_converge_and_differentiate(cls, search):
         h = 1e-5
         expected = (loss(0.3 + h) - loss(0.3 - h)) / (2 * h)
     np.testing.assert_allclose(jax.grad(loss)(0.3), expected, rtol=rtol)
+
+
+def _two_ones(x):
+    return jnp.sum((x - 1.0) ** 2)
+
+
+def test_zoom_and_hager_zhang_tol_and_jit_as_jaxopt():
+    """JAXopt's ``tol`` (a slack on the conditions) and ``jit`` (accepted; no effect here).
+
+    From x = 0 along −∇f = (2, 2): η = 1 passes the strong Wolfe conditions only with a slack
+    ≥ 0.8 (|φ'(1)| = 8 against 0.9·8), so the zoom stops there with tol = 1, and at the exact
+    minimizer η = ½ with tol = 0 or 0.5, as JAXopt's. Hager–Zhang's step satisfies its Wolfe
+    conditions up to tol."""
+    S = implicitdiff.solvers
+    x0 = jnp.zeros(2)
+    for tol, expected in ((0.0, 0.5), (0.5, 0.5), (1.0, 1.0)):
+        eta, state = S.ZoomLineSearch(_two_ones, tol=tol, jit=False).run(1.0, x0)
+        eta_ref, _ = jaxopt.ZoomLineSearch(_two_ones, tol=tol).run(1.0, x0)
+        assert float(eta) == float(eta_ref) == expected and not bool(state.failed)
+    for tol in (0.0, 1.0):
+        eta, state = S.HagerZhangLineSearch(_two_ones, tol=tol, jit=True).run(1.0, x0)
+        new_grad = jax.grad(_two_ones)(2.0 * eta * jnp.ones(2))
+        slope0, slope = -8.0, float(new_grad @ jnp.full(2, 2.0))
+        assert float(state.value) <= 2.0 + 0.1 * float(eta) * slope0 + tol
+        assert slope >= 0.9 * slope0 - tol and not bool(state.failed)
+    assert S.BacktrackingLineSearch(_two_ones, jit=False).run(1.0, x0)[0] == 0.8
+    with pytest.raises(ValueError, match="tol"):
+        S.ZoomLineSearch(_two_ones, tol=-1.0)
+    with pytest.raises(TypeError, match="jit"):
+        S.HagerZhangLineSearch(_two_ones, jit="sometimes")

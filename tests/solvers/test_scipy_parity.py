@@ -215,7 +215,7 @@ def test_callback_and_hess_inv_match_jaxopt(method):
         fun=pytree_objective,
         method=method,
         tol=1e-10,
-        options={**options, "maxiter": 500},  # JAXopt's default maxiter
+        options=dict(options),  # maxiter: 500 by default, as JAXopt's
         callback=lambda p: ours.append(np.asarray(p["w"])),
     )
     reference = jaxopt.ScipyMinimize(

@@ -302,10 +302,7 @@ def test_lbfgsb_has_aux_and_bounds_as_jaxopt():
 REFUSED = [
     (solvers.LBFGS, "implicit_diff_solve", "solve="),
     (solvers.BFGS, "unroll", "implicit_diff=False"),
-    (solvers.LBFGS, "condition", "BacktrackingLineSearch"),
-    (solvers.BFGS, "decrease_factor", "BacktrackingLineSearch"),
-    (solvers.LBFGS, "stop_if_linesearch_fails", "state.status"),
-    (solvers.LBFGSB, "theta", "use_gamma"),
+    (solvers.BFGS, "stop_if_linesearch_fails", "state.status"),  # JAXopt's BFGS lacks it too
     (solvers.GradientDescent, "implicit_diff_solve", "solve="),
 ]
 

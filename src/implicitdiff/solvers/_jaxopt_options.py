@@ -9,9 +9,11 @@ attribute ``_jaxopt_refused`` (a dict name → alternative).
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
-__all__ = ["COMMON", "refuse_jaxopt_options"]
+__all__ = ["COMMON", "refuse_jaxopt_options", "warn_deprecated_search_options"]
 
 # The JAXopt options of (nearly) every solver that no solver here takes.
 COMMON = {
@@ -39,4 +41,23 @@ def refuse_jaxopt_options(cls: type, kwargs: dict[str, Any]) -> None:
         if name in refused and name not in fields:
             raise TypeError(
                 f"{cls.__name__}: JAXopt's option {name}= is not supported; {refused[name]}"
+            )
+
+
+def warn_deprecated_search_options(solver: Any, alternative: str) -> None:
+    """JAXopt 0.8's deprecated ``condition`` / ``decrease_factor`` of LBFGS, BFGS, NonlinearCG and
+    LBFGSB: accepted and ignored, with a DeprecationWarning naming ``alternative``, as JAXopt
+    does (it warns and ignores them too)."""
+    # Attribute the warning to the caller's line: the first frame outside implicitdiff (the
+    # constructors' frames, the generated __init__ included, run in implicitdiff's modules).
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("implicitdiff"):
+        frame, level = frame.f_back, level + 1
+    for name in ("condition", "decrease_factor"):
+        if getattr(solver, name, None) is not None:
+            warnings.warn(
+                f"{type(solver).__name__}: {name}= is deprecated and ignored, as in JAXopt 0.8; "
+                f"{alternative}",
+                DeprecationWarning,
+                stacklevel=level,
             )

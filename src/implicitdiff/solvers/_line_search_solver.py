@@ -24,6 +24,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._jaxopt_options import warn_deprecated_search_options
 from implicitdiff.solvers._objective import (
     LINESEARCH_INITS,
     Objective,
@@ -91,16 +92,12 @@ class LineSearchSolver(IterativeSolver):
     max_stepsize: float | None = None
     min_stepsize: float = 1e-6
 
+    # JAXopt 0.8's deprecated options: accepted, ignored with a DeprecationWarning (as JAXopt).
+    condition: Any = None
+    decrease_factor: Any = None
+
     # JAXopt's options refused here, with what to use instead.
     _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "condition": (
-            "deprecated and ignored in JAXopt 0.8; pass linesearch=BacktrackingLineSearch(fun, "
-            "condition=...) (implicitdiff.solvers)"
-        ),
-        "decrease_factor": (
-            "deprecated and ignored in JAXopt 0.8; pass linesearch=BacktrackingLineSearch(fun, "
-            "decrease_factor=...) (implicitdiff.solvers)"
-        ),
         "stop_if_linesearch_fails": (
             "the run goes on after a failed search (the next direction is −∇f); read "
             "state.status and state.converged after the run"
@@ -113,6 +110,11 @@ class LineSearchSolver(IterativeSolver):
         if not callable(self.fun):
             raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
         check_objective_options(name, self.value_and_grad, self.has_aux)
+        warn_deprecated_search_options(
+            self,
+            "pass linesearch=BacktrackingLineSearch(fun, condition=..., decrease_factor=...) "
+            "(implicitdiff.solvers)",
+        )
         if not (isinstance(self.linesearch, LineSearch) or self.linesearch in _LINESEARCHES):
             raise ValueError(
                 f"{name}: linesearch must be one of {_LINESEARCHES} or a line-search object "
@@ -164,13 +166,18 @@ class LineSearchSolver(IterativeSolver):
     def _step(self, params, state, direction, own_trial, args, kwargs):
         """(η, f, ∇f, aux) at x + η d: η the fixed ``stepsize`` (or ``stepsize(iter_num)``), else
         the line search's from the first trial (``own_trial`` or ``linesearch_init``'s)."""
+        return self._step_and_failure(params, state, direction, own_trial, args, kwargs)[:4]
+
+    def _step_and_failure(self, params, state, direction, own_trial, args, kwargs):
+        """:meth:`_step`'s (η, f, ∇f, aux), and whether the line search failed (False for a
+        fixed step)."""
         dtype = jnp.result_type(state.stepsize)
         if self._fixed_step():
             eta = scheduled_stepsize(self.stepsize, state.iter_num, dtype)
             value, grad, aux = self._evaluate_with_aux(
                 tree.axpy(eta, direction, params), *args, **kwargs
             )
-            return eta, value, grad, aux
+            return eta, value, grad, aux, jnp.asarray(False)
         if self.linesearch_init is None:
             trial = own_trial
         else:
@@ -181,13 +188,13 @@ class LineSearchSolver(IterativeSolver):
                 min_stepsize=self.min_stepsize,
                 increase_factor=self.increase_factor,
             )
-        eta, value, grad = self._search(
+        eta, value, grad, failed = self._search(
             params, state.value, state.grad, direction, trial, args, kwargs
         )
         aux = None
         if self.has_aux:
             aux = self._objective.aux(tree.axpy(eta, direction, params), *args, **kwargs)
-        return eta, value, grad, aux
+        return eta, value, grad, aux, failed
 
     def _searches_its_step(self) -> bool:
         """Every step comes from a line search."""
@@ -272,8 +279,9 @@ class LineSearchSolver(IterativeSolver):
         )
 
     def _search(self, params, value, grad, direction, stepsize, args, kwargs):
-        """(η, f(x + η d), ∇f(x + η d)) with η a constant; f and ∇f differentiable when
-        unrolling, reused from the line search otherwise.
+        """(η, f(x + η d), ∇f(x + η d), failed) with η a constant; f and ∇f differentiable when
+        unrolling, reused from the line search otherwise; ``failed``: no trial passed the
+        search's condition (η is then its fallback).
 
         A step below the rounding of x (|η dᵢ| ≤ 4 ε |xᵢ| for every entry) is not taken
         (η = 0): the iterates have reached the accuracy of floating point, and their noise
@@ -289,7 +297,7 @@ class LineSearchSolver(IterativeSolver):
             direction,
             stepsize,
         )
-        eta = found.stepsize
+        eta, failed = found.stepsize, found.failed
         cut_params, cut_direction = tree.stop_gradient((params, direction))
         eps = float(np.finfo(_linesearch.real_dtype(params)).eps)
         below_rounding = tree.map(
@@ -305,7 +313,7 @@ class LineSearchSolver(IterativeSolver):
             keep = lambda old, new: jnp.where(negligible, old, new).astype(new.dtype)  # noqa: E731
             new_value, new_grad = keep(value, found.value), tree.map(keep, grad, found.grad)
             if not value_only:
-                return eta, new_value, new_grad
+                return eta, new_value, new_grad, failed
         else:
             new_value, new_grad = self._evaluate(tree.axpy(eta, direction, params), *args, **kwargs)
         if value_only:
@@ -323,7 +331,7 @@ class LineSearchSolver(IterativeSolver):
             eta = jnp.where(rejected, 0.0, eta).astype(eta.dtype)
             keep = lambda old, new: jnp.where(rejected, old, new).astype(new.dtype)  # noqa: E731
             new_value, new_grad = keep(value, new_value), tree.map(keep, grad, new_grad)
-        return eta, new_value, new_grad
+        return eta, new_value, new_grad, failed
 
     def optimality(self):
         """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.

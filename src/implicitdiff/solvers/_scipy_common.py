@@ -138,6 +138,8 @@ class ScipyState(NamedTuple):
       hess_inv: SciPy's inverse-Hessian approximation at x as a dense n × n matrix (n scalar
         parameters) for ``ScipyMinimize`` / ``ScipyBoundedMinimize`` with "BFGS" or
         "L-BFGS-B"; None otherwise. A constant (no derivative flows through it).
+      aux: the auxiliary output of the user's function at x with ``has_aux=True``, else None
+        (no derivative flows through it).
     """
 
     iter_num: jax.Array
@@ -146,6 +148,7 @@ class ScipyState(NamedTuple):
     status: jax.Array
     value: jax.Array
     hess_inv: Any = None
+    aux: Any = None
 
 
 def import_scipy_optimize():
@@ -179,6 +182,24 @@ def check_common(solver: Any, owner: str) -> None:
         raise TypeError(f"{owner}: dtype must be a floating dtype or None, got {solver.dtype!r}")
     if not solver.error_tol >= 0:
         raise ValueError(f"{owner}: error_tol must be ≥ 0, got {solver.error_tol!r}")
+
+
+DEFAULT_MAXITER = 500  # JAXopt's default of the minimize wrappers' maxiter
+
+
+def check_maxiter(solver: Any, owner: str) -> None:
+    """``maxiter`` an int ≥ 1, not in conflict with an ``options["maxiter"]``: one given in
+    ``options`` is used when ``maxiter`` is left at its default (JAXopt raises a ValueError for
+    any ``options["maxiter"]``); a different non-default ``maxiter`` too is a ValueError."""
+    maxiter = solver.maxiter
+    if not (isinstance(maxiter, int) and not isinstance(maxiter, bool) and maxiter >= 1):
+        raise ValueError(f"{owner}: maxiter must be an int ≥ 1, got {maxiter!r}")
+    given = (solver.options or {}).get("maxiter", maxiter)
+    if maxiter != DEFAULT_MAXITER and given != maxiter:
+        raise ValueError(
+            f"{owner}: maxiter={maxiter!r} and options['maxiter']={given!r} disagree; pass "
+            "maxiter= only"
+        )
 
 
 def check_fields(solver: Any, known: tuple[str, ...], *, allow_callable: bool) -> str:

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, _linesearch, tree
+from implicitdiff import _checks, tree
 from implicitdiff import _projection_ops as projections
-from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._jaxopt_options import warn_deprecated_search_options
+from implicitdiff.solvers._lbfgsb_parts import (
+    arc_backtracking,
+    box_or_unbounded,
+    first_scaling,
+    flat_bounds,
+    two_loop_free,
+)
 from implicitdiff.solvers._objective import (
     LINESEARCH_INITS,
     Objective,
@@ -33,111 +40,6 @@ from implicitdiff.solvers._objective import (
 )
 
 __all__ = ["LBFGSB", "LBFGSBState"]
-
-
-def _flat_bounds(params: PyTree, bounds: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
-    """(lower, upper) as flat vectors matching ``ravel_pytree(params)``: each bound a scalar, an
-    array broadcasting to every leaf of params, or a pytree like params; ``bounds=None`` is
-    (−inf, inf), no bound (as in JAXopt)."""
-    if bounds is None:
-        bounds = (-jnp.inf, jnp.inf)
-    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-        raise TypeError(
-            f"LBFGSB: bounds must be a pair (lower, upper) or None (unbounded), got {bounds!r}"
-        )
-    structure = jax.tree_util.tree_structure(params)
-    leaves = jax.tree_util.tree_leaves(params)
-
-    def flat(bound):
-        if jax.tree_util.tree_structure(bound) == structure:
-            parts = jax.tree_util.tree_leaves(bound)
-        else:
-            parts = [bound] * len(leaves)
-        return jnp.concatenate(
-            [
-                jnp.broadcast_to(jnp.asarray(b, leaf.dtype), leaf.shape).ravel()
-                for b, leaf in zip(parts, leaves, strict=True)
-            ]
-        )
-
-    lower, upper = flat(bounds[0]), flat(bounds[1])
-    # Traced bounds cannot be checked while Python runs: an empty box (lower > upper) makes the
-    # projection NaN, so that the run ends non-finite (converged False), never "converged".
-    return lower, jnp.where(lower <= upper, upper, jnp.nan)
-
-
-def _box(params: PyTree, bounds: Any) -> tuple[Any, Any]:
-    """``bounds``, with None read as (−inf, inf) (no bound)."""
-    if bounds is None:
-        return tree.map(lambda x: jnp.full_like(x, -jnp.inf), params), tree.map(
-            lambda x: jnp.full_like(x, jnp.inf), params
-        )
-    return bounds
-
-
-def _two_loop(grad, free, s_history, y_history, valid, gamma, newest, use_gamma=True):
-    """H_F g by the L-BFGS two-loop recursion on the free variables, over a circular history.
-
-    The pairs are restricted to the free variables (``free``, 0/1) before use, and a pair whose
-    restriction lacks positive curvature (or an empty slot, ``valid`` False) is skipped; γ is
-    that of the newest pair when it is usable (and ``use_gamma``), else ``gamma``. For a
-    quadratic whose binding variables stayed put, the restricted pairs are exact pairs of the
-    reduced Hessian.
-    """
-    size = s_history.shape[0]
-    s_history, y_history = s_history * free, y_history * free
-    sy = jnp.sum(s_history * y_history, axis=1)
-    yy = jnp.sum(y_history * y_history, axis=1)
-    usable = jax.lax.stop_gradient(valid & (sy > 1e-10 * yy) & (yy > 0))
-    rho = jnp.where(usable, 1.0 / jnp.where(usable, sy, 1.0), 0.0)
-    if use_gamma:
-        gamma = jnp.where(
-            usable[newest], sy[newest] / jnp.where(usable[newest], yy[newest], 1.0), gamma
-        )
-    order = (newest - jnp.arange(size)) % size  # newest to oldest
-    return _linesearch.two_loop(grad, s_history, y_history, rho, gamma, order) * free
-
-
-def _first_scaling(grad: jax.Array) -> jax.Array:
-    """γ without a history: min(1, 1/‖g‖), a first step −γg of length at most 1 (cut)."""
-    norm = jax.lax.stop_gradient(jnp.linalg.norm(grad))
-    return 1.0 / jnp.maximum(norm, 1.0)
-
-
-def _arc_backtracking(
-    value_fun: Callable[[jax.Array], jax.Array],
-    project: Callable[[jax.Array], jax.Array],
-    x: jax.Array,
-    value: jax.Array,
-    grad: jax.Array,
-    direction: jax.Array,
-    *,
-    start: Any = 1.0,
-    decrease: float = 1e-4,
-    shrink: float = 0.5,
-    maxiter: int = 30,
-) -> tuple[jax.Array, jax.Array]:
-    """(α, ok): Armijo backtracking along the projection arc x(α) = P(x + α d), from α = start.
-
-    Accepts f(x(α)) ≤ f(x) + decrease · ⟨∇f(x), x(α) − x⟩ up to a few ulps of |f(x)| (the
-    rounding of f, which decides the test near a solution), with f(x(α)) finite; ``ok`` is False
-    when ``maxiter`` halvings did not find such an α. Runs on values cut from the graph: α is a
-    constant of the iteration.
-    """
-    x, value, grad, direction = jax.lax.stop_gradient((x, value, grad, direction))
-    noise = 8 * jnp.finfo(value.dtype).eps * jnp.abs(value)
-
-    def accepted(alpha):
-        candidate = project(x + alpha * direction)
-        new_value = value_fun(candidate)
-        bound = value + decrease * jnp.vdot(grad, candidate - x) + noise
-        return (new_value <= bound) & jnp.isfinite(new_value)
-
-    first = jax.lax.stop_gradient(jnp.asarray(start, x.dtype))
-    alpha, ok, _, _ = _linesearch.shrink(
-        lambda alpha: (accepted(alpha), ()), first, factor=shrink, maxiter=maxiter + 1
-    )
-    return alpha, ok
 
 
 class LBFGSBState(NamedTuple):
@@ -159,6 +61,7 @@ class LBFGSBState(NamedTuple):
     gamma: jax.Array
     aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    failed_linesearch: jax.Array | bool = False  # the last search found no acceptable step
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -215,6 +118,12 @@ class LBFGSB(IterativeSolver):
       history_size: the number of pairs kept (10).
       use_gamma: scale the initial inverse Hessian by γ = ⟨s, y⟩/⟨y, y⟩ of the newest pair
         (True); False: γ = 1 once a pair is kept.
+      theta: JAXopt's θ > 0 (default 1): the initial Hessian model is (θ/γ)·I, i.e. every γ
+        above (the binding test, the binding step and the two-loop's initial matrix) is γ/θ.
+      stop_if_linesearch_fails: end the run, x unchanged, when a search finds no acceptable step
+        (False: the last trial is taken, the memory is cleared and the run goes on);
+        ``state.failed_linesearch`` says whether the last search failed, and such a stop has
+        status STALLED.
       maxiter, tol: at most ``maxiter`` (500) iterations; stop when the error ≤ ``tol`` (1e-6).
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -241,23 +150,20 @@ class LBFGSB(IterativeSolver):
     use_gamma: bool = True
     maxiter: int = 500
     tol: float = 1e-6
-
-    # JAXopt's options refused here, with what to use instead.
-    _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "condition": "deprecated and ignored in JAXopt 0.8; the search is Armijo's (step 3)",
-        "decrease_factor": "deprecated and ignored in JAXopt 0.8; each search halves the step",
-        "stop_if_linesearch_fails": (
-            "the run goes on after a failed search (the memory is cleared); read state.status "
-            "and state.converged after the run"
-        ),
-        "theta": "the initial inverse Hessian is γI; use_gamma=False makes γ = 1",
-    }
+    theta: float = 1.0
+    stop_if_linesearch_fails: bool = False
+    # JAXopt 0.8's deprecated options: accepted, ignored with a DeprecationWarning (as JAXopt).
+    condition: Any = None
+    decrease_factor: Any = None
 
     def __post_init__(self):
         super().__post_init__()
         if not callable(self.fun):
             raise TypeError(f"LBFGSB: fun must be callable, got {self.fun!r}")
         check_objective_options("LBFGSB", self.value_and_grad, self.has_aux)
+        warn_deprecated_search_options(
+            self, "the search is Armijo's along the projection arc, halving the step (step 3)"
+        )
         check_stepsize("LBFGSB", self.stepsize)
         if self.linesearch not in ("backtracking", "zoom", "hager-zhang"):
             raise ValueError(
@@ -281,6 +187,13 @@ class LBFGSB(IterativeSolver):
             raise ValueError(f"LBFGSB: increase_factor must be > 0, got {self.increase_factor!r}")
         if not isinstance(self.use_gamma, bool):
             raise TypeError(f"LBFGSB: use_gamma must be a bool, got {self.use_gamma!r}")
+        if not (isinstance(self.theta, (int, float)) and self.theta > 0):
+            raise ValueError(f"LBFGSB: theta must be a number > 0, got {self.theta!r}")
+        if not isinstance(self.stop_if_linesearch_fails, bool):
+            raise TypeError(
+                "LBFGSB: stop_if_linesearch_fails must be a bool, got "
+                f"{self.stop_if_linesearch_fails!r}"
+            )
         if not (
             isinstance(self.history_size, int)
             and not isinstance(self.history_size, bool)
@@ -296,6 +209,12 @@ class LBFGSB(IterativeSolver):
     def _fixed_step(self) -> bool:
         return callable(self.stepsize) or self.stepsize > 0
 
+    def _done(self, state) -> jax.Array:
+        done = super()._done(state)
+        if self.stop_if_linesearch_fails:
+            done = done | state.failed_linesearch
+        return done
+
     def _searches_its_step(self) -> bool:
         """Every step comes from a search along the projected arc (or is a fixed step, which
         past convergence is continued as a searched one: the memory holds rounding noise)."""
@@ -308,7 +227,7 @@ class LBFGSB(IterativeSolver):
         def project(z, eta):
             del eta
             flat, unravel = ravel_pytree(z)
-            lower, upper = _flat_bounds(z, bounds)
+            lower, upper = flat_bounds(z, bounds)
             return unravel(jnp.clip(flat, lower, upper))
 
         return gradient_continuation(
@@ -327,7 +246,7 @@ class LBFGSB(IterativeSolver):
         """The run, with a NaN solution when the (traced) box is empty: its derivative is then
         NaN too, never a finite derivative of a point that solves nothing."""
         params, state = super()._solution(init_params, bounds, *args, **kwargs)
-        empty = jnp.any(jnp.isnan(_flat_bounds(params, bounds)[1]))
+        empty = jnp.any(jnp.isnan(flat_bounds(params, bounds)[1]))
         return tree.map(lambda p: jnp.where(empty, jnp.nan, p), params), state
 
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
@@ -349,7 +268,7 @@ class LBFGSB(IterativeSolver):
             empty history, and γ = min(1, 1/‖∇f(x₀)‖).
         """
         flat_x, unravel = ravel_pytree(init_params)
-        lower, upper = _flat_bounds(init_params, bounds)
+        lower, upper = flat_bounds(init_params, bounds)
         dtype = flat_x.dtype
         value, grad, aux = self._flat_value_and_grad(flat_x, unravel, args, kwargs)
         error = jnp.linalg.norm(
@@ -367,8 +286,9 @@ class LBFGSB(IterativeSolver):
             y_history=jnp.zeros((m, n), dtype),
             rho_history=jnp.zeros(m, dtype),
             newest=jnp.asarray(m - 1),
-            gamma=_first_scaling(grad).astype(dtype),
+            gamma=first_scaling(grad).astype(dtype),
             aux=aux,
+            failed_linesearch=jnp.asarray(False),
         )
 
     def update(self, params, state: LBFGSBState, /, bounds, *args, **kwargs) -> OptStep:
@@ -386,7 +306,7 @@ class LBFGSB(IterativeSolver):
             gradient error at x⁺, the step α, the history).
         """
         x, unravel = ravel_pytree(params)
-        lower, upper = _flat_bounds(params, bounds)
+        lower, upper = flat_bounds(params, bounds)
         g, value = state.grad, state.value
 
         def project(z):
@@ -395,12 +315,13 @@ class LBFGSB(IterativeSolver):
         # 1. Binding and free variables, on cut values: those that the scaled gradient step
         # x − γg would carry onto (or past) their bound.
         cx, cg, clower, cupper, gamma = jax.lax.stop_gradient((x, g, lower, upper, state.gamma))
+        gamma = gamma / self.theta
         reach = gamma * jnp.abs(cg)
         binding = ((cx - clower <= reach) & (cg > 0)) | ((cupper - cx <= reach) & (cg < 0))
 
         # 2. The direction.
         free_grad = jnp.where(binding, 0.0, g)
-        quasi_newton = _two_loop(
+        quasi_newton = two_loop_free(
             free_grad,
             jnp.logical_not(binding).astype(x.dtype),
             state.s_history,
@@ -409,8 +330,9 @@ class LBFGSB(IterativeSolver):
             state.gamma,
             state.newest,
             self.use_gamma,
+            self.theta,
         )
-        direction = -jnp.where(binding, state.gamma * g, quasi_newton)
+        direction = -jnp.where(binding, state.gamma / self.theta * g, quasi_newton)
         descent = jax.lax.stop_gradient(jnp.vdot(g, direction)) < 0
         direction = jnp.where(descent, direction, -g)
 
@@ -439,10 +361,12 @@ class LBFGSB(IterativeSolver):
                     increase_factor=self.increase_factor,
                 )
                 start = jnp.minimum(start, self.max_stepsize)
-            alpha, ok = _arc_backtracking(
+            alpha, ok = arc_backtracking(
                 cut_value, cut_project, x, value, g, direction, start=start, maxiter=self.maxls
             )
         new_x = project(x + alpha * direction)
+        if self.stop_if_linesearch_fails:  # the run stops where it stands, as JAXopt's
+            new_x = jnp.where(ok, new_x, x)
         new_value, new_grad, aux = self._flat_value_and_grad(new_x, unravel, args, kwargs)
 
         # 4. The memory. The pair is kept if it has positive curvature; otherwise (or after a
@@ -456,7 +380,7 @@ class LBFGSB(IterativeSolver):
         y_history = jnp.where(keep, state.y_history.at[slot].set(y), 0.0)
         rho = jnp.where(keep, 1.0 / jnp.where(keep, sy, 1.0), 0.0)
         rho_history = jnp.where(keep, state.rho_history.at[slot].set(rho), 0.0)
-        gamma = jnp.where(keep, sy / jnp.where(keep, yy, 1.0), _first_scaling(new_grad))
+        gamma = jnp.where(keep, sy / jnp.where(keep, yy, 1.0), first_scaling(new_grad))
 
         error = jnp.linalg.norm(jax.lax.stop_gradient(new_x - project(new_x - new_grad)))
         state = LBFGSBState(
@@ -472,6 +396,7 @@ class LBFGSB(IterativeSolver):
             newest=jnp.where(keep, slot, self.history_size - 1),
             gamma=gamma.astype(state.gamma.dtype),
             aux=aux,
+            failed_linesearch=jnp.logical_not(ok),
         )
         return OptStep(unravel(new_x), state)
 
@@ -486,7 +411,7 @@ class LBFGSB(IterativeSolver):
             ``init_params``.
         """
         condition = self._objective.proximal_gradient(
-            lambda z, bounds, eta: projections.box(z, _box(z, bounds)), 1.0
+            lambda z, bounds, eta: projections.box(z, box_or_unbounded(z, bounds)), 1.0
         )
 
         def fixed_point_fun(x, /, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``

@@ -98,8 +98,6 @@ class LineSearch:
 
     # JAXopt's options that no line search here takes, with what to do instead.
     _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "jit": "a line search has no compiled run of its own: call run inside your jax.jit",
-        "tol": "the search stops when its condition holds (no tolerance on the step)",
         "c3": _ZOOM_FIXED,
         "rel_tol_cubic": _ZOOM_FIXED,
         "rel_tol_quad": _ZOOM_FIXED,
@@ -128,6 +126,11 @@ class LineSearch:
         _check_number(owner, "c2", self.c2, self.c1, 1.0)
         if self.max_stepsize is not None:
             _check_number(owner, "max_stepsize", self.max_stepsize, 0.0, float("inf"))
+        if not (self.jit == "auto" or isinstance(self.jit, bool)):
+            raise TypeError(f"{owner}: jit must be 'auto' or a bool, got {self.jit!r}")
+        tol = getattr(self, "tol", 0.0)
+        if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
+            raise ValueError(f"{owner}: tol must be a number ≥ 0, got {tol!r}")
 
     def value_and_grad_fun(self, *args, **kwargs) -> Callable[[PyTree], tuple[Any, PyTree]]:
         """x ↦ (f(x), ∇f(x)) for these arguments of ``fun`` (auxiliary output dropped)."""
@@ -166,9 +169,12 @@ class LineSearch:
         options = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
-            if field.name not in ("fun", "value_and_grad", "has_aux")
+            if field.name not in ("fun", "value_and_grad", "has_aux", *self._not_kernel_options)
         }
         return self._kernel()(value_and_grad, params, value, grad, direction, stepsize, **options)
+
+    # Fields that are not options of the kernel (JAXopt's, accepted without effect on the step).
+    _not_kernel_options: ClassVar[tuple[str, ...]] = ("jit",)
 
     def _kernel(self) -> Callable:
         """The search's kernel ``kernel(value_and_grad, params, value, grad, direction, stepsize,
@@ -259,6 +265,7 @@ class BacktrackingLineSearch(LineSearch):
       has_aux: whether ``fun`` returns (value, aux).
       maxiter: the most trials (30).
       tol: slack of the conditions (0).
+      jit: JAXopt's option, accepted; no effect (see :class:`ZoomLineSearch`).
       condition: see above.
       c1, c2: the constants of the conditions, 0 < c1 < c2 < 1 (1e-4, 0.9).
       decrease_factor: the factor in (0, 1) of each backtracking step (0.8).
@@ -280,6 +287,7 @@ class BacktrackingLineSearch(LineSearch):
     c2: float = 0.9
     decrease_factor: float = 0.8
     max_stepsize: float = 1.0
+    jit: Any = dataclasses.field(default="auto", kw_only=True)  # JAXopt's; no effect here
 
     def __post_init__(self):
         self._check_common()
@@ -315,6 +323,10 @@ class ZoomLineSearch(LineSearch):
       increase_factor: the growth of the trials before a bracket is found (> 1, default 2).
       maxiter: the most trials (30).
       max_stepsize: the largest step (None: no bound).
+      tol: a slack on both conditions, φ(η) ≤ φ(0) + c1 η φ'(0) + tol and
+        |φ'(η)| ≤ c2 |φ'(0)| + tol (0, as JAXopt's ``tol``).
+      jit: JAXopt's option, accepted; no effect (the search is traced into the caller's
+        program: call ``run`` inside ``jax.jit`` to compile it).
 
     Example:
       >>> import jax.numpy as jnp
@@ -330,6 +342,8 @@ class ZoomLineSearch(LineSearch):
     increase_factor: float = 2.0
     maxiter: int = 30
     max_stepsize: float | None = None
+    tol: float = dataclasses.field(default=0.0, kw_only=True)
+    jit: Any = dataclasses.field(default="auto", kw_only=True)  # JAXopt's; no effect here
 
     def __post_init__(self):
         self._check_common()
@@ -365,6 +379,8 @@ class HagerZhangLineSearch(LineSearch):
       approximate_wolfe_threshold: ε relative to |f(x)| (1e-6).
       maxiter: the most trials (30).
       max_stepsize: the largest step (None: no bound).
+      tol: a slack on each inequality of both conditions (0, as JAXopt's ``tol``).
+      jit: JAXopt's option, accepted; no effect (see :class:`ZoomLineSearch`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -382,6 +398,8 @@ class HagerZhangLineSearch(LineSearch):
     shrinkage_factor: float = 0.66
     approximate_wolfe_threshold: float = 1e-6
     max_stepsize: float | None = None
+    tol: float = dataclasses.field(default=0.0, kw_only=True)
+    jit: Any = dataclasses.field(default="auto", kw_only=True)  # JAXopt's; no effect here
 
     def __post_init__(self):
         self._check_common()

@@ -62,6 +62,7 @@ class LbfgsState(NamedTuple):
     head: jax.Array
     aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    failed_linesearch: jax.Array | bool = False  # the last search found no acceptable step
 
 
 def _pair_ok(s, y, sy, x, dtype):
@@ -119,6 +120,10 @@ class LBFGS(LineSearchSolver):
         x ← x + η d without one (as JAXopt).
       history_size: m ≥ 1, the number of pairs kept (default 10).
       use_gamma: scale the initial matrix by γ (True); False: γ = 1.
+      stop_if_linesearch_fails: end the run, x unchanged, after a search that found no step
+        satisfying its condition (JAXopt's option; False: the search's fallback step is taken
+        and the run goes on). ``state.failed_linesearch`` says whether the last search failed;
+        such a stop has status STALLED.
       linesearch: ``"zoom"`` (strong Wolfe, default), ``"hager-zhang"`` (Wolfe or approximate
         Wolfe), ``"backtracking"`` (Armijo, halving) or a line-search object
         (:class:`implicitdiff.solvers.ZoomLineSearch`, :class:`~implicitdiff.solvers.
@@ -146,11 +151,17 @@ class LBFGS(LineSearchSolver):
     stepsize: float | Callable = 0.0
     history_size: int = 10
     use_gamma: bool = True
+    stop_if_linesearch_fails: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.use_gamma, bool):
             raise TypeError(f"LBFGS: use_gamma must be a bool, got {self.use_gamma!r}")
+        if not isinstance(self.stop_if_linesearch_fails, bool):
+            raise TypeError(
+                "LBFGS: stop_if_linesearch_fails must be a bool, got "
+                f"{self.stop_if_linesearch_fails!r}"
+            )
         if not (isinstance(self.history_size, int) and self.history_size >= 1):
             raise ValueError(
                 f"LBFGS: history_size must be a positive int, got {self.history_size!r}"
@@ -187,7 +198,14 @@ class LBFGS(LineSearchSolver):
             gamma=jnp.asarray(1.0, dtype),
             head=jnp.asarray(0, jnp.int32),
             aux=aux,
+            failed_linesearch=jnp.asarray(False),
         )
+
+    def _done(self, state) -> jax.Array:
+        done = super()._done(state)
+        if self.stop_if_linesearch_fails:
+            done = done | state.failed_linesearch
+        return done
 
     def update(self, params, state: LbfgsState, /, *args, **kwargs) -> OptStep:
         """One iteration x⁺ = x + ηd.
@@ -229,7 +247,16 @@ class LBFGS(LineSearchSolver):
             jnp.asarray(1.0, dtype),
             first_stepsize(state.grad, dtype),
         )
-        eta, value, grad, aux = self._step(params, state, direction, stepsize, args, kwargs)
+        eta, value, grad, aux, failed = self._step_and_failure(
+            params, state, direction, stepsize, args, kwargs
+        )
+        if self.stop_if_linesearch_fails:  # the run stops where it stands
+            eta = jnp.where(failed, 0.0, eta)
+            value, grad, aux = tree.map(
+                lambda old, new: jnp.where(failed, old, new),
+                (state.value, state.grad, state.aux),
+                (value, grad, aux),
+            )
         eta = eta.astype(dtype)
         # The memory holds constants (see the class docstring on unrolling).
         s, y = jax.lax.stop_gradient((tree.scale(eta, direction), tree.sub(grad, state.grad)))
@@ -272,6 +299,7 @@ class LBFGS(LineSearchSolver):
             gamma=gamma,
             head=jnp.where(keep, (head + 1) % self.history_size, head).astype(jnp.int32),
             aux=aux,
+            failed_linesearch=jnp.asarray(failed),
         )
         return OptStep(tree.axpy(eta, direction, params), state)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,8 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._bisection import Bisection, BisectionState, abs_error
-from implicitdiff.solvers._objective import WithAux
+from implicitdiff.solvers._objective import WithAux, check_stepsize, scheduled_stepsize
+from implicitdiff.solvers.linesearch import BacktrackingLineSearch
 
 __all__ = ["Bisection", "BisectionState", "Broyden", "BroydenState"]
 
@@ -34,11 +35,18 @@ __all__ = ["Bisection", "BisectionState", "Broyden", "BroydenState"]
 # Broyden
 
 
+def _no_fun(x, /, *args, **kwargs):
+    """The ``fun`` of Broyden's search object, never called (its ``search`` gets φ itself)."""
+    raise NotImplementedError
+
+
 class BroydenState(NamedTuple):
     """iter_num, error = ‖G(x)‖ at the current x, converged, value = G(x) (flattened),
     inverse_jacobian = H ≈ (∂₁G)⁻¹ on the flattened x (n × n), stepsize = the last accepted step
     size t (0 when the last line search failed and H was reset), status, direction = −H G(x),
-    the next step (kept up to date with H: one product with H per iteration is saved)."""
+    the next step (kept up to date with H: one product with H per iteration is saved), aux,
+    failed_linesearch (the last search failed), and with ``history_size`` = m the last m
+    update terms c dᵀ of H (``c_history``, ``d_history``, m × n; None otherwise)."""
 
     iter_num: jax.Array
     error: jax.Array
@@ -49,10 +57,24 @@ class BroydenState(NamedTuple):
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     direction: jax.Array | None = None
     aux: Any = None  # fun's aux at the current x (has_aux=True)
+    failed_linesearch: jax.Array | bool = False  # the last search found no acceptable step
+    c_history: jax.Array | None = None  # with history_size: the last updates H += c dᵀ, (m, n)
+    d_history: jax.Array | None = None
 
 
 _INITS = ("exact", "identity")
-_SEARCH = "the step along the Broyden direction is halved until ||G|| decreases (max_backtracks=)"
+# JAXopt's defaults of its line-search options, used once one of them is given.
+_JAXOPT_SEARCH = {
+    "linesearch": "backtracking",
+    "condition": "wolfe",
+    "maxls": 15,
+    "decrease_factor": 0.8,
+    "increase_factor": 1.5,
+    "max_stepsize": 1.0,
+    "min_stepsize": 1e-6,
+}
+# JAXopt runs its search with this slack on the conditions (a constant, not an option).
+_JAXOPT_SEARCH_TOL = 1e-2
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -78,6 +100,23 @@ class Broyden(IterativeSolver):
     search runs on values cut from the graph and t is a constant for the derivative, so that
     unrolled derivatives (``implicit_diff=False``) stay finite.
 
+    JAXopt's step options (their meaning is JAXopt's): ``stepsize`` > 0, or a callable
+    ``stepsize(iter_num)``, takes x⁺ = x + t d with that t and no search. Giving any of
+    ``linesearch`` ("backtracking"), ``condition``, ``maxls``, ``decrease_factor``,
+    ``increase_factor``, ``max_stepsize``, ``min_stepsize`` replaces the safeguard by JAXopt's
+    search: :class:`BacktrackingLineSearch` on φ(x) = ‖G(x)‖² (its gradient 2 ∂₁Gᵀ G by a VJP
+    per trial) under ``condition`` ("armijo", "goldstein", "wolfe" (its default) or
+    "strong-wolfe", with JAXopt's slack 10⁻² on each inequality), at most ``maxls`` trials
+    shrinking by ``decrease_factor``, the first trial ``increase_factor`` × the last t (or
+    ``max_stepsize`` once t ≤ ``min_stepsize``), never above ``max_stepsize``; the unset ones
+    take JAXopt's defaults (wolfe, 15, 0.8, 1.5, 1.0, 1e-6). As in JAXopt, a failed search
+    still moves x by its last trial and updates H. ``stop_if_linesearch_fails`` ends the run
+    at a failed search (the safeguard's or JAXopt's; ``state.failed_linesearch``, status
+    STALLED). ``history_size`` = m keeps only the last m updates of H (JAXopt's limited
+    memory): H = H₀ + Σ of the last m terms c dᵀ, each computed when it was made; here H stays
+    a dense matrix (the oldest term is subtracted), so the iterates are JAXopt's but the memory
+    is still n² (m n more for the terms).
+
     Memory n² and time O(n²) per iteration (plus the initial O(n³)): use for systems of up to a
     few thousand unknowns. Each iteration evaluates G once when the full step is accepted (the
     search's accepted trial value is kept; with ``implicit_diff=False``, whose iterations are
@@ -96,6 +135,11 @@ class Broyden(IterativeSolver):
       init_jacobian: ``"exact"`` (default) or ``"identity"``, see above.
       gamma: H₀ = gamma · I with ``init_jacobian="identity"`` (≠ 0, default 1).
       max_backtracks: the most halvings of the step in the safeguard (≥ 0, default 20).
+      stepsize: 0 (default): a search; t > 0 or a callable ``stepsize(iter_num)``: that step.
+      linesearch, condition, maxls, decrease_factor, increase_factor, max_stepsize,
+        min_stepsize: JAXopt's search, see above (None: not given; all None: the safeguard).
+      stop_if_linesearch_fails: end the run at a failed search (False).
+      history_size: keep the last m updates of H (None, the default: all of them).
       maxiter, tol: stop when ‖G(x)‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -113,28 +157,16 @@ class Broyden(IterativeSolver):
     max_backtracks: int = 20
     maxiter: int = 100
     tol: float = 1e-6
-
-    # JAXopt's line-search options of Broyden, refused with what this Broyden does instead.
-    _jaxopt_refused: ClassVar[dict[str, str]] = {
-        **{
-            name: f"no line search object here: {_SEARCH}"
-            for name in (
-                "stepsize",
-                "linesearch",
-                "condition",
-                "maxls",
-                "decrease_factor",
-                "increase_factor",
-                "max_stepsize",
-                "min_stepsize",
-            )
-        },
-        "stop_if_linesearch_fails": "a failed safeguard ends the run with converged=False",
-        "history_size": (
-            "the inverse-Jacobian estimate is dense (n x n); for large n use AndersonAcceleration "
-            "on x + G(x), or ScipyRootFinding(method='broyden1')"
-        ),
-    }
+    stepsize: float | Callable = 0.0
+    linesearch: str | None = None
+    stop_if_linesearch_fails: bool = False
+    condition: str | None = None
+    maxls: int | None = None
+    decrease_factor: float | None = None
+    increase_factor: float | None = None
+    max_stepsize: float | None = None
+    min_stepsize: float | None = None
+    history_size: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -157,6 +189,64 @@ class Broyden(IterativeSolver):
             raise ValueError(
                 f"Broyden: max_backtracks must be an int ≥ 0, got {self.max_backtracks!r}"
             )
+        check_stepsize("Broyden", self.stepsize)
+        if not isinstance(self.stop_if_linesearch_fails, bool):
+            raise TypeError(
+                "Broyden: stop_if_linesearch_fails must be a bool, got "
+                f"{self.stop_if_linesearch_fails!r}"
+            )
+        if self.history_size is not None and not (
+            isinstance(self.history_size, int)
+            and not isinstance(self.history_size, bool)
+            and self.history_size >= 1
+        ):
+            raise ValueError(
+                f"Broyden: history_size must be None or an int ≥ 1, got {self.history_size!r}"
+            )
+        object.__setattr__(self, "_search", self._jaxopt_search())
+
+    def _jaxopt_search(self) -> dict | None:
+        """JAXopt's search options (the given ones, JAXopt's defaults for the rest), or None for
+        the safeguard (none given)."""
+        given = {name: getattr(self, name) for name in _JAXOPT_SEARCH}
+        if all(value is None for value in given.values()):
+            return None
+        options = {
+            name: _JAXOPT_SEARCH[name] if value is None else value for name, value in given.items()
+        }
+        if options["linesearch"] != "backtracking":
+            raise ValueError(
+                "Broyden: linesearch must be 'backtracking' (JAXopt's only search for Broyden) "
+                f"or None (the safeguard), got {options['linesearch']!r}"
+            )
+        if options["max_stepsize"] <= 0 or options["min_stepsize"] < 0:
+            raise ValueError(
+                "Broyden: max_stepsize must be > 0 and min_stepsize ≥ 0, got "
+                f"{options['max_stepsize']!r}, {options['min_stepsize']!r}"
+            )
+        if not options["increase_factor"] > 0:
+            raise ValueError(
+                f"Broyden: increase_factor must be > 0, got {options['increase_factor']!r}"
+            )
+        # The search object checks condition, maxls and decrease_factor (naming them).
+        options["search"] = BacktrackingLineSearch(
+            fun=_no_fun,
+            condition=options["condition"],
+            maxiter=options["maxls"],
+            decrease_factor=options["decrease_factor"],
+            max_stepsize=options["max_stepsize"],
+            tol=_JAXOPT_SEARCH_TOL,
+        )
+        return options
+
+    def _fixed_step(self) -> bool:
+        return callable(self.stepsize) or self.stepsize > 0
+
+    def _done(self, state) -> jax.Array:
+        done = super()._done(state)
+        if self.stop_if_linesearch_fails:
+            done = done | state.failed_linesearch
+        return done
 
     def _flat_fun(self, params: PyTree, args: tuple, kwargs: dict) -> Callable:
         _, unravel = ravel_pytree(params)
@@ -199,16 +289,58 @@ class Broyden(IterativeSolver):
             )
         dtype = tree.dtype(init_params)
         h = self._initial_inverse(flat_fun, x).astype(x.dtype)
+        history = None
+        if self.history_size is not None:
+            history = jnp.zeros((self.history_size, x.shape[0]), x.dtype)
+        first = 1.0 if self._search is None else self._search["max_stepsize"]
         return BroydenState(
             iter_num=jnp.asarray(0),
             error=abs_error(value, dtype),
             converged=jnp.asarray(False),
             value=value,
             inverse_jacobian=h,
-            stepsize=jnp.asarray(1.0, dtype),
+            stepsize=jnp.asarray(first, dtype),
             direction=-h @ value,
             aux=self._with_aux.aux(init_params, *args, **kwargs),
+            failed_linesearch=jnp.asarray(False),
+            c_history=history,
+            d_history=history,
         )
+
+    def _step(self, flat_fun, x, value, direction, state):
+        """(t, ok, G at the last trial, G at the full step): the fixed step, JAXopt's search or
+        the safeguard. ``ok`` False means a failed search (x is kept only by the safeguard)."""
+        if self._fixed_step():
+            t = scheduled_stepsize(self.stepsize, state.iter_num, x.dtype)
+            trial_value = jax.lax.stop_gradient(flat_fun(jax.lax.stop_gradient(x + t * direction)))
+            return t, jnp.asarray(True), trial_value, trial_value
+        if self._search is None:
+            return self._line_search(flat_fun, x, value, direction)
+        return self._jaxopt_line_search(flat_fun, x, value, direction, state.stepsize)
+
+    def _jaxopt_line_search(self, flat_fun, x, value, direction, previous):
+        """JAXopt's backtracking search on φ = ‖G‖² (see the class), on values cut from the
+        graph: (t, ok, G at x + t d, G there again)."""
+        options, sg = self._search, jax.lax.stop_gradient
+        x, value, direction, previous = sg((x, value, direction, previous))
+
+        def phi_with_value(z):
+            g = flat_fun(z)
+            return jnp.real(jnp.vdot(g, g)), g
+
+        def phi_value_and_grad(z):
+            (phi, _), grad = jax.value_and_grad(phi_with_value, has_aux=True)(z)
+            return phi, grad
+
+        phi0, grad0 = phi_value_and_grad(x)
+        restart = previous <= options["min_stepsize"]
+        first = jnp.where(
+            restart, options["max_stepsize"], previous * options["increase_factor"]
+        ).astype(x.dtype)
+        found = options["search"].search(phi_value_and_grad, x, phi0, grad0, direction, first)
+        t = found.stepsize.astype(x.dtype)
+        trial_value = sg(flat_fun(x + t * direction))
+        return t, sg(jnp.logical_not(found.failed)), trial_value, trial_value
 
     def _line_search(self, flat_fun, x, value, direction):
         """The accepted step size t (a constant), whether the search succeeded, and G at the
@@ -258,7 +390,10 @@ class Broyden(IterativeSolver):
         x, unravel = ravel_pytree(params)
         h, value = state.inverse_jacobian, state.value
         direction = -h @ value if state.direction is None else state.direction
-        t, ok, trial_value, full_value = self._line_search(flat_fun, x, value, direction)
+        t, ok, trial_value, full_value = self._step(flat_fun, x, value, direction, state)
+        search_ok = ok
+        moves = ok | (self._search is not None)  # JAXopt's search moves even when it failed
+        ok = moves  # (and then updates H as after a success)
 
         x_new = jnp.where(ok, x + t * direction, x)
         if self.implicit_diff:  # iterations never differentiated: keep the search's value
@@ -291,6 +426,19 @@ class Broyden(IterativeSolver):
         # "exact": a failed search resets to the exact inverse Jacobian (a Newton direction,
         # which descends); "identity": the secant update from the rejected step, when it exists.
         keep = ok | (secant & (self.init_jacobian == "identity"))
+        c_history, d_history = state.c_history, state.d_history
+        if self.history_size is not None:
+            # Limited memory: the new term u shᵀ replaces the oldest of the last m.
+            slot = state.iter_num % self.history_size
+            c_new = jnp.where(secant, u, 0.0)
+            h_dropped = h - jnp.outer(c_history[slot], d_history[slot])
+            c_kept = c_history.at[slot].set(c_new)
+            d_kept = d_history.at[slot].set(jnp.where(secant, sh, 0.0))
+            h_limited = h_dropped + jnp.outer(c_new, sh)
+            updated = (h_limited, -(h_limited @ value_new))
+            c_history, d_history = jax.lax.cond(
+                keep, lambda: (c_kept, d_kept), lambda: (0.0 * c_history, 0.0 * d_history)
+            )
         h_new, direction_new = jax.lax.cond(keep, lambda: updated, reset)
         state = state._replace(
             iter_num=state.iter_num + 1,
@@ -300,6 +448,9 @@ class Broyden(IterativeSolver):
             stepsize=jnp.where(ok, t, 0.0).astype(state.stepsize.dtype),
             direction=direction_new,
             aux=self._with_aux.aux(unravel(x_new), *args, **kwargs),
+            failed_linesearch=jnp.logical_not(search_ok),
+            c_history=c_history,
+            d_history=d_history,
         )
         return OptStep(unravel(x_new), state)
 

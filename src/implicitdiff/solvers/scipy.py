@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _checks, optimality, tree
 from implicitdiff import _projection_ops as projections
@@ -60,6 +61,7 @@ from implicitdiff.solvers._host_call import (
     on_cpu,
     shape_key,
 )
+from implicitdiff.solvers._objective import Objective, check_objective_options
 from implicitdiff.solvers._scipy_common import (
     BOUNDED_METHODS,
     GRADIENT_FREE,
@@ -69,6 +71,7 @@ from implicitdiff.solvers._scipy_common import (
     USES_HESSP,
     ScipyState,
     check_fields,
+    check_maxiter,
     dense_hess_inv,
     flat_bound,
     import_scipy_optimize,
@@ -121,6 +124,15 @@ class ScipyMinimize(HostWrapper):
       callback: called on the host after each SciPy iteration as ``callback(xk)``, with xk the
         current iterate as a pytree like the params (JAX arrays on the CPU), as in JAXopt; its
         return value is ignored. Under ``jax.vmap`` it is called for each problem in turn.
+      maxiter: SciPy's ``options["maxiter"]`` (default 500, JAXopt's), the most iterations of
+        the method. An ``options["maxiter"]`` is used when ``maxiter`` is left at 500 (JAXopt
+        raises a ValueError); a different ``maxiter`` too is a ValueError.
+      value_and_grad: True if ``fun`` returns ``(value, grad)`` (JAXopt's option): SciPy and the
+        optimality condition ∇₁f = 0 use that gradient (a JAX function of x and the arguments,
+        differentiated for Hessian products and for the implicit derivative).
+      has_aux: True if ``fun`` returns ``(value, aux)`` (``((value, aux), grad)`` with
+        ``value_and_grad``); ``state.aux`` is aux at the solution (JAXopt drops it). It carries
+        no derivative, as every state.
       implicit_diff, solve, jit: see ``run``; ``implicit_diff=False`` gives a result that
         cannot be differentiated.
 
@@ -143,19 +155,20 @@ class ScipyMinimize(HostWrapper):
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
     callback: Callable | None = None
-
-    # JAXopt's options refused, with what to do instead.
-    _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "maxiter": "pass options={'maxiter': n} (SciPy's own option)",
-        "value_and_grad": "pass fun returning the value only: JAX computes the gradient",
-        "has_aux": "pass fun returning the value only (SciPy carries no auxiliary output)",
-    }
+    maxiter: int = 500
+    value_and_grad: bool = False
+    has_aux: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         owner = check_fields(self, self._methods(), allow_callable=True)
         if self.callback is not None and not callable(self.callback):
             raise TypeError(f"{owner}: callback must be callable or None, got {self.callback!r}")
+        check_objective_options(owner, self.value_and_grad, self.has_aux)
+        check_maxiter(self, owner)
+        object.__setattr__(
+            self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
+        )
         import_scipy_optimize()
 
     def _returns_hess_inv(self) -> bool:
@@ -170,28 +183,36 @@ class ScipyMinimize(HostWrapper):
         """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
 
         Returns:
-          ``("root", optimality.stationary(fun))``.
+          ``("root", optimality.stationary(fun))`` (of the value part of ``fun`` with
+            ``has_aux``; the gradient that ``fun`` returns with ``value_and_grad``).
         """
-        return "root", optimality.stationary(self.fun)
+        return "root", self._objective.stationary()
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
-        fun = self.fun
+        objective = self._objective
 
         def flat_fun(x, arrays):
             a, k = ArgsSplit.merge(key, arrays)
-            return fun(unravel(x), *a, **k)
+            return objective.value(unravel(x), *a, **k)
+
+        def flat_value_and_grad(x, arrays):
+            a, k = ArgsSplit.merge(key, arrays)
+            value, grad, _ = objective.evaluate(unravel(x), *a, **k)
+            return value, ravel_pytree(grad)[0]
+
+        def flat_grad(x, arrays):
+            return flat_value_and_grad(x, arrays)[1]
 
         method = self.method.lower() if isinstance(self.method, str) else None
-        value_and_grad = jax.jit(jax.value_and_grad(flat_fun))
+        value_and_grad = jax.jit(flat_value_and_grad)
         value = jax.jit(flat_fun)
-        hessp = jax.jit(
-            lambda x, arrays, v: jax.jvp(lambda y: jax.grad(flat_fun)(y, arrays), (x,), (v,))[1]
-        )
-        hess = jax.jit(jax.hessian(flat_fun))
+        hessp = jax.jit(lambda x, arrays, v: jax.jvp(lambda y: flat_grad(y, arrays), (x,), (v,))[1])
+        hess = jax.jit(jax.jacfwd(flat_grad))
         host_dtype = np.dtype(self.dtype or np.float64)
         scipy_optimize = import_scipy_optimize()
         scipy_method, tol = self.method, self.tol
         options = dict(self.options) if self.options is not None else {}
+        options.setdefault("maxiter", self.maxiter)
         if method == "l-bfgs-b":  # SciPy's ftol = tol stops with ‖∇f‖ ≈ √(tol·|f|)
             options.setdefault("ftol", 1e-2 * tol)
         user_callback = self.callback
@@ -291,7 +312,9 @@ class ScipyMinimize(HostWrapper):
         hess_inv = jax.lax.stop_gradient(hess_inv) if self._returns_hess_inv() else None
         return unravel(x), iter_num, status, success, hess_inv
 
-    def _state(self, params, error, value, iter_num, status, success, hess_inv=None) -> ScipyState:
+    def _state(
+        self, params, error, value, aux, iter_num, status, success, hess_inv=None
+    ) -> ScipyState:
         dtype = tree.dtype(params)
         error = jnp.asarray(error, dtype)
         converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
@@ -302,12 +325,13 @@ class ScipyMinimize(HostWrapper):
             status=status,
             value=value,
             hess_inv=hess_inv,
+            aux=aux,
         )
 
     def _solution(self, init_params, /, *args, **kwargs):
         params, *info = self._minimize(init_params, None, args, kwargs)
-        value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
-        return params, self._state(params, tree.norm(grad), value, *info)
+        value, grad, aux = self._objective.evaluate(params, *args, **kwargs)
+        return params, self._state(params, tree.norm(grad), value, aux, *info)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -349,9 +373,14 @@ class ScipyBoundedMinimize(ScipyMinimize):
         P is the projection onto the box (:func:`implicitdiff.projections.box`).
 
         Returns:
-          ``("fixed_point", optimality.projected_gradient(fun, projections.box))``.
+          ``("fixed_point", optimality.projected_gradient(fun, projections.box))`` (with
+            ``value_and_grad``, the same map on the gradient that ``fun`` returns).
         """
-        return "fixed_point", optimality.projected_gradient(self.fun, projections.box)
+        if self.value_and_grad:
+            return "fixed_point", self._objective.proximal_gradient(_box_prox, 1.0)
+        return "fixed_point", optimality.projected_gradient(
+            self._objective.scalar(), projections.box
+        )
 
     def run(self, init_params: PyTree, bounds: Any, *args, **kwargs):
         """Solve from ``init_params`` within ``bounds = (lower, upper)``.
@@ -387,7 +416,13 @@ class ScipyBoundedMinimize(ScipyMinimize):
                 "jnp.inf"
             )
         params, *info = self._minimize(init_params, bounds, args, kwargs)
-        value, grad = jax.value_and_grad(self.fun)(params, *args, **kwargs)
+        value, grad, aux = self._objective.evaluate(params, *args, **kwargs)
         step = projections.box(tree.sub(params, grad), tuple(bounds))
         error = tree.norm(tree.sub(step, params))
-        return params, self._state(params, error, value, *info)
+        return params, self._state(params, error, value, aux, *info)
+
+
+def _box_prox(y, bounds, scaling):
+    """The box projection read as a prox(y, hyperparams, scaling) (the scaling is unused)."""
+    del scaling
+    return projections.box(y, bounds)

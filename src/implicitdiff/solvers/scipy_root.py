@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ from implicitdiff.solvers._host_call import (
     on_cpu,
     shape_key,
 )
+from implicitdiff.solvers._objective import WithAux
 from implicitdiff.solvers._scipy_common import (
     BOUNDED_LEAST_SQUARES_METHODS,
     LEAST_SQUARES_METHODS,
@@ -53,10 +54,25 @@ __all__ = ["ScipyBoundedLeastSquares", "ScipyLeastSquares", "ScipyRootFinding"]
 # scipy.optimize.root and scipy.optimize.least_squares.
 
 
-_JACOBIAN = (
-    "the Jacobian is jax.jacfwd of the flattened function (the same matrix as jacrev; choose "
-    "the mode by wrapping your function if its cost matters)"
-)
+def _jacobian(fun: Callable, use_jacrev: bool) -> Callable:
+    """The Jacobian of the flattened function handed to SciPy: reverse mode (``jax.jacrev``,
+    one pass per output) if ``use_jacrev``, forward mode (``jax.jacfwd``, one per input) else;
+    the same matrix up to rounding."""
+    return jax.jacrev(fun) if use_jacrev else jax.jacfwd(fun)
+
+
+def _setup_user_function(solver: Any, owner: str) -> None:
+    """Checks ``has_aux`` / ``use_jacrev`` and keeps the function's value part as ``_value_fun``
+    (what SciPy solves and the condition uses) and its aux reader as ``_with_aux``."""
+    if not isinstance(solver.use_jacrev, bool):
+        raise TypeError(
+            f"{owner}: use_jacrev must be a bool (True: jax.jacrev, False: jax.jacfwd), got "
+            f"{solver.use_jacrev!r}"
+        )
+    name = solver._user_function
+    with_aux = WithAux(getattr(solver, name), solver.has_aux, owner, name)
+    object.__setattr__(solver, "_with_aux", with_aux)
+    object.__setattr__(solver, "_value_fun", with_aux.value_fun())
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -75,6 +91,10 @@ class ScipyRootFinding(HostWrapper):
     Attributes:
       optimality_fun: F(x, *args, **kwargs), a pytree with the structure of x.
       method: a method of ``scipy.optimize.root`` (default "hybr").
+      has_aux: True if ``optimality_fun`` returns ``(F, aux)``: SciPy and the condition use F,
+        ``state.aux`` is aux at the root (JAXopt 0.8.5 recurses forever on this option).
+      use_jacrev: the Jacobian given to hybr and lm by ``jax.jacrev`` (True, JAXopt's default)
+        or ``jax.jacfwd`` (False).
       tol, options, dtype, error_tol, implicit_diff, solve, jit: as for
         :class:`ScipyMinimize`.
 
@@ -93,29 +113,27 @@ class ScipyRootFinding(HostWrapper):
     options: Mapping | None = None
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
-
-    # JAXopt's options refused, with what to do instead.
-    _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "use_jacrev": _JACOBIAN,
-        "has_aux": "pass a function returning the residual only",
-    }
+    has_aux: bool = False
+    use_jacrev: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        check_fields(self, ROOT_METHODS, allow_callable=False)
+        owner = check_fields(self, ROOT_METHODS, allow_callable=False)
+        _setup_user_function(self, owner)
         import_scipy_optimize()
 
     def optimality(self) -> tuple[str, Callable]:
         """The condition that the solution is differentiated through: optimality_fun(x, *args) = 0.
 
         Returns:
-          ``("root", optimality_fun)``.
+          ``("root", optimality_fun)`` (its value part with ``has_aux``).
         """
-        return "root", self.optimality_fun
+        return "root", self._value_fun
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
-        flat_fun = flat_output_fun(self.optimality_fun, key, unravel)
-        value, jacobian = jax.jit(flat_fun), jax.jit(jax.jacfwd(flat_fun))
+        flat_fun = flat_output_fun(self._value_fun, key, unravel)
+        value = jax.jit(flat_fun)
+        jacobian = jax.jit(_jacobian(flat_fun, self.use_jacrev))
         host_dtype = np.dtype(self.dtype or np.float64)
         scipy_optimize = import_scipy_optimize()
         method = self.method
@@ -147,7 +165,7 @@ class ScipyRootFinding(HostWrapper):
 
     def _solution(self, init_params, /, *args, **kwargs):
         params, iter_num, status, success = call_host(self, "root", init_params, args, kwargs)
-        residual = self.optimality_fun(params, *args, **kwargs)
+        residual = self._value_fun(params, *args, **kwargs)
         error = tree.norm(residual).astype(tree.dtype(params))
         # A root is a root: ‖F(x)‖ ≤ error_tol decides, whatever SciPy's own flag (hybr says
         # "no further improvement", success False, at a residual of 1e-16).
@@ -159,6 +177,7 @@ class ScipyRootFinding(HostWrapper):
             converged=converged,
             status=status,
             value=0.5 * error**2,
+            aux=self._with_aux.aux(params, *args, **kwargs),
         )
         return params, state
 
@@ -189,6 +208,12 @@ class ScipyLeastSquares(HostWrapper):
         margin between inlier and outlier residuals, enters the cost C and so the derivative.
         ``bounds``: use :class:`ScipyBoundedLeastSquares`.
       loss: "linear" (default), "soft_l1", "huber", "cauchy" or "arctan", SciPy's names.
+      fun: JAXopt's name of ``residual_fun``, accepted for it (giving both is a TypeError);
+        after construction the function is ``residual_fun`` and ``fun`` is None.
+      has_aux: True if the residual function returns ``(r, aux)``: SciPy and the condition use
+        r, ``state.aux`` is aux at the solution (JAXopt 0.8.5 recurses forever on this option).
+      use_jacrev: the Jacobian given to SciPy by ``jax.jacrev`` (True, JAXopt's default) or
+        ``jax.jacfwd`` (False).
       dtype, error_tol, implicit_diff, solve, jit: as for :class:`ScipyMinimize`.
 
     Example:
@@ -208,19 +233,24 @@ class ScipyLeastSquares(HostWrapper):
     dtype: Any = dataclasses.field(default=None, kw_only=False)
     error_tol: float = 1e-6
     loss: str = "linear"
-
-    # JAXopt's options refused, with what to do instead.
-    _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "fun": "the residual function is residual_fun= here",
-        "use_jacrev": _JACOBIAN,
-        "has_aux": "pass residual_fun returning the residual only",
-    }
+    fun: Callable | None = None
+    has_aux: bool = False
+    use_jacrev: bool = True
 
     def __post_init__(self):
+        if self.fun is not None:  # JAXopt's name for the residual function
+            if self.residual_fun is not None:
+                raise TypeError(
+                    f"{type(self).__name__}: pass the residual function once, as residual_fun= "
+                    "or as JAXopt's fun=, not both"
+                )
+            object.__setattr__(self, "residual_fun", self.fun)
+            object.__setattr__(self, "fun", None)
         super().__post_init__()
         owner = check_fields(self, self._methods(), allow_callable=False)
         f_scale = check_least_squares_options(self, owner)
-        object.__setattr__(self, "_cost", robust_cost(self.residual_fun, self.loss, f_scale))
+        _setup_user_function(self, owner)
+        object.__setattr__(self, "_cost", robust_cost(self._value_fun, self.loss, f_scale))
         import_scipy_optimize()
 
     @staticmethod
@@ -235,12 +265,13 @@ class ScipyLeastSquares(HostWrapper):
             loss, ``("root", optimality.stationary(C))`` for a robust one.
         """
         if self.loss == "linear":
-            return "root", optimality.least_squares(self.residual_fun)
+            return "root", optimality.least_squares(self._value_fun)
         return "root", optimality.stationary(self._cost)
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
-        flat_fun = flat_output_fun(self.residual_fun, key, unravel)
-        value, jacobian = jax.jit(flat_fun), jax.jit(jax.jacfwd(flat_fun))
+        flat_fun = flat_output_fun(self._value_fun, key, unravel)
+        value = jax.jit(flat_fun)
+        jacobian = jax.jit(_jacobian(flat_fun, self.use_jacrev))
         host_dtype = np.dtype(self.dtype or np.float64)
         scipy_optimize = import_scipy_optimize()
         method, tol, loss = self.method, self.tol, self.loss
@@ -288,12 +319,13 @@ class ScipyLeastSquares(HostWrapper):
             converged=converged,
             status=status,
             value=jnp.asarray(self._cost(params, *args, **kwargs), dtype),
+            aux=self._with_aux.aux(params, *args, **kwargs),
         )
 
     def _solution(self, init_params, /, *args, **kwargs):
         params, *info = call_host(self, "least_squares", init_params, args, kwargs)
         if self.loss == "linear":
-            residuals, vjp = jax.vjp(lambda p: self.residual_fun(p, *args, **kwargs), params)
+            residuals, vjp = jax.vjp(lambda p: self._value_fun(p, *args, **kwargs), params)
             error = tree.norm(vjp(residuals)[0])
         else:
             error = tree.norm(jax.grad(self._cost)(params, *args, **kwargs))
