@@ -21,6 +21,8 @@ SHARED = {
     "on_failure",
     "backward_on_failure",
     "verbose",
+    "implicit_diff_solve",
+    "unroll",
 }
 
 CONCRETE = sorted(

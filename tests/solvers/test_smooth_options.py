@@ -300,10 +300,8 @@ def test_lbfgsb_has_aux_and_bounds_as_jaxopt():
 
 
 REFUSED = [
-    (solvers.LBFGS, "implicit_diff_solve", "solve="),
-    (solvers.BFGS, "unroll", "implicit_diff=False"),
     (solvers.BFGS, "stop_if_linesearch_fails", "state.status"),  # JAXopt's BFGS lacks it too
-    (solvers.GradientDescent, "implicit_diff_solve", "solve="),
+    (solvers.GradientDescent, "prox", "ProximalGradient"),
 ]
 
 

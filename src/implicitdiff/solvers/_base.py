@@ -104,6 +104,9 @@ class DifferentiableRun(abc.ABC):
       backward_on_failure: the policy for the linear system of the implicit derivative, passed
         to :func:`implicitdiff.custom_root` as its ``on_failure`` (default ``"warn"``; also
         ``"raise"``, ``"nan"``, ``"ignore"``, ``"fallback"``).
+      implicit_diff_solve: JAXopt's name for ``solve`` (a callable ``solve(matvec, b) -> x``,
+        such as :func:`implicitdiff.linear_solve.solve_cg`, or a name), so that JAXopt code
+        runs unchanged; give one of the two (both, unless the same object: ValueError).
     """
 
     implicit_diff: bool = True
@@ -111,6 +114,7 @@ class DifferentiableRun(abc.ABC):
     jit: bool = True
     on_failure: str = "auto"
     backward_on_failure: str = "warn"
+    implicit_diff_solve: str | Callable | None = None
 
     def __new__(cls, *args, **kwargs):
         # JAXopt's options that no field takes: a TypeError naming the alternative.
@@ -123,6 +127,16 @@ class DifferentiableRun(abc.ABC):
             raise TypeError(f"{owner}: implicit_diff must be a bool, got {self.implicit_diff!r}")
         if not isinstance(self.jit, bool):
             raise TypeError(f"{owner}: jit must be a bool, got {self.jit!r}")
+        if self.implicit_diff_solve is not None:
+            if self.solve is not None and self.solve is not self.implicit_diff_solve:
+                raise ValueError(
+                    f"{owner}: solve= and implicit_diff_solve= (JAXopt's name for solve=) are "
+                    "both given; pass one of them"
+                )
+            try:
+                linear_solve.resolve(self.implicit_diff_solve)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{owner}: implicit_diff_solve: {error}") from None
         linear_solve.resolve(self.solve)  # an unknown name raises here, naming solve
         check_failure_policies(owner, self.on_failure, self.backward_on_failure)
         object.__setattr__(self, "_compiled", CompiledView(self))
@@ -176,6 +190,10 @@ class DifferentiableRun(abc.ABC):
         args, kwargs = self._bind_keywords(args, kwargs)
         return _run_options.l2_optimality_error(kind, condition, params, args, kwargs)
 
+    def _backward_solve(self) -> str | Callable | None:
+        """The linear solver of the implicit derivative: ``solve``, or JAXopt's spelling."""
+        return self.solve if self.solve is not None else self.implicit_diff_solve
+
     # Whether ``init_params`` may be complex: True for the minimizers of a real objective
     # ``fun`` whose optimality condition is ∇fun = 0 (see :mod:`implicitdiff.solvers._dtypes`).
     _complex_params = False
@@ -190,7 +208,9 @@ class DifferentiableRun(abc.ABC):
         fun = _dtypes.cast_output(fun)
         decorator = custom_root if kind == "root" else custom_fixed_point
         backward = getattr(self, "backward_on_failure", "warn")
-        real = decorator(fun, has_aux=True, solve=self.solve, on_failure=backward)(self._solution)
+        real = decorator(fun, has_aux=True, solve=self._backward_solve(), on_failure=backward)(
+            self._solution
+        )
         if not self._complex_params:
             return real
 
@@ -217,7 +237,7 @@ class DifferentiableRun(abc.ABC):
         decorated = custom_root(
             optimality.stationary(real_objective),
             has_aux=True,
-            solve=self.solve,
+            solve=self._backward_solve(),
             on_failure=backward,
         )(real_solution)
         pairs, state = decorated(_dtypes.to_real(init_params), *args, **kwargs)
@@ -378,13 +398,20 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         compiled loop too, in order (``jax.effects_barrier()`` waits for the lines).
       implicit_diff: differentiate the solution implicitly through the solver's optimality
         condition (True, the default), or unroll the iterations (False).
-      solve, jit, on_failure, backward_on_failure: see :class:`DifferentiableRun`.
+      unroll: JAXopt's option (``"auto"``, the default, True or False), accepted so that JAXopt
+        code runs unchanged; the derivative is chosen by ``implicit_diff`` alone, as JAXopt's
+        is whenever ``implicit_diff=True``. With ``implicit_diff=False`` the iterations are
+        always unrolled in a ``lax.scan`` (forward and reverse mode), also with
+        ``unroll=False``, where JAXopt's ``while_loop`` allows forward mode only.
+      solve, jit, on_failure, backward_on_failure, implicit_diff_solve: see
+        :class:`DifferentiableRun`.
     """
 
     maxiter: int = 500
     tol: float = 1e-3
     unroll_checkpoint: bool = False
     verbose: bool | int = False
+    unroll: bool | str = "auto"
 
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
@@ -426,6 +453,11 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         if not isinstance(self.unroll_checkpoint, bool):
             raise TypeError(f"unroll_checkpoint must be a bool, got {self.unroll_checkpoint!r}")
         _run_options.check_verbose(type(self).__name__, self.verbose)
+        if not (self.unroll == "auto" or isinstance(self.unroll, bool)):
+            raise TypeError(
+                f"{type(self).__name__}: unroll must be 'auto' or a bool (JAXopt's option), "
+                f"got {self.unroll!r}"
+            )
         super().__post_init__()
 
     # -- the loop ---------------------------------------------------------------------------

@@ -17,7 +17,6 @@ __all__ = ["COMMON", "refuse_jaxopt_options", "warn_deprecated_search_options"]
 
 # The JAXopt options of (nearly) every solver that no solver here takes.
 COMMON = {
-    "implicit_diff_solve": "pass solve= (a name such as 'cg' or a linear solver callable)",
     "unroll": (
         "pass implicit_diff=False to differentiate the unrolled iterations (with "
         "unroll_checkpoint=True to bound their memory)"

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _hager_zhang, _linesearch, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _run_options
 from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
 
 __all__ = [
@@ -98,6 +99,10 @@ class LineSearch:
 
     # JAXopt's options that no line search here takes, with what to do instead.
     _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "unroll": (
+            "a line search is not differentiated here: the unrolled derivative of a solver "
+            "(implicit_diff=False) holds each step it found constant"
+        ),
         "c3": _ZOOM_FIXED,
         "rel_tol_cubic": _ZOOM_FIXED,
         "rel_tol_quad": _ZOOM_FIXED,
@@ -128,6 +133,7 @@ class LineSearch:
             _check_number(owner, "max_stepsize", self.max_stepsize, 0.0, float("inf"))
         if not (self.jit == "auto" or isinstance(self.jit, bool)):
             raise TypeError(f"{owner}: jit must be 'auto' or a bool, got {self.jit!r}")
+        _run_options.check_verbose(owner, self.verbose)
         tol = getattr(self, "tol", 0.0)
         if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
             raise ValueError(f"{owner}: tol must be a number ≥ 0, got {tol!r}")
@@ -171,10 +177,35 @@ class LineSearch:
             for field in dataclasses.fields(self)
             if field.name not in ("fun", "value_and_grad", "has_aux", *self._not_kernel_options)
         }
-        return self._kernel()(value_and_grad, params, value, grad, direction, stepsize, **options)
+        if not self.verbose:
+            return self._kernel()(
+                value_and_grad, params, value, grad, direction, stepsize, **options
+            )
+        name = "INFO: implicitdiff." + type(self).__name__ + ": "
 
-    # Fields that are not options of the kernel (JAXopt's, accepted without effect on the step).
-    _not_kernel_options: ClassVar[tuple[str, ...]] = ("jit",)
+        def reported(x):
+            new_value, new_grad = value_and_grad(x)
+            jax.debug.print(
+                name + "trial value {value} slope {slope}",
+                value=new_value,
+                slope=jnp.real(tree.vdot(new_grad, direction)),
+                ordered=True,
+            )
+            return new_value, new_grad
+
+        result = self._kernel()(reported, params, value, grad, direction, stepsize, **options)
+        jax.debug.print(
+            name + "stepsize {stepsize} trials {trials} failed {failed}",
+            stepsize=result.stepsize,
+            trials=result.iter_num,
+            failed=result.failed,
+            ordered=True,
+        )
+        return result
+
+    # Fields that are not options of the kernel (JAXopt's, accepted without effect on the step;
+    # verbose, which search applies around the kernel).
+    _not_kernel_options: ClassVar[tuple[str, ...]] = ("jit", "verbose")
 
     def _kernel(self) -> Callable:
         """The search's kernel ``kernel(value_and_grad, params, value, grad, direction, stepsize,
@@ -270,6 +301,9 @@ class BacktrackingLineSearch(LineSearch):
       c1, c2: the constants of the conditions, 0 < c1 < c2 < 1 (1e-4, 0.9).
       decrease_factor: the factor in (0, 1) of each backtracking step (0.8).
       max_stepsize: the largest step (1.0).
+      verbose: print each trial's f(x + ηd) and slope ⟨∇f(x + ηd), d⟩, then the step, the
+        number of trials and whether the search failed (``jax.debug.print``; a bool or an int
+        as JAXopt's: any nonzero value prints). Default False.
 
     Example:
       >>> import jax.numpy as jnp
@@ -288,6 +322,7 @@ class BacktrackingLineSearch(LineSearch):
     decrease_factor: float = 0.8
     max_stepsize: float = 1.0
     jit: Any = dataclasses.field(default="auto", kw_only=True)  # JAXopt's; no effect here
+    verbose: bool | int = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self):
         self._check_common()
@@ -327,6 +362,7 @@ class ZoomLineSearch(LineSearch):
         |φ'(η)| ≤ c2 |φ'(0)| + tol (0, as JAXopt's ``tol``).
       jit: JAXopt's option, accepted; no effect (the search is traced into the caller's
         program: call ``run`` inside ``jax.jit`` to compile it).
+      verbose: as in :class:`BacktrackingLineSearch`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -344,6 +380,7 @@ class ZoomLineSearch(LineSearch):
     max_stepsize: float | None = None
     tol: float = dataclasses.field(default=0.0, kw_only=True)
     jit: Any = dataclasses.field(default="auto", kw_only=True)  # JAXopt's; no effect here
+    verbose: bool | int = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self):
         self._check_common()
@@ -381,6 +418,7 @@ class HagerZhangLineSearch(LineSearch):
       max_stepsize: the largest step (None: no bound).
       tol: a slack on each inequality of both conditions (0, as JAXopt's ``tol``).
       jit: JAXopt's option, accepted; no effect (see :class:`ZoomLineSearch`).
+      verbose: as in :class:`BacktrackingLineSearch`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -400,6 +438,7 @@ class HagerZhangLineSearch(LineSearch):
     max_stepsize: float | None = None
     tol: float = dataclasses.field(default=0.0, kw_only=True)
     jit: Any = dataclasses.field(default="auto", kw_only=True)  # JAXopt's; no effect here
+    verbose: bool | int = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self):
         self._check_common()
