@@ -1170,8 +1170,8 @@ REASONS = {
         "KKTSolution((x, z), y, (μ, φ)) has 450 unknowns (n + 4m), above `auto`'s dense limit of "
         "200, and GMRES (restart 20, not preconditioned) converges slowly on it (measured "
         "separately on a loaded machine: 2.0 s, against 21 ms with solve='lu' and 51 ms with "
-        "'bicgstab', the same gradient to 1e-10). OSQP's form of the same QP (150 unknowns) is solved densely and its backward pass is "
-        "faster than JAXopt's."
+        "'bicgstab', the same gradient to 1e-10). OSQP's form of the same QP (150 unknowns) is "
+        "solved densely and its backward pass is faster than JAXopt's."
     ),
     "OptaxSolver": (
         "the same Optax steps as JAXopt's OptaxSolver (run solve at par, within the noise); "
