@@ -163,9 +163,9 @@ def _same_default(option: str, a, b) -> bool:
         return True  # the SciPy wrappers: None is float64
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
-    return type(a) is type(b) and a == b or (
-        isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b
-    )
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 def _differing_defaults() -> dict[tuple[str, str], tuple]:
@@ -195,12 +195,11 @@ def test_every_differing_default_is_in_the_defaults_table():
     stale = sorted(set(rows) - set(differing))
     assert not stale, f"rows of the defaults table whose defaults are the same: {stale}"
     for key, (theirs, ours) in differing.items():
-        for cell, actual in zip(rows[key], (theirs, ours)):
-            written = _value(cell)
+        for cell, actual in zip(rows[key], (theirs, ours), strict=True):
             if isinstance(actual, (int, float, str, type(None))):  # not a function or type
-                assert written == actual and type(written) is type(actual) or (
-                    isinstance(written, (int, float)) and written == actual
-                ), f"{key}: the table says {cell}, the default is {actual!r}"
+                assert _same_default("", _value(cell), actual), (
+                    f"{key}: the table says {cell}, the default is {actual!r}"
+                )
 
 
 @pytest.mark.parametrize("name", [*CLASSES, "OSQP"])
