@@ -164,13 +164,13 @@ def _jaxopt_solution(jaxopt, name, p):
 @pytest.mark.parametrize("name", list(CASES))
 def test_fun_matches_jaxopt(name):
     jaxopt = pytest.importorskip("jaxopt")
-    import jaxopt.base  # noqa: F401  (KKTSolution)
+    pytest.importorskip("jaxopt.base")  # (KKTSolution)
 
     ours = CASES[name][0]
     theirs = functools.partial(_jaxopt_solution, jaxopt, name)
 
     def gradients(p):
-        return [ravel_pytree(jax.grad(lambda q: loss(f(q)))(p))[0] for f in (ours, theirs)]
+        return [ravel_pytree(jax.grad(lambda q, f=f: loss(f(q)))(p))[0] for f in (ours, theirs)]
 
     if name == "EqualityConstrainedQP":
 
