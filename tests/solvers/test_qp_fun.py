@@ -11,6 +11,7 @@ same ``fun``. Then the errors: ``fun`` with ``matvec_Q``, a ``fun`` of the wrong
 value, and no start x.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -141,6 +142,32 @@ def test_fun_gives_the_pair_solution_and_its_derivatives(name):
     tol = 1e-10 if name == "EqualityConstrainedQP" else 1e-8  # closed form vs differences
     np.testing.assert_allclose(jac, reference, rtol=0, atol=tol)
     np.testing.assert_allclose(grad, grad_reference, rtol=0, atol=tol)
+
+
+def doubled_linear_term(x, p):
+    """``objective`` with c doubled: another QP on the same parameters."""
+    return objective(x, p) + p["c"] @ x
+
+
+@jax.jit
+def _replaced(p):
+    solver = solvers.EqualityConstrainedQP(fun=objective)
+    other = dataclasses.replace(solver, fun=doubled_linear_term)
+    start = KKTSolution(jnp.asarray(X0), None, None)
+    order = (solver, other, solver)  # the original keeps its fun after the replacement
+    solutions = [s.run(start, p, (A, B)).params for s in order]
+    errors = [s.l2_optimality_error(z, p, (A, B)) for s, z in zip(order, solutions, strict=True)]
+    references = [eq_closed_form(p), eq_closed_form({"M": p["M"], "c": 2 * p["c"]})]
+    return [z.primal for z in solutions], errors, references
+
+
+def test_replacing_fun_and_the_optimality_error():
+    (x1, x2, x1_again), errors, (ref1, ref2) = _replaced(params())
+    np.testing.assert_allclose(x1, ref1, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(x2, ref2, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(x1_again, ref1, rtol=0, atol=1e-8)
+    assert float(jnp.max(jnp.abs(ref1 - ref2))) > 0.01
+    assert max(float(e) for e in errors) < 1e-10  # the KKT residual with ∇ₓfun, at each solution
 
 
 # -- side by side with JAXopt ---------------------------------------------------------------
