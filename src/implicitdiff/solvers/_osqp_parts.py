@@ -83,11 +83,12 @@ def dense_operators(data: Data) -> Operators:
     )
 
 
-def matrix_free_operators(matvec_Q, data: Data, parts) -> Operators:
+def matrix_free_operators(matvec_Q, data: Data, parts, symmetric: bool = False) -> Operators:
     """The products of a problem given by matvecs: P x = ∇(½xᵀQx) with Q x = ``matvec_Q(Q, x)``
-    (``Q @ x`` without a matvec, 0 for Q None), Q's parameters in ``data.P``; C x the
-    concatenation of ``matvec(M, x)`` (``M @ x`` without a matvec) over the pairs
-    ``(matvec, M)`` of ``parts`` whose M is not None; Cᵀ the transpose of that linear map."""
+    (``Q @ x`` without a matvec, 0 for Q None), Q's parameters in ``data.P`` (P x = Q x itself
+    when ``symmetric``: a Hessian-vector product, as ``fun``'s); C x the concatenation of
+    ``matvec(M, x)`` (``M @ x`` without a matvec) over the pairs ``(matvec, M)`` of ``parts``
+    whose M is not None; Cᵀ the transpose of that linear map."""
     Q = data.P
     x_like = jax.ShapeDtypeStruct(data.q.shape, data.q.dtype)
 
@@ -97,6 +98,8 @@ def matrix_free_operators(matvec_Q, data: Data, parts) -> Operators:
     def P(x):
         if Q is None:
             return jnp.zeros_like(x)
+        if symmetric:
+            return product(matvec_Q, Q, x)
         return jax.grad(lambda v: 0.5 * jnp.vdot(v, product(matvec_Q, Q, v)))(x)
 
     def C(x):

@@ -9,12 +9,20 @@ signs of the Lagrangian L = ½xᵀQx + cᵀx + νᵀ(Ax − b) + λᵀ(Gx − h)
 differentiated through the KKT conditions (:func:`implicitdiff.optimality.kkt` with
 f(x, (Q, c)) = ½xᵀQx + cᵀx, H(x, (A, b)) = Ax − b and G(x, (G, h)) = Gx − h).
 
+JAXopt's ``fun=``: the objective given as a function f(x, params_obj), promised quadratic and
+convex in x, with ``params_obj`` any pytree. Then c = ∇ₓf(0, params_obj) and Q v is the
+derivative of ∇ₓf(·, params_obj) at 0 in the direction v (:func:`fun_matvec`, no matrix), and
+the KKT conditions use ∇ₓf(x, params_obj) itself (:func:`qp_objective`), so that the solution is
+differentiated with respect to ``params_obj`` through f. :func:`check_fun`,
+:func:`fun_linear_term` and :func:`quadratic_parts` are the pieces each solver calls.
+
 This module must not import :mod:`implicitdiff.projections` (which imports OSQP, for the
 polyhedron projection).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,7 +32,7 @@ import jax.numpy as jnp
 from implicitdiff import optimality, tree
 from implicitdiff._typing import PyTree
 
-__all__ = ["KKTSolution", "qp_kkt"]
+__all__ = ["KKTSolution", "qp_kkt", "qp_objective"]
 
 
 class KKTSolution(NamedTuple):
@@ -68,24 +76,128 @@ def check_pair(name: str, pair: Any) -> None:
         )
 
 
+def check_fun(owner: str, fun: Callable | None, matvec_Q: Callable | None) -> None:
+    """The checks of ``fun=`` at construction (JAXopt's, with errors naming fun).
+
+    Raises:
+      ValueError: ``fun`` and ``matvec_Q`` both given (JAXopt refuses the pair too).
+      TypeError: ``fun`` not callable, or not callable as fun(params, params_obj).
+    """
+    if fun is None:
+        return
+    if matvec_Q is not None:
+        raise ValueError(
+            f"{owner}: fun= and matvec_Q= are both given; give one of them (fun defines Q)"
+        )
+    if not callable(fun):
+        raise TypeError(f"{owner}: fun must be callable fun(params, params_obj), got {fun!r}")
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):  # a builtin or an object without a signature: unchecked
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as error:
+        raise TypeError(
+            f"{owner}: fun must take (params, params_obj) positionally, as fun(x, params_obj); "
+            f"its signature {signature} does not ({error})"
+        ) from None
+
+
+def check_fun_start(owner: str, fun: Callable | None, x0: PyTree, layout: str) -> None:
+    """With ``fun``, the start's primal x is required (as in JAXopt): params_obj does not tell
+    x's shape. ``layout`` is the ``init_params`` to suggest.
+
+    Raises:
+      ValueError: ``fun`` given and x0 None.
+    """
+    if fun is not None and x0 is None:
+        raise ValueError(
+            f"{owner}.run: with fun=, init_params must give the primal x (params_obj does not "
+            f"tell its shape): pass init_params={layout}"
+        )
+
+
+def fun_matvec(fun: Callable) -> Callable:
+    """Q v for the quadratic f = ``fun``: matvec(params_obj, v) = d/dt ∇ₓf(t v, params_obj) at
+    t = 0 (a forward derivative of the gradient at 0: exact for a quadratic, and symmetric)."""
+    gradient = jax.grad(fun)
+
+    def matvec(params_obj, v):
+        zeros = tree.zeros_like(v)
+        return jax.jvp(lambda x: gradient(x, params_obj), (zeros,), (v,))[1]
+
+    return matvec
+
+
+def check_fun_value(owner: str, fun: Callable, params_obj: PyTree, x_like: PyTree) -> None:
+    """That fun(x, params_obj) is a real scalar, on shapes only (nothing is computed).
+
+    Raises:
+      TypeError: the call fails with a TypeError, or its value is not a real scalar.
+    """
+    try:
+        value = jax.eval_shape(fun, x_like, params_obj)
+    except TypeError as error:
+        raise TypeError(f"{owner}: fun(params, params_obj) failed: {error}") from None
+    if not (
+        isinstance(value, jax.ShapeDtypeStruct)
+        and value.shape == ()
+        and jnp.issubdtype(value.dtype, jnp.floating)
+    ):
+        raise TypeError(f"{owner}: fun(params, params_obj) must return a real scalar, got {value}")
+
+
+def fun_linear_term(owner: str, fun: Callable, params_obj: PyTree, x_like: PyTree) -> PyTree:
+    """c = ∇ₓf(0, params_obj) for f = ``fun``, shaped like ``x_like``.
+
+    Raises:
+      TypeError: f(x, params_obj) is not a real scalar (:func:`check_fun_value`).
+    """
+    check_fun_value(owner, fun, params_obj, x_like)
+    return jax.grad(fun)(tree.zeros_like(x_like), params_obj)
+
+
+def quadratic_parts(
+    owner: str, fun: Callable | None, params_obj: Any, x_like: PyTree
+) -> tuple[Any, PyTree]:
+    """(Q's parameters, c) of ``params_obj``: the pair itself, or with ``fun``
+    (params_obj, ∇ₓfun(0, params_obj)), Q then applied by :func:`fun_matvec`."""
+    if fun is None:
+        return params_obj
+    return params_obj, fun_linear_term(owner, fun, params_obj, x_like)
+
+
+def qp_objective(matvec_Q: Callable | None = None, fun: Callable | None = None) -> Callable:
+    """The objective f(x, params_obj) of the QP solvers: ``fun`` itself when given, else
+    ½xᵀQx + cᵀx with params_obj = (Q, c) (Q x = ``Q @ x`` or ``matvec_Q(Q, x)``, 0 for Q None)."""
+    if fun is not None:
+        return fun
+
+    def quadratic(x, params_obj):
+        Q, c = params_obj
+        return 0.5 * tree.vdot(x, apply_operator(matvec_Q, Q, x)) + tree.vdot(c, x)
+
+    return quadratic
+
+
 def qp_kkt(
     matvec_Q: Callable | None = None,
     matvec_A: Callable | None = None,
     matvec_G: Callable | None = None,
+    fun: Callable | None = None,
 ) -> Callable:
-    """The KKT map of min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h, in the argument order of ``run``.
+    """The KKT map of min f(x) s.t. Ax = b, Gx ≤ h, in the argument order of ``run``.
 
     Returns F(z, params_obj, params_eq=None, params_ineq=None), z = (x, ν, λ), equal to
-    :func:`implicitdiff.optimality.kkt` with f(x, (Q, c)) = ½xᵀQx + cᵀx, H(x, (A, b)) = Ax − b and
-    G(x, (G, h)) = Gx − h; a None ``params_eq`` (``params_ineq``) drops the equalities
-    (inequalities), whose part of z and of F is then None. Products with Q, A, G are ``M @ x``, or
-    ``matvec_M(M, x)`` when a matvec is given (then M is any pytree of parameters). The
-    residuals come as a :class:`KKTSolution` when z is one.
+    :func:`implicitdiff.optimality.kkt` with f = :func:`qp_objective` (½xᵀQx + cᵀx with
+    params_obj = (Q, c), or ``fun(x, params_obj)``: stationarity ∇ₓf(x, params_obj) + Aᵀν + Gᵀλ),
+    H(x, (A, b)) = Ax − b and G(x, (G, h)) = Gx − h; a None ``params_eq`` (``params_ineq``) drops
+    the equalities (inequalities), whose part of z and of F is then None. Products with Q, A, G
+    are ``M @ x``, or ``matvec_M(M, x)`` when a matvec is given (then M is any pytree of
+    parameters). The residuals come as a :class:`KKTSolution` when z is one.
     """
-
-    def fun(x, params_obj):
-        Q, c = params_obj
-        return 0.5 * tree.vdot(x, apply_operator(matvec_Q, Q, x)) + tree.vdot(c, x)
+    objective = qp_objective(matvec_Q, fun)
 
     def eq_fun(x, params_eq):
         A, b = params_eq
@@ -97,7 +209,7 @@ def qp_kkt(
 
     variants = {
         (has_eq, has_ineq): optimality.kkt(
-            fun, eq_fun if has_eq else None, ineq_fun if has_ineq else None
+            objective, eq_fun if has_eq else None, ineq_fun if has_ineq else None
         )
         for has_eq in (False, True)
         for has_ineq in (False, True)

@@ -20,13 +20,17 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._failures import Status
-from implicitdiff.solvers._osqp_parts import (
-    Data,
-    Operators,
-    dense_operators,
-    matrix_free_operators,
+from implicitdiff.solvers._osqp_parts import Data
+from implicitdiff.solvers._qp_common import (
+    KKTSolution,
+    check_fun,
+    check_fun_start,
+    check_fun_value,
+    check_pair,
+    clip_to_box,
+    dtype_of,
+    qp_objective,
 )
-from implicitdiff.solvers._qp_common import KKTSolution, check_pair, clip_to_box, dtype_of
 from implicitdiff.solvers.osqp import OSQP, OSQPState
 
 __all__ = ["BoxOSQP", "BoxOSQPState", "box_qp_optimality"]
@@ -55,7 +59,9 @@ class BoxOSQPState(NamedTuple):
 
 
 def box_qp_optimality(
-    matvec_Q: Callable | None = None, matvec_A: Callable | None = None
+    matvec_Q: Callable | None = None,
+    matvec_A: Callable | None = None,
+    fun: Callable | None = None,
 ) -> Callable:
     """The optimality condition of min ½xᵀQx + cᵀx s.t. Ax = z, l ≤ z ≤ u, on JAXopt's layout
     ``KKTSolution((x, z), y, (μ, φ))`` (y the multiplier of Ax = z, μ = max(y, 0) of z ≤ u,
@@ -64,27 +70,25 @@ def box_qp_optimality(
         F = ((½(Q + Qᵀ)x + c + Aᵀy,  z − clip(z + y, l, u)),  Ax − z,
              (μ − max(y, 0), φ − max(−y, 0))).
 
+    With ``fun``, the objective is fun(x, params_obj) and ∇ₓfun(x, params_obj) replaces
+    ½(Q + Qᵀ)x + c (the gradient of :func:`~implicitdiff.solvers._qp_common.qp_objective`).
+
     F = 0 is equivalent to the KKT conditions (the second part says y ∈ N_[l,u](z): y ≥ 0 where
     z = u, y ≤ 0 where z = l, y = 0 strictly inside). Its Jacobian stays invertible on rows with
     l = u, where the complementarity form λ ∘ (z − u) = 0, φ ∘ (l − z) = 0 is singular. Products are
     ``Q @ x``, ``A @ x`` or ``matvec_Q(Q, x)``, ``matvec_A(A, x)``; Aᵀy is the VJP of x ↦ Ax.
-    Returns F(params, params_obj, params_eq, params_ineq), ``params_obj = (Q, c)``,
-    ``params_eq = A``, ``params_ineq = (l, u)``.
+    Returns F(params, params_obj, params_eq, params_ineq), ``params_obj = (Q, c)`` (with
+    ``fun``, fun's parameters), ``params_eq = A``, ``params_ineq = (l, u)``.
     """
-
-    def product(matvec, M, x):
-        if matvec is not None:
-            return matvec(M, x)
-        return jnp.zeros_like(x) if M is None else M @ x
+    # ∇ of ½xᵀQx + cᵀx: ½(Q + Qᵀ)x + c, as the solver symmetrizes Q.
+    gradient = jax.grad(qp_objective(matvec_Q, fun))
 
     def box_qp_kkt(params, params_obj, params_eq, params_ineq):
         (x, z), y, _ = params
-        Q, c = params_obj
         lower, upper = params_ineq
-        Ax, transpose = jax.vjp(lambda v: product(matvec_A, params_eq, v), x)
-        # ∇ of ½xᵀQx: ½(Q + Qᵀ)x, as the solver symmetrizes Q.
-        quadratic = jax.grad(lambda v: 0.5 * jnp.vdot(v, product(matvec_Q, Q, v)))(x)
-        stationarity = quadratic + c + transpose(y)[0]
+        A = params_eq
+        Ax, transpose = jax.vjp(lambda v: A @ v if matvec_A is None else matvec_A(A, v), x)
+        stationarity = gradient(x, params_obj) + transpose(y)[0]
         in_box = z - clip_to_box(z + y, lower, upper)
         mu, phi = params[2]
         duals = (mu - jnp.maximum(y, 0.0), phi - jnp.maximum(-y, 0.0))
@@ -120,10 +124,8 @@ class _BoxEngine(OSQP):
     def _n_eq(self, params_eq) -> int:
         return 0
 
-    def _operators(self, data: Data) -> Operators:
-        if not self._matrix_free():
-            return dense_operators(data)
-        return matrix_free_operators(self.matvec_Q, data, [(self.matvec_A, data.C)])
+    def _constraint_parts(self, data: Data) -> list:
+        return [(self.matvec_A, data.C)]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -154,13 +156,20 @@ class BoxOSQP(IterativeSolver):
     so that rows with l = u stay regular): with respect to Q, c, A, l and u, at a solution where
     every active bound has y ≠ 0 and the active rows of A are linearly independent.
 
+    With ``fun`` (JAXopt's option), the objective is f(x, params_obj) = ``fun(x, params_obj)``,
+    promised quadratic and convex in x, ``params_obj`` any pytree: c = ∇ₓf(0, params_obj) and
+    Q v = d/dt ∇ₓf(t v, params_obj) at t = 0 (the ADMM runs matrix-free, as with ``matvec_Q``);
+    the stationarity condition is ∇ₓf(x, params_obj) + Aᵀy = 0, and the solution is
+    differentiated with respect to ``params_obj`` through f. ``init_params`` must then give x
+    (a 1-D array: its shape).
+
     Attributes:
       matvec_Q, matvec_A: products ``matvec_Q(Q, x)``, ``matvec_A(A, x)`` (None: ``Q @ x``,
         ``A @ x``); Q and A are then any pytrees of parameters (x, c, l, u stay 1-D arrays), Q
         must be symmetric, and the x-step is solved by CG (the polishing by GMRES), never forming
         a matrix.
-      fun: JAXopt's objective given as a function; not supported (``run`` raises a
-        ``ValueError``): give (Q, c), with ``matvec_Q`` for a matrix-free Q.
+      fun: the objective as a function fun(x, params_obj), see above (with ``matvec_Q``:
+        ValueError).
       check_primal_dual_infeasability: accepted for JAXopt's signature ("auto", True or False);
         the infeasibility tests always run (they cost a product only when a cheap test passes).
       sigma: σ > 0 (default 1e-6).
@@ -213,10 +222,11 @@ class BoxOSQP(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("matvec_Q", "matvec_A", "fun"):
+        for name in ("matvec_Q", "matvec_A"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"BoxOSQP: {name} must be callable or None, got {value!r}")
+        check_fun("BoxOSQP", self.fun, self.matvec_Q)
         if self.check_primal_dual_infeasability not in ("auto", True, False):
             raise ValueError(
                 "BoxOSQP: check_primal_dual_infeasability must be 'auto', True or False, got "
@@ -234,6 +244,7 @@ class BoxOSQP(IterativeSolver):
             engine = _BoxEngine(
                 matvec_Q=self.matvec_Q,
                 matvec_A=self.matvec_A,
+                fun=self.fun,
                 rho=self.rho_start,
                 sigma=self.sigma,
                 alpha=self.momentum,
@@ -261,7 +272,9 @@ class BoxOSQP(IterativeSolver):
                 message = message.replace(ours, theirs)
             raise ValueError(message) from None
         object.__setattr__(self, "_engine", engine)
-        object.__setattr__(self, "_kkt", box_qp_optimality(self.matvec_Q, self.matvec_A))
+        object.__setattr__(
+            self, "_kkt", box_qp_optimality(self.matvec_Q, self.matvec_A, fun=self.fun)
+        )
 
     def run(
         self,
@@ -275,8 +288,9 @@ class BoxOSQP(IterativeSolver):
         Args:
           init_params: a ``KKTSolution((x, z), y, (μ, φ))`` (μ, φ ignored; a None part is zeros,
             z defaults to clip(Ax, l, u); x alone in place of (x, z) is accepted), or None
-            (default) for zeros.
-          params_obj: ``(Q, c)``: Q of shape (n, n) (or None, an LP) and c of shape (n,).
+            (default) for zeros; with ``fun``, x is required.
+          params_obj: ``(Q, c)``: Q of shape (n, n) (or None, an LP) and c of shape (n,); with
+            ``fun``, any pytree, fun's second argument.
           params_eq: A, of shape (m, n).
           params_ineq: ``(l, u)``, each of shape (m,).
 
@@ -285,30 +299,42 @@ class BoxOSQP(IterativeSolver):
             :class:`BoxOSQPState`.
 
         Raises:
-          TypeError: a missing or malformed argument.
-          ValueError: shapes that do not match.
+          TypeError: a missing or malformed argument; with ``fun``, fun(x, params_obj) not a
+            scalar.
+          ValueError: shapes that do not match; with ``fun``, no x in ``init_params``.
         """
-        if self.fun is not None:
-            raise ValueError(
-                "BoxOSQP.run: fun is not supported; give params_obj = (Q, c), with matvec_Q for "
-                "a matrix-free Q"
-            )
         if params_obj is None:
             raise TypeError("BoxOSQP.run: params_obj=(Q, c) is required")
         if params_eq is None:
             raise TypeError("BoxOSQP.run: params_eq=A is required")
         if params_ineq is None:
             raise TypeError("BoxOSQP.run: params_ineq=(l, u) is required")
-        check_pair("params_obj", params_obj)
         check_pair("params_ineq", params_ineq)
-        Q, c = params_obj
-        n = jnp.shape(c)[0] if jnp.ndim(c) == 1 else -1
-        dense_Q = self.matvec_Q is None
-        if jnp.ndim(c) != 1 or (Q is not None and dense_Q and jnp.shape(Q) != (n, n)):
-            raise ValueError(
-                f"BoxOSQP: Q must be (n, n) (or None) and c (n,); got Q {jnp.shape(Q)}, c "
-                f"{jnp.shape(c)}"
-            )
+        if init_params is None:
+            init_params = KKTSolution((None, None), None, None)
+        primal, y0, _ = init_params
+        x0, z0 = primal if isinstance(primal, (tuple, list)) else (primal, None)
+        if self.fun is not None:
+            check_fun_start("BoxOSQP", self.fun, x0, "KKTSolution((x0, None), None, None)")
+            x0 = jnp.asarray(x0)
+            if x0.ndim != 1:
+                raise ValueError(f"BoxOSQP: with fun, x must be a 1-D array, got shape {x0.shape}")
+            check_fun_value("BoxOSQP", self.fun, params_obj, x0)
+            n, dtype = x0.shape[0], dtype_of(x0)
+        else:
+            check_pair("params_obj", params_obj)
+            Q, c = params_obj
+            n = jnp.shape(c)[0] if jnp.ndim(c) == 1 else -1
+            if jnp.ndim(c) != 1 or (
+                Q is not None and self.matvec_Q is None and jnp.shape(Q) != (n, n)
+            ):
+                raise ValueError(
+                    f"BoxOSQP: Q must be (n, n) (or None) and c (n,); got Q {jnp.shape(Q)}, c "
+                    f"{jnp.shape(c)}"
+                )
+            dense = self.matvec_Q is None and self.matvec_A is None
+            dtype = dtype_of(Q, c, params_eq) if dense else dtype_of(c)
+            params_obj = (Q, jnp.asarray(c, dtype))
         A = params_eq
         lower, upper = params_ineq
         if self.matvec_A is None:
@@ -324,17 +350,10 @@ class BoxOSQP(IterativeSolver):
                 f"BoxOSQP: params_ineq (l, u) must be two vectors ({m},); got {jnp.shape(lower)} "
                 f"and {jnp.shape(upper)}"
             )
-        dense = self.matvec_Q is None and self.matvec_A is None
-        dtype = dtype_of(Q, c, A) if dense else dtype_of(c)
         _dtypes.check_real_params(init_params, "BoxOSQP.run", type(self)._COMPLEX_SOLVERS)
         lower, upper = jnp.asarray(lower, dtype), jnp.asarray(upper, dtype)
-        c = jnp.asarray(c, dtype)
         if self.matvec_A is None:
             A = jnp.asarray(A, dtype)
-        if init_params is None:
-            init_params = KKTSolution((None, None), None, None)
-        primal, y0, _ = init_params
-        x0, z0 = primal if isinstance(primal, (tuple, list)) else (primal, None)
         x0 = jnp.zeros(n, dtype) if x0 is None else jnp.asarray(x0, dtype)
         if z0 is None:
             z0 = clip_to_box(
@@ -343,7 +362,7 @@ class BoxOSQP(IterativeSolver):
         z0 = jnp.asarray(z0, dtype)
         y0 = jnp.zeros(m, dtype) if y0 is None else jnp.asarray(y0, dtype)
         init_params = _full_solution((x0, z0), y0)
-        return super().run(init_params, (Q, c), A, (lower, upper))
+        return super().run(init_params, params_obj, A, (lower, upper))
 
     # -- the engine's layout <-> JAXopt's ----------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +17,15 @@ from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
     apply_operator,
+    check_fun,
+    check_fun_start,
+    check_fun_value,
     check_pair,
     dtype_of,
+    fun_matvec,
     inf_norm,
     qp_kkt,
+    quadratic_parts,
 )
 
 __all__ = ["EqualityConstrainedQP", "EqualityConstrainedQPState"]
@@ -50,6 +55,12 @@ class EqualityConstrainedQP(IterativeSolver):
     direct solve, so one iteration suffices unless K is ill-conditioned. The solution is
     differentiated through the KKT conditions (:func:`qp_kkt`): with respect to Q, c, A and b.
 
+    With ``fun`` (JAXopt's option), the objective is f(x, params_obj) = ``fun(x, params_obj)``,
+    promised quadratic and convex in x, ``params_obj`` any pytree: c = ∇ₓf(0, params_obj) and
+    Q v = d/dt ∇ₓf(t v, params_obj) at t = 0 (matrix-free, solved as with ``matvec_Q``); the KKT
+    conditions are ∇ₓf(x, params_obj) + Aᵀν = 0, Ax = b, and the solution is differentiated
+    with respect to ``params_obj`` through f. ``init_params`` must then give x (its shape).
+
     With dense arrays and ``kkt_solve=None``, K is formed and solved by LU
     (``jnp.linalg.solve``). With ``matvec_Q`` or ``matvec_A`` (products ``matvec_Q(Q, x)``,
     ``matvec_A(A, x)``: then Q, A are any pytrees of parameters, and x may be a pytree) or a given
@@ -58,6 +69,8 @@ class EqualityConstrainedQP(IterativeSolver):
 
     Attributes:
       matvec_Q, matvec_A: optional matvecs, see above.
+      fun: the objective as a function fun(x, params_obj), see above (with ``matvec_Q``:
+        ValueError).
       kkt_solve: the linear solver of K z = r, see above.
       refine_regularization: δ ≥ 0 (default 0). With δ > 0, each iteration solves with the
         quasi-definite K̄ = [[Q + δI, Aᵀ], [A, −δI]], never singular (redundant constraints, Q
@@ -81,18 +94,12 @@ class EqualityConstrainedQP(IterativeSolver):
 
     matvec_Q: Callable | None = dataclasses.field(default=None, kw_only=False)
     matvec_A: Callable | None = dataclasses.field(default=None, kw_only=False)
+    fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     kkt_solve: str | Callable | None = None
     refine_regularization: float = 0.0
     refine_maxiter: int = 10
     maxiter: int = 10
     tol: float = 1e-6
-
-    # JAXopt's option of a quadratic objective given as a function.
-    _jaxopt_refused: ClassVar[dict[str, str]] = {
-        "fun": (
-            "pass the objective as params_obj=(Q, c), or as matvec_Q= with params_obj=(params_Q, c)"
-        )
-    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,6 +109,11 @@ class EqualityConstrainedQP(IterativeSolver):
                 raise TypeError(
                     f"EqualityConstrainedQP: {name} must be callable or None, got {value!r}"
                 )
+        check_fun("EqualityConstrainedQP", self.fun, self.matvec_Q)
+        # The product with Q that the solve uses: the given matvec, or fun's.
+        object.__setattr__(
+            self, "_matvec_Q", fun_matvec(self.fun) if self.fun is not None else self.matvec_Q
+        )
         if self.kkt_solve is not None:
             linear_solve.resolve(self.kkt_solve)  # raises on an unknown name
         delta = self.refine_regularization
@@ -114,21 +126,21 @@ class EqualityConstrainedQP(IterativeSolver):
                 "EqualityConstrainedQP: refine_maxiter must be a positive int, got "
                 f"{self.refine_maxiter!r}"
             )
-        object.__setattr__(self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A))
+        object.__setattr__(self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A, fun=self.fun))
 
     def run(
         self,
         init_params: PyTree = None,
-        params_obj: tuple | None = None,
+        params_obj: Any = None,
         params_eq: tuple | None = None,
     ) -> OptStep:
         """Solve from ``init_params``; see the class.
 
         Args:
           init_params: ``(x, ν, None)`` (a :class:`KKTSolution` or a triple; a None part is zeros),
-            or None (default) for zeros.
+            or None (default) for zeros; with ``fun``, x is required.
           params_obj: ``(Q, c)``: Q of shape (n, n) and c of shape (n,) (with ``matvec_Q``, Q any
-            pytree of parameters); required.
+            pytree of parameters); with ``fun``, any pytree, fun's second argument; required.
           params_eq: ``(A, b)``: A of shape (p, n) and b of shape (p,) (with ``matvec_A``, A any
             pytree); None (default) for no constraint.
 
@@ -137,16 +149,22 @@ class EqualityConstrainedQP(IterativeSolver):
             the ``EqualityConstrainedQPState``.
 
         Raises:
-          TypeError: a missing or malformed pair.
-          ValueError: dense arrays of shapes that do not match.
+          TypeError: a missing or malformed pair; with ``fun``, fun(x, params_obj) not a scalar.
+          ValueError: dense arrays of shapes that do not match; with ``fun``, no x in
+            ``init_params``.
         """
         if params_obj is None:
             raise TypeError("EqualityConstrainedQP.run: params_obj=(Q, c) is required")
-        check_pair("params_obj", params_obj)
+        if self.fun is None:
+            check_pair("params_obj", params_obj)
         check_pair("params_eq", params_eq)
-        c = params_obj[1]
-        if self.matvec_Q is None and self.matvec_A is None:  # dense arrays: check their shapes
-            Q, n = params_obj[0], (jnp.shape(c) or (-1,))[0]
+        x0, nu0, _ = (None, None, None) if init_params is None else init_params
+        check_fun_start("EqualityConstrainedQP", self.fun, x0, "KKTSolution(x0, None, None)")
+        if self.fun is not None:
+            check_fun_value("EqualityConstrainedQP", self.fun, params_obj, x0)
+        if self._matvec_Q is None and self.matvec_A is None:  # dense arrays: check their shapes
+            Q, c = params_obj
+            n = (jnp.shape(c) or (-1,))[0]
             if jnp.ndim(c) != 1 or jnp.shape(Q) != (n, n):
                 raise ValueError(
                     "EqualityConstrainedQP: params_obj = (Q, c) must be a matrix (n, n) and a "
@@ -159,18 +177,19 @@ class EqualityConstrainedQP(IterativeSolver):
                         f"EqualityConstrainedQP: params_eq = (A, b) must be a matrix (p, {n}) and "
                         f"a vector (p,); got A {jnp.shape(A)}, b {jnp.shape(b)}"
                     )
-        x0, nu0, _ = (None, None, None) if init_params is None else init_params
         if params_eq is None:
             nu0 = None
         elif nu0 is None:
             nu0 = tree.zeros_like(params_eq[1])
-        init_params = KKTSolution(tree.zeros_like(c) if x0 is None else x0, nu0, None)
+        if x0 is None:
+            x0 = tree.zeros_like(params_obj[1])
+        init_params = KKTSolution(x0, nu0, None)
         return super().run(init_params, params_obj, params_eq)
 
     # -- the system K z = r ----------------------------------------------------------------
 
     def _dense(self) -> bool:
-        return self.matvec_Q is None and self.matvec_A is None and self.kkt_solve is None
+        return self._matvec_Q is None and self.matvec_A is None and self.kkt_solve is None
 
     def _dense_system(self, params_obj, params_eq):
         Q, c = params_obj
@@ -185,13 +204,13 @@ class EqualityConstrainedQP(IterativeSolver):
     def _matvec_system(self, params_obj, params_eq, x_like):
         Q, c = params_obj
         if params_eq is None:
-            return (lambda x: apply_operator(self.matvec_Q, Q, x)), tree.neg(c)
+            return (lambda x: apply_operator(self._matvec_Q, Q, x)), tree.neg(c)
         A, b = params_eq
         _, transpose = jax.vjp(lambda x: apply_operator(self.matvec_A, A, x), x_like)
 
         def matvec(z):
             x, nu = z
-            qx = apply_operator(self.matvec_Q, Q, x)
+            qx = apply_operator(self._matvec_Q, Q, x)
             return tree.add(qx, transpose(nu)[0]), apply_operator(self.matvec_A, A, x)
 
         return matvec, (tree.neg(c), b)
@@ -200,6 +219,7 @@ class EqualityConstrainedQP(IterativeSolver):
         """z + K⁻¹(r − K z) (with ``refine_regularization`` δ > 0: up to ``refine_maxiter`` steps
         z ← z + K̄⁻¹(r − K z), K̄ = K + diag(δI, −δI)) and the scaled residual of the result."""
         x, nu, _ = params
+        params_obj = quadratic_parts("EqualityConstrainedQP", self.fun, params_obj, x)
         delta = self.refine_regularization
         if self._dense():
             K, r = self._dense_system(params_obj, params_eq)
@@ -260,13 +280,13 @@ class EqualityConstrainedQP(IterativeSolver):
 
         Args:
           init_params: ``KKTSolution(x, ν, None)``, as ``run`` builds it.
-          params_obj: ``(Q, c)``, as in ``run``.
+          params_obj: ``(Q, c)`` (with ``fun``, fun's parameters), as in ``run``.
           params_eq: ``(A, b)`` or None, as in ``run``.
 
         Returns:
           An ``EqualityConstrainedQPState``: iter_num 0, error inf.
         """
-        dtype = dtype_of(params_obj[1])
+        dtype = dtype_of(params_obj[1] if self.fun is None else init_params[0])
         return EqualityConstrainedQPState(
             iter_num=jnp.asarray(0),
             error=jnp.asarray(jnp.inf, dtype),
@@ -279,7 +299,7 @@ class EqualityConstrainedQP(IterativeSolver):
         Args:
           params: the current ``KKTSolution(x, ν, None)`` (z = (x, ν)).
           state: the state at z (from ``init_state`` or the last ``update``).
-          params_obj: ``(Q, c)``, as in ``run``.
+          params_obj: ``(Q, c)`` (with ``fun``, fun's parameters), as in ``run``.
           params_eq: ``(A, b)`` or None, as in ``run``.
 
         Returns:
@@ -296,7 +316,8 @@ class EqualityConstrainedQP(IterativeSolver):
 
     def optimality(self):
         """The condition that the solution is differentiated through: the KKT conditions
-        (Qx + c + Aᵀν, Ax − b) = 0 (:func:`qp_kkt`, with this solver's matvecs).
+        (Qx + c + Aᵀν, Ax − b) = 0 (with ``fun``, ∇ₓfun(x, params_obj) in place of Qx + c;
+        :func:`qp_kkt`, with this solver's matvecs).
 
         Returns:
           ``("root", F)`` with F(z, params_obj, params_eq=None), z a :class:`KKTSolution`.

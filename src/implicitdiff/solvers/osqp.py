@@ -43,10 +43,15 @@ from implicitdiff.solvers._osqp_parts import (
 )
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
+    check_fun,
+    check_fun_start,
+    check_fun_value,
     check_pair,
     clip_to_box,
     dtype_of,
+    fun_matvec,
     qp_kkt,
+    quadratic_parts,
 )
 
 __all__ = ["OSQP", "OSQPState"]
@@ -132,11 +137,20 @@ class OSQP(IterativeSolver):
     Q, c, A, b, G and h, at a strictly complementary solution (λᵢ > 0 on every active
     constraint) with linearly independent active constraints.
 
+    With ``fun`` (JAXopt's option), the objective is f(x, params_obj) = ``fun(x, params_obj)``,
+    promised quadratic and convex in x, ``params_obj`` any pytree: c = ∇ₓf(0, params_obj) and
+    Q v = d/dt ∇ₓf(t v, params_obj) at t = 0 (so the ADMM runs matrix-free, as with
+    ``matvec_Q``); the stationarity condition is ∇ₓf(x, params_obj) + Aᵀν + Gᵀλ = 0, and the
+    solution is differentiated with respect to ``params_obj`` through f. ``init_params`` must
+    then give x (a 1-D array: its shape).
+
     Attributes:
       matvec_Q, matvec_A, matvec_G: products ``matvec_Q(Q, x)``, ... (None: the matrix
         product); with any of them, Q, A, G are any pytrees of parameters (x, c, b, h stay 1-D
         arrays), Q must be symmetric, and no matrix is formed: the x-step is solved by CG from
         the current x, the polishing system by GMRES, Cᵀ applied by transposing the matvecs.
+      fun: the objective as a function fun(x, params_obj), see above (with ``matvec_Q``:
+        ValueError).
       rho: the initial ρ > 0 (default 0.1).
       sigma: σ > 0 (default 1e-6).
       alpha: the relaxation α ∈ (0, 2) (default 1.6).
@@ -161,6 +175,7 @@ class OSQP(IterativeSolver):
     matvec_Q: Callable | None = None
     matvec_A: Callable | None = None
     matvec_G: Callable | None = None
+    fun: Callable | None = None
     rho: float = 0.1
     sigma: float = 1e-6
     alpha: float = 1.6
@@ -201,7 +216,14 @@ class OSQP(IterativeSolver):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"OSQP: {name} must be callable or None, got {value!r}")
-        object.__setattr__(self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A, self.matvec_G))
+        check_fun(type(self).__name__, self.fun, self.matvec_Q)
+        # The product with Q that the ADMM uses: the given matvec, or fun's.
+        object.__setattr__(
+            self, "_matvec_Q", fun_matvec(self.fun) if self.fun is not None else self.matvec_Q
+        )
+        object.__setattr__(
+            self, "_kkt", qp_kkt(self.matvec_Q, self.matvec_A, self.matvec_G, fun=self.fun)
+        )
 
     def run(
         self,
@@ -214,9 +236,10 @@ class OSQP(IterativeSolver):
 
         Args:
           init_params: ``(x, ν, λ)`` (a :class:`KKTSolution` or a triple; a None part is zeros), or
-            None (default) for zeros.
+            None (default) for zeros; with ``fun``, x is required.
           params_obj: ``(Q, c)``: Q of shape (n, n), symmetric positive semidefinite, or None
-            (an LP), and c of shape (n,); required.
+            (an LP), and c of shape (n,); with ``fun``, any pytree, fun's second argument;
+            required.
           params_eq: ``(A, b)``: A of shape (p, n), b of shape (p,); None (default) for none.
           params_ineq: ``(G, h)``: G of shape (m, n), h of shape (m,); None (default) for none.
 
@@ -226,24 +249,35 @@ class OSQP(IterativeSolver):
             infeasible).
 
         Raises:
-          TypeError: a missing or malformed pair.
-          ValueError: shapes that do not match.
+          TypeError: a missing or malformed pair; with ``fun``, fun(x, params_obj) not a scalar.
+          ValueError: shapes that do not match; with ``fun``, no x in ``init_params``.
         """
         if params_obj is None:
             raise TypeError("OSQP.run: params_obj=(Q, c) is required")
-        for name, pair in (
-            ("params_obj", params_obj),
-            ("params_eq", params_eq),
-            ("params_ineq", params_ineq),
-        ):
+        pairs = [("params_eq", params_eq), ("params_ineq", params_ineq)]
+        for name, pair in pairs if self.fun is not None else [("params_obj", params_obj), *pairs]:
             check_pair(name, pair)
-        Q, c = params_obj
-        c = jnp.asarray(c)
-        n = c.shape[0] if c.ndim == 1 else -1
-        if c.ndim != 1 or (Q is not None and self.matvec_Q is None and jnp.shape(Q) != (n, n)):
-            raise ValueError(
-                f"OSQP: Q must be (n, n) (or None) and c (n,); got Q {jnp.shape(Q)}, c {c.shape}"
-            )
+        if init_params is None:
+            init_params = (None, None, None)
+        x0, nu0, lam0 = init_params
+        if self.fun is not None:
+            check_fun_start("OSQP", self.fun, x0, "KKTSolution(x0, None, None)")
+            x0 = jnp.asarray(x0)
+            if x0.ndim != 1:
+                raise ValueError(f"OSQP: with fun, x must be a 1-D array, got shape {x0.shape}")
+            check_fun_value("OSQP", self.fun, params_obj, x0)
+            n, dtype = x0.shape[0], dtype_of(x0)
+        else:
+            Q, c = params_obj
+            c = jnp.asarray(c)
+            n = c.shape[0] if c.ndim == 1 else -1
+            if c.ndim != 1 or (Q is not None and self.matvec_Q is None and jnp.shape(Q) != (n, n)):
+                raise ValueError(
+                    f"OSQP: Q must be (n, n) (or None) and c (n,); got Q {jnp.shape(Q)}, c "
+                    f"{c.shape}"
+                )
+            dtype = dtype_of(c) if self._matrix_free() else dtype_of(Q, c)
+            params_obj = (Q, c)
         for name, pair, matvec in (
             ("params_eq", params_eq, self.matvec_A),
             ("params_ineq", params_ineq, self.matvec_G),
@@ -260,11 +294,7 @@ class OSQP(IterativeSolver):
                         f"OSQP: {name} must be a matrix (m, {n}) and a vector (m,); got "
                         f"{jnp.shape(M)} and {jnp.shape(v)}"
                     )
-        dtype = dtype_of(c) if self._matrix_free() else dtype_of(Q, c)
         _dtypes.check_real_params(init_params, "OSQP.run", type(self)._COMPLEX_SOLVERS)
-        if init_params is None:
-            init_params = (None, None, None)
-        x0, nu0, lam0 = init_params
 
         def part(value, pair, size):
             if pair is None:
@@ -278,15 +308,20 @@ class OSQP(IterativeSolver):
             part(nu0, params_eq, None if params_eq is None else jnp.shape(params_eq[1])),
             part(lam0, params_ineq, None if params_ineq is None else jnp.shape(params_ineq[1])),
         )
-        return super().run(init_params, (Q, c), params_eq, params_ineq)
+        return super().run(init_params, params_obj, params_eq, params_ineq)
 
     # -- data and the pieces of an iteration -------------------------------------------------
 
-    def _state_data(self, state: OSQPState, params_obj, params_eq, params_ineq) -> Data:
-        """The stacked problem: from the state when ``init_state`` stored it, else rebuilt."""
+    def _state_data(self, state: OSQPState, x, params_obj, params_eq, params_ineq) -> Data:
+        """The stacked problem: from the state when ``init_state`` stored it, else rebuilt (x:
+        the primal iterate, whose shape ``fun`` needs)."""
         if state.data is None:
-            return self._stack(params_obj, params_eq, params_ineq)
+            return self._stack(self._quadratic(params_obj, x), params_eq, params_ineq)
         return Data(*state.data, self._n_eq(params_eq))
+
+    def _quadratic(self, params_obj, x):
+        """(Q, c): ``params_obj``, or with ``fun`` (params_obj, ∇ₓfun(0, params_obj))."""
+        return quadratic_parts(type(self).__name__, self.fun, params_obj, x)
 
     def _stack(self, params_obj, params_eq, params_ineq) -> Data:
         """The problem in the stacked form l ≤ Cx ≤ u (C = [A; G]; with matvecs, C holds the
@@ -296,17 +331,23 @@ class OSQP(IterativeSolver):
         return stack_problem(params_obj, params_eq, params_ineq)
 
     def _matrix_free(self) -> bool:
-        return any(m is not None for m in (self.matvec_Q, self.matvec_A, self.matvec_G))
+        return any(m is not None for m in (self._matvec_Q, self.matvec_A, self.matvec_G))
 
     def _operators(self, data: Data) -> Operators:
         """The products with P and C: the matrices', or, with matvecs, C = [A; G] applied as
         ``matvec_A(A, x)``, ``matvec_G(G, x)`` (Cᵀ by transposing that linear map) and
-        P x = ∇(½xᵀQx) (the symmetric part of Q, as the matrices' (Q + Qᵀ)/2)."""
+        P x = ∇(½xᵀQx) (the symmetric part of Q, as the matrices' (Q + Qᵀ)/2; with ``fun``,
+        Q x itself, a Hessian-vector product)."""
         if not self._matrix_free():
             return dense_operators(data)
+        return matrix_free_operators(
+            self._matvec_Q, data, self._constraint_parts(data), symmetric=self.fun is not None
+        )
+
+    def _constraint_parts(self, data: Data) -> list:
+        """The pairs (matvec, parameters) whose products, stacked, are C x (matrix-free)."""
         params_A, params_G = data.C
-        parts = [(self.matvec_A, params_A), (self.matvec_G, params_G)]
-        return matrix_free_operators(self.matvec_Q, data, parts)
+        return [(self.matvec_A, params_A), (self.matvec_G, params_G)]
 
     def _n_eq(self, params_eq) -> int:
         """The number of equality rows at the top of C."""
@@ -342,7 +383,7 @@ class OSQP(IterativeSolver):
 
         Args:
           init_params: ``KKTSolution(x, ν, λ)``, as ``run`` builds it.
-          params_obj: ``(Q, c)``, as in ``run``.
+          params_obj: ``(Q, c)`` (with ``fun``, fun's parameters), as in ``run``.
           params_eq: ``(A, b)`` or None, as in ``run``.
           params_ineq: ``(G, h)`` or None, as in ``run``.
 
@@ -350,8 +391,8 @@ class OSQP(IterativeSolver):
           An ``OSQPState``: iter_num 0, the error and residuals at the start, ρ, z, the factor, the
             stacked data and the carried products.
         """
-        data = self._stack(params_obj, params_eq, params_ineq)
         x = init_params[0]
+        data = self._stack(self._quadratic(params_obj, x), params_eq, params_ineq)
         y = dual_vector(init_params, data)
         z = clip_to_box(self._operators(data).C(x), data.lower, data.upper)
         rho = jnp.asarray(self.rho, data.q.dtype)
@@ -381,7 +422,7 @@ class OSQP(IterativeSolver):
         Args:
           params: the current ``KKTSolution(x, ν, λ)`` (y = (ν, λ)).
           state: the state at it (from ``init_state`` or the last ``update``).
-          params_obj: ``(Q, c)``, as in ``run``.
+          params_obj: ``(Q, c)`` (with ``fun``, fun's parameters), as in ``run``.
           params_eq: ``(A, b)`` or None, as in ``run``.
           params_ineq: ``(G, h)`` or None, as in ``run``.
 
@@ -389,7 +430,7 @@ class OSQP(IterativeSolver):
           ``OptStep(params, state)``: the new ``KKTSolution`` and its state (error, residuals,
             status, ρ, z, the products for the next iteration).
         """
-        data = self._state_data(state, params_obj, params_eq, params_ineq)
+        data = self._state_data(state, params[0], params_obj, params_eq, params_ineq)
         x, z = params[0], state.z
         y = dual_vector(params, data)
         rho_vec = self._rho_vector(state.rho, data)
@@ -486,7 +527,7 @@ class OSQP(IterativeSolver):
     def _iterate(self, init_params, params_obj, params_eq=None, params_ineq=None):
         params, state = super()._iterate(init_params, params_obj, params_eq, params_ineq)
         if self.polish:
-            data = self._state_data(state, params_obj, params_eq, params_ineq)
+            data = self._state_data(state, params[0], params_obj, params_eq, params_ineq)
             params, state = self._finish(*self._polish(params, state, data))
         return params, state
 
