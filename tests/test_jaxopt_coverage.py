@@ -269,3 +269,19 @@ def test_every_jaxopt_state_field_we_lack_is_in_the_state_table(name):
     lacking = [f for f in theirs._fields if f not in ours._fields]
     absent = [f for f in lacking if f not in rows.get(name, set())]
     assert not absent, f"{name}: JAXopt state fields missing here and not in the table: {absent}"
+
+
+def test_osqp_takes_or_renames_every_option_jaxopt_passes_to_boxosqp():
+    """JAXopt's OSQP is not a dataclass: it passes its keyword arguments to BoxOSQP. Each of
+    BoxOSQP's options is taken by our OSQP, or refused naming our spelling."""
+    unexplained = []
+    for option in sorted(_options(jaxopt.BoxOSQP) - _options(solvers.OSQP)):
+        try:
+            solvers.OSQP(**{option: None})
+        except TypeError as error:
+            if option in str(error) and "pass " in str(error):
+                continue
+        except Exception:
+            pass
+        unexplained.append(option)
+    assert not unexplained, f"OSQP: JAXopt options neither taken nor renamed: {unexplained}"

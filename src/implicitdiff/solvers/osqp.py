@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +158,13 @@ class OSQP(IterativeSolver):
       eps_primal_infeasible, eps_dual_infeasible: ε_p, ε_d (default 1e-4 each).
       polish, polish_delta: see above (True, 1e-6).
       maxiter, tol: see above (defaults 4000 and 1e-6).
+      check_primal_dual_infeasability, eq_qp_solve, termination_check_frequency: JAXopt's
+        options (which its OSQP passes to BoxOSQP), accepted without effect: the infeasibility
+        tests always run, the x-step is a Cholesky solve with matrices (CG with matvecs), the
+        stopping test runs at every iteration. JAXopt's ``rho_start``, ``momentum``,
+        ``stepsize_updates_frequency``, ``primal_infeasible_tol`` and ``dual_infeasible_tol``
+        are ``rho``, ``alpha``, ``rho_update_frequency``, ``eps_primal_infeasible`` and
+        ``eps_dual_infeasible`` here (a TypeError naming the new spelling).
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
     Example:
@@ -171,6 +178,15 @@ class OSQP(IterativeSolver):
     """
 
     _user_function = None  # run has its own signature
+
+    # JAXopt's OSQP passes these to its BoxOSQP: the same options under this solver's names.
+    _jaxopt_refused: ClassVar[dict[str, str]] = {
+        "rho_start": "pass rho= (the initial ρ)",
+        "momentum": "pass alpha= (the relaxation α)",
+        "stepsize_updates_frequency": "pass rho_update_frequency=",
+        "primal_infeasible_tol": "pass eps_primal_infeasible=",
+        "dual_infeasible_tol": "pass eps_dual_infeasible=",
+    }
 
     matvec_Q: Callable | None = None
     matvec_A: Callable | None = None
@@ -189,9 +205,29 @@ class OSQP(IterativeSolver):
     polish_delta: float = 1e-6
     maxiter: int = 4000
     tol: float = 1e-6
+    check_primal_dual_infeasability: Any = dataclasses.field(default="auto", kw_only=True)
+    eq_qp_solve: str = dataclasses.field(default="cg", kw_only=True)
+    termination_check_frequency: int = dataclasses.field(default=5, kw_only=True)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.check_primal_dual_infeasability not in ("auto", True, False):
+            raise ValueError(
+                "OSQP: check_primal_dual_infeasability must be 'auto', True or False, got "
+                f"{self.check_primal_dual_infeasability!r}"
+            )
+        if self.eq_qp_solve not in ("cg", "cg+jacobi", "lu"):
+            raise ValueError(
+                f"OSQP: eq_qp_solve must be 'cg', 'cg+jacobi' or 'lu', got {self.eq_qp_solve!r}"
+            )
+        if not (
+            isinstance(self.termination_check_frequency, int)
+            and self.termination_check_frequency >= 1
+        ):
+            raise ValueError(
+                "OSQP: termination_check_frequency must be a positive int, got "
+                f"{self.termination_check_frequency!r}"
+            )
         for name in ("rho", "sigma", "rho_min", "rho_max", "polish_delta"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0):
