@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _loop, tree
+from implicitdiff import _loop, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._anderson import mixing_weights, slot_products, stack_slot
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -30,6 +30,8 @@ class AndersonWrapperState(NamedTuple):
     residuals_history: PyTree
     residual_gram: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import linear_solve, tree
+from implicitdiff import _summary, linear_solve, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -29,6 +29,8 @@ class IterativeRefinementState(NamedTuple):
     converged: jax.Array
     target_residuals: PyTree
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _dense_matvec(A: Any, x: PyTree) -> PyTree:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _linesearch, tree
+from implicitdiff import _linesearch, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -60,6 +60,8 @@ class BroydenState(NamedTuple):
     failed_linesearch: jax.Array | bool = False  # the last search found no acceptable step
     c_history: jax.Array | None = None  # with history_size: the last updates H += c dᵀ, (m, n)
     d_history: jax.Array | None = None
+
+    __repr__ = _summary.namedtuple_repr
 
 
 _INITS = ("exact", "identity")
