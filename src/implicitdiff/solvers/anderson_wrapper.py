@@ -124,7 +124,8 @@ class AndersonWrapper(IterativeSolver):
 
         Args:
           init_params: x₀, a pytree.
-          *args, **kwargs: the wrapped solver's arguments, as in ``run``.
+          *args: the wrapped solver's positional arguments, as in ``run``.
+          **kwargs: the wrapped solver's keyword arguments, as in ``run``.
 
         Returns:
           An ``AndersonWrapperState`` with iter_num 0 and the solver's error at x₀.
@@ -149,7 +150,8 @@ class AndersonWrapper(IterativeSolver):
         Args:
           params: the current iterate x.
           state: the state at x.
-          *args, **kwargs: the wrapped solver's arguments, as in ``run``.
+          *args: the wrapped solver's positional arguments, as in ``run``.
+          **kwargs: the wrapped solver's keyword arguments, as in ``run``.
 
         Returns:
           ``OptStep(U(x̄), state)``.

@@ -126,7 +126,9 @@ class IterativeRefinement(IterativeSolver):
 
         Args:
           init_params: x₀, a pytree like b.
-          A, b, A_bar: as in ``run``.
+          A: the data of ``matvec_A`` (the matrix A by default), as in ``run``.
+          b: the right-hand side, as in ``run``.
+          A_bar: the data of ``matvec_A_bar`` (ignored without it), as in ``run``.
 
         Returns:
           An ``IterativeRefinementState`` with iter_num 0.
@@ -145,7 +147,9 @@ class IterativeRefinement(IterativeSolver):
         Args:
           params: the current x.
           state: the state at x.
-          A, b, A_bar: as in ``run``.
+          A: the data of ``matvec_A`` (the matrix A by default), as in ``run``.
+          b: the right-hand side, as in ``run``.
+          A_bar: the data of ``matvec_A_bar`` (ignored without it), as in ``run``.
 
         Returns:
           ``OptStep(x⁺, state)``.
@@ -166,7 +170,9 @@ class IterativeRefinement(IterativeSolver):
 
         Args:
           params: x, a pytree like b.
-          A, b, A_bar: as in ``run``.
+          A: the data of ``matvec_A`` (the matrix A by default), as in ``run``.
+          b: the right-hand side, as in ``run``.
+          A_bar: the data of ``matvec_A_bar`` (ignored without it), as in ``run``.
 
         Returns:
           The residual b − A x, a pytree like b.

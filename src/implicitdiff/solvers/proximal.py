@@ -392,8 +392,8 @@ class ProjectedGradient(_ProximalGradientBase):
       fun: the objective f(x, *args, **kwargs), a scalar.
       projection: ``projection(y, hyperparams_proj)``, the Euclidean projection onto C (see
         :mod:`implicitdiff.projections`).
-      value_and_grad, has_aux, stepsize, acceleration, maxls, decrease_factor, increase_factor,
-        maxiter, tol: as in :class:`ProximalGradient`.
+      value_and_grad, has_aux, stepsize, acceleration: as in :class:`ProximalGradient`.
+      maxls, decrease_factor, increase_factor, maxiter, tol: as in :class:`ProximalGradient`.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
     Example:
