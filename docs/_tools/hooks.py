@@ -18,18 +18,22 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
-REPO_URL = "https://github.com/implicitdiff/implicitdiff/blob/main/"
-# An absolute link to a file of this repository (the README's images must be absolute for a
-# package index page) is read as the repository path, so that the site serves its own copy.
-_OWN_FILE = re.compile(
-    r"^https://(?:raw\.githubusercontent\.com/implicitdiff/implicitdiff/[^/]+/"
-    r"|github\.com/implicitdiff/implicitdiff/(?:blob|raw)/[^/]+/)(docs/.*)$"
-)
+# The repository's address is declared once, in pyproject.toml ([project.urls] Source); the
+# site's repository link, the links to files outside docs/ and the reading of the README's
+# absolute links all come from it.
+_URLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+BASE = _URLS["Source"].rstrip("/")
+REPO_URL = BASE + "/blob/main/"
+# An absolute link to a file of this repository under docs/ (the README's images and links must
+# be absolute for a package index page) is read as the repository path, so that the site serves
+# its own copy.
+_OWN_FILE = re.compile(rf"^{re.escape(BASE)}/(?:blob|raw)/[^/]+/(docs/.*)$")
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 _TMP = tempfile.TemporaryDirectory(prefix="implicitdiff-docs-")
 
@@ -89,6 +93,17 @@ def _tutorial_page(script: Path, out_dir: Path) -> tuple[str, list[Path]]:
             parts += ["", f"![{name}]({name})"]
             figures.append(out_dir / name)
     return "\n".join(parts) + "\n", figures
+
+
+def on_config(config):
+    """The repository link of every page from pyproject.toml's Source; the site's address from
+    its Documentation URL when that is a published site (not a folder of the repository)."""
+    config["repo_url"] = BASE
+    config["repo_name"] = BASE.removeprefix("https://github.com/")
+    documentation = _URLS.get("Documentation", "")
+    if documentation and not documentation.startswith(BASE):
+        config["site_url"] = documentation.rstrip("/") + "/"
+    return config
 
 
 def on_files(files, config):
