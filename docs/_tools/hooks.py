@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import posixpath
@@ -34,6 +35,7 @@ REPO_URL = BASE + "/blob/main/"
 # be absolute for a package index page) is read as the repository path, so that the site serves
 # its own copy.
 _OWN_FILE = re.compile(rf"^{re.escape(BASE)}/(?:blob|raw)/[^/]+/(docs/.*)$")
+_log = logging.getLogger("mkdocs.hooks.tutorials")
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 _TMP = tempfile.TemporaryDirectory(prefix="implicitdiff-docs-")
 
@@ -75,11 +77,20 @@ def _tutorial_page(script: Path, out_dir: Path) -> tuple[str, list[Path]]:
     doc = result["doc"].strip().split("\n")
     title, intro = doc[0], "\n".join(doc[1:]).strip()
     parts = [f"# {title}", "", intro, ""]
+    load = "{:.1f} at its start, {:.1f} at its end".format(*result["load"])
     parts.append(
         f"*This page ran the script [`{script.name}`]({script.name}) when the site was built: "
         f"{result['seconds']:.0f} s on {os.cpu_count()} CPU cores ({platform.machine()}), at the "
-        f"size `IMPLICITDIFF_TUTORIAL_SIZE={env['IMPLICITDIFF_TUTORIAL_SIZE']}`. Every output "
-        "below is what that run printed and drew.*"
+        f"size `IMPLICITDIFF_TUTORIAL_SIZE={env['IMPLICITDIFF_TUTORIAL_SIZE']}`; "
+        f"the machine's 1-minute load average {load} (other work on it slows the run). Every "
+        "output below is what that run printed and drew.*"
+    )
+    _log.info(
+        "tutorial %s: %.0f s (load average %s; size %s)",
+        script.name,
+        result["seconds"],
+        load,
+        env["IMPLICITDIFF_TUTORIAL_SIZE"],
     )
     figures = []
     for cell in result["cells"]:
