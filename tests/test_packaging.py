@@ -12,9 +12,21 @@
 
 from __future__ import annotations
 
+import email
+import os
 import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import textwrap
 import tomllib
+import venv
+import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -81,3 +93,191 @@ def test_the_repository_address_is_written_once():
     assert OWNER_NAME not in hooks and 'tomllib.loads((ROOT / "pyproject.toml")' in hooks
     assert "site_url:" not in (ROOT / "mkdocs.yml").read_text()
     assert "repo_url:" not in (ROOT / "mkdocs.yml").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# The wheel and the sdist, built and installed into fresh venvs without network.
+
+SMOKE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    jax.config.update("jax_enable_x64", True)
+    import implicitdiff
+    from implicitdiff import custom_root
+
+    # The installed copy, not a source tree.
+    assert Path(implicitdiff.__file__).resolve().is_relative_to(Path(sys.prefix).resolve()), (
+        implicitdiff.__file__
+    )
+
+    def optimality(x, lam, X, y):  # ∇ₓ[½‖Xx − y‖² + ½λ‖x‖²]
+        return X.T @ (X @ x - y) + lam * x
+
+    @custom_root(optimality, solve="cg", symmetric=True)
+    def ridge(x0, lam, X, y):
+        return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 6)), rng.normal(size=30)
+    Xv, yv = rng.normal(size=(20, 6)), rng.normal(size=20)
+    lam = 0.7
+
+    def loss(lam):
+        r = Xv @ ridge(jnp.zeros(6), lam, X, y) - yv
+        return 0.5 * r @ r
+
+    g = jax.grad(loss)(lam)
+    # Closed form: x* = (XᵀX + λI)⁻¹Xᵀy, dx*/dλ = −(XᵀX + λI)⁻¹x*, dL/dλ = (Xv x* − yv)ᵀ Xv dx*/dλ.
+    H = X.T @ X + lam * np.eye(6)
+    x = np.linalg.solve(H, X.T @ y)
+    expected = (Xv @ x - yv) @ Xv @ -np.linalg.solve(H, x)
+    assert abs(g - expected) <= 1e-10 * abs(expected), (float(g), expected)
+    assert implicitdiff.__version__ == "VERSION", implicitdiff.__version__
+    print("smoke ok", implicitdiff.__version__, implicitdiff.__file__, float(g))
+    """
+)
+
+
+def _copy_project(dest: Path) -> Path:
+    """The files a build reads, copied: the build writes nothing into the checkout."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for name in ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    pytest.importorskip("build", reason="the `test` extra's `build` package builds the wheel")
+    project = _copy_project(tmp_path_factory.mktemp("project"))
+    out = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--no-isolation",
+            "--wheel",
+            "--sdist",
+            "--outdir",
+            str(out),
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wheels, sdists = sorted(out.glob("*.whl")), sorted(out.glob("*.tar.gz"))
+    assert [w.name for w in wheels] == [f"implicitdiff-{VERSION}-py3-none-any.whl"]
+    assert [s.name for s in sdists] == [f"implicitdiff-{VERSION}.tar.gz"]
+    return wheels[0], sdists[0]
+
+
+def _metadata(text: str):
+    return email.message_from_string(text)
+
+
+def _check_metadata(meta) -> None:
+    project = PYPROJECT["project"]
+    assert meta["Name"] == "implicitdiff"
+    assert meta["Version"] == VERSION == "0.1.0"
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert "License-File" in meta and meta["License-File"] == "LICENSE"
+    assert meta.get_all("Classifier") == project["classifiers"]
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+    assert {k.lower(): v for k, v in urls.items()} == {k.lower(): v for k, v in URLS.items()}
+    assert meta["Requires-Python"] == project["requires-python"]
+    requires = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
+    from packaging.requirements import Requirement  # a dependency of `build`
+
+    def parsed(reqs):
+        return sorted((r.name, r.specifier) for r in map(Requirement, reqs))
+
+    assert parsed(requires) == parsed(project["dependencies"])
+    assert meta.get_payload().startswith("# implicitdiff")  # the README is the description
+
+
+@pytest.mark.slow
+def test_wheel_and_sdist_contents(dist):
+    wheel, sdist = dist
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        info = f"implicitdiff-{VERSION}.dist-info"
+        assert f"{info}/licenses/LICENSE" in names
+        assert "implicitdiff/py.typed" in names
+        assert "implicitdiff/__init__.py" in names and "implicitdiff/solvers/_base.py" in names
+        assert not any(n.startswith(("tests/", "docs/", "benchmarks/")) for n in names)
+        _check_metadata(_metadata(z.read(f"{info}/METADATA").decode()))
+        license_text = z.read(f"{info}/licenses/LICENSE").decode()
+        assert "Apache License" in license_text and "Version 2.0" in license_text
+    with tarfile.open(sdist) as t:
+        names = t.getnames()
+        top = f"implicitdiff-{VERSION}"
+        for name in ("LICENSE", "README.md", "pyproject.toml", "src/implicitdiff/py.typed"):
+            assert f"{top}/{name}" in names, name
+        _check_metadata(_metadata(t.extractfile(f"{top}/PKG-INFO").read().decode()))
+
+
+def _fresh_venv(path: Path) -> Path:
+    """A venv without pip; jax, numpy (and pip, setuptools) seen from the running interpreter.
+
+    The ``.pth`` lists the running interpreter's site-packages (from its ``sys.prefix``) and its
+    ``PYTHONPATH`` entries, except any directory that holds an ``implicitdiff`` package (a source
+    tree): the package can only come from what is installed into the venv.
+    """
+    venv.create(path, with_pip=False, symlinks=True)
+    python = path / "bin" / "python"
+    scheme = {"base": sys.prefix, "platbase": sys.prefix}
+    # In the running interpreter's order: PYTHONPATH first, then site-packages.
+    dirs = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    dirs += [sysconfig.get_path(k, vars=scheme) for k in ("purelib", "platlib")]
+    dirs = [str(Path(d).resolve()) for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+    dirs = [d for d in dirs if not (Path(d) / "implicitdiff" / "__init__.py").exists()]
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(site, "_implicitdiff_test_deps.pth").write_text("\n".join(dirs) + "\n")
+    return python
+
+
+def _install_and_smoke(python: Path, artifact: Path, workdir: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PIP_NO_INDEX"] = "1"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "--no-index", "--ignore-installed", "--no-build-isolation", str(artifact)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    script = workdir / "smoke.py"
+    script.write_text(SMOKE.replace("VERSION", VERSION))
+    run = subprocess.run(
+        [str(python), str(script)], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "smoke ok" in run.stdout
+    return run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["wheel", "sdist"])
+def test_installs_into_a_fresh_venv_and_differentiates(dist, kind, tmp_path):
+    artifact = dist[0] if kind == "wheel" else dist[1]
+    python = _fresh_venv(tmp_path / "venv")
+    out = _install_and_smoke(python, artifact, tmp_path)
+    installed = out.split()[-2]
+    assert Path(installed).resolve().is_relative_to((tmp_path / "venv").resolve()), out
+    assert not Path(installed).resolve().is_relative_to(ROOT), out
