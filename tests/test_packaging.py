@@ -281,3 +281,18 @@ def test_installs_into_a_fresh_venv_and_differentiates(dist, kind, tmp_path):
     installed = out.split()[-2]
     assert Path(installed).resolve().is_relative_to((tmp_path / "venv").resolve()), out
     assert not Path(installed).resolve().is_relative_to(ROOT), out
+
+
+def test_changelog_top_section_is_the_version():
+    """Keep a Changelog: the newest section first; it is pyproject's version (dated once
+    released, "Unreleased" until then), or an [Unreleased] section above the released version."""
+    headings = re.findall(r"^## \[([^\]]+)\](.*)$", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert headings, "no version section"
+    (first, rest), *older = headings
+    if first == "Unreleased":
+        # Changes since a release: the section below it is that release, dated.
+        assert older and re.fullmatch(r" - \d{4}-\d\d-\d\d", older[0][1]), older
+    else:
+        assert first == VERSION, (first, VERSION)
+        assert re.fullmatch(r" - (Unreleased|\d{4}-\d\d-\d\d)", rest), rest
+    assert len({h for h, _ in headings}) == len(headings), "a version listed twice"
