@@ -107,10 +107,17 @@ def _tutorial_page(script: Path, out_dir: Path) -> tuple[str, list[Path]]:
 
 
 def on_config(config):
-    """The repository link of every page from pyproject.toml's Source; the site's address from
-    its Documentation URL when that is a published site (not a folder of the repository)."""
-    config["repo_url"] = BASE
-    config["repo_name"] = BASE.removeprefix("https://github.com/")
+    """A link to the repository in every page's footer, from pyproject.toml's Source; the site's
+    address from its Documentation URL when that is a published site (not a folder of the
+    repository).
+
+    (Not ``repo_url``: with it the theme asks api.github.com for the repository's stars and
+    releases from every page, a request that fails offline and for a repository not yet public.)
+    """
+    extra = config["extra"]
+    extra["social"] = [
+        {"icon": "fontawesome/brands/github", "link": BASE, "name": "Source code: " + BASE}
+    ]
     documentation = _URLS.get("Documentation", "")
     if documentation and not documentation.startswith(BASE):
         config["site_url"] = documentation.rstrip("/") + "/"
