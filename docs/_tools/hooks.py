@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import posixpath
@@ -18,18 +19,23 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
-REPO_URL = "https://github.com/implicitdiff/implicitdiff/blob/main/"
-# An absolute link to a file of this repository (the README's images must be absolute for a
-# package index page) is read as the repository path, so that the site serves its own copy.
-_OWN_FILE = re.compile(
-    r"^https://(?:raw\.githubusercontent\.com/implicitdiff/implicitdiff/[^/]+/"
-    r"|github\.com/implicitdiff/implicitdiff/(?:blob|raw)/[^/]+/)(docs/.*)$"
-)
+# The repository's address is declared once, in pyproject.toml ([project.urls] Source); the
+# site's repository link, the links to files outside docs/ and the reading of the README's
+# absolute links all come from it.
+_URLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+BASE = _URLS["Source"].rstrip("/")
+REPO_URL = BASE + "/blob/main/"
+# An absolute link to a file of this repository under docs/ (the README's images and links must
+# be absolute for a package index page) is read as the repository path, so that the site serves
+# its own copy.
+_OWN_FILE = re.compile(rf"^{re.escape(BASE)}/(?:blob|raw)/[^/]+/(docs/.*)$")
+_log = logging.getLogger("mkdocs.hooks.tutorials")
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 _TMP = tempfile.TemporaryDirectory(prefix="implicitdiff-docs-")
 
@@ -71,11 +77,20 @@ def _tutorial_page(script: Path, out_dir: Path) -> tuple[str, list[Path]]:
     doc = result["doc"].strip().split("\n")
     title, intro = doc[0], "\n".join(doc[1:]).strip()
     parts = [f"# {title}", "", intro, ""]
+    load = "{:.1f} at its start, {:.1f} at its end".format(*result["load"])
     parts.append(
         f"*This page ran the script [`{script.name}`]({script.name}) when the site was built: "
         f"{result['seconds']:.0f} s on {os.cpu_count()} CPU cores ({platform.machine()}), at the "
-        f"size `IMPLICITDIFF_TUTORIAL_SIZE={env['IMPLICITDIFF_TUTORIAL_SIZE']}`. Every output "
-        "below is what that run printed and drew.*"
+        f"size `IMPLICITDIFF_TUTORIAL_SIZE={env['IMPLICITDIFF_TUTORIAL_SIZE']}`; "
+        f"the machine's 1-minute load average {load} (other work on it slows the run). Every "
+        "output below is what that run printed and drew.*"
+    )
+    _log.info(
+        "tutorial %s: %.0f s (load average %s; size %s)",
+        script.name,
+        result["seconds"],
+        load,
+        env["IMPLICITDIFF_TUTORIAL_SIZE"],
     )
     figures = []
     for cell in result["cells"]:
@@ -89,6 +104,24 @@ def _tutorial_page(script: Path, out_dir: Path) -> tuple[str, list[Path]]:
             parts += ["", f"![{name}]({name})"]
             figures.append(out_dir / name)
     return "\n".join(parts) + "\n", figures
+
+
+def on_config(config):
+    """A link to the repository in every page's footer, from pyproject.toml's Source; the site's
+    address from its Documentation URL when that is a published site (not a folder of the
+    repository).
+
+    (Not ``repo_url``: with it the theme asks api.github.com for the repository's stars and
+    releases from every page, a request that fails offline and for a repository not yet public.)
+    """
+    extra = config["extra"]
+    extra["social"] = [
+        {"icon": "fontawesome/brands/github", "link": BASE, "name": "Source code: " + BASE}
+    ]
+    documentation = _URLS.get("Documentation", "")
+    if documentation and not documentation.startswith(BASE):
+        config["site_url"] = documentation.rstrip("/") + "/"
+    return config
 
 
 def on_files(files, config):

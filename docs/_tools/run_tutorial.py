@@ -6,7 +6,8 @@ A tutorial is a plain Python script. Its module docstring is the page's introduc
 lines split it into cells; the comment lines that open a cell are Markdown prose, the rest is
 code. The cells run in order in one namespace (as ``python script.py`` would run them); after
 each cell its printed output is kept and every open matplotlib figure is saved as a PNG and
-closed. OUT_DIR receives ``result.json`` (cells, figures, run time in seconds) and the PNGs.
+closed. OUT_DIR receives ``result.json`` (cells, figures, run time in seconds, the 1-minute
+load average of the machine at the start and at the end) and the PNGs.
 The size of the problem is the script's business: it reads ``IMPLICITDIFF_TUTORIAL_SIZE``
 (``full``, the default, when the site is built; ``small`` in the test suite).
 """
@@ -60,6 +61,7 @@ def run(script: Path, out_dir: Path) -> dict:
     doc, cells = split_cells(script.read_text())
     namespace: dict = {"__name__": "__main__", "__file__": str(script)}
     figures = 0
+    load_start = os.getloadavg()[0]
     start = time.perf_counter()
     for cell in cells:
         buffer = io.StringIO()
@@ -79,7 +81,13 @@ def run(script: Path, out_dir: Path) -> dict:
                 cell["figures"].append(name)
             plt.close("all")
     seconds = time.perf_counter() - start
-    result = {"doc": doc, "cells": cells, "seconds": seconds, "script": script.name}
+    result = {
+        "doc": doc,
+        "cells": cells,
+        "seconds": seconds,
+        "script": script.name,
+        "load": [load_start, os.getloadavg()[0]],
+    }
     (out_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

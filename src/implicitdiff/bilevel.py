@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import tree
+from implicitdiff import _summary, tree
 from implicitdiff._typing import PyTree
 
 __all__ = ["BilevelResult", "minimize"]
@@ -42,6 +42,8 @@ class BilevelResult(NamedTuple):
     hyperparams: PyTree
     inner_params: PyTree
     history: dict[str, np.ndarray]
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _split_inner(result: Any) -> tuple[PyTree, Any]:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import linear_solve
+from implicitdiff import _summary, linear_solve
 from implicitdiff._typing import PyTree
 
 __all__ = ["JacobianErrorBound", "jacobian_error_bound"]
@@ -58,6 +58,8 @@ class JacobianErrorBound(NamedTuple):
     b_norm: jax.Array
     factor: jax.Array
     bound: jax.Array
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def jacobian_error_bound(

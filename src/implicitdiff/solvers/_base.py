@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, _loop, linear_solve, optimality
+from implicitdiff import _checks, _loop, _summary, linear_solve, optimality
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_fixed_point, custom_root
@@ -54,6 +54,8 @@ class OptStep(NamedTuple):
 
     params: PyTree
     state: Any
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

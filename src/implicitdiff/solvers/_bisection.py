@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import tree
+from implicitdiff import _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -43,6 +43,8 @@ class BisectionState(NamedTuple):
     valid_bracket: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     aux: Any = None  # optimality_fun's aux at the current x (has_aux=True)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _is_tracer(leaf: Any) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import optimality, tree
+from implicitdiff import _summary, optimality, tree
 from implicitdiff._typing import PyTree
 
 __all__ = ["KKTSolution", "qp_kkt", "qp_objective"]
@@ -47,6 +47,8 @@ class KKTSolution(NamedTuple):
     primal: PyTree
     dual_eq: PyTree
     dual_ineq: PyTree
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def apply_operator(matvec: Callable | None, M: Any, x: PyTree) -> PyTree:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff import _summary
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import check_callable
@@ -149,6 +150,8 @@ class ScipyState(NamedTuple):
     value: jax.Array
     hess_inv: Any = None
     aux: Any = None
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def import_scipy_optimize():

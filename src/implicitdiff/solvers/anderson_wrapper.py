@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _loop, tree
+from implicitdiff import _loop, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._anderson import mixing_weights, slot_products, stack_slot
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -30,6 +30,8 @@ class AndersonWrapperState(NamedTuple):
     residuals_history: PyTree
     residual_gram: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -122,7 +124,8 @@ class AndersonWrapper(IterativeSolver):
 
         Args:
           init_params: x₀, a pytree.
-          *args, **kwargs: the wrapped solver's arguments, as in ``run``.
+          *args: the wrapped solver's positional arguments, as in ``run``.
+          **kwargs: the wrapped solver's keyword arguments, as in ``run``.
 
         Returns:
           An ``AndersonWrapperState`` with iter_num 0 and the solver's error at x₀.
@@ -147,7 +150,8 @@ class AndersonWrapper(IterativeSolver):
         Args:
           params: the current iterate x.
           state: the state at x.
-          *args, **kwargs: the wrapped solver's arguments, as in ``run``.
+          *args: the wrapped solver's positional arguments, as in ``run``.
+          **kwargs: the wrapped solver's keyword arguments, as in ``run``.
 
         Returns:
           ``OptStep(U(x̄), state)``.

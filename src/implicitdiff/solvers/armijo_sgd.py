@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _loop, tree
+from implicitdiff import _loop, _summary, tree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import StochasticSolver
@@ -43,6 +43,8 @@ class ArmijoState(NamedTuple):
     velocity: Any
     converged: jax.Array = False
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, _loop, optimality, tree
+from implicitdiff import _checks, _loop, _summary, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -96,6 +96,8 @@ class BlockCoordinateDescentState(NamedTuple):
     stepsize: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     predictions: Any = None
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _checks, tree
+from implicitdiff import _checks, _summary, tree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import check_pair, clip_to_box, dtype_of
@@ -38,6 +38,8 @@ class BoxCDQPState(NamedTuple):
     converged: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     quadratic: Any = None
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

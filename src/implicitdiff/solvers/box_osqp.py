@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from implicitdiff import _summary
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -56,6 +57,8 @@ class BoxOSQPState(NamedTuple):
     rho_bar: jax.Array
     polished: jax.Array
     solver_state: Any = None
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def box_qp_optimality(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _loop, tree
+from implicitdiff import _loop, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._failures import Status
@@ -42,6 +42,8 @@ class CvxpyQPState(NamedTuple):
     error: jax.Array
     converged: jax.Array
     status: jax.Array
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _cvxpy() -> Any:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import linear_solve, tree
+from implicitdiff import _summary, linear_solve, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import (
@@ -39,6 +39,8 @@ class EqualityConstrainedQPState(NamedTuple):
     error: jax.Array
     converged: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, tree
+from implicitdiff import _checks, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._anderson import mixing_weights, slot_products
 from implicitdiff.solvers._anderson import stack_slot as _stack_slot
@@ -57,6 +57,8 @@ class FixedPointState(NamedTuple):
     next_params: PyTree
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     aux: Any = None  # fixed_point_fun's aux at the current x (has_aux=True)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -172,6 +174,8 @@ class AndersonState(NamedTuple):
     gram: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     aux: Any = None  # fixed_point_fun's aux at the current x (has_aux=True)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

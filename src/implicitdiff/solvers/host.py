@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import tree
+from implicitdiff import _summary, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import HostWrapper, all_finite, callback_args, check_callable
@@ -35,6 +35,8 @@ class HostSolverState(NamedTuple):
     iter_num: jax.Array
     error: jax.Array
     converged: jax.Array
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

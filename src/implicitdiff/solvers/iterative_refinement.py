@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import linear_solve, tree
+from implicitdiff import _summary, linear_solve, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -29,6 +29,8 @@ class IterativeRefinementState(NamedTuple):
     converged: jax.Array
     target_residuals: PyTree
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _dense_matvec(A: Any, x: PyTree) -> PyTree:
@@ -124,7 +126,9 @@ class IterativeRefinement(IterativeSolver):
 
         Args:
           init_params: x₀, a pytree like b.
-          A, b, A_bar: as in ``run``.
+          A: the data of ``matvec_A`` (the matrix A by default), as in ``run``.
+          b: the right-hand side, as in ``run``.
+          A_bar: the data of ``matvec_A_bar`` (ignored without it), as in ``run``.
 
         Returns:
           An ``IterativeRefinementState`` with iter_num 0.
@@ -143,7 +147,9 @@ class IterativeRefinement(IterativeSolver):
         Args:
           params: the current x.
           state: the state at x.
-          A, b, A_bar: as in ``run``.
+          A: the data of ``matvec_A`` (the matrix A by default), as in ``run``.
+          b: the right-hand side, as in ``run``.
+          A_bar: the data of ``matvec_A_bar`` (ignored without it), as in ``run``.
 
         Returns:
           ``OptStep(x⁺, state)``.
@@ -164,7 +170,9 @@ class IterativeRefinement(IterativeSolver):
 
         Args:
           params: x, a pytree like b.
-          A, b, A_bar: as in ``run``.
+          A: the data of ``matvec_A`` (the matrix A by default), as in ``run``.
+          b: the right-hand side, as in ``run``.
+          A_bar: the data of ``matvec_A_bar`` (ignored without it), as in ``run``.
 
         Returns:
           The residual b − A x, a pytree like b.

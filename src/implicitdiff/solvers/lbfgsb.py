@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, tree
+from implicitdiff import _checks, _summary, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -62,6 +62,8 @@ class LBFGSBState(NamedTuple):
     aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     failed_linesearch: jax.Array | bool = False  # the last search found no acceptable step
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

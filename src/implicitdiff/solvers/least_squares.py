@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _loop, linear_solve, optimality, tree
+from implicitdiff import _loop, _summary, linear_solve, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._failures import Status
@@ -97,6 +97,8 @@ class GaussNewtonState(NamedTuple):
     gradient: PyTree
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     aux: Any = None  # residual_fun's aux at the current x (has_aux=True)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -225,6 +227,8 @@ class LevenbergMarquardtState(NamedTuple):
     step_norm: jax.Array = jnp.inf  # ‖d‖ of the last trial step (inf before the first)
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     aux: Any = None  # residual_fun's aux at the current x (has_aux=True)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _max_normal_diagonal(jvp: Callable, params: PyTree) -> jax.Array:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _hager_zhang, _linesearch, tree
+from implicitdiff import _hager_zhang, _linesearch, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _run_options
 from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
@@ -71,6 +71,8 @@ class LineSearchState(NamedTuple):
     iter_num: jax.Array
     num_fun_eval: jax.Array
     num_grad_eval: jax.Array
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _check_number(owner, name, value, low, high, *, low_open=True, high_open=True):

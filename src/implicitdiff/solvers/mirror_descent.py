@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, optimality, tree
+from implicitdiff import _checks, _summary, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._objective import Objective, check_objective_options
 
@@ -30,6 +30,8 @@ class MirrorDescentState(NamedTuple):
     converged: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     aux: Any = None  # fun's aux at the current x (has_aux=True)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _linesearch, _loop, optimality, tree
+from implicitdiff import _linesearch, _loop, _summary, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -32,6 +32,8 @@ class NewtonState(NamedTuple):
     damping: jax.Array
     newton_step: jax.Array
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _truncated_cg(matvec: Callable, b: PyTree, rtol: jax.Array, maxiter: int):

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _linesearch, tree
+from implicitdiff import _linesearch, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
@@ -49,6 +49,8 @@ class NonlinearCGState(NamedTuple):
     slope: jax.Array
     aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

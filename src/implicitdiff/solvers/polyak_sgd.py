@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import tree
+from implicitdiff import _summary, tree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import StochasticSolver
@@ -47,6 +47,8 @@ class PolyakSGDState(NamedTuple):
     num_grad_eval: jax.Array = 0
     converged: jax.Array = False
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, _linesearch, optimality, tree
+from implicitdiff import _checks, _linesearch, _summary, optimality, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 from implicitdiff._typing import PyTree
@@ -115,6 +115,8 @@ class ProximalGradientState(NamedTuple):
     stepsize: jax.Array
     aux: Any = None
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -390,8 +392,8 @@ class ProjectedGradient(_ProximalGradientBase):
       fun: the objective f(x, *args, **kwargs), a scalar.
       projection: ``projection(y, hyperparams_proj)``, the Euclidean projection onto C (see
         :mod:`implicitdiff.projections`).
-      value_and_grad, has_aux, stepsize, acceleration, maxls, decrease_factor, increase_factor,
-        maxiter, tol: as in :class:`ProximalGradient`.
+      value_and_grad, has_aux, stepsize, acceleration: as in :class:`ProximalGradient`.
+      maxls, decrease_factor, increase_factor, maxiter, tol: as in :class:`ProximalGradient`.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
     Example:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _linesearch, tree
+from implicitdiff import _linesearch, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
@@ -63,6 +63,8 @@ class LbfgsState(NamedTuple):
     aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
     failed_linesearch: jax.Array | bool = False  # the last search found no acceptable step
+
+    __repr__ = _summary.namedtuple_repr
 
 
 def _pair_ok(s, y, sy, x, dtype):
@@ -323,6 +325,8 @@ class BfgsState(NamedTuple):
     identity: jax.Array
     aux: Any = None  # fun's auxiliary output at x with has_aux=True
     status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+
+    __repr__ = _summary.namedtuple_repr
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _linesearch, tree
+from implicitdiff import _linesearch, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -60,6 +60,8 @@ class BroydenState(NamedTuple):
     failed_linesearch: jax.Array | bool = False  # the last search found no acceptable step
     c_history: jax.Array | None = None  # with history_size: the last updates H += c dᵀ, (m, n)
     d_history: jax.Array | None = None
+
+    __repr__ = _summary.namedtuple_repr
 
 
 _INITS = ("exact", "identity")
@@ -136,8 +138,9 @@ class Broyden(IterativeSolver):
       gamma: H₀ = gamma · I with ``init_jacobian="identity"`` (≠ 0, default 1).
       max_backtracks: the most halvings of the step in the safeguard (≥ 0, default 20).
       stepsize: 0 (default): a search; t > 0 or a callable ``stepsize(iter_num)``: that step.
-      linesearch, condition, maxls, decrease_factor, increase_factor, max_stepsize,
-        min_stepsize: JAXopt's search, see above (None: not given; all None: the safeguard).
+      linesearch, condition, maxls, decrease_factor: JAXopt's search, see above (None: not
+        given; all of these and the next three None: the safeguard).
+      increase_factor, max_stepsize, min_stepsize: JAXopt's search too, see above (None).
       stop_if_linesearch_fails: end the run at a failed search (False).
       history_size: keep the last m updates of H (None, the default: all of them).
       maxiter, tol: stop when ‖G(x)‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
