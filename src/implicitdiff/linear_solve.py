@@ -630,6 +630,7 @@ def auto_choice(
     return "lu" if cheaper else krylov
 
 
+@_linear_solver
 def auto(
     matvec: Matvec,
     b: PyTree,
