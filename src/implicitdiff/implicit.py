@@ -252,7 +252,7 @@ def custom_root(
         (``"cg"``, ``"gmres"``, ``"bicgstab"``, ``"normal_cg"``, ``"lu"``, ``"cholesky"``,
         ``"auto"``), a callable ``solve(matvec, b) -> x`` (checked against the default
         tolerance), or a :class:`implicitdiff.linear_solve.Spec` declaring its tolerance. Default
-        ``"auto"``: dense LU for at most 200 unknowns, else CG when symmetric, else GMRES.
+        ``"auto"``: LU if cheaper (≤ 200 unknowns), else CG if symmetric, else GMRES.
       symmetric: whether ∂₁F is symmetric (as the Hessian of a stationary condition), which lets
         ``auto`` use CG and reverse mode reuse ``solve`` without transposing. ``None``: what
         ``optimality_fun`` states if it is a condition built by :mod:`implicitdiff.optimality`
