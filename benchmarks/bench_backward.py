@@ -229,7 +229,7 @@ def _count_products(choice: str, rmatvec: Callable, b: jax.Array) -> int:
 
     def apply(u):
         count[0] += 1
-        return np.asarray(rmatvec(jnp.asarray(u)))
+        return np.array(rmatvec(jnp.asarray(u)))  # a writable copy (SciPy updates it)
 
     n = b.shape[0]
     operator = scipy_sparse.LinearOperator((n, n), matvec=apply, dtype=np.float64)
