@@ -362,6 +362,8 @@ def checked_solve(
             return tree.map(lambda leaf: jnp.where(failed, jnp.nan, leaf), x)
         site = _user_site()  # the user's line, for a callback that runs on another thread
         if on_failure == "fallback":
+            # The fallback is dense (exact minimum-norm SVD) whenever a dense matrix is allowed,
+            # whatever auto's cost estimate chose for the failed solve: it runs only on failure.
             dense = tree.size(b) <= linear_solve.DENSE_MAX_SIZE
             zero = jnp.zeros((), residual.dtype)
             x, fallback_residual, ridge = jax.lax.cond(
