@@ -15,6 +15,12 @@ otherwise):
 The three are timed in interleaved rounds (medians; ratios: the median over rounds of the
 ratio within a round). Goal: backward / forward ≤ 0.3.
 
+Where the backward time goes (:func:`anatomy`): the solver ``solve='auto'`` picks for the system
+(:func:`implicitdiff.linear_solve.auto_choice`), on the support when the condition states one,
+the products with Aᵀ it takes (n to build a dense matrix; for CG and GMRES, counted by SciPy's
+solver of the same method on the same system, to the same relative tolerance 1e-10), and the
+time of one product (50 chained products in one call, divided by 50).
+
 Run ``python benchmarks/bench_backward.py`` to rewrite the "Backward vs forward" section of
 docs/benchmarks.md and its PNG in docs/images/; ``--quick`` for tiny sizes (prints only, unless
 ``--output`` is given: the PNG then goes to an ``images`` folder beside that file).
@@ -39,8 +45,10 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.sparse.linalg as scipy_sparse  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 
-from implicitdiff import prox  # noqa: E402
+from implicitdiff import linear_solve, prox, tree  # noqa: E402
 from implicitdiff.implicit import BackwardSolveWarning  # noqa: E402
 from implicitdiff.solvers import (  # noqa: E402
     LBFGS,
@@ -197,12 +205,92 @@ def configs(quick: bool) -> list[Config]:
 
 
 @dataclass
+class Anatomy:
+    """What the backward solve does: ``auto``'s choice, the support, the products with Aᵀ."""
+
+    choice: str  # "lu", "cg" or "gmres"
+    unknowns: int
+    support: int | None  # the size of the support, None when the condition states none
+    products: int  # products with Aᵀ in the solve (the residual check's one not counted)
+    product_seconds: float  # one product alone, jitted
+
+    @property
+    def label(self) -> str:
+        name = {"lu": "LU (dense)", "cg": "CG", "gmres": "GMRES"}[self.choice]
+        if self.support is None:
+            return name
+        return f"{name} on the support ({self.support:,} of {self.unknowns:,})"
+
+
+def _count_products(choice: str, rmatvec: Callable, b: jax.Array) -> int:
+    """Products with Aᵀ that SciPy's CG or GMRES (restart 20, as JAX's) takes to the relative
+    tolerance 1e-10 on the system rmatvec(u) = b (flat vectors)."""
+    count = [0]
+
+    def apply(u):
+        count[0] += 1
+        return np.array(rmatvec(jnp.asarray(u)))  # a writable copy (SciPy updates it)
+
+    n = b.shape[0]
+    operator = scipy_sparse.LinearOperator((n, n), matvec=apply, dtype=np.float64)
+    rhs = np.asarray(b)
+    if choice == "cg":
+        scipy_sparse.cg(operator, rhs, rtol=1e-10, atol=0.0, maxiter=10 * n)
+    else:
+        scipy_sparse.gmres(operator, rhs, rtol=1e-10, atol=0.0, restart=20, maxiter=10 * n)
+    return count[0]
+
+
+_CHAIN = 50
+
+
+def anatomy(config: Config, x: jax.Array, cotangent: jax.Array) -> Anatomy:
+    """The backward solve of ``config`` at its solution x for the cotangent u: Aᵀ w = u."""
+    theta = jnp.asarray(config.theta)
+    args = config.to_args(theta, *config.data)
+    kind, fun = config.solver.optimality()
+
+    def residual(v):
+        value = fun(v, *args)
+        return value if kind == "root" else tree.sub(v, value)
+
+    _, vjp = jax.vjp(residual, x)
+    free = fun.support(x, *args) if getattr(fun, "support", None) is not None else None
+    symmetric = getattr(fun, "symmetric", False) or (
+        free is not None and getattr(fun, "support_symmetric", False)
+    )
+    flat_u, unravel = ravel_pytree(cotangent)
+    flat_free = None if free is None else ravel_pytree(free)[0]
+
+    def rmatvec(w):  # Aᵀ, restricted to the support as the engine restricts it
+        if flat_free is None:
+            return ravel_pytree(vjp(unravel(w))[0])[0]
+        inside = jnp.where(flat_free, w, 0.0)
+        return jnp.where(flat_free, ravel_pytree(vjp(unravel(inside))[0])[0], w)
+
+    choice = linear_solve.auto_choice(rmatvec, flat_u, symmetric=symmetric)
+    rhs = flat_u if flat_free is None else jnp.where(flat_free, flat_u, 0.0)
+    n = int(flat_u.size)
+    products = n if choice == "lu" else _count_products(choice, jax.jit(rmatvec), rhs)
+    if free is not None:
+        products += 2  # the right-hand side on the support, and the completion off it
+    # One product's time: 50 in a loop, each depending on the last, in one call (no dispatch).
+    chain = jax.jit(lambda u: jax.lax.fori_loop(0, _CHAIN, lambda i, v: u + 1e-30 * rmatvec(v), u))
+    samples = _timing.run_times({"chain": lambda: chain(flat_u)}, (), budget_seconds=0.5)
+    return Anatomy(
+        choice, n, None if free is None else int(np.sum(flat_free)), products,
+        _timing.median(samples["chain"]) / _CHAIN,
+    )  # fmt: skip
+
+
+@dataclass
 class Result:
     config: Config
     samples: dict[str, list[float]]  # forward, backward, value+grad
     iterations: int
     converged: bool
     backward_failed: bool
+    anatomy: Anatomy
 
     def time(self, name: str) -> float:
         return _timing.median(self.samples[name])
@@ -243,6 +331,7 @@ def measure(config: Config, budget: float, repeat_range: tuple[int, int]) -> Res
         jax.effects_barrier()
     failed = any(issubclass(w.category, BackwardSolveWarning) for w in caught)
     state = forward(theta, *data).state
+    parts = anatomy(config, x, cotangent)
 
     # One signature for the three: forward(θ), value_and_grad(θ), backward(vjp_fun, u).
     fns = {
@@ -253,21 +342,11 @@ def measure(config: Config, budget: float, repeat_range: tuple[int, int]) -> Res
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BackwardSolveWarning)
         samples = _timing.run_times(fns, (), budget_seconds=budget, repeat_range=repeat_range)
-    return Result(config, samples, int(state.iter_num), bool(state.converged), failed)
+    return Result(config, samples, int(state.iter_num), bool(state.converged), failed, parts)
 
 
 # ---------------------------------------------------------------------------------------------
 # Report.
-
-
-def backward_solver(config: Config) -> str:
-    """What ``solve='auto'`` picks for this problem's backward system."""
-    from implicitdiff import linear_solve
-
-    if config.unknowns <= linear_solve.DENSE_MAX_SIZE:
-        return "LU (dense)"
-    _, fun = config.solver.optimality()
-    return "CG" if getattr(fun, "symmetric", False) else "GMRES"
 
 
 def table(results: list[Result]) -> str:
@@ -278,7 +357,9 @@ def table(results: list[Result]) -> str:
             r.config.solver_text.split(" (")[0],
             f"{r.iterations:,}" + ("" if r.converged else " (not converged)"),
             f"{r.config.unknowns:,}",
-            backward_solver(r.config) + (" (failed)" if r.backward_failed else ""),
+            r.anatomy.label + (" (failed)" if r.backward_failed else ""),
+            f"{r.anatomy.products:,}",
+            fmt(r.anatomy.product_seconds),
             fmt(r.time("forward")),
             fmt(r.time("backward")),
             fmt(r.time("value+grad")),
@@ -288,8 +369,9 @@ def table(results: list[Result]) -> str:
         for r in results
     ]
     header = [
-        "problem", "solver", "iterations", "unknowns", "backward solve", "forward ms",
-        "backward ms", "value+grad ms", "backward / forward", "(value+grad − forward) / forward",
+        "problem", "solver", "iterations", "unknowns", "backward solve", "products",
+        "ms per product", "forward ms", "backward ms", "value+grad ms", "backward / forward",
+        "(value+grad − forward) / forward",
     ]  # fmt: skip
     return _timing.markdown_table(header, rows)
 
@@ -334,37 +416,86 @@ def reading(results: list[Result]) -> str:
     ]
     if missed:
         lines.append("Missed on " + ", ".join(name(r) for r in missed) + ".")
+    fmt = _timing.format_seconds
+
+    def where(r: Result) -> str:
+        a = r.anatomy
+        spent = a.products * a.product_seconds
+        text = (
+            f"{name(r)}, {r.iterations:,} forward iterations: {a.label}, {a.products:,} "
+            f"products with Aᵀ at {fmt(a.product_seconds)} ms each (≈ {fmt(spent)} ms if made "
+            f"one by one) of {fmt(r.time('backward'))} ms"
+        )
+        if a.choice == "lu":
+            return text + (
+                "; the n products are made at once (a batched product, cheaper than n lone "
+                "ones), then the LU factorization (⅔n³)"
+            )
+        rest = r.time("backward") - spent
+        return text + (
+            f"; the rest, {fmt(max(rest, 0.0))} ms, is the solver's vector work, the product "
+            "with B, the residual check and the call's fixed cost"
+            if rest > 0
+            else ""
+        )
+
     lines += [
         "",
-        "What the numbers say:",
+        "What the numbers say (where the backward time goes):",
         "",
-        "- The backward pass costs a number of products with the system's matrix "
-        "A = ∂ₓF (Hessian- or Jacobian-vector products, each about the cost of one gradient "
-        "of the objective) that does not depend on how many iterations the solve took: n "
-        "products to build the dense matrix of an LU for n ≤ 200 unknowns (`solve='auto'`), "
-        "else the iterations of CG or GMRES to the default relative tolerance 1e-10, plus one "
-        "product for the residual check. The forward solve costs its iterations. The ratio "
-        "is therefore about (products of the backward solve) / (iterations of the solve): "
+        "- The backward pass is one linear solve with Aᵀ (A = ∂ₓG, G the residual of the "
+        "condition: ∇f for a stationary point, x − T(x) for a fixed point) plus one product "
+        "with B and a residual check; its cost is a number of products with Aᵀ (each about "
+        "the cost of one gradient of the objective) that does not depend on how many "
+        "iterations the forward solve took. The ratio is therefore about (products of the "
+        "backward solve × cost of a product) / (forward iterations × cost of an iteration). "
+        "Problem by problem:",
+        *[f"  - {where(r)}." for r in results],
+        "- Dense or Krylov, by cost (`linear_solve.auto_choice`): a dense LU costs n products "
+        "(made at once by `vmap`, about half a lone product each) plus ⅔n³; CG or GMRES costs "
+        "about 30 products (the expected count; each product's cost is counted on the "
+        "matvec's jaxpr). `auto` picks LU only when it is estimated cheaper, and never above "
+        "200 unknowns. A fixed threshold of 200 unknowns used to pick LU for the logistic "
+        "regression with 100 features and the lasso 300 × 100, where 100 batched Hessian-vector "
+        "products cost more than the 20 to 40 of CG.",
+        "- Support restriction: for proximal gradient with `prox.l1` and projected gradient "
+        "onto the orthant or a box, the condition states its support (the coordinates where "
+        "the prox's Jacobian is the identity) and the engine solves on it alone, with CG since "
+        "the block η∇²f_SS is symmetric although I − ∂T is not: at most |S| + 1 products, "
+        "plus two, instead of GMRES on all n. The residual is still checked on the whole "
+        "system. The SVM dual's projection (rows onto simplices) states no support, so its "
+        "GMRES runs on all unknowns.",
+        "- Tolerance: the backward solve stops at the relative residual 1e-10 (float64), the "
+        "accuracy the tests hold the derivatives to; JAXopt's default of 1e-5 would take "
+        "fewer Krylov iterations at the price of the derivative's accuracy.",
+        "- Fixed costs: the default failure check (`backward_on_failure='warn'`) adds a host "
+        "callback guarded by a `cond` to the backward program, about 0.1 to 0.16 ms per call "
+        "(see the Engine section) whether or not it reports; with the call's own dispatch "
+        "cost it dominates the smallest problems (lasso 300 × 100, logistic 1,000 × 100), "
+        "whose backward pass is a fraction of a millisecond.",
+        "- Few forward iterations: "
         + "; ".join(
-            f"{r.config.problem} {r.config.solver_text.split(' (')[0]}: {r.iterations:,} "
-            f"iterations, {backward_solver(r.config)}, {r.ratio:.2f}"
+            f"{r.config.problem} ({r.config.solver_text.split(' (')[0]}): {r.iterations:,} "
+            f"iterations, {r.anatomy.products:,} backward products"
             for r in results
+            if r.iterations <= 2 * r.anatomy.products
         )
-        + ". A solver that needs many cheap iterations (mirror descent on the SVM) leaves "
-        "the backward pass a small share; one that converges in a few dozen (L-BFGS, or "
-        "first-order methods on a well-conditioned problem) does not, since an exact "
-        "backward solve needs about as many products as the solve needed iterations, or "
-        "more. A looser backward tolerance (JAXopt's default is 1e-5) would shorten the "
-        "Krylov solves, at the price of the derivative's accuracy.",
+        + ". A solver that converges in about as many iterations as CG needs products for the "
+        "same Hessian (L-BFGS on the logistic regressions: an iteration costs a gradient and a "
+        "line search, about one or two products) leaves backward / forward near or above 1 "
+        "whatever the backward solver; on logistic 10,000 × 1,000 the products are memory-bound "
+        "passes over the 10,000 × 1,000 design. Tried and not kept: the L-BFGS memory's "
+        "inverse-Hessian estimate as CG's preconditioner took the backward pass from 99 to "
+        "94 ms there and made it no faster at 1,000 × 100 (ten pairs say little more than the "
+        "ridge term about this well-conditioned Hessian).",
         "- Cross-check: (value+grad − forward) / forward against backward / forward, problem "
         "by problem: "
         + "; ".join(f"{r.excess:.2f} vs {r.ratio:.2f}" for r in results)
         + ". The two agree to within the fixed costs of a call; value+grad also saves, in "
         "its forward pass, what the backward pass needs (the solution and the linearization "
         "point of F), which the forward solve alone does not.",
-        "- The default failure check (`backward_on_failure='warn'`) adds a host callback to "
-        "the backward program: a fixed cost of about 0.1 ms per call (see the Engine section), "
-        "which counts on the smallest problems.",
+        "- Timing noise: the machine was shared with other work during the run (see the load "
+        "average above); ratios within a round are more stable than the times themselves.",
     ]
     return "\n".join(lines)
 
@@ -374,8 +505,9 @@ def report(results: list[Result], quick: bool, loads: list, image: str) -> str:
     method = """\
 The cost of the implicit backward pass relative to the forward solve, in float64, with each
 solver's own stopping rule (tol = 1e-6 on its error, the default; enough iterations to reach
-it) and its default backward linear solve (`solve='auto'`: dense LU up to 200 unknowns, CG for a
-symmetric system above, GMRES otherwise; failure check on):
+it) and its default backward linear solve (`solve='auto'`: dense LU when estimated cheaper than a
+Krylov solve and at most 200 unknowns, else CG for a symmetric system, GMRES otherwise; on the
+support when the condition states one; failure check on):
 
 - forward: `jax.jit(solve)`, solve(θ) = x*(θ), the solver's `run` alone;
 - backward: the VJP of the solution map alone, u ↦ uᵀ∂x*(θ) at u = ∇ₓL(x*) (L the validation

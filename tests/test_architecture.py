@@ -34,6 +34,7 @@ LAYERS = {
     "implicitdiff.implicit": 2,
     "implicitdiff._backward_check": 2,
     "implicitdiff._condition": 2,
+    "implicitdiff._support": 2,
     # 3. operators of the catalog: projections onto simple sets, prox, losses
     "implicitdiff._projection_common": 3,
     "implicitdiff._projection_affine": 3,

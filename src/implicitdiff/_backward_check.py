@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import linear_solve, tree
+from implicitdiff import _support, linear_solve, tree
+from implicitdiff._condition import is_symmetric, support_of
 from implicitdiff._typing import PyTree
 
 POLICIES = ("warn", "raise", "nan", "ignore", "fallback")
@@ -309,8 +310,15 @@ def check_same_structure(
             )
 
 
-def checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
-    """``solve(matvec, b) -> x`` from a user's choice, with structure and residual checks.
+def checked_solve(
+    solve: Any, symmetric: bool, on_failure: str, support_symmetric: bool = False
+) -> Callable:
+    """``solve(matvec, b, support=None) -> x`` from a user's choice, with structure and residual
+    checks.
+
+    With ``support`` (a pytree of booleans like b, True on the free coordinates S), the system
+    is solved on S only (:func:`implicitdiff._support.solve_on_support`; a solver that takes the
+    ``symmetric`` hint gets ``support_symmetric or symmetric``), and checked on the whole.
 
     After solving, one more matvec gives the relative residual ‖A x − b‖ / ‖b‖ (for a
     least-squares solver such as ``normal_cg``, ‖Aᵀ(A x − b)‖ / ‖Aᵀb‖). It fails when it
@@ -327,10 +335,16 @@ def checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
     base = spec.fun
     if symmetric and spec.takes_symmetric:
         base = functools.partial(base, symmetric=True)
+    support_base = spec.fun
+    if (symmetric or support_symmetric) and spec.takes_symmetric:
+        support_base = functools.partial(support_base, symmetric=True)
     name = spec.name
 
-    def checked(matvec, b):
-        x = base(matvec, b)
+    def checked(matvec, b, support=None):
+        if support is None:
+            x = base(matvec, b)
+        else:
+            x = _support.solve_on_support(support_base, matvec, b, support)
         check_same_structure(b, x, f"solve ({name})", "its right-hand side b")
         if on_failure == "ignore":
             return x
@@ -348,6 +362,8 @@ def checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
             return tree.map(lambda leaf: jnp.where(failed, jnp.nan, leaf), x)
         site = _user_site()  # the user's line, for a callback that runs on another thread
         if on_failure == "fallback":
+            # The fallback is dense (exact minimum-norm SVD) whenever a dense matrix is allowed,
+            # whatever auto's cost estimate chose for the failed solve: it runs only on failure.
             dense = tree.size(b) <= linear_solve.DENSE_MAX_SIZE
             zero = jnp.zeros((), residual.dtype)
             x, fallback_residual, ridge = jax.lax.cond(
@@ -361,3 +377,22 @@ def checked_solve(solve: Any, symmetric: bool, on_failure: str) -> Callable:
         return _report_if(_failure_report(on_failure, site), x, failed, (residual,))
 
     return checked
+
+
+def engine_solve(
+    fun: Callable, solve: Any, symmetric: bool | None, on_failure: str
+) -> tuple[bool, Callable, Callable]:
+    """What the engine needs of a condition ``fun`` and the user's options: (the symmetric hint,
+    the checked solve ``solve(matvec, b, support=None)``, ``mask_at``).
+
+    The hint is the ``symmetric`` option if given, else what a
+    :class:`~implicitdiff._condition.Condition` states. ``mask_at(x, *args, **kwargs)`` is the
+    support S that the condition states at (x, θ) (a pytree of booleans, cut from the graph), or
+    None when it states none (:func:`~implicitdiff._condition.support_of`)."""
+    hint = is_symmetric(fun, symmetric)
+    support, support_symmetric = support_of(fun)
+
+    def mask_at(x, *args, **kwargs):
+        return None if support is None else tree.stop_gradient(support(x, *args, **kwargs))
+
+    return hint, checked_solve(solve, hint, on_failure, support_symmetric), mask_at

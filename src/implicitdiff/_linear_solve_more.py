@@ -1,20 +1,30 @@
 """Parts of :mod:`implicitdiff.linear_solve`: the dense kernels of ``inv`` and ``qr``, the loop of
-``iterative_refinement``, and the adapter behind JAXopt's ``solve_*`` names (re-exported,
-documented and checked there)."""
+``iterative_refinement``, the adapter behind JAXopt's ``solve_*`` names (re-exported,
+documented and checked there), and the cost model of ``auto`` (:func:`dense_is_cheaper`)."""
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 
 from implicitdiff import tree
 from implicitdiff._typing import PyTree
 
-__all__ = ["dense_inverse_solve", "dense_qr_solve", "jaxopt_named", "refined_solve"]
+__all__ = [
+    "EXPECTED_ITERATIONS",
+    "dense_inverse_solve",
+    "dense_is_cheaper",
+    "dense_qr_solve",
+    "jaxopt_named",
+    "matvec_flops",
+    "refined_solve",
+]
 
 
 def dense_inverse_solve(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -86,3 +96,79 @@ def jaxopt_named(fun: Callable[..., PyTree], name: str) -> Callable:
         f":func:`{fun.__name__}` with ``ridge`` and ``init`` also positional.\n"
     )
     return solve
+
+
+# ---------------------------------------------------------------------------------------------
+# The cost model of ``auto``: dense LU against a Krylov solve, in floating-point operations.
+
+#: The Krylov iterations ``auto`` expects when it is told nothing else: a well-conditioned
+#: system solved to 1e-10 (a Hessian of a regularized loss, a support of a few dozen) takes
+#: 15 to 40 (the logistic regression of benchmarks/bench_backward.py: about 20).
+EXPECTED_ITERATIONS = 30
+
+# One product of the n that build a dense matrix (``jax.vmap`` over the identity's columns:
+# matrix-matrix products) costs about half a lone product (matrix-vector, memory-bound),
+# measured on CPU for n = 100 to 200.
+_BATCHED_PRODUCT_SHARE = 0.5
+
+# A Krylov iteration's own work besides its product: loop overhead, about a microsecond and a
+# half on CPU, in floating-point operations of a lone product; and its vector operations (CG:
+# three updates and two inner products; GMRES: Gram-Schmidt against a basis of up to 20).
+_ITERATION_OVERHEAD = 1e4
+_VECTOR_WORK = {"cg": 10, "gmres": 50}
+
+
+def _jaxpr_flops(jaxpr: Any) -> int:
+    """Floating-point operations of one evaluation of ``jaxpr``: 2·m·k·n for a dot_general
+    (output size times contracted size, times 2), the sum over sub-programs (a loop counted
+    once), and one per output entry for any other operation."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        subs = list(jax_core.jaxprs_in_params(eqn.params))
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            size = math.prod(getattr(eqn.outvars[0].aval, "shape", ()))
+            total += 2 * size * math.prod(lhs[d] for d in contract)
+        elif subs:
+            total += sum(_jaxpr_flops(getattr(sub, "jaxpr", sub)) for sub in subs)
+        else:
+            total += sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+    return total
+
+
+def matvec_flops(matvec: Callable, b: PyTree) -> int:
+    """The floating-point operations of one product v ↦ A v, counted on its jaxpr.
+
+    The matvec is traced once more (``jax.make_jaxpr``; it may close over traced values) and
+    its operations counted by :func:`_jaxpr_flops`. Nothing is compiled or run.
+    """
+    return _jaxpr_flops(jax.make_jaxpr(matvec)(b).jaxpr)
+
+
+def dense_is_cheaper(
+    n: int, flops: float, *, symmetric: bool, iterations: int | None = None
+) -> bool:
+    """Whether a dense LU of the n × n system costs less than a Krylov solve, by the estimate
+
+        dense  = ½ · n · c + ⅔ n³ + 2 n²          (n batched products, LU, two triangular solves)
+        krylov = k · (c + w · n + o)              (k products, each with its vector work)
+
+    where c = ``flops`` is the cost of one product, k = min(n, ``iterations`` or
+    :data:`EXPECTED_ITERATIONS`), w the vector operations per iteration (10 for CG, 50 for
+    GMRES) and o a fixed overhead per iteration (10⁴).
+
+    Args:
+      n: the number of unknowns.
+      flops: the floating-point operations of one product (:func:`matvec_flops`).
+      symmetric: whether the Krylov solver would be CG (else GMRES).
+      iterations: the Krylov iterations expected; None: :data:`EXPECTED_ITERATIONS`.
+
+    Returns:
+      True when the dense estimate is at most the Krylov one.
+    """
+    k = min(n, EXPECTED_ITERATIONS if iterations is None else iterations)
+    dense = _BATCHED_PRODUCT_SHARE * n * flops + 2.0 * n**3 / 3.0 + 2.0 * n**2
+    work = _VECTOR_WORK["cg" if symmetric else "gmres"]
+    krylov = k * (flops + work * n + _ITERATION_OVERHEAD)
+    return dense <= krylov

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from implicitdiff import _checks, tree
+from implicitdiff import _checks, _support, tree
 from implicitdiff._projection_affine import affine_set as affine_set
 from implicitdiff._projection_affine import box_section as box_section
 from implicitdiff._projection_affine import halfspace as halfspace
@@ -117,6 +117,32 @@ def box(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
         return jnp.minimum(jnp.maximum(leaf, lo), up)
 
     return tree.map(clip, x, _bounds_like(x, lower), _bounds_like(x, upper))
+
+
+# The support tags (implicitdiff._support): where the projection's Jacobian is the identity, the
+# other rows vanishing. A tie (yᵢ on a bound, where jnp.maximum's derivative is ½) counts as
+# fixed: the Jacobian is not defined there and the restricted solve takes the one-sided 0.
+
+
+def _non_negative_free(y: PyTree, hyperparams: None = None) -> PyTree:
+    """yᵢ > 0: the interior of the orthant."""
+    del hyperparams
+    return tree.map(lambda leaf: float_array(leaf) > 0, y)
+
+
+def _box_free(y: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
+    """lowerᵢ < yᵢ < upperᵢ: the interior of the box."""
+    lower, upper = hyperparams
+
+    def inside(leaf, lo, up):
+        leaf = float_array(leaf)
+        return (leaf > as_dtype_of(lo, leaf)) & (leaf < as_dtype_of(up, leaf))
+
+    return tree.map(inside, y, _bounds_like(y, lower), _bounds_like(y, upper))
+
+
+_support.declare(non_negative, _non_negative_free)
+_support.declare(box, _box_free)
 
 
 def hypercube(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:

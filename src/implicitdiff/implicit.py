@@ -34,9 +34,8 @@ from implicitdiff._backward_check import (
     BackwardSolveError,
     BackwardSolveWarning,
     check_same_structure,
-    checked_solve,
+    engine_solve,
 )
-from implicitdiff._condition import is_symmetric
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -133,8 +132,9 @@ def _implicit_solver(
     has_aux: bool,
     checked: Callable,
     symmetric: bool,
+    masks: Callable,
 ) -> Callable:
-    """Wrap ``solver`` so that its output is differentiated through residual_fun(x, ...) = 0."""
+    """Wrap ``solver``: its output differentiated through residual_fun(x, ...) = 0 (on masks)."""
 
     @functools.wraps(solver)
     def wrapped(init_params, *args, **kwargs):
@@ -143,9 +143,8 @@ def _implicit_solver(
         key = split.key()
 
         # The solver runs on values cut from the graph: it is never differentiated.
-        out = solver(
-            tree.stop_gradient(init_params), *tree.stop_gradient(args), **tree.stop_gradient(kwargs)
-        )
+        cut_args, cut_kwargs = tree.stop_gradient((args, kwargs))
+        out = solver(tree.stop_gradient(init_params), *cut_args, **cut_kwargs)
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(
@@ -158,6 +157,7 @@ def _implicit_solver(
         # Under shard_map, a solution as varying across devices as its inputs (a host
         # callback's output is not): its tangent, computed from them, is.
         sol = _loop.vary_like(tree.stop_gradient(sol), (init_params, args, kwargs))
+        mask = masks(sol, *cut_args, **cut_kwargs)  # the support S, or None
 
         output_shape = []
 
@@ -175,15 +175,15 @@ def _implicit_solver(
         check_same_structure(sol, output_shape[0], fun_name, "the solution", dtypes=True)
 
         @jax.custom_jvp
-        def attach_derivative(sol, arrays, consts):
+        def attach_derivative(sol, arrays, consts, mask):
             return sol
 
         def attach_derivative_jvp(primals, tangents):
-            sol, arrays, consts = primals
-            _, t_arrays, t_consts = tangents
+            sol, arrays, consts, mask = primals
+            _, t_arrays, t_consts, _ = tangents
             # The solution seen by the rule goes through this same rule again, so that the
             # rule's own derivative (second order) sees how the solution moves with θ.
-            sol = attach_derivative(sol, arrays, consts)
+            sol = attach_derivative(sol, arrays, consts, mask)
             # A solution that is not finite (a failed or flagged run) has no derivative: NaN,
             # never a silent finite one. The scaling is applied to the tangents going in and to
             # the one coming out, so that it survives transposition (reverse mode), where a
@@ -209,13 +209,14 @@ def _implicit_solver(
             def g(x, flat):
                 return closed_residual(x, flat[:n], *flat[n:])
 
-            tangent = _tangent(g, sol, theta, t_theta, checked, symmetric)
+            solve = functools.partial(checked, support=mask)
+            tangent = _tangent(g, sol, theta, t_theta, solve, symmetric)
             return sol, jax.tree_util.tree_map(
                 lambda t: t * jnp.where(finite, 1, jnp.nan).astype(t.dtype), tangent
             )
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)
-        sol = attach_derivative(sol, split.arrays, consts)
+        sol = attach_derivative(sol, split.arrays, consts, mask)
         return (sol, tree.stop_gradient(aux)) if has_aux else sol
 
     return wrapped
@@ -251,7 +252,7 @@ def custom_root(
         (``"cg"``, ``"gmres"``, ``"bicgstab"``, ``"normal_cg"``, ``"lu"``, ``"cholesky"``,
         ``"auto"``), a callable ``solve(matvec, b) -> x`` (checked against the default
         tolerance), or a :class:`implicitdiff.linear_solve.Spec` declaring its tolerance. Default
-        ``"auto"``: dense LU for at most 200 unknowns, else CG when symmetric, else GMRES.
+        ``"auto"``: LU if cheaper (≤ 200 unknowns), else CG if symmetric, else GMRES.
       symmetric: whether ∂₁F is symmetric (as the Hessian of a stationary condition), which lets
         ``auto`` use CG and reverse mode reuse ``solve`` without transposing. ``None``: what
         ``optimality_fun`` states if it is a condition built by :mod:`implicitdiff.optimality`
@@ -280,12 +281,11 @@ def custom_root(
       >>> X, y = jnp.ones((5, 3)) + jnp.eye(5, 3), jnp.arange(5.0)
       >>> dx_dlam = jax.jacobian(ridge, argnums=1)(jnp.zeros(3), 1.0, X, y)
     """
-    hint = is_symmetric(optimality_fun, symmetric)
-    checked = checked_solve(solve, hint, on_failure)
+    hint, checked, masks = engine_solve(optimality_fun, solve, symmetric, on_failure)
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            optimality_fun, optimality_fun, "optimality_fun", solver, has_aux, checked, hint
+            optimality_fun, optimality_fun, "optimality_fun", solver, has_aux, checked, hint, masks
         )
 
     return decorator
@@ -332,15 +332,14 @@ def custom_fixed_point(
       ...         x = T(x, theta)
       ...     return x
     """
-    hint = is_symmetric(fixed_point_fun, symmetric)
-    checked = checked_solve(solve, hint, on_failure)
+    hint, checked, masks = engine_solve(fixed_point_fun, solve, symmetric, on_failure)
 
     def residual(x, /, *args, **kwargs):  # x − T(x): the root's sign that makes I − ∂T appear
         return tree.sub(x, fixed_point_fun(x, *args, **kwargs))
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            residual, fixed_point_fun, "fixed_point_fun", solver, has_aux, checked, hint
+            residual, fixed_point_fun, "fixed_point_fun", solver, has_aux, checked, hint, masks
         )
 
     return decorator
@@ -420,9 +419,9 @@ def root_jvp(
     def residual(x, arrays):
         return optimality_fun(x, *ArgsSplit.merge(key, arrays)[0])
 
-    hint = is_symmetric(optimality_fun, symmetric)
-    checked = checked_solve(solve, hint, on_failure)
-    return _tangent(residual, sol, split.arrays, t_arrays, checked, hint)
+    hint, checked, masks = engine_solve(optimality_fun, solve, symmetric, on_failure)
+    solve = functools.partial(checked, support=masks(sol, *args))
+    return _tangent(residual, sol, split.arrays, t_arrays, solve, hint)
 
 
 def root_vjp(
@@ -464,9 +463,9 @@ def root_vjp(
         return optimality_fun(x, *ArgsSplit.merge(key, arrays)[0])
 
     _, vjp_x = jax.vjp(lambda x: residual_of(x, split.arrays), sol)
-    checked = checked_solve(solve, is_symmetric(optimality_fun, symmetric), on_failure)
+    _, checked, masks = engine_solve(optimality_fun, solve, symmetric, on_failure)
     # (∂₁F)ᵀ w = v, then vᵀJ = −wᵀ∂₂F: the sign of A = −∂₁F moves onto the last product.
-    w = checked(lambda u: vjp_x(u)[0], cotangent)
+    w = checked(lambda u: vjp_x(u)[0], cotangent, support=masks(sol, *args))
     _, vjp_args = jax.vjp(lambda arrays: residual_of(sol, arrays), split.arrays)
     (array_cts,) = vjp_args(tree.neg(w))
     merged, _ = ArgsSplit.merge(key, array_cts)

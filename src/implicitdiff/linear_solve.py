@@ -59,6 +59,7 @@ __all__ = [
     "DENSE_MAX_SIZE",
     "Spec",
     "auto",
+    "auto_choice",
     "bicgstab",
     "cg",
     "cholesky",
@@ -82,7 +83,7 @@ __all__ = [
     "spec",
 ]
 
-#: ``auto`` solves densely (LU) up to this many unknowns, matrix-free above.
+#: ``auto`` never solves densely above this many unknowns (below, it compares the costs).
 DENSE_MAX_SIZE = 200
 
 
@@ -594,6 +595,42 @@ def solve_iterative_refinement(
     )
 
 
+def auto_choice(
+    matvec: Matvec,
+    b: PyTree,
+    *,
+    symmetric: bool = False,
+    dense_max_size: int = DENSE_MAX_SIZE,
+    iterations: int | None = None,
+) -> str:
+    """The solver that :func:`auto` picks for this system: ``"lu"``, ``"cg"`` or ``"gmres"``.
+
+    Above ``dense_max_size`` unknowns, never dense: ``"cg"`` when ``symmetric``, else
+    ``"gmres"``. At or below it, ``"lu"`` when its estimated cost, n products with A (batched)
+    to build the matrix plus ⅔n³ for the factorization, is at most that of k Krylov iterations,
+    k = min(n, ``iterations``, default 30), each product's cost counted on the matvec's jaxpr
+    (traced once, not run; see ``_linear_solve_more.dense_is_cheaper`` for the formula).
+
+    Args:
+      matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
+      b: the right-hand side, a pytree of arrays.
+      symmetric: whether A is symmetric (default False).
+      dense_max_size: the most unknowns solved densely (default :data:`DENSE_MAX_SIZE`).
+      iterations: the Krylov iterations expected; None: 30.
+
+    Returns:
+      ``"lu"``, ``"cg"`` or ``"gmres"``.
+    """
+    n = tree.size(b)
+    krylov = "cg" if symmetric else "gmres"
+    if n > dense_max_size:
+        return krylov
+    flops = _more.matvec_flops(matvec, b)
+    cheaper = _more.dense_is_cheaper(n, flops, symmetric=symmetric, iterations=iterations)
+    return "lu" if cheaper else krylov
+
+
+@_linear_solver
 def auto(
     matvec: Matvec,
     b: PyTree,
@@ -602,11 +639,14 @@ def auto(
     dense_max_size: int = DENSE_MAX_SIZE,
     **options: Any,
 ) -> PyTree:
-    """Choose a solver from the size of the system and the structure hint.
+    """Choose a solver from an estimate of its cost and the structure hint.
 
-    Up to ``dense_max_size`` unknowns: ``lu`` (exact, and cheap at that size). Above: ``cg`` when
-    ``symmetric`` (as for the Hessian of a stationary condition), else ``gmres``. It never builds a
-    dense matrix above ``dense_max_size``.
+    Dense LU (exact) when it is estimated cheaper than a Krylov solve, which it is for few
+    unknowns or a cheap product: it costs n products with A (n = the number of entries of b;
+    batched, about half a product each) and ⅔n³ operations; a Krylov solve costs about 30
+    products (:func:`auto_choice` gives the choice and the formula). Else ``cg`` when
+    ``symmetric`` (as for the Hessian of a stationary condition), else ``gmres``. Never dense
+    above ``dense_max_size`` unknowns.
 
     Args:
       matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
@@ -619,11 +659,8 @@ def auto(
     Returns:
       x, a pytree like b.
     """
-    if tree.size(b) <= dense_max_size:
-        return lu(matvec, b, **options)
-    if symmetric:
-        return cg(matvec, b, **options)
-    return gmres(matvec, b, **options)
+    choice = auto_choice(matvec, b, symmetric=symmetric, dense_max_size=dense_max_size)
+    return {"lu": lu, "cg": cg, "gmres": gmres}[choice](matvec, b, **options)
 
 
 _BY_NAME: dict[str, Callable[..., PyTree]] = {

@@ -23,7 +23,10 @@ builder                        condition, zero (F) or fixed point (T) at the sol
 Each builder returns a ``Condition``: a frozen callable that states whether the Jacobian ∂₁F (or
 I − ∂₁T) is symmetric (its ``symmetric`` field). The engine reads it when its own ``symmetric``
 option is None: then ``solve="auto"`` uses CG and reverse mode reuses the solver without a
-transpose.
+transpose. ``proximal_gradient`` and ``projected_gradient`` also state the support of the
+system (its ``support`` field) when their prox or projection declares one: the derivative's
+linear system is then solved on the free coordinates only. A user's own condition may state the
+same structure by returning a :class:`Condition` (exported here).
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, linear_solve, tree
+from implicitdiff import _checks, _support, linear_solve, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 from implicitdiff._condition import Condition
 from implicitdiff._typing import PyTree
 
 __all__ = [
+    "Condition",
     "block_proximal_gradient",
     "conic",
     "conic_embedding",
@@ -56,8 +60,34 @@ __all__ = [
 ]
 
 
-def _mark(fun: Callable, *, symmetric: bool, name: str, doc: str) -> Condition:
-    return Condition(fun, symmetric=symmetric, name=name, doc=doc)
+def _mark(
+    fun: Callable, *, symmetric: bool, name: str, doc: str, support: Callable | None = None
+) -> Condition:
+    return Condition(
+        fun,
+        symmetric=symmetric,
+        name=name,
+        doc=doc,
+        support=support,
+        support_symmetric=support is not None,
+    )
+
+
+def _gradient_step_support(grad: Callable, operator: Callable, stepsize: Any, with_scaling: bool):
+    """The support of T(x, θ_op, θ_f) = op(x − η∇₁f(x, θ_f), θ_op[, η]) if ``operator`` states
+    one (:func:`implicitdiff._support.declared`): S = free(y, θ_op[, η]), y = x − η∇₁f(x, θ_f),
+    the coordinates where ∂op(y) is the identity. Off S the rows of ∂₁T vanish, so those of
+    I − ∂₁T are the identity's, and on S the block (I − ∂₁T)_SS = η∇²f_SS is symmetric."""
+    declared = _support.declared(operator)
+    if declared is None:
+        return None
+    op_args = (stepsize,) if with_scaling else ()
+
+    def support(x, /, hyperparams, *args, **kwargs):
+        y = tree.axpy(-stepsize, grad(x, *args, **kwargs), x)
+        return declared.free(y, hyperparams, *op_args)
+
+    return support
 
 
 def _check_callable(value: Any, name: str, builder: str) -> None:
@@ -170,10 +200,17 @@ def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> C
         :mod:`implicitdiff.prox`).
       stepsize: η > 0 (default 1).
 
+    When ``prox`` states where its Jacobian is the identity (``prox.l1``,
+    ``prox.non_negative_l1``: the tag of :mod:`implicitdiff._support`), the condition states
+    the support S = {i : ∂prox(y)ᵢᵢ = 1}, y = x − η∇₁fun(x) (for ``l1``, |yᵢ| > λη, i.e.
+    xᵢ ≠ 0 under strict complementarity): off S, I − ∂₁T is the identity and the tangent of
+    x* is zero, and on S the system η∇²fun_SS is symmetric. The derivative's linear system is
+    then solved on S alone.
+
     Returns:
       The fixed-point map T(x, hyperparams_prox, *args, **kwargs), a pytree like x (a
-        ``Condition``, symmetric only for ``prox.Identity``: then I − ∂₁T = η∇²fun), for
-        :func:`implicitdiff.custom_fixed_point`.
+        ``Condition``, symmetric only for ``prox.Identity``: then I − ∂₁T = η∇²fun; with a
+        ``support`` when ``prox`` declares one), for :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -196,6 +233,7 @@ def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> C
         symmetric=symmetric,
         name="proximal_gradient_fixed_point",
         doc=proximal_gradient.__doc__,
+        support=_gradient_step_support(grad, prox, stepsize, with_scaling=True),
     )
 
 
@@ -210,9 +248,16 @@ def projected_gradient(fun: Callable, projection: Callable, stepsize: float = 1.
         :mod:`implicitdiff.projections`).
       stepsize: η > 0 (default 1).
 
+    When ``projection`` states where its Jacobian is the identity (``projections.non_negative``:
+    yᵢ > 0; ``projections.box``: lowerᵢ < yᵢ < upperᵢ, with y = x − η∇₁fun(x)), the condition
+    states that support S: off S, I − ∂₁T is the identity (the tangent of x* there is that of
+    the active bound: zero, or the bound's own tangent), on S the system η∇²fun_SS is symmetric,
+    and the derivative's linear system is solved on S alone.
+
     Returns:
       The fixed-point map T(x, hyperparams_proj, *args, **kwargs), a pytree like x (a
-        ``Condition``, not symmetric), for :func:`implicitdiff.custom_fixed_point`.
+        ``Condition``, not symmetric; with a ``support`` when ``projection`` declares one), for
+        :func:`implicitdiff.custom_fixed_point`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -232,6 +277,7 @@ def projected_gradient(fun: Callable, projection: Callable, stepsize: float = 1.
         symmetric=False,
         name="projected_gradient_fixed_point",
         doc=projected_gradient.__doc__,
+        support=_gradient_step_support(grad, projection, stepsize, with_scaling=False),
     )
 
 

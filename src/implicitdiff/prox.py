@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _checks, tree
+from implicitdiff import _checks, _support, tree
 from implicitdiff._typing import PyTree
 
 ProxFn = Callable[..., PyTree]
@@ -197,6 +197,29 @@ def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> Py
     return _scaled_leafwise(
         "non_negative_l1", lambda leaf, t: jnp.maximum(leaf - t, 0), x, hyperparams, scaling
     )
+
+
+# The support tags (implicitdiff._support): where each prox's Jacobian is the identity, the
+# other rows vanishing. A tie (|yᵢ| = λs) counts as fixed, the one-sided derivative (the
+# Jacobian is not defined there; soft thresholding's own derivative is 0 there too).
+
+
+def _l1_free(y: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
+    """|yᵢ| > λ s: where soft thresholding passes its input through."""
+    return _map_with_hyperparam(
+        lambda leaf, lam: jnp.abs(leaf) > lam * scaling, y, hyperparams, "hyperparams", "l1"
+    )
+
+
+def _non_negative_l1_free(y: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
+    """yᵢ > λ s: where the one-sided soft thresholding passes its input through."""
+    return _map_with_hyperparam(
+        lambda leaf, lam: leaf > lam * scaling, y, hyperparams, "hyperparams", "non_negative_l1"
+    )
+
+
+_support.declare(l1, _l1_free)
+_support.declare(non_negative_l1, _non_negative_l1_free)
 
 
 def elastic_net(x: PyTree, hyperparams: Any = (1.0, 1.0), scaling: Any = 1.0) -> PyTree:
@@ -379,6 +402,14 @@ def from_projection(projection: Callable[[PyTree, Any], PyTree]) -> ProxFn:
             return projection(x)
         return projection(x, hyperparams)
 
+    declared = _support.declared(projection)
+    if declared is not None:  # the projection's support tag, carried over
+
+        def free(y: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+            del scaling
+            return declared.free(y) if hyperparams is None else declared.free(y, hyperparams)
+
+        _support.declare(prox, free)
     name = getattr(projection, "__name__", "projection")
     prox.__name__ = prox.__qualname__ = f"prox_{name}"
     prox.__doc__ = (

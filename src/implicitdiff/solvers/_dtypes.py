@@ -16,6 +16,7 @@ parameters (refused, or viewed as real pairs for the implicit derivative).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -121,12 +122,13 @@ def from_real(pairs: PyTree, like: PyTree) -> PyTree:
 
 def cast_output(fun: Callable) -> Callable:
     """``fun(x, *args, **kwargs)`` with its output cast to the dtype of x (:func:`cast_like`); a
-    :class:`~implicitdiff._condition.Condition` stays one, with its ``symmetric`` mark."""
+    :class:`~implicitdiff._condition.Condition` stays one, with its structure (``symmetric``,
+    ``support``)."""
 
     @functools.wraps(fun)
     def cast(x, /, *args, **kwargs):
         return cast_like(fun(x, *args, **kwargs), x)
 
     if isinstance(fun, Condition):
-        return Condition(cast, symmetric=fun.symmetric, name=fun.name, doc=fun.doc)
+        return dataclasses.replace(fun, fun=cast)
     return cast

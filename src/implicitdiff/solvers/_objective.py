@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import optimality, tree
+from implicitdiff import _support, optimality, tree
 from implicitdiff._condition import Condition
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
@@ -216,11 +216,20 @@ class Objective:
             step = tree.axpy(-stepsize, self.grad(x, *args, **kwargs), x)
             return prox(step, hyperparams, stepsize)
 
+        declared, support = _support.declared(prox), None
+        if declared is not None:  # the prox's support (optimality.proximal_gradient), this grad
+
+            def support(x, hyperparams, /, *args, **kwargs):
+                y = tree.axpy(-stepsize, self.grad(x, *args, **kwargs), x)
+                return declared.free(y, hyperparams, stepsize)
+
         return Condition(
             fixed_point_fun,
             symmetric=False,
             name="proximal_gradient_fixed_point",
             doc="prox(x − η∇₁f(x, *args), hyperparams, η) with the gradient that fun returns.",
+            support=support,
+            support_symmetric=True,
         )
 
 

@@ -4,8 +4,8 @@ Both minimize ½‖r(x, *args)‖² for a residual function r (a pytree of array
 differentiated through the stationarity condition ∂₁r(x, *args)ᵀ r(x, *args) = 0
 (:func:`implicitdiff.optimality.least_squares`). The Jacobian J = ∂₁r is never formed: the
 normal-equation matrix JᵀJ is applied as a JVP followed by a VJP, and the linear system of each
-step is solved by a solver of :mod:`implicitdiff.linear_solve` (``"auto"``: dense LU for at most
-200 unknowns, CG above).
+step is solved by a solver of :mod:`implicitdiff.linear_solve` (``"auto"``: dense LU when
+estimated cheaper, at most 200 unknowns, else CG).
 
 The default ``tol`` (1e-6) is reachable in float32. The error of an implicit derivative is
 proportional to the solution's: in float64, pass a smaller ``tol`` (1e-10, say) for derivatives
@@ -129,8 +129,8 @@ class GaussNewton(IterativeSolver):
         ``state.aux`` and plays no part in the iteration or the derivative (False).
       solver: the linear solver of each step, a name or callable of
         :mod:`implicitdiff.linear_solve` (``solve(matvec, b) -> x``); default ``"auto"``
-        (dense LU up to 200 unknowns, CG above). Not to be confused with ``solve``, the
-        solver of the implicit derivative's system.
+        (dense LU when estimated cheaper, at most 200 unknowns, else CG). Not to be confused
+        with ``solve``, the solver of the implicit derivative's system.
       maxiter, tol: stop when ‖Jᵀr‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
       implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
 
@@ -289,8 +289,8 @@ class LevenbergMarquardt(IterativeSolver):
       solver: the linear solver of each step, a name or callable of
         :mod:`implicitdiff.linear_solve` (JAXopt's ``"cholesky"``, ``"lu"``, ``"qr"``,
         ``"inv"`` and callables among them; the named dense ones build the matrix JᵀJ + μI);
-        default ``"auto"`` (dense LU up to 200 unknowns, CG above). Not to be confused with
-        ``solve``, the solver of the implicit derivative.
+        default ``"auto"`` (dense LU when estimated cheaper, at most 200 unknowns, else CG).
+        Not to be confused with ``solve``, the solver of the implicit derivative.
       maxiter, tol: stop when ‖Jᵀr‖ ≤ tol (default 1e-6) or after maxiter (100) iterations.
       stop_criterion: ``"grad-l2-norm"`` (default: the test above) or ``"madsen-nielsen"``
         (JAXopt's names), with ``xtol`` and ``gtol`` (default 1e-3 each, as JAXopt).
