@@ -225,24 +225,21 @@ class DifferentiableRun(abc.ABC):
         kind, condition = self.optimality()
         return _run_options.residual(kind, condition, params, args, kwargs)
 
-    def l2_optimality_error(self, *args, **kwargs) -> jax.Array:
+    def l2_optimality_error(self, params: PyTree, *args, **kwargs) -> jax.Array:
         """‖F(params, *args, **kwargs)‖₂, the norm of :meth:`optimality_fun` (JAXopt's method).
 
         With the condition F = 0 of :meth:`optimality`, ‖F‖₂; with the fixed point x = T(x),
         ‖T(x) − x‖₂. Zero at a solution.
 
         Args:
-          *args: ``params`` (by position or keyword), then the arguments of ``run`` after
-            ``init_params``.
+          params: the point (a solution candidate).
+          *args: the arguments of ``run`` after ``init_params``.
           **kwargs: their keyword arguments.
 
         Returns:
           The scalar ‖F(params, *args, **kwargs)‖₂.
         """
-        owner = f"{type(self).__name__}.l2_optimality_error"
-        args, kwargs = bind_leading(owner, ("params",), args, kwargs)
-        params, *args = args
-        args, kwargs = self._bind_keywords(*self._fill_optional(tuple(args), kwargs))
+        args, kwargs = self._bind_keywords(*self._fill_optional(args, kwargs))
         return tree.norm(self._optimality_residual(params, args, kwargs))
 
     # Whether the first of ``_run_arguments`` is optional, None by default (JAXopt's
