@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import PlainSGD
 
+from implicitdiff import custom_fixed_point as implicitdiff_custom_fixed_point
 from implicitdiff import custom_root as implicitdiff_custom_root
 from implicitdiff import linear_solve, projections, prox, solvers
 from implicitdiff.solvers import KKTSolution, _base
@@ -487,10 +488,6 @@ def ridge_condition(x, lam, X, y):
     return X.T @ (X @ x - y) + lam * x
 
 
-def ridge_reference(init, lam, X, y):  # names the solver's arguments for JAXopt's binding
-    del init, lam, X, y
-
-
 XR = jnp.array([[1.0, 0.5], [0.2, 1.0], [0.3, -0.4]])
 YR = jnp.array([1.0, 2.0, -1.0])
 
@@ -519,9 +516,31 @@ def test_custom_root_reference_signature_as_jaxopt():
     np.testing.assert_allclose(grads(ours), grads(theirs), rtol=1e-10)
     closed = jax.grad(lambda l2: jnp.sum(solver(None, l2, XR, YR)))(0.3)
     np.testing.assert_allclose(grads(ours), closed, rtol=1e-10)
-    # a Signature object works too, and custom_fixed_point takes it as well
+    # a Signature object works too
     ours_sig = implicitdiff_custom_root(F, reference_signature=sig)(solver)
     np.testing.assert_allclose(grads(ours_sig), closed, rtol=1e-10)
+
+
+def test_custom_fixed_point_reference_signature_as_jaxopt():
+    """T(x, u, v) = ½ x + u v, x* = 2 u v: the call's keywords (scale, shift) bound by the
+    reference signature; d x*/d scale = 2 shift."""
+
+    def T(x, u, v):
+        return 0.5 * x + u * v
+
+    def reference(init, scale, shift):
+        del init, scale, shift
+
+    def solver(init, scale, shift):
+        return 2.0 * scale * shift + 0.0 * init
+
+    def grad(decorator):
+        decorated = decorator(T, reference_signature=reference)(solver)
+        return jax.grad(lambda s: decorated(jnp.zeros(()), scale=s, shift=1.5))(0.7)
+
+    ours = grad(implicitdiff_custom_fixed_point)
+    np.testing.assert_allclose(ours, 3.0, rtol=1e-12)
+    np.testing.assert_allclose(ours, grad(jaxopt.implicit_diff.custom_fixed_point), rtol=1e-12)
 
 
 def test_tree_is_leaf_and_gmres_solve_method_as_jaxopt():
