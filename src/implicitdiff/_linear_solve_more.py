@@ -81,12 +81,23 @@ def refined_solve(
 def jaxopt_named(fun: Callable[..., PyTree], name: str) -> Callable:
     """``fun`` under JAXopt's name and call ``solve(matvec, b, ridge=None, init=None,
     **options)``: ``ridge`` and ``init`` also positional, None meaning none; ``M`` (the
-    preconditioner, as ``jax.scipy``) renamed ``preconditioner``."""
+    preconditioner, as ``jax.scipy``) renamed ``preconditioner``; ``solve_gmres`` accepts
+    ``solve_method`` ("batched" or "incremental", jax.scipy's), which does not change the
+    GMRES solution."""
 
     @functools.wraps(fun)
     def solve(matvec: Callable, b: PyTree, ridge: Any = None, init: Any = None, **options: Any):
         if "M" in options:
             options["preconditioner"] = options.pop("M")
+        if name == "solve_gmres" and "solve_method" in options:
+            # jax.scipy's gmres option (how the small least-squares problem in the Krylov
+            # space is solved, "batched" or "incremental"): the same GMRES iterate either way.
+            method = options.pop("solve_method")
+            if method not in ("batched", "incremental"):
+                raise ValueError(
+                    f"solve_gmres: solve_method must be 'batched' or 'incremental' (JAXopt's "
+                    f"values, the same solution here), got {method!r}"
+                )
         ridge = 0.0 if ridge is None else ridge
         return fun(matvec, b, ridge=ridge, init=init, **options)
 

@@ -18,6 +18,7 @@ from jax.typing import ArrayLike
 from implicitdiff import _checks, tree
 from implicitdiff._projection_common import (
     as_dtype_of,
+    check_feasible_flag,
     check_ordered,
     concrete_leaves,
     float_array,
@@ -331,7 +332,9 @@ _box_section_multiplier = custom_root(
 )(_box_section_bisection)
 
 
-def box_section(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Array:
+def box_section(
+    x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any], check_feasible: bool = False
+) -> jax.Array:
     """Projection onto the section of a box by a hyperplane, {y: α ≤ y ≤ β, wᵀy = c}.
 
     p = clip(x − μ w, α, β), where the multiplier μ of the equality solves the one-dimensional
@@ -347,6 +350,7 @@ def box_section(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arr
         broadcastable to x), weights w (broadcastable to x) and a scalar c. The set is
         non-empty iff Σ min(wα, wβ) ≤ c ≤ Σ max(wα, wβ) (up to rounding): otherwise a
         concrete set raises ``ValueError`` and a traced one gives NaN.
+      check_feasible: JAXopt's option (a bool), accepted: the set is always checked here.
 
     Returns:
       p, shaped like x.
@@ -356,6 +360,7 @@ def box_section(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arr
       >>> box_section(jnp.array([1.0, 0.6, 0.0]), (0.0, 1.0, jnp.ones(3), 1.0))
       Array([0.7, 0.3, 0. ], dtype=float32)
     """
+    check_feasible_flag("box_section", check_feasible)
     alpha, beta, w, c = hyperparams
     check_ordered("alpha", alpha, "beta", beta)
     x = float_array(x)

@@ -15,14 +15,45 @@ from implicitdiff import tree
 from implicitdiff._typing import PyTree
 
 __all__ = [
+    "ONE",
     "as_dtype_of",
+    "check_feasible_flag",
     "check_non_negative",
     "check_ordered",
     "concrete_leaves",
     "float_array",
+    "jaxopt_keyword",
     "safe_sqrt",
     "stable_norm",
 ]
+
+# The default size of the sets (scale, radius), one object: a ``hyperparams`` that ``is`` it was
+# not given (so that JAXopt's keyword for the same value, ``value=`` / ``max_value=`` /
+# ``unit=``, can be told apart from a positional one).
+ONE = 1.0
+
+
+def jaxopt_keyword(function: str, hyperparams: Any, name: str, value: Any) -> Any:
+    """``hyperparams``, or ``value`` given by JAXopt's keyword ``name`` for it (None: not given).
+
+    Raises:
+      TypeError: both given, naming them.
+    """
+    if value is None:
+        return hyperparams
+    if hyperparams is not ONE:
+        raise TypeError(
+            f"{function}: hyperparams and {name}= (JAXopt's name for it) are both given; "
+            "pass one of them"
+        )
+    return value
+
+
+def check_feasible_flag(function: str, check_feasible: Any) -> None:
+    """JAXopt's ``check_feasible`` (a bool): accepted; the set is always checked here (an empty
+    set raises ``ValueError`` on concrete input and gives NaN when traced)."""
+    if not isinstance(check_feasible, bool):
+        raise TypeError(f"{function}: check_feasible must be a bool, got {check_feasible!r}")
 
 
 def float_array(x: ArrayLike) -> jax.Array:

@@ -27,10 +27,12 @@ from implicitdiff._projection_affine import box_section as box_section
 from implicitdiff._projection_affine import halfspace as halfspace
 from implicitdiff._projection_affine import hyperplane as hyperplane
 from implicitdiff._projection_common import (
+    ONE,
     as_dtype_of,
     check_non_negative,
     check_ordered,
     float_array,
+    jaxopt_keyword,
     stable_norm,
 )
 from implicitdiff._projection_cones import psd_cone as psd_cone
@@ -145,12 +147,13 @@ _support.declare(non_negative, _non_negative_free)
 _support.declare(box, _box_free)
 
 
-def hypercube(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
+def hypercube(x: PyTree, hyperparams: ArrayLike = ONE, *, unit: ArrayLike | None = None) -> PyTree:
     """Projection onto the hypercube [0, scale]ⁿ: p = min(max(x, 0), scale).
 
     Args:
       x: an array or a pytree of arrays.
       hyperparams: ``scale`` ≥ 0, a scalar (or an array broadcastable to the leaves of x).
+      unit: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       p, a pytree like x.
@@ -160,16 +163,20 @@ def hypercube(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       >>> hypercube(jnp.array([-1.0, 0.5, 3.0]), 2.0)
       Array([0. , 0.5, 2. ], dtype=float32)
     """
+    hyperparams = jaxopt_keyword("hypercube", hyperparams, "unit", unit)
     check_non_negative("scale", hyperparams)
     return box(x, (0.0, _checks.nan_if_negative(hyperparams)))
 
 
-def linf_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
+def linf_ball(
+    x: PyTree, hyperparams: ArrayLike = ONE, *, max_value: ArrayLike | None = None
+) -> PyTree:
     """Projection onto the ∞-norm ball {y: ‖y‖∞ ≤ radius}: p = min(max(x, −radius), radius).
 
     Args:
       x: an array or a pytree of arrays.
       hyperparams: ``radius`` ≥ 0, a scalar.
+      max_value: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       p, a pytree like x.
@@ -179,6 +186,7 @@ def linf_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       >>> linf_ball(jnp.array([-3.0, 0.5]), 1.0)
       Array([-1. ,  0.5], dtype=float32)
     """
+    hyperparams = jaxopt_keyword("linf_ball", hyperparams, "max_value", max_value)
     check_non_negative("radius", hyperparams)
     radius = _checks.nan_if_negative(hyperparams)
     return tree.map(lambda leaf: box(leaf, (-as_dtype_of(radius, float_array(leaf)), radius)), x)
@@ -236,7 +244,9 @@ def _simplex_any_shape(x: jax.Array, scale: jax.Array) -> jax.Array:
     return _simplex_vector(x.ravel(), jnp.broadcast_to(scale, ())).reshape(x.shape)
 
 
-def simplex(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
+def simplex(
+    x: ArrayLike, hyperparams: ArrayLike = ONE, *, value: ArrayLike | None = None
+) -> jax.Array:
     """Projection onto the simplex {p: p ≥ 0, Σp = scale}.
 
     p = max(x − τ, 0) with the threshold τ such that Σ max(x − τ, 0) = scale, found by sorting x
@@ -246,6 +256,7 @@ def simplex(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
     Args:
       x: an array of any shape; the sum runs over all of its entries.
       hyperparams: ``scale`` ≥ 0, a scalar.
+      value: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       p, shaped like x.
@@ -255,12 +266,20 @@ def simplex(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
       >>> simplex(jnp.array([1.0, 0.5, -1.0]))
       Array([0.75, 0.25, 0.  ], dtype=float32)
     """
+    hyperparams = jaxopt_keyword("simplex", hyperparams, "value", value)
     check_non_negative("scale", hyperparams)
     x = float_array(x)
     return _simplex_any_shape(x, as_dtype_of(_checks.nan_if_negative(hyperparams), x))
 
 
-def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Array:
+def sparse_simplex(
+    x: ArrayLike,
+    hyperparams: tuple[ArrayLike, int] | int | None = None,
+    use_approx_max_nz: bool = False,
+    value: ArrayLike | None = None,
+    *,
+    max_nz: int | None = None,
+) -> jax.Array:
     """Projection onto the k-sparse simplex {p: p ≥ 0, Σp = scale, ‖p‖₀ ≤ max_nz}.
 
     The set is not convex; a closest point keeps the ``max_nz`` largest entries of x, projects
@@ -272,6 +291,12 @@ def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Arra
       x: an array of any shape; all its entries are considered together.
       hyperparams: ``(scale, max_nz)``: ``scale`` ≥ 0 a scalar, ``max_nz`` ≥ 1 a Python int
         (static: it fixes shapes; under ``jax.jit`` close over it rather than pass it traced).
+        Or, as JAXopt's ``projection_sparse_simplex(x, max_nz, use_approx_max_nz, value)``,
+        ``max_nz`` alone (an int), with ``scale`` given as ``value`` (default 1).
+      use_approx_max_nz: JAXopt's option (a bool): accepted; the ``max_nz`` largest entries
+        are always found exactly (``lax.top_k``), which an approximate top-k may return too.
+      value: JAXopt's name for ``scale``, with ``max_nz`` given alone (default 1).
+      max_nz: JAXopt's keyword for ``max_nz``, with ``hyperparams`` not given.
 
     Returns:
       p, shaped like x, with at most ``max_nz`` nonzero entries.
@@ -281,7 +306,7 @@ def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Arra
       >>> sparse_simplex(jnp.array([1.0, 0.25, 0.5]), (1.0, 2))
       Array([0.75, 0.  , 0.25], dtype=float32)
     """
-    scale, max_nz = hyperparams
+    scale, max_nz = _sparse_simplex_arguments(hyperparams, use_approx_max_nz, value, max_nz)
     check_non_negative("scale", scale)
     try:
         max_nz = operator.index(max_nz)
@@ -303,7 +328,34 @@ def sparse_simplex(x: ArrayLike, hyperparams: tuple[ArrayLike, int]) -> jax.Arra
     return rest.at[indices].set(kept).reshape(x.shape)
 
 
-def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
+def _sparse_simplex_arguments(hyperparams, use_approx_max_nz, value, max_nz) -> tuple:
+    """(scale, max_nz) from this library's ``(scale, max_nz)`` or JAXopt's arguments."""
+    if not isinstance(use_approx_max_nz, bool):
+        raise TypeError(
+            f"sparse_simplex: use_approx_max_nz must be a bool, got {use_approx_max_nz!r}"
+        )
+    if isinstance(hyperparams, (tuple, list)):
+        if value is not None or max_nz is not None:
+            raise TypeError(
+                "sparse_simplex: hyperparams=(scale, max_nz) and JAXopt's value= / max_nz= are "
+                "both given; pass one form"
+            )
+        return tuple(hyperparams)
+    if hyperparams is not None:
+        if max_nz is not None:
+            raise TypeError("sparse_simplex: max_nz given twice (positionally and as max_nz=)")
+        max_nz = hyperparams
+    if max_nz is None:
+        raise TypeError(
+            "sparse_simplex: missing max_nz: pass hyperparams=(scale, max_nz), or max_nz (as "
+            "JAXopt's projection_sparse_simplex(x, max_nz, use_approx_max_nz, value))"
+        )
+    return (1.0 if value is None else value), max_nz
+
+
+def l1_sphere(
+    x: ArrayLike, hyperparams: ArrayLike = ONE, *, value: ArrayLike | None = None
+) -> jax.Array:
     """Projection onto the ℓ₁ sphere {y: ‖y‖₁ = radius}.
 
     The set is not convex. A closest point has the signs of x, so p = σ ⊙ simplex(|x|, radius)
@@ -312,6 +364,7 @@ def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
     Args:
       x: an array of any shape; the norm runs over all of its entries.
       hyperparams: ``radius`` ≥ 0, a scalar.
+      value: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       p, shaped like x.
@@ -321,6 +374,7 @@ def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
       >>> l1_sphere(jnp.array([0.25, -0.25]))
       Array([ 0.5, -0.5], dtype=float32)
     """
+    hyperparams = jaxopt_keyword("l1_sphere", hyperparams, "value", value)
     check_non_negative("radius", hyperparams)
     hyperparams = _checks.nan_if_negative(hyperparams)
     x = float_array(x)
@@ -328,7 +382,9 @@ def l1_sphere(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
     return signs * _simplex_any_shape(jnp.abs(x), as_dtype_of(hyperparams, x))
 
 
-def l1_ball(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
+def l1_ball(
+    x: ArrayLike, hyperparams: ArrayLike = ONE, *, max_value: ArrayLike | None = None
+) -> jax.Array:
     """Projection onto the ℓ₁ ball {y: ‖y‖₁ ≤ radius}.
 
     p = x if ‖x‖₁ ≤ radius, else sign(x) ⊙ simplex(|x|, radius) = sign(x) ⊙ max(|x| − τ, 0),
@@ -337,6 +393,7 @@ def l1_ball(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
     Args:
       x: an array of any shape; the norm runs over all of its entries.
       hyperparams: ``radius`` ≥ 0, a scalar.
+      max_value: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       p, shaped like x.
@@ -346,6 +403,7 @@ def l1_ball(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
       >>> l1_ball(jnp.array([2.0, -1.0]))
       Array([ 1., -0.], dtype=float32)
     """
+    hyperparams = jaxopt_keyword("l1_ball", hyperparams, "max_value", max_value)
     check_non_negative("radius", hyperparams)
     x = float_array(x)
     if x.size == 0:  # ℝ⁰ is the ball
@@ -359,12 +417,15 @@ def l1_ball(x: ArrayLike, hyperparams: ArrayLike = 1.0) -> jax.Array:
 # ℓ₂ sets.
 
 
-def l2_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
+def l2_ball(
+    x: PyTree, hyperparams: ArrayLike = ONE, *, max_value: ArrayLike | None = None
+) -> PyTree:
     """Projection onto the Euclidean ball {y: ‖y‖₂ ≤ radius}: p = x · min(1, radius / ‖x‖₂).
 
     Args:
       x: an array or a pytree of arrays (the norm is that of all entries together).
       hyperparams: ``radius`` ≥ 0, a scalar.
+      max_value: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       p, a pytree like x.
@@ -374,6 +435,7 @@ def l2_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       >>> l2_ball(jnp.array([3.0, 4.0]), 1.0)
       Array([0.6, 0.8], dtype=float32)
     """
+    hyperparams = jaxopt_keyword("l2_ball", hyperparams, "max_value", max_value)
     check_non_negative("radius", hyperparams)
     x = tree.map(float_array, x)
     radius = as_dtype_of(hyperparams, jnp.zeros((), tree.dtype(x)))
@@ -385,7 +447,7 @@ def l2_ball(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     return tree.map(lambda leaf: (factor * leaf).astype(leaf.dtype), x)
 
 
-def l2_sphere(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
+def l2_sphere(x: PyTree, hyperparams: ArrayLike = ONE, *, value: ArrayLike | None = None) -> PyTree:
     """Projection onto the Euclidean sphere {y: ‖y‖₂ = radius}: p = radius · x / ‖x‖₂.
 
     The set is not convex. At x = 0 every point of the sphere is closest; this returns
@@ -394,6 +456,7 @@ def l2_sphere(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
     Args:
       x: an array or a pytree of arrays (the norm is that of all entries together).
       hyperparams: ``radius`` ≥ 0, a scalar.
+      value: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       p, a pytree like x.
@@ -403,6 +466,7 @@ def l2_sphere(x: PyTree, hyperparams: ArrayLike = 1.0) -> PyTree:
       >>> l2_sphere(jnp.array([0.3, 0.4]), 1.0)
       Array([0.6, 0.8], dtype=float32)
     """
+    hyperparams = jaxopt_keyword("l2_sphere", hyperparams, "value", value)
     check_non_negative("radius", hyperparams)
     x = tree.map(float_array, x)
     radius = as_dtype_of(_checks.nan_if_negative(hyperparams), jnp.zeros((), tree.dtype(x)))

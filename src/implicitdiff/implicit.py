@@ -20,6 +20,7 @@ reverse over reverse) by differentiating the rule again.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -124,6 +125,26 @@ def _keep_tangent(primal: Any, tangent: Any) -> Any:
 # The decorators.
 
 
+def _bound_to(fun: Callable, reference: Any) -> Callable:
+    """``fun``, or (JAXopt's ``reference_signature``) ``fun`` called with the arguments bound to
+    ``reference``, ``(init_params, *args, **kwargs)``'s signature, positionally in its order."""
+    if reference is None:
+        return fun
+    if not isinstance(reference, inspect.Signature):
+        if not callable(reference):
+            raise TypeError(
+                f"reference_signature must be an inspect.Signature or a function, got {reference!r}"
+            )
+        reference = inspect.signature(getattr(reference, "subfun", reference))
+
+    def bound(x, /, *args, **kwargs):
+        arguments = reference.bind(x, *args, **kwargs)
+        return fun(x, *arguments.args[1:], **arguments.kwargs)
+
+    bound.__signature__ = reference
+    return bound
+
+
 def _implicit_solver(
     residual_fun: Callable,
     user_fun: Callable,
@@ -226,6 +247,7 @@ def custom_root(
     optimality_fun: Callable,
     has_aux: bool = False,
     solve: str | Callable | None = None,
+    reference_signature: Callable | inspect.Signature | None = None,
     *,
     symmetric: bool | None = None,
     on_failure: str = "warn",
@@ -253,6 +275,10 @@ def custom_root(
         ``"auto"``), a callable ``solve(matvec, b) -> x`` (checked against the default
         tolerance), or a :class:`implicitdiff.linear_solve.Spec` declaring its tolerance. Default
         ``"auto"``: LU if cheaper (≤ 200 unknowns), else CG if symmetric, else GMRES.
+      reference_signature: JAXopt's option: a signature (or a function whose signature it is)
+        of the solver's arguments ``(init_params, *args, **kwargs)``; the arguments of a call
+        are bound to it and passed to F positionally in its order (keywords that it does not
+        name stay keywords). None (the default): passed to F as given.
       symmetric: whether ∂₁F is symmetric (as the Hessian of a stationary condition), which lets
         ``auto`` use CG and reverse mode reuse ``solve`` without transposing. ``None``: what
         ``optimality_fun`` states if it is a condition built by :mod:`implicitdiff.optimality`
@@ -282,10 +308,12 @@ def custom_root(
       >>> dx_dlam = jax.jacobian(ridge, argnums=1)(jnp.zeros(3), 1.0, X, y)
     """
     hint, checked, masks = engine_solve(optimality_fun, solve, symmetric, on_failure)
+    user_fun = _bound_to(optimality_fun, reference_signature)
+    masks = _bound_to(masks, reference_signature)
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            optimality_fun, optimality_fun, "optimality_fun", solver, has_aux, checked, hint, masks
+            user_fun, user_fun, "optimality_fun", solver, has_aux, checked, hint, masks
         )
 
     return decorator
@@ -295,6 +323,7 @@ def custom_fixed_point(
     fixed_point_fun: Callable,
     has_aux: bool = False,
     solve: str | Callable | None = None,
+    reference_signature: Callable | inspect.Signature | None = None,
     *,
     symmetric: bool | None = None,
     on_failure: str = "warn",
@@ -312,6 +341,7 @@ def custom_fixed_point(
       has_aux: whether the solver returns ``(solution, aux)``.
       solve: the linear solver for the system in I − ∂₁T, as in :func:`custom_root` (default
         ``"auto"``).
+      reference_signature: JAXopt's option, as in :func:`custom_root` (for T).
       symmetric: whether ∂₁T is symmetric; ``None``: what ``fixed_point_fun`` states if it is a
         condition built by :mod:`implicitdiff.optimality`, else False.
       on_failure: the policy when the linear system is not solved to tolerance, as in
@@ -333,13 +363,15 @@ def custom_fixed_point(
       ...     return x
     """
     hint, checked, masks = engine_solve(fixed_point_fun, solve, symmetric, on_failure)
+    user_fun = _bound_to(fixed_point_fun, reference_signature)
+    masks = _bound_to(masks, reference_signature)
 
     def residual(x, /, *args, **kwargs):  # x − T(x): the root's sign that makes I − ∂T appear
-        return tree.sub(x, fixed_point_fun(x, *args, **kwargs))
+        return tree.sub(x, user_fun(x, *args, **kwargs))
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            residual, fixed_point_fun, "fixed_point_fun", solver, has_aux, checked, hint, masks
+            residual, user_fun, "fixed_point_fun", solver, has_aux, checked, hint, masks
         )
 
     return decorator

@@ -70,6 +70,23 @@ __all__ = [
 # Argument handling.
 
 
+# The default λ, one object: a ``hyperparams`` that ``is`` it was not given (so that JAXopt's
+# keyword for it, ``l1reg=`` / ``l2reg=``, can be told apart from a positional λ).
+_ONE = 1.0
+
+
+def _jaxopt_keyword(function: str, hyperparams: Any, name: str, value: Any) -> Any:
+    """``hyperparams``, or ``value`` given by JAXopt's keyword ``name`` (None: not given)."""
+    if value is None:
+        return hyperparams
+    if hyperparams is not _ONE:
+        raise TypeError(
+            f"{function}: hyperparams and {name}= (JAXopt's name for it) are both given; "
+            "pass one of them"
+        )
+    return value
+
+
 def _check_non_negative(value: Any, name: str, fn_name: str) -> None:
     """Raise ValueError if a concrete ``value`` (any pytree) has a negative entry.
 
@@ -151,7 +168,7 @@ def _scaled_leafwise(
     )
 
 
-def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
+def l1(x: PyTree, hyperparams: Any = _ONE, scaling: Any = 1.0, *, l1reg: Any = None) -> PyTree:
     """Soft thresholding, the prox of g(y) = λ‖y‖₁ with λ = ``hyperparams``.
 
     Closed form, entry by entry, with s = ``scaling``::
@@ -163,6 +180,7 @@ def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
       hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
         or a pytree like x (one λ per leaf).
       scaling: s ≥ 0 (default 1), a scalar.
+      l1reg: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       prox(x), a pytree like x.
@@ -171,10 +189,13 @@ def l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
     >>> print(l1(jnp.array([3.0, -0.5, -2.0]), 1.0, scaling=0.5))
     [ 2.5  0.  -1.5]
     """
+    hyperparams = _jaxopt_keyword("l1", hyperparams, "l1reg", l1reg)
     return _scaled_leafwise("l1", lambda leaf, t: _soft_threshold(leaf, t), x, hyperparams, scaling)
 
 
-def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
+def non_negative_l1(
+    x: PyTree, hyperparams: Any = _ONE, scaling: Any = 1.0, *, l1reg: Any = None
+) -> PyTree:
     """The prox of g(y) = λ‖y‖₁ + ι(y ≥ 0), with λ = ``hyperparams``.
 
     Closed form, entry by entry, with s = ``scaling``::
@@ -186,6 +207,7 @@ def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> Py
       hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
         or a pytree like x (one λ per leaf).
       scaling: s ≥ 0 (default 1), a scalar.
+      l1reg: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       prox(x), a pytree like x.
@@ -194,6 +216,7 @@ def non_negative_l1(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> Py
     >>> print(non_negative_l1(jnp.array([3.0, 0.5, -2.0]), 1.0))
     [2. 0. 0.]
     """
+    hyperparams = _jaxopt_keyword("non_negative_l1", hyperparams, "l1reg", l1reg)
     return _scaled_leafwise(
         "non_negative_l1", lambda leaf, t: jnp.maximum(leaf - t, 0), x, hyperparams, scaling
     )
@@ -264,7 +287,7 @@ def elastic_net(x: PyTree, hyperparams: Any = (1.0, 1.0), scaling: Any = 1.0) ->
     return tree.map(leaf_prox, x, pair(lam), pair(gamma))
 
 
-def ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
+def ridge(x: PyTree, hyperparams: Any = _ONE, scaling: Any = 1.0, *, l2reg: Any = None) -> PyTree:
     """The prox of g(y) = ½ λ ‖y‖², with λ = ``hyperparams``: a shrinkage towards 0.
 
     Closed form, with s = ``scaling``::
@@ -276,6 +299,7 @@ def ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
       hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
         or a pytree like x (one λ per leaf).
       scaling: s ≥ 0 (default 1), a scalar.
+      l2reg: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       prox(x), a pytree like x.
@@ -284,10 +308,13 @@ def ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
     >>> print(ridge(jnp.array([3.0, -1.0]), 1.0))
     [ 1.5 -0.5]
     """
+    hyperparams = _jaxopt_keyword("ridge", hyperparams, "l2reg", l2reg)
     return _scaled_leafwise("ridge", lambda leaf, t: leaf / (1 + t), x, hyperparams, scaling)
 
 
-def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
+def non_negative_ridge(
+    x: PyTree, hyperparams: Any = _ONE, scaling: Any = 1.0, *, l2reg: Any = None
+) -> PyTree:
     """The prox of g(y) = ½ λ ‖y‖² + ι(y ≥ 0), with λ = ``hyperparams``.
 
     Closed form, entry by entry, with s = ``scaling``::
@@ -299,6 +326,7 @@ def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) ->
       hyperparams: λ ≥ 0 (default 1): a scalar, an array broadcasting to every leaf of x,
         or a pytree like x (one λ per leaf).
       scaling: s ≥ 0 (default 1), a scalar.
+      l2reg: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       prox(x), a pytree like x.
@@ -307,6 +335,7 @@ def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) ->
     >>> print(non_negative_ridge(jnp.array([3.0, -1.0]), 2.0))
     [1. 0.]
     """
+    hyperparams = _jaxopt_keyword("non_negative_ridge", hyperparams, "l2reg", l2reg)
     return _scaled_leafwise(
         "non_negative_ridge",
         lambda leaf, t: jnp.maximum(leaf, 0) / (1 + t),
@@ -320,7 +349,9 @@ def non_negative_ridge(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) ->
 # Group lasso.
 
 
-def group_lasso(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
+def group_lasso(
+    x: PyTree, hyperparams: Any = _ONE, scaling: Any = 1.0, *, l2reg: Any = None
+) -> PyTree:
     """Block soft thresholding, the prox of g(y) = λ‖y‖₂ with λ = ``hyperparams`` (a scalar).
 
     The whole input (every leaf of a pytree together) is one group. Closed form, with
@@ -336,6 +367,7 @@ def group_lasso(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree
       x: an array or a pytree of arrays (real), the group.
       hyperparams: λ ≥ 0 (default 1), a scalar.
       scaling: s ≥ 0 (default 1), a scalar.
+      l2reg: JAXopt's keyword name for ``hyperparams`` (give one of the two).
 
     Returns:
       prox(x), a pytree like x.
@@ -344,6 +376,7 @@ def group_lasso(x: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree
     >>> print(group_lasso(jnp.array([3.0, 4.0]), 2.5))
     [1.5 2. ]
     """
+    hyperparams = _jaxopt_keyword("group_lasso", hyperparams, "l2reg", l2reg)
     _check_non_negative(hyperparams, "hyperparams (λ)", "group_lasso")
     _check_non_negative(scaling, "scaling", "group_lasso")
     hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import functools
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -58,30 +59,34 @@ map = jax.tree_util.tree_map
 reduce = jax.tree_util.tree_reduce
 
 
-def add(x: PyTree, y: PyTree) -> PyTree:
+def add(x: PyTree, y: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> PyTree:
     """x + y, leaf by leaf.
 
     Args:
       x: a pytree of arrays.
       y: a pytree of the structure and leaf shapes of x.
+      is_leaf: JAXopt's option, as ``jax.tree_util.tree_map``'s: subtrees to treat as
+        leaves (None: JAX's leaves).
 
     Returns:
       A pytree like x.
     """
-    return map(operator.add, x, y)
+    return map(operator.add, x, y, is_leaf=is_leaf)
 
 
-def sub(x: PyTree, y: PyTree) -> PyTree:
+def sub(x: PyTree, y: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> PyTree:
     """x − y, leaf by leaf.
 
     Args:
       x: a pytree of arrays.
       y: a pytree of the structure and leaf shapes of x.
+      is_leaf: JAXopt's option, as ``jax.tree_util.tree_map``'s: subtrees to treat as
+        leaves (None: JAX's leaves).
 
     Returns:
       A pytree like x.
     """
-    return map(operator.sub, x, y)
+    return map(operator.sub, x, y, is_leaf=is_leaf)
 
 
 def neg(x: PyTree) -> PyTree:
@@ -96,30 +101,34 @@ def neg(x: PyTree) -> PyTree:
     return map(operator.neg, x)
 
 
-def mul(x: PyTree, y: PyTree) -> PyTree:
+def mul(x: PyTree, y: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> PyTree:
     """x ⊙ y, the entry-wise product, leaf by leaf (y of x's structure).
 
     Args:
       x: a pytree of arrays.
       y: a pytree of the structure and leaf shapes of x.
+      is_leaf: JAXopt's option, as ``jax.tree_util.tree_map``'s: subtrees to treat as
+        leaves (None: JAX's leaves).
 
     Returns:
       A pytree like x.
     """
-    return map(operator.mul, x, y)
+    return map(operator.mul, x, y, is_leaf=is_leaf)
 
 
-def div(x: PyTree, y: PyTree) -> PyTree:
+def div(x: PyTree, y: PyTree, *, is_leaf: Callable[[Any], bool] | None = None) -> PyTree:
     """x ⊘ y, the entry-wise quotient, leaf by leaf (y of x's structure).
 
     Args:
       x: a pytree of arrays, the dividend.
       y: a pytree of the structure and leaf shapes of x, the divisor.
+      is_leaf: JAXopt's option, as ``jax.tree_util.tree_map``'s: subtrees to treat as
+        leaves (None: JAX's leaves).
 
     Returns:
       A pytree like x.
     """
-    return map(operator.truediv, x, y)
+    return map(operator.truediv, x, y, is_leaf=is_leaf)
 
 
 def reciprocal(x: PyTree) -> PyTree:

@@ -68,7 +68,9 @@ def _independent_rows(A: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]
     return A_new, jnp.where(consistent, b_new, jnp.nan)
 
 
-def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Array:
+def polyhedron(
+    x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any], check_feasible: bool = True
+) -> jax.Array:
     """Projection onto the polyhedron {y: A y = b, G y ≤ h}.
 
     p = argmin_y ½‖y − x‖² s.t. A y = b, G y ≤ h: the QP with Q = I, c = −x, solved by
@@ -85,6 +87,8 @@ def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arra
       x: a vector of length n.
       hyperparams: ``(A, b, G, h)``: A (p, n) and b (p,) for the equalities, G (m, n) and h (m,)
         for the inequalities; either pair may be ``(None, None)``.
+      check_feasible: JAXopt's option (a bool), accepted: an empty polyhedron is always
+        reported here (``ValueError`` on concrete input, NaN when traced).
 
     Returns:
       p, a vector of length n in the dtype that x, A, b, G and h promote to.
@@ -95,6 +99,8 @@ def polyhedron(x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any]) -> jax.Arra
       >>> jnp.round(polyhedron(jnp.array([2.0, 1.0]), (None, None, G, h)), 4)
       Array([1., 0.], dtype=float32)
     """
+    if not isinstance(check_feasible, bool):
+        raise TypeError(f"polyhedron: check_feasible must be a bool, got {check_feasible!r}")
     if not (isinstance(hyperparams, (tuple, list)) and len(hyperparams) == 4):
         raise TypeError("polyhedron: hyperparams must be a tuple (A, b, G, h)")
     A, b, G, h = hyperparams

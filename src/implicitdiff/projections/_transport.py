@@ -452,6 +452,22 @@ def _transport(kind: str, name: str, x, hyperparams, maxiter, tol, solve) -> jax
     return _project(kind, name, x, a, b, maxiter, tol, solve)
 
 
+def _jaxopt_options(function: str, hyperparams: Any, make_solver: Any, use_semi_dual: Any):
+    """JAXopt's ``make_solver`` / ``use_semi_dual``: accepted at their defaults, else a
+    ``TypeError`` naming the alternative; JAXopt's positional ``make_solver`` (a callable
+    where ``hyperparams`` stands here) is refused too."""
+    if make_solver is not None or callable(hyperparams):
+        raise TypeError(
+            f"{function}: JAXopt's make_solver is not an option here: set the inner solver by "
+            "maxiter=, tol= and solve= (keywords), and pass hyperparams second"
+        )
+    if use_semi_dual is not True:
+        raise TypeError(
+            f"{function}: use_semi_dual={use_semi_dual!r} is not supported: the semi-dual "
+            "(JAXopt's default, use_semi_dual=True) is always solved here"
+        )
+
+
 def transport_polytope(
     x: Any,
     hyperparams: tuple[Any, Any],
@@ -459,6 +475,8 @@ def transport_polytope(
     maxiter: int = 1000,
     tol: float | None = None,
     solve: str | Callable | None = None,
+    make_solver: Callable | None = None,
+    use_semi_dual: bool = True,
 ) -> jax.Array:
     """Euclidean projection onto the transportation polytope U(a, b).
 
@@ -492,6 +510,9 @@ def transport_polytope(
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"cg"``, which also solves the singular but consistent system of a solution
         whose support is disconnected, as a permutation matrix; dense ``"lu"`` fails there).
+      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
+        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
+        always solved (other values: ``TypeError`` naming them).
 
     Returns:
       P*, shape (n, m), in the floating dtype that X, a and b promote to.
@@ -505,6 +526,7 @@ def transport_polytope(
       >>> print(p.sum(axis=1).round(6), p.sum(axis=0).round(6))
       [0.5 0.5] [0.25 0.25 0.5 ]
     """
+    _jaxopt_options("transport_polytope", hyperparams, make_solver, use_semi_dual)
     return _transport("euclidean", "transport_polytope", x, hyperparams, maxiter, tol, solve)
 
 
@@ -515,6 +537,8 @@ def kl_transport_polytope(
     maxiter: int = 1000,
     tol: float | None = None,
     solve: str | Callable | None = None,
+    make_solver: Callable | None = None,
+    use_semi_dual: bool = True,
 ) -> jax.Array:
     """KL (entropic) projection onto the transportation polytope U(a, b): Sinkhorn.
 
@@ -548,6 +572,9 @@ def kl_transport_polytope(
         float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"auto"``).
+      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
+        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
+        always solved (other values: ``TypeError`` naming them).
 
     Returns:
       P*, shape (n, m), in the floating dtype that X, a and b promote to.
@@ -561,6 +588,7 @@ def kl_transport_polytope(
       >>> print(p.sum(axis=1).round(4), p.sum(axis=0).round(4))
       [0.5 0.5] [0.25 0.25 0.5 ]
     """
+    _jaxopt_options("kl_transport_polytope", hyperparams, make_solver, use_semi_dual)
     return _transport("kl", "kl_transport_polytope", x, hyperparams, maxiter, tol, solve)
 
 
@@ -571,6 +599,8 @@ def birkhoff_polytope(
     maxiter: int = 1000,
     tol: float | None = None,
     solve: str | Callable | None = None,
+    make_solver: Callable | None = None,
+    use_semi_dual: bool = True,
 ) -> jax.Array:
     """Euclidean projection onto the Birkhoff polytope of doubly stochastic matrices.
 
@@ -586,6 +616,9 @@ def birkhoff_polytope(
         float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"cg"``).
+      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
+        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
+        always solved (other values: ``TypeError`` naming them).
 
     Returns:
       P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
@@ -599,6 +632,7 @@ def birkhoff_polytope(
       [[0.875 0.125]
        [0.125 0.875]]
     """
+    _jaxopt_options("birkhoff_polytope", hyperparams, make_solver, use_semi_dual)
     del hyperparams
     x, a, b = _square(x, "birkhoff_polytope")
     return _project("euclidean", "birkhoff_polytope", x, a, b, maxiter, tol, solve)
@@ -611,6 +645,8 @@ def kl_birkhoff_polytope(
     maxiter: int = 1000,
     tol: float | None = None,
     solve: str | Callable | None = None,
+    make_solver: Callable | None = None,
+    use_semi_dual: bool = True,
 ) -> jax.Array:
     """KL projection onto the Birkhoff polytope: Sinkhorn scaling of exp(X) to doubly stochastic.
 
@@ -626,6 +662,9 @@ def kl_birkhoff_polytope(
         float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"auto"``).
+      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
+        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
+        always solved (other values: ``TypeError`` naming them).
 
     Returns:
       P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
@@ -639,6 +678,7 @@ def kl_birkhoff_polytope(
       [[0.75 0.25]
        [0.25 0.75]]
     """
+    _jaxopt_options("kl_birkhoff_polytope", hyperparams, make_solver, use_semi_dual)
     del hyperparams
     x, a, b = _square(x, "kl_birkhoff_polytope")
     return _project("kl", "kl_birkhoff_polytope", x, a, b, maxiter, tol, solve)

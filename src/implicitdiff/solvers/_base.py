@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -31,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, _loop, _summary, linear_solve, optimality
+from implicitdiff import _checks, _loop, _summary, linear_solve, optimality, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_fixed_point, custom_root
@@ -39,9 +40,10 @@ from implicitdiff.solvers import _dtypes, _run_options
 from implicitdiff.solvers._compile_cache import CompiledView, freeze
 from implicitdiff.solvers._failures import Status, apply_failure_policy, check_failure_policies
 from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
+from implicitdiff.solvers._run_options import bind_leading
 from implicitdiff.solvers._unroll import UnrolledLoop
 
-__all__ = ["DifferentiableRun", "IterativeSolver", "OptStep"]
+__all__ = ["DifferentiableRun", "IterativeSolver", "OptStep", "positional_method"]
 
 
 class OptStep(NamedTuple):
@@ -118,6 +120,12 @@ class DifferentiableRun(abc.ABC):
     backward_on_failure: str = "warn"
     implicit_diff_solve: str | Callable | None = None
 
+    # (name, what) of the option that JAXopt calls ``solve`` in a solver where JAXopt's solve
+    # is not the implicit derivative's (EqualityConstrainedQP, IterativeRefinement): solve=
+    # is then refused, naming both options (None: solve= is the derivative's, as JAXopt's
+    # implicit_diff_solve).
+    _jaxopt_solve_is = None
+
     def __new__(cls, *args, **kwargs):
         # JAXopt's options that no field takes: a TypeError naming the alternative.
         refuse_jaxopt_options(cls, kwargs)
@@ -139,6 +147,15 @@ class DifferentiableRun(abc.ABC):
                 linear_solve.resolve(self.implicit_diff_solve)
             except (TypeError, ValueError) as error:
                 raise type(error)(f"{owner}: implicit_diff_solve: {error}") from None
+        inner = type(self)._jaxopt_solve_is
+        if inner is not None and self.solve is not None:
+            raise TypeError(
+                f"{owner}: solve= is refused here, as its meaning differs from JAXopt's: in "
+                f"JAXopt, {owner}'s solve is the {inner[1]} linear solver, {inner[0]}= here; "
+                "solve= is the implicit derivative's linear solver in every solver here. Pass "
+                f"{inner[0]}= for JAXopt's solve=, or implicit_diff_solve= for the implicit "
+                "derivative's"
+            )
         linear_solve.resolve(self.solve)  # an unknown name raises here, naming solve
         check_failure_policies(owner, self.on_failure, self.backward_on_failure)
         object.__setattr__(self, "_compiled", CompiledView(self))
@@ -181,16 +198,61 @@ class DifferentiableRun(abc.ABC):
             of ``run`` after ``init_params``.
         """
 
-    def l2_optimality_error(self, params: PyTree, /, *args, **kwargs) -> jax.Array:
-        """‖F(params, *args, **kwargs)‖₂, the residual of the solver's optimality condition.
+    # JAXopt's name of the first argument of ``optimality_fun`` ("sol" on some of its solvers).
+    _solution_name = "params"
 
-        JAXopt's ``l2_optimality_error``: with the condition F = 0 of :meth:`optimality`, its
-        norm; with the fixed point x = T(x), ‖T(x) − x‖₂. Zero at a solution; the arguments are
-        those of ``run`` after ``init_params``.
+    def optimality_fun(self, *args, **kwargs) -> PyTree:
+        """F(params, *args, **kwargs): the residual whose root is the solution (JAXopt's method).
+
+        With the condition F = 0 of :meth:`optimality`, F; with the fixed point x = T(x),
+        F(x) = T(x) − x (as JAXopt's fixed-point solvers). The arguments are those of ``run``
+        with the solution first (``params``, or by JAXopt's keyword name of it).
+
+        Args:
+          *args: ``params`` (a solution candidate), then the arguments of ``run`` after
+            ``init_params``.
+          **kwargs: their keyword arguments.
+
+        Returns:
+          F(params, *args, **kwargs), a pytree (zero at a solution).
         """
+        owner = f"{type(self).__name__}.optimality_fun"
+        args, kwargs = bind_leading(owner, (self._solution_name,), args, kwargs)
+        params, *args = args
+        args, kwargs = self._bind_keywords(*self._fill_optional(tuple(args), kwargs))
+        return self._optimality_residual(params, args, kwargs)
+
+    def _optimality_residual(self, params: PyTree, args: tuple, kwargs: dict) -> PyTree:
+        """F(params, *args, **kwargs) from :meth:`optimality` (arguments already bound)."""
         kind, condition = self.optimality()
-        args, kwargs = self._bind_keywords(args, kwargs)
-        return _run_options.l2_optimality_error(kind, condition, params, args, kwargs)
+        return _run_options.residual(kind, condition, params, args, kwargs)
+
+    def l2_optimality_error(self, params: PyTree, *args, **kwargs) -> jax.Array:
+        """‖F(params, *args, **kwargs)‖₂, the norm of :meth:`optimality_fun` (JAXopt's method).
+
+        With the condition F = 0 of :meth:`optimality`, ‖F‖₂; with the fixed point x = T(x),
+        ‖T(x) − x‖₂. Zero at a solution.
+
+        Args:
+          params: the point (a solution candidate).
+          *args: the arguments of ``run`` after ``init_params``.
+          **kwargs: their keyword arguments.
+
+        Returns:
+          The scalar ‖F(params, *args, **kwargs)‖₂.
+        """
+        args, kwargs = self._bind_keywords(*self._fill_optional(args, kwargs))
+        return tree.norm(self._optimality_residual(params, args, kwargs))
+
+    # Whether the first of ``_run_arguments`` is optional, None by default (JAXopt's
+    # hyperparams_proj of ProjectedGradient and MirrorDescent).
+    _run_argument_optional = False
+
+    def _fill_optional(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """(args, kwargs) with the optional first run argument set to None if not given."""
+        if not self._run_argument_optional or args or self._run_arguments[0] in kwargs:
+            return args, kwargs
+        return (None,), kwargs
 
     def _backward_solve(self) -> str | Callable | None:
         """The linear solver of the implicit derivative: ``solve``, or JAXopt's spelling."""
@@ -415,6 +477,9 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
     verbose: bool | int = False
     unroll: bool | str = "auto"
 
+    # The name that ``verbose`` prints (None: the class's; an engine prints its owner's).
+    _report_name = None
+
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).
 
@@ -446,6 +511,22 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         Returns:
           ``OptStep(params, state)``: the next iterate and its state (``iter_num`` + 1).
         """
+
+    def __init_subclass__(cls, **kwargs):
+        # JAXopt's init_state(init_params, ...) and update(params, state, ...) take their
+        # leading arguments by keyword too: each subclass's own positional-only ones are made
+        # keyword-able by a wrapper (its signature without the "/"). The loop calls the
+        # positional-only originals, so that a keyword argument of the user's function named
+        # like them never meets them (:func:`positional_method`).
+        super().__init_subclass__(**kwargs)
+        for name in ("init_state", "update"):
+            function = cls.__dict__.get(name)
+            if function is None or hasattr(function, "_positional"):
+                continue
+            parameters = list(inspect.signature(function).parameters.values())[1:]
+            leading = tuple(p.name for p in parameters if p.kind is p.POSITIONAL_ONLY)
+            if leading:
+                setattr(cls, name, _keyword_leading(function, name, leading))
 
     def __post_init__(self):
         if not (isinstance(self.maxiter, int) and self.maxiter >= 1):
@@ -536,18 +617,19 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         return self._iterate(init_params, *args, **kwargs)
 
     def _iterate(self, init_params, /, *args, **kwargs):
-        state = self.init_state(init_params, *args, **kwargs)
+        state = positional_method(self, "init_state")(init_params, *args, **kwargs)
+        update = positional_method(self, "update")
 
         def step(carry):
             params, state = carry
-            return tuple(self.update(params, state, *args, **kwargs))
+            return tuple(update(params, state, *args, **kwargs))
 
         if self.implicit_diff:
 
             def reported_step(carry):
                 carry = step(carry)
                 if self.verbose:
-                    _run_options.report(type(self).__name__, carry[1])
+                    _run_options.report(self._report_name or type(self).__name__, carry[1])
                 return carry
 
             # jit=False on concrete arguments: a Python loop (a NumPy-only fun works).
@@ -571,6 +653,43 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         if "status" in getattr(state, "_fields", ()):
             broken = broken | (jnp.asarray(state.status) >= Status.PRIMAL_INFEASIBLE)
         return broken
+
+
+def positional_method(solver: Any, name: str) -> Callable:
+    """``solver.init_state`` or ``solver.update`` (``name``) with its leading arguments taken by
+    position only, as the solver defines it (what the loops call; a solver without the keyword
+    wrapper: its method itself).
+
+    Args:
+      solver: an iterative solver.
+      name: ``"init_state"`` or ``"update"``.
+
+    Returns:
+      The bound method, taking ``(init_params, *args, **kwargs)`` or ``(params, state, *args,
+        **kwargs)`` with every keyword passed on to the problem's functions.
+    """
+    method = getattr(type(solver), name)
+    return functools.partial(getattr(method, "_positional", method), solver)
+
+
+def _keyword_leading(function: Callable, name: str, leading: tuple) -> Callable:
+    """``function`` (a method whose parameters ``leading`` are positional-only) taking them by
+    keyword too, with the signature and docstring of ``function`` without the ``/``."""
+
+    @functools.wraps(function)
+    def method(self, *args, **kwargs):
+        owner = f"{type(self).__name__}.{name}"
+        args, kwargs = bind_leading(owner, leading, args, kwargs)
+        return function(self, *args, **kwargs)
+
+    signature = inspect.signature(function)
+    parameters = [
+        p.replace(kind=p.POSITIONAL_OR_KEYWORD) if p.kind is p.POSITIONAL_ONLY else p
+        for p in signature.parameters.values()
+    ]
+    method.__signature__ = signature.replace(parameters=parameters)
+    method._positional = function
+    return method
 
 
 def _finite(params: PyTree) -> jax.Array:

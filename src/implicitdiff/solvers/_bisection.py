@@ -140,11 +140,12 @@ class Bisection(IterativeSolver):
             )
         return value
 
-    def init_state(self, init_params, /, *args, **kwargs) -> BisectionState:
-        """The state at the start: G at lower, upper and ``init_params``, and the bracket.
+    def init_state(self, init_params=None, /, *args, **kwargs) -> BisectionState:
+        """The state at the start: G at lower, upper and their midpoint x₀, and the bracket.
 
         Args:
-          init_params: the first iterate, the midpoint of [lower, upper] (``run`` passes it).
+          init_params: ignored, as JAXopt's (the first iterate is the midpoint x₀ of [lower,
+            upper]); None or a real scalar.
           *args: the arguments of ``optimality_fun`` after x, as in ``run``.
           **kwargs: its keyword arguments, as in ``run``.
 
@@ -154,8 +155,16 @@ class Bisection(IterativeSolver):
 
         Raises:
           TypeError: G does not return a scalar.
+          ValueError: with ``check_bracket`` and concrete arguments, an invalid bracket (as
+            JAXopt's ``init_state``), naming lower, upper and G there.
         """
-        dtype = jnp.result_type(init_params)
+        dtype = jnp.result_type(float)
+        if init_params is not None:
+            _dtypes.check_real_params(
+                init_params, "Bisection.init_state", type(self)._COMPLEX_SOLVERS
+            )
+            if jnp.issubdtype(jnp.result_type(init_params), jnp.floating):
+                dtype = jnp.result_type(init_params)
         low = jnp.asarray(self.lower, dtype)
         high = jnp.asarray(self.upper, dtype)
         value_low = self._value(low, args, kwargs)
@@ -165,9 +174,12 @@ class Bisection(IterativeSolver):
             & jnp.isfinite(value_high)
             & (jnp.sign(value_low) * jnp.sign(value_high) <= 0)
         )
+        if self.check_bracket and not _is_tracer(valid) and not bool(valid):
+            self._bad_bracket(value_low, value_high)
         # Increasing across the bracket: G(upper) > 0 or G(lower) < 0.
         sign = jnp.where((value_high > 0) | (value_low < 0), 1.0, -1.0).astype(dtype)
-        value = self._value(init_params, args, kwargs)
+        start = 0.5 * (low + high)
+        value = self._value(start, args, kwargs)
         return BisectionState(
             iter_num=jnp.asarray(0),
             error=abs_error(value, dtype),
@@ -177,14 +189,24 @@ class Bisection(IterativeSolver):
             high=high,
             sign=sign,
             valid_bracket=valid,
-            aux=self._with_aux.aux(init_params, *args, **kwargs),
+            aux=self._with_aux.aux(start, *args, **kwargs),
+        )
+
+    def _bad_bracket(self, low_value, high_value):
+        raise ValueError(
+            f"Bisection: the bracket [lower={self.lower!r}, upper={self.upper!r}] is "
+            f"invalid: G(lower) = {float(low_value):.6g} and G(upper) = "
+            f"{float(high_value):.6g} must be finite and of opposite signs (or one "
+            "zero). Widen or move lower/upper, or pass check_bracket=False to get "
+            "state.valid_bracket = False instead."
         )
 
     def update(self, params, state: BisectionState, /, *args, **kwargs) -> OptStep:
         """One bisection step: the half of the bracket where G changes sign, x⁺ its midpoint.
 
         Args:
-          params: the current iterate x, the midpoint of the state's bracket.
+          params: ignored, as JAXopt's (None allowed): the current iterate x is the midpoint of
+            the state's bracket.
           state: the state at x (from ``init_state`` or the last ``update``).
           *args: the arguments of ``optimality_fun`` after x, as in ``run``.
           **kwargs: its keyword arguments, as in ``run``.
@@ -193,8 +215,10 @@ class Bisection(IterativeSolver):
           ``OptStep(params, state)``: x⁺ and its state (G and the error |G| at x⁺, the halved
             bracket).
         """
-        # params is the midpoint of [low, high] and state.value = G(params): keep the half on
+        # The iterate is the midpoint of [low, high] and state.value = G there: keep the half on
         # which G changes sign, then evaluate G at its midpoint.
+        del params
+        params = 0.5 * (state.low + state.high)
         below = state.sign * state.value < 0  # the root is above params
         low = jnp.where(below, params, state.low)
         high = jnp.where(below, state.high, params)
@@ -257,11 +281,5 @@ class Bisection(IterativeSolver):
             if not _is_tracer(valid) and not bool(valid):
                 low_value = self._root_fun(self.lower, *args, **kwargs)
                 high_value = self._root_fun(self.upper, *args, **kwargs)
-                raise ValueError(
-                    f"Bisection: the bracket [lower={self.lower!r}, upper={self.upper!r}] is "
-                    f"invalid: G(lower) = {float(low_value):.6g} and G(upper) = "
-                    f"{float(high_value):.6g} must be finite and of opposite signs (or one "
-                    "zero). Widen or move lower/upper, or pass check_bracket=False to get "
-                    "state.valid_bracket = False instead."
-                )
+                self._bad_bracket(low_value, high_value)
         return result

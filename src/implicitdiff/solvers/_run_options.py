@@ -1,8 +1,10 @@
 """Options every solver shares with JAXopt: the optimality error, ``verbose`` and ``jit=False``.
 
-- :func:`l2_optimality_error`: ‖F(x, *args)‖₂ for a solver whose condition is the root
-  F(x, *args) = 0, and ‖T(x, *args) − x‖₂ for one whose condition is the fixed point
-  x = T(x, *args) (the residual of the condition that the solution is differentiated through).
+- :func:`residual`: F(x, *args) for a solver whose condition is the root F(x, *args) = 0, and
+  T(x, *args) − x for one whose condition is the fixed point x = T(x, *args) (JAXopt's
+  ``optimality_fun``; its norm is ``l2_optimality_error``).
+- :func:`bind_leading`: a method's leading arguments by JAXopt's keyword names
+  (``init_state(init_params=...)``, ``update(params=..., state=...)``).
 - :func:`report`: the line printed per iteration with ``verbose`` (``jax.debug.print``, so that
   it prints from a compiled loop too, in the order of the iterations).
 - :func:`is_concrete` and :func:`eager_while_loop`: with ``jit=False`` and concrete arguments
@@ -21,11 +23,12 @@ from implicitdiff import tree
 from implicitdiff._typing import PyTree
 
 __all__ = [
+    "bind_leading",
     "check_verbose",
     "eager_while_loop",
     "is_concrete",
-    "l2_optimality_error",
     "report",
+    "residual",
     "untraceable",
 ]
 
@@ -44,11 +47,54 @@ def check_verbose(owner: str, verbose: Any) -> None:
         raise TypeError(f"{owner}: verbose must be a bool or an int, got {verbose!r}")
 
 
-def l2_optimality_error(kind: str, condition: Callable, params: PyTree, args, kwargs) -> jax.Array:
-    """‖F(x)‖₂ for ``kind == "root"``, ‖T(x) − x‖₂ for ``kind == "fixed_point"``."""
+def residual(kind: str, condition: Callable, params: PyTree, args, kwargs) -> PyTree:
+    """F(x) for ``kind == "root"``, T(x) − x for ``kind == "fixed_point"``.
+
+    Args:
+      kind: ``"root"`` or ``"fixed_point"``, as a solver's ``optimality()`` returns it.
+      condition: F or T, called as ``condition(params, *args, **kwargs)``.
+      params: the point x.
+      args, kwargs: the problem's arguments.
+
+    Returns:
+      The residual, a pytree like the condition's value.
+    """
     value = condition(params, *args, **kwargs)
-    residual = value if kind == "root" else tree.sub(value, params)
-    return tree.norm(residual)
+    return value if kind == "root" else tree.sub(value, params)
+
+
+def bind_leading(owner: str, names: tuple, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """(args, kwargs) with the leading parameters ``names`` all positional, as Python binds
+    ``def owner(<names>, *args, **kwargs)``: a name given by keyword fills its place when the
+    positional arguments stop before it.
+
+    Args:
+      owner: ``"Solver.method"``, for the messages.
+      names: the leading parameters' names, in order.
+      args, kwargs: the call's arguments.
+
+    Returns:
+      ``(args, kwargs)`` with the leading parameters first in ``args``.
+
+    Raises:
+      TypeError: a name given both ways ("multiple values"), or missing, naming it.
+    """
+    count = len(args)
+    if not any(name in kwargs for name in names):
+        if count < len(names):
+            missing = ", ".join(repr(n) for n in names[count:])
+            raise TypeError(f"{owner}() missing required argument(s): {missing}")
+        return args, kwargs
+    kwargs = dict(kwargs)
+    leading = list(args[: len(names)])
+    for position, name in enumerate(names):
+        if name in kwargs and position < count:
+            raise TypeError(f"{owner}() got multiple values for argument {name!r}")
+        if position >= count:
+            if name not in kwargs:
+                raise TypeError(f"{owner}() missing required argument: {name!r}")
+            leading.append(kwargs.pop(name))
+    return (*leading, *args[len(names) :]), kwargs
 
 
 def report(owner: str, state: Any) -> None:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from implicitdiff import _loop, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._anderson import mixing_weights, slot_products, stack_slot
-from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._base import IterativeSolver, OptStep, positional_method
 
 __all__ = ["AndersonWrapper", "AndersonWrapperState"]
 
@@ -131,7 +131,7 @@ class AndersonWrapper(IterativeSolver):
           An ``AndersonWrapperState`` with iter_num 0 and the solver's error at x₀.
         """
         m = self.history_size
-        solver_state = self.solver.init_state(init_params, *args, **kwargs)
+        solver_state = positional_method(self.solver, "init_state")(init_params, *args, **kwargs)
         empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), leaf.dtype), init_params)
         return AndersonWrapperState(
             iter_num=jnp.asarray(0),
@@ -170,13 +170,15 @@ class AndersonWrapper(IterativeSolver):
                 return current + jnp.tensordot(alpha.astype(xs.dtype), differences, axes=1)
 
             point = tree.map(combine, state.params_history, state.residuals_history, params)
-            return point, self.solver.init_state(point, *args, **kwargs)
+            return point, positional_method(self.solver, "init_state")(point, *args, **kwargs)
 
         def plain(params, solver_state):
             return params, solver_state
 
         start, solver_state = _loop.cond(mix, mixed, plain, params, state.solver_state)
-        next_params, solver_state = self.solver.update(start, solver_state, *args, **kwargs)
+        next_params, solver_state = positional_method(self.solver, "update")(
+            start, solver_state, *args, **kwargs
+        )
         step = tree.sub(next_params, start)
         position = jnp.mod(k, m)
         params_history = stack_slot(state.params_history, position, start)

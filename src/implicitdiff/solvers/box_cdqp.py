@@ -29,6 +29,14 @@ def _box_fixed_point(x, params_obj, params_ineq):
 _box_fixed_point.symmetric = False
 
 
+def _box_residual(x, params_obj, params_ineq):
+    """clip(x − (Qx + c), l, u) − x (Q symmetrized): JAXopt's BoxCDQP residual."""
+    Q, c = params_obj
+    lower, upper = params_ineq
+    grad = 0.5 * (Q @ x + Q.T @ x) + c
+    return clip_to_box(x - grad, lower, upper) - x
+
+
 class BoxCDQPState(NamedTuple):
     """iter_num (sweeps done), error = ‖x − clip(x − D⁻¹(Qx + c), l, u)‖₂, converged, status,
     quadratic = (Q + Qᵀ)/2, formed once by ``init_state`` (None: formed at each sweep)."""
@@ -79,6 +87,7 @@ class BoxCDQP(IterativeSolver):
     """
 
     _user_function = None  # run has its own signature
+    _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 
     maxiter: int = 1000
     tol: float = 1e-8
@@ -186,6 +195,12 @@ class BoxCDQP(IterativeSolver):
             iter_num=state.iter_num + 1, error=error.astype(state.error.dtype), quadratic=P
         )
         return OptStep(x, state)
+
+    def _optimality_residual(self, params, args, kwargs):
+        """JAXopt's ``optimality_fun``: clip(x − (Qx + c), l, u) − x (the projected-gradient
+        residual, unit step; Q symmetrized), zero exactly at the solutions as the D⁻¹-scaled
+        fixed point of :meth:`optimality` is; ``l2_optimality_error`` is its norm, as JAXopt's."""
+        return _box_residual(params, *args, **kwargs)
 
     def optimality(self):
         """The condition that the solution is differentiated through: x = T(x, (Q, c), (l, u)), with

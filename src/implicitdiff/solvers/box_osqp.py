@@ -105,6 +105,8 @@ def box_qp_optimality(
 class _BoxEngine(OSQP):
     """:class:`OSQP` on the problem given in the stacked form: (Q, c), A, (l, u)."""
 
+    _report_name = "BoxOSQP"  # verbose prints its owner's name
+
     def _stack(self, params_obj, params_eq, params_ineq) -> Data:
         if self._matrix_free():
             Q, c = params_obj
@@ -261,6 +263,7 @@ class BoxOSQP(IterativeSolver):
                 implicit_diff=self.implicit_diff,
                 unroll_checkpoint=self.unroll_checkpoint,
                 jit=False,
+                verbose=self.verbose,
             )
         except ValueError as error:  # name JAXopt's fields, not the engine's
             message = str(error)

@@ -80,7 +80,9 @@ class EqualityConstrainedQP(IterativeSolver):
         ``refine_maxiter`` steps (default 10) or until the residual is below ``tol``.
       maxiter, tol: stop when ‖K z − r‖∞ ≤ tol (1 + ‖r‖∞) (default tol 1e-6: the direct solve
         reaches about 1e-15 in float64, 1e-7 in float32), or after maxiter (10) refinement steps.
-      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+      implicit_diff, unroll_checkpoint, jit: see :class:`IterativeSolver`; the implicit
+        derivative's linear solver is ``implicit_diff_solve`` (``solve=`` is refused: JAXopt's
+        ``solve`` is ``kkt_solve`` here).
 
     Example:
       >>> import jax.numpy as jnp
@@ -93,6 +95,7 @@ class EqualityConstrainedQP(IterativeSolver):
     """
 
     _user_function = None  # run has its own signature
+    _jaxopt_solve_is = ("kkt_solve", "KKT system's")  # JAXopt's solve=: refused (_base)
 
     matvec_Q: Callable | None = dataclasses.field(default=None, kw_only=False)
     matvec_A: Callable | None = dataclasses.field(default=None, kw_only=False)

@@ -64,7 +64,9 @@ class IterativeRefinement(IterativeSolver):
         it calls ``solve``: here ``solve`` is the solver of the implicit derivative, as for
         every solver).
       maxiter, tol: stop when ‖b − A x‖ ≤ tol (default 1e-7) or after maxiter (10) steps.
-      implicit_diff, solve, unroll_checkpoint, jit: see :class:`IterativeSolver`.
+      implicit_diff, unroll_checkpoint, jit: see :class:`IterativeSolver`; the implicit
+        derivative's linear solver is ``implicit_diff_solve`` (``solve=`` is refused: JAXopt's
+        ``solve`` is ``inner_solve`` here).
 
     Example:
       >>> import jax.numpy as jnp
@@ -74,6 +76,7 @@ class IterativeRefinement(IterativeSolver):
     """
 
     _user_function = None  # run has its own signature
+    _jaxopt_solve_is = ("inner_solve", "inner")  # JAXopt's solve=: refused (_base)
 
     matvec_A: Callable | None = dataclasses.field(default=None, kw_only=False)
     matvec_A_bar: Callable | None = dataclasses.field(default=None, kw_only=False)

@@ -137,6 +137,7 @@ class LBFGSB(IterativeSolver):
     """
 
     _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
+    _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     value_and_grad: bool = dataclasses.field(default=False, kw_only=False)

@@ -86,6 +86,8 @@ class MirrorDescent(IterativeSolver):
     """
 
     _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
+    _run_argument_optional = True  # hyperparams_proj=None, as JAXopt
+    _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     projection_grad: Callable | None = dataclasses.field(default=None, kw_only=False)

@@ -300,6 +300,7 @@ class ProximalGradient(_ProximalGradientBase):
     """
 
     _run_arguments = ("hyperparams_prox",)  # run(init_params, hyperparams_prox, *args, **kwargs)
+    _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     prox: Callable = dataclasses.field(default=prox_operators.none, kw_only=False)
@@ -407,6 +408,8 @@ class ProjectedGradient(_ProximalGradientBase):
     """
 
     _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
+    _run_argument_optional = True  # hyperparams_proj=None, as JAXopt
+    _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     projection: Callable | None = dataclasses.field(default=None, kw_only=False)

@@ -148,6 +148,8 @@ class ScipyMinimize(HostWrapper):
       >>> w, state = ScipyMinimize(fun=f).run(jnp.zeros(3), 1.0)  # w = 1 / (1 + lam)
     """
 
+    _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
+
     fun: Callable | None = None
     method: str | Callable = dataclasses.field(default="L-BFGS-B", kw_only=False)
     tol: float = 1e-10

@@ -225,6 +225,7 @@ class ScipyLeastSquares(HostWrapper):
     """
 
     _user_function = "residual_fun"
+    _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 
     residual_fun: Callable | None = None
     method: str = dataclasses.field(default="trf", kw_only=False)
