@@ -510,9 +510,10 @@ def transport_polytope(
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"cg"``, which also solves the singular but consistent system of a solution
         whose support is disconnected, as a permutation matrix; dense ``"lu"`` fails there).
-      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
-        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
-        always solved (other values: ``TypeError`` naming them).
+      make_solver: JAXopt's option, accepted at its default (None); the inner solver is set by
+        ``maxiter``, ``tol``, ``solve`` here (another value: ``TypeError`` naming it).
+      use_semi_dual: JAXopt's option, accepted at its default (True): the semi-dual is always
+        solved (False: ``TypeError`` naming it).
 
     Returns:
       P*, shape (n, m), in the floating dtype that X, a and b promote to.
@@ -572,9 +573,10 @@ def kl_transport_polytope(
         float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"auto"``).
-      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
-        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
-        always solved (other values: ``TypeError`` naming them).
+      make_solver: JAXopt's option, accepted at its default (None); the inner solver is set by
+        ``maxiter``, ``tol``, ``solve`` here (another value: ``TypeError`` naming it).
+      use_semi_dual: JAXopt's option, accepted at its default (True): the semi-dual is always
+        solved (False: ``TypeError`` naming it).
 
     Returns:
       P*, shape (n, m), in the floating dtype that X, a and b promote to.
@@ -616,9 +618,10 @@ def birkhoff_polytope(
         float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"cg"``).
-      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
-        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
-        always solved (other values: ``TypeError`` naming them).
+      make_solver: JAXopt's option, accepted at its default (None); the inner solver is set by
+        ``maxiter``, ``tol``, ``solve`` here (another value: ``TypeError`` naming it).
+      use_semi_dual: JAXopt's option, accepted at its default (True): the semi-dual is always
+        solved (False: ``TypeError`` naming it).
 
     Returns:
       P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
@@ -662,9 +665,10 @@ def kl_birkhoff_polytope(
         float64 and about 2e-5 in float32 (``linear_solve.default_tol``).
       solve: the linear solver of the implicit derivative, as in :func:`implicitdiff.custom_root`
         (default ``"auto"``).
-      make_solver, use_semi_dual: JAXopt's options, accepted at their defaults (None, True);
-        the inner solver is set by ``maxiter``, ``tol``, ``solve`` here, and the semi-dual is
-        always solved (other values: ``TypeError`` naming them).
+      make_solver: JAXopt's option, accepted at its default (None); the inner solver is set by
+        ``maxiter``, ``tol``, ``solve`` here (another value: ``TypeError`` naming it).
+      use_semi_dual: JAXopt's option, accepted at its default (True): the semi-dual is always
+        solved (False: ``TypeError`` naming it).
 
     Returns:
       P*, shape (n, n), doubly stochastic, in the floating dtype of X (integers: the default
