@@ -452,10 +452,11 @@ def reading(results: list[Result]) -> str:
         "Problem by problem:",
         *[f"  - {where(r)}." for r in results],
         "- Dense or Krylov, by cost (`linear_solve.auto_choice`): a dense LU costs n products "
-        "(made at once by `vmap`, about half a lone product each) plus ⅔n³; CG or GMRES costs "
-        "about 30 products (the expected count; each product's cost is counted on the "
-        "matvec's jaxpr). `auto` picks LU only when it is estimated cheaper, and never above "
-        "200 unknowns. A fixed threshold of 200 unknowns used to pick LU for the logistic "
+        "(made at once by `vmap`, about half a lone product each) plus ⅔n³; CG costs about 30 "
+        "products and GMRES n (the expected counts: GMRES has no smaller bound on a "
+        "non-symmetric system; each product's cost is counted on the matvec's jaxpr). `auto` "
+        "picks LU only when it is estimated cheaper, and never above 200 unknowns. A fixed "
+        "threshold of 200 unknowns used to pick LU for the logistic "
         "regression with 100 features and the lasso 300 × 100, where 100 batched Hessian-vector "
         "products cost more than the 20 to 40 of CG.",
         "- Support restriction: for proximal gradient with `prox.l1` and projected gradient "

@@ -625,15 +625,16 @@ def auto_choice(
     Above ``dense_max_size`` unknowns, never dense: ``"cg"`` when ``symmetric``, else
     ``"gmres"``. At or below it, ``"lu"`` when its estimated cost, n products with A (batched)
     to build the matrix plus ⅔n³ for the factorization, is at most that of k Krylov iterations,
-    k = min(n, ``iterations``, default 30), each product's cost counted on the matvec's jaxpr
-    (traced once, not run; see ``_linear_solve_more.dense_is_cheaper`` for the formula).
+    k = min(n, ``iterations``; default 30 for CG, n for GMRES, which has no smaller bound on a
+    non-symmetric system), each product's cost counted on the matvec's jaxpr (traced once, not
+    run; see ``_linear_solve_more.dense_is_cheaper`` for the formula).
 
     Args:
       matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
       b: the right-hand side, a pytree of arrays.
       symmetric: whether A is symmetric (default False).
       dense_max_size: the most unknowns solved densely (default :data:`DENSE_MAX_SIZE`).
-      iterations: the Krylov iterations expected; None: 30.
+      iterations: the Krylov iterations expected; None: 30 for CG, n for GMRES.
 
     Returns:
       ``"lu"``, ``"cg"`` or ``"gmres"``.
