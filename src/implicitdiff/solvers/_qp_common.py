@@ -234,3 +234,45 @@ def clip_to_box(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
 
 def dtype_of(*values: Any) -> Any:
     return tree.dtype([v for v in values if v is not None])
+
+
+def fun_primal_start(
+    owner: str, fun: Callable, x0: Any, layout: str, params_obj: PyTree
+) -> tuple[jax.Array, int, Any]:
+    """With ``fun`` (OSQP, BoxOSQP): the start's primal x as a 1-D array, its size and dtype,
+    after checking that x is given and that fun(x, params_obj) is a real scalar.
+
+    Raises:
+      ValueError: x0 None, or not 1-D.
+      TypeError: fun's value is not a real scalar (see :func:`check_fun_value`).
+    """
+    check_fun_start(owner, fun, x0, layout)
+    x0 = jnp.asarray(x0)
+    if x0.ndim != 1:
+        raise ValueError(f"{owner}: with fun, x must be a 1-D array, got shape {x0.shape}")
+    check_fun_value(owner, fun, params_obj, x0)
+    return x0, x0.shape[0], dtype_of(x0)
+
+
+def check_osqp_jaxopt_options(owner: str, solver: Any) -> None:
+    """JAXopt's BoxOSQP options that OSQP and BoxOSQP accept without effect, checked as JAXopt
+    types them: ``check_primal_dual_infeasability`` ("auto", True, False), ``eq_qp_solve``
+    ("cg", "cg+jacobi", "lu"), ``termination_check_frequency`` (a positive int).
+
+    Raises:
+      ValueError: a value outside these.
+    """
+    if solver.check_primal_dual_infeasability not in ("auto", True, False):
+        raise ValueError(
+            f"{owner}: check_primal_dual_infeasability must be 'auto', True or False, got "
+            f"{solver.check_primal_dual_infeasability!r}"
+        )
+    if solver.eq_qp_solve not in ("cg", "cg+jacobi", "lu"):
+        raise ValueError(
+            f"{owner}: eq_qp_solve must be 'cg', 'cg+jacobi' or 'lu', got {solver.eq_qp_solve!r}"
+        )
+    frequency = solver.termination_check_frequency
+    if not (isinstance(frequency, int) and not isinstance(frequency, bool) and frequency >= 1):
+        raise ValueError(
+            f"{owner}: termination_check_frequency must be a positive int, got {frequency!r}"
+        )

@@ -25,11 +25,11 @@ from implicitdiff.solvers._osqp_parts import Data
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
     check_fun,
-    check_fun_start,
-    check_fun_value,
+    check_osqp_jaxopt_options,
     check_pair,
     clip_to_box,
     dtype_of,
+    fun_primal_start,
     qp_objective,
 )
 from implicitdiff.solvers.osqp import OSQP, OSQPState
@@ -232,19 +232,7 @@ class BoxOSQP(IterativeSolver):
             if value is not None and not callable(value):
                 raise TypeError(f"BoxOSQP: {name} must be callable or None, got {value!r}")
         check_fun("BoxOSQP", self.fun, self.matvec_Q)
-        if self.check_primal_dual_infeasability not in ("auto", True, False):
-            raise ValueError(
-                "BoxOSQP: check_primal_dual_infeasability must be 'auto', True or False, got "
-                f"{self.check_primal_dual_infeasability!r}"
-            )
-        if self.eq_qp_solve not in ("cg", "cg+jacobi", "lu"):
-            raise ValueError(
-                f"BoxOSQP: eq_qp_solve must be 'cg', 'cg+jacobi' or 'lu', got {self.eq_qp_solve!r}"
-            )
-        for name in ("termination_check_frequency",):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"BoxOSQP: {name} must be a positive int, got {value!r}")
+        check_osqp_jaxopt_options("BoxOSQP", self)
         try:
             engine = _BoxEngine(
                 matvec_Q=self.matvec_Q,
@@ -321,12 +309,9 @@ class BoxOSQP(IterativeSolver):
         primal, y0, _ = init_params
         x0, z0 = primal if isinstance(primal, (tuple, list)) else (primal, None)
         if self.fun is not None:
-            check_fun_start("BoxOSQP", self.fun, x0, "KKTSolution((x0, None), None, None)")
-            x0 = jnp.asarray(x0)
-            if x0.ndim != 1:
-                raise ValueError(f"BoxOSQP: with fun, x must be a 1-D array, got shape {x0.shape}")
-            check_fun_value("BoxOSQP", self.fun, params_obj, x0)
-            n, dtype = x0.shape[0], dtype_of(x0)
+            x0, n, dtype = fun_primal_start(
+                "BoxOSQP", self.fun, x0, "KKTSolution((x0, None), None, None)", params_obj
+            )
         else:
             check_pair("params_obj", params_obj)
             Q, c = params_obj

@@ -44,12 +44,12 @@ from implicitdiff.solvers._osqp_parts import (
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
     check_fun,
-    check_fun_start,
-    check_fun_value,
+    check_osqp_jaxopt_options,
     check_pair,
     clip_to_box,
     dtype_of,
     fun_matvec,
+    fun_primal_start,
     qp_kkt,
     quadratic_parts,
 )
@@ -213,23 +213,7 @@ class OSQP(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.check_primal_dual_infeasability not in ("auto", True, False):
-            raise ValueError(
-                "OSQP: check_primal_dual_infeasability must be 'auto', True or False, got "
-                f"{self.check_primal_dual_infeasability!r}"
-            )
-        if self.eq_qp_solve not in ("cg", "cg+jacobi", "lu"):
-            raise ValueError(
-                f"OSQP: eq_qp_solve must be 'cg', 'cg+jacobi' or 'lu', got {self.eq_qp_solve!r}"
-            )
-        if not (
-            isinstance(self.termination_check_frequency, int)
-            and self.termination_check_frequency >= 1
-        ):
-            raise ValueError(
-                "OSQP: termination_check_frequency must be a positive int, got "
-                f"{self.termination_check_frequency!r}"
-            )
+        check_osqp_jaxopt_options("OSQP", self)
         for name in ("rho", "sigma", "rho_min", "rho_max", "polish_delta"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0):
@@ -299,12 +283,9 @@ class OSQP(IterativeSolver):
             init_params = (None, None, None)
         x0, nu0, lam0 = init_params
         if self.fun is not None:
-            check_fun_start("OSQP", self.fun, x0, "KKTSolution(x0, None, None)")
-            x0 = jnp.asarray(x0)
-            if x0.ndim != 1:
-                raise ValueError(f"OSQP: with fun, x must be a 1-D array, got shape {x0.shape}")
-            check_fun_value("OSQP", self.fun, params_obj, x0)
-            n, dtype = x0.shape[0], dtype_of(x0)
+            x0, n, dtype = fun_primal_start(
+                "OSQP", self.fun, x0, "KKTSolution(x0, None, None)", params_obj
+            )
         else:
             Q, c = params_obj
             c = jnp.asarray(c)
