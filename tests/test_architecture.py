@@ -29,6 +29,7 @@ LAYERS = {
     "implicitdiff.linear_solve": 1,
     "implicitdiff._linesearch": 1,
     "implicitdiff._linear_solve_more": 1,
+    "implicitdiff._gmres": 1,
     "implicitdiff._hager_zhang": 1,
     # 2. the engine
     "implicitdiff.implicit": 2,

@@ -207,3 +207,77 @@ def test_linear_solver_family_non_square_operator(name):
     # an operator that applies to b's space but leaves it: ℝ⁷ → ℝ⁴
     with pytest.raises(ValueError, match=r"\(7,\) to \(4,\).*square"):
         solve(lambda v: WIDE.T @ v, WIDE_B)
+
+
+# ---------------------------------------------------------------------------------------------
+# GMRES: our own restarted kernel (_gmres.py), without LAPACK.
+
+
+def _ridge_system():
+    X = jax.random.normal(jax.random.key(0), (300, 250))
+    return X.T @ X + jnp.eye(250), jax.random.normal(jax.random.key(3), (250,))
+
+
+def _nonsymmetric_system(n=120):
+    a = jax.random.normal(jax.random.key(4), (n, n)) / (2 * n**0.5) + jnp.eye(n)
+    return a, jax.random.normal(jax.random.key(5), (n,))
+
+
+@pytest.mark.parametrize("restart", [None, 200, 20, 3])
+def test_gmres_meets_the_tolerance_with_long_and_short_cycles(restart):
+    """The 250-unknown ridge system where jax.scipy's incremental GMRES (cycles of 200) stops at
+    a relative residual of 5e-8 for 1e-10; and a non-symmetric system."""
+    for a, b in (_ridge_system(), _nonsymmetric_system()):
+        x = jax.jit(
+            lambda b, a=a: linear_solve.gmres(lambda v: a @ v, b, tol=1e-10, restart=restart)
+        )(b)
+        assert jnp.linalg.norm(b - a @ x) <= 1e-10 * jnp.linalg.norm(b)
+        np.testing.assert_allclose(x, jnp.linalg.solve(a, b), rtol=1e-7, atol=1e-9)
+
+
+def test_gmres_compiles_to_no_lapack_call():
+    """No custom call (LAPACK's batched kernels hang jaxlib 0.10 on several CPU devices)."""
+    a, b = _nonsymmetric_system()
+    fun = jax.jit(jax.vmap(lambda b: linear_solve.gmres(lambda v: a @ v, b, tol=1e-10)))
+    text = fun.lower(jnp.stack([b, -b])).compile().as_text()
+    assert "custom_call_target" not in text
+
+
+def test_gmres_derivatives_match_the_closed_form():
+    """d/db of ½‖A⁻¹b‖² is A⁻ᵀA⁻¹b (reverse mode: the transposed solve); forward mode A⁻¹v."""
+    a, b = _nonsymmetric_system()
+
+    def loss(b):
+        return 0.5 * jnp.sum(linear_solve.gmres(lambda v: a @ v, b, tol=1e-12) ** 2)
+
+    expected = jnp.linalg.solve(a.T, jnp.linalg.solve(a, b))
+    np.testing.assert_allclose(jax.grad(loss)(b), expected, rtol=1e-9, atol=1e-12)
+    v = jnp.cos(jnp.arange(b.shape[0]))
+    _, tangent = jax.jvp(lambda b: linear_solve.gmres(lambda u: a @ u, b, tol=1e-12), (b,), (v,))
+    np.testing.assert_allclose(tangent, jnp.linalg.solve(a, v), rtol=1e-9, atol=1e-12)
+
+
+def test_gmres_options_warm_start_ridge_preconditioner_maxiter_and_pytrees():
+    a, b = _ridge_system()
+    exact = jnp.linalg.solve(a, b)
+    diag = jnp.diag(a)
+    x = linear_solve.gmres(lambda v: a @ v, b, tol=1e-10, preconditioner=lambda v: v / diag)
+    np.testing.assert_allclose(x, exact, rtol=1e-7, atol=1e-9)
+    x = linear_solve.gmres(lambda v: a @ v - 2.0 * v, b, tol=1e-10, ridge=2.0)
+    np.testing.assert_allclose(x, exact, rtol=1e-7, atol=1e-9)
+    # A warm start at the solution: no cycle runs, the start comes back.
+    x = linear_solve.gmres(lambda v: a @ v, b, tol=1e-8, init=exact)
+    np.testing.assert_array_equal(x, exact)
+    # maxiter: 5 products are not enough; the iterate is returned (the engine checks it).
+    x = linear_solve.gmres(lambda v: a @ v, b, tol=1e-10, maxiter=5, restart=5)
+    residual = jnp.linalg.norm(b - a @ x) / jnp.linalg.norm(b)
+    assert 1e-8 < residual < 1.0
+    # A pytree system: two blocks of the same matrix.
+    tree_b = {"u": b[:100], "w": b[100:]}
+
+    def tree_matvec(t):
+        y = a @ jnp.concatenate([t["u"], t["w"]])
+        return {"u": y[:100], "w": y[100:]}
+
+    x = linear_solve.gmres(tree_matvec, tree_b, tol=1e-10)
+    np.testing.assert_allclose(jnp.concatenate([x["u"], x["w"]]), exact, rtol=1e-7, atol=1e-9)

@@ -149,7 +149,15 @@ def svm_batch_results():
         "sharded": (loss, grads, x, converged),
         "one_device": (loss_1, grads_1, x_1, converged_1),
         "finite_differences": (plus - minus) / (2 * eps),
+        "custom_calls": set(re.findall(r'custom_call_target="([^"]+)"', sharded.as_text())),
     }
+
+
+def test_svm_batch_program_calls_no_lapack():
+    """The sharded program that hung with jax.scipy's GMRES (a batched LAPACK Cholesky per
+    cycle on every device): with linear_solve.gmres only the failure check's callback is left."""
+    calls = svm_batch_results()["custom_calls"]
+    assert not [call for call in calls if "lapack" in call], calls
 
 
 def test_svm_batch_sharded_equals_single_device():

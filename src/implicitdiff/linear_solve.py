@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import jax.scipy.sparse.linalg as jsp_sparse
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff import _gmres, tree
 from implicitdiff import _linear_solve_more as _more
-from implicitdiff import tree
 from implicitdiff._typing import PyTree
 
 Matvec = Callable[[PyTree], PyTree]
@@ -275,15 +275,19 @@ def gmres(
 ) -> PyTree:
     """Restarted GMRES for (A + ridge · I) x = b, any non-singular A.
 
-    Wraps ``jax.scipy.sparse.linalg.gmres`` (its ``"batched"`` method: each cycle builds its
-    whole Krylov basis, then solves the small least-squares problem; the ``"incremental"``
-    method's early stop trusts a residual estimate that, with long cycles, stopped at a true
-    relative residual of 6e-8 for a requested 1e-10 on a ridge system with 250 unknowns). The
+    Each cycle builds an orthonormal Krylov basis (Gram-Schmidt applied twice), reduces the
+    Hessenberg matrix by Givens rotations as it grows and stops as soon as the small
+    least-squares problem meets the tolerance; between cycles the true residual is recomputed
+    and a cycle restarts from it. Only matvecs and array operations, no LAPACK (unlike
+    ``jax.scipy.sparse.linalg.gmres``, whose ``"batched"`` method factorizes with LAPACK — which
+    hangs jaxlib 0.10 on several CPU devices, see docs/multi_device.md — and whose
+    ``"incremental"`` method stagnated at a relative residual of 5e-8 for a requested 1e-10 on a
+    250-unknown ridge system with cycles of 200; complex systems still use the former). The
     default cycle is long for small systems (up to 200 Krylov vectors) and short for large ones
     (at most 2¹⁷ entries of basis, at least 20 vectors): a short cycle can stagnate on the
     non-normal systems of KKT conditions (a box-constrained QP's, 450 unknowns, took 1 s with
-    cycles of 20 and 16 ms with 200), while each cycle costs ``restart`` products and
-    restart · n orthogonalization work whatever the convergence, which dominates for a large n.
+    cycles of 20 and 16 ms with 200), while each cycle costs up to ``restart`` products and
+    restart · n orthogonalization work, which dominates for a large n.
 
     Args:
       matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
@@ -291,8 +295,8 @@ def gmres(
       tol: relative tolerance: stop when ‖b − (A + ridge · I) x‖ ≤ max(tol · ‖b‖, atol);
         None (default): ``default_tol(dtype of b)``.
       atol: absolute tolerance (default 0).
-      maxiter: the most matvecs, rounded up to whole restart cycles; None (default): JAX's
-        default for the method.
+      maxiter: the most matvecs, rounded up to whole restart cycles; None (default): 10 · n
+        (SciPy's default).
       ridge: the Tikhonov term added to A (default 0, ≥ 0).
       init: a warm start x₀, a pytree like b; None (default): zeros.
       preconditioner: a callable approximating ``v ↦ A⁻¹ v``; None (default): none.
@@ -310,9 +314,20 @@ def gmres(
         )
     restart = max(1, min(restart, n))
     maxiter = _maxiter(maxiter)
-    cycles = None if maxiter is None else max(1, math.ceil(maxiter / restart))
-    method = functools.partial(jsp_sparse.gmres, restart=restart, solve_method="batched")
-    return _krylov(method, matvec, b, b, tol, atol, cycles, ridge, init, preconditioner)
+    cycles = max(1, math.ceil((10 * n if maxiter is None else maxiter) / restart))
+    if jnp.issubdtype(tree.dtype(b), jnp.complexfloating):  # jax.scipy's, for complex systems
+        method = functools.partial(jsp_sparse.gmres, restart=restart, solve_method="batched")
+        return _krylov(method, matvec, b, b, tol, atol, cycles, ridge, init, preconditioner)
+    return _gmres.gmres(
+        _add_ridge(matvec, ridge),
+        b,
+        x0=init,
+        tol=_tol(tol, b),
+        atol=atol,
+        restart=restart,
+        cycles=cycles,
+        preconditioner=preconditioner,
+    )
 
 
 @_linear_solver
