@@ -223,7 +223,6 @@ def qp_kkt(
         # Shaped like z: a KKTSolution gives a KKTSolution, as the engine requires.
         return type(z)(*residuals) if isinstance(z, KKTSolution) else residuals
 
-    qp_kkt_optimality.symmetric = False
     return qp_kkt_optimality
 
 

@@ -368,6 +368,5 @@ class BlockCoordinateDescent(IterativeSolver):
             condition = optimality.block_proximal_gradient(self._smooth, self.block_prox, steps)
             return condition(x, hyperparams_prox, *args, **kwargs)
 
-        fixed_point_fun.symmetric = False
         fixed_point_fun.__name__ = "block_proximal_gradient_fixed_point"
         return "fixed_point", fixed_point_fun

@@ -26,9 +26,6 @@ def _box_fixed_point(x, params_obj, params_ineq):
     return clip_to_box(x - grad / jnp.diag(Q), lower, upper)
 
 
-_box_fixed_point.symmetric = False
-
-
 def _box_residual(x, params_obj, params_ineq):
     """clip(x − (Qx + c), l, u) − x (Q symmetrized): JAXopt's BoxCDQP residual."""
     Q, c = params_obj

@@ -97,7 +97,6 @@ def box_qp_optimality(
         duals = (mu - jnp.maximum(y, 0.0), phi - jnp.maximum(-y, 0.0))
         return KKTSolution((stationarity, in_box), Ax - z, duals)
 
-    box_qp_kkt.symmetric = False
     return box_qp_kkt
 
 

@@ -420,6 +420,5 @@ class LBFGSB(IterativeSolver):
         def fixed_point_fun(x, /, bounds, *args, **kwargs):  # ``bounds`` named as in ``run``
             return condition(x, bounds, *args, **kwargs)
 
-        fixed_point_fun.symmetric = False
         fixed_point_fun.__name__ = "box_projected_gradient_fixed_point"
         return "fixed_point", fixed_point_fun
