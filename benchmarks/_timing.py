@@ -9,7 +9,7 @@
   when its program holds a host callback, as this library's default failure report does, where
   ``jax.jit`` keeps its C++ dispatch. ``jax.jit(fn).lower(*args).compile()`` fills the cache that
   the calls of the same ``jax.jit(fn)`` read, so nothing is compiled twice.
-- :func:`run_times` times calls of compiled functions, ``block_until_ready`` included. Repeats
+- :func:`run_times` times calls of (compiled) functions, ``block_until_ready`` included. Repeats
   of the contestants are interleaved (A B C, B C A, ...) so that a slow spell of a shared machine
   hits them all alike; report the median of the samples.
 - :func:`markdown_table`, :func:`machine_lines` and :func:`write_section` write the results into

@@ -526,7 +526,8 @@ Comparable tolerances: ours and JAXopt both call `jax.scipy.sparse.linalg.cg`, w
 also requires the last step to be as small, and recomputes the residual every 10 iterations.
 
 Compile time: `jax.jit(f).lower(*args).compile()` on a freshly built function (so no trace is
-cached). Run time: calls of the compiled function with `block_until_ready`; the contestants'
+cached). Run time: calls of that `jax.jit(f)` (its program already compiled) with
+`block_until_ready`; the contestants'
 repeats are interleaved, in rotating order, and the median is reported; a ratio is the median
 over rounds of the ratio of two samples of the same round. "forward only" is the inner solve
 and the validation loss, without a gradient. The script exits with an error if the gradients

@@ -1029,7 +1029,8 @@ def tables(results: list[Result], skipped: list[Case]) -> str:
     run_header = ["solver", "peer", "iterations", *solve, "v+g ours", "v+g ours (nan)"]
     run_header += ["v+g peer", "ratio", "ratio (nan)"]
     parts = [
-        "**Run time** (ms per call of the compiled function, median of interleaved repeats; "
+        "**Run time** (ms per call of the jax.jit-ed function, compiled beforehand, median of "
+        "interleaved repeats; "
         "ratio ours/peer: median of the ratios within each round; iterations: ours / peer; "
         'v+g: value and gradient; ours (nan): ours with `on_failure="nan"`, a diagnostic):',
         _timing.markdown_table(run_header, run_rows),
@@ -1293,8 +1294,9 @@ Optimistix's `Newton` is a root finder on a dense Jacobian), and the SciPy wrapp
 cannot run under `jax.jit`).
 
 Compile time: `jax.jit(f).lower(*args).compile()` on a freshly built function (a new solver
-object and new closures, so no trace is cached). Run time: calls of the compiled function with
-`block_until_ready`; the contestants' repeats are interleaved, in rotating order, and the median
+object and new closures, so no trace is cached). Run time: calls of that `jax.jit(f)` (its program
+already compiled; a user's path, with C++ dispatch) with `block_until_ready`; the
+contestants' repeats are interleaved, in rotating order, and the median
 is reported; a ratio is the median over rounds of the ratio of two samples of the same round.
 The script sets `OPENBLAS_NUM_THREADS=1` (unless already set): JAX's CPU LAPACK kernels (LU,
 Cholesky, eigh) run on SciPy's OpenBLAS, whose threads, on an oversubscribed machine, stalled a
