@@ -236,3 +236,28 @@ def test_auto_choice_by_cost():
     # And auto solves with its choice.
     x = jax.jit(lambda b: linear_solve.auto(cheap, b, symmetric=True))(b_large)
     np.testing.assert_allclose(x, 1.0 / diagonal, rtol=1e-9)
+
+
+def test_support_declarations_are_a_registry_not_attributes():
+    """The catalog's element-wise operators state their support as values in
+    ``implicitdiff._support``'s registry; nothing is attached to the functions, and an
+    undeclared operator (or an object that cannot be a key) has none."""
+    import gc
+
+    from implicitdiff import _support, projections
+
+    for op in (prox.l1, prox.non_negative_l1, projections.non_negative, projections.box):
+        assert isinstance(_support.declared(op), _support.OperatorSupport), op
+        assert not [name for name in vars(op) if "support" in name], op
+    assert _support.declared(prox.none) is None
+    assert _support.declared(prox.elastic_net) is None
+    assert _support.declared(3) is None and _support.declared([prox.l1]) is None
+    boxed = prox.from_projection(projections.box)  # the projection's rule, carried over
+    y = jnp.array([-2.0, 0.5, 3.0])
+    np.testing.assert_array_equal(
+        _support.declared(boxed).free(y, (0.0, 1.0)), [False, True, False]
+    )
+    count = len(_support._DECLARED)
+    del boxed
+    gc.collect()
+    assert len(_support._DECLARED) == count - 1  # a declared closure goes with it

@@ -27,14 +27,17 @@ a :class:`implicitdiff._condition.Condition`) even though A is not. It costs two
 the masked solve. The engine still checks the residual of the *whole* system K x = b, so a
 support that is wrong (a free coordinate declared fixed) shows up as a failed solve.
 
-An operator states its support with :func:`declare`: a tag value attached to the function
-(an :class:`OperatorSupport` in its ``implicitdiff_support`` attribute), which
-:mod:`implicitdiff.optimality` reads with :func:`declared`.
+An operator states its support with :func:`declare`: an :class:`OperatorSupport` value kept in
+this module's registry, keyed by the operator (weakly: a registered closure, such as the prox
+that ``prox.from_projection`` builds, is dropped with it), which :mod:`implicitdiff.optimality`
+reads with :func:`declared` — as :mod:`implicitdiff.linear_solve` keeps the :class:`Spec` of its
+solvers. Nothing is attached to the function itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -42,10 +45,7 @@ import jax.numpy as jnp
 from implicitdiff import tree
 from implicitdiff._typing import PyTree
 
-__all__ = ["ATTRIBUTE", "OperatorSupport", "declare", "declared", "solve_on_support"]
-
-#: The attribute of an operator (a prox, a projection) that holds its :class:`OperatorSupport`.
-ATTRIBUTE = "implicitdiff_support"
+__all__ = ["OperatorSupport", "declare", "declared", "solve_on_support"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +62,12 @@ class OperatorSupport:
     free: Callable[..., PyTree]
 
 
+#: The declared operators: operator -> its OperatorSupport (weak keys).
+_DECLARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def declare(operator: Callable, free: Callable[..., PyTree]) -> Callable:
-    """Tag ``operator`` with its support rule ``free`` (see :class:`OperatorSupport`).
+    """Register ``operator``'s support rule ``free`` (see :class:`OperatorSupport`).
 
     Args:
       operator: an element-wise operator ``op(y, *op_args)`` whose Jacobian is diagonal with
@@ -71,16 +75,19 @@ def declare(operator: Callable, free: Callable[..., PyTree]) -> Callable:
       free: ``free(y, *op_args)``, the mask of the entries equal to 1.
 
     Returns:
-      ``operator`` itself, with the attribute ``implicitdiff_support``.
+      ``operator`` itself, unchanged.
     """
-    setattr(operator, ATTRIBUTE, OperatorSupport(free))
+    _DECLARED[operator] = OperatorSupport(free)
     return operator
 
 
 def declared(operator: Callable) -> OperatorSupport | None:
-    """The :class:`OperatorSupport` that ``operator`` was tagged with, else None."""
-    value = getattr(operator, ATTRIBUTE, None)
-    return value if isinstance(value, OperatorSupport) else None
+    """The :class:`OperatorSupport` registered for ``operator``, else None (also for an object
+    that cannot be a weak or hashable key: not one of the declared operators)."""
+    try:
+        return _DECLARED.get(operator)
+    except TypeError:
+        return None
 
 
 def _where(mask: PyTree, on: PyTree, off: PyTree | None = None) -> PyTree:
