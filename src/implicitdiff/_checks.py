@@ -144,6 +144,19 @@ def concrete_leaves(value: Any) -> list[np.ndarray] | None:
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(value)]
 
 
+def concrete_leaf_pairs(lower: Any, upper: Any) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The leaves of ``lower`` and ``upper`` as NumPy arrays, paired in order (a single leaf on
+    one side pairs with every leaf of the other), or None if either side is traced."""
+    lo, up = concrete_leaves(lower), concrete_leaves(upper)
+    if lo is None or up is None:
+        return None
+    if len(lo) == 1:
+        lo = lo * len(up)
+    if len(up) == 1:
+        up = up * len(lo)
+    return list(zip(lo, up, strict=False))
+
+
 def check_bounds(owner: str, lower: Any, upper: Any, name: str = "bounds") -> None:
     """Raise ValueError naming ``name`` if concrete bounds have lower > upper in some entry.
 
@@ -151,14 +164,10 @@ def check_bounds(owner: str, lower: Any, upper: Any, name: str = "bounds") -> No
     ±inf are allowed (a free side), NaN is not. Traced bounds are not checked here (the solver
     then ends with ``converged=False``: see the module docstring).
     """
-    lo, up = concrete_leaves(lower), concrete_leaves(upper)
-    if lo is None or up is None:
+    pairs = concrete_leaf_pairs(lower, upper)
+    if pairs is None:
         return
-    if len(lo) == 1:
-        lo = lo * len(up)
-    if len(up) == 1:
-        up = up * len(lo)
-    for a, b in zip(lo, up, strict=False):
+    for a, b in pairs:
         if np.any(np.isnan(a)) or np.any(np.isnan(b)):
             raise ValueError(f"{owner}: {name} = (lower, upper) must not hold NaN")
         if np.any(np.greater(a, b)):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _loop, tree
-from implicitdiff._linesearch import Result, evaluator, search_start
+from implicitdiff._linesearch import Result, evaluator, search_result, search_start
 from implicitdiff._typing import PyTree
 
 __all__ = ["hager_zhang"]
@@ -254,15 +254,10 @@ def hager_zhang(
     )
     carry = _loop.while_loop(cond, body, carry)
     found = carry.accepted
-    return jax.lax.stop_gradient(
-        Result(
-            jnp.where(found, carry.ok_stepsize, carry.best_stepsize),
-            jnp.where(found, carry.ok_value, carry.best_value),
-            tree.where(found, carry.ok_grad, carry.best_grad),
-            carry.accepted,
-            jnp.logical_not(carry.accepted),
-            carry.k,
-            carry.k,
-            carry.k,
-        )
+    return search_result(
+        jnp.where(found, carry.ok_stepsize, carry.best_stepsize),
+        jnp.where(found, carry.ok_value, carry.best_value),
+        tree.where(found, carry.ok_grad, carry.best_grad),
+        carry.accepted,
+        carry.k,
     )

@@ -43,6 +43,7 @@ __all__ = [
     "evaluator",
     "inner",
     "real_dtype",
+    "search_result",
     "search_start",
     "shrink",
     "slope",
@@ -67,6 +68,17 @@ class Result(NamedTuple):
     iter_num: jax.Array
     num_fun_eval: jax.Array
     num_grad_eval: jax.Array
+
+
+def search_result(
+    stepsize: jax.Array, value: jax.Array, grad: PyTree, accepted: jax.Array, trials: jax.Array
+) -> Result:
+    """The :class:`Result` of a search each of whose ``trials`` evaluated f and ∇f once:
+    ``failed`` = not ``accepted``, and ``trials`` trials, f-evaluations and ∇f-evaluations, cut
+    from the graph."""
+    return jax.lax.stop_gradient(
+        Result(stepsize, value, grad, accepted, jnp.logical_not(accepted), trials, trials, trials)
+    )
 
 
 def real_dtype(params: PyTree) -> Any:
@@ -395,18 +407,7 @@ def zoom(
     )
     carry = _loop.while_loop(cond, body, carry)
     # The accepted trial is lo (it passed sufficient decrease); otherwise lo is the best step.
-    return jax.lax.stop_gradient(
-        Result(
-            carry.lo_stepsize,
-            carry.lo_value,
-            carry.lo_grad,
-            carry.accepted,
-            jnp.logical_not(carry.accepted),
-            carry.k,
-            carry.k,
-            carry.k,
-        )
-    )
+    return search_result(carry.lo_stepsize, carry.lo_value, carry.lo_grad, carry.accepted, carry.k)
 
 
 # ---------------------------------------------------------------------------------------------

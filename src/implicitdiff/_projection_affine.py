@@ -20,7 +20,6 @@ from implicitdiff._projection_common import (
     as_dtype_of,
     check_feasible_flag,
     check_ordered,
-    concrete_leaves,
     float_array,
     stable_norm,
 )
@@ -59,7 +58,7 @@ def _normal_and_offset(
     b = as_dtype_of(b, jnp.zeros((), tree.dtype(x)))
     if b.shape != ():
         raise ValueError(f"{name}: b must be a scalar, got shape {b.shape}")
-    concrete = concrete_leaves((a, b))
+    concrete = _checks.concrete_leaves((a, b))
     m = jax.lax.stop_gradient(tree.norm(a, jnp.inf))  # the set does not depend on it
     nonzero = m > 0
     safe = jnp.where(nonzero, m, 1)
@@ -229,7 +228,7 @@ def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Ar
     dtype = jnp.result_type(x, A, b)
     x, A, b = x.astype(dtype), A.astype(dtype), b.astype(dtype)
     if A.shape[0] == 0 or x.shape[0] == 0:  # no constraint, or ℝ⁰ (empty unless b = 0)
-        if A.shape[0] and concrete_leaves(b) is not None and np.any(np.asarray(b) != 0):
+        if A.shape[0] and _checks.concrete_leaves(b) is not None and np.any(np.asarray(b) != 0):
             raise ValueError(f"affine_set: b must be 0 for A of shape {A.shape}, got b={b!r}")
         return x
     if not _checks.is_traced((A, b)):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from implicitdiff import tree
+from implicitdiff import _checks, tree
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "check_feasible_flag",
     "check_non_negative",
     "check_ordered",
-    "concrete_leaves",
     "float_array",
     "jaxopt_keyword",
     "safe_sqrt",
@@ -71,31 +70,19 @@ def as_dtype_of(value: ArrayLike, x: jax.Array) -> jax.Array:
     return float_array(value)
 
 
-def concrete_leaves(value: Any) -> list[np.ndarray] | None:
-    """The leaves of value as NumPy arrays, or None if any of them is traced."""
-    leaves = jax.tree_util.tree_leaves(value)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-        return None
-    return [np.asarray(leaf) for leaf in leaves]
-
-
 def check_non_negative(name: str, value: Any) -> None:
     """Raise a ValueError naming ``name`` if some entry of a concrete ``value`` is negative."""
-    leaves = concrete_leaves(value)
+    leaves = _checks.concrete_leaves(value)
     if leaves is not None and any(np.any(leaf < 0) for leaf in leaves):
         raise ValueError(f"{name} must be non-negative, got {name}={value!r}")
 
 
 def check_ordered(lower_name: str, lower: Any, upper_name: str, upper: Any) -> None:
     """Raise if some entry of lower exceeds the matching entry of upper (both concrete)."""
-    lo, up = concrete_leaves(lower), concrete_leaves(upper)
-    if lo is None or up is None:
+    pairs = _checks.concrete_leaf_pairs(lower, upper)
+    if pairs is None:
         return
-    if len(lo) == 1:
-        lo = lo * len(up)
-    if len(up) == 1:
-        up = up * len(lo)
-    for a, b in zip(lo, up, strict=False):
+    for a, b in pairs:
         if np.any(np.greater(a, b)):
             raise ValueError(
                 f"{lower_name} must not exceed {upper_name}: {lower_name} > {upper_name} in "

@@ -1,6 +1,7 @@
 """The base of the solvers that search along a direction: LineSearchSolver, shared by LBFGS,
 BFGS (:mod:`implicitdiff.solvers.quasi_newton`) and NonlinearCG
-(:mod:`implicitdiff.solvers.nonlinear_cg`), and the guarded arithmetic they share.
+(:mod:`implicitdiff.solvers.nonlinear_cg`), the guarded arithmetic they share, and the mixin of
+JAXopt's ``stop_if_linesearch_fails`` (LBFGS, LBFGSB, Broyden).
 
 The base holds the options (``fun``, the line search and its constants), the evaluation of f and
 ∇f, the line-search step and the optimality condition ∇₁f(x, *args) = 0
@@ -43,6 +44,7 @@ from implicitdiff.solvers.linesearch import (
 
 __all__ = [
     "LineSearchSolver",
+    "StopIfLinesearchFails",
     "first_stepsize",
     "gradient_error",
     "safe_divide",
@@ -71,6 +73,25 @@ def first_stepsize(grad: PyTree, dtype: Any) -> jax.Array:
 def gradient_error(grad: PyTree, dtype: Any) -> jax.Array:
     """‖∇f‖, cut: a diagnostic, never differentiated (√ at 0 would give NaN derivatives)."""
     return jax.lax.stop_gradient(tree.norm(grad)).astype(dtype)
+
+
+class StopIfLinesearchFails:
+    """Mixin of the solvers with JAXopt's option ``stop_if_linesearch_fails`` (LBFGS, LBFGSB,
+    Broyden), a bool field of theirs: its check, and the end of the run after an iteration whose
+    search failed (their states hold ``failed_linesearch``)."""
+
+    def _check_stop_if_linesearch_fails(self, name: str) -> None:
+        if not isinstance(self.stop_if_linesearch_fails, bool):
+            raise TypeError(
+                f"{name}: stop_if_linesearch_fails must be a bool, got "
+                f"{self.stop_if_linesearch_fails!r}"
+            )
+
+    def _done(self, state) -> jax.Array:
+        done = super()._done(state)
+        if self.stop_if_linesearch_fails:
+            done = done | state.failed_linesearch
+        return done
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from implicitdiff import _checks, optimality
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
 
@@ -57,6 +59,21 @@ class StochasticSolver(IterativeSolver):
         _checks.check_signature(
             self.fun, type(self).__name__, "fun", (params, *args), kwargs, "fun(params, *args)"
         )
+
+    def _initial_fields(self, init_params, args, kwargs) -> dict[str, Any]:
+        """The fields every stochastic state starts with, once ``fun`` is checked to take
+        ``(params, *args)`` and evaluated at ``init_params`` (for the structure of its auxiliary
+        output): iter_num 0, error inf (in the real dtype of the params), value inf (in f's
+        dtype), aux, converged False."""
+        self._check_fun(init_params, args, kwargs)
+        value, aux = self._value_aux(init_params, *args, **kwargs)
+        return {
+            "iter_num": jnp.asarray(0),
+            "error": jnp.asarray(jnp.inf, _dtypes.real_dtype(init_params)),
+            "value": jnp.asarray(jnp.inf, jnp.result_type(value)),
+            "aux": aux,
+            "converged": jnp.asarray(False),
+        }
 
     def _value_aux(self, params, /, *args, **kwargs) -> tuple[Any, Any]:
         """(f(x), aux) at x; aux is None without ``has_aux``."""

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _loop, _summary, tree
-from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import StochasticSolver
 
@@ -158,17 +157,11 @@ class ArmijoSGD(StochasticSolver):
         Returns:
           An :class:`ArmijoState`.
         """
-        self._check_fun(init_params, args, kwargs)
-        value, aux = self._value_aux(init_params, *args, **kwargs)
-        dtype = _dtypes.real_dtype(init_params)
+        fields = self._initial_fields(init_params, args, kwargs)
         return ArmijoState(
-            iter_num=jnp.asarray(0),
-            error=jnp.asarray(jnp.inf, dtype),
-            value=jnp.asarray(jnp.inf, jnp.result_type(value)),
-            aux=aux,
-            stepsize=jnp.asarray(self.max_stepsize, dtype),
+            **fields,
+            stepsize=jnp.asarray(self.max_stepsize, fields["error"].dtype),
             velocity=None if self.momentum == 0 else tree.zeros_like(init_params),
-            converged=jnp.asarray(False),
         )
 
     def _first_trial(self, stepsize):

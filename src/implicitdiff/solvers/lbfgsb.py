@@ -30,6 +30,7 @@ from implicitdiff.solvers._lbfgsb_parts import (
     flat_bounds,
     two_loop_free,
 )
+from implicitdiff.solvers._line_search_solver import StopIfLinesearchFails
 from implicitdiff.solvers._objective import (
     LINESEARCH_INITS,
     Objective,
@@ -67,7 +68,7 @@ class LBFGSBState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class LBFGSB(IterativeSolver):
+class LBFGSB(StopIfLinesearchFails, IterativeSolver):
     """min_x fun(x, *args) subject to lower ≤ x ≤ upper, by projected L-BFGS.
 
     ``run(init_params, bounds, *args, **kwargs)`` with ``bounds = (lower, upper)``, as in JAXopt;
@@ -192,11 +193,7 @@ class LBFGSB(IterativeSolver):
             raise TypeError(f"LBFGSB: use_gamma must be a bool, got {self.use_gamma!r}")
         if not (isinstance(self.theta, (int, float)) and self.theta > 0):
             raise ValueError(f"LBFGSB: theta must be a number > 0, got {self.theta!r}")
-        if not isinstance(self.stop_if_linesearch_fails, bool):
-            raise TypeError(
-                "LBFGSB: stop_if_linesearch_fails must be a bool, got "
-                f"{self.stop_if_linesearch_fails!r}"
-            )
+        self._check_stop_if_linesearch_fails("LBFGSB")
         if not (
             isinstance(self.history_size, int)
             and not isinstance(self.history_size, bool)
@@ -211,12 +208,6 @@ class LBFGSB(IterativeSolver):
 
     def _fixed_step(self) -> bool:
         return callable(self.stepsize) or self.stepsize > 0
-
-    def _done(self, state) -> jax.Array:
-        done = super()._done(state)
-        if self.stop_if_linesearch_fails:
-            done = done | state.failed_linesearch
-        return done
 
     def _searches_its_step(self) -> bool:
         """Every step comes from a search along the projected arc (or is a fixed step, which

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _summary, tree
-from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import StochasticSolver
 
@@ -112,16 +111,8 @@ class OptaxSolver(StochasticSolver):
         Returns:
           An :class:`OptaxState` with iter_num 0, value and error inf, ``opt.init(x₀)``.
         """
-        self._check_fun(init_params, args, kwargs)
-        value, aux = self._value_aux(init_params, *args, **kwargs)
-        return OptaxState(
-            iter_num=jnp.asarray(0),
-            value=jnp.asarray(jnp.inf, jnp.result_type(value)),
-            error=jnp.asarray(jnp.inf, _dtypes.real_dtype(init_params)),
-            internal_state=self.opt.init(init_params),
-            aux=aux,
-            converged=jnp.asarray(False),
-        )
+        fields = self._initial_fields(init_params, args, kwargs)
+        return OptaxState(**fields, internal_state=self.opt.init(init_params))
 
     def update(self, params, state: OptaxState, /, *args, **kwargs) -> OptStep:
         """One step: ``pre_update``, then (u, s) = opt.update(∇f(x), s, x) and x⁺ = x + u.

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _summary, tree
-from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import StochasticSolver
 
@@ -137,19 +136,13 @@ class PolyakSGD(StochasticSolver):
         Returns:
           A :class:`PolyakSGDState`.
         """
-        self._check_fun(init_params, args, kwargs)
-        value, aux = self._value_aux(init_params, *args, **kwargs)
-        dtype = _dtypes.real_dtype(init_params)
+        fields = self._initial_fields(init_params, args, kwargs)
         return PolyakSGDState(
-            iter_num=jnp.asarray(0),
-            error=jnp.asarray(jnp.inf, dtype),
-            value=jnp.asarray(jnp.inf, jnp.result_type(value)),
-            aux=aux,
-            stepsize=jnp.asarray(1.0, dtype),
+            **fields,
+            stepsize=jnp.asarray(1.0, fields["error"].dtype),
             velocity=None if self.momentum == 0 else tree.zeros_like(init_params),
             num_fun_eval=jnp.asarray(1, jnp.int32),
             num_grad_eval=jnp.asarray(0, jnp.int32),
-            converged=jnp.asarray(False),
         )
 
     def _polyak_step(self, value, grad_sqnorm):

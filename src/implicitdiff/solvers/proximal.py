@@ -28,13 +28,11 @@ from implicitdiff import _checks, _linesearch, _summary, optimality, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff import prox as prox_operators
 from implicitdiff._typing import PyTree
-from implicitdiff.solvers import _dtypes
+from implicitdiff.solvers import _dtypes, _fista
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
 from implicitdiff.solvers._objective import (
     Objective,
-    check_objective_options,
-    check_stepsize,
     scheduled_stepsize,
 )
 
@@ -138,22 +136,7 @@ class _ProximalGradientBase(IterativeSolver):
         """The prox operator of the non-smooth part (ProximalGradient / ProjectedGradient)."""
 
     def _check_options(self, name: str) -> None:
-        if not callable(self.fun):
-            raise TypeError(f"{name}: fun must be callable, got {self.fun!r}")
-        check_objective_options(name, self.value_and_grad, self.has_aux)
-        check_stepsize(name, self.stepsize)
-        if not isinstance(self.acceleration, bool):
-            raise TypeError(f"{name}: acceleration must be a bool, got {self.acceleration!r}")
-        if not (isinstance(self.increase_factor, (int, float)) and self.increase_factor >= 1):
-            raise ValueError(f"{name}: increase_factor must be ≥ 1, got {self.increase_factor!r}")
-        if not (
-            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
-        ):
-            raise ValueError(f"{name}: maxls must be a positive int, got {self.maxls!r}")
-        if not 0 < self.decrease_factor < 1:
-            raise ValueError(
-                f"{name}: decrease_factor must be in (0, 1), got {self.decrease_factor!r}"
-            )
+        _fista.check_options(self, name, check_increase_factor=True)
         object.__setattr__(
             self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
         )

@@ -29,6 +29,7 @@ from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._line_search_solver import (
     LineSearchSolver,
+    StopIfLinesearchFails,
     first_stepsize,
     gradient_error,
     safe_divide,
@@ -83,7 +84,7 @@ def _pair_ok(s, y, sy, x, dtype):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class LBFGS(LineSearchSolver):
+class LBFGS(StopIfLinesearchFails, LineSearchSolver):
     """min_x fun(x, *args) by limited-memory BFGS: x ← x − η H ∇f(x), H from the last m steps.
 
     ``run(init_params, *args, **kwargs)``; the solution is differentiated through the
@@ -159,11 +160,7 @@ class LBFGS(LineSearchSolver):
         super().__post_init__()
         if not isinstance(self.use_gamma, bool):
             raise TypeError(f"LBFGS: use_gamma must be a bool, got {self.use_gamma!r}")
-        if not isinstance(self.stop_if_linesearch_fails, bool):
-            raise TypeError(
-                "LBFGS: stop_if_linesearch_fails must be a bool, got "
-                f"{self.stop_if_linesearch_fails!r}"
-            )
+        self._check_stop_if_linesearch_fails("LBFGS")
         if not (isinstance(self.history_size, int) and self.history_size >= 1):
             raise ValueError(
                 f"LBFGS: history_size must be a positive int, got {self.history_size!r}"
@@ -202,12 +199,6 @@ class LBFGS(LineSearchSolver):
             aux=aux,
             failed_linesearch=jnp.asarray(False),
         )
-
-    def _done(self, state) -> jax.Array:
-        done = super()._done(state)
-        if self.stop_if_linesearch_fails:
-            done = done | state.failed_linesearch
-        return done
 
     def update(self, params, state: LbfgsState, /, *args, **kwargs) -> OptStep:
         """One iteration x⁺ = x + ηd.

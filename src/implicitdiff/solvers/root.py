@@ -25,6 +25,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._bisection import Bisection, BisectionState, abs_error
+from implicitdiff.solvers._line_search_solver import StopIfLinesearchFails
 from implicitdiff.solvers._objective import WithAux, check_stepsize, scheduled_stepsize
 from implicitdiff.solvers.linesearch import BacktrackingLineSearch
 
@@ -80,7 +81,7 @@ _JAXOPT_SEARCH_TOL = 1e-2
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class Broyden(IterativeSolver):
+class Broyden(StopIfLinesearchFails, IterativeSolver):
     """G(x, *args) = 0 by Broyden's ("good") method with a dense inverse-Jacobian estimate.
 
     ``run(init_params, *args, **kwargs)``, with ``fun(x, *args, **kwargs)`` returning a pytree
@@ -193,11 +194,7 @@ class Broyden(IterativeSolver):
                 f"Broyden: max_backtracks must be an int ≥ 0, got {self.max_backtracks!r}"
             )
         check_stepsize("Broyden", self.stepsize)
-        if not isinstance(self.stop_if_linesearch_fails, bool):
-            raise TypeError(
-                "Broyden: stop_if_linesearch_fails must be a bool, got "
-                f"{self.stop_if_linesearch_fails!r}"
-            )
+        self._check_stop_if_linesearch_fails("Broyden")
         if self.history_size is not None and not (
             isinstance(self.history_size, int)
             and not isinstance(self.history_size, bool)
@@ -244,12 +241,6 @@ class Broyden(IterativeSolver):
 
     def _fixed_step(self) -> bool:
         return callable(self.stepsize) or self.stepsize > 0
-
-    def _done(self, state) -> jax.Array:
-        done = super()._done(state)
-        if self.stop_if_linesearch_fails:
-            done = done | state.failed_linesearch
-        return done
 
     def _flat_fun(self, params: PyTree, args: tuple, kwargs: dict) -> Callable:
         _, unravel = ravel_pytree(params)
