@@ -24,6 +24,28 @@ import numpy as np
 from implicitdiff._args import is_traced
 from implicitdiff._typing import PyTree
 
+# The default λ of a prox and the default size (scale, radius) of a projection's set, one object:
+# a ``hyperparams`` that ``is`` it was not given, so that JAXopt's keyword for the same value
+# (``l1reg=`` / ``l2reg=``, ``value=`` / ``max_value=`` / ``unit=``) can be told apart from a
+# positional one.
+ONE = 1.0
+
+
+def jaxopt_keyword(function: str, hyperparams: Any, name: str, value: Any) -> Any:
+    """``hyperparams``, or ``value`` given by JAXopt's keyword ``name`` for it (None: not given).
+
+    Raises:
+      TypeError: both given, naming them.
+    """
+    if value is None:
+        return hyperparams
+    if hyperparams is not ONE:
+        raise TypeError(
+            f"{function}: hyperparams and {name}= (JAXopt's name for it) are both given; "
+            "pass one of them"
+        )
+    return value
+
 
 def nan_unless(valid: Any, leaf: Any) -> jax.Array:
     """``leaf`` where ``valid``, NaN elsewhere (in the leaf's floating dtype)."""

@@ -12,6 +12,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from implicitdiff import _checks, tree
+from implicitdiff._checks import ONE, jaxopt_keyword
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -26,26 +27,8 @@ __all__ = [
     "stable_norm",
 ]
 
-# The default size of the sets (scale, radius), one object: a ``hyperparams`` that ``is`` it was
-# not given (so that JAXopt's keyword for the same value, ``value=`` / ``max_value=`` /
-# ``unit=``, can be told apart from a positional one).
-ONE = 1.0
-
-
-def jaxopt_keyword(function: str, hyperparams: Any, name: str, value: Any) -> Any:
-    """``hyperparams``, or ``value`` given by JAXopt's keyword ``name`` for it (None: not given).
-
-    Raises:
-      TypeError: both given, naming them.
-    """
-    if value is None:
-        return hyperparams
-    if hyperparams is not ONE:
-        raise TypeError(
-            f"{function}: hyperparams and {name}= (JAXopt's name for it) are both given; "
-            "pass one of them"
-        )
-    return value
+# ONE (the default size of the sets, scale or radius, one object) and jaxopt_keyword live in
+# _checks, shared with prox (its default λ and JAXopt's l1reg= / l2reg=).
 
 
 def check_feasible_flag(function: str, check_feasible: Any) -> None:

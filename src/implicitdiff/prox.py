@@ -70,21 +70,10 @@ __all__ = [
 # Argument handling.
 
 
-# The default λ, one object: a ``hyperparams`` that ``is`` it was not given (so that JAXopt's
-# keyword for it, ``l1reg=`` / ``l2reg=``, can be told apart from a positional λ).
-_ONE = 1.0
-
-
-def _jaxopt_keyword(function: str, hyperparams: Any, name: str, value: Any) -> Any:
-    """``hyperparams``, or ``value`` given by JAXopt's keyword ``name`` (None: not given)."""
-    if value is None:
-        return hyperparams
-    if hyperparams is not _ONE:
-        raise TypeError(
-            f"{function}: hyperparams and {name}= (JAXopt's name for it) are both given; "
-            "pass one of them"
-        )
-    return value
+# The default λ (``_checks.ONE``, one object): a ``hyperparams`` that ``is`` it was not given,
+# so that JAXopt's keyword for it, ``l1reg=`` / ``l2reg=``, can be told apart from a positional λ.
+_ONE = _checks.ONE
+_jaxopt_keyword = _checks.jaxopt_keyword
 
 
 def _check_non_negative(value: Any, name: str, fn_name: str) -> None:

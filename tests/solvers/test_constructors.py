@@ -124,3 +124,22 @@ def test_solvers_outside_jaxopt_take_their_functions_first():
     assert solver.solve_fn is f and solver.optimality_fun is f
     with pytest.raises(TypeError):
         solvers.OSQP(100)
+
+
+# Integer options given a bool (True is an int to Python): refused by every solver that has
+# them, with the option's name, not read as 1.
+WITH_MAXLS = [
+    name
+    for name in CONCRETE
+    if "maxls" in inspect.signature(getattr(solvers, name)).parameters and name not in METHODS
+]
+
+
+@pytest.mark.parametrize("name", WITH_MAXLS)
+def test_maxls_true_is_refused_family(name):
+    assert len(WITH_MAXLS) >= 8, WITH_MAXLS  # the family is found
+    cls = getattr(solvers, name)
+    first = FIRST.get(name, f)
+    cls(first, **EXTRA.get(name, {}))  # valid without it
+    with pytest.raises(ValueError, match="maxls"):
+        cls(first, maxls=True, **EXTRA.get(name, {}))

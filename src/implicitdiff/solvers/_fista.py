@@ -10,19 +10,18 @@ from implicitdiff.solvers._objective import check_objective_options, check_steps
 __all__ = ["check_options"]
 
 
-def check_options(solver: Any, name: str, *, check_increase_factor: bool) -> None:
+def check_options(solver: Any, name: str) -> None:
     """Raise, naming the solver ``name``, if an option of ``solver`` is invalid.
 
     In this order: ``fun`` callable (TypeError), ``value_and_grad`` / ``has_aux`` and
     ``stepsize`` (see :mod:`implicitdiff.solvers._objective`), ``acceleration`` a bool
-    (TypeError), ``increase_factor`` ≥ 1 (only with ``check_increase_factor``), ``maxls`` a
+    (TypeError), ``increase_factor`` ≥ 1, ``maxls`` a
     positive int (not a bool) and 0 < ``decrease_factor`` < 1 (ValueError).
 
     Args:
       solver: the solver instance, with the fields fun, value_and_grad, has_aux, stepsize,
         acceleration, increase_factor, maxls and decrease_factor.
       name: the solver's name, for the messages.
-      check_increase_factor: whether ``increase_factor`` is checked.
 
     Returns:
       None.
@@ -33,9 +32,7 @@ def check_options(solver: Any, name: str, *, check_increase_factor: bool) -> Non
     check_stepsize(name, solver.stepsize)
     if not isinstance(solver.acceleration, bool):
         raise TypeError(f"{name}: acceleration must be a bool, got {solver.acceleration!r}")
-    if check_increase_factor and not (
-        isinstance(solver.increase_factor, (int, float)) and solver.increase_factor >= 1
-    ):
+    if not (isinstance(solver.increase_factor, (int, float)) and solver.increase_factor >= 1):
         raise ValueError(f"{name}: increase_factor must be ≥ 1, got {solver.increase_factor!r}")
     if not (
         isinstance(solver.maxls, int) and not isinstance(solver.maxls, bool) and solver.maxls >= 1

@@ -146,7 +146,9 @@ class LineSearchSolver(IterativeSolver):
                 f"{name}: linesearch_init must be None (this solver's own first trial) or one of "
                 f"{LINESEARCH_INITS}, got {self.linesearch_init!r}"
             )
-        if not (isinstance(self.maxls, int) and self.maxls >= 1):
+        if not (
+            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
+        ):
             raise ValueError(f"{name}: maxls must be a positive int, got {self.maxls!r}")
         if not 0 < self.c1 < self.c2 < 1:
             raise ValueError(

@@ -98,7 +98,7 @@ class GradientDescent(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        _fista.check_options(self, "GradientDescent", check_increase_factor=False)
+        _fista.check_options(self, "GradientDescent")
         object.__setattr__(
             self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
         )

@@ -149,7 +149,9 @@ class Newton(IterativeSolver):
             raise ValueError(
                 f"Newton: cg_maxiter must be None or a positive int, got {self.cg_maxiter!r}"
             )
-        if not (isinstance(self.maxls, int) and self.maxls >= 1):
+        if not (
+            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
+        ):
             raise ValueError(f"Newton: maxls must be a positive int, got {self.maxls!r}")
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
         object.__setattr__(self, "_grad", jax.grad(self.fun))

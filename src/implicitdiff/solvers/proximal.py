@@ -136,7 +136,7 @@ class _ProximalGradientBase(IterativeSolver):
         """The prox operator of the non-smooth part (ProximalGradient / ProjectedGradient)."""
 
     def _check_options(self, name: str) -> None:
-        _fista.check_options(self, name, check_increase_factor=True)
+        _fista.check_options(self, name)
         object.__setattr__(
             self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
         )

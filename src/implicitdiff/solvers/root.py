@@ -228,7 +228,10 @@ class Broyden(StopIfLinesearchFails, IterativeSolver):
             raise ValueError(
                 f"Broyden: increase_factor must be > 0, got {options['increase_factor']!r}"
             )
-        # The search object checks condition, maxls and decrease_factor (naming them).
+        maxls = options["maxls"]
+        if not (isinstance(maxls, int) and not isinstance(maxls, bool) and maxls >= 1):
+            raise ValueError(f"Broyden: maxls must be a positive int, got {maxls!r}")
+        # The search object checks condition and decrease_factor (naming them).
         options["search"] = BacktrackingLineSearch(
             fun=_no_fun,
             condition=options["condition"],
