@@ -47,6 +47,15 @@ def jaxopt_keyword(function: str, hyperparams: Any, name: str, value: Any) -> An
     return value
 
 
+def real_float_array(x: Any) -> jax.Array:
+    """x as a JAX array of a real floating dtype: integers and booleans become the default
+    float (the losses' inputs: scores, predictions, labels)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
 def nan_unless(valid: Any, leaf: Any) -> jax.Array:
     """``leaf`` where ``valid``, NaN elsewhere (in the leaf's floating dtype)."""
     leaf = jnp.asarray(leaf)

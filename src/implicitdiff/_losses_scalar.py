@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from implicitdiff import _checks
+
 __all__ = [
     "binary_hinge_loss",
     "binary_perceptron_loss",
@@ -24,11 +26,7 @@ __all__ = [
 ]
 
 
-def _float_array(x: Any) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
+_float_array = _checks.real_float_array
 
 
 def _label_and_score(label: Any, score: Any) -> tuple[jax.Array, jax.Array]:

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from implicitdiff import _checks, tree
 from implicitdiff import _projection_ops as projections
-from implicitdiff import tree
 from implicitdiff._losses_scalar import binary_hinge_loss as binary_hinge_loss
 from implicitdiff._losses_scalar import binary_perceptron_loss as binary_perceptron_loss
 from implicitdiff._losses_scalar import binary_sparsemax_loss as binary_sparsemax_loss
@@ -73,11 +73,7 @@ __all__ = [
 ]
 
 
-def _float_array(x: Any) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
+_float_array = _checks.real_float_array
 
 
 def _label_vector(label: Any, scores: jax.Array, fn_name: str) -> jax.Array:
