@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _summary
+from implicitdiff import _checks, _summary, tree
+from implicitdiff import _projection_ops as projections
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import check_callable
@@ -228,6 +229,32 @@ def flat_bound(bound: Any, params: PyTree, dtype: Any) -> jax.Array:
         for b, p in zip(bound_leaves, leaves, strict=True)
     ]
     return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
+
+
+class BoxBounds:
+    """Mixin of the wrappers whose ``run`` takes ``bounds = (lower, upper)`` after the params
+    (ScipyBoundedMinimize, ScipyBoundedLeastSquares): the checks of ``bounds``, and the error of
+    a solution in the box."""
+
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
+            _checks.check_bounds(f"{type(self).__name__}.run", *args[0])
+
+    def _check_bounds_pair(self, bounds: Any) -> None:
+        """Refuses ``bounds`` that are not a pair (lower, upper), or hold None."""
+        owner = type(self).__name__
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+            raise TypeError(f"{owner}.run: bounds must be a pair (lower, upper), got {bounds!r}")
+        if any(b is None for b in bounds):
+            raise TypeError(
+                f"{owner}.run: a bound is None; leave a side free with -jnp.inf or jnp.inf"
+            )
+
+
+def box_error(params: PyTree, grad: PyTree, bounds: Any) -> jax.Array:
+    """‖box(x − ∇f(x), bounds) − x‖, the error of x as a minimizer of f in the box."""
+    step = projections.box(tree.sub(params, grad), tuple(bounds))
+    return tree.norm(tree.sub(step, params))
 
 
 def result_fields(result: Any, count: str = "nit") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, optimality, tree
 from implicitdiff import _projection_ops as projections
+from implicitdiff import optimality, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import (
@@ -69,7 +69,9 @@ from implicitdiff.solvers._scipy_common import (
     MINIMIZE_METHODS,
     USES_HESS,
     USES_HESSP,
+    BoxBounds,
     ScipyState,
+    box_error,
     check_fields,
     check_maxiter,
     dense_hess_inv,
@@ -337,7 +339,7 @@ class ScipyMinimize(HostWrapper):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class ScipyBoundedMinimize(ScipyMinimize):
+class ScipyBoundedMinimize(BoxBounds, ScipyMinimize):
     """min_x fun(x, *args) s.t. lower ≤ x ≤ upper, by ``scipy.optimize.minimize`` with bounds.
 
     ``run(init_params, bounds, *args, **kwargs)`` with ``bounds = (lower, upper)``, each a pytree
@@ -403,24 +405,11 @@ class ScipyBoundedMinimize(ScipyMinimize):
         """
         return super().run(init_params, bounds, *args, **kwargs)
 
-    def _check_arguments(self, init_params, args, kwargs) -> None:
-        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
-            _checks.check_bounds(f"{type(self).__name__}.run", *args[0])
-
     def _solution(self, init_params, /, bounds, *args, **kwargs):
-        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-            raise TypeError(
-                f"{type(self).__name__}.run: bounds must be a pair (lower, upper), got {bounds!r}"
-            )
-        if any(b is None for b in bounds):
-            raise TypeError(
-                f"{type(self).__name__}.run: a bound is None; leave a side free with -jnp.inf or "
-                "jnp.inf"
-            )
+        self._check_bounds_pair(bounds)
         params, *info = self._minimize(init_params, bounds, args, kwargs)
         value, grad, aux = self._objective.evaluate(params, *args, **kwargs)
-        step = projections.box(tree.sub(params, grad), tuple(bounds))
-        error = tree.norm(tree.sub(step, params))
+        error = box_error(params, grad, bounds)
         return params, self._state(params, error, value, aux, *info)
 
 

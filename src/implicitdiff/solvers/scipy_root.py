@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _checks, optimality, tree
 from implicitdiff import _projection_ops as projections
+from implicitdiff import optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import (
     INFO_SHAPES,
@@ -38,7 +38,9 @@ from implicitdiff.solvers._scipy_common import (
     LEAST_SQUARES_METHODS,
     ROOT_METHODS,
     ROOT_USES_JAC,
+    BoxBounds,
     ScipyState,
+    box_error,
     check_fields,
     check_least_squares_options,
     flat_bound,
@@ -334,7 +336,7 @@ class ScipyLeastSquares(HostWrapper):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class ScipyBoundedLeastSquares(ScipyLeastSquares):
+class ScipyBoundedLeastSquares(BoxBounds, ScipyLeastSquares):
     """min_x C(x, *args) s.t. lower ≤ x ≤ upper, by ``scipy.optimize.least_squares`` with bounds.
 
     C is :class:`ScipyLeastSquares`'s cost ½·f_scale²·Σᵢ ρ(rᵢ²/f_scale²).
@@ -392,18 +394,9 @@ class ScipyBoundedLeastSquares(ScipyLeastSquares):
         """
         return super().run(init_params, bounds, *args, **kwargs)
 
-    def _check_arguments(self, init_params, args, kwargs) -> None:
-        if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
-            _checks.check_bounds(f"{type(self).__name__}.run", *args[0])
-
     def _solution(self, init_params, /, bounds, *args, **kwargs):
         owner = type(self).__name__
-        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-            raise TypeError(f"{owner}.run: bounds must be a pair (lower, upper), got {bounds!r}")
-        if any(b is None for b in bounds):
-            raise TypeError(
-                f"{owner}.run: a bound is None; leave a side free with -jnp.inf or jnp.inf"
-            )
+        self._check_bounds_pair(bounds)
         flat0, unravel = flat_params(init_params, owner)
         key, arrays = callback_args(args, kwargs)
         host = self._host_function(
@@ -422,6 +415,5 @@ class ScipyBoundedLeastSquares(ScipyLeastSquares):
         )
         params = unravel(x)
         grad = jax.grad(self._cost)(params, *args, **kwargs)
-        step = projections.box(tree.sub(params, grad), tuple(bounds))
-        error = tree.norm(tree.sub(step, params))
+        error = box_error(params, grad, bounds)
         return params, self._state(params, error, *info, args, kwargs)
