@@ -78,6 +78,16 @@ def check_pair(name: str, pair: Any) -> None:
         )
 
 
+def check_constraint_shapes(owner: str, name: str, pair: Any, n: int) -> None:
+    """Refuses a constraint pair (M, v) that is not a matrix (m, n) and a vector (m,)."""
+    M, v = pair
+    if jnp.ndim(M) != 2 or jnp.shape(M)[1] != n or jnp.shape(v) != jnp.shape(M)[:1]:
+        raise ValueError(
+            f"{owner}: {name} must be a matrix (m, {n}) and a vector (m,); got "
+            f"{jnp.shape(M)} and {jnp.shape(v)}"
+        )
+
+
 def check_fun(owner: str, fun: Callable | None, matvec_Q: Callable | None) -> None:
     """The checks of ``fun=`` at construction (JAXopt's, with errors naming fun).
 

@@ -21,7 +21,13 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._failures import Status
 from implicitdiff.solvers._host_call import HostWrapper, all_finite
-from implicitdiff.solvers._qp_common import KKTSolution, check_pair, dtype_of, qp_kkt
+from implicitdiff.solvers._qp_common import (
+    KKTSolution,
+    check_constraint_shapes,
+    check_pair,
+    dtype_of,
+    qp_kkt,
+)
 
 __all__ = ["CvxpyQP", "CvxpyQPState"]
 
@@ -164,12 +170,7 @@ class CvxpyQP(HostWrapper):
             )
         for name, pair in (("params_eq", params_eq), ("params_ineq", params_ineq)):
             if pair is not None:
-                M, v = pair
-                if jnp.ndim(M) != 2 or jnp.shape(M)[1] != n or jnp.shape(v) != jnp.shape(M)[:1]:
-                    raise ValueError(
-                        f"CvxpyQP: {name} must be a matrix (m, {n}) and a vector (m,); got "
-                        f"{jnp.shape(M)} and {jnp.shape(v)}"
-                    )
+                check_constraint_shapes("CvxpyQP", name, pair, n)
         return super().run(None, params_obj, params_eq, params_ineq)
 
     def optimality(self) -> tuple[str, Callable]:

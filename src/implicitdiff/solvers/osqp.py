@@ -43,6 +43,7 @@ from implicitdiff.solvers._osqp_parts import (
 )
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
+    check_constraint_shapes,
     check_fun,
     check_osqp_jaxopt_options,
     check_pair,
@@ -307,12 +308,7 @@ class OSQP(IterativeSolver):
                         f"OSQP: the vector of {name} must be 1-D, got shape {jnp.shape(pair[1])}"
                     )
             elif pair is not None:
-                M, v = pair
-                if jnp.ndim(M) != 2 or jnp.shape(M)[1] != n or jnp.shape(v) != jnp.shape(M)[:1]:
-                    raise ValueError(
-                        f"OSQP: {name} must be a matrix (m, {n}) and a vector (m,); got "
-                        f"{jnp.shape(M)} and {jnp.shape(v)}"
-                    )
+                check_constraint_shapes("OSQP", name, pair, n)
         _dtypes.check_real_params(init_params, "OSQP.run", type(self)._COMPLEX_SOLVERS)
 
         def part(value, pair, size):
