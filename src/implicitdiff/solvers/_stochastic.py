@@ -25,13 +25,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, optimality
+from implicitdiff import _checks, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
 
-__all__ = ["StochasticSolver"]
+__all__ = ["AdaptiveSGD", "StochasticSolver"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -119,11 +119,6 @@ class StochasticSolver(IterativeSolver):
             return "root", self._gradient
         return "root", optimality.stationary(self._value)
 
-    def _searched_step_continuation(self, args, kwargs):
-        """Unrolling past the stop continues with x ← x − η∇f(x), η = 1/L̂ (see
-        :mod:`implicitdiff.solvers._continuation`)."""
-        return gradient_continuation(self._value, args, kwargs)
-
     def run_iterator(self, init_params: PyTree, iterator: Iterator, *args, **kwargs) -> OptStep:
         """Iterate over the batches of ``iterator``: ``update`` on each, passed as ``data=``.
 
@@ -167,3 +162,30 @@ class StochasticSolver(IterativeSolver):
         if compiled is None:
             compiled = self._compiled["run_iterator.update"] = jax.jit(self.update)
         return compiled
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class AdaptiveSGD(StochasticSolver):
+    """Base of the SGDs whose step adapts to f and ∇f on each batch (PolyakSGD, ArmijoSGD):
+    the checks of their cap ``max_stepsize`` and ``momentum`` (fields of theirs), the momentum's
+    first velocity, and the continuation of unrolling past the stop."""
+
+    def _check_step_options(self) -> None:
+        owner = type(self).__name__
+        if not self.max_stepsize > 0:
+            raise ValueError(f"{owner}: max_stepsize must be > 0, got {self.max_stepsize!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"{owner}: momentum must be in [0, 1), got {self.momentum!r}")
+
+    def _initial_velocity(self, init_params) -> PyTree:
+        """The velocity before the first step: zeros like the params (None without momentum)."""
+        return None if self.momentum == 0 else tree.zeros_like(init_params)
+
+    def _searches_its_step(self) -> bool:
+        """The step adapts to f and ∇f: unrolling continues past the stop with a fixed step."""
+        return True
+
+    def _continuation(self, /, *args, **kwargs):
+        """Unrolling past the stop continues with x ← x − η∇f(x), η = 1/L̂ (see
+        :mod:`implicitdiff.solvers._continuation`)."""
+        return gradient_continuation(self._value, args, kwargs)

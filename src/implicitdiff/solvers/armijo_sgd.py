@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _loop, _summary, tree
 from implicitdiff.solvers._base import OptStep
-from implicitdiff.solvers._stochastic import StochasticSolver
+from implicitdiff.solvers._stochastic import AdaptiveSGD
 
 __all__ = ["ArmijoSGD", "ArmijoState"]
 
@@ -47,7 +47,7 @@ class ArmijoState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class ArmijoSGD(StochasticSolver):
+class ArmijoSGD(AdaptiveSGD):
     """min_x fun(x, *args) by SGD with an Armijo line search on each batch.
 
     Each ``update`` starts from η₀ (the last step η₋, times ``increase_factor`` and capped at
@@ -127,21 +127,11 @@ class ArmijoSGD(StochasticSolver):
             raise ValueError(
                 f"ArmijoSGD: increase_factor must be ≥ 1, got {self.increase_factor!r}"
             )
-        if not self.max_stepsize > 0:
-            raise ValueError(f"ArmijoSGD: max_stepsize must be > 0, got {self.max_stepsize!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"ArmijoSGD: momentum must be in [0, 1), got {self.momentum!r}")
+        self._check_step_options()
         if not (
             isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
         ):
             raise ValueError(f"ArmijoSGD: maxls must be a positive int, got {self.maxls!r}")
-
-    def _searches_its_step(self) -> bool:
-        """The line search: unrolling continues past the stop with a fixed step."""
-        return True
-
-    def _continuation(self, /, *args, **kwargs):
-        return self._searched_step_continuation(args, kwargs)
 
     def init_state(self, init_params, /, *args, **kwargs) -> ArmijoState:
         """The state at ``init_params``: error and value inf, η = ``max_stepsize``, v = 0.
@@ -161,7 +151,7 @@ class ArmijoSGD(StochasticSolver):
         return ArmijoState(
             **fields,
             stepsize=jnp.asarray(self.max_stepsize, fields["error"].dtype),
-            velocity=None if self.momentum == 0 else tree.zeros_like(init_params),
+            velocity=self._initial_velocity(init_params),
         )
 
     def _first_trial(self, stepsize):

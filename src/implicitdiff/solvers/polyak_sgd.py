@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _summary, tree
 from implicitdiff.solvers._base import OptStep
-from implicitdiff.solvers._stochastic import StochasticSolver
+from implicitdiff.solvers._stochastic import AdaptiveSGD
 
 __all__ = ["PolyakSGD", "PolyakSGDState"]
 
@@ -51,7 +51,7 @@ class PolyakSGDState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class PolyakSGD(StochasticSolver):
+class PolyakSGD(AdaptiveSGD):
     """min_x fun(x, *args) by SGD with the Polyak step: v ← μ v − γ ∇f(x), x ← x + v.
 
     The step γ is computed at each ``update`` from f and ∇f on the current batch, with f* the
@@ -108,19 +108,9 @@ class PolyakSGD(StochasticSolver):
         self._check_objective_options()
         if self.variant not in _VARIANTS:
             raise ValueError(f"PolyakSGD: variant must be one of {_VARIANTS}, got {self.variant!r}")
-        if not self.max_stepsize > 0:
-            raise ValueError(f"PolyakSGD: max_stepsize must be > 0, got {self.max_stepsize!r}")
+        self._check_step_options()
         if not self.delta >= 0:
             raise ValueError(f"PolyakSGD: delta must be ≥ 0, got {self.delta!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"PolyakSGD: momentum must be in [0, 1), got {self.momentum!r}")
-
-    def _searches_its_step(self) -> bool:
-        """γ adapts to f and ∇f: unrolling continues past the stop with a fixed step."""
-        return True
-
-    def _continuation(self, /, *args, **kwargs):
-        return self._searched_step_continuation(args, kwargs)
 
     def init_state(self, init_params, /, *args, **kwargs) -> PolyakSGDState:
         """The state at ``init_params``: value and error inf, γ = 1, v = 0 (with momentum).
@@ -140,7 +130,7 @@ class PolyakSGD(StochasticSolver):
         return PolyakSGDState(
             **fields,
             stepsize=jnp.asarray(1.0, fields["error"].dtype),
-            velocity=None if self.momentum == 0 else tree.zeros_like(init_params),
+            velocity=self._initial_velocity(init_params),
             num_fun_eval=jnp.asarray(1, jnp.int32),
             num_grad_eval=jnp.asarray(0, jnp.int32),
         )
