@@ -269,6 +269,34 @@ class LineSearchSolver(IterativeSolver):
         )
         return self._evaluate_with_aux(init_params, *args, **kwargs)
 
+    def _initial_fields(self, value, grad, aux, own_stepsize, dtype) -> dict[str, Any]:
+        """The fields every state of these solvers starts with, from f, ∇f and aux at x₀:
+        iter_num 0, error ‖∇f(x₀)‖, converged False, f, ∇f, aux, and the step before the first
+        iteration (``own_stepsize``, or ``max_stepsize`` with a ``linesearch_init`` strategy)."""
+        return {
+            "iter_num": jnp.asarray(0),
+            "error": gradient_error(grad, dtype),
+            "converged": jnp.asarray(False),
+            "value": jnp.asarray(value),
+            "grad": grad,
+            "stepsize": self._initial_stepsize(own_stepsize, dtype),
+            "aux": aux,
+        }
+
+    def _next_fields(self, state, value, grad, stepsize, aux) -> dict[str, Any]:
+        """The fields every state of these solvers has after an iteration from ``state``, with
+        f, ∇f and aux at the new iterate: iter_num + 1, error ‖∇f‖, converged (as it was), f,
+        ∇f, the step and aux."""
+        return {
+            "iter_num": state.iter_num + 1,
+            "error": gradient_error(grad, state.error.dtype),
+            "converged": state.converged,
+            "value": value,
+            "grad": grad,
+            "stepsize": stepsize,
+            "aux": aux,
+        }
+
     def _linesearch_object(self) -> LineSearch:
         """The line search: the ``linesearch`` object, or the one its name stands for."""
         if isinstance(self.linesearch, LineSearch):

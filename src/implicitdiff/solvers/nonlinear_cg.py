@@ -24,7 +24,6 @@ from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._line_search_solver import (
     LineSearchSolver,
     first_stepsize,
-    gradient_error,
     safe_divide,
     safe_min,
 )
@@ -129,15 +128,9 @@ class NonlinearCG(LineSearchSolver):
         value, grad, aux = self._start(init_params, args, kwargs)
         dtype = _dtypes.real_dtype(init_params)
         return NonlinearCGState(
-            iter_num=jnp.asarray(0),
-            error=gradient_error(grad, dtype),
-            converged=jnp.asarray(False),
-            value=jnp.asarray(value),
-            grad=grad,
-            stepsize=self._initial_stepsize(first_stepsize(grad, dtype), dtype),
+            **self._initial_fields(value, grad, aux, first_stepsize(grad, dtype), dtype),
             direction=tree.neg(grad),
             slope=jax.lax.stop_gradient(-_linesearch.inner(grad, grad)).astype(dtype),
-            aux=aux,
         )
 
     def update(self, params, state: NonlinearCGState, /, *args, **kwargs) -> OptStep:
@@ -204,15 +197,10 @@ class NonlinearCG(LineSearchSolver):
         stepsize = jnp.where(ok, guess, first_stepsize(new_g, dtype))
         if self.linesearch_init is not None:  # JAXopt's strategies start from the last step
             stepsize = eta
+        stepsize = jax.lax.stop_gradient(jnp.minimum(stepsize, self._max_stepsize)).astype(dtype)
         state = NonlinearCGState(
-            iter_num=state.iter_num + 1,
-            error=gradient_error(new_g, state.error.dtype),
-            converged=state.converged,
-            value=value,
-            grad=new_g,
-            stepsize=jax.lax.stop_gradient(jnp.minimum(stepsize, self._max_stepsize)).astype(dtype),
+            **self._next_fields(state, value, new_g, stepsize, aux),
             direction=new_d,
             slope=jax.lax.stop_gradient(slope),
-            aux=aux,
         )
         return OptStep(tree.axpy(step, d, params), state)

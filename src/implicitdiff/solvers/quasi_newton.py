@@ -31,7 +31,6 @@ from implicitdiff.solvers._line_search_solver import (
     LineSearchSolver,
     StopIfLinesearchFails,
     first_stepsize,
-    gradient_error,
     safe_divide,
 )
 
@@ -185,18 +184,12 @@ class LBFGS(StopIfLinesearchFails, LineSearchSolver):
         m = self.history_size
         empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), jnp.result_type(leaf)), grad)
         return LbfgsState(
-            iter_num=jnp.asarray(0),
-            error=gradient_error(grad, dtype),
-            converged=jnp.asarray(False),
-            value=jnp.asarray(value),
-            grad=grad,
-            stepsize=self._initial_stepsize(1.0, dtype),
+            **self._initial_fields(value, grad, aux, 1.0, dtype),
             s_history=empty,
             y_history=empty,
             rho_history=jnp.zeros(m, dtype),
             gamma=jnp.asarray(1.0, dtype),
             head=jnp.asarray(0, jnp.int32),
-            aux=aux,
             failed_linesearch=jnp.asarray(False),
         )
 
@@ -280,18 +273,12 @@ class LBFGS(StopIfLinesearchFails, LineSearchSolver):
         if not self.use_gamma:
             gamma = jnp.ones_like(gamma)
         state = LbfgsState(
-            iter_num=state.iter_num + 1,
-            error=gradient_error(grad, state.error.dtype),
-            converged=state.converged,
-            value=value,
-            grad=grad,
-            stepsize=eta,
+            **self._next_fields(state, value, grad, eta, aux),
             s_history=s_history,
             y_history=y_history,
             rho_history=rho_history,
             gamma=gamma,
             head=jnp.where(keep, (head + 1) % self.history_size, head).astype(jnp.int32),
-            aux=aux,
             failed_linesearch=jnp.asarray(failed),
         )
         return OptStep(tree.axpy(eta, direction, params), state)
@@ -383,15 +370,9 @@ class BFGS(LineSearchSolver):
         dtype = tree.dtype(init_params)
         n = tree.size(init_params)
         return BfgsState(
-            iter_num=jnp.asarray(0),
-            error=gradient_error(grad, dtype),
-            converged=jnp.asarray(False),
-            value=jnp.asarray(value),
-            grad=grad,
-            stepsize=self._initial_stepsize(1.0, dtype),
+            **self._initial_fields(value, grad, aux, 1.0, dtype),
             inv_hessian=jnp.eye(n, dtype=dtype),
             identity=jnp.asarray(True),
-            aux=aux,
         )
 
     def update(self, params, state: BfgsState, /, *args, **kwargs) -> OptStep:
@@ -443,14 +424,8 @@ class BFGS(LineSearchSolver):
         )
         H = jnp.where(keep, updated, jnp.where(fresh, eye, H))
         state = BfgsState(
-            iter_num=state.iter_num + 1,
-            error=gradient_error(grad, state.error.dtype),
-            converged=state.converged,
-            value=value,
-            grad=grad,
-            stepsize=eta,
+            **self._next_fields(state, value, grad, eta, aux),
             inv_hessian=H,
             identity=jnp.logical_not(keep) & (fresh | reset),
-            aux=aux,
         )
         return OptStep(tree.axpy(eta, direction, params), state)
