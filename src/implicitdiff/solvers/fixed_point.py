@@ -38,14 +38,36 @@ def _error(residual: PyTree, dtype: Any) -> jax.Array:
     return tree.norm(jax.lax.stop_gradient(residual)).astype(dtype)
 
 
-def _check_fixed_point_fun(solver: Any) -> None:
-    """Check ``fixed_point_fun`` and ``has_aux``; set ``solver._map``, T's value part."""
-    name, fixed_point_fun = type(solver).__name__, solver.fixed_point_fun
-    if not callable(fixed_point_fun):
-        raise TypeError(f"{name}: fixed_point_fun must be callable, got {fixed_point_fun!r}")
-    with_aux = WithAux(fixed_point_fun, solver.has_aux, name, "fixed_point_fun")
-    object.__setattr__(solver, "_with_aux", with_aux)
-    object.__setattr__(solver, "_map", with_aux.value_fun())
+class _FixedPointFun:
+    """Mixin of the solvers of x = T(x, *args), T their field ``fixed_point_fun`` (with the
+    field ``has_aux``): its checks, its first evaluation, and their optimality condition."""
+
+    _user_function = "fixed_point_fun"
+
+    def _check_fixed_point_fun(self) -> None:
+        """Check ``fixed_point_fun`` and ``has_aux``; set ``self._map``, T's value part."""
+        name, fixed_point_fun = type(self).__name__, self.fixed_point_fun
+        if not callable(fixed_point_fun):
+            raise TypeError(f"{name}: fixed_point_fun must be callable, got {fixed_point_fun!r}")
+        with_aux = WithAux(fixed_point_fun, self.has_aux, name, "fixed_point_fun")
+        object.__setattr__(self, "_with_aux", with_aux)
+        object.__setattr__(self, "_map", with_aux.value_fun())
+
+    def _first_image(self, init_params, args, kwargs) -> PyTree:
+        """T(x₀), checked to be shaped like x₀."""
+        next_params = self._map(init_params, *args, **kwargs)
+        _checks.check_like(
+            init_params, next_params, type(self).__name__, "fixed_point_fun", "init_params"
+        )
+        return next_params
+
+    def optimality(self):
+        """The condition that the solution is differentiated through: x = T(x, *args).
+
+        Returns:
+          ``("fixed_point", T)``, T the value part of ``fixed_point_fun``.
+        """
+        return "fixed_point", self._map
 
 
 class FixedPointState(NamedTuple):
@@ -62,7 +84,7 @@ class FixedPointState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class FixedPointIteration(IterativeSolver):
+class FixedPointIteration(_FixedPointFun, IterativeSolver):
     """x = T(x, *args) by plain (Picard) iteration: x ← T(x, *args).
 
     ``run(init_params, *args, **kwargs)``, with ``fixed_point_fun(x, *args, **kwargs)`` returning
@@ -88,8 +110,6 @@ class FixedPointIteration(IterativeSolver):
       >>> x, state = FixedPointIteration(fixed_point_fun=T).run(jnp.zeros(3), jnp.arange(3.0))
     """
 
-    _user_function = "fixed_point_fun"
-
     fixed_point_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     maxiter: int = 1000
     has_aux: bool = False
@@ -97,7 +117,7 @@ class FixedPointIteration(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fixed_point_fun(self)
+        self._check_fixed_point_fun()
 
     def init_state(self, init_params, /, *args, **kwargs) -> FixedPointState:
         """The state at ``init_params``: T evaluated there once.
@@ -113,10 +133,7 @@ class FixedPointIteration(IterativeSolver):
         Raises:
           TypeError: T(x₀) is not shaped like x₀.
         """
-        next_params = self._map(init_params, *args, **kwargs)
-        _checks.check_like(
-            init_params, next_params, "FixedPointIteration", "fixed_point_fun", "init_params"
-        )
+        next_params = self._first_image(init_params, args, kwargs)
         return FixedPointState(
             iter_num=jnp.asarray(0),
             error=_error(tree.sub(next_params, init_params), tree.dtype(init_params)),
@@ -150,14 +167,6 @@ class FixedPointIteration(IterativeSolver):
         )
         return OptStep(params, state)
 
-    def optimality(self):
-        """The condition that the solution is differentiated through: x = T(x, *args).
-
-        Returns:
-          ``("fixed_point", T)``, T the value part of ``fixed_point_fun``.
-        """
-        return "fixed_point", self._map
-
 
 class AndersonState(NamedTuple):
     """iter_num, error = ‖T(x) − x‖ at the current x, converged; the ring buffers of the last
@@ -179,7 +188,7 @@ class AndersonState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class AndersonAcceleration(IterativeSolver):
+class AndersonAcceleration(_FixedPointFun, IterativeSolver):
     """x = T(x, *args) by Anderson acceleration (type II, Walker & Ni 2011).
 
     ``run(init_params, *args, **kwargs)``, with ``fixed_point_fun(x, *args, **kwargs)`` returning
@@ -224,8 +233,6 @@ class AndersonAcceleration(IterativeSolver):
       >>> x, state = solver.run(jnp.zeros(3), jnp.arange(3.0))
     """
 
-    _user_function = "fixed_point_fun"
-
     fixed_point_fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     history_size: int = dataclasses.field(default=5, kw_only=False)
     mixing_frequency: int = dataclasses.field(default=1, kw_only=False)
@@ -237,7 +244,7 @@ class AndersonAcceleration(IterativeSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fixed_point_fun(self)
+        self._check_fixed_point_fun()
         for name in ("history_size", "mixing_frequency"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -274,10 +281,7 @@ class AndersonAcceleration(IterativeSolver):
         """
         m = self.history_size
         dtype = tree.dtype(init_params)
-        next_params = self._map(init_params, *args, **kwargs)
-        _checks.check_like(
-            init_params, next_params, "AndersonAcceleration", "fixed_point_fun", "init_params"
-        )
+        next_params = self._first_image(init_params, args, kwargs)
         residual = tree.sub(next_params, init_params)
         empty = tree.map(lambda leaf: jnp.zeros((m, *jnp.shape(leaf)), leaf.dtype), init_params)
         params_history, residuals_history, gram = self._record(
@@ -350,11 +354,3 @@ class AndersonAcceleration(IterativeSolver):
             aux=self._with_aux.aux(params, *args, **kwargs),
         )
         return OptStep(params, state)
-
-    def optimality(self):
-        """The condition that the solution is differentiated through: x = T(x, *args).
-
-        Returns:
-          ``("fixed_point", T)``, T the value part of ``fixed_point_fun``.
-        """
-        return "fixed_point", self._map
