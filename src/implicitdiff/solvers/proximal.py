@@ -175,6 +175,11 @@ class _ProximalGradientBase(IterativeSolver):
         )
 
     def _init_state(self, init_params, args, kwargs) -> ProximalGradientState:
+        """The state before the first iteration, once ``fun`` is checked to take
+        ``(params, *args)``."""
+        _checks.check_signature(
+            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
+        )
         dtype = tree.dtype(init_params)
         first = 1.0 if callable(self.stepsize) or self.stepsize <= 0 else self.stepsize
         return ProximalGradientState(
@@ -320,9 +325,6 @@ class ProximalGradient(_ProximalGradientBase):
           A ``ProximalGradientState``: iter_num 0, error inf, y = x₀, t = 1, and the step size
             (``stepsize``, or 1 with backtracking).
         """
-        _checks.check_signature(
-            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
-        )
         return self._init_state(init_params, args, kwargs)
 
     def update(self, params, state, /, hyperparams_prox, *args, **kwargs) -> OptStep:
@@ -460,9 +462,6 @@ class ProjectedGradient(_ProximalGradientBase):
           A ``ProximalGradientState``: iter_num 0, error inf, y = x₀, t = 1, and the step size
             (``stepsize``, or 1 with backtracking).
         """
-        _checks.check_signature(
-            self.fun, type(self).__name__, "fun", (init_params, *args), kwargs, "fun(params, *args)"
-        )
         return self._init_state(init_params, args, kwargs)
 
     def update(self, params, state, /, hyperparams_proj=None, *args, **kwargs) -> OptStep:
