@@ -208,6 +208,13 @@ def check_bounds(owner: str, lower: Any, upper: Any, name: str = "bounds") -> No
             )
 
 
+def check_positive_int(value: Any, name: str, owner: str) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a Python int ≥ 1 (a bool is not an
+    int here)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+
+
 def check_positive_number(value: Any, name: str, owner: str, *, allow_zero: bool) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a finite Python number > 0
     (≥ 0 with ``allow_zero``); a bool is not a number here."""

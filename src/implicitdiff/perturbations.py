@@ -41,6 +41,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from implicitdiff import _checks
+
 __all__ = [
     "Gumbel",
     "Normal",
@@ -128,8 +130,7 @@ class Gumbel:
 def _check_options(owner: str, fun: Any, num_samples: Any, sigma: Any, noise: Any) -> None:
     if not callable(fun):
         raise TypeError(f"{owner}: the function to perturb must be callable, got {fun!r}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"{owner}: num_samples must be a positive int, got {num_samples!r}")
+    _checks.check_positive_int(num_samples, "num_samples", owner)
     if not isinstance(sigma, jax.core.Tracer):
         try:
             sigma_ok = float(sigma) > 0

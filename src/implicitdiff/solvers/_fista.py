@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from implicitdiff import _checks
 from implicitdiff.solvers._objective import check_objective_options, check_stepsize
 
 __all__ = ["check_options"]
@@ -34,10 +35,7 @@ def check_options(solver: Any, name: str) -> None:
         raise TypeError(f"{name}: acceleration must be a bool, got {solver.acceleration!r}")
     if not (isinstance(solver.increase_factor, (int, float)) and solver.increase_factor >= 1):
         raise ValueError(f"{name}: increase_factor must be ≥ 1, got {solver.increase_factor!r}")
-    if not (
-        isinstance(solver.maxls, int) and not isinstance(solver.maxls, bool) and solver.maxls >= 1
-    ):
-        raise ValueError(f"{name}: maxls must be a positive int, got {solver.maxls!r}")
+    _checks.check_positive_int(solver.maxls, "maxls", name)
     if not 0 < solver.decrease_factor < 1:
         raise ValueError(
             f"{name}: decrease_factor must be in (0, 1), got {solver.decrease_factor!r}"

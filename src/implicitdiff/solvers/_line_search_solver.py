@@ -146,10 +146,7 @@ class LineSearchSolver(IterativeSolver):
                 f"{name}: linesearch_init must be None (this solver's own first trial) or one of "
                 f"{LINESEARCH_INITS}, got {self.linesearch_init!r}"
             )
-        if not (
-            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
-        ):
-            raise ValueError(f"{name}: maxls must be a positive int, got {self.maxls!r}")
+        _checks.check_positive_int(self.maxls, "maxls", name)
         if not 0 < self.c1 < self.c2 < 1:
             raise ValueError(
                 f"{name}: the Wolfe constants must satisfy 0 < c1 < c2 < 1, got "

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _summary, optimality, tree
+from implicitdiff import _checks, _summary, optimality, tree
 from implicitdiff._typing import PyTree
 
 __all__ = ["KKTSolution", "qp_kkt", "qp_objective"]
@@ -281,7 +281,4 @@ def check_osqp_jaxopt_options(owner: str, solver: Any) -> None:
             f"{owner}: eq_qp_solve must be 'cg', 'cg+jacobi' or 'lu', got {solver.eq_qp_solve!r}"
         )
     frequency = solver.termination_check_frequency
-    if not (isinstance(frequency, int) and not isinstance(frequency, bool) and frequency >= 1):
-        raise ValueError(
-            f"{owner}: termination_check_frequency must be a positive int, got {frequency!r}"
-        )
+    _checks.check_positive_int(frequency, "termination_check_frequency", owner)

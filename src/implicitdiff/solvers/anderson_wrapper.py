@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _loop, _summary, tree
+from implicitdiff import _checks, _loop, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._anderson import mixing_weights, slot_products, stack_slot
 from implicitdiff.solvers._base import IterativeSolver, OptStep, positional_method
@@ -102,10 +102,7 @@ class AndersonWrapper(IterativeSolver):
                 f"AndersonWrapper: history_size must be an int ≥ 2, got {self.history_size!r}"
             )
         frequency = self.history_size if self.mixing_frequency is None else self.mixing_frequency
-        if not (isinstance(frequency, int) and not isinstance(frequency, bool) and frequency >= 1):
-            raise ValueError(
-                f"AndersonWrapper: mixing_frequency must be a positive int, got {frequency!r}"
-            )
+        _checks.check_positive_int(frequency, "mixing_frequency", "AndersonWrapper")
         if not (isinstance(self.beta, (int, float)) and self.beta > 0):
             raise ValueError(f"AndersonWrapper: beta must be > 0, got {self.beta!r}")
         if not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):

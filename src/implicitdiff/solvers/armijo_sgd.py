@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _loop, _summary, tree
+from implicitdiff import _checks, _loop, _summary, tree
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import AdaptiveSGD
 
@@ -128,10 +128,7 @@ class ArmijoSGD(AdaptiveSGD):
                 f"ArmijoSGD: increase_factor must be ≥ 1, got {self.increase_factor!r}"
             )
         self._check_step_options()
-        if not (
-            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
-        ):
-            raise ValueError(f"ArmijoSGD: maxls must be a positive int, got {self.maxls!r}")
+        _checks.check_positive_int(self.maxls, "maxls", "ArmijoSGD")
 
     def init_state(self, init_params, /, *args, **kwargs) -> ArmijoState:
         """The state at ``init_params``: error and value inf, η = ``max_stepsize``, v = 0.

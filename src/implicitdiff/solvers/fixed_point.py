@@ -246,11 +246,7 @@ class AndersonAcceleration(_FixedPointFun, IterativeSolver):
         super().__post_init__()
         self._check_fixed_point_fun()
         for name in ("history_size", "mixing_frequency"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(
-                    f"AndersonAcceleration: {name} must be a positive int, got {value!r}"
-                )
+            _checks.check_positive_int(getattr(self, name), name, "AndersonAcceleration")
         if not (isinstance(self.beta, (int, float)) and self.beta > 0):
             raise ValueError(f"AndersonAcceleration: beta must be > 0, got {self.beta!r}")
         if not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):

@@ -179,10 +179,7 @@ class LBFGSB(StopIfLinesearchFails, IterativeSolver):
                 f"LBFGSB: linesearch_init must be None (first trial 1) or one of "
                 f"{LINESEARCH_INITS}, got {self.linesearch_init!r}"
             )
-        if not (
-            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
-        ):
-            raise ValueError(f"LBFGSB: maxls must be a positive int, got {self.maxls!r}")
+        _checks.check_positive_int(self.maxls, "maxls", "LBFGSB")
         if not self.max_stepsize > 0:
             raise ValueError(f"LBFGSB: max_stepsize must be > 0, got {self.max_stepsize!r}")
         if not self.min_stepsize >= 0:
@@ -194,14 +191,7 @@ class LBFGSB(StopIfLinesearchFails, IterativeSolver):
         if not (isinstance(self.theta, (int, float)) and self.theta > 0):
             raise ValueError(f"LBFGSB: theta must be a number > 0, got {self.theta!r}")
         self._check_stop_if_linesearch_fails("LBFGSB")
-        if not (
-            isinstance(self.history_size, int)
-            and not isinstance(self.history_size, bool)
-            and self.history_size >= 1
-        ):
-            raise ValueError(
-                f"LBFGSB: history_size must be a positive int, got {self.history_size!r}"
-            )
+        _checks.check_positive_int(self.history_size, "history_size", "LBFGSB")
         object.__setattr__(
             self, "_objective", Objective(self.fun, self.value_and_grad, self.has_aux)
         )

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _hager_zhang, _linesearch, _summary, tree
+from implicitdiff import _checks, _hager_zhang, _linesearch, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _run_options
 from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
@@ -125,10 +125,7 @@ class LineSearch:
             )
         if not isinstance(self.has_aux, bool):
             raise TypeError(f"{owner}: has_aux must be a bool, got {self.has_aux!r}")
-        if not (isinstance(self.maxiter, int) and not isinstance(self.maxiter, bool)):
-            raise ValueError(f"{owner}: maxiter must be a positive int, got {self.maxiter!r}")
-        if self.maxiter < 1:
-            raise ValueError(f"{owner}: maxiter must be a positive int, got {self.maxiter!r}")
+        _checks.check_positive_int(self.maxiter, "maxiter", owner)
         _check_number(owner, "c1", self.c1, 0.0, 1.0)
         _check_number(owner, "c2", self.c2, self.c1, 1.0)
         if self.max_stepsize is not None:

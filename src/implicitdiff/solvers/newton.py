@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _linesearch, _loop, _summary, optimality, tree
+from implicitdiff import _checks, _linesearch, _loop, _summary, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
@@ -149,10 +149,7 @@ class Newton(IterativeSolver):
             raise ValueError(
                 f"Newton: cg_maxiter must be None or a positive int, got {self.cg_maxiter!r}"
             )
-        if not (
-            isinstance(self.maxls, int) and not isinstance(self.maxls, bool) and self.maxls >= 1
-        ):
-            raise ValueError(f"Newton: maxls must be a positive int, got {self.maxls!r}")
+        _checks.check_positive_int(self.maxls, "maxls", "Newton")
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
         object.__setattr__(self, "_grad", jax.grad(self.fun))
 

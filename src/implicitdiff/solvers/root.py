@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _linesearch, _summary, tree
+from implicitdiff import _checks, _linesearch, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -229,8 +229,7 @@ class Broyden(StopIfLinesearchFails, IterativeSolver):
                 f"Broyden: increase_factor must be > 0, got {options['increase_factor']!r}"
             )
         maxls = options["maxls"]
-        if not (isinstance(maxls, int) and not isinstance(maxls, bool) and maxls >= 1):
-            raise ValueError(f"Broyden: maxls must be a positive int, got {maxls!r}")
+        _checks.check_positive_int(maxls, "maxls", "Broyden")
         # The search object checks condition and decrease_factor (naming them).
         options["search"] = BacktrackingLineSearch(
             fun=_no_fun,
