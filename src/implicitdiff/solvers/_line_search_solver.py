@@ -29,6 +29,7 @@ from implicitdiff.solvers._jaxopt_options import warn_deprecated_search_options
 from implicitdiff.solvers._objective import (
     LINESEARCH_INITS,
     Objective,
+    Stationary,
     check_complex,
     check_objective_options,
     check_stepsize,
@@ -95,7 +96,7 @@ class StopIfLinesearchFails:
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class LineSearchSolver(IterativeSolver):
+class LineSearchSolver(Stationary, IterativeSolver):
     """Options and the line-search step shared by LBFGS, BFGS and NonlinearCG."""
 
     _complex_params = True
@@ -380,12 +381,3 @@ class LineSearchSolver(IterativeSolver):
             keep = lambda old, new: jnp.where(rejected, old, new).astype(new.dtype)  # noqa: E731
             new_value, new_grad = keep(value, new_value), tree.map(keep, grad, new_grad)
         return eta, new_value, new_grad, failed
-
-    def optimality(self):
-        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
-
-        Returns:
-          ``("root", optimality.stationary(fun))`` (the value part of ``fun`` with ``has_aux``;
-            the gradient that ``fun`` returns with ``value_and_grad``).
-        """
-        return "root", self._objective.stationary()

@@ -35,6 +35,7 @@ from implicitdiff.solvers import _dtypes
 __all__ = [
     "LINESEARCH_INITS",
     "Objective",
+    "Stationary",
     "WithAux",
     "check_complex",
     "check_objective_options",
@@ -231,6 +232,20 @@ class Objective:
             support=support,
             support_symmetric=True,
         )
+
+
+class Stationary:
+    """Mixin of the minimizers differentiated through ∇₁f = 0, f their ``_objective`` (an
+    :class:`Objective`): GradientDescent, ScipyMinimize and the line-search solvers."""
+
+    def optimality(self):
+        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
+
+        Returns:
+          ``("root", optimality.stationary(fun))`` (the value part of ``fun`` with ``has_aux``;
+            the gradient that ``fun`` returns with ``value_and_grad``).
+        """
+        return "root", self._objective.stationary()
 
 
 @dataclasses.dataclass(frozen=True)

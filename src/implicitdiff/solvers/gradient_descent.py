@@ -17,6 +17,7 @@ from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
 from implicitdiff.solvers._objective import (
     Objective,
+    Stationary,
     check_complex,
     scheduled_stepsize,
 )
@@ -44,7 +45,7 @@ class GradientDescentState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class GradientDescent(IterativeSolver):
+class GradientDescent(Stationary, IterativeSolver):
     """min_x fun(x, *args) by gradient descent: x ← x − η∇f(x, *args).
 
     ``run(init_params, *args, **kwargs)``; the solution is differentiated through the
@@ -222,12 +223,3 @@ class GradientDescent(IterativeSolver):
             aux=aux,
         )
         return OptStep(new_params, state)
-
-    def optimality(self):
-        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
-
-        Returns:
-          ``("root", optimality.stationary(fun))`` (the value part of ``fun`` with ``has_aux``;
-            the gradient that ``fun`` returns with ``value_and_grad``).
-        """
-        return "root", self._objective.stationary()

@@ -61,7 +61,7 @@ from implicitdiff.solvers._host_call import (
     on_cpu,
     shape_key,
 )
-from implicitdiff.solvers._objective import Objective, check_objective_options
+from implicitdiff.solvers._objective import Objective, Stationary, check_objective_options
 from implicitdiff.solvers._scipy_common import (
     BOUNDED_METHODS,
     GRADIENT_FREE,
@@ -91,7 +91,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class ScipyMinimize(HostWrapper):
+class ScipyMinimize(Stationary, HostWrapper):
     """min_x fun(x, *args) by ``scipy.optimize.minimize``, differentiable, jittable, vmappable.
 
     ``run(init_params, *args, **kwargs)`` calls ``scipy.optimize.minimize(…, method, tol,
@@ -182,15 +182,6 @@ class ScipyMinimize(HostWrapper):
     @staticmethod
     def _methods() -> tuple[str, ...]:
         return MINIMIZE_METHODS
-
-    def optimality(self) -> tuple[str, Callable]:
-        """The condition that the solution is differentiated through: ∇₁fun(x, *args) = 0.
-
-        Returns:
-          ``("root", optimality.stationary(fun))`` (of the value part of ``fun`` with
-            ``has_aux``; the gradient that ``fun`` returns with ``value_and_grad``).
-        """
-        return "root", self._objective.stationary()
 
     def _build_host(self, key: tuple, unravel: Callable, param_dtype: Any) -> Callable:
         objective = self._objective
