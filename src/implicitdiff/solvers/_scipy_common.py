@@ -16,7 +16,7 @@ from implicitdiff import _checks, _summary, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
-from implicitdiff.solvers._host_call import check_callable
+from implicitdiff.solvers._host_call import all_finite, check_callable
 
 __all__ = ["ScipyState"]
 
@@ -153,6 +153,25 @@ class ScipyState(NamedTuple):
     aux: Any = None
 
     __repr__ = _summary.namedtuple_repr
+
+
+def solution_state(
+    solver: Any, params: PyTree, error: Any, iter_num, status, success, value, aux, hess_inv=None
+) -> ScipyState:
+    """The :class:`ScipyState` of a minimizer's solution x (ScipyMinimize, ScipyLeastSquares and
+    their bounded forms): the error in x's dtype, converged when SciPy succeeded, x and the
+    error are finite and error ≤ ``solver.error_tol``."""
+    error = jnp.asarray(error, tree.dtype(params))
+    converged = success & all_finite(params) & jnp.isfinite(error) & (error <= solver.error_tol)
+    return ScipyState(
+        iter_num=iter_num,
+        error=error,
+        converged=converged,
+        status=status,
+        value=value,
+        hess_inv=hess_inv,
+        aux=aux,
+    )
 
 
 def import_scipy_optimize():

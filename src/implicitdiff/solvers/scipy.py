@@ -44,7 +44,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -55,7 +54,6 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import (
     INFO_SHAPES,
     HostWrapper,
-    all_finite,
     callback_args,
     flat_params,
     on_cpu,
@@ -78,6 +76,7 @@ from implicitdiff.solvers._scipy_common import (
     flat_bound,
     import_scipy_optimize,
     result_fields,
+    solution_state,
 )
 
 __all__ = [
@@ -310,18 +309,7 @@ class ScipyMinimize(Stationary, HostWrapper):
     def _state(
         self, params, error, value, aux, iter_num, status, success, hess_inv=None
     ) -> ScipyState:
-        dtype = tree.dtype(params)
-        error = jnp.asarray(error, dtype)
-        converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
-        return ScipyState(
-            iter_num=iter_num,
-            error=error,
-            converged=converged,
-            status=status,
-            value=value,
-            hess_inv=hess_inv,
-            aux=aux,
-        )
+        return solution_state(self, params, error, iter_num, status, success, value, aux, hess_inv)
 
     def _solution(self, init_params, /, *args, **kwargs):
         params, *info = self._minimize(init_params, None, args, kwargs)

@@ -48,6 +48,7 @@ from implicitdiff.solvers._scipy_common import (
     import_scipy_optimize,
     result_fields,
     robust_cost,
+    solution_state,
 )
 
 __all__ = ["ScipyBoundedLeastSquares", "ScipyLeastSquares", "ScipyRootFinding"]
@@ -313,17 +314,9 @@ class ScipyLeastSquares(HostWrapper):
         return host
 
     def _state(self, params, error, iter_num, status, success, args, kwargs) -> ScipyState:
-        dtype = tree.dtype(params)
-        error = jnp.asarray(error, dtype)
-        converged = success & all_finite(params) & jnp.isfinite(error) & (error <= self.error_tol)
-        return ScipyState(
-            iter_num=iter_num,
-            error=error,
-            converged=converged,
-            status=status,
-            value=jnp.asarray(self._cost(params, *args, **kwargs), dtype),
-            aux=self._with_aux.aux(params, *args, **kwargs),
-        )
+        value = jnp.asarray(self._cost(params, *args, **kwargs), tree.dtype(params))
+        aux = self._with_aux.aux(params, *args, **kwargs)
+        return solution_state(self, params, error, iter_num, status, success, value, aux)
 
     def _solution(self, init_params, /, *args, **kwargs):
         params, *info = call_host(self, "least_squares", init_params, args, kwargs)
