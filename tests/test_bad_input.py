@@ -317,7 +317,7 @@ def solver_maxiter_negative():
     """maxiter < 0 (or a float) for a solver → ValueError naming maxiter."""
     with pytest.raises(ValueError, match=r"maxiter must be a positive int, got -5"):
         solvers.LBFGS(fun=ridge_objective, maxiter=-5)
-    with pytest.raises(ValueError, match=r"maxiter must be a positive int, got 10.0"):
+    with pytest.raises(ValueError, match=r"LBFGS: maxiter must be an int, got 10.0"):
         solvers.LBFGS(fun=ridge_objective, maxiter=10.0)
 
 
@@ -331,7 +331,7 @@ def solver_tol_negative():
 @case
 def solver_tol_nan():
     """tol = NaN for a solver → ValueError naming tol."""
-    with pytest.raises(ValueError, match=r"tol must be a non-negative number, got nan"):
+    with pytest.raises(ValueError, match=r"OSQP: tol must be a real number, got nan"):
         solvers.OSQP(tol=float("nan"))
 
 

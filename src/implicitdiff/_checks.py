@@ -13,6 +13,8 @@ The rule for a value that defines a problem (a radius, a scale, bounds, a regula
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -206,6 +208,71 @@ def check_bounds(owner: str, lower: Any, upper: Any, name: str = "bounds") -> No
                 f"{owner}: {name} = (lower, upper) must have lower ≤ upper entry by entry (the "
                 f"box is empty otherwise), got lower={lower!r}, upper={upper!r}"
             )
+
+
+# The annotations of the numeric options of solvers and line searches (their dataclass fields,
+# read as the strings that ``from __future__ import annotations`` leaves): kind, None allowed.
+_NUMERIC_FIELDS = {
+    "int": (int, False),
+    "int | None": (int, True),
+    "float": (float, False),
+    "float | None": (float, True),
+}
+
+
+def _is_real_number(value: Any) -> bool:
+    """A real number and not a bool: a Python or NumPy int or float (not NaN), or a 0-d array of
+    an integer or floating dtype (a JAX array, traced or not: its value is not read)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return not np.isnan(value)
+    dtype = getattr(value, "dtype", None)
+    return (
+        getattr(value, "shape", None) == ()
+        and dtype is not None
+        and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    )
+
+
+def check_numeric_fields(options: Any) -> None:
+    """Raise a ValueError naming the option unless each field of the dataclass ``options``
+    annotated ``int`` holds a Python int and each annotated ``float`` a real number (either
+    also None when annotated ``| None``): a bool, a string, a container, NaN or a misplaced
+    None is refused by name here, before any range check compares it."""
+    owner = type(options).__name__
+    for field in dataclasses.fields(options):
+        rule = _NUMERIC_FIELDS.get(field.type)
+        if rule is None:
+            continue
+        kind, optional = rule
+        value = getattr(options, field.name)
+        if value is None and optional:
+            continue
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = _is_real_number(value)
+        if not ok:
+            expected = "an int" if kind is int else "a real number"
+            expected += " or None" if optional else ""
+            raise ValueError(f"{owner}: {field.name} must be {expected}, got {value!r}")
+
+
+def checking_numeric_fields(post_init: Callable) -> Callable:
+    """``post_init`` preceded by :func:`check_numeric_fields`: a class's ``__post_init__``
+    wrapped by its base's ``__init_subclass__``, so the types are checked before the class's
+    own range checks run (the most derived ``__post_init__`` runs first)."""
+    if getattr(post_init, "_checks_numeric_fields", False):
+        return post_init
+
+    @functools.wraps(post_init)
+    def checked(self):
+        check_numeric_fields(self)
+        post_init(self)
+
+    checked._checks_numeric_fields = True
+    return checked
 
 
 def check_positive_int(value: Any, name: str, owner: str) -> None:

@@ -1,13 +1,14 @@
 """Constructor conventions: a solver's own fields first positionally, in JAXopt 0.8.5's order;
 the settings every solver shares (maxiter, tol, implicit_diff, ...) keyword-only."""
 
+import dataclasses
 import inspect
 import types
 
 import pytest
 
 from implicitdiff import solvers
-from implicitdiff.solvers import _base
+from implicitdiff.solvers import _base, linesearch
 
 jaxopt = pytest.importorskip("jaxopt")
 
@@ -143,3 +144,65 @@ def test_maxls_true_is_refused_family(name):
     cls(first, **EXTRA.get(name, {}))  # valid without it
     with pytest.raises(ValueError, match="maxls"):
         cls(first, maxls=True, **EXTRA.get(name, {}))
+
+
+# Every numeric option of every solver and line search (a field annotated int or float, maybe
+# | None), given a value of the wrong kind: a ValueError naming the option, never a bare
+# TypeError from a comparison, a bool read as 1, or a NaN taken as a setting.
+def _numeric_options(cls) -> list[str]:
+    return [
+        field.name
+        for field in dataclasses.fields(cls)
+        if field.init and field.type in ("int", "float", "int | None", "float | None")
+    ]
+
+
+def _build(name, **options):
+    cls = getattr(solvers, name) if hasattr(solvers, name) else getattr(linesearch, name)
+    if name in ("OSQP", "BoxCDQP"):  # keyword-only
+        return cls(**options)
+    if name in METHODS:
+        return cls(METHODS[name], fun=f, **options)
+    return cls(FIRST.get(name, f), **{**EXTRA.get(name, {}), **options})
+
+
+LINE_SEARCHES = ["BacktrackingLineSearch", "ZoomLineSearch", "HagerZhangLineSearch"]
+NUMERIC_OPTIONS = [
+    (name, option)
+    for name in [n for n in CONCRETE if n not in METHODS] + LINE_SEARCHES
+    for option in _numeric_options(
+        getattr(solvers, name) if hasattr(solvers, name) else getattr(linesearch, name)
+    )
+]
+
+
+def test_the_numeric_options_family_is_found():
+    found = {option for _, option in NUMERIC_OPTIONS}
+    assert len(NUMERIC_OPTIONS) >= 120, len(NUMERIC_OPTIONS)
+    for option in ("maxiter", "tol", "history_size", "max_stepsize", "rho", "c1", "maxls"):
+        assert option in found, option
+
+
+@pytest.mark.parametrize(("name", "option"), NUMERIC_OPTIONS)
+@pytest.mark.parametrize("value", [True, "1", [1.0], float("nan"), None], ids=repr)
+def test_a_numeric_option_of_the_wrong_kind_is_refused_by_name(name, option, value):
+    cls = getattr(solvers, name) if hasattr(solvers, name) else getattr(linesearch, name)
+    field = next(field for field in dataclasses.fields(cls) if field.name == option)
+    if value is None and "None" in field.type:
+        _build(name, **{option: None})  # None is this option's default meaning
+        return
+    if isinstance(value, float) and field.type.startswith("int"):
+        value = 1.5  # NaN is a float: an int option refuses any float
+    with pytest.raises(ValueError, match=rf"{name}: {option} must be"):
+        _build(name, **{option: value})
+
+
+def test_numeric_options_take_numpy_and_jax_scalars():
+    import jax.numpy as jnp
+    import numpy as np
+
+    solver = solvers.ProximalGradient(f, decrease_factor=np.float32(0.5), tol=np.float64(1e-4))
+    assert solver.decrease_factor == 0.5
+    assert solvers.LBFGSB(f, max_stepsize=jnp.asarray(2.0)).max_stepsize == 2.0
+    with pytest.raises(ValueError, match="LBFGSB: max_stepsize must be a real number, got None"):
+        solvers.LBFGSB(f, max_stepsize=None)

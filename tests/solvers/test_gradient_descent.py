@@ -151,8 +151,8 @@ def test_nonfinite_iterates_are_not_converged():
         # The step search grows the last accepted step by increase_factor: below 1 (or not a
         # number) it is refused, as by ProximalGradient (it used to be accepted silently).
         (dict(fun=ridge_objective, increase_factor=0.5), "increase_factor must be ≥ 1"),
-        (dict(fun=ridge_objective, increase_factor="2"), "increase_factor must be ≥ 1"),
-        (dict(fun=ridge_objective, maxls=True), "maxls must be a positive int"),
+        (dict(fun=ridge_objective, increase_factor="2"), "increase_factor must be a real number"),
+        (dict(fun=ridge_objective, maxls=True), "maxls must be an int, got True"),
     ],
 )
 def test_bad_options_are_named(options, message):

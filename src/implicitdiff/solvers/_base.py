@@ -131,7 +131,16 @@ class DifferentiableRun(abc.ABC):
         refuse_jaxopt_options(cls, kwargs)
         return super().__new__(cls)
 
+    def __init_subclass__(cls, **kwargs):
+        # Each subclass's own __post_init__ first checks the types of the numeric options
+        # (fields annotated int / float), so that its range checks meet numbers only.
+        super().__init_subclass__(**kwargs)
+        post_init = cls.__dict__.get("__post_init__")
+        if post_init is not None:
+            cls.__post_init__ = _checks.checking_numeric_fields(post_init)
+
     def __post_init__(self):
+        _checks.check_numeric_fields(self)
         owner = type(self).__name__
         if not isinstance(self.implicit_diff, bool):
             raise TypeError(f"{owner}: implicit_diff must be a bool, got {self.implicit_diff!r}")

@@ -133,7 +133,8 @@ class ScipyState(NamedTuple):
       iter_num: SciPy's ``nit``; where the method reports none (``root``'s hybr and lm,
         ``least_squares``), its number of function evaluations ``nfev``; −1 if neither.
       error: the norm of the wrapper's optimality residual at x, computed in JAX.
-      converged: SciPy's ``success``, a finite x and error, and error ≤ ``error_tol``.
+      converged: a finite x and error, error ≤ ``error_tol``, and (minimize, least squares)
+        SciPy's ``success``; ``ScipyRootFinding`` ignores SciPy's flag (its class says why).
       status: SciPy's ``status`` code (its meaning depends on the method).
       value: the objective at x: fun(x) (minimize), ½·f_scale²·Σρ(rᵢ²/f_scale²) (least
         squares; ½‖r(x)‖² for the linear loss) or ½‖F(x)‖² (root finding).

@@ -210,7 +210,7 @@ class BlockCoordinateDescent(IterativeSolver):
         else:
             try:
                 steps = jnp.asarray(self.stepsize)
-            except TypeError:
+            except (TypeError, ValueError):  # not an array (None: a ValueError)
                 steps = None
             if steps is None or steps.ndim != 1 or not bool(jnp.all(steps > 0)):
                 raise ValueError(

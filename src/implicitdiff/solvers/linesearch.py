@@ -115,6 +115,13 @@ class LineSearch:
         refuse_jaxopt_options(cls, kwargs)
         return super().__new__(cls)
 
+    def __init_subclass__(cls, **kwargs):
+        # As the solvers': the numeric options' types are checked before the range checks.
+        super().__init_subclass__(**kwargs)
+        post_init = cls.__dict__.get("__post_init__")
+        if post_init is not None:
+            cls.__post_init__ = _checks.checking_numeric_fields(post_init)
+
     def _check_common(self) -> None:
         owner = type(self).__name__
         if not callable(self.fun):
