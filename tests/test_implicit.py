@@ -708,6 +708,28 @@ def test_backward_check_family_other_policies_under_checkpoint_and_vmap(policy):
         assert len(reports) == 1 and reports[0].filename == __file__
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_the_backward_check_measures_the_relative_residual_at_any_scale(dtype, scale):
+    # ‖r‖ / ‖b‖ with r = δ·b (δ = 1e-3) in a tree of two leaves, one of them empty: δ at every
+    # scale, where the plain ‖r‖² / ‖b‖² would overflow (1e60) or underflow (1e-60) in float32.
+    from implicitdiff._backward_check import _relative_residual
+
+    rng = np.random.default_rng(0)
+    b = {"a": jnp.asarray(rng.standard_normal(50) * scale, dtype), "e": jnp.zeros(0, dtype)}
+    r = jax.tree_util.tree_map(lambda v: 1e-3 * v, b)
+    got = _relative_residual(r, b)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, 1e-3, rtol=1e-5)
+    zero = {"a": jnp.zeros(50, dtype), "e": b["e"]}
+    small = {"a": jnp.full(50, 1e-3, dtype), "e": b["e"]}
+    np.testing.assert_allclose(_relative_residual(small, zero), 1e-3 * np.sqrt(50), rtol=1e-5)
+    r_bad = {"a": r["a"].at[3].set(jnp.nan), "e": r["e"]}
+    assert np.isnan(_relative_residual(r_bad, b))
+    r_inf = {"a": r["a"].at[3].set(jnp.inf), "e": r["e"]}
+    assert _relative_residual(r_inf, b) == np.inf
+
+
 def test_failed_backward_solve_ignore_policy_is_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
