@@ -1,6 +1,7 @@
-"""Parts of :mod:`implicitdiff.linear_solve`: the dense kernels of ``inv`` and ``qr``, the loop of
-``iterative_refinement``, the adapter behind JAXopt's ``solve_*`` names (re-exported,
-documented and checked there), and the cost model of ``auto`` (:func:`dense_is_cheaper`)."""
+"""Parts of :mod:`implicitdiff.linear_solve`: the dense kernels of ``lu``, ``cholesky``, ``inv``
+and ``qr``, the loop of ``iterative_refinement``, the adapter behind JAXopt's ``solve_*`` names
+(re-exported, documented and checked there), and the cost model of ``auto``
+(:func:`dense_is_cheaper`)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,26 @@ from implicitdiff._typing import PyTree
 
 __all__ = [
     "EXPECTED_ITERATIONS",
+    "dense_cholesky_solve",
     "dense_inverse_solve",
     "dense_is_cheaper",
+    "dense_lu_solve",
     "dense_qr_solve",
     "jaxopt_named",
     "matvec_flops",
     "refined_solve",
 ]
+
+
+def dense_lu_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """x = A⁻¹ b by LU factorization of the dense matrix A with partial pivoting."""
+    return jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b)
+
+
+def dense_cholesky_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """x = A⁻¹ b by Cholesky factorization of the symmetrized dense matrix, (A + Aᵀ)/2."""
+    a = 0.5 * (a + a.T)
+    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
 
 
 def dense_inverse_solve(a: jax.Array, b: jax.Array) -> jax.Array:

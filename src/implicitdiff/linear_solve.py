@@ -121,14 +121,16 @@ def _maxiter(maxiter: int | None) -> int | None:
     return maxiter
 
 
-def _check_ridge(ridge: Any) -> None:
+def _ridge_is_zero(ridge: Any) -> bool:
+    """Whether ``ridge`` is a Python number equal to 0 (nothing to add), after refusing a
+    negative one with a ValueError; an array (perhaps traced) is never taken as zero."""
     if isinstance(ridge, (int, float)) and not ridge >= 0:
         raise ValueError(f"ridge must be a non-negative number, got {ridge!r}")
+    return isinstance(ridge, (int, float)) and ridge == 0
 
 
 def _add_ridge(matvec: Matvec, ridge: float) -> Matvec:
-    _check_ridge(ridge)
-    if isinstance(ridge, (int, float)) and ridge == 0:
+    if _ridge_is_zero(ridge):
         return matvec
     return lambda x: tree.axpy(ridge, x, matvec(x))
 
@@ -448,14 +450,15 @@ def _materialize(matvec: Matvec, b: PyTree):
     return columns.T, b_flat, unravel
 
 
-def _dense_system(matvec: Matvec, b: PyTree, ridge: float):
-    """The dense matrix of A + ridge · I on the flattened space of ``b``, the flat b, and the
-    unravel function."""
+def _dense_solve(
+    matvec: Matvec, b: PyTree, ridge: float, solve_flat: Callable[[jax.Array, jax.Array], jax.Array]
+) -> PyTree:
+    """x solving (A + ridge · I) x = b densely: ``solve_flat(M, b_flat)`` on the matrix M of
+    A + ridge · I over the flattened space of ``b`` and the flat b, unraveled like b."""
     a, b_flat, unravel = _materialize(matvec, b)
-    _check_ridge(ridge)
-    if not (isinstance(ridge, (int, float)) and ridge == 0):
+    if not _ridge_is_zero(ridge):
         a = a + ridge * jnp.eye(a.shape[0], dtype=a.dtype)
-    return a, b_flat, unravel
+    return unravel(solve_flat(a, b_flat))
 
 
 @_linear_solver
@@ -475,8 +478,7 @@ def lu(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTr
       x, a pytree like b.
     """
     del ignored
-    a, b_flat, unravel = _dense_system(matvec, b, ridge)
-    return unravel(jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b_flat))
+    return _dense_solve(matvec, b, ridge, _more.dense_lu_solve)
 
 
 @_linear_solver
@@ -498,9 +500,7 @@ def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -
       x, a pytree like b.
     """
     del ignored
-    a, b_flat, unravel = _dense_system(matvec, b, ridge)
-    a = 0.5 * (a + a.T)
-    return unravel(jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b_flat))
+    return _dense_solve(matvec, b, ridge, _more.dense_cholesky_solve)
 
 
 @_linear_solver
@@ -521,8 +521,7 @@ def inv(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyT
       x, a pytree like b.
     """
     del ignored
-    a, b_flat, unravel = _dense_system(matvec, b, ridge)
-    return unravel(_more.dense_inverse_solve(a, b_flat))
+    return _dense_solve(matvec, b, ridge, _more.dense_inverse_solve)
 
 
 @_linear_solver
@@ -541,8 +540,7 @@ def qr(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -> PyTr
       x, a pytree like b.
     """
     del ignored
-    a, b_flat, unravel = _dense_system(matvec, b, ridge)
-    return unravel(_more.dense_qr_solve(a, b_flat))
+    return _dense_solve(matvec, b, ridge, _more.dense_qr_solve)
 
 
 @_linear_solver
