@@ -284,8 +284,7 @@ def vdot(x: PyTree, y: PyTree) -> jax.Array:
       A scalar, in the promoted dtype of the leaves (at least :func:`dtype` of x); 0 for an
         empty tree.
     """
-    parts = jax.tree_util.tree_leaves(map(lambda a, b: jnp.vdot(a, b), x, y))
-    return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
+    return _total(jax.tree_util.tree_leaves(map(lambda a, b: jnp.vdot(a, b), x, y)), x)
 
 
 def sum(x: PyTree) -> jax.Array:
@@ -298,7 +297,12 @@ def sum(x: PyTree) -> jax.Array:
       A scalar, in the promoted dtype of the leaves (at least :func:`dtype` of x); 0 for an
         empty tree.
     """
-    parts = [jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(x)]
+    return _total([jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(x)], x)
+
+
+def _total(parts: list, x: PyTree) -> jax.Array:
+    """The sum of the per-leaf scalars ``parts`` of x, from a 0 in :func:`dtype` of x (so 0 for
+    an empty tree, and at least x's floating dtype)."""
     return functools.reduce(operator.add, parts, jnp.asarray(0.0, dtype(x)))
 
 
