@@ -292,12 +292,21 @@ def _data(data: Any, owner: str) -> tuple[jax.Array, jax.Array]:
     return X, y
 
 
-class LeastSquares(CompositeLinearFunction):
-    """Least squares (1/2n) ‖XW − y‖² (see :data:`least_squares`)."""
+class _DesignMatrixObjective(CompositeLinearFunction):
+    """A composite objective of the predictions X W, for ``data = (X, y)``: A = X, the data
+    checked under the name ``_owner`` (the instance's name)."""
+
+    _owner: str
 
     def make_linop(self, data: Any) -> LinearOperator:
         """A = X."""
-        return LinearOperator(_data(data, "least_squares")[0])
+        return LinearOperator(_data(data, self._owner)[0])
+
+
+class LeastSquares(_DesignMatrixObjective):
+    """Least squares (1/2n) ‖XW − y‖² (see :data:`least_squares`)."""
+
+    _owner = "least_squares"
 
     def subfun(self, predictions: jax.Array, data: Any) -> jax.Array:
         """(1/2n) ‖predictions − y‖² (mean over every entry, as JAXopt)."""
@@ -327,12 +336,10 @@ class LeastSquares(CompositeLinearFunction):
         return super().__call__(W, data)
 
 
-class BinaryLogreg(CompositeLinearFunction):
+class BinaryLogreg(_DesignMatrixObjective):
     """Binary logistic regression (see :data:`binary_logreg`)."""
 
-    def make_linop(self, data: Any) -> LinearOperator:
-        """A = X."""
-        return LinearOperator(_data(data, "binary_logreg")[0])
+    _owner = "binary_logreg"
 
     def subfun(self, predictions: jax.Array, data: Any) -> jax.Array:
         """Mean binary logistic loss of the logits ``predictions`` for the labels y."""
@@ -363,12 +370,10 @@ class BinaryLogreg(CompositeLinearFunction):
         return super().__call__(w, data)
 
 
-class MulticlassLogreg(CompositeLinearFunction):
+class MulticlassLogreg(_DesignMatrixObjective):
     """Multiclass logistic regression (see :data:`multiclass_logreg`)."""
 
-    def make_linop(self, data: Any) -> LinearOperator:
-        """A = X."""
-        return LinearOperator(_data(data, "multiclass_logreg")[0])
+    _owner = "multiclass_logreg"
 
     def subfun(self, predictions: jax.Array, data: Any) -> jax.Array:
         """Mean multiclass logistic loss of the scores ``predictions`` (n, k) for labels y."""
@@ -451,6 +456,11 @@ multiclass_logreg = MulticlassLogreg()
 multiclass_linear_svm_dual = MulticlassLinearSvmDual()
 
 
+def _l2_penalty(l2reg: Any, W: jax.Array) -> jax.Array:
+    """½λ‖W‖², the ridge penalty of the weights W."""
+    return 0.5 * l2reg * jnp.sum(W**2)
+
+
 def ridge_regression(params: Any, l2reg: Any, data: Any) -> jax.Array:
     r"""Ridge regression: (1/2n) ‖XW − y‖² + ½λ‖W‖².
 
@@ -469,7 +479,7 @@ def ridge_regression(params: Any, l2reg: Any, data: Any) -> jax.Array:
       >>> print(ridge_regression(jnp.ones(2), 2.0, (jnp.eye(2), jnp.ones(2))))
       2.0
     """
-    return least_squares(params, data) + 0.5 * l2reg * jnp.sum(jnp.asarray(params) ** 2)
+    return least_squares(params, data) + _l2_penalty(l2reg, jnp.asarray(params))
 
 
 def _intercept_params(params: Any, owner: str) -> tuple[jax.Array, jax.Array]:
@@ -480,6 +490,14 @@ def _intercept_params(params: Any, owner: str) -> tuple[jax.Array, jax.Array]:
             f"{owner}: params must be a pair (W, b), got {type(params).__name__}"
         ) from None
     return jnp.asarray(W), jnp.asarray(b)
+
+
+def _logreg_with_intercept(params: Any, data: Any, owner: str) -> tuple[jax.Array, jax.Array]:
+    """The mean multiclass logistic loss of the scores XW + b for ``params = (W, b)``, and W
+    (for a penalty); data and params checked under the name ``owner``."""
+    X, y = _data(data, owner)
+    W, b = _intercept_params(params, owner)
+    return jnp.mean(losses.multiclass_logistic_loss(y, jnp.dot(X, W) + b)), W
 
 
 def multiclass_logreg_with_intercept(params: Any, data: Any) -> jax.Array:
@@ -502,9 +520,7 @@ def multiclass_logreg_with_intercept(params: Any, data: Any) -> jax.Array:
       >>> print(multiclass_logreg_with_intercept(params, data).round(4))
       0.6931
     """
-    X, y = _data(data, "multiclass_logreg_with_intercept")
-    W, b = _intercept_params(params, "multiclass_logreg_with_intercept")
-    return jnp.mean(losses.multiclass_logistic_loss(y, jnp.dot(X, W) + b))
+    return _logreg_with_intercept(params, data, "multiclass_logreg_with_intercept")[0]
 
 
 def l2_multiclass_logreg(W: Any, l2reg: Any, data: Any) -> jax.Array:
@@ -528,7 +544,7 @@ def l2_multiclass_logreg(W: Any, l2reg: Any, data: Any) -> jax.Array:
     """
     X, y = _data(data, "l2_multiclass_logreg")
     W = jnp.asarray(W)
-    return jnp.mean(losses.multiclass_logistic_loss(y, jnp.dot(X, W))) + 0.5 * l2reg * jnp.sum(W**2)
+    return jnp.mean(losses.multiclass_logistic_loss(y, jnp.dot(X, W))) + _l2_penalty(l2reg, W)
 
 
 def l2_multiclass_logreg_with_intercept(params: Any, l2reg: Any, data: Any) -> jax.Array:
@@ -551,7 +567,5 @@ def l2_multiclass_logreg_with_intercept(params: Any, l2reg: Any, data: Any) -> j
       >>> print(l2_multiclass_logreg_with_intercept(params, 1.0, (X, y)).round(4))
       1.6931
     """
-    X, y = _data(data, "l2_multiclass_logreg_with_intercept")
-    W, b = _intercept_params(params, "l2_multiclass_logreg_with_intercept")
-    scores = jnp.dot(X, W) + b
-    return jnp.mean(losses.multiclass_logistic_loss(y, scores)) + 0.5 * l2reg * jnp.sum(W**2)
+    loss, W = _logreg_with_intercept(params, data, "l2_multiclass_logreg_with_intercept")
+    return loss + _l2_penalty(l2reg, W)
