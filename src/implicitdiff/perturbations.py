@@ -143,11 +143,16 @@ def _check_options(owner: str, fun: Any, num_samples: Any, sigma: Any, noise: An
             raise TypeError(f"{owner}: noise must have a {method} method (like Gumbel or Normal)")
 
 
-def _draw(noise: Any, rng: jax.Array, num_samples: int, inputs: jax.Array) -> jax.Array:
+def _perturbed_outputs(
+    fun: Callable, noise: Any, num_samples: int, sigma: Any, inputs: jax.Array, rng: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The draws Z₁, …, Z_N from ``rng`` (in the dtype of floating inputs), the perturbed inputs
+    θ + σZₙ and fun of each of them (each stacked along a leading axis of length N)."""
     samples = noise.sample(seed=rng, sample_shape=(num_samples, *inputs.shape))
     if jnp.issubdtype(inputs.dtype, jnp.floating):
         samples = samples.astype(inputs.dtype)
-    return samples
+    perturbed = inputs + sigma * samples
+    return samples, perturbed, jax.vmap(fun)(perturbed)
 
 
 def _score(noise: Any, samples: jax.Array) -> jax.Array:
@@ -198,19 +203,16 @@ def make_perturbed_fun(
     """
     _check_options("make_perturbed_fun", fun, num_samples, sigma, noise)
 
-    def perturbed_outputs(inputs, rng):
-        samples = _draw(noise, rng, num_samples, inputs)
-        return samples, jax.vmap(fun)(inputs + sigma * samples)
-
     @jax.custom_jvp
     def perturbed_fun(inputs, rng):
-        return jnp.mean(perturbed_outputs(inputs, rng)[1], axis=0)
+        _, _, outputs = _perturbed_outputs(fun, noise, num_samples, sigma, inputs, rng)
+        return jnp.mean(outputs, axis=0)
 
     @perturbed_fun.defjvp
     def perturbed_fun_jvp(primals, tangents):
         inputs, rng = primals
         tangent = tangents[0]
-        samples, outputs = perturbed_outputs(inputs, rng)
+        samples, _, outputs = _perturbed_outputs(fun, noise, num_samples, sigma, inputs, rng)
         value = jnp.mean(outputs, axis=0)
         centered = outputs - fun(inputs) if control_variate else outputs
         return value, _score_jvp(
@@ -294,9 +296,9 @@ def make_perturbed_max(
 
     @jax.custom_jvp
     def perturbed_max(inputs, rng):
-        samples = _draw(noise, rng, num_samples, inputs)
-        perturbed = inputs + sigma * samples
-        outputs = jax.vmap(argmax_fun)(perturbed)
+        _, perturbed, outputs = _perturbed_outputs(
+            argmax_fun, noise, num_samples, sigma, inputs, rng
+        )
         values = jnp.sum(
             (perturbed * outputs).reshape(num_samples, -1), axis=1, dtype=perturbed.dtype
         )
