@@ -447,8 +447,16 @@ def _project(kind, name, x, a, b, maxiter, tol, solve):
 
 
 def _transport(kind: str, name: str, x, hyperparams, maxiter, tol, solve) -> jax.Array:
+    """The projection onto U(a, b), (a, b) = ``hyperparams``, for the public function ``name``."""
     a, b = _unpack_marginals(hyperparams, name)
     x, a, b = _as_problem(x, a, b, name)
+    return _project(kind, name, x, a, b, maxiter, tol, solve)
+
+
+def _birkhoff(kind: str, name: str, x, maxiter, tol, solve) -> jax.Array:
+    """The projection onto the Birkhoff polytope U(1, 1) of a square X, for the public function
+    ``name``."""
+    x, a, b = _square(x, name)
     return _project(kind, name, x, a, b, maxiter, tol, solve)
 
 
@@ -636,9 +644,7 @@ def birkhoff_polytope(
        [0.125 0.875]]
     """
     _jaxopt_options("birkhoff_polytope", hyperparams, make_solver, use_semi_dual)
-    del hyperparams
-    x, a, b = _square(x, "birkhoff_polytope")
-    return _project("euclidean", "birkhoff_polytope", x, a, b, maxiter, tol, solve)
+    return _birkhoff("euclidean", "birkhoff_polytope", x, maxiter, tol, solve)
 
 
 def kl_birkhoff_polytope(
@@ -683,6 +689,4 @@ def kl_birkhoff_polytope(
        [0.25 0.75]]
     """
     _jaxopt_options("kl_birkhoff_polytope", hyperparams, make_solver, use_semi_dual)
-    del hyperparams
-    x, a, b = _square(x, "kl_birkhoff_polytope")
-    return _project("kl", "kl_birkhoff_polytope", x, a, b, maxiter, tol, solve)
+    return _birkhoff("kl", "kl_birkhoff_polytope", x, maxiter, tol, solve)
