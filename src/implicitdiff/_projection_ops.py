@@ -147,6 +147,14 @@ _support.declare(non_negative, _non_negative_free)
 _support.declare(box, _box_free)
 
 
+def _set_size(function: str, hyperparams: Any, keyword: str, given: Any, name: str) -> Any:
+    """The size of the set (``name``: its scale or radius): ``hyperparams``, or ``given`` by
+    JAXopt's keyword ``keyword`` for it, checked non-negative when concrete (as it is given)."""
+    size = jaxopt_keyword(function, hyperparams, keyword, given)
+    check_non_negative(name, size)
+    return size
+
+
 def hypercube(x: PyTree, hyperparams: ArrayLike = ONE, *, unit: ArrayLike | None = None) -> PyTree:
     """Projection onto the hypercube [0, scale]ⁿ: p = min(max(x, 0), scale).
 
@@ -163,8 +171,7 @@ def hypercube(x: PyTree, hyperparams: ArrayLike = ONE, *, unit: ArrayLike | None
       >>> hypercube(jnp.array([-1.0, 0.5, 3.0]), 2.0)
       Array([0. , 0.5, 2. ], dtype=float32)
     """
-    hyperparams = jaxopt_keyword("hypercube", hyperparams, "unit", unit)
-    check_non_negative("scale", hyperparams)
+    hyperparams = _set_size("hypercube", hyperparams, "unit", unit, "scale")
     return box(x, (0.0, _checks.nan_if_negative(hyperparams)))
 
 
@@ -186,8 +193,7 @@ def linf_ball(
       >>> linf_ball(jnp.array([-3.0, 0.5]), 1.0)
       Array([-1. ,  0.5], dtype=float32)
     """
-    hyperparams = jaxopt_keyword("linf_ball", hyperparams, "max_value", max_value)
-    check_non_negative("radius", hyperparams)
+    hyperparams = _set_size("linf_ball", hyperparams, "max_value", max_value, "radius")
     radius = _checks.nan_if_negative(hyperparams)
     return tree.map(lambda leaf: box(leaf, (-as_dtype_of(radius, float_array(leaf)), radius)), x)
 
@@ -266,8 +272,7 @@ def simplex(
       >>> simplex(jnp.array([1.0, 0.5, -1.0]))
       Array([0.75, 0.25, 0.  ], dtype=float32)
     """
-    hyperparams = jaxopt_keyword("simplex", hyperparams, "value", value)
-    check_non_negative("scale", hyperparams)
+    hyperparams = _set_size("simplex", hyperparams, "value", value, "scale")
     x = float_array(x)
     return _simplex_any_shape(x, as_dtype_of(_checks.nan_if_negative(hyperparams), x))
 
@@ -374,8 +379,7 @@ def l1_sphere(
       >>> l1_sphere(jnp.array([0.25, -0.25]))
       Array([ 0.5, -0.5], dtype=float32)
     """
-    hyperparams = jaxopt_keyword("l1_sphere", hyperparams, "value", value)
-    check_non_negative("radius", hyperparams)
+    hyperparams = _set_size("l1_sphere", hyperparams, "value", value, "radius")
     hyperparams = _checks.nan_if_negative(hyperparams)
     x = float_array(x)
     signs = jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
@@ -403,8 +407,7 @@ def l1_ball(
       >>> l1_ball(jnp.array([2.0, -1.0]))
       Array([ 1., -0.], dtype=float32)
     """
-    hyperparams = jaxopt_keyword("l1_ball", hyperparams, "max_value", max_value)
-    check_non_negative("radius", hyperparams)
+    hyperparams = _set_size("l1_ball", hyperparams, "max_value", max_value, "radius")
     x = float_array(x)
     if x.size == 0:  # ℝ⁰ is the ball
         return x
@@ -435,8 +438,7 @@ def l2_ball(
       >>> l2_ball(jnp.array([3.0, 4.0]), 1.0)
       Array([0.6, 0.8], dtype=float32)
     """
-    hyperparams = jaxopt_keyword("l2_ball", hyperparams, "max_value", max_value)
-    check_non_negative("radius", hyperparams)
+    hyperparams = _set_size("l2_ball", hyperparams, "max_value", max_value, "radius")
     x = tree.map(float_array, x)
     radius = as_dtype_of(hyperparams, jnp.zeros((), tree.dtype(x)))
     norm, divisor, _ = stable_norm(x)
@@ -466,8 +468,7 @@ def l2_sphere(x: PyTree, hyperparams: ArrayLike = ONE, *, value: ArrayLike | Non
       >>> l2_sphere(jnp.array([0.3, 0.4]), 1.0)
       Array([0.6, 0.8], dtype=float32)
     """
-    hyperparams = jaxopt_keyword("l2_sphere", hyperparams, "value", value)
-    check_non_negative("radius", hyperparams)
+    hyperparams = _set_size("l2_sphere", hyperparams, "value", value, "radius")
     x = tree.map(float_array, x)
     radius = as_dtype_of(_checks.nan_if_negative(hyperparams), jnp.zeros((), tree.dtype(x)))
     _, divisor, nonzero = stable_norm(x)
