@@ -1,5 +1,7 @@
 """Element-wise losses and links of :mod:`implicitdiff.losses`: Huber, hinge, perceptron, sparse
-plus / sparse sigmoid and the binary sparsemax loss (re-exported by ``losses``).
+plus / sparse sigmoid and the binary sparsemax loss (re-exported by ``losses``), and the two
+helpers that ``losses.binary_logistic_loss`` shares with them, :func:`label_and_score` and
+:func:`binary_mixture`.
 
 Each acts entry by entry on broadcast arrays, is exact at huge and tiny inputs (no cancellation:
 no term is formed as a difference of large numbers) and has a finite value and derivative at
@@ -18,9 +20,11 @@ from implicitdiff import _checks
 
 __all__ = [
     "binary_hinge_loss",
+    "binary_mixture",
     "binary_perceptron_loss",
     "binary_sparsemax_loss",
     "huber_loss",
+    "label_and_score",
     "sparse_plus",
     "sparse_sigmoid",
 ]
@@ -29,7 +33,8 @@ __all__ = [
 _float_array = _checks.real_float_array
 
 
-def _label_and_score(label: Any, score: Any) -> tuple[jax.Array, jax.Array]:
+def label_and_score(label: Any, score: Any) -> tuple[jax.Array, jax.Array]:
+    """(y, z): the score z as a real float array and the label y in its dtype (element-wise)."""
     score = _float_array(score)
     return jnp.asarray(label, dtype=score.dtype), score
 
@@ -137,7 +142,7 @@ def sparse_sigmoid(x: Any) -> jax.Array:
     return jnp.clip(0.5 * x + 0.5, 0, 1)
 
 
-def _binary_mixture(link, label: jax.Array, score: jax.Array) -> jax.Array:
+def binary_mixture(link, label: jax.Array, score: jax.Array) -> jax.Array:
     """(1 − y) link(z) + y link(−z), a term whose weight is 0 counting 0 also where link is
     infinite (z = ±inf)."""
 
@@ -170,8 +175,8 @@ def binary_sparsemax_loss(label: Any, logit: Any) -> jax.Array:
     >>> print(binary_sparsemax_loss(1, 0.0))
     0.25
     """
-    label, logit = _label_and_score(label, logit)
-    return _binary_mixture(sparse_plus, label, logit)
+    label, logit = label_and_score(label, logit)
+    return binary_mixture(sparse_plus, label, logit)
 
 
 def _signed_margin(label: jax.Array, score: jax.Array) -> jax.Array:
@@ -200,7 +205,7 @@ def binary_hinge_loss(label: Any, score: Any) -> jax.Array:
     >>> print(binary_hinge_loss(1, 0.25))
     0.75
     """
-    label, score = _label_and_score(label, score)
+    label, score = label_and_score(label, score)
     return jnp.maximum(0, 1 - _signed_margin(label, score))
 
 
@@ -223,5 +228,5 @@ def binary_perceptron_loss(label: Any, score: Any) -> jax.Array:
     >>> print(binary_perceptron_loss(1, -0.5))
     0.5
     """
-    label, score = _label_and_score(label, score)
+    label, score = label_and_score(label, score)
     return jnp.maximum(0, -_signed_margin(label, score))

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _checks, tree
+from implicitdiff import _checks, _losses_scalar, tree
 from implicitdiff import _projection_ops as projections
 from implicitdiff._losses_scalar import binary_hinge_loss as binary_hinge_loss
 from implicitdiff._losses_scalar import binary_perceptron_loss as binary_perceptron_loss
@@ -76,11 +76,13 @@ __all__ = [
 _float_array = _checks.real_float_array
 
 
-def _label_vector(label: Any, scores: jax.Array, fn_name: str) -> jax.Array:
-    """The label as a vector shaped like the scores: one-hot for a class index, else as given."""
+def _label_vector_and_scores(label: Any, scores: Any, fn_name: str) -> tuple[jax.Array, jax.Array]:
+    """(y, z): the scores z as a real float array, and the label y as a vector shaped like them
+    (one-hot for a class index, else as given), for the multiclass loss ``fn_name``."""
+    scores = _float_array(scores)
     label = jnp.asarray(label)
     if label.ndim == scores.ndim:
-        return label.astype(scores.dtype)
+        return label.astype(scores.dtype), scores
     if label.ndim != scores.ndim - 1:
         raise ValueError(
             f"{fn_name}: label must be a class index (shape {scores.shape[:-1]}) or a vector "
@@ -100,7 +102,7 @@ def _label_vector(label: Any, scores: jax.Array, fn_name: str) -> jax.Array:
             f"{fn_name}: label must be an integer class index in [0, {num_classes}), "
             f"got {concrete.tolist()}"
         )
-    return jax.nn.one_hot(label, num_classes, dtype=scores.dtype)
+    return jax.nn.one_hot(label, num_classes, dtype=scores.dtype), scores
 
 
 def _shift_by_max(z: jax.Array) -> jax.Array:
@@ -175,8 +177,7 @@ def multiclass_hinge_loss(label: Any, scores: Any) -> jax.Array:
     >>> print(multiclass_hinge_loss(1, jnp.array([0.5, 1.0, -1.0])))
     0.5
     """
-    scores = _float_array(scores)
-    y = _label_vector(label, scores, "multiclass_hinge_loss")
+    y, scores = _label_vector_and_scores(label, scores, "multiclass_hinge_loss")
     return jnp.max(_score_gaps(y, scores) + (1 - y), axis=-1)
 
 
@@ -212,8 +213,7 @@ def multiclass_perceptron_loss(label: Any, scores: Any) -> jax.Array:
     >>> print(multiclass_perceptron_loss(1, jnp.array([0.5, 1.0, -1.0])))
     0.0
     """
-    scores = _float_array(scores)
-    y = _label_vector(label, scores, "multiclass_perceptron_loss")
+    y, scores = _label_vector_and_scores(label, scores, "multiclass_perceptron_loss")
     return jnp.max(_score_gaps(y, scores), axis=-1)
 
 
@@ -245,8 +245,7 @@ def multiclass_logistic_loss(label: Any, logits: Any) -> jax.Array:
     >>> print(multiclass_logistic_loss(0, jnp.array([0.0, 0.0])).round(4))  # log 2
     0.6931
     """
-    logits = _float_array(logits)
-    y = _label_vector(label, logits, "multiclass_logistic_loss")
+    y, logits = _label_vector_and_scores(label, logits, "multiclass_logistic_loss")
     return _logistic(y, logits)
 
 
@@ -295,14 +294,8 @@ def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
     >>> print(binary_logistic_loss(1, 0.0).round(4))  # log 2
     0.6931
     """
-    logit = _float_array(logit)
-    label = jnp.asarray(label, dtype=logit.dtype)
-
-    def term(weight, z):  # weight · softplus(z), 0 when weight = 0 also for z = +inf
-        absent = (weight == 0) & (z == jnp.inf)
-        return jnp.where(absent, 0, weight * jax.nn.softplus(jnp.where(absent, 0, z)))
-
-    return term(1 - label, logit) + term(label, -logit)
+    label, logit = _losses_scalar.label_and_score(label, logit)
+    return _losses_scalar.binary_mixture(jax.nn.softplus, label, logit)
 
 
 def sparsemax(scores: Any) -> jax.Array:
@@ -360,8 +353,7 @@ def sparsemax_loss(label: Any, scores: Any) -> jax.Array:
     >>> print(sparsemax_loss(0, jnp.array([0.0, 0.0])))
     0.25
     """
-    scores = _float_array(scores)
-    y = _label_vector(label, scores, "sparsemax_loss")
+    y, scores = _label_vector_and_scores(label, scores, "sparsemax_loss")
     return _sparsemax_loss(y, scores)
 
 
@@ -383,8 +375,7 @@ def multiclass_sparsemax_loss(label: Any, scores: Any) -> jax.Array:
     >>> print(multiclass_sparsemax_loss(0, jnp.array([0.0, 0.0])))
     0.25
     """
-    scores = _float_array(scores)
-    y = _label_vector(label, scores, "multiclass_sparsemax_loss")
+    y, scores = _label_vector_and_scores(label, scores, "multiclass_sparsemax_loss")
     return _sparsemax_loss(y, scores)
 
 
