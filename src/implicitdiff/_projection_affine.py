@@ -80,6 +80,29 @@ def _step_along(x: PyTree, a_hat: PyTree, excess: jax.Array, nonzero: jax.Array)
     return tree.map(lambda leaf, ai: (leaf - step * ai).astype(leaf.dtype), x, a_hat)
 
 
+def _project_onto_constraint(
+    x: PyTree, hyperparams: tuple[Any, Any], name: str, *, inequality: bool
+) -> PyTree:
+    """The projection of x onto {y: aᵀy ≤ b} (``inequality``) or {y: aᵀy = b}, (a, b) =
+    ``hyperparams``, for the public function ``name``: x − (e / ‖â‖²) â with e = âᵀx − b̂,
+    clipped at 0 for the inequality. For a = 0 the set is the whole space (p = x) or empty: a
+    concrete (a, b) raises ``ValueError``, a traced one gives NaN."""
+    x, a_hat, b_hat, nonzero, concrete = _normal_and_offset(x, hyperparams, name)
+    if concrete is not None and not np.any([np.any(leaf != 0) for leaf in concrete[:-1]]):
+        b = concrete[-1]
+        if (b < 0) if inequality else (b != 0):
+            raise _empty_set_error(name, "0ᵀy ≤ b" if inequality else "0ᵀy = b", b)
+        return x
+    excess = jnp.real(tree.vdot(a_hat, x)) - b_hat
+    if inequality:
+        excess = jnp.maximum(excess, 0)
+    p = _step_along(x, a_hat, excess, nonzero)
+    # a = 0: the whole space if b ≥ 0 (inequality) or b = 0, else the empty set (NaN).
+    whole_space = (b_hat >= 0) if inequality else (b_hat == 0)
+    fallback = tree.map(lambda leaf: _checks.nan_unless(whole_space, leaf), x)
+    return tree.where(nonzero, p, fallback)
+
+
 def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     """Projection onto the hyperplane {y: aᵀy = b}: p = x − ((aᵀx − b) / ‖a‖²) a.
 
@@ -100,15 +123,7 @@ def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
       >>> hyperplane(jnp.array([1.0, 1.0]), (jnp.array([1.0, 0.0]), 0.0))
       Array([0., 1.], dtype=float32)
     """
-    x, a_hat, b_hat, nonzero, concrete = _normal_and_offset(x, hyperparams, "hyperplane")
-    if concrete is not None and not np.any([np.any(leaf != 0) for leaf in concrete[:-1]]):
-        if concrete[-1] != 0:
-            raise _empty_set_error("hyperplane", "0ᵀy = b", concrete[-1])
-        return x
-    p = _step_along(x, a_hat, jnp.real(tree.vdot(a_hat, x)) - b_hat, nonzero)
-    # a = 0: the whole space if b = 0, else the empty set (NaN).
-    fallback = tree.map(lambda leaf: _checks.nan_unless(b_hat == 0, leaf), x)
-    return tree.where(nonzero, p, fallback)
+    return _project_onto_constraint(x, hyperparams, "hyperplane", inequality=False)
 
 
 def halfspace(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
@@ -131,15 +146,7 @@ def halfspace(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
       >>> halfspace(jnp.array([2.0, 1.0]), (jnp.array([1.0, 0.0]), 1.0))
       Array([1., 1.], dtype=float32)
     """
-    x, a_hat, b_hat, nonzero, concrete = _normal_and_offset(x, hyperparams, "halfspace")
-    if concrete is not None and not np.any([np.any(leaf != 0) for leaf in concrete[:-1]]):
-        if concrete[-1] < 0:
-            raise _empty_set_error("halfspace", "0ᵀy ≤ b", concrete[-1])
-        return x
-    excess = jnp.maximum(jnp.real(tree.vdot(a_hat, x)) - b_hat, 0)
-    p = _step_along(x, a_hat, excess, nonzero)
-    fallback = tree.map(lambda leaf: _checks.nan_unless(b_hat >= 0, leaf), x)
-    return tree.where(nonzero, p, fallback)
+    return _project_onto_constraint(x, hyperparams, "halfspace", inequality=True)
 
 
 def _affine_factors(A: jax.Array, b: jax.Array):
