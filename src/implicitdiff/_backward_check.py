@@ -311,25 +311,12 @@ def check_same_structure(
 
 
 def _relative_residual(r: PyTree, b: PyTree) -> jax.Array:
-    """‖r‖₂ / ‖b‖₂ (‖r‖₂ when b = 0), both sums of squares taken on entries divided by ‖b‖∞, so
-    that neither overflows nor underflows where the ratio is representable (inf where it is
-    not: a failed check either way); a NaN or infinite entry of r gives NaN or inf. Cheaper to
-    compile than two :func:`implicitdiff.tree.norm` (one plain max and two plain sums: this
-    check is in every derivative's program)."""
-    leaves_r, leaves_b = jax.tree_util.tree_leaves(r), jax.tree_util.tree_leaves(b)
-    real = jnp.finfo(tree.dtype(b)).dtype
-    if not any(jnp.size(leaf) for leaf in leaves_b):
-        return jnp.zeros((), real)
-    scale = functools.reduce(
-        jnp.maximum, [jnp.max(jnp.abs(leaf)) for leaf in leaves_b if jnp.size(leaf)]
-    )
-    scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0).astype(real)
-
-    def sum_of_squares(leaves):
-        return sum(jnp.sum(jnp.abs(leaf / scale) ** 2) for leaf in leaves if jnp.size(leaf))
-
-    b2 = sum_of_squares(leaves_b)
-    return jnp.sqrt(sum_of_squares(leaves_r) / jnp.where(b2 > 0, b2, 1.0))
+    """‖r‖₂ / ‖b‖₂ (‖r‖₂ when b = 0), by :func:`implicitdiff.tree.norm`, which neither overflows
+    nor underflows where the norms are representable; a NaN or infinite entry of r gives NaN or
+    inf. (Measured on bench_engine's ridge 200 × 100: plain sums of squares compile no faster,
+    and scaling the entries by ‖b‖∞ first compiles slower, though it has fewer operations.)"""
+    b_norm = tree.norm(b)
+    return tree.norm(r) / jnp.where(b_norm > 0, b_norm, 1.0)
 
 
 def checked_solve(
