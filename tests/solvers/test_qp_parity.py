@@ -218,7 +218,7 @@ def test_cvxpy_qp_statuses_and_missing_cvxpy(monkeypatch):
     with pytest.raises(ValueError, match="params_ineq"):
         quiet.run(None, (Q, C), None, (G[:, :2], H))
     monkeypatch.setitem(sys.modules, "cvxpy", None)  # as if not installed
-    with pytest.raises(Exception, match=r"implicitdiff\[cvxpy\]"):
+    with pytest.raises(ImportError, match=r"implicitdiff\[cvxpy\]"):
         CvxpyQP(jit=False).run(None, (Q, C), None, (G, H))
 
 

@@ -220,6 +220,7 @@ class CvxpyQP(HostWrapper):
 
     def _solution(self, init_params, params_obj, params_eq=None, params_ineq=None):
         del init_params
+        _cvxpy()  # a missing cvxpy: its ImportError here, not wrapped by JAX inside the callback
         Q, c = params_obj
         dtype = dtype_of(Q, c)
         has_eq, has_ineq = params_eq is not None, params_ineq is not None
