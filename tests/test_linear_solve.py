@@ -1,6 +1,7 @@
 """Linear solvers: each against numpy's dense solve, on arrays and pytrees."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -281,3 +282,59 @@ def test_gmres_options_warm_start_ridge_preconditioner_maxiter_and_pytrees():
 
     x = linear_solve.gmres(tree_matvec, tree_b, tol=1e-10)
     np.testing.assert_allclose(jnp.concatenate([x["u"], x["w"]]), exact, rtol=1e-7, atol=1e-9)
+
+
+# Every numeric option of every solver, given a value of the wrong kind or out of range: a
+# ValueError naming the option (never a TypeError from a comparison deep inside, nor a bool read
+# as 1, nor a NaN or negative tolerance taken as a setting).
+NUMERIC_OPTIONS = [
+    (name, option)
+    for name in ALL
+    for option in ("tol", "atol", "ridge", "maxiter", "restart", "dense_max_size")
+    if option in inspect.signature(getattr(linear_solve, name)).parameters
+]
+
+
+def test_the_numeric_options_family_is_found():
+    assert len(NUMERIC_OPTIONS) >= 20, NUMERIC_OPTIONS
+    assert {option for _, option in NUMERIC_OPTIONS} == {
+        "tol",
+        "atol",
+        "ridge",
+        "maxiter",
+        "restart",
+        "dense_max_size",
+    }
+
+
+@pytest.mark.parametrize(("name", "option"), NUMERIC_OPTIONS)
+@pytest.mark.parametrize("value", [True, "1", [1.0], float("nan"), -1, None], ids=repr)
+def test_a_numeric_option_of_the_wrong_kind_is_refused_by_name(name, option, value):
+    solve = getattr(linear_solve, name)
+    matvec = lambda v: SPD @ v  # noqa: E731
+    none_is_a_default = option == "tol" or (
+        option in ("maxiter", "restart") and name != "iterative_refinement"
+    )
+    if value is None and none_is_a_default:
+        np.testing.assert_allclose(solve(matvec, RHS, **{option: None}), np.linalg.solve(SPD, RHS))
+        return
+    with pytest.raises(ValueError, match=rf"{name}: {option} must be"):
+        solve(matvec, RHS, **{option: value})
+
+
+def test_a_ridge_given_as_an_array_is_taken_unchecked():
+    # λ may be a (traced) array: (A + λI) x = b with λ = 0.5 as an array, jitted or not.
+    expected = np.linalg.solve(SPD + 0.5 * np.eye(N), RHS)
+    for name in ("cg", "lu"):
+        solve = getattr(linear_solve, name)
+        got = jax.jit(lambda lam, s=solve: s(lambda v: SPD @ v, RHS, ridge=lam))(jnp.asarray(0.5))
+        np.testing.assert_allclose(got, expected, rtol=1e-8)
+
+
+def test_a_bound_option_of_the_wrong_kind_is_refused_when_the_engine_is_built():
+    import implicitdiff
+
+    for name, option, value in [("cg", "tol", "1e-8"), ("gmres", "maxiter", True)]:
+        solve = functools.partial(getattr(linear_solve, name), **{option: value})
+        with pytest.raises(ValueError, match=rf"{name}: {option} must be"):
+            implicitdiff.custom_root(lambda x, t: x - t, solve=solve)

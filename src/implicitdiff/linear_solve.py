@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.scipy.sparse.linalg as jsp_sparse
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _gmres, tree
@@ -192,8 +193,46 @@ def _square_operator_error(name: str, matvec: Matvec, b: PyTree) -> ValueError |
     )
 
 
+def _is_number(value: Any) -> bool:
+    """A real Python or NumPy number that is not a bool (NaN included: callers compare it)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_int(value: Any) -> bool:
+    """A Python or NumPy integer that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse, naming it, an option of the wrong kind or out of range before any solver reads
+    it (a bool is not a number here): ``tol`` None or a number ≥ 0, ``atol`` a number ≥ 0,
+    ``ridge`` a number ≥ 0 or an array (a traced λ is not checked), ``maxiter`` and ``restart``
+    None or an int ≥ 1, ``dense_max_size`` an int ≥ 0. Options a solver ignores are checked
+    too: a wrong value is wrong wherever it goes."""
+    for option in ("tol", "atol"):
+        value = options.get(option)
+        if option in options and not (
+            (value is None and option == "tol") or (_is_number(value) and value >= 0)
+        ):
+            raise ValueError(f"{name}: {option} must be a non-negative number, got {value!r}")
+    ridge = options.get("ridge", 0.0)
+    if not (_is_number(ridge) and ridge >= 0) and (
+        isinstance(ridge, (bool, np.bool_)) or not hasattr(ridge, "dtype")
+    ):
+        raise ValueError(f"{name}: ridge must be a non-negative number, got {ridge!r}")
+    for option in ("maxiter", "restart"):
+        value = options.get(option)
+        if not (value is None or (_is_int(value) and value >= 1)):
+            raise ValueError(f"{name}: {option} must be None or a positive int, got {value!r}")
+    value = options.get("dense_max_size", 0)
+    if not (_is_int(value) and value >= 0):
+        raise ValueError(f"{name}: dense_max_size must be an int ≥ 0, got {value!r}")
+
+
 def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     """Common behaviour of this module's solvers.
+
+    - Options of the wrong kind or out of range: a ValueError naming them (:func:`_check_options`).
 
     - Half precision (float16, bfloat16), which LAPACK lacks and in which CG's recurrences lose
       all accuracy: the system is solved in float32 (the matvec still applies the operator as
@@ -204,6 +243,7 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
 
     @functools.wraps(solver)
     def wrapped(matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
+        _check_options(solver.__name__, options)
         dtype = tree.dtype(b)
         if _is_half(dtype):
             original = matvec
@@ -580,6 +620,8 @@ def iterative_refinement(
     Returns:
       x, a pytree like b.
     """
+    if maxiter is None:  # a count of corrections here, with no open-ended default
+        raise ValueError("iterative_refinement: maxiter must be a positive int, got None")
     inner = resolve(solve)
     return _more.refined_solve(
         _add_ridge(matvec, ridge), b, init, inner, _maxiter(maxiter), _tol(tol, b), atol
@@ -818,6 +860,7 @@ def spec(solve: str | Callable | None) -> Spec:
         known = None
     if known is None:
         return Spec(solve)
+    _check_options(func.__name__, keywords)  # at once: a bound option is wrong on every call
     tol = keywords.get("tol")
     tol = float(tol) if isinstance(tol, (int, float)) else None
     return dataclasses.replace(known, fun=solve, tol=tol)
