@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from fractions import Fraction
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import finite_difference_jvp
 
-from implicitdiff import losses, prox
+from implicitdiff import isotonic, losses, perturbations, prox
 from implicitdiff import projections as P
 from implicitdiff.solvers import ProjectedGradient
 
@@ -752,3 +753,66 @@ def test_prox_family_from_projection(name):
     else:
         for a, b in zip(_leaves(p(x)), _leaves(expected), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+# The size and weight hyperparameters of the catalog (a prox's λ and scaling, a set's scale or
+# radius), given a value of the wrong kind or NaN: a ValueError naming the function and the
+# parameter, never a NumPy ufunc error, a bool read as 1, or a NaN result.
+_SMALL_X = jnp.array([0.3, -0.2, 0.9])
+_SIZED = [
+    *[
+        (f"prox.{name}", "hyperparams", functools.partial(getattr(prox, name), _SMALL_X))
+        for name in ("l1", "non_negative_l1", "ridge", "non_negative_ridge", "group_lasso")
+    ],
+    *[
+        (
+            f"prox.{name}",
+            "scaling",
+            lambda v, name=name: getattr(prox, name)(_SMALL_X, 0.1, scaling=v),
+        )
+        for name in ("l1", "non_negative_l1", "ridge", "non_negative_ridge", "group_lasso")
+    ],
+    ("prox.nuclear_norm", "hyperparams", lambda v: prox.nuclear_norm(jnp.eye(3), v)),
+    ("prox.elastic_net", "hyperparams[0]", lambda v: prox.elastic_net(_SMALL_X, (v, 1.0))),
+    ("prox.elastic_net", "scaling", lambda v: prox.elastic_net(_SMALL_X, (0.1, 1.0), scaling=v)),
+    *[
+        (f"projections.{name}", "radius", functools.partial(getattr(P, name), _SMALL_X))
+        for name in ("l1_ball", "l1_sphere", "l2_ball", "l2_sphere", "linf_ball")
+    ],
+    *[
+        (f"projections.{name}", "scale", functools.partial(getattr(P, name), _SMALL_X))
+        for name in ("simplex", "hypercube")
+    ],
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "parameter", "call"), _SIZED, ids=[f"{f}-{p}" for f, p, _ in _SIZED]
+)
+@pytest.mark.parametrize("value", [True, "1", None, float("nan")], ids=repr)
+def test_a_size_or_weight_of_the_wrong_kind_is_refused_by_name(function, parameter, call, value):
+    owner = function.split(".")[1]
+    expected = re.escape(f"{owner}: {parameter}")
+    with pytest.raises(ValueError, match=rf"^{expected}.* must be (a real number|non-negative)"):
+        call(value)
+
+
+_SCALARS = [
+    ("huber_loss", "delta", lambda v: losses.huber_loss(_SMALL_X, 2 * _SMALL_X, delta=v)),
+    ("isotonic_l2_pav", "y_min", lambda v: isotonic.isotonic_l2_pav(_SMALL_X, y_min=v)),
+    ("isotonic_l2_pav", "y_max", lambda v: isotonic.isotonic_l2_pav(_SMALL_X, y_max=v)),
+    (
+        "make_perturbed_argmax",
+        "sigma",
+        lambda v: perturbations.make_perturbed_argmax(jnp.argmax, sigma=v),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "parameter", "call"), _SCALARS, ids=[p for _, p, _ in _SCALARS]
+)
+@pytest.mark.parametrize("value", [True, "1", None, float("nan")], ids=repr)
+def test_a_scalar_parameter_of_the_wrong_kind_is_refused_by_name(function, parameter, call, value):
+    with pytest.raises(ValueError, match=rf"^{function}: .*{parameter}"):  # (NaN y_max: the order)
+        call(value)

@@ -220,7 +220,7 @@ _NUMERIC_FIELDS = {
 }
 
 
-def _is_real_number(value: Any) -> bool:
+def is_real_number(value: Any) -> bool:
     """A real number and not a bool: a Python or NumPy int or float (not NaN), or a 0-d array of
     an integer or floating dtype (a JAX array, traced or not: its value is not read)."""
     if isinstance(value, (bool, np.bool_)):
@@ -252,7 +252,7 @@ def check_numeric_fields(options: Any) -> None:
         if kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
         else:
-            ok = _is_real_number(value)
+            ok = is_real_number(value)
         if not ok:
             expected = "an int" if kind is int else "a real number"
             expected += " or None" if optional else ""
@@ -273,6 +273,39 @@ def checking_numeric_fields(post_init: Callable) -> Callable:
 
     checked._checks_numeric_fields = True
     return checked
+
+
+def check_real(value: Any, name: str, owner: str | None = None) -> None:
+    """Raise a ValueError naming ``name`` (after ``owner:``, if given) unless ``value`` is a
+    real number, a real array or a pytree of them (integers count; a bool, a string, None, a
+    complex or non-numeric array do not), traced or not."""
+
+    def real(leaf):
+        if isinstance(leaf, (bool, np.bool_, str, bytes)):
+            return False
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+
+    leaves = jax.tree_util.tree_leaves(value)
+    if not (leaves and all(real(leaf) for leaf in leaves)):
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}{name} must be a real number or array, got {value!r}")
+
+
+def check_non_negative(value: Any, name: str, owner: str | None = None) -> None:
+    """Raise a ValueError naming ``name`` (after ``owner:``, if given) unless ``value`` (a
+    number, an array or a pytree of them: a λ, a scale, a radius) is real (:func:`check_real`)
+    and, where concrete, has no negative or NaN entry; a traced value's entries are not read
+    (see the module docstring)."""
+    check_real(value, name, owner)
+    for leaf in jax.tree_util.tree_leaves(value):
+        if is_traced(leaf):
+            continue
+        arr = np.asarray(leaf)
+        if np.any(arr < 0) or np.any(np.isnan(arr)):
+            shown = arr.item() if arr.size == 1 else f"an array with minimum {np.nanmin(arr)}"
+            prefix = f"{owner}: " if owner else ""
+            raise ValueError(f"{prefix}{name} must be non-negative, got {shown}")
 
 
 def check_positive_int(value: Any, name: str, owner: str) -> None:

@@ -65,6 +65,7 @@ def huber_loss(target: Any, pred: Any, delta: Any = 1.0) -> jax.Array:
     >>> print(huber_loss(0.0, 3.0))  # 1 · (3 − ½)
     2.5
     """
+    _checks.check_real(delta, "delta", "huber_loss")
     if isinstance(delta, numbers.Real) and not delta > 0:
         raise ValueError(f"huber_loss: delta must be positive, got {delta!r}")
     pred = _float_array(pred)

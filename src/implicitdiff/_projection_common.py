@@ -19,7 +19,6 @@ __all__ = [
     "ONE",
     "as_dtype_of",
     "check_feasible_flag",
-    "check_non_negative",
     "check_ordered",
     "float_array",
     "jaxopt_keyword",
@@ -51,13 +50,6 @@ def as_dtype_of(value: ArrayLike, x: jax.Array) -> jax.Array:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return jnp.asarray(value, dtype=x.dtype)
     return float_array(value)
-
-
-def check_non_negative(name: str, value: Any) -> None:
-    """Raise a ValueError naming ``name`` if some entry of a concrete ``value`` is negative."""
-    leaves = _checks.concrete_leaves(value)
-    if leaves is not None and any(np.any(leaf < 0) for leaf in leaves):
-        raise ValueError(f"{name} must be non-negative, got {name}={value!r}")
 
 
 def check_ordered(lower_name: str, lower: Any, upper_name: str, upper: Any) -> None:

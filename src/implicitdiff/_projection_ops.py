@@ -29,7 +29,6 @@ from implicitdiff._projection_affine import hyperplane as hyperplane
 from implicitdiff._projection_common import (
     ONE,
     as_dtype_of,
-    check_non_negative,
     check_ordered,
     float_array,
     jaxopt_keyword,
@@ -151,7 +150,7 @@ def _set_size(function: str, hyperparams: Any, keyword: str, given: Any, name: s
     """The size of the set (``name``: its scale or radius): ``hyperparams``, or ``given`` by
     JAXopt's keyword ``keyword`` for it, checked non-negative when concrete (as it is given)."""
     size = jaxopt_keyword(function, hyperparams, keyword, given)
-    check_non_negative(name, size)
+    _checks.check_non_negative(size, name, function)
     return size
 
 
@@ -312,7 +311,7 @@ def sparse_simplex(
       Array([0.75, 0.  , 0.25], dtype=float32)
     """
     scale, max_nz = _sparse_simplex_arguments(hyperparams, use_approx_max_nz, value, max_nz)
-    check_non_negative("scale", scale)
+    _checks.check_non_negative(scale, "scale", "sparse_simplex")
     try:
         max_nz = operator.index(max_nz)
     except TypeError:

@@ -157,6 +157,8 @@ def isotonic_l2_pav(
         y = y.astype(jnp.result_type(float))
     if y.ndim == 0:
         raise ValueError("isotonic_l2_pav: y must have at least one dimension, got a scalar")
+    _checks.check_real(y_min, "y_min", "isotonic_l2_pav")
+    _checks.check_real(y_max, "y_max", "isotonic_l2_pav")
     y_min = jnp.asarray(y_min, dtype=y.dtype)
     y_max = jnp.asarray(y_max, dtype=y.dtype)
     bounds_valid = y_min <= y_max

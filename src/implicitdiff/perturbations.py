@@ -132,10 +132,7 @@ def _check_options(owner: str, fun: Any, num_samples: Any, sigma: Any, noise: An
         raise TypeError(f"{owner}: the function to perturb must be callable, got {fun!r}")
     _checks.check_positive_int(num_samples, "num_samples", owner)
     if not isinstance(sigma, jax.core.Tracer):
-        try:
-            sigma_ok = float(sigma) > 0
-        except (TypeError, ValueError):
-            sigma_ok = False
+        sigma_ok = _checks.is_real_number(sigma) and float(sigma) > 0
         if not sigma_ok:
             raise ValueError(f"{owner}: sigma must be a positive number, got {sigma!r}")
     for method in ("sample", "log_prob"):

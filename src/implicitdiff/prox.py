@@ -45,7 +45,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from implicitdiff import _checks, _support, tree
 from implicitdiff._typing import PyTree
@@ -74,21 +73,6 @@ __all__ = [
 # so that JAXopt's keyword for it, ``l1reg=`` / ``l2reg=``, can be told apart from a positional λ.
 _ONE = _checks.ONE
 _jaxopt_keyword = _checks.jaxopt_keyword
-
-
-def _check_non_negative(value: Any, name: str, fn_name: str) -> None:
-    """Raise ValueError if a concrete ``value`` (any pytree) has a negative entry.
-
-    Traced values (under jit, vmap or differentiation) are skipped: they have no value yet.
-    """
-    for leaf in jax.tree_util.tree_leaves(value):
-        try:
-            arr = np.asarray(leaf)
-        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-            continue
-        if np.any(arr < 0):
-            shown = arr.item() if arr.size == 1 else f"an array with minimum {arr.min()}"
-            raise ValueError(f"{fn_name}: {name} must be non-negative, got {shown}")
 
 
 def _map_with_hyperparam(fn: Callable, x: PyTree, hyper: Any, name: str, fn_name: str) -> PyTree:
@@ -149,8 +133,8 @@ def _scaled_leafwise(
     """``leaf_prox(leaf, λ · s)`` on every leaf of x, λ = ``hyperparams`` (one per leaf, see
     ``_map_with_hyperparam``) and s = ``scaling``, both checked non-negative (NaN if traced and
     negative)."""
-    _check_non_negative(hyperparams, "hyperparams (λ)", name)
-    _check_non_negative(scaling, "scaling", name)
+    _checks.check_non_negative(hyperparams, "hyperparams (λ)", name)
+    _checks.check_non_negative(scaling, "scaling", name)
     hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     return _map_with_hyperparam(
         lambda leaf, lam: leaf_prox(leaf, lam * scaling), x, hyperparams, "hyperparams", name
@@ -257,9 +241,9 @@ def elastic_net(x: PyTree, hyperparams: Any = (1.0, 1.0), scaling: Any = 1.0) ->
     [ 1.   0.  -0.5]
     """
     lam, gamma = hyperparams
-    _check_non_negative(lam, "hyperparams[0] (λ)", "elastic_net")
-    _check_non_negative(gamma, "hyperparams[1] (γ)", "elastic_net")
-    _check_non_negative(scaling, "scaling", "elastic_net")
+    _checks.check_non_negative(lam, "hyperparams[0] (λ)", "elastic_net")
+    _checks.check_non_negative(gamma, "hyperparams[1] (γ)", "elastic_net")
+    _checks.check_non_negative(scaling, "scaling", "elastic_net")
     lam, gamma, scaling = _checks.nan_if_negative((lam, gamma, scaling))
     x_def = jax.tree_util.tree_structure(x)
 
@@ -366,8 +350,8 @@ def group_lasso(
     [1.5 2. ]
     """
     hyperparams = _jaxopt_keyword("group_lasso", hyperparams, "l2reg", l2reg)
-    _check_non_negative(hyperparams, "hyperparams (λ)", "group_lasso")
-    _check_non_negative(scaling, "scaling", "group_lasso")
+    _checks.check_non_negative(hyperparams, "hyperparams (λ)", "group_lasso")
+    _checks.check_non_negative(scaling, "scaling", "group_lasso")
     hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     if jnp.ndim(hyperparams) != 0:
         raise ValueError(
@@ -530,8 +514,8 @@ def nuclear_norm(x: jax.Array, hyperparams: Any = 1.0, scaling: Any = 1.0) -> ja
     [[2. 0.]
      [0. 0.]]
     """
-    _check_non_negative(hyperparams, "hyperparams (λ)", "nuclear_norm")
-    _check_non_negative(scaling, "scaling", "nuclear_norm")
+    _checks.check_non_negative(hyperparams, "hyperparams (λ)", "nuclear_norm")
+    _checks.check_non_negative(scaling, "scaling", "nuclear_norm")
     hyperparams, scaling = _checks.nan_if_negative((hyperparams, scaling))
     x = jnp.asarray(x)
     if x.ndim < 2:

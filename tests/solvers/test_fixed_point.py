@@ -464,7 +464,7 @@ def test_bisection_jit_and_vmap():
         (lambda: Bisection(optimality_fun=None, lower=0.0, upper=1.0), TypeError, "optimality"),
         (lambda: Bisection(optimality_fun=cubic, lower=1.0, upper=0.0), ValueError, "lower"),
         (lambda: Bisection(optimality_fun=cubic, lower=0.0, upper=np.inf), ValueError, "upper"),
-        (lambda: Bisection(optimality_fun=cubic, lower="0", upper=1.0), TypeError, "lower"),
+        (lambda: Bisection(optimality_fun=cubic, lower="0", upper=1.0), ValueError, "lower"),
         (lambda: Bisection(optimality_fun=cubic, lower=0.0, upper=1.0, tol=-1), ValueError, "tol"),
     ],
 )
