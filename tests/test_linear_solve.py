@@ -338,3 +338,10 @@ def test_a_bound_option_of_the_wrong_kind_is_refused_when_the_engine_is_built():
         solve = functools.partial(getattr(linear_solve, name), **{option: value})
         with pytest.raises(ValueError, match=rf"{name}: {option} must be"):
             implicitdiff.custom_root(lambda x, t: x - t, solve=solve)
+
+
+def test_tolerances_given_as_numpy_or_jax_scalars_are_taken():
+    expected = np.linalg.solve(SPD, RHS)
+    for tol in (np.float32(1e-6), np.float64(1e-10), jnp.asarray(1e-10)):
+        got = linear_solve.cg(lambda v: SPD @ v, RHS, tol=tol, atol=np.float64(0.0))
+        np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -50,8 +50,9 @@ import jax.scipy.sparse.linalg as jsp_sparse
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _gmres, tree
+from implicitdiff import _checks, _gmres, tree
 from implicitdiff import _linear_solve_more as _more
+from implicitdiff._args import is_traced
 from implicitdiff._typing import PyTree
 
 Matvec = Callable[[PyTree], PyTree]
@@ -212,7 +213,8 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
     for option in ("tol", "atol"):
         value = options.get(option)
         if option in options and not (
-            (value is None and option == "tol") or (_is_number(value) and value >= 0)
+            (value is None and option == "tol")
+            or (_checks.is_real_number(value) and (is_traced(value) or value >= 0))
         ):
             raise ValueError(f"{name}: {option} must be a non-negative number, got {value!r}")
     ridge = options.get("ridge", 0.0)
