@@ -191,3 +191,17 @@ def test_repeated_calls_reuse_the_compilation():
         again = jacobian_error_bound(ridge_condition, W_STAR, LAM, Y, argnums=0)
     assert compiled == []
     assert_tree_allclose(again, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("iterations", "iterations must be a positive int, got True"),
+        ("dense_max_size", "dense_max_size must be a non-negative int, got True"),
+        ("argnums", "argnums: True is not the index"),
+    ],
+)
+def test_a_bool_is_not_a_count_or_an_index(option, message):
+    x = jnp.ones(2)
+    with pytest.raises(ValueError, match=message):
+        jacobian_error_bound(lambda z, t: z - t, x, x, **{option: True})

@@ -1036,3 +1036,8 @@ def test_lasso_hypergradient_jit_and_vmap():
     batched_values, batched_w = jax.jit(jax.vmap(hypergradient))(lams)
     np.testing.assert_allclose(batched_values, values, rtol=1e-10)
     np.testing.assert_allclose(batched_w, solutions, atol=1e-13)
+
+
+def test_conic_refuses_a_bool_as_a_cone_dimension():
+    with pytest.raises(ValueError, match="dimension of a nonnegative cone must be a positive int"):
+        optimality.conic([("nonnegative", True)])

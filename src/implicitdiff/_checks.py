@@ -308,6 +308,11 @@ def check_non_negative(value: Any, name: str, owner: str | None = None) -> None:
             raise ValueError(f"{prefix}{name} must be non-negative, got {shown}")
 
 
+def is_int(value: Any) -> bool:
+    """A Python int that is not a bool (True is an int to Python, never a count here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_positive_int(value: Any, name: str, owner: str) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a Python int ≥ 1 (a bool is not an
     int here)."""

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _summary, linear_solve
+from implicitdiff import _checks, _summary, linear_solve
 from implicitdiff._typing import PyTree
 
 __all__ = ["JacobianErrorBound", "jacobian_error_bound"]
@@ -136,9 +136,9 @@ def jacobian_error_bound(
         optimality_fun = _solver_residual(optimality_fun)
     if not callable(optimality_fun):
         raise TypeError(f"optimality_fun must be callable (F, or a solver), got {optimality_fun!r}")
-    if not (isinstance(iterations, int) and iterations >= 1):
+    if not (_checks.is_int(iterations) and iterations >= 1):
         raise ValueError(f"iterations must be a positive int, got {iterations!r}")
-    if not (isinstance(dense_max_size, int) and dense_max_size >= 0):
+    if not (_checks.is_int(dense_max_size) and dense_max_size >= 0):
         raise ValueError(f"dense_max_size must be a non-negative int, got {dense_max_size!r}")
     if argnums is None:
         argnums = tuple(range(len(args)))
@@ -146,7 +146,7 @@ def jacobian_error_bound(
         argnums = (argnums,)
     argnums = tuple(argnums)
     for i in argnums:
-        if not (isinstance(i, int) and 0 <= i < len(args)):
+        if not (_checks.is_int(i) and 0 <= i < len(args)):
             raise ValueError(f"argnums: {i!r} is not the index of one of the {len(args)} args")
 
     x_leaves = jax.tree_util.tree_leaves(x_hat)

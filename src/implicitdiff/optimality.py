@@ -517,7 +517,7 @@ def _cone_blocks(cone: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
         kind, dim = item
         if kind not in _CONES:
             raise ValueError(f"conic: unknown cone {kind!r}; use one of {_CONES}")
-        if not (isinstance(dim, int) and dim >= 1):
+        if not (_checks.is_int(dim) and dim >= 1):
             raise ValueError(
                 f"conic: the dimension of a {kind} cone must be a positive int, got {dim!r}"
             )

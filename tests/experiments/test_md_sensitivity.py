@@ -86,3 +86,10 @@ def test_bad_options_are_refused_naming_the_option(tmp_path, only_md):
         cli.main(["md-sensitivity", "--particles", "2", "--quiet", "--output", str(tmp_path)])
     with pytest.raises(ValueError, match="--fd-step"):
         cli.main(["md-sensitivity", "--fd-step", "0", "--quiet", "--output", str(tmp_path)])
+
+
+def test_a_bool_is_not_a_particle_count():
+    import jax
+
+    with pytest.raises(ValueError, match="num_particles must be an int ≥ 4, got True"):
+        md.bidisperse_packing(True, 0.8, 1.0, jax.random.PRNGKey(0))

@@ -86,7 +86,9 @@ def bidisperse_packing(
     The box side is L = √(Σᵢ π dᵢ²/4 / φ) for packing fraction φ; positions are uniform in
     [0, L)². Returns ``(positions, is_small, L)``; the first ⌊N/2⌋ particles are the small ones.
     """
-    if not (isinstance(num_particles, int) and num_particles >= 4):
+    if isinstance(num_particles, bool) or not (
+        isinstance(num_particles, int) and num_particles >= 4
+    ):
         raise ValueError(f"num_particles must be an int ≥ 4, got {num_particles!r}")
     if not 0 < packing_fraction < 2:
         raise ValueError(f"packing_fraction must be in (0, 2), got {packing_fraction!r}")
