@@ -346,7 +346,7 @@ def linear_solve_bad_options():
         linear_solve.gmres(identity, b, maxiter=-1)
     with pytest.raises(ValueError, match=r"tol must be a non-negative number, got nan"):
         linear_solve.bicgstab(identity, b, tol=float("nan"))
-    with pytest.raises(ValueError, match=r"ridge must be a non-negative number, got -1.0"):
+    with pytest.raises(ValueError, match=r"lu: ridge must be non-negative, got -1.0"):
         linear_solve.lu(identity, b, ridge=-1.0)
 
 

@@ -250,7 +250,7 @@ def check_numeric_fields(options: Any) -> None:
         if value is None and optional:
             continue
         if kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = is_int(value)
         else:
             ok = is_real_number(value)
         if not ok:
@@ -309,14 +309,15 @@ def check_non_negative(value: Any, name: str, owner: str | None = None) -> None:
 
 
 def is_int(value: Any) -> bool:
-    """A Python int that is not a bool (True is an int to Python, never a count here)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A Python or NumPy integer that is not a bool (True is an int to Python, never a count
+    here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def check_positive_int(value: Any, name: str, owner: str) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a Python int ≥ 1 (a bool is not an
     int here)."""
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    if not (is_int(value) and value >= 1):
         raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 

@@ -40,14 +40,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import jax.scipy.sparse.linalg as jsp_sparse
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _checks, _gmres, tree
@@ -108,26 +106,13 @@ def default_tol(dtype: Any) -> float:
 
 
 def _tol(tol: float | None, b: PyTree) -> float:
-    if tol is None:
-        return default_tol(tree.dtype(b))
-    if not tol >= 0:
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    return float(tol)
-
-
-def _maxiter(maxiter: int | None) -> int | None:
-    if maxiter is not None and not (
-        isinstance(maxiter, numbers.Integral) and not isinstance(maxiter, bool) and maxiter >= 1
-    ):
-        raise ValueError(f"maxiter must be None or a positive int, got {maxiter!r}")
-    return maxiter
+    """``tol`` (checked by :func:`_check_options`), or the default for the dtype of b."""
+    return default_tol(tree.dtype(b)) if tol is None else float(tol)
 
 
 def _ridge_is_zero(ridge: Any) -> bool:
-    """Whether ``ridge`` is a Python number equal to 0 (nothing to add), after refusing a
-    negative one with a ValueError; an array (perhaps traced) is never taken as zero."""
-    if isinstance(ridge, (int, float)) and not ridge >= 0:
-        raise ValueError(f"ridge must be a non-negative number, got {ridge!r}")
+    """Whether ``ridge`` (checked by :func:`_check_options`) is a number equal to 0: nothing to
+    add; an array (perhaps traced) is never taken as zero."""
     return isinstance(ridge, (int, float)) and ridge == 0
 
 
@@ -146,7 +131,7 @@ def _krylov(method, matvec, rhs, tol_like, tol, atol, maxiter, ridge, init, prec
         x0=init,
         tol=_tol(tol, tol_like),
         atol=atol,
-        maxiter=_maxiter(maxiter),
+        maxiter=maxiter,
         M=preconditioner,
     )
     return x
@@ -194,20 +179,10 @@ def _square_operator_error(name: str, matvec: Matvec, b: PyTree) -> ValueError |
     )
 
 
-def _is_number(value: Any) -> bool:
-    """A real Python or NumPy number that is not a bool (NaN included: callers compare it)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_int(value: Any) -> bool:
-    """A Python or NumPy integer that is not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_options(name: str, options: dict[str, Any]) -> None:
     """Refuse, naming it, an option of the wrong kind or out of range before any solver reads
     it (a bool is not a number here): ``tol`` None or a number ≥ 0, ``atol`` a number ≥ 0,
-    ``ridge`` a number ≥ 0 or an array (a traced λ is not checked), ``maxiter`` and ``restart``
+    ``ridge`` a scalar ≥ 0 (a traced λ: its kind only), ``maxiter`` and ``restart``
     None or an int ≥ 1, ``dense_max_size`` an int ≥ 0. Options a solver ignores are checked
     too: a wrong value is wrong wherever it goes."""
     for option in ("tol", "atol"):
@@ -218,16 +193,15 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
         ):
             raise ValueError(f"{name}: {option} must be a non-negative number, got {value!r}")
     ridge = options.get("ridge", 0.0)
-    if not (_is_number(ridge) and ridge >= 0) and (
-        isinstance(ridge, (bool, np.bool_)) or not hasattr(ridge, "dtype")
-    ):
-        raise ValueError(f"{name}: ridge must be a non-negative number, got {ridge!r}")
+    if not _checks.is_real_number(ridge):  # a number or a 0-d array (traced: its kind only)
+        raise ValueError(f"{name}: ridge must be a real scalar, got {ridge!r}")
+    _checks.check_non_negative(ridge, "ridge", name)
     for option in ("maxiter", "restart"):
         value = options.get(option)
-        if not (value is None or (_is_int(value) and value >= 1)):
+        if not (value is None or (_checks.is_int(value) and value >= 1)):
             raise ValueError(f"{name}: {option} must be None or a positive int, got {value!r}")
     value = options.get("dense_max_size", 0)
-    if not (_is_int(value) and value >= 0):
+    if not (_checks.is_int(value) and value >= 0):
         raise ValueError(f"{name}: dense_max_size must be an int ≥ 0, got {value!r}")
 
 
@@ -357,7 +331,6 @@ def gmres(
             _GMRES_MIN_RESTART, min(_GMRES_MAX_RESTART, _GMRES_BASIS_ENTRIES // max(n, 1))
         )
     restart = max(1, min(restart, n))
-    maxiter = _maxiter(maxiter)
     cycles = max(1, math.ceil((10 * n if maxiter is None else maxiter) / restart))
     if jnp.issubdtype(tree.dtype(b), jnp.complexfloating):  # jax.scipy's, for complex systems
         method = functools.partial(jsp_sparse.gmres, restart=restart, solve_method="batched")
@@ -626,7 +599,7 @@ def iterative_refinement(
         raise ValueError("iterative_refinement: maxiter must be a positive int, got None")
     inner = resolve(solve)
     return _more.refined_solve(
-        _add_ridge(matvec, ridge), b, init, inner, _maxiter(maxiter), _tol(tol, b), atol
+        _add_ridge(matvec, ridge), b, init, inner, maxiter, _tol(tol, b), atol
     )
 
 
