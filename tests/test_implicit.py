@@ -865,9 +865,14 @@ def test_other_policies_on_a_singular_system():
 
 
 def test_fallback_of_a_rank_deficient_least_squares_in_every_mode():
-    # F = Xᵀ(Xw − y), X of rank 2 in ℝ³; w* = X⁺y has Jacobian X⁺ in y.
+    # F = Xᵀ(Xw − y), X of rank 2 in ℝ³; w* = X⁺y has Jacobian X⁺ in y. X's middle column is
+    # exactly zero, so XᵀX has a zero row and column and its LU an exactly zero pivot: the solve
+    # fails (inf/NaN) under any rounding. (A generic rank-2 product of Gaussians left the pivot
+    # at rounding level: whether LU then "solved" the consistent singular system depended on
+    # the compiler's rounding, and the test with it.)
     rng = np.random.default_rng(3)
-    Xr = jnp.asarray(rng.normal(size=(7, 2)) @ rng.normal(size=(2, 3)))
+    G = rng.normal(size=(7, 2))
+    Xr = jnp.asarray(np.column_stack([G[:, 0], np.zeros(7), G[:, 1]]))
     solver = custom_root(
         lambda w, y: Xr.T @ (Xr @ w - y), solve="lu", symmetric=True, on_failure="fallback"
     )(lambda init, y: jnp.linalg.pinv(Xr) @ y)
