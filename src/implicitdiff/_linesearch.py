@@ -10,6 +10,9 @@ With φ(η) = f(x + η d) and φ'(η) = ⟨∇f(x + η d), d⟩ (φ'(0) < 0 for 
   (each solver's own test: Armijo, proximal-gradient decrease, decrease along a projection arc,
   decrease of ‖G‖²);
 - :func:`backtracking`: :func:`shrink` with the Armijo, Wolfe, strong-Wolfe or Goldstein test;
+- :func:`proximal_backtracking`: :func:`shrink` with the sufficient decrease of proximal gradient
+  (gradient descent's Armijo test with c1 = ½ when the prox is the identity), switching to its
+  gradient form below the rounding error of f;
 - :func:`zoom`: bracketing and cubic interpolation to a strong-Wolfe step (Nocedal & Wright, 2006,
   Algorithms 3.5 and 3.6);
 - :func:`implicitdiff._hager_zhang.hager_zhang` (in its own module, on this module's
@@ -42,6 +45,7 @@ __all__ = [
     "backtracking",
     "evaluator",
     "inner",
+    "proximal_backtracking",
     "real_dtype",
     "search_result",
     "search_start",
@@ -450,3 +454,58 @@ def two_loop(
 
     r, _ = _loop.scan(second, r, (order[::-1], alphas[::-1]))
     return r
+
+
+def proximal_backtracking(
+    value_fun: Callable[[PyTree], jax.Array],
+    grad_fun: Callable[[PyTree], PyTree],
+    prox_step: Callable[[PyTree, jax.Array], PyTree],
+    point: PyTree,
+    value: jax.Array,
+    grad: PyTree,
+    stepsize: jax.Array,
+    *,
+    factor: float = 0.5,
+    maxiter: int = 30,
+) -> jax.Array:
+    """The accepted step η of proximal gradient from ``point`` y, a constant (cut from the graph).
+
+    Starting at ``stepsize``, multiply η by ``factor`` until x⁺ = prox_step(y − η∇f(y), η)
+    satisfies the sufficient decrease of proximal gradient (Beck & Teboulle, 2009)
+
+        f(x⁺) − f(y) − ⟨∇f(y), x⁺ − y⟩ ≤ ‖x⁺ − y‖² / (2η),
+
+    or for ``maxiter`` trials. A non-finite f(x⁺) fails. Near a solution the right side falls
+    below the rounding error of f (a few ulps of |f(y)|), and the left side, computed by
+    cancellation, is noise: the test would then accept any η, or reject every one. There the left
+    side is replaced by its gradient form ½⟨∇f(x⁺) − ∇f(y), x⁺ − y⟩ (equal for a quadratic f,
+    and computed without that cancellation; the gradient is only evaluated in that case).
+    Everything runs on values cut from the graph: η is piecewise constant in the problem's data,
+    its derivative is zero almost everywhere.
+
+    With ``prox_step`` the identity it is the Armijo test f(y − η∇f) ≤ f(y) − η‖∇f(y)‖²/2 of
+    gradient descent (c1 = ½), with the same guard at the noise floor.
+    """
+    point, value, grad, stepsize = jax.lax.stop_gradient((point, value, grad, stepsize))
+    # (f may compute in another dtype than the params: the coarser of the two rounds f)
+    eps = max(jnp.finfo(jnp.result_type(value)).eps, jnp.finfo(tree.dtype(point)).eps)
+    noise = 8 * eps * jnp.abs(value)
+
+    def accepted(eta):
+        candidate = prox_step(tree.axpy(-eta, grad, point), eta)
+        diff = tree.sub(candidate, point)
+        new_value = value_fun(candidate)
+        model = tree.vdot_real(diff, diff) / (2 * eta)
+        by_value = new_value - value - tree.vdot_real(grad, diff) <= model
+
+        def by_gradient(_):
+            return 0.5 * tree.vdot_real(tree.sub(grad_fun(candidate), grad), diff) <= model
+
+        resolved = model > noise
+        ok = jax.lax.cond(resolved, lambda _: by_value, by_gradient, None)
+        return ok & jnp.isfinite(new_value)
+
+    eta, _, _, _ = shrink(
+        lambda eta: (accepted(eta), ()), stepsize, factor=factor, maxiter=maxiter + 1
+    )
+    return eta

@@ -670,3 +670,59 @@ def test_bounds_family_infinite_and_equal_bounds(name):
     np.testing.assert_allclose(x, jnp.array([0.5, 2.0, 0.2]), rtol=1e-8, atol=1e-9)
     np.testing.assert_allclose(jac, jnp.diag(jnp.array([1.0, 1.0, 0.0])), atol=1e-7)
     np.testing.assert_allclose(along, e2, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# The noise floor of f: a tight tol on ‖∇f‖ where f's decrease per step is below its rounding.
+
+_NOISE_X = jnp.asarray(np.random.default_rng(1).normal(size=(100, 20)))
+_NOISE_Y = jnp.asarray(np.random.default_rng(2).normal(size=100))
+_NOISE_BOX = (-1e6, 1e6)
+_NOISE_SOLVERS = {
+    "GradientDescent": lambda o: (solvers.GradientDescent(fun=_ridge, **o), ()),
+    "GradientDescent-accelerated": lambda o: (
+        solvers.GradientDescent(fun=_ridge, acceleration=True, **o),
+        (),
+    ),
+    "ProximalGradient": lambda o: (
+        solvers.ProximalGradient(fun=_ridge, prox=prox.none, **o),
+        (None,),
+    ),
+    "ProjectedGradient": lambda o: (
+        solvers.ProjectedGradient(fun=_ridge, projection=projections.box, **o),
+        (_NOISE_BOX,),
+    ),
+    "LBFGS": lambda o: (solvers.LBFGS(fun=_ridge, **o), ()),
+    "BFGS": lambda o: (solvers.BFGS(fun=_ridge, **o), ()),
+    "NonlinearCG": lambda o: (solvers.NonlinearCG(fun=_ridge, **o), ()),
+    "LBFGSB": lambda o: (solvers.LBFGSB(fun=_ridge, **o), (_NOISE_BOX,)),
+}
+
+
+def _ridge(w, y):
+    return 0.5 * jnp.sum((_NOISE_X @ w - y) ** 2) + 0.5 * jnp.sum(w**2)
+
+
+@pytest.mark.parametrize("name", _NOISE_SOLVERS)
+def test_noise_floor_family_searching_solvers_reach_a_tight_tol(name):
+    """Ridge regression 100 × 20 (λ = 1), y scaled by 1, 10, 100 and 1000, tol 1e-10 on ‖∇f‖:
+    f is then 50 to 5e7 and its decrease per step near the solution falls below its rounding
+    (a few ulps of |f|), so a step-size search on values alone is decided by rounding there.
+    Every solver that searches its step still converges, to the closed form (GradientDescent's
+    Armijo search on values stalled at ‖∇f‖ between 1e-6 and 1e-3 on these four)."""
+    solver, leading = _NOISE_SOLVERS[name](dict(tol=1e-10, maxiter=5000, on_failure="ignore"))
+    scales = jnp.array([1.0, 10.0, 100.0, 1000.0])
+
+    @jax.jit
+    @jax.vmap
+    def run(scale):
+        y = scale * _NOISE_Y
+        step = solver.run(jnp.zeros(20), *leading, y)
+        return step.params, step.state.converged, step.state.error
+
+    params, converged, error = run(scales)
+    want = np.linalg.solve(
+        np.asarray(_NOISE_X.T @ _NOISE_X) + np.eye(20), np.asarray(_NOISE_X.T @ _NOISE_Y)
+    )
+    assert np.all(np.asarray(converged)), f"{name}: ‖∇f‖ = {np.asarray(error)}"
+    np.testing.assert_allclose(params, np.asarray(scales)[:, None] * want, rtol=1e-9, atol=1e-10)

@@ -40,62 +40,6 @@ __all__ = ["ProjectedGradient", "ProximalGradient", "ProximalGradientState"]
 
 
 # ---------------------------------------------------------------------------------------------
-# The backtracking line search of proximal gradient.
-
-
-def _prox_backtracking(
-    value_fun: Callable[[PyTree], jax.Array],
-    grad_fun: Callable[[PyTree], PyTree],
-    prox_step: Callable[[PyTree, jax.Array], PyTree],
-    point: PyTree,
-    value: jax.Array,
-    grad: PyTree,
-    stepsize: jax.Array,
-    *,
-    shrink: float = 0.5,
-    maxiter: int = 30,
-) -> jax.Array:
-    """The accepted step η of proximal gradient from ``point`` y, a constant (cut from the graph).
-
-    Starting at ``stepsize``, multiply η by ``shrink`` until x⁺ = prox_step(y − η∇f(y), η)
-    satisfies the sufficient decrease of proximal gradient (Beck & Teboulle, 2009)
-
-        f(x⁺) − f(y) − ⟨∇f(y), x⁺ − y⟩ ≤ ‖x⁺ − y‖² / (2η),
-
-    or for ``maxiter`` trials. A non-finite f(x⁺) fails. Near a solution the right side falls
-    below the rounding error of f (a few ulps of |f(y)|), and the left side, computed by
-    cancellation, is noise: the test would then accept any η, or reject every one. There the left
-    side is replaced by its gradient form ½⟨∇f(x⁺) − ∇f(y), x⁺ − y⟩ (equal for a quadratic f,
-    and computed without that cancellation; the gradient is only evaluated in that case).
-    Everything runs on values cut from the graph: η is piecewise constant in the problem's data,
-    its derivative is zero almost everywhere.
-    """
-    point, value, grad, stepsize = jax.lax.stop_gradient((point, value, grad, stepsize))
-    # (f may compute in another dtype than the params: the coarser of the two rounds f)
-    eps = max(jnp.finfo(jnp.result_type(value)).eps, jnp.finfo(tree.dtype(point)).eps)
-    noise = 8 * eps * jnp.abs(value)
-
-    def accepted(eta):
-        candidate = prox_step(tree.axpy(-eta, grad, point), eta)
-        diff = tree.sub(candidate, point)
-        new_value = value_fun(candidate)
-        model = tree.vdot(diff, diff) / (2 * eta)
-        by_value = new_value - value - tree.vdot(grad, diff) <= model
-
-        def by_gradient(_):
-            return 0.5 * tree.vdot(tree.sub(grad_fun(candidate), grad), diff) <= model
-
-        resolved = model > noise
-        ok = jax.lax.cond(resolved, lambda _: by_value, by_gradient, None)
-        return ok & jnp.isfinite(new_value)
-
-    eta, _, _, _ = _linesearch.shrink(
-        lambda eta: (accepted(eta), ()), stepsize, factor=shrink, maxiter=maxiter + 1
-    )
-    return eta
-
-
-# ---------------------------------------------------------------------------------------------
 # Proximal and projected gradient.
 
 
@@ -201,7 +145,7 @@ class _ProximalGradientBase(IterativeSolver):
             eta = scheduled_stepsize(self.stepsize, state.iter_num, state.stepsize.dtype)
         else:
             cut_hyperparams, cut_args, cut_kwargs = tree.stop_gradient((hyperparams, args, kwargs))
-            eta = _prox_backtracking(
+            eta = _linesearch.proximal_backtracking(
                 lambda x: self._objective.value(x, *cut_args, **cut_kwargs),
                 lambda x: self._objective.grad(x, *cut_args, **cut_kwargs),
                 lambda z, s: _dtypes.cast_like(prox(z, cut_hyperparams, s), z),
@@ -211,7 +155,7 @@ class _ProximalGradientBase(IterativeSolver):
                 # At an exact solution (a zero residual) every step passes: keep η there, so
                 # that a run continued past convergence (unrolling) does not overflow it.
                 jnp.where(state.error > 0, eta * self.increase_factor, eta),
-                shrink=self.decrease_factor,
+                factor=self.decrease_factor,
                 maxiter=self.maxls,
             )
         # (bounds or other data of another float dtype: the iterate keeps the params' dtype)
