@@ -55,10 +55,14 @@ class ArmijoSGD(AdaptiveSGD):
     ``"goldstein"``) and, with c = 1 − ``aggressiveness``, g = ∇f(x) and ε the machine epsilon
     of f, makes at most ``maxls`` trials of:
 
-    - the Armijo test f(x − ηg) ≤ f(x) − c η‖g‖² + ε; if it fails,
+    - the Armijo test f(x − ηg) ≤ f(x) − c η‖g‖² + ε max(1, |f(x)|); if it fails,
       η ← min(``decrease_factor`` · η, ``max_stepsize``);
     - with ``"goldstein"``, then the curvature test f(x − ηg) ≥ f(x) − (1 − c) η‖g‖²; if it
       fails, η ← min(``increase_factor`` · η, ``max_stepsize``);
+
+    (where η‖g‖² ≤ 8ε max(1, |f(x)|), a difference of values is rounding: the tests then take
+    their gradient forms, exact for a quadratic f, ⟨∇f(x − ηg), g⟩ ≥ (2c − 1)‖g‖² and
+    ⟨∇f(x − ηg), g⟩ ≤ (1 − 2c)‖g‖², at the price of a gradient per trial there),
 
     stopping at the first trial where they pass (after ``maxls`` failed trials, the last η is
     kept). Then x⁺ = x − ηg, plus μ(x − x₋) with momentum μ (the heavy ball on the previous
@@ -167,19 +171,40 @@ class ArmijoSGD(AdaptiveSGD):
         def trial(eta):
             return self._value(tree.axpy(-eta, grad, params), *args, **kwargs)
 
+        def slope_ratio(eta):  # ⟨∇f(x − ηg), g⟩ / ‖g‖² = −φ'(η) / ‖g‖², φ(η) = f(x − ηg)
+            new_grad = self._gradient(tree.axpy(-eta, grad, params), *args, **kwargs)
+            return tree.vdot_real(new_grad, grad) / grad_sqnorm
+
+        def test(eta, by_value, bound):
+            # Where the decrease η‖g‖² is within the rounding of f, f's difference is noise:
+            # the test's gradient form instead, φ'(η) against a multiple of φ'(0) (exact for a
+            # quadratic f; ProximalGradient's and GradientDescent's searches do the same).
+            resolved = eta * grad_sqnorm > 8 * slack
+            return _loop.cond(resolved, lambda _: by_value, lambda e: bound(slope_ratio(e)), eta)
+
         def scaled(eta, factor):
             eta = jnp.minimum(eta * factor, self.max_stepsize).astype(stepsize.dtype)
             return eta, jnp.asarray(trial(eta)).astype(value.dtype)
 
         def body(carry):
             count, eta, next_value, _ = carry
-            too_long = eta * c * grad_sqnorm > value - next_value + slack
+            # f(x − ηg) ≤ f(x) − cη‖g‖², or ⟨∇f(x − ηg), g⟩ ≥ (2c − 1)‖g‖²
+            too_long = test(
+                eta,
+                eta * c * grad_sqnorm > value - next_value + slack,
+                lambda ratio: ratio < 2 * c - 1,
+            )
             eta, next_value = _loop.cond(
                 too_long, scaled, lambda e, _: (e, next_value), eta, self.decrease_factor
             )
             failed = too_long
             if self.reset_option == "goldstein":
-                too_short = next_value < value - eta * (1.0 - c) * grad_sqnorm
+                # f(x − ηg) ≥ f(x) − (1 − c)η‖g‖², or ⟨∇f(x − ηg), g⟩ ≤ (1 − 2c)‖g‖²
+                too_short = test(
+                    eta,
+                    next_value < value - eta * (1.0 - c) * grad_sqnorm,
+                    lambda ratio: ratio > 1 - 2 * c,
+                )
                 eta, next_value = _loop.cond(
                     too_short, scaled, lambda e, _: (e, next_value), eta, self.increase_factor
                 )
