@@ -199,9 +199,12 @@ def backtracking(
 
     Each inequality is allowed a slack ``tol`` (default 0), and the comparisons of values a slack
     of ``value_rtol`` ulps of |φ(0)| (below that, f's change is rounding and the test would be a
-    coin toss). A non-finite trial fails. When no trial passes, η is the last one tried and
-    ``failed`` is True. The Armijo and Goldstein tests evaluate only f (``value_fun`` if given)
-    in the loop, and ∇f once at the end if ``final_grad``.
+    coin toss). Where the decrease asked for, c1 η |φ'(0)|, is itself below that slack, the tests
+    on values take their gradient forms, exact for a quadratic φ: φ'(η) ≤ (2c1 − 1) φ'(0) for
+    sufficient decrease, φ'(η) ≥ (1 − 2c1) φ'(0) for Goldstein's lower side. A non-finite trial
+    fails. When no trial passes, η is the last one tried and ``failed`` is True. The Armijo and
+    Goldstein tests evaluate only f (``value_fun`` if given) in the loop, and ∇f once at the end
+    if ``final_grad`` (plus ∇f at each trial of the gradient forms, which the counts leave out).
     """
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
@@ -222,9 +225,26 @@ def backtracking(
             new_value = jnp.real(jnp.asarray(fun(tree.axpy(eta, direction, params))))
             new_value = new_value.astype(dtype)
             aux = (new_value,)
-        ok = (new_value <= value + c1 * eta * slope0 + noise + tol) & jnp.isfinite(new_value)
+        # Where the decrease c1 η |φ'(0)| is within the rounding of f (``noise``), a difference
+        # of values is noise: the tests on values take their gradient forms there (exact for a
+        # quadratic φ, as Hager and Zhang's approximate Wolfe conditions), φ'(η) ≤ (2c1 − 1)
+        # φ'(0) for sufficient decrease and φ'(η) ≥ (1 − 2c1) φ'(0) for Goldstein's lower side,
+        # at the price of one gradient per trial there when the condition needs none.
+        resolved = -c1 * eta * slope0 > noise
+        if not needs_grad:
+            new_slope = jax.lax.cond(resolved, lambda e: slope0, lambda e: evaluate(e)[2], eta)
+        decrease = jnp.where(
+            resolved,
+            new_value <= value + c1 * eta * slope0 + noise + tol,
+            new_slope <= (2 * c1 - 1) * slope0 + tol,
+        )
+        ok = decrease & jnp.isfinite(new_value)
         if condition == "goldstein":
-            ok = ok & (new_value >= value + (1 - c1) * eta * slope0 - noise - tol)
+            ok = ok & jnp.where(
+                resolved,
+                new_value >= value + (1 - c1) * eta * slope0 - noise - tol,
+                new_slope >= (1 - 2 * c1) * slope0 - tol,
+            )
         elif condition == "wolfe":
             ok = ok & (new_slope >= c2 * slope0 - tol)
         elif condition == "strong-wolfe":

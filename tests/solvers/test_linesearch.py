@@ -266,6 +266,30 @@ def test_backtracking_on_quadratic_accepts_the_first_step_that_holds(condition):
     np.testing.assert_allclose(eta, expected, rtol=1e-15)
 
 
+@pytest.mark.parametrize("condition", ["armijo", "wolfe", "strong-wolfe", "goldstein"])
+def test_backtracking_at_the_noise_floor_of_f_keeps_the_quadratics_interval(condition):
+    """φ(η) = 1e12 + ½ (x + ηd)ᵀA(x + ηd) at x = 1e-4 · (1, 1): the decrease any step can make
+    (about 1e-7) is far below the rounding of f (ulps of 1e12 are 1.2e-4), so φ's values say
+    nothing there. The search then tests the gradient forms of its conditions, exact for a
+    quadratic, and returns the step it returns without the offset at x = (1, 1) (the intervals,
+    in units of −φ'(0)/φ''(0), do not depend on the scale of x). On values alone, the first
+    trial η = 8, 32 times the step returned here, was accepted with the Armijo, Wolfe and
+    Goldstein conditions (f grew, within rounding)."""
+    ls = BacktrackingLineSearch(
+        fun=lambda x: 1e12 + _backtracking_quadratic(x),
+        condition=condition,
+        c1=_BACKTRACKING_C1,
+        c2=_BACKTRACKING_C2,
+        decrease_factor=0.5,
+        max_stepsize=8.0,
+    )
+    x = 1e-4 * jnp.ones(2)
+    eta, state = jax.jit(ls.run)(8.0, x, descent_direction=-(_BACKTRACKING_A @ x))
+    want, _ = _backtracking_case(condition, jnp.ones(2))
+    assert bool(state.done)
+    np.testing.assert_allclose(eta, want, rtol=1e-15)
+
+
 @pytest.mark.parametrize("search", sorted(SEARCHES))
 def test_linesearch_under_jit_and_vmap(search):
     k = PROBLEM_NUMBER["wavy"]

@@ -291,9 +291,12 @@ class BacktrackingLineSearch(LineSearch):
     - ``"goldstein"``: φ(0) + (1 − c1) η φ'(0) ≤ φ(η) ≤ φ(0) + c1 η φ'(0).
 
     Each inequality holds up to ``tol``, and comparisons of values up to 8 ulps of |φ(0)| (the
-    rounding of f). At most ``maxiter`` trials; when none passes, η is the last one tried and
-    ``state.failed`` is True. The Armijo and Goldstein tests evaluate f alone in the loop, and
-    ∇f once at the accepted step. ``run`` as in the module docstring.
+    rounding of f). Where c1 η |φ'(0)| is below those 8 ulps, a difference of values is
+    rounding, and the tests on values take their gradient forms (exact for a quadratic φ):
+    φ'(η) ≤ (2c1 − 1) φ'(0), and φ'(η) ≥ (1 − 2c1) φ'(0) for Goldstein's lower side. At most
+    ``maxiter`` trials; when none passes, η is the last one tried and ``state.failed`` is True.
+    The Armijo and Goldstein tests evaluate f alone in the loop (and ∇f at the trials of the
+    gradient forms), and ∇f once at the accepted step. ``run`` as in the module docstring.
 
     Attributes:
       fun: f(params, *args, **kwargs), a scalar (``(value, aux)`` with ``has_aux``; ``(value,
