@@ -275,6 +275,16 @@ def test_osqp_reports_max_iterations():
     assert int(state.status) == 1 and int(state.iter_num) == 3 and not bool(state.converged)
 
 
+def test_osqp_with_one_sided_constraints_makes_no_nan_under_debug_nans():
+    # Gx ≤ h has lower bound −inf: the infeasibility tests multiplied that bound by 0 (inf · 0 is
+    # NaN) before masking it, which jax.debug_nans reports as an error in a user's debugging run.
+    solver = OSQP(maxiter=10, polish=False, on_failure="ignore")
+    problem = ((jnp.eye(2), jnp.array([-1.0, 0.0])), None, (jnp.array([[1.0, 1.0]]), jnp.ones(1)))
+    with jax.disable_jit(), jax.debug_nans(True):
+        (x, _, lam), state = solver.run(None, *problem)
+    assert int(state.iter_num) == 10 and np.all(np.isfinite(x)) and np.all(np.isfinite(lam))
+
+
 def test_osqp_warm_started_at_the_solution_does_not_iterate():
     solution, _ = run_general(OSQP_TIGHT, **GEN)
     again, state = run_general(OSQP_TIGHT, **GEN, init_params=solution)

@@ -213,8 +213,14 @@ def residuals_of(Cx, Px, Cty, z, data: Data):
 
 def primal_infeasible(dy, data: Data, eps_rel, ops: Operators) -> jax.Array:
     """Whether δy certifies primal infeasibility, to the relative tolerance ``eps_rel``. The
-    product Cᵀδy is computed only when the cheap part of the test (the support function) passes."""
-    lower_inf, upper_inf = jnp.isinf(data.lower), jnp.isinf(data.upper)
+    product Cᵀδy is computed only when the cheap part of the test (the support function) passes.
+
+    A decision, not differentiated: its inputs are cut from the graph, and the infinite bounds are
+    zeroed before any product (inf · 0 is NaN: in an unrolled run's reverse pass that NaN reached
+    the gradient wherever the compiler did not drop the dead cotangents)."""
+    dy, lower, upper = jax.lax.stop_gradient((dy, data.lower, data.upper))
+    lower_inf, upper_inf = jnp.isinf(lower), jnp.isinf(upper)
+    lower, upper = jnp.where(lower_inf, 0.0, lower), jnp.where(upper_inf, 0.0, upper)
     # Project δy onto the polar of the recession cone of [l, u].
     dy = jnp.where(
         lower_inf & upper_inf,
@@ -227,8 +233,8 @@ def primal_infeasible(dy, data: Data, eps_rel, ops: Operators) -> jax.Array:
     )
     norm = inf_norm(dy)
     support = jnp.sum(
-        jnp.where(upper_inf, 0.0, data.upper * jnp.maximum(dy, 0.0))
-        + jnp.where(lower_inf, 0.0, data.lower * jnp.minimum(dy, 0.0))
+        jnp.where(upper_inf, 0.0, upper * jnp.maximum(dy, 0.0))
+        + jnp.where(lower_inf, 0.0, lower * jnp.minimum(dy, 0.0))
     )
     eps = eps_rel * norm
     candidate = (norm > 0) & (support <= -eps)
@@ -239,7 +245,9 @@ def primal_infeasible(dy, data: Data, eps_rel, ops: Operators) -> jax.Array:
 
 def dual_infeasible(dx, data: Data, eps_rel, ops: Operators) -> jax.Array:
     """Whether δx certifies dual infeasibility, to the relative tolerance ``eps_rel``. The
-    products Cδx and Pδx are computed only when the cheap part of the test (cᵀδx) passes."""
+    products Cδx and Pδx are computed only when the cheap part of the test (cᵀδx) passes. A
+    decision, not differentiated: its inputs are cut from the graph."""
+    dx = jax.lax.stop_gradient(dx)
     norm = inf_norm(dx)
     eps = eps_rel * norm
 
@@ -250,7 +258,7 @@ def dual_infeasible(dx, data: Data, eps_rel, ops: Operators) -> jax.Array:
         )
         return cone & (inf_norm(ops.P(dx)) <= eps)
 
-    candidate = (norm > 0) & (jnp.vdot(data.q, dx) <= -eps)
+    candidate = (norm > 0) & (jnp.vdot(jax.lax.stop_gradient(data.q), dx) <= -eps)
     return candidate & _loop.cond(candidate, products_pass, lambda: jnp.asarray(False))
 
 
