@@ -816,3 +816,82 @@ _SCALARS = [
 def test_a_scalar_parameter_of_the_wrong_kind_is_refused_by_name(function, parameter, call, value):
     with pytest.raises(ValueError, match=rf"^{function}: .*{parameter}"):  # (NaN y_max: the order)
         call(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Op by op under jax.debug_nans: no NaN made and then discarded (a sentinel selected away, 0/0
+# in a branch that a select drops). jax.debug_nans raises on any operation that makes a NaN in
+# an op-by-op run (jax.disable_jit, and the re-run by which it locates a NaN in a jitted output),
+# so such a NaN would be reported as the user's error.
+
+
+def _op_by_op(fn, *args):
+    """fn(*args) op by op under jax.debug_nans (FloatingPointError on any NaN made), checked
+    equal to the ordinary call."""
+    with jax.disable_jit(), jax.debug_nans(True):
+        out = fn(*args)
+    for a, b in zip(_leaves(out), _leaves(fn(*args)), strict=True):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _float_part(h):
+    """The floating leaves of hyperparams (None elsewhere): what a hypergradient is taken of."""
+    return jax.tree_util.tree_map(
+        lambda v: v if jnp.issubdtype(jnp.result_type(v), jnp.floating) else None, h
+    )
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_projection_family_makes_no_nan_op_by_op(name):
+    projection = getattr(P, name)
+    x, h = SAMPLES[name](jnp.float64)
+    w = jax.tree_util.tree_map(lambda v: jnp.linspace(0.3, 1.1, v.size).reshape(v.shape), x)
+
+    def loss(x, floats):
+        full = jax.tree_util.tree_map(
+            lambda f, v: v if f is None else f, floats, h, is_leaf=lambda v: v is None
+        )
+        out = projection(x, full)
+        leaves = jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(w)
+        return sum(jnp.vdot(a, b) for a, b in zip(*leaves, strict=True))
+
+    _op_by_op(projection, x, h)
+    _op_by_op(jax.grad(loss, argnums=(0, 1)), x, _float_part(h))
+
+
+@pytest.mark.parametrize("name", sorted(set(PROXES) - {"from_projection"}))
+def test_prox_family_makes_no_nan_op_by_op(name):
+    fun = getattr(prox, name)
+    x = jnp.asarray(_M if name == "nuclear_norm" else _X)
+    h = PROXES[name]
+    w = jnp.linspace(0.3, 1.1, x.size).reshape(x.shape)
+    _op_by_op(fun, x, h, 0.7)
+    _op_by_op(jax.grad(lambda x, h, s: jnp.vdot(fun(x, h, s), w), argnums=(0, 1, 2)), x, h, 0.7)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_family_makes_no_nan_op_by_op(name):
+    fun = getattr(losses, name)
+    z = jnp.asarray(_X)
+    if name in ("sparse_plus", "sparse_sigmoid"):
+        call = lambda z: jnp.sum(jax.vmap(fun)(z))  # noqa: E731
+    elif name in ELEMENTWISE:
+        call = lambda z: jnp.sum(jax.vmap(fun)(jnp.ones_like(z), z))  # noqa: E731
+    elif name == "binary_logistic_loss":
+        call = lambda z: jnp.sum(jax.vmap(fun)(jnp.ones_like(z), z))  # noqa: E731
+    elif name == "sparsemax":
+        call = lambda z: jnp.vdot(fun(z), jnp.arange(z.size, dtype=z.dtype))  # noqa: E731
+    elif name == "squared_loss":
+        call = lambda z: fun(jnp.ones_like(z), z)  # noqa: E731
+    else:  # multiclass: a one-hot label and an integer label
+        onehot = jnp.eye(z.size)[1]
+        call = lambda z: fun(onehot, z) + fun(3, z)  # noqa: E731
+    _op_by_op(jax.value_and_grad(call), z)
+
+
+def test_isotonic_makes_no_nan_op_by_op():
+    w = jnp.linspace(0.3, 1.1, _X.size)
+    _op_by_op(
+        jax.value_and_grad(lambda y: jnp.vdot(isotonic.isotonic_l2_pav(y), w)), jnp.asarray(_X)
+    )

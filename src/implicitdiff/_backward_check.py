@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _support, linear_solve, tree
+from implicitdiff import _checks, _support, linear_solve, tree
 from implicitdiff._condition import is_symmetric, support_of
 from implicitdiff._typing import PyTree
 
@@ -367,7 +367,7 @@ def checked_solve(
         residual = _relative_residual(r, b)
         failed = jnp.logical_not(residual <= threshold)  # True for NaN too
         if on_failure == "nan":
-            return tree.map(lambda leaf: jnp.where(failed, jnp.nan, leaf), x)
+            return tree.map(lambda leaf: _checks.nan_unless(jnp.logical_not(failed), leaf), x)
         site = _user_site()  # the user's line, for a callback that runs on another thread
         if on_failure == "fallback":
             # The fallback is dense (exact minimum-norm SVD) whenever a dense matrix is allowed,

@@ -59,11 +59,18 @@ def real_float_array(x: Any) -> jax.Array:
 
 
 def nan_unless(valid: Any, leaf: Any) -> jax.Array:
-    """``leaf`` where ``valid``, NaN elsewhere (in the leaf's floating dtype)."""
+    """``leaf`` where ``valid``, NaN elsewhere (in the leaf's floating dtype).
+
+    The NaN is made only where it is returned, as 0/0: a NaN constant that the select then drops
+    is still an operation producing NaN, which ``jax.debug_nans`` reports as the error in an
+    op-by-op run (``jax.disable_jit``, or the re-run by which debug_nans locates a NaN output):
+    every flagged result would be blamed on this line, valid or not.
+    """
     leaf = jnp.asarray(leaf)
     if not jnp.issubdtype(leaf.dtype, jnp.inexact):
         leaf = leaf.astype(jnp.result_type(float))
-    return jnp.where(valid, leaf, jnp.asarray(jnp.nan, leaf.dtype))
+    one_or_zero = jnp.asarray(valid, leaf.dtype)
+    return jnp.where(valid, leaf, one_or_zero / one_or_zero)
 
 
 def nan_if_negative(value: PyTree) -> PyTree:

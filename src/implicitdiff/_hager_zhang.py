@@ -50,9 +50,18 @@ class _HZCarry(NamedTuple):
 
 
 def _secant(a, da, b, db):
-    """The zero of the line through (a, φ'(a)) and (b, φ'(b))."""
+    """The zero of the line through (a, φ'(a)) and (b, φ'(b)); +inf where it has none (equal
+    slopes, or an input not finite), which no bracket contains (:func:`_inside`). Those cases
+    are computed on a stand-in line, through (0, −1) and (1, 1): no NaN is made on the way
+    (``jax.debug_nans`` would report it as an error in an op-by-op run)."""
+    defined = jnp.all(jnp.isfinite(jnp.stack([a, da, b, db])), axis=0)
+    a, da, b, db = (
+        jnp.where(defined, v, stand_in)
+        for v, stand_in in zip((a, da, b, db), (0.0, -1.0, 1.0, 1.0), strict=True)
+    )
     den = db - da
-    return (a * db - b * da) / jnp.where(den != 0, den, 1.0) + jnp.where(den != 0, 0.0, jnp.nan)
+    defined = defined & (den != 0)
+    return jnp.where(defined, (a * db - b * da) / jnp.where(defined, den, 1.0), jnp.inf)
 
 
 def _inside(t, a, b):

@@ -292,15 +292,26 @@ def _cubic_minimizer(a, fa, da, b, fb, db, margin):
 
     Nocedal & Wright (2006), eq. 3.59. The result is kept at least ``margin`` × |b − a| inside
     the interval; bisection when the cubic has no minimizer there or a value is not finite.
+    Where the cubic is undefined (a = b, or an end not finite: b = +inf while no bracket is
+    known) it is evaluated on a harmless stand-in (a, b = 0, 1; φ = 0; φ' = −1, 1) and
+    discarded, so that no 0/0 or inf − inf is computed (``jax.debug_nans`` reports those).
     """
+    defined = (a != b) & jnp.all(jnp.isfinite(jnp.stack([a, fa, da, b, fb, db])), axis=0)
+    a, fa, da, b, fb, db = (
+        jnp.where(defined, v, stand_in)
+        for v, stand_in in zip((a, fa, da, b, fb, db), (0.0, 0.0, -1.0, 1.0, 0.0, 1.0), strict=True)
+    )
     d1 = da + db - 3.0 * (fa - fb) / (a - b)
     radicand = d1 * d1 - da * db
     d2 = jnp.sign(b - a) * jnp.sqrt(jnp.maximum(radicand, 0.0))
-    t = b - (b - a) * (db + d2 - d1) / (db - da + 2.0 * d2)
+    den = db - da + 2.0 * d2
+    t = b - (b - a) * (db + d2 - d1) / jnp.where(den != 0, den, 1.0)
     low, high = jnp.minimum(a, b), jnp.maximum(a, b)
     width = high - low
     ok = (
-        (radicand >= 0)
+        defined
+        & (den != 0)
+        & (radicand >= 0)
         & jnp.isfinite(t)
         & (t >= low + margin * width)
         & (t <= high - margin * width)

@@ -99,8 +99,8 @@ def _project_onto_constraint(
     p = _step_along(x, a_hat, excess, nonzero)
     # a = 0: the whole space if b ≥ 0 (inequality) or b = 0, else the empty set (NaN).
     whole_space = (b_hat >= 0) if inequality else (b_hat == 0)
-    fallback = tree.map(lambda leaf: _checks.nan_unless(whole_space, leaf), x)
-    return tree.where(nonzero, p, fallback)
+    valid = nonzero | whole_space
+    return tree.map(lambda leaf: _checks.nan_unless(valid, leaf), tree.where(nonzero, p, x))
 
 
 def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:

@@ -328,7 +328,7 @@ def sparse_simplex(
     values, indices = jax.lax.top_k(flat, max_nz)
     kept = _simplex_vector(values, jnp.broadcast_to(scale, ()))
     # (a NaN scale, from a traced negative one, makes every entry NaN, not only the kept ones)
-    rest = jnp.where(jnp.isnan(scale), jnp.nan, jnp.zeros_like(flat))
+    rest = _checks.nan_unless(jnp.logical_not(jnp.isnan(scale)), jnp.zeros_like(flat))
     return rest.at[indices].set(kept).reshape(x.shape)
 
 

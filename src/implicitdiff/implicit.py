@@ -215,7 +215,7 @@ def _implicit_solver(
             def flag(t):
                 if t is None:
                     return None
-                factor = jnp.where(finite, 1, jnp.nan).astype(jnp.result_type(t))
+                factor = _checks.nan_unless(finite, jnp.ones((), jnp.result_type(t)))
                 # Under shard_map a replicated input's tangent must stay replicated: a flag that
                 # varies per device is applied to the outgoing tangent only.
                 return t * factor if _loop.varies_within(factor, t) else t
@@ -233,7 +233,7 @@ def _implicit_solver(
             solve = functools.partial(checked, support=mask)
             tangent = _tangent(g, sol, theta, t_theta, solve, symmetric)
             return sol, jax.tree_util.tree_map(
-                lambda t: t * jnp.where(finite, 1, jnp.nan).astype(t.dtype), tangent
+                lambda t: t * _checks.nan_unless(finite, jnp.ones((), t.dtype)), tangent
             )
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)

@@ -92,7 +92,7 @@ def _pav_blocks(y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     block = jnp.cumsum(is_start) - 1
     solution = means[block]
     # An undefined problem (a NaN entry) gives NaN everywhere rather than a partial answer.
-    solution = jnp.where(jnp.any(jnp.isnan(y)), jnp.nan, solution)
+    solution = _checks.nan_unless(jnp.logical_not(jnp.any(jnp.isnan(y))), solution)
     return solution, block, counts
 
 

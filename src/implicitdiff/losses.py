@@ -255,7 +255,7 @@ def _logistic_parts(y: jax.Array, z: jax.Array) -> tuple[jax.Array, tuple[jax.Ar
     all_minus_inf = jnp.all(z == -jnp.inf, axis=-1)  # no distribution: NaN
     lse = jax.nn.logsumexp(shifted, axis=-1)
     loss = lse * jnp.sum(y, axis=-1) - _weighted_sum(y, shifted)
-    loss = jnp.where(all_minus_inf, jnp.nan, loss)
+    loss = _checks.nan_unless(jnp.logical_not(all_minus_inf), loss)
     softmax = jnp.exp(shifted - lse[..., None])
     return loss, (softmax, lse[..., None] - shifted)
 

@@ -370,7 +370,9 @@ def group_lasso(
     norm = jnp.where(positive, safe_norm, 0)
     # (a NaN threshold, from a traced negative λ or scaling, gives NaN rather than 0)
     factor = jnp.where(
-        norm >= threshold, 1 - threshold / safe_norm, jnp.where(threshold >= 0, 0, jnp.nan)
+        norm >= threshold,
+        1 - threshold / safe_norm,
+        _checks.nan_unless(threshold >= 0, jnp.zeros((), jnp.result_type(safe_norm))),
     )
     return tree.scale(factor, x)
 

@@ -471,6 +471,24 @@ def test_solvers_with_each_linesearch_converge_and_differentiate(cls, search):
     np.testing.assert_allclose(jax.grad(loss)(0.3), expected, rtol=rtol)
 
 
+@pytest.mark.parametrize("cls", [LBFGS, BFGS, NonlinearCG])
+@pytest.mark.parametrize("search", ["zoom", "backtracking", "hager-zhang"])
+def test_solvers_with_each_linesearch_make_no_nan_op_by_op(cls, search):
+    # Under jax.disable_jit and jax.debug_nans every operation that makes a NaN raises: the zoom's
+    # cubic on a bracket with an infinite end (no bracket yet) and Hager-Zhang's secant with
+    # equal slopes made a 0/0 or inf − inf that a select then dropped.
+    solver = cls(fun=ridge_logistic, linesearch=search, tol=1e-9, maxiter=2000)
+
+    def loss(theta):
+        return jnp.sum(solver.run(jnp.zeros(3), theta).params ** 2)
+
+    with jax.disable_jit(), jax.debug_nans(True):
+        value, grad = jax.value_and_grad(loss)(0.3)
+    (_, reference), tight_grad = _reference(0.3)
+    np.testing.assert_allclose(value, jnp.sum(reference**2), rtol=1e-7)
+    np.testing.assert_allclose(grad, tight_grad, rtol=1e-6)
+
+
 def _two_ones(x):
     return jnp.sum((x - 1.0) ** 2)
 

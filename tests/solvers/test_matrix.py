@@ -12,7 +12,11 @@ values, not shapes, against the problem's closed form in float64:
 - hessian: ∇²(L∘x*)(θ);  vmap: x* and ∇(L∘x*) over a batch of θ;
 - scan: the solver inside a ``lax.scan`` body over the batch, differentiated through the scan;
 - checkpoint: ``jax.checkpoint`` around the solve, then ``grad``;
-- shard_map: one problem per device on 8 devices (all axes manual), values and gradients.
+- shard_map: one problem per device on 8 devices (all axes manual), values and gradients;
+- debug_nans: ∇(L∘x*)(θ) computed op by op under ``jax.disable_jit`` and ``jax.debug_nans``
+  (how a user hunts a NaN, and how debug_nans re-runs a program to locate one): no operation of
+  the library may make a NaN that it then discards (a sentinel selected away, 0/0 in an unused
+  branch), or debug_nans reports it as the user's error.
 
 The jitted cells of a solver but shard_map are outputs of ONE compiled program per solver, built
 by the first of its cells to run and read by each cell, which checks its own part: XLA compiles
@@ -331,6 +335,7 @@ TRANSFORMS = (
     "scan",
     "checkpoint",
     "shard_map",
+    "debug_nans",
 )
 
 # A run that does not converge is a failed cell, not a warning.
@@ -520,6 +525,12 @@ def test_matrix(solver, problem, transform):
         theta = jnp.asarray(p.theta)
         _close(solve(theta), p.solution(p.theta))
         _close(jax.grad(lambda t: p.outer_loss(solve(t)))(theta), p.hypergradient(p.theta))
+        return
+    if transform == "debug_nans":
+        theta = jnp.asarray(p.theta)
+        with jax.disable_jit(), jax.debug_nans(True):
+            grad = jax.grad(lambda t: p.outer_loss(solve(t)))(theta)
+        _close(grad, p.hypergradient(p.theta))
         return
     out = _outputs(solver, problem, transform)
     if transform == "grad":

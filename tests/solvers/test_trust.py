@@ -509,7 +509,12 @@ def test_started_at_the_solution_family_searching_solvers_ill_conditioned():
             assert int(iterations) == (1 if proximal else 0), message
             np.testing.assert_allclose(x, start, rtol=1e-13, atol=1e-14, err_msg=message)
         expected = h_inv if maxiter == 500 else three_steps
-        np.testing.assert_allclose(jac, expected, rtol=1e-6, atol=1e-8, err_msg=message)
+        # On rounding noise (tol 0) where the copy leaves the update depends on the machine's
+        # rounding, so how many of the 500 contraction steps (1 − 1/30 each) it takes: NonlinearCG
+        # was within 1e-6 where this was written, 2e-6 off on an AMD EPYC host (≈ 390 steps).
+        # The defects this guards against were 0.43 and 5e4 off.
+        rtol = 1e-5 if tol == 0 else 1e-6
+        np.testing.assert_allclose(jac, expected, rtol=rtol, atol=1e-8, err_msg=message)
 
 
 def test_started_at_the_solution_family_one_coordinate_anderson():

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from implicitdiff import _checks
 from implicitdiff.solvers import OSQP
 
 __all__ = ["polyhedron"]
@@ -65,7 +66,7 @@ def _independent_rows(A: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]
                 f"(A has shape {A_np.shape} and numerical rank {rank})"
             )
         return A_new, b_new
-    return A_new, jnp.where(consistent, b_new, jnp.nan)
+    return A_new, _checks.nan_unless(consistent, b_new)
 
 
 def polyhedron(
@@ -148,7 +149,7 @@ def polyhedron(
             "polyhedron: the set {y: A y = b, G y ≤ h} is empty (OSQP found it primal "
             "infeasible): check A, b, G, h"
         )
-    return jnp.where(state.status == 2, jnp.nan, p)
+    return _checks.nan_unless(state.status != 2, p)
 
 
 def _is_traced(value: Any) -> bool:

@@ -361,7 +361,7 @@ def _project_limit(x, a, b, spread, maxiter, tol, *, kind, solve):
     solve = "cg" if isinstance(solve, str) and solve == "auto" else solve
     p = _project_unit(z, a, b, maxiter, tol, kind=kind, solve=solve)
     ok = jnp.all(support == support2) & jnp.all(jnp.where(support, True, p == 0))
-    return jnp.where(ok, p, jnp.nan)
+    return _checks.nan_unless(ok, p)
 
 
 def _project_unit(x, a, b, maxiter, tol, *, kind, solve):
@@ -410,7 +410,7 @@ def _check_marginals(a: jax.Array, b: jax.Array, name: str) -> jax.Array | None:
 def _poison(valid: jax.Array, leaf: jax.Array, inputs: tuple) -> jax.Array:
     """``leaf`` where ``valid``; elsewhere NaN, with NaN derivatives in ``leaf`` and ``inputs``
     (a bare ``where`` would give the derivative of its NaN branch, a constant: 0)."""
-    return jnp.where(valid, leaf, jnp.asarray(jnp.nan, leaf.dtype))
+    return _checks.nan_unless(valid, leaf)
 
 
 @_poison.defjvp
@@ -419,7 +419,7 @@ def _poison_jvp(primals, tangents):
     _, leaf_dot, inputs_dot = tangents
     # Linear in the tangents (reverse mode transposes it). The NaN goes straight to the inputs;
     # what flows back into ``leaf`` (the implicit derivative's linear solve) stays finite: 0.
-    zeros = jnp.where(valid, jnp.zeros((), leaf.dtype), jnp.asarray(jnp.nan, leaf.dtype))
+    zeros = _checks.nan_unless(valid, jnp.zeros((), leaf.dtype))
     spill = sum((jnp.sum(t) for t in jax.tree_util.tree_leaves(inputs_dot)), 0.0)
     return _poison(valid, leaf, inputs), jnp.where(valid, leaf_dot, 0.0) + zeros * spill
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _summary, tree
+from implicitdiff import _checks, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -240,7 +240,7 @@ class Bisection(IterativeSolver):
         return super()._done(state) | collapsed | jnp.logical_not(state.valid_bracket)
 
     def _finish(self, params, state):
-        params = jnp.where(state.valid_bracket, params, jnp.nan)
+        params = _checks.nan_unless(state.valid_bracket, params)
         params, state = super()._finish(params, state)
         return params, state._replace(
             converged=state.converged & state.valid_bracket,

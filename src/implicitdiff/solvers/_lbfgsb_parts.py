@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _linesearch, tree
+from implicitdiff import _checks, _linesearch, tree
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -50,7 +50,7 @@ def flat_bounds(params: PyTree, bounds: tuple[Any, Any]) -> tuple[jax.Array, jax
     lower, upper = flat(bounds[0]), flat(bounds[1])
     # Traced bounds cannot be checked while Python runs: an empty box (lower > upper) makes the
     # projection NaN, so that the run ends non-finite (converged False), never "converged".
-    return lower, jnp.where(lower <= upper, upper, jnp.nan)
+    return lower, _checks.nan_unless(lower <= upper, upper)
 
 
 def box_or_unbounded(params: PyTree, bounds: Any) -> tuple[Any, Any]:

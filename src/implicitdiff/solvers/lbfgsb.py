@@ -231,7 +231,7 @@ class LBFGSB(StopIfLinesearchFails, IterativeSolver):
         NaN too, never a finite derivative of a point that solves nothing."""
         params, state = super()._solution(init_params, bounds, *args, **kwargs)
         empty = jnp.any(jnp.isnan(flat_bounds(params, bounds)[1]))
-        return tree.map(lambda p: jnp.where(empty, jnp.nan, p), params), state
+        return tree.map(lambda p: _checks.nan_unless(jnp.logical_not(empty), p), params), state
 
     def _flat_value_and_grad(self, flat_x, unravel, args, kwargs):
         """(f, ∇f flattened, aux) at the flat point."""
