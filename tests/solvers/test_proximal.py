@@ -121,6 +121,19 @@ def test_block_coordinate_descent_is_coordinate_descent_on_the_lasso():
     np.testing.assert_allclose(dlam, want(LAM), rtol=1e-8)
 
 
+@pytest.mark.parametrize(
+    "start",
+    [{"w": jnp.zeros(P)}, [jnp.zeros(P - 1), jnp.zeros(1)], (jnp.zeros(P),)],
+    ids=["dict", "list", "tuple"],
+)
+def test_block_coordinate_descent_refuses_a_pytree_start_by_name(start):
+    # Its blocks are the rows of one array: a pytree failed inside jnp.asarray ("entry not a 2-
+    # or 3- tuple") or in the user's fun.
+    solver = BlockCoordinateDescent(fun=least_squares, block_prox=prox.l1)
+    with pytest.raises(TypeError, match="init_params must be one array whose rows are the blocks"):
+        solver.run(start, LAM, LASSO_X, LASSO_Y)
+
+
 # ---------------------------------------------------------------------------------------------
 # Non-negative least squares and a box: ProjectedGradient and LBFGSB.
 

@@ -12,7 +12,7 @@ import pytest
 import scipy.optimize
 from helpers import assert_tree_allclose, compilations, finite_difference_jvp, random_tangent
 
-from implicitdiff.solvers import OSQP, BoxCDQP, EqualityConstrainedQP, KKTSolution
+from implicitdiff.solvers import OSQP, BoxCDQP, BoxOSQP, EqualityConstrainedQP, KKTSolution
 
 
 def spd(rng, n):
@@ -473,3 +473,44 @@ def test_bad_inputs_are_named():
         OSQP_TIGHT.run(None, (GEN["Q"], GEN["c"]), GEN["A"])
     with pytest.raises(TypeError, match="params_obj"):
         BOXCD.run(None, None, (0.0, 1.0))
+
+
+_Q2, _C2 = 2.0 * jnp.eye(2), jnp.ones(2)
+_EQ2 = (jnp.ones((1, 2)), jnp.ones(1))
+_WARM_STARTED = {
+    "EqualityConstrainedQP": lambda init: EqualityConstrainedQP().run(init, (_Q2, _C2), _EQ2),
+    "OSQP": lambda init: OSQP().run(init, (_Q2, _C2), _EQ2, None),
+    "BoxOSQP": lambda init: BoxOSQP().run(init, (_Q2, _C2), _EQ2[0], (_EQ2[1] * 0, _EQ2[1])),
+}
+
+
+@pytest.mark.parametrize("solver", sorted(_WARM_STARTED))
+@pytest.mark.parametrize(
+    ("init", "shown"),
+    [
+        ({"x": jnp.zeros(2)}, "got a dict"),
+        (jnp.zeros((3, 2)), r"got an array of shape \(3, 2\)"),  # was unpacked into its rows
+        ((jnp.zeros(2), None), "got a tuple of length 2"),
+    ],
+    ids=["dict", "array", "pair"],
+)
+def test_a_warm_start_that_is_not_a_kkt_triple_is_refused_by_name(solver, init, shown):
+    with pytest.raises(
+        TypeError, match=rf"{solver}\.run: init_params must be .*KKTSolution.*{shown}"
+    ):
+        _WARM_STARTED[solver](init)
+
+
+def test_box_cd_start_of_the_wrong_kind_or_shape_is_refused_by_name():
+    box = (jnp.zeros(2), jnp.ones(2))
+    with pytest.raises(TypeError, match=r"BoxCDQP\.run: init_params must be None or an array"):
+        BoxCDQP().run({"x": jnp.zeros(2)}, (_Q2, _C2), box)
+    with pytest.raises(
+        ValueError, match=r"init_params must have the shape of c, \(2,\); got \(3,\)"
+    ):
+        BoxCDQP().run(jnp.zeros(3), (_Q2, _C2), box)
+    # A list and a scalar are arrays: the scalar broadcasts, as clip(x₀, l, u) does.
+    for start in ([0.0, 0.0], 0.5):
+        x, state = BoxCDQP(tol=1e-12).run(start, (_Q2, _C2), box)
+        assert bool(state.converged)
+        np.testing.assert_allclose(x, np.zeros(2), atol=1e-12)  # min x² + x on [0, 1]²

@@ -78,6 +78,30 @@ def check_pair(name: str, pair: Any) -> None:
         )
 
 
+def kkt_start(owner: str, init_params: Any, parts: int = 3) -> tuple:
+    """The parts of a warm start ``init_params``: None (all parts None), or a
+    :class:`KKTSolution` or tuple/list of ``parts`` entries (primal, dual_eq, dual_ineq).
+
+    Raises:
+      TypeError: anything else (a bare array or dict would otherwise fail in tuple unpacking,
+        with a message that names nothing).
+    """
+    if init_params is None:
+        return (None,) * parts
+    if isinstance(init_params, (tuple, list)) and len(init_params) == parts:
+        return tuple(init_params)
+    if isinstance(init_params, (tuple, list)):
+        what = f"a {type(init_params).__name__} of length {len(init_params)}"
+    elif hasattr(init_params, "shape"):
+        what = f"an array of shape {tuple(init_params.shape)}"
+    else:
+        what = f"a {type(init_params).__name__}"
+    raise TypeError(
+        f"{owner}.run: init_params must be None or a warm start KKTSolution(primal, dual_eq, "
+        f"dual_ineq) (or a tuple of those {parts}, a part None for zeros), got {what}"
+    )
+
+
 def check_constraint_shapes(owner: str, name: str, pair: Any, n: int) -> None:
     """Refuses a constraint pair (M, v) that is not a matrix (m, n) and a vector (m,)."""
     M, v = pair

@@ -273,8 +273,15 @@ class BlockCoordinateDescent(IterativeSolver):
             computed at x₀), and p = Σᵢ block_fun(x₀ᵢ, i, *args) in composite form (else None).
 
         Raises:
+          TypeError: x₀ is a pytree (a dict, list, tuple...), not one array.
           ValueError: x₀ has no axis, or ``stepsize`` has not one entry per block.
         """
+        if not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(init_params)):
+            raise TypeError(
+                "BlockCoordinateDescent: init_params must be one array whose rows are the blocks, "
+                f"not a pytree (got a {type(init_params).__name__}); ravel a pytree first "
+                "(jax.flatten_util.ravel_pytree) and write fun and block_prox on the array"
+            )
         init_params = jnp.asarray(init_params)
         if init_params.ndim < 1:
             raise ValueError("BlockCoordinateDescent: params must be an array with ≥ 1 axis")

@@ -47,6 +47,22 @@ class BoxCDQPState(NamedTuple):
     __repr__ = _summary.namedtuple_repr
 
 
+def _start(init_params: Any, c: jax.Array, dtype: Any) -> jax.Array:
+    """init_params as an array like c (a scalar broadcasts); TypeError or ValueError naming it."""
+    try:
+        x0 = jnp.asarray(init_params, dtype)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"BoxCDQP.run: init_params must be None or an array of shape {c.shape}, got a "
+            f"{type(init_params).__name__}"
+        ) from None
+    if x0.shape not in ((), c.shape):
+        raise ValueError(
+            f"BoxCDQP.run: init_params must have the shape of c, {c.shape}; got {x0.shape}"
+        )
+    return x0
+
+
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class BoxCDQP(IterativeSolver):
     """min ½xᵀQx + cᵀx s.t. l ≤ x ≤ u by cyclic coordinate descent.
@@ -108,8 +124,9 @@ class BoxCDQP(IterativeSolver):
           ``OptStep(x, state)``: the primal solution x, shape (n,), and the ``BoxCDQPState``.
 
         Raises:
-          TypeError: a missing or malformed pair.
-          ValueError: shapes that do not match, or concrete bounds with l > u somewhere.
+          TypeError: a missing or malformed pair; ``init_params`` not an array.
+          ValueError: shapes that do not match (``init_params`` too), or concrete bounds with
+            l > u somewhere.
         """
         if params_obj is None or params_ineq is None:
             raise TypeError("BoxCDQP.run: params_obj=(Q, c) and params_ineq=(l, u) are required")
@@ -135,7 +152,7 @@ class BoxCDQP(IterativeSolver):
         )
         if bounds is None:  # traced bounds: NaN where lower > upper (converged False)
             upper = _checks.nan_unless(lower <= upper, upper)
-        x0 = jnp.zeros(c.shape, dtype) if init_params is None else jnp.asarray(init_params, dtype)
+        x0 = jnp.zeros(c.shape, dtype) if init_params is None else _start(init_params, c, dtype)
         return super().run(clip_to_box(x0, lower, upper), (Q, c), (lower, upper))
 
     def init_state(self, init_params, params_obj, params_ineq) -> BoxCDQPState:

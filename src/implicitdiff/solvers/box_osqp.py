@@ -30,6 +30,7 @@ from implicitdiff.solvers._qp_common import (
     clip_to_box,
     dtype_of,
     fun_primal_start,
+    kkt_start,
     qp_objective,
 )
 from implicitdiff.solvers.osqp import OSQP, OSQPState
@@ -292,8 +293,8 @@ class BoxOSQP(IterativeSolver):
             :class:`BoxOSQPState`.
 
         Raises:
-          TypeError: a missing or malformed argument; with ``fun``, fun(x, params_obj) not a
-            scalar.
+          TypeError: a missing or malformed argument (``init_params`` not None or a triple);
+            with ``fun``, fun(x, params_obj) not a scalar.
           ValueError: shapes that do not match; with ``fun``, no x in ``init_params``.
         """
         if params_obj is None:
@@ -303,9 +304,8 @@ class BoxOSQP(IterativeSolver):
         if params_ineq is None:
             raise TypeError("BoxOSQP.run: params_ineq=(l, u) is required")
         check_pair("params_ineq", params_ineq)
-        if init_params is None:
-            init_params = KKTSolution((None, None), None, None)
-        primal, y0, _ = init_params
+        primal, y0, _ = kkt_start("BoxOSQP", init_params)
+        primal = (None, None) if primal is None else primal
         x0, z0 = primal if isinstance(primal, (tuple, list)) else (primal, None)
         if self.fun is not None:
             x0, n, dtype = fun_primal_start(

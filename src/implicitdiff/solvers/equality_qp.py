@@ -24,6 +24,7 @@ from implicitdiff.solvers._qp_common import (
     dtype_of,
     fun_matvec,
     inf_norm,
+    kkt_start,
     qp_kkt,
     quadratic_parts,
 )
@@ -154,7 +155,8 @@ class EqualityConstrainedQP(IterativeSolver):
             the ``EqualityConstrainedQPState``.
 
         Raises:
-          TypeError: a missing or malformed pair; with ``fun``, fun(x, params_obj) not a scalar.
+          TypeError: a missing or malformed pair; ``init_params`` not None or a triple; with
+            ``fun``, fun(x, params_obj) not a scalar.
           ValueError: dense arrays of shapes that do not match; with ``fun``, no x in
             ``init_params``.
         """
@@ -163,7 +165,7 @@ class EqualityConstrainedQP(IterativeSolver):
         if self.fun is None:
             check_pair("params_obj", params_obj)
         check_pair("params_eq", params_eq)
-        x0, nu0, _ = (None, None, None) if init_params is None else init_params
+        x0, nu0, _ = kkt_start("EqualityConstrainedQP", init_params)
         check_fun_start("EqualityConstrainedQP", self.fun, x0, "KKTSolution(x0, None, None)")
         if self.fun is not None:
             check_fun_value("EqualityConstrainedQP", self.fun, params_obj, x0)

@@ -51,6 +51,7 @@ from implicitdiff.solvers._qp_common import (
     dtype_of,
     fun_matvec,
     fun_primal_start,
+    kkt_start,
     qp_kkt,
     quadratic_parts,
 )
@@ -272,7 +273,8 @@ class OSQP(IterativeSolver):
             infeasible).
 
         Raises:
-          TypeError: a missing or malformed pair; with ``fun``, fun(x, params_obj) not a scalar.
+          TypeError: a missing or malformed pair; ``init_params`` not None or a triple; with
+            ``fun``, fun(x, params_obj) not a scalar.
           ValueError: shapes that do not match; with ``fun``, no x in ``init_params``.
         """
         if params_obj is None:
@@ -280,9 +282,7 @@ class OSQP(IterativeSolver):
         pairs = [("params_eq", params_eq), ("params_ineq", params_ineq)]
         for name, pair in pairs if self.fun is not None else [("params_obj", params_obj), *pairs]:
             check_pair(name, pair)
-        if init_params is None:
-            init_params = (None, None, None)
-        x0, nu0, lam0 = init_params
+        x0, nu0, lam0 = kkt_start("OSQP", init_params)
         if self.fun is not None:
             x0, n, dtype = fun_primal_start(
                 "OSQP", self.fun, x0, "KKTSolution(x0, None, None)", params_obj
