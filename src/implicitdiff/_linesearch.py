@@ -498,8 +498,9 @@ def proximal_backtracking(
     *,
     factor: float = 0.5,
     maxiter: int = 30,
-) -> jax.Array:
-    """The accepted step η of proximal gradient from ``point`` y, a constant (cut from the graph).
+) -> tuple[jax.Array, jax.Array]:
+    """(η, ok): the accepted step η of proximal gradient from ``point`` y, a constant (cut from
+    the graph), and whether it passed (False: no trial passed, η is the last one tried).
 
     Starting at ``stepsize``, multiply η by ``factor`` until x⁺ = prox_step(y − η∇f(y), η)
     satisfies the sufficient decrease of proximal gradient (Beck & Teboulle, 2009)
@@ -536,7 +537,7 @@ def proximal_backtracking(
         ok = jax.lax.cond(resolved, lambda _: by_value, by_gradient, None)
         return ok & jnp.isfinite(new_value)
 
-    eta, _, _, _ = shrink(
+    eta, ok, _, _ = shrink(
         lambda eta: (accepted(eta), ()), stepsize, factor=factor, maxiter=maxiter + 1
     )
-    return eta
+    return eta, ok

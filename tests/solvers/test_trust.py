@@ -741,3 +741,40 @@ def test_noise_floor_family_searching_solvers_reach_a_tight_tol(name):
     )
     assert np.all(np.asarray(converged)), f"{name}: ‖∇f‖ = {np.asarray(error)}"
     np.testing.assert_allclose(params, np.asarray(scales)[:, None] * want, rtol=1e-9, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# A step-size search that accepts no trial is not convergence. With f = ½xᵀQx + cᵀx and c₀ = +inf
+# the solution has x₀ = 0, where f = inf · 0 = NaN: the searches of proximal and projected
+# gradient reject every trial, η falls to ~1e-26 in a few iterations, and ‖x⁺ − y‖/η rounds to 0,
+# which passed for convergence (error 0, converged True, at x ≈ uniform on the other coordinates,
+# not the solution). Mirror descent, which never evaluates f, solves the same problem.
+
+_NAN_AT_SOLUTION_Q = jnp.asarray(
+    [[2.0, 0.3, 0.0, 0.1], [0.3, 1.5, 0.2, 0.0], [0.0, 0.2, 1.0, 0.4], [0.1, 0.0, 0.4, 2.5]]
+)
+_NAN_AT_SOLUTION_C = jnp.asarray([jnp.inf, 0.1, 1.5, 0.2])
+
+
+def _quadratic_with_an_infinite_cost(x, c):
+    return 0.5 * x @ _NAN_AT_SOLUTION_Q @ x + c @ x
+
+
+@pytest.mark.parametrize("acceleration", [True, False])
+@pytest.mark.parametrize("name", ["ProximalGradient", "ProjectedGradient"])
+def test_a_search_that_accepts_no_step_is_not_convergence(name, acceleration):
+    options = {"acceleration": acceleration, "tol": 1e-9, "maxiter": 500, "on_failure": "ignore"}
+    if name == "ProximalGradient":
+        solver = solvers.ProximalGradient(
+            fun=_quadratic_with_an_infinite_cost, prox=prox.non_negative_ridge, **options
+        )
+        hyperparams = 0.0  # the non-negative orthant
+    else:
+        solver = solvers.ProjectedGradient(
+            fun=_quadratic_with_an_infinite_cost, projection=projections.simplex, **options
+        )
+        hyperparams = 1.0
+    x, state = solver.run(jnp.full(4, 0.25), hyperparams, _NAN_AT_SOLUTION_C)
+    assert float(x[0]) == 0.0  # the step did move x₀ to its bound
+    assert not bool(state.converged)
+    assert int(state.status) == solvers.Status.STALLED

@@ -54,7 +54,9 @@ class Status(enum.IntEnum):
     #: The error became NaN or ±inf (the loop stops at once), or the iterate is not finite.
     NONFINITE = 4
     #: Stopped before maxiter without reaching tol: no further progress possible (a bisection
-    #: bracket that floating point cannot split any more).
+    #: bracket that floating point cannot split any more), or stopped after a step that the
+    #: step-size search did not accept (proximal and projected gradient: f not finite or not
+    #: decreasing at every trial, where the error measured with that step means nothing).
     STALLED = 5
     #: The problem was rejected at the start (a bisection bracket without a sign change).
     INVALID_INPUT = 6
@@ -147,7 +149,10 @@ _HINTS = {
     Status.PRIMAL_INFEASIBLE: "the constraints cannot be satisfied: check the data",
     Status.DUAL_INFEASIBLE: "the objective is unbounded below: check the data",
     Status.NONFINITE: "finite data and starting point, or a smaller step",
-    Status.STALLED: "a looser tol (the solver could not make further progress)",
+    Status.STALLED: (
+        "a looser tol (the solver could not make further progress); where a step-size search "
+        "found no acceptable step, check that f is finite at the iterate"
+    ),
     Status.INVALID_INPUT: "see the solver's documentation for what it requires",
 }
 

@@ -199,7 +199,7 @@ class GradientDescent(Stationary, IterativeSolver):
             # rounding decided the test there and the iterates stalled at ‖∇f‖ far above tol:
             # 11 of 12 ridge problems at tol 1e-10.)
             cut_args, cut_kwargs = tree.stop_gradient((args, kwargs))
-            eta = _linesearch.proximal_backtracking(
+            eta, _ = _linesearch.proximal_backtracking(
                 lambda x: self._objective.value(x, *cut_args, **cut_kwargs),
                 lambda x: self._value_and_grad(x, *cut_args, **cut_kwargs)[1],
                 lambda z, _: z,

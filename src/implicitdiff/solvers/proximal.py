@@ -31,6 +31,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes, _fista
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._failures import Status
 from implicitdiff.solvers._objective import (
     Objective,
     scheduled_stepsize,
@@ -56,7 +57,9 @@ class ProximalGradientState(NamedTuple):
     t: jax.Array
     stepsize: jax.Array
     aux: Any = None
-    status: jax.Array = 1  # a solvers.Status code, set when run ends (1 until then)
+    # A solvers.Status code, set when run ends; until then 1, or STALLED after an update whose
+    # step search accepted no trial (its error, measured with the last η tried, is not trusted).
+    status: jax.Array = 1
 
     __repr__ = _summary.namedtuple_repr
 
@@ -134,6 +137,7 @@ class _ProximalGradientBase(IterativeSolver):
             t=jnp.asarray(1.0, dtype),
             stepsize=jnp.asarray(first, dtype),
             aux=self._objective.aux(init_params, *args, **kwargs),
+            status=jnp.asarray(Status.MAX_ITERATIONS, jnp.int32),
         )
 
     def _update(self, params, state: ProximalGradientState, hyperparams, args, kwargs) -> OptStep:
@@ -141,11 +145,12 @@ class _ProximalGradientBase(IterativeSolver):
         y = state.velocity
         value, grad, aux = self._objective.evaluate(y, *args, **kwargs)
         eta = state.stepsize
+        searched = jnp.asarray(True)
         if self._fixed_step():
             eta = scheduled_stepsize(self.stepsize, state.iter_num, state.stepsize.dtype)
         else:
             cut_hyperparams, cut_args, cut_kwargs = tree.stop_gradient((hyperparams, args, kwargs))
-            eta = _linesearch.proximal_backtracking(
+            eta, searched = _linesearch.proximal_backtracking(
                 lambda x: self._objective.value(x, *cut_args, **cut_kwargs),
                 lambda x: self._objective.grad(x, *cut_args, **cut_kwargs),
                 lambda z, s: _dtypes.cast_like(prox(z, cut_hyperparams, s), z),
@@ -176,6 +181,10 @@ class _ProximalGradientBase(IterativeSolver):
             t=new_t.astype(state.t.dtype),
             stepsize=jnp.asarray(eta).astype(state.stepsize.dtype),
             aux=aux,
+            # A step that no trial of the search accepted (f not finite or not decreasing at any
+            # of them): ‖x⁺ − y‖/η with that η, down to 1e-26 on f = NaN at the solution, rounds
+            # to 0 and would pass for convergence. Not converged: STALLED (see _base._finish).
+            status=jnp.where(searched, Status.MAX_ITERATIONS, Status.STALLED).astype(jnp.int32),
         )
         return OptStep(new_params, state)
 
