@@ -73,6 +73,18 @@ def nan_unless(valid: Any, leaf: Any) -> jax.Array:
     return jnp.where(valid, leaf, one_or_zero / one_or_zero)
 
 
+def nan_unless_tree(valid: Any, value: PyTree) -> PyTree:
+    """``value`` with its floating leaves NaN unless ``valid`` (:func:`nan_unless`, dtypes
+    kept); other leaves as given."""
+
+    def flag(leaf):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            return nan_unless(valid, leaf).astype(jnp.result_type(leaf))
+        return leaf
+
+    return jax.tree_util.tree_map(flag, value)
+
+
 def nan_if_negative(value: PyTree) -> PyTree:
     """``value`` with its traced leaves made NaN where negative; concrete leaves as given.
 

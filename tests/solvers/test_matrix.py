@@ -9,7 +9,8 @@ values, not shapes, against the problem's closed form in float64:
 - eager: x*(θ) and ∇(L∘x*)(θ) for the outer loss L(x) = ½‖x − target‖², without an outer jit
   (the user's default path); every other cell is under ``jax.jit``:
 - grad: ``jax.value_and_grad(L∘x*)``;  jvp: the primal and J v;  jacfwd: J = ∂x*/∂θ;
-- hessian: ∇²(L∘x*)(θ);  vmap: x* and ∇(L∘x*) over a batch of θ;
+- hessian: ∇²(L∘x*)(θ);  vmap: x* and ∇(L∘x*) over a batch of θ, plus a member with a NaN entry
+  of θ, whose solution and gradient must be NaN (not the start x₀, nor a finite derivative at it);
 - scan: the solver inside a ``lax.scan`` body over the batch, differentiated through the scan;
 - checkpoint: ``jax.checkpoint`` around the solve, then ``grad``;
 - shard_map: one problem per device on 8 devices (all axes manual), values and gradients;
@@ -437,8 +438,25 @@ def _direction(p) -> np.ndarray:
     return np.linspace(1.0, -0.5, p.theta.size).reshape(p.theta.shape)
 
 
-def _transform(transform: str, p, solve: Callable) -> Callable:
-    """The function of (θ, v, θs) that a jitted cell compiles (``transform`` not eager)."""
+# Solvers that raise on NaN data instead of returning NaN: their host library refuses it with
+# its own message (SciPy's least_squares: "Residuals are not finite in the initial point";
+# cvxpy: "Problem data contains NaN or Inf"), which a vmap batch cannot hold for one member.
+RAISE_ON_NAN = {
+    "ScipyLeastSquares": "SciPy's least_squares raises on non-finite residuals at x₀",
+    "ScipyBoundedLeastSquares": "SciPy's least_squares raises on non-finite residuals at x₀",
+    "CvxpyQP": "cvxpy raises on NaN or inf problem data",
+}
+
+
+def _with_a_nan_member(solver: str) -> bool:
+    """Whether the vmap cell appends a member with a NaN hyperparameter to the batch."""
+    return solver not in RAISE_ON_NAN
+
+
+def _transform(transform: str, p, solve: Callable, nan_member: bool = False) -> Callable:
+    """The function of (θ, v, θs) that a jitted cell compiles (``transform`` not eager). With
+    ``nan_member`` the vmap batch gets one more member, θs[0] with its first entry NaN: it must
+    come out NaN (solution and gradient) without changing the others."""
 
     def loss(t):
         return p.outer_loss(solve(t))
@@ -452,7 +470,14 @@ def _transform(transform: str, p, solve: Callable) -> Callable:
     if transform == "hessian":
         return lambda t, v, ts: jax.hessian(loss)(t)
     if transform == "vmap":
-        return lambda t, v, ts: jax.vmap(lambda t: (solve(t), jax.grad(loss)(t)))(ts)
+
+        def batched(t, v, ts):
+            if nan_member:
+                bad = ts[:1].reshape(1, -1).at[0, 0].set(jnp.nan).reshape(ts[:1].shape)
+                ts = jnp.concatenate([ts, bad])
+            return jax.vmap(lambda t: (solve(t), jax.grad(loss)(t)))(ts)
+
+        return batched
     if transform == "scan":
 
         def total(ts):
@@ -502,7 +527,10 @@ def _merged_outputs(solver: str) -> dict:
     """{(problem, transform): outputs} of every merged cell of the solver, from one ``jax.jit``
     (compiled and run once per session)."""
     cells = _merged_cells(solver)
-    fns = [_transform(t, problems.get(name), _solve_map(solver, name)) for name, t in cells]
+    nan_member = _with_a_nan_member(solver)
+    fns = [
+        _transform(t, problems.get(name), _solve_map(solver, name), nan_member) for name, t in cells
+    ]
     inputs = [_inputs(problems.get(name)) for name, _ in cells]
     program = _jit(lambda inputs: [f(*i) for f, i in zip(fns, inputs, strict=True)])
     return dict(zip(cells, program(inputs), strict=True))
@@ -513,7 +541,8 @@ def _outputs(solver: str, problem: str, transform: str):
     if (problem, transform) in _merged_cells(solver):
         return _merged_outputs(solver)[problem, transform]
     p = problems.get(problem)
-    return _jit(_transform(transform, p, _solve_map(solver, problem)))(*_inputs(p))
+    nan_member = _with_a_nan_member(solver)
+    return _jit(_transform(transform, p, _solve_map(solver, problem), nan_member))(*_inputs(p))
 
 
 @pytest.mark.parametrize(("solver", "problem", "transform"), CELLS)
@@ -549,6 +578,9 @@ def test_matrix(solver, problem, transform):
         _close(out, p.outer_hessian(p.theta), HESSIAN_TOL)
     elif transform == "vmap":
         xs, grads = out
+        if _with_a_nan_member(solver):  # NaN data gives NaN, never a finite point or derivative
+            assert np.all(np.isnan(xs[-1])) and np.all(np.isnan(grads[-1]))
+            xs, grads = xs[:-1], grads[:-1]
         _close(xs, np.stack([p.solution(t) for t in p.thetas]))
         _close(grads, np.stack([p.hypergradient(t) for t in p.thetas]))
     elif transform in ("scan", "shard_map"):

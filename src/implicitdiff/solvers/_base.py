@@ -595,7 +595,7 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         detected (a status ≥ 2 set by its ``update``, as OSQP's infeasibility). Otherwise the
         status is the solver's own failure if any, else NONFINITE, else MAX_ITERATIONS if the
         iterations are spent, else STALLED. A state without a ``status`` field only gets
-        ``converged``.
+        ``converged``. A non-finite error or iterate makes the whole returned iterate NaN.
         """
         has_status = "status" in getattr(state, "_fields", ())
         own = jnp.asarray(state.status if has_status else Status.MAX_ITERATIONS, jnp.int32)
@@ -603,6 +603,10 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         finite = jnp.isfinite(state.error) & _finite(params)
         converged = (state.error <= self.tol) & finite & jnp.logical_not(own_failure)
         state = state._replace(converged=converged)
+        # A non-finite error with a finite iterate (NaN data: the error is NaN from the start and
+        # the loop stops at x₀) returns NaN, not x₀: no finite point, and no finite derivative
+        # computed at it, stands for a run that met NaN (under jit nothing else would show it).
+        params = _checks.nan_unless_tree(finite, params)
         if not has_status:
             return params, state
         status = jnp.where(

@@ -156,6 +156,13 @@ class ScipyState(NamedTuple):
     __repr__ = _summary.namedtuple_repr
 
 
+def nan_unless_finite(params: PyTree, error: jax.Array) -> PyTree:
+    """``params`` with its floating leaves NaN where the error is not finite: SciPy's x after a
+    run that met NaN (NaN data: SciPy returns x₀ or its last finite trial) is no solution, and
+    no finite derivative is computed at it (as the library's own solvers, see ``_base``)."""
+    return _checks.nan_unless_tree(jnp.isfinite(error), params)
+
+
 def solution_state(
     solver: Any, params: PyTree, error: Any, iter_num, status, success, value, aux, hess_inv=None
 ) -> ScipyState:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _summary, tree
+from implicitdiff import _checks, _summary, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import HostWrapper, all_finite, callback_args, check_callable
@@ -174,4 +174,6 @@ class HostSolver(HostWrapper):
         state = HostSolverState(
             iter_num=jnp.asarray(-1, jnp.int32), error=error, converged=converged
         )
-        return params, state
+        # A non-finite error (NaN data) makes x NaN: no finite point, nor a finite derivative at
+        # it, for a problem that met NaN (as the library's own solvers).
+        return _checks.nan_unless_tree(jnp.isfinite(error) & all_finite(params), params), state

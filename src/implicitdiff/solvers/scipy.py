@@ -75,6 +75,7 @@ from implicitdiff.solvers._scipy_common import (
     dense_hess_inv,
     flat_bound,
     import_scipy_optimize,
+    nan_unless_finite,
     result_fields,
     solution_state,
 )
@@ -314,7 +315,8 @@ class ScipyMinimize(Stationary, HostWrapper):
     def _solution(self, init_params, /, *args, **kwargs):
         params, *info = self._minimize(init_params, None, args, kwargs)
         value, grad, aux = self._objective.evaluate(params, *args, **kwargs)
-        return params, self._state(params, tree.norm(grad), value, aux, *info)
+        error = tree.norm(grad)
+        return nan_unless_finite(params, error), self._state(params, error, value, aux, *info)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -389,7 +391,7 @@ class ScipyBoundedMinimize(BoxBounds, ScipyMinimize):
         params, *info = self._minimize(init_params, bounds, args, kwargs)
         value, grad, aux = self._objective.evaluate(params, *args, **kwargs)
         error = box_error(params, grad, bounds)
-        return params, self._state(params, error, value, aux, *info)
+        return nan_unless_finite(params, error), self._state(params, error, value, aux, *info)
 
 
 def _box_prox(y, bounds, scaling):

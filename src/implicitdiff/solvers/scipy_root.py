@@ -46,6 +46,7 @@ from implicitdiff.solvers._scipy_common import (
     flat_bound,
     flat_output_fun,
     import_scipy_optimize,
+    nan_unless_finite,
     result_fields,
     robust_cost,
     solution_state,
@@ -182,7 +183,7 @@ class ScipyRootFinding(HostWrapper):
             value=0.5 * error**2,
             aux=self._with_aux.aux(params, *args, **kwargs),
         )
-        return params, state
+        return nan_unless_finite(params, error), state
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -325,7 +326,7 @@ class ScipyLeastSquares(HostWrapper):
             error = tree.norm(vjp(residuals)[0])
         else:
             error = tree.norm(jax.grad(self._cost)(params, *args, **kwargs))
-        return params, self._state(params, error, *info, args, kwargs)
+        return nan_unless_finite(params, error), self._state(params, error, *info, args, kwargs)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -409,4 +410,4 @@ class ScipyBoundedLeastSquares(BoxBounds, ScipyLeastSquares):
         params = unravel(x)
         grad = jax.grad(self._cost)(params, *args, **kwargs)
         error = box_error(params, grad, bounds)
-        return params, self._state(params, error, *info, args, kwargs)
+        return nan_unless_finite(params, error), self._state(params, error, *info, args, kwargs)
