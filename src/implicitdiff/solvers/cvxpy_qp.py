@@ -189,6 +189,13 @@ class CvxpyQP(HostWrapper):
         def solve(arrays):
             cp = _cvxpy()
             Q, c, *rest = (np.asarray(a, np.float64) for a in arrays)
+            nan = float("nan")
+            if not all(np.all(np.isfinite(a)) for a in (Q, c, *rest)):
+                # NaN or inf data: cvxpy raises, which would end a whole vmap batch. No solve, a
+                # failed result (NaN, status NONFINITE), as the other solvers.
+                rows = iter(np.shape(v)[0] for v in rest[1::2])  # len(b), then len(h)
+                sizes = (c.shape[0], next(rows) if has_eq else 0, next(rows) if has_ineq else 0)
+                return (*(np.full(n, nan) for n in sizes), np.int32(Status.NONFINITE))
             x = cp.Variable(c.shape[0])
             Q = 0.5 * (Q + Q.T)
             objective = 0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + c @ x
@@ -202,7 +209,6 @@ class CvxpyQP(HostWrapper):
             problem = cp.Problem(cp.Minimize(objective), constraints)
             problem.solve(solver=solver, **options)
             code = _STATUS.get(problem.status, Status.MAX_ITERATIONS)
-            nan = float("nan")
 
             def value(v, size):
                 return np.full(size, nan) if v is None else np.asarray(v, np.float64)

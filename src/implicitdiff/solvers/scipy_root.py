@@ -300,8 +300,17 @@ class ScipyLeastSquares(HostWrapper):
                 extra["bounds"] = (lower, upper)
                 # SciPy refuses an infeasible start; the wrapper starts from its projection.
                 x0 = np.clip(np.asarray(x0, host_dtype), lower, upper)
+
+            def residual(x):
+                return np.asarray(value(to_jax(x), arrays), host_dtype)
+
+            if not np.all(np.isfinite(residual(np.asarray(x0, host_dtype)))):
+                # NaN data (or a start outside f's domain): SciPy raises, which would end a whole
+                # vmap batch. No solve, a failed result (NaN x, status −1), as the other solvers.
+                nan = np.full(np.shape(x0), np.nan, param_dtype)
+                return nan, np.int32(0), np.int32(-1), np.bool_(False)
             result = scipy_optimize.least_squares(
-                lambda x: np.asarray(value(to_jax(x), arrays), host_dtype),
+                residual,
                 np.asarray(x0, host_dtype),
                 jac=lambda x: np.atleast_2d(np.asarray(jacobian(to_jax(x), arrays), host_dtype)),
                 method=method,
