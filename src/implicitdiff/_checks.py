@@ -74,12 +74,15 @@ def nan_unless(valid: Any, leaf: Any) -> jax.Array:
 
 
 def nan_unless_tree(valid: Any, value: PyTree) -> PyTree:
-    """``value`` with its floating leaves NaN unless ``valid`` (:func:`nan_unless`, dtypes
-    kept); other leaves as given."""
+    """``value`` with its floating leaves NaN unless ``valid``, and their derivatives NaN there
+    too (dtypes kept; other leaves as given). A product with 1 or NaN (:func:`nan_unless`), not a
+    select: a select's derivative in the dropped branch is 0, a silent zero gradient through an
+    unrolled run that met NaN."""
 
     def flag(leaf):
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-            return nan_unless(valid, leaf).astype(jnp.result_type(leaf))
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.inexact):
+            return leaf * nan_unless(valid, jnp.ones((), dtype))
         return leaf
 
     return jax.tree_util.tree_map(flag, value)

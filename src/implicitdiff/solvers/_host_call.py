@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff import _loop
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import DifferentiableRun
@@ -129,7 +130,15 @@ def call_host(solver: Any, kind: str, init_params: PyTree, args: tuple, kwargs: 
         arrays,
         vmap_method="sequential",
     )
-    return unravel(x), iter_num, status, success
+    return unravel(vary_like_inputs(x, (flat0, arrays))), iter_num, status, success
+
+
+def vary_like_inputs(x: jax.Array, inputs: Any) -> jax.Array:
+    """A host solve's x, marked varying over the manual mesh axes its inputs vary over (inside
+    ``shard_map``; the identity elsewhere). JAX types a callback's output as invariant: the
+    gradient of f at that x, in the error, then transposed into a psum across devices, a
+    collective in a per-device solve."""
+    return _loop.vary_like(x, inputs)
 
 
 def callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:

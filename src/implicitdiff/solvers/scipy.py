@@ -58,6 +58,7 @@ from implicitdiff.solvers._host_call import (
     flat_params,
     on_cpu,
     shape_key,
+    vary_like_inputs,
 )
 from implicitdiff.solvers._objective import Objective, Stationary, check_objective_options
 from implicitdiff.solvers._scipy_common import (
@@ -305,6 +306,7 @@ class ScipyMinimize(Stationary, HostWrapper):
         )
         # The host solve is not differentiated: SciPy's inverse Hessian is a constant.
         hess_inv = jax.lax.stop_gradient(hess_inv) if self._returns_hess_inv() else None
+        x = vary_like_inputs(x, operands)
         return unravel(x), iter_num, status, success, hess_inv
 
     def _state(

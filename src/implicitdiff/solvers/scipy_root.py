@@ -31,6 +31,7 @@ from implicitdiff.solvers._host_call import (
     flat_params,
     on_cpu,
     shape_key,
+    vary_like_inputs,
 )
 from implicitdiff.solvers._objective import WithAux
 from implicitdiff.solvers._scipy_common import (
@@ -416,7 +417,7 @@ class ScipyBoundedLeastSquares(BoxBounds, ScipyLeastSquares):
             flat_bound(upper, init_params, flat0.dtype),
             vmap_method="sequential",
         )
-        params = unravel(x)
+        params = unravel(vary_like_inputs(x, (flat0, arrays, bounds)))
         grad = jax.grad(self._cost)(params, *args, **kwargs)
         error = box_error(params, grad, bounds)
         return nan_unless_finite(params, error), self._state(params, error, *info, args, kwargs)
