@@ -73,6 +73,31 @@ def nan_unless(valid: Any, leaf: Any) -> jax.Array:
     return jnp.where(valid, leaf, one_or_zero / one_or_zero)
 
 
+@jax.custom_jvp
+def poison_unless(valid: jax.Array, leaf: jax.Array, inputs: Any) -> jax.Array:
+    """``leaf`` where ``valid``; elsewhere NaN, with NaN derivatives with respect to ``leaf``
+    and to ``inputs`` (a pytree of floating arrays), even where ``leaf``'s own tangent is zero
+    (a bare ``where`` gives the derivative of its NaN branch, a constant: 0)."""
+    del inputs
+    return nan_unless(valid, leaf)
+
+
+@poison_unless.defjvp
+def _poison_unless_jvp(primals, tangents):
+    valid, leaf, inputs = primals
+    _, leaf_dot, inputs_dot = tangents
+    # Linear in the tangents (reverse mode transposes it). The NaN goes straight to the inputs;
+    # what flows back into ``leaf`` (an implicit derivative's linear solve) stays finite: 0.
+    zeros = nan_unless(valid, jnp.zeros((), leaf.dtype))
+    floating = [
+        t
+        for t in jax.tree_util.tree_leaves(inputs_dot)
+        if jnp.issubdtype(jnp.result_type(t), jnp.inexact)
+    ]
+    spill = sum((jnp.real(jnp.sum(t)) for t in floating), 0.0)
+    return poison_unless(valid, leaf, inputs), jnp.where(valid, leaf_dot, 0.0) + zeros * spill
+
+
 def nan_unless_tree(valid: Any, value: PyTree) -> PyTree:
     """``value`` with its floating leaves NaN unless ``valid``, and their derivatives NaN there
     too (dtypes kept; other leaves as given). A product with 1 or NaN (:func:`nan_unless`), not a

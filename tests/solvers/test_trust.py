@@ -9,6 +9,7 @@ name (``x``, ``params``, ``state``, ...) and be made keyword-only, for the keywo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
@@ -778,3 +779,42 @@ def test_a_search_that_accepts_no_step_is_not_convergence(name, acceleration):
     assert float(x[0]) == 0.0  # the step did move x₀ to its bound
     assert not bool(state.converged)
     assert int(state.status) == solvers.Status.STALLED
+
+
+# ---------------------------------------------------------------------------------------------
+# Unrolled runs on NaN data: the solution is NaN and so is its derivative. The loop stops at x₀
+# (the error is NaN from the start), the derivative copy never moves and its tangent is a
+# symbolic zero, which a NaN flag by multiplication or select leaves at 0: a zero gradient.
+
+
+def _ridge_nan(w, lam):
+    return 0.5 * jnp.sum((_NAN_X @ w - _NAN_Y) ** 2) + 0.5 * lam * jnp.sum(w**2)
+
+
+_NAN_X = jnp.asarray(np.random.default_rng(3).normal(size=(8, 3)))
+_NAN_Y = jnp.asarray(np.random.default_rng(4).normal(size=8))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: solvers.GradientDescent(fun=_ridge_nan, implicit_diff=False, maxiter=50),
+        lambda: solvers.LBFGS(fun=_ridge_nan, implicit_diff=False, maxiter=50),
+        lambda: solvers.ProximalGradient(
+            fun=_ridge_nan, prox=prox.l1, implicit_diff=False, maxiter=50
+        ),
+    ],
+    ids=["GradientDescent", "LBFGS", "ProximalGradient"],
+)
+def test_unrolled_run_on_nan_data_has_a_nan_derivative(make):
+    solver = dataclasses.replace(make(), on_failure="ignore")
+    leading = (0.1,) if isinstance(solver, solvers.ProximalGradient) else ()
+
+    def loss(lam):
+        return jnp.sum(solver.run(jnp.zeros(3), *leading, lam).params)
+
+    value, grad = jax.jit(jax.value_and_grad(loss))(jnp.nan)
+    assert np.isnan(value) and np.isnan(grad)
+    # A finite λ keeps a finite derivative (its accuracy: test_matrix and the families above).
+    value, grad = jax.jit(jax.value_and_grad(loss))(1.0)
+    assert np.isfinite(grad)

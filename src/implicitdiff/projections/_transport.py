@@ -406,24 +406,6 @@ def _check_marginals(a: jax.Array, b: jax.Array, name: str) -> jax.Array | None:
     return None
 
 
-@jax.custom_jvp
-def _poison(valid: jax.Array, leaf: jax.Array, inputs: tuple) -> jax.Array:
-    """``leaf`` where ``valid``; elsewhere NaN, with NaN derivatives in ``leaf`` and ``inputs``
-    (a bare ``where`` would give the derivative of its NaN branch, a constant: 0)."""
-    return _checks.nan_unless(valid, leaf)
-
-
-@_poison.defjvp
-def _poison_jvp(primals, tangents):
-    valid, leaf, inputs = primals
-    _, leaf_dot, inputs_dot = tangents
-    # Linear in the tangents (reverse mode transposes it). The NaN goes straight to the inputs;
-    # what flows back into ``leaf`` (the implicit derivative's linear solve) stays finite: 0.
-    zeros = _checks.nan_unless(valid, jnp.zeros((), leaf.dtype))
-    spill = sum((jnp.sum(t) for t in jax.tree_util.tree_leaves(inputs_dot)), 0.0)
-    return _poison(valid, leaf, inputs), jnp.where(valid, leaf_dot, 0.0) + zeros * spill
-
-
 def _project(kind, name, x, a, b, maxiter, tol, solve):
     valid = _check_marginals(a, b, name)
     inputs = (x, a, b)
@@ -439,7 +421,7 @@ def _project(kind, name, x, a, b, maxiter, tol, solve):
     maxiter = jnp.asarray(_check_maxiter(maxiter))
     tol = jnp.asarray(_resolve_tol(tol, x.dtype), x.dtype)
     p = _project_jit(x, a, b, maxiter, tol, kind=kind, solve=solve)
-    return p if valid is None else _poison(valid, p, inputs)
+    return p if valid is None else _checks.poison_unless(valid, p, inputs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -656,6 +656,24 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         else:
             continuation = self._continuation(*args, **kwargs)
             carry = self._unrolled(step, (init_params, state), continuation)
+            params, state = self._finish(*carry)
+            # NaN data from the start: the derivative copy never moved, its tangent is a
+            # symbolic zero, and NaN · 0 stays 0. The derivative in the inputs is NaN instead.
+            inputs = [
+                leaf
+                for leaf in jax.tree_util.tree_leaves((init_params, args, kwargs))
+                if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+            ]
+            valid = _finite(params)
+            params = jax.tree_util.tree_map(
+                lambda leaf: (
+                    _checks.poison_unless(valid, leaf, inputs)
+                    if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+                    else leaf
+                ),
+                params,
+            )
+            return params, state
         return self._finish(*carry)
 
     def _broken(self, params, state) -> jax.Array:
