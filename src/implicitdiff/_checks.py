@@ -98,17 +98,20 @@ def _poison_unless_jvp(primals, tangents):
     return poison_unless(valid, leaf, inputs), jnp.where(valid, leaf_dot, 0.0) + zeros * spill
 
 
-def nan_unless_tree(valid: Any, value: PyTree) -> PyTree:
+def nan_unless_tree(valid: Any, value: PyTree, inputs: Any = None) -> PyTree:
     """``value`` with its floating leaves NaN unless ``valid``, and their derivatives NaN there
     too (dtypes kept; other leaves as given). A product with 1 or NaN (:func:`nan_unless`), not a
     select: a select's derivative in the dropped branch is 0, a silent zero gradient through an
-    unrolled run that met NaN."""
+    unrolled run that met NaN. With ``inputs`` (floating arrays) the derivative in them is NaN
+    there even where a leaf's own tangent is a symbolic zero (:func:`poison_unless`)."""
 
     def flag(leaf):
         dtype = jnp.result_type(leaf)
-        if jnp.issubdtype(dtype, jnp.inexact):
-            return leaf * nan_unless(valid, jnp.ones((), dtype))
-        return leaf
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            return leaf
+        if inputs is not None:
+            return poison_unless(valid, leaf, inputs)
+        return leaf * nan_unless(valid, jnp.ones((), dtype))
 
     return jax.tree_util.tree_map(flag, value)
 

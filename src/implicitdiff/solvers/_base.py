@@ -664,16 +664,7 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
                 for leaf in jax.tree_util.tree_leaves((init_params, args, kwargs))
                 if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.inexact)
             ]
-            valid = _finite(params)
-            params = jax.tree_util.tree_map(
-                lambda leaf: (
-                    _checks.poison_unless(valid, leaf, inputs)
-                    if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-                    else leaf
-                ),
-                params,
-            )
-            return params, state
+            return _checks.nan_unless_tree(_finite(params), params, inputs), state
         return self._finish(*carry)
 
     def _broken(self, params, state) -> jax.Array:

@@ -130,15 +130,10 @@ def call_host(solver: Any, kind: str, init_params: PyTree, args: tuple, kwargs: 
         arrays,
         vmap_method="sequential",
     )
-    return unravel(vary_like_inputs(x, (flat0, arrays))), iter_num, status, success
-
-
-def vary_like_inputs(x: jax.Array, inputs: Any) -> jax.Array:
-    """A host solve's x, marked varying over the manual mesh axes its inputs vary over (inside
-    ``shard_map``; the identity elsewhere). JAX types a callback's output as invariant: the
-    gradient of f at that x, in the error, then transposed into a psum across devices, a
-    collective in a per-device solve."""
-    return _loop.vary_like(x, inputs)
+    # JAX types a callback's output as invariant across devices (inside shard_map): x is marked
+    # as varying as its inputs, or ∇f(x) in the error transposes into a psum, a collective in a
+    # per-device solve.
+    return unravel(_loop.vary_like(x, (flat0, arrays))), iter_num, status, success
 
 
 def callback_args(args: tuple, kwargs: dict) -> tuple[tuple, list]:

@@ -47,8 +47,8 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from implicitdiff import _loop, optimality, tree
 from implicitdiff import _projection_ops as projections
-from implicitdiff import optimality, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import (
@@ -58,7 +58,6 @@ from implicitdiff.solvers._host_call import (
     flat_params,
     on_cpu,
     shape_key,
-    vary_like_inputs,
 )
 from implicitdiff.solvers._objective import Objective, Stationary, check_objective_options
 from implicitdiff.solvers._scipy_common import (
@@ -306,7 +305,7 @@ class ScipyMinimize(Stationary, HostWrapper):
         )
         # The host solve is not differentiated: SciPy's inverse Hessian is a constant.
         hess_inv = jax.lax.stop_gradient(hess_inv) if self._returns_hess_inv() else None
-        x = vary_like_inputs(x, operands)
+        x = _loop.vary_like(x, operands)  # (as in _host_call.call_host)
         return unravel(x), iter_num, status, success, hess_inv
 
     def _state(

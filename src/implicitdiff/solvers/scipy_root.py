@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from implicitdiff import _loop, optimality, tree
 from implicitdiff import _projection_ops as projections
-from implicitdiff import optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._host_call import (
     INFO_SHAPES,
@@ -31,7 +31,6 @@ from implicitdiff.solvers._host_call import (
     flat_params,
     on_cpu,
     shape_key,
-    vary_like_inputs,
 )
 from implicitdiff.solvers._objective import WithAux
 from implicitdiff.solvers._scipy_common import (
@@ -417,7 +416,7 @@ class ScipyBoundedLeastSquares(BoxBounds, ScipyLeastSquares):
             flat_bound(upper, init_params, flat0.dtype),
             vmap_method="sequential",
         )
-        params = unravel(vary_like_inputs(x, (flat0, arrays, bounds)))
+        params = unravel(_loop.vary_like(x, (flat0, arrays, bounds)))  # as in call_host
         grad = jax.grad(self._cost)(params, *args, **kwargs)
         error = box_error(params, grad, bounds)
         return nan_unless_finite(params, error), self._state(params, error, *info, args, kwargs)
