@@ -19,6 +19,7 @@ from sklearn.linear_model import Ridge
 
 from implicitdiff import optimality
 from implicitdiff.solvers import (
+    CvxpyQP,
     HostSolver,
     ScipyBoundedMinimize,
     ScipyLeastSquares,
@@ -162,12 +163,72 @@ def test_jit_vmap_grad_equals_closed_form_per_example(name):
         )
 
 
-def test_implicit_diff_false_solves_but_has_no_derivative():
-    solver = ScipyMinimize(fun=ridge_objective, method="BFGS", implicit_diff=False)
-    w, _ = solver.run(jnp.zeros(D), 0.7, X, Y)
-    np.testing.assert_allclose(w, ridge_reference(0.7), rtol=1e-8)
-    with pytest.raises(ValueError, match="Pure callbacks do not support JVP"):
-        jax.grad(lambda lam: jnp.sum(solver.run(jnp.zeros(D), lam, X, Y).params))(0.7)
+def _host_solvers_without_derivative():
+    """Every host wrapper with implicit_diff=False, on ridge (its solution at lam, as a run
+    from a function of lam)."""
+    box = (jnp.full(D, -10.0), jnp.full(D, 10.0))
+    ridge_gradient = optimality.stationary(ridge_objective)
+    return {
+        "ScipyMinimize": (
+            ScipyMinimize(fun=ridge_objective, method="BFGS", implicit_diff=False),
+            lambda s, lam: s.run(jnp.zeros(D), lam, X, Y),
+        ),
+        "ScipyBoundedMinimize": (
+            ScipyBoundedMinimize(fun=ridge_objective, implicit_diff=False),
+            lambda s, lam: s.run(jnp.zeros(D), box, lam, X, Y),
+        ),
+        "ScipyRootFinding": (
+            ScipyRootFinding(optimality_fun=ridge_gradient, implicit_diff=False),
+            lambda s, lam: s.run(jnp.zeros(D), lam, X, Y),
+        ),
+        "ScipyLeastSquares": (
+            ScipyLeastSquares(
+                fun=lambda w, lam, X, y: jnp.concatenate([X @ w - y, jnp.sqrt(lam) * w]),
+                implicit_diff=False,
+            ),
+            lambda s, lam: s.run(jnp.zeros(D), lam, X, Y),
+        ),
+        "HostSolver": (
+            HostSolver(_sklearn_ridge, ridge_gradient, implicit_diff=False),
+            lambda s, lam: s.run(jnp.zeros(D), lam, X, Y),
+        ),
+        "CvxpyQP": (  # ridge as the QP min ½ wᵀ(XᵀX + lam I)w − (Xᵀy)ᵀw
+            CvxpyQP(solver="CLARABEL", implicit_diff=False),
+            lambda s, lam: _primal(s.run(None, (X.T @ X + lam * jnp.eye(D), -X.T @ Y))),
+        ),
+    }
+
+
+def _primal(step):
+    return step._replace(params=step.params.primal)
+
+
+@pytest.mark.parametrize("name", list(_host_solvers_without_derivative()))
+def test_implicit_diff_false_solves_and_refuses_derivatives_by_name(name):
+    """A host solve has no iterations in JAX to unroll: with implicit_diff=False it solves (under
+    jit and vmap too), and differentiating it, in any mode, raises a TypeError naming the solver
+    and implicit_diff (not JAX's 'Pure callbacks do not support JVP')."""
+    solver, run = _host_solvers_without_derivative()[name]
+    np.testing.assert_allclose(run(solver, 0.7).params, ridge_reference(0.7), rtol=1e-6)
+    batch = jax.jit(jax.vmap(lambda lam: run(solver, lam).params))(jnp.asarray([0.7, 1.3]))
+    np.testing.assert_allclose(batch[1], ridge_reference(1.3), rtol=1e-6)
+
+    def loss(lam):
+        return jnp.sum(run(solver, lam).params)
+
+    message = rf"{name}\(implicit_diff=False\) returns a solution without derivative"
+    for differentiate in (
+        jax.grad(loss),
+        jax.jit(jax.grad(loss)),
+        jax.jacfwd(loss),
+        lambda lam: jax.jvp(loss, (lam,), (1.0,)),
+    ):
+        with pytest.raises(TypeError, match=message):
+            differentiate(0.7)
+    # Differentiating something else leaves the solve alone: its output is a constant there.
+    value, grad = jax.value_and_grad(lambda t: t**2 + loss(0.7))(3.0)
+    np.testing.assert_allclose(grad, 6.0)
+    np.testing.assert_allclose(value, 9.0 + ridge_reference(0.7).sum(), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

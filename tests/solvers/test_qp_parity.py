@@ -4,6 +4,7 @@ central finite differences (float64)."""
 
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from implicitdiff.solvers import (
     CvxpyQP,
     EqualityConstrainedQP,
     KKTSolution,
+    SolverWarning,
     Status,
 )
 
@@ -220,6 +222,39 @@ def test_cvxpy_qp_statuses_and_missing_cvxpy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cvxpy", None)  # as if not installed
     with pytest.raises(ImportError, match=r"implicitdiff\[cvxpy\]"):
         CvxpyQP(jit=False).run(None, (Q, C), None, (G, H))
+
+
+def test_cvxpy_qp_default_osqp_reaches_its_tol_without_inequalities():
+    """With solver_options None, OSQP (the default solver, as JAXopt's) runs to 1e-9: with
+    cvxpy's own 1e-5 it stopped short of tol = 1e-6 on every QP without inequalities (its polish
+    step needs an active set) and warned; the derivative then is as good as the closed form's."""
+    pytest.importorskip("cvxpy")
+    solver = CvxpyQP(jit=False)
+
+    def primal(c, b):
+        return solver.run(None, (Q, c), (EQ_A, b)).params.primal
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (x, _, _), state = solver.run(None, (Q, C))
+        assert bool(state.converged) and int(state.status) == Status.CONVERGED
+        np.testing.assert_allclose(x, np.linalg.solve(Q, -C), rtol=1e-7)
+        # With Ax = b: the closed form of the KKT system, and its derivative in b.
+        kkt = np.block([[Q, EQ_A.T], [EQ_A, np.zeros((1, 1))]])
+        expected = np.linalg.solve(kkt, np.concatenate([-C, EQ_B]))
+        np.testing.assert_allclose(primal(C, EQ_B), expected[:N], rtol=1e-7, atol=1e-9)
+        jac_b = jax.jacobian(primal, argnums=1)(C, EQ_B)
+    np.testing.assert_allclose(jac_b, np.linalg.inv(kkt)[:N, N:], rtol=1e-6, atol=1e-8)
+
+
+def test_cvxpy_qp_failure_warning_names_the_status():
+    pytest.importorskip("cvxpy")
+    infeasible = (jnp.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]), jnp.array([-1.0, -1.0]))
+    with pytest.warns(SolverWarning) as caught:
+        CvxpyQP(**CVX, jit=False).run(None, (Q, C), None, infeasible)
+    (message,) = [str(w.message) for w in caught if w.category is SolverWarning]
+    assert "status 2 (PRIMAL_INFEASIBLE)" in message and "Remedy: the constraints" in message
+    assert "iterations" not in message  # cvxpy gives no iteration count (iter_num is −1)
 
 
 def test_importing_implicitdiff_does_not_import_cvxpy():

@@ -335,7 +335,11 @@ class DifferentiableRun(abc.ABC):
             ``state.status``).
         """
         step = self._run(init_params, *args, **kwargs)
-        return apply_failure_policy(self, step, status_codes=isinstance(self, IterativeSolver))
+        return apply_failure_policy(self, step, status_codes=self._status_codes)
+
+    # Whether ``state.status`` holds :class:`~implicitdiff.solvers.Status` codes (named in a
+    # failure's message, with a remedy), rather than the codes of a host library (SciPy's).
+    _status_codes = False
 
     def _check_arguments(self, init_params: PyTree, args: tuple, kwargs: dict) -> None:
         """Checks of concrete arguments before the compiled run (subclasses; none here)."""
@@ -488,6 +492,7 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
 
     # The name that ``verbose`` prints (None: the class's; an engine prints its owner's).
     _report_name = None
+    _status_codes = True
 
     # Subclasses: state = init_state(params, *args); OptStep = update(params, state, *args);
     # optimality() -> ("root", F) or ("fixed_point", T), F and T taking (params, *args).

@@ -128,7 +128,9 @@ def _failure_message(
         message = f"{name}.run did not converge: "
         if codes:
             message += _status_label(int(codes[0]), status_codes) + ", "
-        message += f"error {error[0]:.3e}{tol_text} after {int(iter_num[0])} iterations."
+        message += f"error {error[0]:.3e}{tol_text}"
+        # (−1: a host solver that reports no iteration count)
+        message += f" after {int(iter_num[0])} iterations." if iter_num[0] >= 0 else "."
     else:
         message = f"{name}.run did not converge on {int(failed.sum())} of {failed.size} problems"
         if codes:

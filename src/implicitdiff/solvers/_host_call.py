@@ -14,8 +14,10 @@ Conventions (JAXopt's): ``solver.run(init_params, *args, **kwargs)`` returns
   with its own host call, and the results are stacked.
 - **derivatives**: the host solver is never differentiated. The implicit derivative only
   evaluates the optimality condition (in JAX, on the accelerator if there is one) at the
-  solution. With ``implicit_diff=False`` the result carries no derivative: differentiating it
-  raises JAX's error that pure callbacks have no JVP.
+  solution. With ``implicit_diff=False`` the result carries no derivative (there are no
+  iterations in JAX to unroll): differentiating it raises a TypeError that names the solver and
+  ``implicit_diff``, in every mode (``grad``, ``jvp``, ``jacfwd``), rather than JAX's error that
+  pure callbacks have no JVP.
 
 Nested JAX calls made from inside a callback run on the CPU backend, whatever the default
 device, so that the host callback never waits on the device that is running the program that
@@ -25,15 +27,17 @@ called it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _loop
+from implicitdiff import _loop, tree
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import DifferentiableRun
@@ -103,6 +107,19 @@ class HostWrapper(DifferentiableRun):
         # One host callable per problem structure, bounded as the compiled programs are.
         object.__setattr__(self, "_host_functions", LRU(COMPILE_CACHE_SIZE))
 
+    def _differentiable_solution(self) -> Callable:
+        if self.implicit_diff:
+            return super()._differentiable_solution()
+        owner = type(self).__name__
+
+        def solution(init_params, /, *args, **kwargs):
+            inputs = (init_params, args, kwargs)
+            cut_params, cut_args, cut_kwargs = tree.stop_gradient(inputs)
+            out = self._solution(cut_params, *cut_args, **cut_kwargs)
+            return _without_derivative(owner, out, _floating_leaves(inputs))
+
+        return solution
+
     def _host_function(self, key: Any, build: Callable[[], Callable]) -> Callable:
         """The host callable for one problem structure, built (and its jits made) once."""
         try:
@@ -112,6 +129,45 @@ class HostWrapper(DifferentiableRun):
         if function is None:
             function = self._host_functions[key] = build()
         return function
+
+
+def _floating_leaves(value: PyTree) -> list:
+    return [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(value)
+        if isinstance(leaf, (jax.Array, np.ndarray, float, complex))
+        and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _without_derivative(owner: str, out: PyTree, inputs: list) -> PyTree:
+    """``out``; differentiating it with respect to ``inputs`` raises a TypeError naming
+    ``owner`` and ``implicit_diff`` (a host solve run with ``implicit_diff=False``)."""
+    del inputs
+    return out
+
+
+def _without_derivative_jvp(owner, primals, tangents):
+    out, _ = primals
+    if any(not isinstance(t, SymbolicZero) for t in tangents[1]):
+        raise TypeError(
+            f"{owner}(implicit_diff=False) returns a solution without derivative: its solve "
+            "runs on the host, outside JAX, so there are no iterations to unroll. Keep "
+            "implicit_diff=True (the default) to differentiate the solution implicitly through "
+            "its optimality condition"
+        )
+    return out, tree.map(_zero_tangent, out)
+
+
+def _zero_tangent(leaf: Any) -> Any:
+    leaf = jnp.asarray(leaf)
+    if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        return jnp.zeros_like(leaf)
+    return np.zeros(leaf.shape, jax.dtypes.float0)
+
+
+_without_derivative.defjvp(_without_derivative_jvp, symbolic_zeros=True)
 
 
 def call_host(solver: Any, kind: str, init_params: PyTree, args: tuple, kwargs: dict):
