@@ -571,6 +571,20 @@ def test_failed_backward_solve_warns_by_default():
         _badly_solved("warn")(LAM).block_until_ready()
 
 
+def test_failed_backward_solve_warning_calls_a_nan_residual_not_finite():
+    """A batch member whose solution is NaN: its residual is NaN, which the warning names as
+    not finite (it said "inf"); a finite failure still gets its number."""
+    solver = custom_root(ridge_optimality)(ridge_by_cg)
+    grads = jax.jit(jax.vmap(jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(4), lam, X, Y) ** 2))))
+    with pytest.warns(implicitdiff.BackwardSolveWarning) as caught:
+        out = grads(jnp.asarray([LAM, jnp.nan])).block_until_ready()
+    (message,) = [str(w.message) for w in caught]
+    assert "(1 of 2 in the batch)" in message and "relative residual nan (not finite" in message
+    assert np.isfinite(out[0]) and np.isnan(out[1])
+    with pytest.warns(implicitdiff.BackwardSolveWarning, match=r"relative residual \d\.\d{3}e"):
+        _badly_solved("warn")(LAM).block_until_ready()
+
+
 def test_failed_backward_solve_nan_policy():
     assert np.isnan(_badly_solved("nan")(LAM))
 

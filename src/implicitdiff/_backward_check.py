@@ -151,9 +151,14 @@ def _report_if_jvp(host, primals, tangents):
     return _report_if(host, x, failed, values), tangents[0]
 
 
-def _worst(failed: np.ndarray, residual: np.ndarray) -> float:
-    residual = np.nan_to_num(np.asarray(residual, dtype=float), nan=np.inf)
-    return float(np.max(np.where(failed, residual, -np.inf)))
+def _worst(failed: np.ndarray, residual: np.ndarray) -> str:
+    """The largest residual of the failed systems, "nan" if one of them is NaN (not "inf": a NaN
+    residual is a system or right-hand side that is not finite, not a large one)."""
+    failed = np.asarray(failed, dtype=bool)
+    failing = np.broadcast_to(np.asarray(residual, dtype=float), failed.shape)[failed]
+    if failing.size and np.isnan(failing).any():
+        return "nan (not finite: the solution, F or the incoming derivative holds NaN or inf)"
+    return f"{float(np.max(failing, initial=-np.inf)):.3e}"
 
 
 def _how_many(failed: np.ndarray) -> str:
@@ -165,7 +170,7 @@ def _failure_report(policy: str, site) -> Callable:
     def host(failed, residual):
         message = (
             f"the linear system of an implicit derivative{_how_many(failed)} was not solved: "
-            f"relative residual {_worst(failed, residual):.3e}. The derivative is inaccurate. "
+            f"relative residual {_worst(failed, residual)}. The derivative is inaccurate. "
             "Likely causes: the solution is not accurate, or A = -dF/dx is singular or "
             "ill-conditioned at it. "
             "Remedies: solve more tightly, pass solve=functools.partial(linear_solve.<name>, "
@@ -194,7 +199,7 @@ def _fallback_report(dense: bool, site) -> Callable:
         message = (
             f"the linear system of an implicit derivative{_how_many(failed)} was not solved "
             "(relative residual "
-            f"{_worst(failed, residual):.3e}: A = -dF/dx is singular or ill-conditioned, or the "
+            f"{_worst(failed, residual)}: A = -dF/dx is singular or ill-conditioned, or the "
             f"solver stopped early), so it was solved again as a least-squares problem: {how}. "
             "Where A is singular the derivative returned is the minimum-norm one, which ignores "
             "the directions in which the solution is not determined (a translation, a "
@@ -204,7 +209,7 @@ def _fallback_report(dense: bool, site) -> Callable:
         if fallback_failed.any():
             message += (
                 " That solve failed too (relative residual of its normal equations "
-                f"{_worst(fallback_failed, fallback_residual):.3e}): the derivative is "
+                f"{_worst(fallback_failed, fallback_residual)}): the derivative is "
                 "inaccurate (possibly not finite)."
             )
         _warn(message, site)
