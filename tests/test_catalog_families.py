@@ -243,6 +243,39 @@ def test_projection_family_degenerate_sets_exact_projection():
         np.testing.assert_array_equal(f(x, 0.0), np.zeros(N))
 
 
+POINT_SETS = {  # a set that is one point, and the point
+    "box(l = u)": (lambda x: P.box(x, (0.25, 0.25)), 0.25),
+    "box(l = u, arrays)": (lambda x: P.box(x, (jnp.full(N, -0.5), jnp.full(N, -0.5))), -0.5),
+    "hypercube(0)": (lambda x: P.hypercube(x, 0.0), 0.0),
+    "linf_ball(0)": (lambda x: P.linf_ball(x, 0.0), 0.0),
+    "l1_ball(0)": (lambda x: P.l1_ball(x, 0.0), 0.0),
+    "l2_ball(0)": (lambda x: P.l2_ball(x, 0.0), 0.0),
+    "simplex(0)": (lambda x: P.simplex(x, 0.0), 0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(POINT_SETS))
+def test_projection_family_point_sets_are_constant_in_x(name):
+    """A set that is a single point: the projection is that point and its Jacobian in x is 0
+    everywhere, on the point too (min(max(x, l), u) gave ¼ there for l = u; the balls of radius
+    0 counted x = 0 as inside: 1)."""
+    projection, point = POINT_SETS[name]
+    for x in (jnp.asarray(_X), jnp.full(N, point)):
+        np.testing.assert_array_equal(projection(x), np.full(N, point))
+        np.testing.assert_array_equal(jax.jacobian(projection)(x), np.zeros((N, N)))
+        np.testing.assert_array_equal(jax.jit(jax.jacobian(projection))(x), np.zeros((N, N)))
+
+
+def test_projection_family_point_sets_keep_derivatives_in_their_bounds():
+    """Cutting x where the set is a point leaves the derivative in the bounds: a box with
+    l = u = b moves every entry with b."""
+    x = jnp.asarray(_X)
+    np.testing.assert_array_equal(jax.jacobian(lambda b: P.box(x, (b, b)))(0.25), np.ones(N))
+    np.testing.assert_array_equal(
+        jax.jacobian(lambda b: P.box(x, (b, b)), argnums=0)(jnp.full(N, 0.25)), np.eye(N)
+    )
+
+
 def test_projection_family_degenerate_sets_derivatives():
     """Derivatives of the exact projection onto a rank-deficient affine set, against central
     finite differences, in x, in b (within the range of A) and in A along directions that keep

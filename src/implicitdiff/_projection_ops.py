@@ -115,6 +115,10 @@ def box(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
         lo, up = as_dtype_of(lo, leaf), as_dtype_of(up, leaf)
         if traced:  # unchecked bounds: NaN where lower > upper
             up = _checks.nan_unless(lo <= up, up)
+        # Where lower = upper the set is a point, constant in x: min(max(x, l), u) would split
+        # the tie x = l = u between its arguments (a derivative ¼ in x instead of 0). x is cut
+        # there; the value, and the derivatives in the bounds, are the clip's.
+        leaf = jnp.where(lo == up, jax.lax.stop_gradient(leaf), leaf)
         return jnp.minimum(jnp.maximum(leaf, lo), up)
 
     return tree.map(clip, x, _bounds_like(x, lower), _bounds_like(x, upper))
@@ -411,7 +415,8 @@ def l1_ball(
     if x.size == 0:  # ℝ⁰ is the ball
         return x
     radius = as_dtype_of(_checks.nan_if_negative(hyperparams), x)
-    inside = jnp.sum(jnp.abs(x)) <= radius
+    # Radius 0: the ball is {0}, which x = 0 is on but not inside (no derivative 1 there).
+    inside = (jnp.sum(jnp.abs(x)) <= radius) & (radius > 0)
     return jnp.where(inside, x, l1_sphere(x, radius))
 
 
@@ -441,7 +446,7 @@ def l2_ball(
     x = tree.map(float_array, x)
     radius = as_dtype_of(hyperparams, jnp.zeros((), tree.dtype(x)))
     norm, divisor, _ = stable_norm(x)
-    outside = norm > radius
+    outside = (norm > radius) | (radius == 0)  # radius 0: the ball is {0}, constant in x
     factor = jnp.where(outside, radius / divisor, 1.0)
     if _checks.is_traced(hyperparams):  # unchecked radius: NaN if negative
         factor = _checks.nan_unless(radius >= 0, factor)

@@ -228,3 +228,142 @@ def test_objective_dtype_family_every_solver(name, pair):
         assert bool(state.converged), name
     np.testing.assert_allclose(x, solution, atol=x_atol)
     np.testing.assert_allclose(jac, jacobian, atol=j_atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "data dtype": the solvers whose problem is data (a QP's Q, c, A, b, G, h; a linear
+# system's A, b) solve in the data's dtype, whatever the dtype of a warm start: float32 data
+# gives a float32 solution, float64 data with a float32 warm start a float64 one. (A float32
+# start of float64 data made EqualityConstrainedQP's and IterativeRefinement's loop carries
+# change type: a TypeError from inside lax.)
+#
+# The problem: min ½ xᵀHx − θᵀx s.t. 1ᵀx = s (s = 1ᵀH⁻¹θ, inactive at the unconstrained
+# solution x* = H⁻¹θ: ν = 0) and −10 ≤ x ≤ 10 (inactive), or the system H x = θ; dx*/dθ = H⁻¹
+# (the equality constraint has a fixed s, so for the constrained QPs dx*/dθ is the projection
+# of H⁻¹ onto 1ᵀu = 0 in H's metric: computed from the KKT matrix below).
+
+H3 = np.array([[1.0, 0.2, 0.0], [0.2, 0.8, 0.1], [0.0, 0.1, 1.2]])
+THETA3 = np.array([0.3, -0.5, 0.8])
+_SUM = float(np.ones(3) @ np.linalg.solve(H3, THETA3))
+_KKT = np.block([[H3, np.ones((3, 1))], [np.ones((1, 3)), np.zeros((1, 1))]])
+_CONSTRAINED_JACOBIAN = np.linalg.inv(_KKT)[:3, :3]  # d x*/d θ with 1ᵀx = s fixed
+
+
+def _data_solvers(dtype, tol):
+    """name -> (θ ↦ x*(θ) of the data in ``dtype`` from a start given or not, constrained?)."""
+    Q = jnp.asarray(H3, dtype)
+    A, b = jnp.ones((1, 3), dtype), jnp.asarray([_SUM], dtype)
+    G, h = jnp.concatenate([jnp.eye(3), -jnp.eye(3)]).astype(dtype), jnp.full(6, 10.0, dtype)
+    box = (jnp.full(3, -10.0, dtype), jnp.full(3, 10.0, dtype))
+
+    def qp(solver, start_parts):
+        def solve(theta, start):
+            init = None if start is None else (start, *start_parts(start))
+            return solver.run(init, (Q, -theta.astype(dtype)), (A, b), (G, h)).params.primal
+
+        return solve
+
+    return {
+        "EqualityConstrainedQP": (
+            lambda t, start: (
+                solvers.EqualityConstrainedQP(tol=tol)
+                .run(
+                    None if start is None else (start, jnp.zeros(1, start.dtype), None),
+                    (Q, -t.astype(dtype)),
+                    (A, b),
+                )
+                .params.primal
+            ),
+            True,
+        ),
+        "OSQP": (
+            qp(
+                solvers.OSQP(tol=tol, maxiter=20000),
+                lambda s: (jnp.zeros(1, s.dtype), jnp.zeros(6, s.dtype)),
+            ),
+            True,
+        ),
+        "BoxOSQP": (
+            lambda t, start: (
+                solvers.BoxOSQP(tol=tol, maxiter=20000)
+                .run(
+                    None if start is None else (start, None, None),
+                    (Q, -t.astype(dtype)),
+                    jnp.concatenate([A, jnp.eye(3, dtype=dtype)]),
+                    (jnp.concatenate([b, box[0]]), jnp.concatenate([b, box[1]])),
+                )
+                .params.primal[0]
+            ),
+            True,
+        ),
+        "BoxCDQP": (
+            lambda t, start: (
+                solvers.BoxCDQP(tol=tol)
+                .run(jnp.zeros(3, dtype) if start is None else start, (Q, -t.astype(dtype)), box)
+                .params
+            ),
+            False,
+        ),
+        "IterativeRefinement": (
+            lambda t, start: (
+                solvers.IterativeRefinement(tol=tol).run(start, A=Q, b=t.astype(dtype)).params
+            ),
+            False,
+        ),
+        "CvxpyQP": (
+            lambda t, start: (
+                solvers.CvxpyQP(
+                    "CLARABEL", solver_options={"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12}
+                )
+                .run(None, (Q, -t.astype(dtype)), (A, b), (G, h))
+                .params.primal
+            ),
+            True,
+        ),
+    }
+
+
+# (data dtype, warm start dtype or None, tol, solution atol, Jacobian atol)
+DATA_PAIRS = {
+    "float32-data": (jnp.float32, None, 1e-5, 3e-5, 3e-5),
+    "float64-data-float32-start": (jnp.float64, jnp.float32, 1e-10, 1e-8, 1e-7),
+}
+
+
+def test_data_dtype_family_catalog_has_every_data_solver():
+    assert set(_data_solvers(jnp.float64, 1e-6)) == {
+        "EqualityConstrainedQP",
+        "OSQP",
+        "BoxOSQP",
+        "BoxCDQP",
+        "IterativeRefinement",
+        "CvxpyQP",
+    }
+
+
+@functools.cache
+def _data_results(pair):
+    dtype, start_dtype, tol, *_ = DATA_PAIRS[pair]
+    cases = {}
+    for name, (solve, _) in _data_solvers(dtype, tol).items():
+        start = None if start_dtype is None else jnp.zeros(3, start_dtype)
+
+        def case(theta, solve=solve, start=start):
+            return solve(theta, start), jax.jacrev(solve)(theta, start)
+
+        cases[name] = (case, (jnp.asarray(THETA3, dtype),))
+    return run_together(cases, _quiet)
+
+
+@pytest.mark.parametrize("pair", list(DATA_PAIRS))
+@pytest.mark.parametrize("name", list(_data_solvers(jnp.float64, 1e-6)))
+def test_data_dtype_family_every_data_solver(name, pair):
+    if name == "CvxpyQP":
+        pytest.importorskip("cvxpy")
+    dtype, _, _, x_atol, j_atol = DATA_PAIRS[pair]
+    constrained = _data_solvers(jnp.float64, 1e-6)[name][1]
+    x, jacobian = unpack(_data_results(pair)[name])
+    assert x.dtype == dtype, (name, x.dtype)
+    np.testing.assert_allclose(x, np.linalg.solve(H3, THETA3), atol=x_atol)
+    expected = _CONSTRAINED_JACOBIAN if constrained else np.linalg.inv(H3)
+    np.testing.assert_allclose(jacobian, expected, atol=j_atol)

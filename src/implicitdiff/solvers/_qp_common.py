@@ -261,7 +261,10 @@ def qp_kkt(
 
 
 def clip_to_box(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-    """The projection onto the box [lower, upper] (as ``projections.box``)."""
+    """The projection onto the box [lower, upper] (as ``projections.box``), with derivative 0 in
+    x where lower = upper (min(max(x, l), u) splits a tie x = l = u between its arguments: ¼ in
+    x, which made BoxOSQP's derivative wrong on an equality row whose multiplier rounds to 0)."""
+    x = jnp.where(lower == upper, jax.lax.stop_gradient(x), x)
     return jnp.minimum(jnp.maximum(x, lower), upper)
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _summary, linear_solve, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
@@ -144,7 +145,8 @@ class EqualityConstrainedQP(IterativeSolver):
 
         Args:
           init_params: ``(x, ν, None)`` (a :class:`KKTSolution` or a triple; a None part is zeros),
-            or None (default) for zeros; with ``fun``, x is required.
+            or None (default) for zeros; with ``fun``, x is required. With dense (Q, c) and
+            (A, b) the start is cast to their dtype, in which the problem is solved (as OSQP).
           params_obj: ``(Q, c)``: Q of shape (n, n) and c of shape (n,) (with ``matvec_Q``, Q any
             pytree of parameters); with ``fun``, any pytree, fun's second argument; required.
           params_eq: ``(A, b)``: A of shape (p, n) and b of shape (p,) (with ``matvec_A``, A any
@@ -190,6 +192,11 @@ class EqualityConstrainedQP(IterativeSolver):
             nu0 = tree.zeros_like(params_eq[1])
         if x0 is None:
             x0 = tree.zeros_like(params_obj[1])
+        if self._matvec_Q is None and self.matvec_A is None:
+            # A warm start solves in the data's dtype, as OSQP's (a float32 start of float64 data
+            # made the refinement's carry change type).
+            dtype = jnp.result_type(*params_obj, *(params_eq or ()))
+            x0, nu0 = tree.map(lambda v: jnp.asarray(v).astype(dtype), (x0, nu0))
         init_params = KKTSolution(x0, nu0, None)
         return super().run(init_params, params_obj, params_eq)
 
@@ -244,7 +251,8 @@ class EqualityConstrainedQP(IterativeSolver):
             else:
                 z = z + jnp.linalg.solve(K, r - K @ z)
             error = inf_norm(K @ z - r) / (1 + inf_norm(r))
-            return KKTSolution(z[:n], None if nu is None else z[n:], None), error
+            solution = KKTSolution(z[:n], None if nu is None else z[n:], None)
+            return _dtypes.cast_like(solution, params), error
         matvec, r = self._matvec_system(params_obj, params_eq, x)
         z = x if nu is None else (x, nu)
         solver = linear_solve.resolve(self.kkt_solve if self.kkt_solve is not None else "gmres")
@@ -263,7 +271,8 @@ class EqualityConstrainedQP(IterativeSolver):
             z = tree.add(z, solver(matvec, tree.sub(r, matvec(z))))
         error = tree.norm(tree.sub(matvec(z), r), jnp.inf) / (1 + tree.norm(r, jnp.inf))
         solution = KKTSolution(z, None, None) if nu is None else KKTSolution(z[0], z[1], None)
-        return solution, error
+        # In the start's dtype (operators may compute in a wider one).
+        return _dtypes.cast_like(solution, params), error
 
     def _refinement_loop(self, matvec, solve_regularized, z, r):
         """Iterative refinement: z ← z + K̄⁻¹(r − K z), until ‖K z − r‖∞ ≤ tol (1 + ‖r‖∞) or

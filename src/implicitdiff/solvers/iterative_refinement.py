@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from implicitdiff import _summary, linear_solve, tree
 from implicitdiff._typing import PyTree
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 
 __all__ = ["IterativeRefinement", "IterativeRefinementState"]
@@ -107,7 +108,8 @@ class IterativeRefinement(IterativeSolver):
         """Solve A x = b from ``init_params``; see the class.
 
         Args:
-          init_params: x₀, a pytree like b; None (default): zeros.
+          init_params: x₀, a pytree like b, cast to b's dtype (the system is solved in it);
+            None (default): zeros.
           A: the operator's data: a matrix, or what ``matvec_A`` takes; required.
           b: the right-hand side, a pytree; required.
           A_bar: the data of ``matvec_A_bar`` (ignored without it).
@@ -122,6 +124,9 @@ class IterativeRefinement(IterativeSolver):
             raise TypeError("IterativeRefinement.run: A and b are required: run(init, A, b)")
         if init_params is None:
             init_params = tree.zeros_like(b)
+        elif jax.tree_util.tree_structure(init_params) == jax.tree_util.tree_structure(b):
+            # A warm start solves in b's dtype, as the QP solvers solve in their data's.
+            init_params = _dtypes.cast_like(init_params, b)
         return super().run(init_params, A, b, A_bar)
 
     def init_state(self, init_params, A, b, A_bar=None) -> IterativeRefinementState:
@@ -158,7 +163,8 @@ class IterativeRefinement(IterativeSolver):
           ``OptStep(x⁺, state)``.
         """
         correction = self._inner(self._inner_operator(A, A_bar), state.target_residuals)
-        params = tree.add(params, correction)
+        # In the iterate's dtype (A may be of a wider one than b).
+        params = tree.add(params, _dtypes.cast_like(correction, params))
         residual = tree.sub(b, self._operator(A)(params))
         state = IterativeRefinementState(
             iter_num=state.iter_num + 1,
