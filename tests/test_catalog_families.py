@@ -20,7 +20,7 @@ from helpers import finite_difference_jvp
 
 from implicitdiff import isotonic, losses, perturbations, prox
 from implicitdiff import projections as P
-from implicitdiff.solvers import ProjectedGradient
+from implicitdiff.solvers import ProjectedGradient, ProximalGradient
 
 N = 5
 _X = np.array([0.7, -1.3, 0.2, 1.1, -0.4])
@@ -274,6 +274,67 @@ def test_projection_family_point_sets_keep_derivatives_in_their_bounds():
     np.testing.assert_array_equal(
         jax.jacobian(lambda b: P.box(x, (b, b)), argnums=0)(jnp.full(N, 0.25)), np.eye(N)
     )
+
+
+IDENTITY_PROXES = {  # the prox at λ = 0 (or λ s = 0): the identity, whose Jacobian is I
+    "l1(0)": lambda x, lam: prox.l1(x, lam),
+    "l1(λ, scaling 0)": lambda x, lam: prox.l1(x, 1.0 + lam, scaling=0.0),
+    "elastic_net(0, 0)": lambda x, lam: prox.elastic_net(x, (lam, 0.0)),
+    "group_lasso(0)": lambda x, lam: prox.group_lasso(x, lam),
+    "ridge(0)": lambda x, lam: prox.ridge(x, lam),
+}
+
+
+@pytest.mark.parametrize("name", list(IDENTITY_PROXES))
+def test_prox_family_zero_regularization_is_the_identity(name):
+    """λ = 0: prox(x) = x with Jacobian I in x at every x, zeros and sign changes included
+    (soft thresholding counted 0 as inside its dead zone [−0, 0]: Jacobian 0 there; so did the
+    singular-value thresholding along zero singular values, next test). The derivative in λ is
+    the right derivative, against a one-sided finite difference."""
+    fun = IDENTITY_PROXES[name]
+    for x in (jnp.asarray(_X), jnp.zeros(N), jnp.asarray(_X) * (np.arange(N) % 2)):
+        np.testing.assert_array_equal(fun(x, 0.0), x)
+        np.testing.assert_array_equal(jax.jacobian(fun)(x, 0.0), np.eye(N), err_msg=name)
+    x = jnp.asarray(_X)
+    h = 1e-7
+    one_sided = (np.asarray(fun(x, h)) - np.asarray(fun(x, 0.0))) / h
+    np.testing.assert_allclose(jax.jacobian(fun, argnums=1)(x, 0.0), one_sided, atol=1e-6)
+
+
+def test_prox_family_zero_regularization_lasso_derivative_is_least_squares():
+    """The lasso at λ = 0 is least squares: the implicit derivative of its solution in y is X⁺,
+    also in a coordinate that is exactly 0 (the restricted solve counted it as fixed: that row
+    of the Jacobian was 0, 0.5 off)."""
+    X = jnp.asarray(np.vstack([np.diag([1.0, 2.0, 1.5]), np.zeros((3, 3))]))
+    y = X @ jnp.array([0.5, 0.0, -0.3])
+
+    def fun(w, y):
+        return 0.5 * jnp.sum((X @ w - y) ** 2)
+
+    solver = ProximalGradient(fun=fun, prox=prox.l1, tol=1e-12, maxiter=500)
+    w = solver.run(jnp.zeros(3), 0.0, y).params
+    np.testing.assert_allclose(w, [0.5, 0.0, -0.3], atol=1e-10)
+    assert float(w[1]) == 0.0  # exactly: the coordinate on the kink of |·|
+    jac = jax.jacobian(lambda y: solver.run(jnp.zeros(3), 0.0, y).params)(y)
+    np.testing.assert_allclose(jac, np.linalg.pinv(np.asarray(X)), atol=1e-12)
+
+
+def test_prox_family_zero_regularization_nuclear_norm_is_the_identity():
+    """nuclear_norm at λ = 0 on a full-rank, a rank-one and the zero matrix: the identity, with
+    Jacobian I (it was 0 along the zero singular values), and the right derivative in λ."""
+    rng = np.random.default_rng(3)
+    full = rng.normal(size=(4, 3))
+    for m in (full, np.outer(full[:, 0], full[0]), np.zeros((4, 3))):
+        m = jnp.asarray(m)
+        np.testing.assert_allclose(prox.nuclear_norm(m, 0.0), m, atol=1e-14)
+        jac = jax.jacobian(lambda m: prox.nuclear_norm(m, 0.0))(m)
+        np.testing.assert_allclose(jac.reshape(12, 12), np.eye(12), atol=1e-12)
+    # In λ (full rank: the rank-one matrix's SVD has singular values of 1e-16, not 0, which a
+    # finite difference steps over): −U Vᵀ.
+    h = 1e-7
+    one_sided = (np.asarray(prox.nuclear_norm(jnp.asarray(full), h)) - full) / h
+    dlam = jax.jacobian(lambda lam: prox.nuclear_norm(jnp.asarray(full), lam))(0.0)
+    np.testing.assert_allclose(dlam, one_sided, atol=1e-6)
 
 
 def test_projection_family_degenerate_sets_derivatives():

@@ -92,8 +92,10 @@ def _map_with_hyperparam(fn: Callable, x: PyTree, hyper: Any, name: str, fn_name
 def _soft_threshold(x: jax.Array, threshold: Any) -> jax.Array:
     """sign(x) · max(|x| − threshold, 0), written to give +0 (not −0) inside the threshold, NaN
     for NaN, and the derivative −sign(x) in the threshold also at threshold = 0 (where
-    x − clip(x, −t, t) splits a tie of min and max and gave 0 for x < 0)."""
-    return jnp.where(jnp.abs(x) <= threshold, 0, x - jnp.sign(x) * threshold)
+    x − clip(x, −t, t) splits a tie of min and max and gave 0 for x < 0). At threshold 0 it is
+    the identity, with derivative 1 in x also at x = 0 (no dead zone to be inside of)."""
+    inside = (jnp.abs(x) <= threshold) & (threshold > 0)
+    return jnp.where(inside, 0, x - jnp.sign(x) * threshold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,10 +203,13 @@ def non_negative_l1(
 
 
 def _l1_free(y: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
-    """|yᵢ| > λ s: where soft thresholding passes its input through."""
-    return _map_with_hyperparam(
-        lambda leaf, lam: jnp.abs(leaf) > lam * scaling, y, hyperparams, "hyperparams", "l1"
-    )
+    """|yᵢ| > λ s, or λ s = 0: where soft thresholding passes its input through."""
+
+    def free(leaf, lam):
+        threshold = lam * scaling
+        return (jnp.abs(leaf) > threshold) | (threshold == 0)
+
+    return _map_with_hyperparam(free, y, hyperparams, "hyperparams", "l1")
 
 
 def _non_negative_l1_free(y: PyTree, hyperparams: Any = 1.0, scaling: Any = 1.0) -> PyTree:
@@ -485,7 +490,11 @@ def _singular_value_threshold_jvp(primals, tangents):
     left = dx_v - u @ (ut @ dx_v)  # (I − UUᵀ) dX V
     right = ut_dx - (ut_dx @ v) @ vh  # Uᵀ dX (I − VVᵀ)
     d_out = u @ core @ vh + (left * ratio[..., None, :]) @ vh + u @ (ratio[..., :, None] * right)
-    return out, d_out
+    # τ = 0: the identity, dX, also along zero singular values (which the formula above counts
+    # as thresholded away), and −U diag(1[σ > 0] dτ) Vᵀ, the right derivative in τ.
+    shrink = (u * (active * dtau[..., None])[..., None, :]) @ vh
+    identity = (tau == 0)[..., None, None]
+    return out, jnp.where(identity, dx - shrink, d_out)
 
 
 def nuclear_norm(x: jax.Array, hyperparams: Any = 1.0, scaling: Any = 1.0) -> jax.Array:
