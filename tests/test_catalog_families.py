@@ -989,3 +989,43 @@ def test_isotonic_makes_no_nan_op_by_op():
     _op_by_op(
         jax.value_and_grad(lambda y: jnp.vdot(isotonic.isotonic_l2_pav(y), w)), jnp.asarray(_X)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "structured hyperparameters of the wrong kind": every operator whose hyperparams (or
+# x) is a tuple of named parts refuses a scalar, an array, or a tuple of another length with a
+# TypeError naming the operator, the argument and the parts (it was Python's "cannot unpack
+# non-iterable float object" or "too many values to unpack").
+
+_V = jnp.asarray(_X)
+STRUCTURED = {  # name -> (call with the argument replaced, argument name, its parts)
+    "box": (lambda h: P.box(_V, h), "hyperparams", "(lower, upper)"),
+    "box_section": (lambda h: P.box_section(_V, h), "hyperparams", "(alpha, beta, w, c)"),
+    "hyperplane": (lambda h: P.hyperplane(_V, h), "hyperparams", "(a, b)"),
+    "halfspace": (lambda h: P.halfspace(_V, h), "hyperparams", "(a, b)"),
+    "affine_set": (lambda h: P.affine_set(_V, h), "hyperparams", "(A, b)"),
+    "polyhedron": (lambda h: P.polyhedron(_V, h), "hyperparams", "(A, b, G, h)"),
+    "sparse_simplex": (lambda h: P.sparse_simplex(_V, h), "hyperparams", "(scale, max_nz)"),
+    "transport_polytope": (
+        lambda h: P.transport_polytope(jnp.ones((2, 2)), h),
+        "hyperparams",
+        "(marginals_a, marginals_b)",
+    ),
+    "second_order_cone": (lambda x: P.second_order_cone(x), "x", "(t, z)"),
+    "elastic_net": (lambda h: prox.elastic_net(_V, h), "hyperparams", "(λ, γ)"),
+}
+
+
+@pytest.mark.parametrize("name", list(STRUCTURED))
+def test_structured_hyperparams_family_wrong_kind_is_named(name):
+    call, argument, parts = STRUCTURED[name]
+    wrong = [(1.0, 2.0, 3.0, 4.0, 5.0)]
+    if name == "sparse_simplex":  # anything else is its max_nz alone (JAXopt's form)
+        with pytest.raises(TypeError, match="sparse_simplex: max_nz must be a Python int"):
+            call(jnp.ones(5))
+    else:
+        wrong += [jnp.ones(5), 1.0]
+    for value in wrong:
+        with pytest.raises(TypeError, match=re.escape(f"{name}: {argument} must be")) as info:
+            call(value)
+        assert parts in str(info.value), (name, str(info.value))

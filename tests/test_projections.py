@@ -700,7 +700,7 @@ def test_float32(name):
         (lambda x: P.simplex(x, -1.0), r"^simplex: scale must be non-negative"),
         (lambda x: P.hypercube(x, -0.5), r"^hypercube: scale must be non-negative"),
         (lambda x: P.sparse_simplex(x, (-1.0, 2)), r"^sparse_simplex: scale must be non-negative"),
-        (lambda x: P.sparse_simplex(x, (1.0, 0)), "^max_nz must be at least 1"),
+        (lambda x: P.sparse_simplex(x, (1.0, 0)), "^sparse_simplex: max_nz must be at least 1"),
         (lambda x: P.l1_ball(x, -1.0), r"^l1_ball: radius must be non-negative"),
         (lambda x: P.l1_sphere(x, jnp.asarray(-2.0)), r"^l1_sphere: radius must be non-negative"),
         (lambda x: P.l2_ball(x, -1.0), r"^l2_ball: radius must be non-negative"),

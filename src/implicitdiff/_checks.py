@@ -270,6 +270,22 @@ _NUMERIC_FIELDS = {
 }
 
 
+def unpack_parts(owner: str, argument: str, value: Any, names: tuple[str, ...]) -> tuple:
+    """``value`` as the tuple of its ``len(names)`` parts, or a TypeError naming ``argument``
+    and the parts expected. An array is refused, whatever its length: it would unpack along its
+    first axis."""
+    if isinstance(value, (tuple, list)) and len(value) == len(names):
+        return tuple(value)
+    kind = {2: "a pair", 3: "a triple"}.get(len(names), f"a tuple of {len(names)}")
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        got = f"an array of shape {tuple(value.shape)}"
+    elif isinstance(value, (tuple, list)):
+        got = f"a {type(value).__name__} of length {len(value)}"
+    else:
+        got = f"{type(value).__name__} {value!r}"
+    raise TypeError(f"{owner}: {argument} must be {kind} ({', '.join(names)}), got {got}")
+
+
 def is_real_number(value: Any) -> bool:
     """A real number and not a bool: a Python or NumPy int or float (not NaN), or a 0-d array of
     an integer or floating dtype (a JAX array, traced or not: its value is not read)."""

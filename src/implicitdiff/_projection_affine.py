@@ -43,7 +43,7 @@ def _normal_and_offset(
     order of 1, whatever the magnitude of a. a is a pytree with the structure and leaf shapes of
     x (an array for an array x); b a scalar.
     """
-    a, b = hyperparams
+    a, b = _checks.unpack_parts(name, "hyperparams", hyperparams, ("a", "b"))
     x = tree.map(float_array, x)
     x_leaves, x_def = jax.tree_util.tree_flatten(x)
     if not x_leaves:
@@ -223,7 +223,7 @@ def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Ar
       >>> jnp.round(affine_set(jnp.array([1.0, 0.0, 0.0]), (A, jnp.array([0.0, 2.0]))), 4)
       Array([ 0.5, -0.5,  2. ], dtype=float32)
     """
-    A, b = hyperparams
+    A, b = _checks.unpack_parts("affine_set", "hyperparams", hyperparams, ("A", "b"))
     x = float_array(x)
     A = as_dtype_of(A, x)
     b = as_dtype_of(b, x)
@@ -367,7 +367,9 @@ def box_section(
       Array([0.7, 0.3, 0. ], dtype=float32)
     """
     check_feasible_flag("box_section", check_feasible)
-    alpha, beta, w, c = hyperparams
+    alpha, beta, w, c = _checks.unpack_parts(
+        "box_section", "hyperparams", hyperparams, ("alpha", "beta", "w", "c")
+    )
     check_ordered("alpha", alpha, "beta", beta)
     x = float_array(x)
     traced = _checks.is_traced((alpha, beta))

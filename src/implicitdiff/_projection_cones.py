@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from implicitdiff import _checks
 from implicitdiff._projection_common import as_dtype_of, float_array, stable_norm
 
 __all__ = ["psd_cone", "second_order_cone"]
@@ -33,7 +34,7 @@ def second_order_cone(x: tuple[ArrayLike, ArrayLike], hyperparams: None = None) 
       (Array(1., dtype=float32), Array([1., 0.], dtype=float32))
     """
     del hyperparams
-    t, z = x
+    t, z = _checks.unpack_parts("second_order_cone", "x", x, ("t", "z"))
     z = float_array(z)
     t = as_dtype_of(t, z)
     if t.shape != ():

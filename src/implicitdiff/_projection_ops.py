@@ -105,7 +105,7 @@ def box(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
       >>> box(jnp.array([-2.0, 0.5, 3.0]), (-1.0, 1.0))
       Array([-1. ,  0.5,  1. ], dtype=float32)
     """
-    lower, upper = hyperparams
+    lower, upper = _checks.unpack_parts("box", "hyperparams", hyperparams, ("lower", "upper"))
     check_ordered("lower", lower, "upper", upper)
 
     traced = _checks.is_traced((lower, upper))
@@ -320,10 +320,11 @@ def sparse_simplex(
         max_nz = operator.index(max_nz)
     except TypeError:
         raise TypeError(
-            f"max_nz must be a Python int (it fixes shapes), got {type(max_nz).__name__}"
+            f"sparse_simplex: max_nz must be a Python int (it fixes shapes), got "
+            f"{type(max_nz).__name__} {max_nz!r} (hyperparams is (scale, max_nz), or max_nz alone)"
         ) from None
     if max_nz < 1:
-        raise ValueError(f"max_nz must be at least 1, got max_nz={max_nz}")
+        raise ValueError(f"sparse_simplex: max_nz must be at least 1, got max_nz={max_nz}")
     x = float_array(x)
     scale = as_dtype_of(_checks.nan_if_negative(scale), x)
     flat = x.ravel()
@@ -348,7 +349,9 @@ def _sparse_simplex_arguments(hyperparams, use_approx_max_nz, value, max_nz) -> 
                 "sparse_simplex: hyperparams=(scale, max_nz) and JAXopt's value= / max_nz= are "
                 "both given; pass one form"
             )
-        return tuple(hyperparams)
+        return _checks.unpack_parts(
+            "sparse_simplex", "hyperparams", hyperparams, ("scale", "max_nz")
+        )
     if hyperparams is not None:
         if max_nz is not None:
             raise TypeError("sparse_simplex: max_nz given twice (positionally and as max_nz=)")

@@ -245,7 +245,7 @@ def elastic_net(x: PyTree, hyperparams: Any = (1.0, 1.0), scaling: Any = 1.0) ->
     >>> print(elastic_net(jnp.array([3.0, -0.5, -2.0]), (1.0, 1.0)))
     [ 1.   0.  -0.5]
     """
-    lam, gamma = hyperparams
+    lam, gamma = _checks.unpack_parts("elastic_net", "hyperparams", hyperparams, ("λ", "γ"))
     _checks.check_non_negative(lam, "hyperparams[0] (λ)", "elastic_net")
     _checks.check_non_negative(gamma, "hyperparams[1] (γ)", "elastic_net")
     _checks.check_non_negative(scaling, "scaling", "elastic_net")

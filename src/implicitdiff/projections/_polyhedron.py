@@ -102,9 +102,9 @@ def polyhedron(
     """
     if not isinstance(check_feasible, bool):
         raise TypeError(f"polyhedron: check_feasible must be a bool, got {check_feasible!r}")
-    if not (isinstance(hyperparams, (tuple, list)) and len(hyperparams) == 4):
-        raise TypeError("polyhedron: hyperparams must be a tuple (A, b, G, h)")
-    A, b, G, h = hyperparams
+    A, b, G, h = _checks.unpack_parts(
+        "polyhedron", "hyperparams", hyperparams, ("A", "b", "G", "h")
+    )
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.result_type(float))

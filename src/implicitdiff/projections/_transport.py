@@ -90,19 +90,7 @@ def _as_problem(x: Any, a: Any, b: Any, name: str) -> tuple[jax.Array, jax.Array
 
 
 def _unpack_marginals(hyperparams: Any, name: str) -> tuple[Any, Any]:
-    if isinstance(hyperparams, (jax.Array, np.ndarray)):  # an array would unpack along axis 0
-        raise TypeError(
-            f"{name}: hyperparams must be a pair (marginals_a, marginals_b), got an array of "
-            f"shape {hyperparams.shape}"
-        )
-    try:
-        a, b = hyperparams
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{name}: hyperparams must be a pair (marginals_a, marginals_b), got "
-            f"{type(hyperparams).__name__}"
-        ) from None
-    return a, b
+    return _checks.unpack_parts(name, "hyperparams", hyperparams, ("marginals_a", "marginals_b"))
 
 
 def _square(x: Any, name: str) -> tuple[jax.Array, jax.Array, jax.Array]:
