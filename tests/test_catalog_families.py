@@ -251,6 +251,7 @@ POINT_SETS = {  # a set that is one point, and the point
     "l1_ball(0)": (lambda x: P.l1_ball(x, 0.0), 0.0),
     "l2_ball(0)": (lambda x: P.l2_ball(x, 0.0), 0.0),
     "simplex(0)": (lambda x: P.simplex(x, 0.0), 0.0),
+    "isotonic(y_min = y_max)": (lambda x: isotonic.isotonic_l2_pav(x, 0.25, 0.25), 0.25),
 }
 
 
@@ -1029,3 +1030,48 @@ def test_structured_hyperparams_family_wrong_kind_is_named(name):
         with pytest.raises(TypeError, match=re.escape(f"{name}: {argument} must be")) as info:
             call(value)
         assert parts in str(info.value), (name, str(info.value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "labels out of range": a binary label outside [0, 1] (the ±1 convention) and a class
+# index outside [0, k) are refused by name when concrete and give NaN when traced (a class
+# index out of range one-hot encoded to zeros, and −1 became the signed label −3: finite,
+# silent, wrong losses).
+
+BINARY_LOSSES = ("binary_logistic_loss", "binary_hinge_loss", "binary_perceptron_loss")
+BINARY_LOSSES += ("binary_sparsemax_loss",)
+MULTICLASS_LOSSES = (
+    "multiclass_logistic_loss",
+    "multiclass_hinge_loss",
+    "multiclass_perceptron_loss",
+    "multiclass_sparsemax_loss",
+    "sparsemax_loss",
+)
+
+
+@pytest.mark.parametrize("name", BINARY_LOSSES)
+def test_labels_family_binary_label_outside_0_1(name):
+    loss = getattr(losses, name)
+    for label in (-1, 2, jnp.array([0.0, -1.0])):
+        with pytest.raises(ValueError, match=f"{name}: label must be in .*pass \\(label \\+ 1\\)"):
+            loss(label, 0.3)
+    for label in (0, 1, 0.25, jnp.array([0.0, 1.0])):  # labels and soft labels pass
+        assert np.all(np.isfinite(loss(label, 0.3)))
+    traced = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=1), in_axes=(0, None)))
+    values, grads = traced(jnp.array([1.0, -1.0, 0.0]), 0.3)
+    values, grads = np.asarray(values), np.asarray(grads)
+    assert np.all(np.isfinite(values[[0, 2]])) and np.isnan(values[1])
+    assert np.isnan(grads[1]) and np.all(np.isfinite(grads[[0, 2]]))
+
+
+@pytest.mark.parametrize("name", MULTICLASS_LOSSES)
+def test_labels_family_class_index_out_of_range_under_jit_is_nan(name):
+    loss = getattr(losses, name)
+    scores = jnp.array([0.2, 1.0, -0.5])
+    with pytest.raises(ValueError, match=f"{name}: label must be an integer class index"):
+        loss(3, scores)
+    traced = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=1), in_axes=(0, None)))
+    values, grads = map(np.asarray, traced(jnp.array([1, 3, -1, 0]), scores))
+    np.testing.assert_allclose(values[[0, 3]], [loss(1, scores), loss(0, scores)], rtol=1e-12)
+    assert np.all(np.isnan(values[1:3])) and np.all(np.isnan(grads[1:3]))
+    assert np.all(np.isfinite(grads[[0, 3]]))

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from implicitdiff import _checks
 
@@ -33,10 +34,29 @@ __all__ = [
 _float_array = _checks.real_float_array
 
 
-def label_and_score(label: Any, score: Any) -> tuple[jax.Array, jax.Array]:
-    """(y, z): the score z as a real float array and the label y in its dtype (element-wise)."""
+def label_and_score(label: Any, score: Any, fn_name: str) -> tuple[jax.Array, jax.Array]:
+    """(y, z): the score z as a real float array and the label y in its dtype (element-wise).
+
+    A binary label is y ∈ {0, 1}, or a soft label in [0, 1] (the losses extend to any real y;
+    a finite difference may step outside). A whole number outside {0, 1} is a label of another
+    convention (±1, where −1 would silently become the signed label −3; a class index): a
+    concrete one raises a ValueError naming ``fn_name``, a traced one (jit, vmap, grad) gives
+    NaN there.
+    """
     score = _float_array(score)
-    return jnp.asarray(label, dtype=score.dtype), score
+    if not _checks.is_traced(label):
+        concrete = np.asarray(label, dtype=float)
+        foreign = (concrete % 1 == 0) & ((concrete < 0) | (concrete > 1))
+        if np.any(foreign):
+            raise ValueError(
+                f"{fn_name}: label must be in {{0, 1}} (or a soft label in [0, 1]), got "
+                f"{np.ravel(concrete[foreign])[:5].tolist()}; for labels in {{−1, +1}} pass "
+                "(label + 1) / 2"
+            )
+        return jnp.asarray(label, dtype=score.dtype), score
+    label = jnp.asarray(label, dtype=score.dtype)
+    foreign = (label % 1 == 0) & ((label < 0) | (label > 1))
+    return _checks.nan_unless(jnp.logical_not(foreign), label), score
 
 
 def huber_loss(target: Any, pred: Any, delta: Any = 1.0) -> jax.Array:
@@ -170,13 +190,17 @@ def binary_sparsemax_loss(label: Any, logit: Any) -> jax.Array:
       label: y ∈ {0, 1} (or a soft label in [0, 1]), broadcasting with ``logit``.
       logit: the logit z, a scalar or an array.
 
+    Raises:
+      ValueError: a concrete label that is a whole number outside {0, 1} (as −1 in the ±1
+        convention: pass (label + 1) / 2); a traced one gives NaN there.
+
     Returns:
       The loss, shaped like the broadcast of ``label`` and ``logit``.
 
     >>> print(binary_sparsemax_loss(1, 0.0))
     0.25
     """
-    label, logit = label_and_score(label, logit)
+    label, logit = label_and_score(label, logit, "binary_sparsemax_loss")
     return binary_mixture(sparse_plus, label, logit)
 
 
@@ -200,13 +224,17 @@ def binary_hinge_loss(label: Any, score: Any) -> jax.Array:
       label: y ∈ {0, 1}, broadcasting with ``score``.
       score: the score z, a scalar or an array.
 
+    Raises:
+      ValueError: a concrete label that is a whole number outside {0, 1} (as −1 in the ±1
+        convention: pass (label + 1) / 2); a traced one gives NaN there.
+
     Returns:
       The loss, shaped like the broadcast of ``label`` and ``score``.
 
     >>> print(binary_hinge_loss(1, 0.25))
     0.75
     """
-    label, score = label_and_score(label, score)
+    label, score = label_and_score(label, score, "binary_hinge_loss")
     return jnp.maximum(0, 1 - _signed_margin(label, score))
 
 
@@ -223,11 +251,15 @@ def binary_perceptron_loss(label: Any, score: Any) -> jax.Array:
       label: y ∈ {0, 1}, broadcasting with ``score``.
       score: the score z, a scalar or an array.
 
+    Raises:
+      ValueError: a concrete label that is a whole number outside {0, 1} (as −1 in the ±1
+        convention: pass (label + 1) / 2); a traced one gives NaN there.
+
     Returns:
       The loss, shaped like the broadcast of ``label`` and ``score``.
 
     >>> print(binary_perceptron_loss(1, -0.5))
     0.5
     """
-    label, score = label_and_score(label, score)
+    label, score = label_and_score(label, score, "binary_perceptron_loss")
     return jnp.maximum(0, -_signed_margin(label, score))

@@ -181,6 +181,10 @@ def _solve(
     # Clip with the unclipped side's derivative at the bound (jnp.clip would halve it there).
     solution = jnp.where(solution < y_min, y_min, solution)
     solution = jnp.where(solution > y_max, y_max, solution)
+    # y_min = y_max: the output is that point, constant in y (the clips above keep the
+    # unclipped side's derivative at a tie, which is wrong when the box is a point); a NaN stays.
+    point = (y_min == y_max) & jnp.logical_not(jnp.isnan(solution))
+    solution = jnp.where(point, y_min, solution)
     if flag_bounds:
         solution = _checks.nan_unless(y_min <= y_max, solution)
     return solution

@@ -92,7 +92,11 @@ def _label_vector_and_scores(label: Any, scores: Any, fn_name: str) -> tuple[jax
     try:
         concrete = np.asarray(label)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        concrete = None
+        # Traced (jit, vmap, grad): an index outside [0, num_classes) would one-hot to zeros,
+        # a finite and wrong loss; it gives NaN instead.
+        valid = (label >= 0) & (label < num_classes) & (label % 1 == 0)
+        one_hot = jax.nn.one_hot(label, num_classes, dtype=scores.dtype)
+        return _checks.nan_unless(valid[..., None], one_hot), scores
     if (
         concrete is not None
         and concrete.size
@@ -287,6 +291,10 @@ def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
         ``logit``.
       logit: the logit z, a scalar or an array.
 
+    Raises:
+      ValueError: a concrete label that is a whole number outside {0, 1} (as −1 in the ±1
+        convention: pass (label + 1) / 2); a traced one gives NaN there.
+
     Returns:
       The loss, shaped like the broadcast of ``label`` and ``logit`` (a scalar for scalars).
 
@@ -294,7 +302,7 @@ def binary_logistic_loss(label: Any, logit: Any) -> jax.Array:
     >>> print(binary_logistic_loss(1, 0.0).round(4))  # log 2
     0.6931
     """
-    label, logit = _losses_scalar.label_and_score(label, logit)
+    label, logit = _losses_scalar.label_and_score(label, logit, "binary_logistic_loss")
     return _losses_scalar.binary_mixture(jax.nn.softplus, label, logit)
 
 
