@@ -585,6 +585,25 @@ def test_failed_backward_solve_warning_calls_a_nan_residual_not_finite():
         _badly_solved("warn")(LAM).block_until_ready()
 
 
+def test_backward_cg_with_a_tiny_cotangent_is_reported_and_fallback_solves_it():
+    """A cotangent of 1e-200: ‖b‖² underflows, and CG as the engine calls it (unscaled, for
+    compile time; linear_solve.cg itself rescales) stops at x = 0. The residual check reports
+    it (relative residual 1), never a silent zero; on_failure="fallback" solves it again."""
+    A = jnp.array([[3.0, 1.0], [1.0, 2.0]])
+
+    def grad_of(policy):
+        solver = custom_root(lambda x, t: A @ x - t, solve="cg", on_failure=policy)(
+            lambda x0, t: jnp.linalg.solve(A, t)
+        )
+        return jax.grad(lambda t: 1e-200 * jnp.sum(solver(jnp.zeros(2), t)))(jnp.ones(2))
+
+    with pytest.warns(implicitdiff.BackwardSolveWarning, match="relative residual 1.000e"):
+        grad_of("warn")
+    with pytest.warns(implicitdiff.BackwardSolveWarning, match="least-squares"):
+        g = grad_of("fallback")
+    np.testing.assert_allclose(np.asarray(g) / 1e-200, np.linalg.solve(A.T, np.ones(2)), 1e-10)
+
+
 def test_failed_backward_solve_nan_policy():
     assert np.isnan(_badly_solved("nan")(LAM))
 

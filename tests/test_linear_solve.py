@@ -30,6 +30,38 @@ def test_spd_system(name):
     np.testing.assert_allclose(x, np.linalg.solve(SPD, RHS), rtol=1e-8, atol=1e-10)
 
 
+# Powers of two, which scaling b by rounds nothing: 2^±600 (‖b‖² under- or overflows float64)
+# and 2^±70 in float32 (‖b‖² beyond 1e±38); 2^±20 where nothing overflows.
+SCALES = [(jnp.float64, 2.0**600), (jnp.float64, 2.0**-600), (jnp.float64, 2.0**20)]
+SCALES += [(jnp.float32, 2.0**70), (jnp.float32, 2.0**-70)]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_huge_and_tiny_right_hand_sides_family(name):
+    """Every solver on b · 2^k returns its solution for b, times 2^k (the Krylov solvers compare
+    ‖r‖² with tol² ‖b‖², which under- or overflowed: they stopped at once with x = 0, silently),
+    with a warm start and an absolute tolerance scaled alike; the derivative in b, through the
+    solve, is unchanged by the scale."""
+    solve = linear_solve.resolve(name)
+    for dtype, scale in SCALES:
+        A, b = SPD.astype(dtype), RHS.astype(dtype)
+
+        def matvec(v, A=A):
+            return A @ v
+
+        reference = np.asarray(solve(matvec, b), np.float64)
+        x = np.asarray(solve(matvec, b * dtype(scale)), np.float64)
+        rtol = 1e-12 if dtype == jnp.float64 else 1e-6
+        np.testing.assert_allclose(x / scale, reference, rtol=rtol, err_msg=f"{dtype} {scale}")
+    if name in ("cg", "gmres", "bicgstab"):
+        big = 2.0**600
+        x = linear_solve.resolve(name)(lambda v: SPD @ v, RHS * big, init=RHS * big, atol=1e-300)
+        np.testing.assert_allclose(x / big, np.linalg.solve(SPD, RHS), rtol=1e-8)
+    tiny = 2.0**-600
+    jac = jax.jacobian(lambda b: solve(lambda v: SPD @ v, b))(RHS * tiny)  # A⁻¹ at any b
+    np.testing.assert_allclose(jac, np.linalg.inv(SPD), rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.parametrize("name", GENERAL)
 def test_nonsymmetric_system(name):
     x = linear_solve.resolve(name)(lambda v: NONSYM @ v, RHS)

@@ -346,10 +346,12 @@ def checked_solve(
     if on_failure not in POLICIES:
         raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
     spec = linear_solve.spec(solve)
-    base = spec.fun
+    # The engine transposes the system itself (its own custom_linear_solve).
+    fun = spec.direct if spec.direct is not None else spec.fun
+    base = fun
     if symmetric and spec.takes_symmetric:
         base = functools.partial(base, symmetric=True)
-    support_base = spec.fun
+    support_base = fun
     if (symmetric or support_symmetric) and spec.takes_symmetric:
         support_base = functools.partial(support_base, symmetric=True)
     name = spec.name

@@ -46,6 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.scipy.sparse.linalg as jsp_sparse
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implicitdiff import _checks, _gmres, tree
@@ -189,7 +190,10 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
         value = options.get(option)
         if option in options and not (
             (value is None and option == "tol")
-            or (_checks.is_real_number(value) and (is_traced(value) or value >= 0))
+            or (
+                _checks.is_real_number(value)
+                and (is_traced(value) or bool(np.all(np.asarray(value) >= 0)))
+            )
         ):
             raise ValueError(f"{name}: {option} must be a non-negative number, got {value!r}")
     ridge = options.get("ridge", 0.0)
@@ -205,6 +209,44 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
         raise ValueError(f"{name}: dense_max_size must be an int ≥ 0, got {value!r}")
 
 
+#: The Krylov solvers of square systems (their iterations compare squared norms of residuals
+#: with tol² ‖b‖²): given a scaled transposition rule of their own, and the map from each to
+#: its form without it (:attr:`Spec.direct`). normal_cg solves its normal equations by cg.
+_TRANSPOSABLE = frozenset({"cg", "gmres", "bicgstab", "iterative_refinement"})
+_DIRECT: dict[Callable, Callable] = {}
+
+
+def _power_of_two_scale(b: PyTree) -> tuple[jax.Array, jax.Array]:
+    """(s, 1/s): s the power of two nearest ‖b‖∞ (1 for b = 0 or not finite), within the normal
+    range of b's dtype, cut from the graph (a piecewise-constant function of b)."""
+    largest = tree.norm(b, jnp.inf)
+    info = jnp.finfo(largest.dtype)
+    usable = jnp.isfinite(largest) & (largest > 0)
+    exponent = jnp.round(jnp.log2(jnp.where(usable, largest, 1)))
+    exponent = jnp.clip(exponent, info.minexp + 2, info.maxexp - 2).astype(jnp.int32)
+    one = jnp.ones((), largest.dtype)
+    scale, inverse = jnp.ldexp(one, exponent), jnp.ldexp(one, -exponent)
+    return jax.lax.stop_gradient(scale), jax.lax.stop_gradient(inverse)
+
+
+def _scaled_solve(wrapped: Callable, matvec: Matvec, b: PyTree, options: dict) -> PyTree:
+    """x = s · solve(A, b / s), s a power of two near ‖b‖∞ (:func:`_power_of_two_scale`).
+
+    Krylov iterations stop when ‖r‖² ≤ max(tol² ‖b‖², atol²): for b of 1e±160 in float64
+    (1e±19 in float32) ‖b‖² under- or overflows and they stopped at once, returning x = 0 with
+    no sign of failure. Scaling by a power of two rounds nothing: the iterates are those of the
+    unscaled system wherever both are representable. A warm start and ``atol`` scale with b.
+    """
+    scale, inverse = _power_of_two_scale(b)
+    options = dict(options)
+    if options.get("init") is not None:
+        options["init"] = tree.scale(inverse.astype(tree.dtype(options["init"])), options["init"])
+    if options.get("atol"):
+        options["atol"] = options["atol"] * inverse
+    x = wrapped(matvec, tree.scale(inverse.astype(tree.dtype(b)), b), **options)
+    return tree.scale(scale.astype(tree.dtype(x)), x)
+
+
 def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     """Common behaviour of this module's solvers.
 
@@ -215,6 +257,11 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
       given, on inputs rounded to the half type) and the solution rounded back.
     - A non-square operator given to a solver that needs a square one: a ValueError naming the
       shapes, instead of an error from deep inside (the check runs only on failure: free).
+    - The Krylov solvers of square systems are custom linear solves that solve for b, and
+      for the cotangents of their transposed systems, scaled to ‖·‖∞ ≈ 1 (:func:`_scaled_solve`);
+      their form without it (:attr:`Spec.direct`) is for a caller that transposes the system
+      itself and checks the residual, as the engine does (which then reports a right-hand side
+      so small or so large that ‖b‖² under- or overflows as a failed solve).
     """
 
     @functools.wraps(solver)
@@ -240,7 +287,36 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
                 raise square from err
             raise
 
-    return wrapped
+    if solver.__name__ not in _TRANSPOSABLE:
+        return wrapped
+
+    @functools.wraps(solver)
+    def transposable(matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
+        # Differentiated, the solve transposes into another solve of this solver, which scales
+        # its own right-hand side: the inner solver's own rule would solve the cotangent
+        # multiplied by this one's scale (an underflow where b is tiny).
+        _check_options(solver.__name__, options)
+        init = options.pop("init", None)
+
+        def forward(matvec, rhs):
+            return _scaled_solve(wrapped, matvec, rhs, dict(options, init=init))
+
+        def transposed(vecmat, rhs):
+            return _scaled_solve(wrapped, vecmat, rhs, options)
+
+        symmetric = solver.__name__ == "cg"
+        try:
+            return jax.lax.custom_linear_solve(
+                matvec, b, solve=forward, transpose_solve=transposed, symmetric=symmetric
+            )
+        except (TypeError, ValueError) as err:  # (the check runs only on failure: free)
+            square = _square_operator_error(solver.__name__, matvec, b)
+            if square is not None:
+                raise square from err
+            raise
+
+    _DIRECT[transposable] = wrapped
+    return transposable
 
 
 @_linear_solver
@@ -443,9 +519,9 @@ def normal_cg(
     def normal_matvec(x):
         return rmatvec(matvec(x))
 
-    return _krylov(
-        jsp_sparse.cg, normal_matvec, rmatvec(b), b, tol, atol, maxiter, ridge, init, preconditioner
-    )
+    # cg scales the right-hand side Aᵀb (and its transposed solves) to ‖·‖∞ ≈ 1.
+    options = {"atol": atol, "maxiter": maxiter, "ridge": ridge, "init": init}
+    return cg(normal_matvec, rmatvec(b), tol=_tol(tol, b), preconditioner=preconditioner, **options)
 
 
 def _materialize(matvec: Matvec, b: PyTree):
@@ -776,6 +852,9 @@ class Spec:
         Aᵀ(A x − b) need vanish (as for ``normal_cg``).
       takes_symmetric: ``fun`` accepts the keyword ``symmetric`` (a structure hint, as
         ``auto``), which the engine then passes when the system is symmetric.
+      direct: ``fun`` without a transposition rule of its own (this module's Krylov solvers
+        are custom linear solves, whose transposed solve rescales the cotangent), for a
+        caller that transposes the system itself, as the engine does; None: ``fun``.
 
     Example: a solver of one's own with a loose tolerance,
     ``custom_root(F, solve=linear_solve.Spec(my_solve, tol=1e-6))``.
@@ -785,6 +864,7 @@ class Spec:
     tol: float | None = None
     least_squares: bool = False
     takes_symmetric: bool = False
+    direct: Callable[..., PyTree] | None = None
 
     def __call__(self, matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
         return self.fun(matvec, b, **options)
@@ -798,15 +878,15 @@ class Spec:
 # This module's solvers: what each one declares (its tol defaults to default_tol).
 _SPECS: dict[Callable, Spec] = {
     auto: Spec(auto, takes_symmetric=True),
-    cg: Spec(cg),
-    gmres: Spec(gmres),
-    bicgstab: Spec(bicgstab),
+    cg: Spec(cg, direct=_DIRECT[cg]),
+    gmres: Spec(gmres, direct=_DIRECT[gmres]),
+    bicgstab: Spec(bicgstab, direct=_DIRECT[bicgstab]),
     normal_cg: Spec(normal_cg, least_squares=True),
     lu: Spec(lu),
     cholesky: Spec(cholesky),
     inv: Spec(inv),
     qr: Spec(qr),
-    iterative_refinement: Spec(iterative_refinement),
+    iterative_refinement: Spec(iterative_refinement, direct=_DIRECT[iterative_refinement]),
 }
 
 
@@ -838,7 +918,10 @@ def spec(solve: str | Callable | None) -> Spec:
     _check_options(func.__name__, keywords)  # at once: a bound option is wrong on every call
     tol = keywords.get("tol")
     tol = float(tol) if isinstance(tol, (int, float)) else None
-    return dataclasses.replace(known, fun=solve, tol=tol)
+    direct = known.direct
+    if direct is not None and keywords:
+        direct = functools.partial(direct, **keywords)
+    return dataclasses.replace(known, fun=solve, tol=tol, direct=direct)
 
 
 def accepts_keyword(fun: Callable, name: str) -> bool:

@@ -196,7 +196,12 @@ class EqualityConstrainedQP(IterativeSolver):
             # A warm start solves in the data's dtype, as OSQP's (a float32 start of float64 data
             # made the refinement's carry change type).
             dtype = jnp.result_type(*params_obj, *(params_eq or ()))
-            x0, nu0 = tree.map(lambda v: jnp.asarray(v).astype(dtype), (x0, nu0))
+
+            def cast(v):  # a real start only (a complex one is refused by name below)
+                v = jnp.asarray(v)
+                return v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
+
+            x0, nu0 = tree.map(cast, (x0, nu0))
         init_params = KKTSolution(x0, nu0, None)
         return super().run(init_params, params_obj, params_eq)
 
