@@ -789,6 +789,24 @@ def auto(
     return {"lu": lu, "cg": cg, "gmres": gmres}[choice](matvec, b, **options)
 
 
+def _auto_direct(
+    matvec: Matvec,
+    b: PyTree,
+    *,
+    symmetric: bool = False,
+    dense_max_size: int = DENSE_MAX_SIZE,
+    **options: Any,
+) -> PyTree:
+    """:func:`auto` choosing among the solvers' direct forms (:attr:`Spec.direct`)."""
+    choice = auto_choice(matvec, b, symmetric=symmetric, dense_max_size=dense_max_size)
+    chosen = {"lu": lu, "cg": _DIRECT[cg], "gmres": _DIRECT[gmres]}[choice]
+    return chosen(matvec, b, **options)
+
+
+_auto_direct.__name__ = "auto"  # (for the messages of its checks)
+_auto_direct = _linear_solver(_auto_direct)
+
+
 _BY_NAME: dict[str, Callable[..., PyTree]] = {
     "auto": auto,
     "cg": cg,
@@ -877,7 +895,7 @@ class Spec:
 
 # This module's solvers: what each one declares (its tol defaults to default_tol).
 _SPECS: dict[Callable, Spec] = {
-    auto: Spec(auto, takes_symmetric=True),
+    auto: Spec(auto, takes_symmetric=True, direct=_auto_direct),
     cg: Spec(cg, direct=_DIRECT[cg]),
     gmres: Spec(gmres, direct=_DIRECT[gmres]),
     bicgstab: Spec(bicgstab, direct=_DIRECT[bicgstab]),
