@@ -1075,3 +1075,34 @@ def test_labels_family_class_index_out_of_range_under_jit_is_nan(name):
     np.testing.assert_allclose(values[[0, 3]], [loss(1, scores), loss(0, scores)], rtol=1e-12)
     assert np.all(np.isnan(values[1:3])) and np.all(np.isnan(grads[1:3]))
     assert np.all(np.isfinite(grads[[0, 3]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "infinite hyperparameters": a ball of infinite radius is the whole space (identity,
+# Jacobian I) and an infinite penalty maps everything to 0 (Jacobian 0). The branch a select
+# does not take must not see the inf: its derivative, inf · 0, was NaN (l2_ball, group_lasso),
+# and elastic_net(x, (inf, 0)) divided 0 by 1 + inf · 0.
+
+INFINITE = {  # name -> (the operator at an infinite hyperparameter, identity?)
+    "l2_ball(inf)": (lambda x: P.l2_ball(x, jnp.inf), True),
+    "l1_ball(inf)": (lambda x: P.l1_ball(x, jnp.inf), True),
+    "linf_ball(inf)": (lambda x: P.linf_ball(x, jnp.inf), True),
+    "box(-inf, inf)": (lambda x: P.box(x, (-jnp.inf, jnp.inf)), True),
+    "halfspace(b = inf)": (lambda x: P.halfspace(x, (jnp.ones(N), jnp.inf)), True),
+    "prox.l1(inf)": (lambda x: prox.l1(x, jnp.inf), False),
+    "prox.ridge(inf)": (lambda x: prox.ridge(x, jnp.inf), False),
+    "prox.group_lasso(inf)": (lambda x: prox.group_lasso(x, jnp.inf), False),
+    "prox.elastic_net(inf, 0)": (lambda x: prox.elastic_net(x, (jnp.inf, 0.0)), False),
+    "prox.elastic_net(inf, 1)": (lambda x: prox.elastic_net(x, (jnp.inf, 1.0)), False),
+}
+
+
+@pytest.mark.parametrize("name", list(INFINITE))
+def test_infinite_hyperparams_family(name):
+    operator, identity = INFINITE[name]
+    x = jnp.asarray(_X)
+    expected_value = _X if identity else np.zeros(N)
+    expected_jacobian = np.eye(N) if identity else np.zeros((N, N))
+    for f in (operator, jax.jit(operator)):
+        np.testing.assert_array_equal(f(x), expected_value)
+        np.testing.assert_array_equal(jax.jacobian(f)(x), expected_jacobian)

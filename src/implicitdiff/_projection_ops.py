@@ -450,7 +450,8 @@ def l2_ball(
     radius = as_dtype_of(hyperparams, jnp.zeros((), tree.dtype(x)))
     norm, divisor, _ = stable_norm(x)
     outside = (norm > radius) | (radius == 0)  # radius 0: the ball is {0}, constant in x
-    factor = jnp.where(outside, radius / divisor, 1.0)
+    # (radius 0 in the branch not taken: an infinite radius would make its derivative NaN)
+    factor = jnp.where(outside, jnp.where(outside, radius, 0) / divisor, 1.0)
     if _checks.is_traced(hyperparams):  # unchecked radius: NaN if negative
         factor = _checks.nan_unless(radius >= 0, factor)
     return tree.map(lambda leaf: (factor * leaf).astype(leaf.dtype), x)

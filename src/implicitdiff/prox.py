@@ -260,7 +260,9 @@ def elastic_net(x: PyTree, hyperparams: Any = (1.0, 1.0), scaling: Any = 1.0) ->
 
     def leaf_prox(leaf: jax.Array, lam_i: Any, gamma_i: Any) -> jax.Array:
         threshold = lam_i * scaling
-        return _soft_threshold(leaf, threshold) / (1 + threshold * gamma_i)
+        # γ = 0 is l1 whatever λ (λ = inf: 0, not 0 / (1 + inf · 0))
+        shrink = jnp.where(gamma_i == 0, 0, threshold * gamma_i)
+        return _soft_threshold(leaf, threshold) / (1 + shrink)
 
     return tree.map(leaf_prox, x, pair(lam), pair(gamma))
 
@@ -374,9 +376,11 @@ def group_lasso(
     safe_norm = unit * jnp.sqrt(jnp.where(positive, squared_norm, 1))
     norm = jnp.where(positive, safe_norm, 0)
     # (a NaN threshold, from a traced negative λ or scaling, gives NaN rather than 0)
+    shrink = norm >= threshold
+    # (the branch not taken sees threshold 0: an infinite λ would make its derivative NaN)
     factor = jnp.where(
-        norm >= threshold,
-        1 - threshold / safe_norm,
+        shrink,
+        1 - jnp.where(shrink, threshold, 0) / safe_norm,
         _checks.nan_unless(threshold >= 0, jnp.zeros((), jnp.result_type(safe_norm))),
     )
     return tree.scale(factor, x)
