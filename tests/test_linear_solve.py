@@ -377,3 +377,17 @@ def test_tolerances_given_as_numpy_or_jax_scalars_are_taken():
     for tol in (np.float32(1e-6), np.float64(1e-10), jnp.asarray(1e-10)):
         got = linear_solve.cg(lambda v: SPD @ v, RHS, tol=tol, atol=np.float64(0.0))
         np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["auto", "cg", "gmres", "bicgstab", "iterative_refinement"])
+def test_spec_direct_forms_solve_as_their_solver(name):
+    """The form the engine calls (Spec.direct: no scaled transposition rule of its own, the
+    engine transposes the system itself), for the names and for a partial with options."""
+    for solve in (name, functools.partial(linear_solve.resolve(name), tol=1e-11)):
+        spec = linear_solve.spec(solve)
+        assert spec.direct is not None and spec.direct is not spec.fun
+        options = {"symmetric": True} if name == "auto" else {}
+        x = spec.direct(lambda v: SPD @ v, RHS, **options)
+        np.testing.assert_allclose(x, spec.fun(lambda v: SPD @ v, RHS), rtol=1e-9)
+        np.testing.assert_allclose(x, np.linalg.solve(SPD, RHS), rtol=1e-8)
+    assert linear_solve.spec("lu").direct is None  # (no transposition rule of its own)

@@ -786,25 +786,10 @@ def auto(
       x, a pytree like b.
     """
     choice = auto_choice(matvec, b, symmetric=symmetric, dense_max_size=dense_max_size)
-    return {"lu": lu, "cg": cg, "gmres": gmres}[choice](matvec, b, **options)
-
-
-def _auto_direct(
-    matvec: Matvec,
-    b: PyTree,
-    *,
-    symmetric: bool = False,
-    dense_max_size: int = DENSE_MAX_SIZE,
-    **options: Any,
-) -> PyTree:
-    """:func:`auto` choosing among the solvers' direct forms (:attr:`Spec.direct`)."""
-    choice = auto_choice(matvec, b, symmetric=symmetric, dense_max_size=dense_max_size)
-    chosen = {"lu": lu, "cg": _DIRECT[cg], "gmres": _DIRECT[gmres]}[choice]
-    return chosen(matvec, b, **options)
-
-
-_auto_direct.__name__ = "auto"  # (for the messages of its checks)
-_auto_direct = _linear_solver(_auto_direct)
+    solvers = {"lu": lu, "cg": cg, "gmres": gmres}
+    if options.pop("_direct", False):  # (Spec.direct of auto: the Krylov solvers' direct forms)
+        solvers = {"lu": lu, "cg": _DIRECT[cg], "gmres": _DIRECT[gmres]}
+    return solvers[choice](matvec, b, **options)
 
 
 _BY_NAME: dict[str, Callable[..., PyTree]] = {
@@ -895,7 +880,7 @@ class Spec:
 
 # This module's solvers: what each one declares (its tol defaults to default_tol).
 _SPECS: dict[Callable, Spec] = {
-    auto: Spec(auto, takes_symmetric=True, direct=_auto_direct),
+    auto: Spec(auto, takes_symmetric=True, direct=functools.partial(auto, _direct=True)),
     cg: Spec(cg, direct=_DIRECT[cg]),
     gmres: Spec(gmres, direct=_DIRECT[gmres]),
     bicgstab: Spec(bicgstab, direct=_DIRECT[bicgstab]),
