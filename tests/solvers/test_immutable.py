@@ -6,10 +6,12 @@ and derivative against closed forms) while the original keeps its own, equality 
 the fields, and the cache of compiled programs stays bounded when each run brings a new function.
 """
 
+import copy
 import dataclasses
 import functools
 import gc
 import inspect
+import pickle
 import weakref
 
 import jax
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from helpers import PlainSGD
 
-from implicitdiff import linear_solve, projections, solvers
+from implicitdiff import linear_solve, projections, prox, solvers
 from implicitdiff.solvers import _base, _compile_cache
 
 A = jnp.array([0.2, 0.3, 0.5])  # sums to 1 (mirror descent on the simplex)
@@ -473,3 +475,76 @@ def test_equal_solvers_share_one_compilation():
     assert len(traces) == n  # no new trace
     solvers.FixedPointIteration(fixed_point_fun=fixed_point_fun, tol=1e-9).run(jnp.zeros(3), A)
     assert len(traces) > n  # another tol: another program
+
+
+# ---------------------------------------------------------------------------------------------
+# Copies and pickles. A solver is immutable: copy.copy and copy.deepcopy return it (a deep copy
+# rebuilt its private caches: a TypeError from the host wrappers' LRU, and ProximalGradient,
+# BlockCoordinateDescent and IterativeRefinement copies unequal to the original), and it pickles
+# as its constructor call (OSQP, BoxOSQP, EqualityConstrainedQP and CvxpyQP held a local
+# function, which pickle refused).
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_copies_of_a_solver_are_the_solver(name):
+    solver = CASES[name].make(1)
+    assert copy.copy(solver) is solver and copy.deepcopy(solver) is solver
+    assert copy.deepcopy({"solver": [solver]})["solver"][0] is solver
+
+
+def _pickled_quadratic(x, a):
+    return jnp.sum(0.5 * (x - a) ** 2)
+
+
+def _pickled_root(x, a):
+    return x - a
+
+
+PICKLED = {
+    "LBFGS": solvers.LBFGS(fun=_pickled_quadratic, tol=1e-10),
+    "ProximalGradient": solvers.ProximalGradient(fun=_pickled_quadratic, prox=prox.l1),
+    "BlockCoordinateDescent": solvers.BlockCoordinateDescent(
+        fun=_pickled_quadratic, block_prox=prox.l1
+    ),
+    "Broyden": solvers.Broyden(fun=_pickled_root),
+    "OSQP": solvers.OSQP(tol=1e-8),
+    "BoxOSQP": solvers.BoxOSQP(),
+    "EqualityConstrainedQP": solvers.EqualityConstrainedQP(),
+    "IterativeRefinement": solvers.IterativeRefinement(),
+    "CvxpyQP": solvers.CvxpyQP("CLARABEL"),
+    "ScipyMinimize": solvers.ScipyMinimize(fun=_pickled_quadratic),
+    "with a partial": solvers.LBFGS(
+        fun=_pickled_quadratic, solve=functools.partial(linear_solve.cg, tol=1e-9)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PICKLED))
+def test_solvers_pickle_as_their_constructor_call(name):
+    solver = PICKLED[name]
+    restored = pickle.loads(pickle.dumps(solver))
+    assert restored is not solver and restored == solver and hash(restored) == hash(solver)
+
+
+def test_a_pickled_solver_runs_and_shares_the_compiled_program():
+    solver = PICKLED["OSQP"]
+    Q, c = jnp.array([[1.0, 0.2], [0.2, 0.8]]), jnp.array([-0.3, 0.5])
+    box = (jnp.eye(2), jnp.full(2, 10.0))
+    expected = solver.run(None, (Q, c), None, box).params.primal
+    restored = pickle.loads(pickle.dumps(solver))
+    np.testing.assert_array_equal(restored.run(None, (Q, c), None, box).params.primal, expected)
+    np.testing.assert_allclose(expected, np.linalg.solve(Q, -c), rtol=1e-7)
+
+
+def test_equal_partials_make_equal_solvers():
+    """functools.partial compares by identity; a solver compares the partial's function and
+    arguments, so that LBFGS(..., solve=partial(cg, tol=...)) written twice is one solver."""
+    one, two = (
+        solvers.LBFGS(fun=_pickled_quadratic, solve=functools.partial(linear_solve.cg, tol=t))
+        for t in (1e-9, 1e-9)
+    )
+    assert one == two and hash(one) == hash(two)
+    other = solvers.LBFGS(
+        fun=_pickled_quadratic, solve=functools.partial(linear_solve.cg, tol=1e-8)
+    )
+    assert other != one

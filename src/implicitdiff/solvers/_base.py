@@ -60,6 +60,11 @@ class OptStep(NamedTuple):
     __repr__ = _summary.namedtuple_repr
 
 
+def _rebuild(cls: type, fields: dict) -> Any:
+    """A solver from its constructor's fields (unpickling; see DifferentiableRun.__reduce__)."""
+    return cls(**fields)
+
+
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class DifferentiableRun(abc.ABC):
     """``run`` for every solver: ``self._solution`` wrapped for implicit differentiation, jitted.
@@ -191,6 +196,20 @@ class DifferentiableRun(abc.ABC):
 
     def __hash__(self) -> int:
         return hash(self._field_key())
+
+    # A solver is immutable: a copy is itself (a deep copy rebuilt the private caches, which
+    # failed for the host wrappers' LRU and made some copies unequal: a recompilation), and it
+    # pickles as its constructor call, so that the caches and conditions built in
+    # __post_init__ (local functions, which pickle cannot take) are rebuilt.
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo: dict):
+        return self
+
+    def __reduce__(self):
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return (_rebuild, (type(self), fields))
 
     @abc.abstractmethod
     def _solution(self, init_params: PyTree, /, *args, **kwargs) -> tuple[PyTree, Any]:

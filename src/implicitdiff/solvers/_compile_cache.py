@@ -8,6 +8,7 @@ outlives the settings it was built from; :class:`CompiledView` is one solver's v
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any
 
 __all__ = ["COMPILE_CACHE_SIZE", "LRU", "CompiledView", "freeze"]
@@ -79,7 +80,11 @@ class _Unhashable:
 
 def freeze(value: Any) -> Any:
     """A hashable stand-in for a field value: the value if hashable, dicts and sequences by their
-    frozen items, anything else (an array) by identity."""
+    frozen items, anything else (an array) by identity. A ``functools.partial`` is compared by
+    its function and arguments (partial objects compare by identity: two equal ones, written
+    twice or unpickled, would make two solvers unequal, and compile twice)."""
+    if isinstance(value, functools.partial):
+        return (functools.partial, freeze(value.func), freeze(value.args), freeze(value.keywords))
     try:
         hash(value)
     except TypeError:
