@@ -57,6 +57,11 @@ def test_huge_and_tiny_right_hand_sides_family(name):
         big = 2.0**600
         x = linear_solve.resolve(name)(lambda v: SPD @ v, RHS * big, init=RHS * big, atol=1e-300)
         np.testing.assert_allclose(x / big, np.linalg.solve(SPD, RHS), rtol=1e-8)
+    if name in ("cg", "gmres", "bicgstab", "iterative_refinement"):
+        # Under jit with b a constant (XLA folded the scale back out of vdot(b, b): x = 0) and a
+        # traced atol (a truth test of it raised).
+        traced = jax.jit(lambda atol: solve(lambda v: SPD @ v, RHS * 2.0**600, atol=atol))
+        np.testing.assert_allclose(traced(1e-300) / 2.0**600, np.linalg.solve(SPD, RHS), 1e-8)
     tiny = 2.0**-600
     jac = jax.jacobian(lambda b: solve(lambda v: SPD @ v, b))(RHS * tiny)  # A⁻¹ at any b
     np.testing.assert_allclose(jac, np.linalg.inv(SPD), rtol=1e-7, atol=1e-9)

@@ -241,9 +241,12 @@ def _scaled_solve(wrapped: Callable, matvec: Matvec, b: PyTree, options: dict) -
     options = dict(options)
     if options.get("init") is not None:
         options["init"] = tree.scale(inverse.astype(tree.dtype(options["init"])), options["init"])
-    if options.get("atol"):
+    if options.get("atol") is not None:  # (possibly traced: no truth test)
         options["atol"] = options["atol"] * inverse
-    x = wrapped(matvec, tree.scale(inverse.astype(tree.dtype(b)), b), **options)
+    # (Behind an optimization barrier: with b a constant, XLA's simplifier would fold the
+    # scale out of the solver's vdot(b, b) again, which then overflowed.)
+    scaled = jax.lax.optimization_barrier(tree.scale(inverse.astype(tree.dtype(b)), b))
+    x = wrapped(matvec, scaled, **options)
     return tree.scale(scale.astype(tree.dtype(x)), x)
 
 

@@ -97,10 +97,8 @@ def _label_vector_and_scores(label: Any, scores: Any, fn_name: str) -> tuple[jax
         valid = (label >= 0) & (label < num_classes) & (label % 1 == 0)
         one_hot = jax.nn.one_hot(label, num_classes, dtype=scores.dtype)
         return _checks.nan_unless(valid[..., None], one_hot), scores
-    if (
-        concrete is not None
-        and concrete.size
-        and (np.any(concrete < 0) or np.any(concrete >= num_classes) or np.any(concrete % 1 != 0))
+    if concrete.size and (
+        np.any(concrete < 0) or np.any(concrete >= num_classes) or np.any(concrete % 1 != 0)
     ):
         raise ValueError(
             f"{fn_name}: label must be an integer class index in [0, {num_classes}), "
