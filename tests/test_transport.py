@@ -46,9 +46,12 @@ def problem(seed: int, n: int = 4, m: int = 5, spread: float = 1.0):
 # Independent references.
 
 
-def scipy_euclidean(x, a, b) -> np.ndarray:
-    """argmin ½‖P − X‖² over U(a, b) by SLSQP (the last column constraint is implied)."""
+def scipy_euclidean(x, a, b, zero=None) -> np.ndarray:
+    """argmin ½‖P − X‖² over U(a, b) by SLSQP (the last column constraint is implied); with
+    ``zero`` (a boolean mask), also Pᵢⱼ = 0 there (X's values there are then not read)."""
     x, a, b = (np.asarray(v, dtype=np.float64) for v in (x, a, b))
+    zero = np.zeros(x.shape, bool) if zero is None else np.asarray(zero)
+    x = np.where(zero, 0.0, x)
     n, m = x.shape
     rows = np.kron(np.eye(n), np.ones(m))  # (n, nm): row sums of P.ravel()
     cols = np.kron(np.ones(n), np.eye(m))[:-1]  # (m − 1, nm): column sums but the last
@@ -59,7 +62,7 @@ def scipy_euclidean(x, a, b) -> np.ndarray:
         np.full(n * m, a.sum() / (n * m)),
         jac=lambda p: p - x.ravel(),
         method="SLSQP",
-        bounds=[(0.0, None)] * (n * m),
+        bounds=[(0.0, 0.0) if z else (0.0, None) for z in zero.ravel()],
         constraints=[
             {"type": "eq", "fun": lambda p: constraints @ p - rhs, "jac": lambda p: constraints}
         ],
@@ -430,3 +433,72 @@ def test_transport_family_huge_inputs(name, dtype, scale):
     h = 1e-4
     fd = (_lp_vertex(x0, a + h * da, b + h * db) - _lp_vertex(x0, a - h * da, b - h * db)) / (2 * h)
     np.testing.assert_allclose(np.asarray(jvp), fd, atol=1e-7)
+
+
+# Masked cells and shifted rows: the projections are invariant to X + r1ᵀ + 1cᵀ, and a cell far
+# below the rest carries no mass when the others can carry the marginals.
+_MASK = np.zeros((4, 5), bool)
+_MASK[0, 1] = _MASK[1, 1] = _MASK[2, 3] = _MASK[3, 0] = True
+
+
+def _masked_reference(kind, x, a, b):
+    if kind == "euclidean":
+        return scipy_euclidean(x, a, b, zero=_MASK)
+    return numpy_sinkhorn(np.where(_MASK, -np.inf, np.asarray(x)), a, b)
+
+
+@pytest.mark.parametrize("mask_value", [-np.inf, -1e300, -1e12])
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_transport_family_masked_cells(kind, mask_value):
+    """Cells set to −∞ (a mask) or to a finite value far below the rest (−1e12, −1e300) carry
+    no mass, and the others are the projection onto U(a, b) with those cells at 0 (SLSQP with
+    them bounded to 0; Sinkhorn with exp(−∞) = 0). It was silently wrong: −∞ gave P = 0, every
+    marginal missed; −1e12 made the spread of X wide and gave the limit of tX (t → ∞), 0.23
+    off. Derivatives: in X on the free cells, against central differences, and 0 on the masked
+    ones; the jacobian of the −∞ case is finite."""
+    x, a, b = problem(5)
+    masked = jnp.where(jnp.asarray(_MASK), mask_value, x)
+    p = TRANSPORT[kind](masked, (a, b), tol=TIGHT)
+    np.testing.assert_allclose(p, _masked_reference(kind, x, a, b), atol=1e-7)
+    assert np.all(np.asarray(p)[_MASK] == 0)
+    tangent = jnp.where(jnp.asarray(_MASK), 0.0, random_tangent(x, seed=3))
+    expected = finite_difference_jvp(lambda v: tight(kind)(v, (a, b)), masked, tangent)
+    _, jvp, (grad_x, _) = transport_derivatives(
+        kind, (masked, (a, b)), (tangent, (jnp.zeros_like(a), jnp.zeros_like(b))), x
+    )
+    np.testing.assert_allclose(jvp, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(grad_x))
+    np.testing.assert_array_equal(np.asarray(grad_x)[_MASK], 0.0)
+
+
+@pytest.mark.parametrize("shift", [-1e12, 1e12])
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_transport_family_shifted_rows_and_columns(kind, shift):
+    """X + r1ᵀ + 1cᵀ with one row and one column shifted by ±1e12 projects as X does, to the
+    rounding of the shifted input (1e12 · eps ≈ 1e-4 on its entries): it gave the limit of tX
+    (t → ∞), 0.44 off. Birkhoff too, and a single entry 1e12 above the rest there (X₀₀: the
+    rest of P is the projection of the other block) gives what 1e4 gives."""
+    x, a, b = problem(6)
+    shifted = x.at[1, :].add(shift).at[:, 2].add(shift)
+    np.testing.assert_allclose(
+        TRANSPORT[kind](shifted, (a, b)), TRANSPORT[kind](x, (a, b)), atol=1e-3
+    )
+    square, _, _ = problem(7, n=4, m=4)
+    np.testing.assert_allclose(
+        BIRKHOFF[kind](square.at[0, :].add(shift)), BIRKHOFF[kind](square), atol=1e-3
+    )
+    if kind == "euclidean":
+        np.testing.assert_allclose(
+            birkhoff_polytope(square.at[0, 0].set(abs(shift))),
+            birkhoff_polytope(square.at[0, 0].set(1e4)),
+            atol=1e-9,
+        )
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_transport_family_mass_forced_onto_minus_infinity_or_plus_infinity_is_nan(kind):
+    """A row of −∞ must still carry its marginal (no finite P is the limit) and a +∞ entry
+    would take unbounded mass: both give NaN, flagged (−∞ gave P = 0, +∞ gave P = ∞)."""
+    x, a, b = problem(8)
+    assert np.all(np.isnan(TRANSPORT[kind](x.at[2, :].set(-jnp.inf), (a, b))))
+    assert np.all(np.isnan(TRANSPORT[kind](x.at[2, 3].set(jnp.inf), (a, b))))

@@ -292,21 +292,70 @@ def _project_jit(x, a, b, maxiter, tol, *, kind, solve):
     mu = _marginal_scale(a, b)
     x = x / mu if kind == "euclidean" else x
     a, b = a / mu, b / mu
-    finite = jnp.isfinite(x)
-    spread = jax.lax.stop_gradient(
-        jnp.max(jnp.where(finite, x, -jnp.inf)) - jnp.min(jnp.where(finite, x, jnp.inf))
-    )
+    x = _without_shifts(x)
     level = _probe_level(x.dtype)
     threshold = 2.0 ** (level if kind == "euclidean" else level + 10)
-    use_limit = jnp.isfinite(spread) & (spread > threshold)
+    # Entries far below the largest finite one (−∞ included, a mask) are raised to a floor
+    # ``threshold`` below it, so that the problem solved has a spread the ordinary path handles.
+    # Where the floor's cells get P = 0 (exactly: the ReLU, or exp underflowing), the result is
+    # the projection of X itself: lowering an entry outside the support changes neither P nor
+    # the potentials that certify it (the dual gradient is the same). Otherwise mass is forced
+    # onto cells far below the rest: the spread is wide throughout, and the limit path solves
+    # the projection of X (NaN where X has −∞ there: no finite P is the limit then).
+    floor = _finite_max(x) - threshold
+    raised = x < floor
+    lifted = jnp.where(raised, floor, x)
+    # (The Euclidean solver starts as if the floor's cells were at the top, 0: from the floor,
+    # its start would have potentials of the floor's size, too far to come back from exactly.)
+    start = jnp.where(raised, 0.0, x)
+    potentials = _potentials(
+        *jax.lax.stop_gradient((lifted, a, b)), maxiter, tol, kind=kind, start=start
+    )
+    p = jax.lax.stop_gradient(_primal(kind, lifted, *potentials))
+    # (The marginals must be met too: with the KL projection, cells that must carry mass but
+    # sit 2^34 below the rest underflow to 0 while Sinkhorn fails to converge.)
+    gradient = _dual_gradient(kind, potentials, jax.lax.stop_gradient(lifted), a, b)
+    violation = jax.lax.stop_gradient(jnp.maximum(*(jnp.max(jnp.abs(g)) for g in gradient)))
+    met = violation <= 2.0 * _threshold(tol, a, b)
+    exact = jnp.all(jnp.where(raised, p == 0, True)) & (met | jnp.logical_not(jnp.any(raised)))
 
     def ordinary(operands):
-        return _project_unit(*operands, maxiter, tol, kind=kind, solve=solve)
+        _, lifted, a, b = operands
+        return _with_derivative(potentials, lifted, a, b, kind=kind, solve=solve)
 
     def limit(operands):
-        return _project_limit(*operands, spread, maxiter, tol, kind=kind, solve=solve)
+        x, _, a, b = operands
+        finite = jnp.isfinite(x)
+        spread = jax.lax.stop_gradient(
+            jnp.max(jnp.where(finite, x, -jnp.inf)) - jnp.min(jnp.where(finite, x, jnp.inf))
+        )
+        p = _project_limit(
+            jnp.where(finite, x, 0.0), a, b, spread, maxiter, tol, kind=kind, solve=solve
+        )
+        return _checks.nan_unless(jnp.all(x > -jnp.inf), p)
 
-    return mu * jax.lax.cond(use_limit, limit, ordinary, (x, a, b))
+    p = jax.lax.cond(exact, ordinary, limit, (x, lifted, a, b))
+    # +∞ in X: every finite P is beaten by moving mass onto it; no projection to return.
+    return mu * _checks.nan_unless(jnp.all(x < jnp.inf), p)
+
+
+def _finite_max(x: jax.Array, axis: Any = None) -> jax.Array:
+    """The largest finite entry (along ``axis``), 0 where there is none; cut from the graph."""
+    top = jnp.max(jnp.where(jnp.isfinite(x), x, -jnp.inf), axis=axis, keepdims=axis is not None)
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+
+
+def _without_shifts(x: jax.Array) -> jax.Array:
+    """X less its rows' and then its columns' largest finite entries.
+
+    Both projections are invariant to X + r1ᵀ + 1cᵀ (⟨P, r1ᵀ + 1cᵀ⟩ = ⟨ā, r⟩ + ⟨b̄, c⟩ is the
+    same for every P of the polytope), and so are their derivatives. A row of entries near 1e12
+    becomes one of O(1) entries, exactly where they are within a factor 2 of its largest one (a
+    difference of close numbers is exact), which the ordinary path solves; left as they were,
+    such a row would have made the spread of X wide and the result that of its limit.
+    """
+    x = x - _finite_max(x, axis=1)
+    return x - _finite_max(x, axis=0)
 
 
 def _probe_level(dtype: Any) -> int:
@@ -353,17 +402,32 @@ def _project_limit(x, a, b, spread, maxiter, tol, *, kind, solve):
 
 
 def _project_unit(x, a, b, maxiter, tol, *, kind, solve):
+    potentials = _potentials(*jax.lax.stop_gradient((x, a, b)), maxiter, tol, kind=kind)
+    return _with_derivative(potentials, x, a, b, kind=kind, solve=solve)
+
+
+def _potentials(x, a, b, maxiter, tol, *, kind, start=None):
+    """The dual solution (α, β) of the projection of X onto U(a, b) (not differentiated); the
+    Euclidean solver starts from the dual solution of :func:`_euclidean_init` for ``start`` (a
+    matrix like X, X itself by default)."""
     if kind == "euclidean":
-        solver = functools.partial(_euclidean_solver, maxiter=maxiter, tol=tol)
-        optimality = _euclidean_optimality
-        init = _euclidean_init(x, a, b)
-    else:
-        solver = functools.partial(_sinkhorn_solver, maxiter=maxiter, tol=tol)
-        optimality = _kl_optimality
-        init = (jnp.zeros_like(a), jnp.zeros_like(b))
-    solver = custom_root(optimality, solve=solve, symmetric=True)(solver)
-    alpha, beta = solver(init, x, a, b)
+        init = _euclidean_init(x if start is None else start, a, b)
+        return _euclidean_solver(init, x, a, b, maxiter=maxiter, tol=tol)
+    init = (jnp.zeros_like(a), jnp.zeros_like(b))
+    return _sinkhorn_solver(init, x, a, b, maxiter=maxiter, tol=tol)
+
+
+def _with_derivative(potentials, x, a, b, *, kind, solve):
+    """P of the potentials found for (X, a, b), with the implicit derivative of ∇D = 0 at them."""
+    optimality = _euclidean_optimality if kind == "euclidean" else _kl_optimality
+    found = custom_root(optimality, solve=solve, symmetric=True)(_found)
+    alpha, beta = found(jax.lax.stop_gradient(potentials), x, a, b)
     return _primal(kind, x, alpha, beta)
+
+
+def _found(potentials, x, a, b):
+    """The "solver" of :func:`_with_derivative`: the potentials it is given, already found."""
+    return potentials
 
 
 def _marginal_scale(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -474,6 +538,11 @@ def transport_polytope(
     map). A negative entry of a, b, ā or b̄ makes U(a, b) empty: concrete marginals raise
     ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P.
 
+    X may mask cells with −∞ (or any value far below the rest, −1e12 say): they get no mass,
+    and their derivative is 0, as long as the other cells can carry the marginals (otherwise,
+    for −∞, P is NaN). A +∞ entry gives NaN. Rows and columns of X are shifted by their largest
+    entries first (P does not change), so a row of entries near 1e12 is solved at O(1).
+
     Stopping criterion: ‖∇D(α, β)‖∞ ≤ tol · max(‖a‖∞, ‖b‖∞), that is, every row and column sum of
     P is within that distance of its marginal; or after ``maxiter`` iterations, or when the line
     search finds no step that decreases the dual objective (tol below what rounding allows); the
@@ -537,6 +606,11 @@ def kl_transport_polytope(
     are ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and derivatives follow that
     map). A negative entry of a, b, ā or b̄ makes U(a, b) empty: concrete marginals raise
     ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P.
+
+    X may mask cells with −∞ (or any value far below the rest, −1e12 say): they get no mass as
+    long as the other cells can carry the marginals (otherwise, for −∞, P is NaN). A +∞ entry
+    gives NaN. Rows and columns of X are shifted by their largest entries first (P does not
+    change), so a row of entries near 1e12 is solved at O(1).
 
     Stopping criterion: after each β update the column sums are exact; the iterations stop when
     every row sum is within tol · max(‖a‖∞, ‖b‖∞) of its marginal, and that (α, β) is returned;
