@@ -1106,3 +1106,53 @@ def test_infinite_hyperparams_family(name):
     for f in (operator, jax.jit(operator)):
         np.testing.assert_array_equal(f(x), expected_value)
         np.testing.assert_array_equal(jax.jacobian(f)(x), expected_jacobian)
+
+
+# name → why an input with a ±∞ entry projects to NaN (flagged) rather than to its limit.
+NAN_AT_INFINITY = {
+    "hyperplane": "the limit has ±∞ entries along the plane; ∞ − ∞ loses the finite rest",
+    "halfspace": "as the hyperplane, where the entry's direction leaves the half-space",
+    "affine_set": "as the hyperplane: ∞ − ∞ in x − Aᵀ(AAᵀ)⁻¹(Ax − b)",
+    "polyhedron": "its QP solver's iterates are not finite",
+    "box_section": "the bisection's bracket of the multiplier comes from x",
+    "second_order_cone": "the limit has ±∞ entries; ∞ − ∞ in its formula",
+    "psd_cone": "an eigendecomposition of a matrix with ±∞ entries",
+}
+# +∞ only: the transport sets (a +∞ entry would take unbounded mass; −∞ is a mask, exact).
+_PLUS_INFINITY_NAN = ("transport_polytope", "kl_transport_polytope")
+_PLUS_INFINITY_NAN += ("birkhoff_polytope", "kl_birkhoff_polytope")
+
+
+def _with_entry(x, index, value):
+    if isinstance(x, tuple):  # the second-order cone's (t, x)
+        return (x[0], x[1].at[index].set(value))
+    return x.reshape(-1).at[index].set(value).reshape(x.shape)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_projection_family_infinite_entries(name):
+    """Every projection with its first or second entry at +∞ or −∞: the limit of that entry at
+    ±1e150 (entries of the limit beyond 1e100 read as ±∞), or NaN throughout for the sets of
+    ``NAN_AT_INFINITY`` (flagged) — never NaN in part, never finite and wrong. Where the limit
+    is finite, the Jacobian is finite too. The simplex, ℓ₁ and ℓ₂ sets gave NaN (∞ − ∞, ∞ · 0):
+    now simplex([∞, 1, ∞, 0]) = (½, 0, ½, 0) and l2_ball([∞, 1], r) = (r, 0)."""
+    function = getattr(P, name)
+    x, h = SAMPLES[name](jnp.float64)
+    call = function if h is None else lambda v: function(v, h)
+    for index, sign in itertools.product((0, 1), (1.0, -1.0)):
+        where = f"{name}: entry {index} at {sign * np.inf}"
+        leaves = jax.tree_util.tree_leaves(call(_with_entry(x, index, sign * jnp.inf)))
+        expect_nan = name in NAN_AT_INFINITY or (name in _PLUS_INFINITY_NAN and sign > 0)
+        if expect_nan:
+            if all(np.all(np.isnan(leaf)) for leaf in leaves):
+                continue
+        limit = jax.tree_util.tree_leaves(call(_with_entry(x, index, sign * 1e150)))
+        for got, ref in zip(leaves, limit, strict=True):
+            got, ref = np.asarray(got), np.asarray(ref)
+            assert not np.any(np.isnan(got)), where
+            big = np.abs(ref) > 1e100
+            np.testing.assert_array_equal(got[big], np.sign(ref[big]) * np.inf, err_msg=where)
+            np.testing.assert_allclose(got[~big], ref[~big], atol=1e-9, err_msg=where)
+        if all(np.all(np.isfinite(leaf)) for leaf in leaves) and not isinstance(x, tuple):
+            jac = jax.jacobian(call)(_with_entry(x, index, sign * jnp.inf))
+            assert all(np.all(np.isfinite(j)) for j in jax.tree_util.tree_leaves(jac)), where

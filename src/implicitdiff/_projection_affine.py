@@ -21,6 +21,7 @@ from implicitdiff._projection_common import (
     check_feasible_flag,
     check_ordered,
     float_array,
+    nan_throughout,
     stable_norm,
 )
 from implicitdiff._typing import PyTree
@@ -100,7 +101,8 @@ def _project_onto_constraint(
     # a = 0: the whole space if b ≥ 0 (inequality) or b = 0, else the empty set (NaN).
     whole_space = (b_hat >= 0) if inequality else (b_hat == 0)
     valid = nonzero | whole_space
-    return tree.map(lambda leaf: _checks.nan_unless(valid, leaf), tree.where(nonzero, p, x))
+    p = tree.map(lambda leaf: _checks.nan_unless(valid, leaf), tree.where(nonzero, p, x))
+    return nan_throughout(p)  # x with ±∞ across the set: ∞ − ∞
 
 
 def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
@@ -245,7 +247,7 @@ def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Ar
                 "affine_set: the set {y: A y = b} is empty: b is not in the range of A (up to "
                 f"rounding; A has shape {A.shape} and numerical rank {int(np.sum(kept))})"
             )
-    return _affine_projection(x, A, b)
+    return nan_throughout(_affine_projection(x, A, b))  # x with ±∞: ∞ − ∞
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,4 +399,4 @@ def box_section(
     p = _box_section_primal(mu, x, alpha, beta, w)
     if _checks.is_traced((alpha, beta, w, c)):  # unchecked set: NaN where it is empty
         p = _checks.nan_unless(non_empty, p)
-    return p
+    return nan_throughout(p)  # x with ±∞: the multiplier's bracket is not finite

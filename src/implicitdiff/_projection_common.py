@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -86,3 +87,42 @@ def stable_norm(x: PyTree) -> tuple[jax.Array, jax.Array, jax.Array]:
     positive = square > 0
     divisor = (scale * safe_sqrt(square, positive)).astype(square.dtype)
     return jnp.where(positive, divisor, 0).astype(square.dtype), divisor, positive
+
+
+def limit_at_infinity(x: PyTree, length: jax.Array) -> PyTree:
+    """x, or where an entry of x is ±∞, the direction x takes in the limit: ``length`` · sign on
+    its infinite entries and 0 on the others (x/‖x‖₂ as the infinite entries grow alike, times
+    ``length``√k for k of them). A projection onto a bounded set that depends on x only through
+    that direction when ‖x‖ → ∞ (the ℓ₂ ball and sphere) is then its limit, finite, where x
+    itself would make ∞ · 0 = NaN. Constant in x where it applies; NaN entries stay NaN.
+    """
+    infinite = jnp.isinf(jax.lax.stop_gradient(tree.norm(x, jnp.inf)))
+
+    def leaf_limit(leaf):
+        if jnp.iscomplexobj(leaf):
+            return leaf
+        direction = jnp.where(jnp.isinf(leaf), jnp.sign(leaf), 0).astype(leaf.dtype)
+        return jnp.where(infinite, jax.lax.stop_gradient(length * direction), leaf)
+
+    return tree.map(leaf_limit, x)
+
+
+def nan_throughout(p: PyTree, axes: tuple[int, ...] | None = None) -> PyTree:
+    """p, or NaN throughout where some entry of p is NaN (over the whole tree, or per slice of
+    each leaf over ``axes``, a batch of matrices say). For the projections whose formula meets
+    ∞ − ∞ when x has an infinite entry (an affine set, a cone): their other entries are then
+    not the limit either, and a result NaN in part would read as right where it is finite."""
+    leaves = jax.tree_util.tree_leaves(p)
+    if axes is not None:
+        return tree.map(
+            lambda leaf: _checks.nan_unless(
+                jnp.logical_not(jnp.any(jnp.isnan(leaf), axis=axes, keepdims=True)), leaf
+            ),
+            p,
+        )
+    if not leaves:
+        return p
+    clean = jnp.logical_not(
+        functools.reduce(jnp.logical_or, [jnp.any(jnp.isnan(v)) for v in leaves])
+    )
+    return tree.map(lambda leaf: _checks.nan_unless(clean, leaf), p)

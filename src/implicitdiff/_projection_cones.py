@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from implicitdiff import _checks
-from implicitdiff._projection_common import as_dtype_of, float_array, stable_norm
+from implicitdiff._projection_common import as_dtype_of, float_array, nan_throughout, stable_norm
 
 __all__ = ["psd_cone", "second_order_cone"]
 
@@ -46,7 +46,7 @@ def second_order_cone(x: tuple[ArrayLike, ArrayLike], hyperparams: None = None) 
     half = 0.5 * (t + jnp.where(boundary, divisor, 0))
     t_out = jnp.where(inside, t, jnp.where(polar, 0, half))
     z_out = jnp.where(inside, z, jnp.where(polar, 0, (half / divisor) * z))
-    return t_out.astype(t.dtype), z_out.astype(z.dtype)
+    return nan_throughout((t_out.astype(t.dtype), z_out.astype(z.dtype)))  # ±∞: ∞ − ∞
 
 
 @jax.custom_jvp
@@ -98,4 +98,5 @@ def psd_cone(x: ArrayLike, hyperparams: None = None) -> jax.Array:
     x = float_array(x)
     if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
         raise ValueError(f"psd_cone needs square matrices (..., n, n), got shape {x.shape}")
-    return _psd_symmetric(0.5 * (x + jnp.swapaxes(x, -1, -2)))
+    # ±∞ in a matrix: its eigendecomposition is not finite; NaN throughout that matrix.
+    return nan_throughout(_psd_symmetric(0.5 * (x + jnp.swapaxes(x, -1, -2))), axes=(-2, -1))

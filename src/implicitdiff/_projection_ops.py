@@ -32,6 +32,7 @@ from implicitdiff._projection_common import (
     check_ordered,
     float_array,
     jaxopt_keyword,
+    limit_at_infinity,
     stable_norm,
 )
 from implicitdiff._projection_cones import psd_cone as psd_cone
@@ -227,8 +228,12 @@ def _simplex_vector(x: jax.Array, scale: jax.Array) -> jax.Array:
     """Projection of the vector x onto {p ≥ 0, Σp = scale}: p = max(x − τ, 0).
 
     Computed as max((x − m) − τ′, 0) with m = max(x) and τ′ = τ − m the threshold of x − m.
+    With +∞ entries, the limit: they share the mass equally, the others get none.
     """
-    v = x - jnp.max(x)
+    m = jnp.max(x)
+    # An entry equal to the largest one shifts to 0 exactly: +∞ entries too (∞ − ∞ would be
+    # NaN), which then share the mass as the limit of equal large entries does.
+    v = jnp.where(x == m, 0, x - m)
     return jnp.maximum(v - _simplex_threshold(v, scale), 0)
 
 
@@ -448,6 +453,9 @@ def l2_ball(
     hyperparams = _set_size("l2_ball", hyperparams, "max_value", max_value, "radius")
     x = tree.map(float_array, x)
     radius = as_dtype_of(hyperparams, jnp.zeros((), tree.dtype(x)))
+    # x with an infinite entry: its limit direction, outside the ball (radius + 1 ≥ its norm
+    # / √k), so that p = radius · direction / ‖direction‖; an infinite radius keeps x.
+    x = limit_at_infinity(x, jnp.where(radius < jnp.inf, radius + 1, jnp.inf))
     norm, divisor, _ = stable_norm(x)
     outside = (norm > radius) | (radius == 0)  # radius 0: the ball is {0}, constant in x
     # (radius 0 in the branch not taken: an infinite radius would make its derivative NaN)
@@ -479,6 +487,7 @@ def l2_sphere(x: PyTree, hyperparams: ArrayLike = ONE, *, value: ArrayLike | Non
     hyperparams = _set_size("l2_sphere", hyperparams, "value", value, "radius")
     x = tree.map(float_array, x)
     radius = as_dtype_of(_checks.nan_if_negative(hyperparams), jnp.zeros((), tree.dtype(x)))
+    x = limit_at_infinity(x, jnp.ones_like(radius))  # an infinite entry: its limit direction
     _, divisor, nonzero = stable_norm(x)
     factor = radius / divisor
     leaves, treedef = jax.tree_util.tree_flatten(x)

@@ -15,6 +15,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from implicitdiff import _checks
+from implicitdiff._projection_common import nan_throughout
 from implicitdiff.solvers import OSQP
 
 __all__ = ["polyhedron"]
@@ -149,7 +150,7 @@ def polyhedron(
             "polyhedron: the set {y: A y = b, G y ≤ h} is empty (OSQP found it primal "
             "infeasible): check A, b, G, h"
         )
-    return _checks.nan_unless(state.status != 2, p)
+    return nan_throughout(_checks.nan_unless(state.status != 2, p))  # x with ±∞: not finite
 
 
 def _is_traced(value: Any) -> bool:
