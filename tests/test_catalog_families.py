@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import re
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +26,7 @@ from implicitdiff import isotonic, losses, perturbations, prox
 from implicitdiff import projections as P
 from implicitdiff.solvers import ProjectedGradient, ProximalGradient
 
+_SRC = Path(__file__).resolve().parents[1] / "src"
 N = 5
 _X = np.array([0.7, -1.3, 0.2, 1.1, -0.4])
 _M = np.array([[0.5, -0.2, 0.9], [0.1, 0.3, -0.6], [0.8, 0.4, 0.2]])  # for the matrix sets
@@ -1156,3 +1161,57 @@ def test_projection_family_infinite_entries(name):
         if all(np.all(np.isfinite(leaf)) for leaf in leaves) and not isinstance(x, tuple):
             jac = jax.jacobian(call)(_with_entry(x, index, sign * jnp.inf))
             assert all(np.all(np.isfinite(j)) for j in jax.tree_util.tree_leaves(jac)), where
+
+
+_SVD_AT_INFINITY = r"""
+import warnings
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+import implicitdiff
+from implicitdiff import diagnostics, projections, prox
+warnings.simplefilter("ignore")
+m = jnp.asarray(np.outer([0.7, -1.3, 0.2, 1.1, -0.4], [1.0, -0.5, 0.25])).at[0, 0].set(jnp.inf)
+out = {"nuclear_norm": prox.nuclear_norm(m, 0.3)}
+a = jnp.eye(3).at[0, 1].set(jnp.inf)
+out["affine_set"] = jax.jit(projections.affine_set)(jnp.ones(3), (a, jnp.ones(3)))
+try:
+    projections.affine_set(jnp.ones(3), (a, jnp.ones(3)))
+except ValueError as e:
+    assert "A and b must be finite" in str(e), e
+else:
+    raise AssertionError("a concrete A with ∞ was accepted")
+def F(x, theta):
+    return a @ x - theta
+@implicitdiff.custom_root(F, solve="cg", on_failure="fallback")
+def solver(init, theta):
+    return init
+out["fallback"] = jax.grad(lambda t: jnp.sum(solver(jnp.ones(3), t)))(jnp.ones(3))
+out["jacobian_error_bound"] = diagnostics.jacobian_error_bound(F, jnp.ones(3), jnp.ones(3)).bound
+for name, value in out.items():  # the bound: inf or NaN, no finite claim
+    assert not np.any(np.isfinite(np.asarray(value))), (name, value)
+print("ok")
+"""
+
+
+def test_svd_family_infinite_entries_give_nan_not_a_hang():
+    """Every SVD of the package (prox.nuclear_norm, affine_set's factors of a traced A (a concrete
+    one with ∞ is refused by name: it read as an empty set of rank 0), the engine's dense
+    least-squares fallback, diagnostics.jacobian_error_bound) on a matrix with an entry at +∞:
+    NaN (the bound: not finite). JAX's SVD with singular vectors (and lstsq, pinv) never
+    returned on such small matrices (jax 0.10, CPU): nuclear_norm ran for ten minutes before it
+    was stopped. Run in a
+    subprocess with a time limit, so that a regression fails here instead of stopping the
+    suite."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(_SRC), env.get("PYTHONPATH", "")])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _SVD_AT_INFINITY],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("an SVD of a matrix with an infinite entry did not return in 180 s")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -58,6 +58,19 @@ def real_float_array(x: Any) -> jax.Array:
     return x
 
 
+def without_infinities(a: jax.Array) -> jax.Array:
+    """``a`` with its ±∞ entries replaced by NaN, for an SVD.
+
+    On the CPU, JAX's SVD with singular vectors (``jnp.linalg.svd``, and ``lstsq`` and ``pinv``
+    through it) never returns on a small matrix that holds ±∞ (jax 0.10: a 5 × 3 or a 4 × 4
+    matrix with one entry ∞ ran for minutes); with NaN it returns NaN at once. The result is
+    NaN either way, as it would be for such a matrix; finite entries and their derivatives are
+    unchanged. (The NaN is made only where there is an ∞, as ∞ · 0: no NaN operation for
+    ``jax.debug_nans`` to report on a finite matrix.)
+    """
+    return jnp.where(jnp.isinf(a), a * 0, a)
+
+
 def nan_unless(valid: Any, leaf: Any) -> jax.Array:
     """``leaf`` where ``valid``, NaN elsewhere (in the leaf's floating dtype).
 

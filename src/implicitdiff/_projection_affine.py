@@ -161,7 +161,7 @@ def _affine_factors(A: jax.Array, b: jax.Array):
     """
     m, n = A.shape
     eps = jnp.finfo(A.dtype).eps
-    U, sigma, Vt = jnp.linalg.svd(A, full_matrices=False)
+    U, sigma, Vt = jnp.linalg.svd(_checks.without_infinities(A), full_matrices=False)
     sigma_max = jnp.max(sigma, initial=0)
     kept = sigma > max(m, n) * eps * sigma_max
     inverse = jnp.where(kept, 1 / jnp.where(kept, sigma, 1), 0)
@@ -241,6 +241,8 @@ def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Ar
             raise ValueError(f"affine_set: b must be 0 for A of shape {A.shape}, got b={b!r}")
         return x
     if not _checks.is_traced((A, b)):
+        if not (np.all(np.isfinite(np.asarray(A))) and np.all(np.isfinite(np.asarray(b)))):
+            raise ValueError("affine_set: A and b must be finite (traced ones give NaN)")
         *_, kept, _, consistent = _affine_factors(A, b)
         if not bool(consistent):
             raise ValueError(

@@ -249,7 +249,7 @@ def _estimate(fun, structure, options, x_hat, theta, constants) -> JacobianError
 
     if n <= dense_max_size:
         a_dense = jax.jacfwd(lambda x: F(x, t0))(x0)
-        alpha = jnp.linalg.svd(a_dense, compute_uv=False)[-1]
+        alpha = jnp.linalg.svd(_checks.without_infinities(a_dense), compute_uv=False)[-1]
         b_dense = jax.jacrev(lambda t: F(x0, t))(t0)  # n VJPs: (n, p)
         b_norm = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(b_dense @ b_dense.T)[-1], 0.0))
     else:
