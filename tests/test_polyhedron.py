@@ -164,3 +164,20 @@ def test_property_feasible_and_obtuse_angle(seed, scale):
     assert len(feasible) > 2
     for y in feasible:
         assert np.dot(x - p, y - p) <= 1e-8 * (1.0 + np.sum((x - p) ** 2) + np.sum((y - p) ** 2))
+
+
+def test_infinite_data_is_refused_by_name_and_h_plus_infinity_is_no_bound():
+    """A, b or G with ∞, concrete: a ValueError naming it (A with ∞ read as an empty set of rank
+    0 before); traced: NaN. h = +∞ is a row without bound: the projection without that row."""
+    x = jnp.array([2.0, 0.0, 3.0])
+    A, b = jnp.array([[1.0, 1.0, 0.0]]), jnp.array([1.0])
+    G, h = jnp.array([[1.0, 0.0, 0.0]]), jnp.array([0.25])
+    cases = {"A": (A.at[0, 2].set(jnp.inf), b, G, h), "b": (A, b.at[0].set(jnp.inf), G, h)}
+    cases["G"] = (A, b, G.at[0, 1].set(-jnp.inf), h)
+    for name, data in cases.items():
+        with pytest.raises(ValueError, match=f"polyhedron: {name} must be finite"):
+            polyhedron(x, data)
+        assert np.all(np.isnan(np.asarray(jax.jit(polyhedron)(x, data)))), name
+    free = (A, b, jnp.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]), jnp.array([jnp.inf, 0.25]))
+    np.testing.assert_allclose(polyhedron(x, free), polyhedron(x, (A, b, G, h)), atol=1e-9)
+    np.testing.assert_allclose(polyhedron(x, (A, b, G, h)), [0.25, 0.75, 3.0], atol=1e-6)

@@ -129,6 +129,10 @@ def polyhedron(
                 f"polyhedron: {M_name} must have shape (k, {n}) and {v_name} shape (k,); got "
                 f"{M_name} {M.shape}, {v_name} {v.shape}"
             )
+        # (h may be +∞: a row with no bound.)
+        for name, value in ((M_name, M), (v_name, v)) if M_name == "A" else ((M_name, M),):
+            if not _is_traced(value) and not np.all(np.isfinite(np.asarray(value))):
+                raise ValueError(f"polyhedron: {name} must be finite (a traced one gives NaN)")
         if M_name == "A" and not _is_traced(M) and M.shape[0]:
             M, v = _independent_rows(M, v)
         pairs.append((M, v))
