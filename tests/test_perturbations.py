@@ -192,3 +192,22 @@ def test_module_is_exported():
     import implicitdiff
 
     assert implicitdiff.perturbations is perturbations
+
+
+@pytest.mark.parametrize("noise", [Normal(), Gumbel()], ids=["Normal", "Gumbel"])
+def test_perturbed_max_with_masked_entries(noise):
+    """An entry masked with −∞ (never chosen) adds nothing to ⟨y, θ + σZ⟩: the perturbed max
+    equals that of the entry at −1e6 (never chosen either, with the same key), and its
+    gradient is the perturbed argmax, 0 on the mask. It was NaN (0 · −∞)."""
+    perturbed_max = make_perturbed_max(one_hot_argmax, 1000, 0.5, noise)
+    theta = THETA.at[1].set(-jnp.inf)
+    value, grad = jax.value_and_grad(perturbed_max)(theta, KEY)
+    np.testing.assert_allclose(value, perturbed_max(THETA.at[1].set(-1e6), KEY), rtol=1e-12)
+    expected = make_perturbed_argmax(one_hot_argmax, 1000, 0.5, noise)(theta, KEY)
+    np.testing.assert_allclose(grad, expected, rtol=1e-12)
+    assert grad[1] == 0
+    # The Gumbel closed form over the unmasked entries.
+    if isinstance(noise, Gumbel):
+        finite = np.delete(np.asarray(THETA), 1)
+        exact = 0.5 * (jax.nn.logsumexp(finite / 0.5) + EULER_GAMMA)
+        assert abs(value - exact) < 5 * 0.5 * np.pi / np.sqrt(6 * 1000)

@@ -296,9 +296,9 @@ def make_perturbed_max(
         _, perturbed, outputs = _perturbed_outputs(
             argmax_fun, noise, num_samples, sigma, inputs, rng
         )
-        values = jnp.sum(
-            (perturbed * outputs).reshape(num_samples, -1), axis=1, dtype=perturbed.dtype
-        )
+        # ⟨y, x + σZ⟩ with 0 · (±∞) = 0: an entry masked with −∞ and not chosen adds nothing.
+        products = jnp.where(outputs == 0, 0, perturbed * outputs)
+        values = jnp.sum(products.reshape(num_samples, -1), axis=1, dtype=perturbed.dtype)
         return jnp.mean(values)
 
     @perturbed_max.defjvp
