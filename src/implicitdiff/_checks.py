@@ -328,6 +328,7 @@ def check_numeric_fields(options: Any) -> None:
         value = getattr(options, field.name)
         if value is None and optional:
             continue
+        value = _as_python_number(value, kind)
         if kind is int:
             ok = is_int(value)
         else:
@@ -336,6 +337,25 @@ def check_numeric_fields(options: Any) -> None:
             expected = "an int" if kind is int else "a real number"
             expected += " or None" if optional else ""
             raise ValueError(f"{owner}: {field.name} must be {expected}, got {value!r}")
+        object.__setattr__(options, field.name, value)
+
+
+def _as_python_number(value: Any, kind: type) -> Any:
+    """A NumPy scalar or a concrete 0-d array (NumPy or JAX) of an integer dtype (for ``int``)
+    or a real one (for ``float``) as the Python number it holds, so that the option compares,
+    hashes and prints as that number (``maxiter=np.int64(100)`` from ``np.arange``,
+    ``tol=np.float32(1e-6)``, ``tol=jnp.asarray(1e-6)``: JAXopt takes them); anything else
+    unchanged, for the checks to judge (a traced value stays traced)."""
+    if isinstance(value, (bool, np.bool_)) or getattr(value, "shape", None) != ():
+        return value
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or is_traced(value):
+        return value
+    if np.issubdtype(dtype, np.integer):
+        return int(value)
+    if kind is float and np.issubdtype(dtype, np.floating):
+        return float(value)
+    return value
 
 
 def checking_numeric_fields(post_init: Callable) -> Callable:

@@ -818,3 +818,35 @@ def test_unrolled_run_on_nan_data_has_a_nan_derivative(make):
     # A finite λ keeps a finite derivative (its accuracy: test_matrix and the families above).
     value, grad = jax.jit(jax.value_and_grad(loss))(1.0)
     assert np.isfinite(grad)
+
+
+def test_numpy_and_jax_scalar_options_family_every_solver():
+    """maxiter as np.int64 (from np.arange) or a concrete JAX int, tol as np.float32 or a
+    concrete JAX float: every solver takes them as the Python numbers they hold (they were
+    refused: "maxiter must be a positive int, got np.int64(200)"), so that the solver equals,
+    hashes and compiles as the one given Python numbers. A float maxiter is still refused by
+    name, and so is a JAX int tracer (a solver's options are static)."""
+    tol32 = float(np.float32(1e-6))
+    for name, case in CASES.items():
+        fun = _named(case.body, "theta")
+        plain = case.make(fun, maxiter=200, tol=tol32)
+        for maxiter in (np.int64(200), jnp.asarray(200), np.asarray(200, np.int32)):
+            for tol in (np.float32(1e-6), jnp.asarray(np.float32(1e-6)), tol32):
+                solver = case.make(fun, maxiter=maxiter, tol=tol)
+                assert solver == plain and hash(solver) == hash(plain), (name, maxiter, tol)
+                fields = {field.name for field in dataclasses.fields(solver)}
+                if "maxiter" in fields:
+                    assert type(solver.maxiter) is int, name
+                if "tol" in fields:
+                    assert type(solver.tol) is float, name
+        if case.host:
+            continue  # the catalog passes host solvers neither maxiter nor tol: below
+        with pytest.raises(ValueError, match=f"{name}: maxiter must be an int"):
+            case.solver(maxiter=200.0)
+        with pytest.raises(ValueError, match="maxiter"):
+            jax.jit(lambda k, case=case: case.solver(maxiter=k).maxiter)(200)
+    host = solvers.ScipyMinimize(fun=_quadratic, maxiter=np.int64(100), tol=np.float32(1e-6))
+    assert host == solvers.ScipyMinimize(fun=_quadratic, maxiter=100, tol=float(np.float32(1e-6)))
+    assert type(host.maxiter) is int and type(host.tol) is float
+    with pytest.raises(ValueError, match="ScipyMinimize: maxiter must be an int"):
+        solvers.ScipyMinimize(fun=_quadratic, maxiter=100.0)
