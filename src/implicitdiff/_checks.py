@@ -310,7 +310,7 @@ def is_real_number(value: Any) -> bool:
     return (
         getattr(value, "shape", None) == ()
         and dtype is not None
-        and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+        and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
     )
 
 
@@ -351,9 +351,9 @@ def _as_python_number(value: Any, kind: type) -> Any:
     dtype = getattr(value, "dtype", None)
     if dtype is None or is_traced(value):
         return value
-    if np.issubdtype(dtype, np.integer):
+    if jnp.issubdtype(dtype, jnp.integer):
         return int(value)
-    if kind is float and np.issubdtype(dtype, np.floating):
+    if kind is float and jnp.issubdtype(dtype, jnp.floating):
         return float(value)
     return value
 
@@ -383,7 +383,7 @@ def check_real(value: Any, name: str, owner: str | None = None) -> None:
         if isinstance(leaf, (bool, np.bool_, str, bytes)):
             return False
         dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-        return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+        return jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
 
     leaves = jax.tree_util.tree_leaves(value)
     if not (leaves and all(real(leaf) for leaf in leaves)):

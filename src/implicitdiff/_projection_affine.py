@@ -21,6 +21,7 @@ from implicitdiff._projection_common import (
     check_feasible_flag,
     check_ordered,
     float_array,
+    in_float32_if_half,
     nan_throughout,
     stable_norm,
 )
@@ -201,6 +202,7 @@ def _affine_projection_jvp(primals, tangents):
     return p, _checks.nan_unless(consistent, dp)
 
 
+@in_float32_if_half  # an SVD: no half-precision LAPACK
 def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Array:
     """Projection onto the affine set {y: A y = b}, for any m × n matrix A.
 

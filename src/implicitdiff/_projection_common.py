@@ -126,3 +126,42 @@ def nan_throughout(p: PyTree, axes: tuple[int, ...] | None = None) -> PyTree:
         functools.reduce(jnp.logical_or, [jnp.any(jnp.isnan(v)) for v in leaves])
     )
     return tree.map(lambda leaf: _checks.nan_unless(clean, leaf), p)
+
+
+def _is_half(leaf: Any) -> bool:
+    dtype = jnp.result_type(leaf)
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4
+
+
+def in_float32_if_half(projection: Any) -> Any:
+    """``projection(x, *rest, **options)`` computed in float32 when x or its hyperparameters are
+    in a half precision (bfloat16, float16), and returned in that precision.
+
+    For the projections whose method has no half-precision form (an SVD or an eigen-
+    decomposition: LAPACK has none, JAX raised "Unsupported dtype bfloat16") or iterates to a
+    tolerance below the half precision's rounding (the transport projections were 0.1 to 0.4 off
+    in bfloat16). Casts are differentiable, so derivatives are those of the float32 projection,
+    rounded.
+    """
+
+    @functools.wraps(projection)
+    def wrapped(x, *rest, **options):
+        floats = [
+            leaf
+            for leaf in jax.tree_util.tree_leaves((x, rest))
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+        ]
+        half = [leaf for leaf in floats if _is_half(leaf)]
+        if not half:
+            return projection(x, *rest, **options)
+        out_dtype = jnp.result_type(*half)
+
+        def up(value):
+            return jax.tree_util.tree_map(
+                lambda leaf: leaf.astype(jnp.float32) if _is_half(leaf) else leaf, value
+            )
+
+        out = projection(up(x), *up(rest), **options)
+        return jax.tree_util.tree_map(lambda leaf: leaf.astype(out_dtype), out)
+
+    return wrapped

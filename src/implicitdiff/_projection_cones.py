@@ -10,7 +10,13 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from implicitdiff import _checks
-from implicitdiff._projection_common import as_dtype_of, float_array, nan_throughout, stable_norm
+from implicitdiff._projection_common import (
+    as_dtype_of,
+    float_array,
+    in_float32_if_half,
+    nan_throughout,
+    stable_norm,
+)
 
 __all__ = ["psd_cone", "second_order_cone"]
 
@@ -75,6 +81,7 @@ def _psd_symmetric_jvp(primals, tangents):
     return out, d_out
 
 
+@in_float32_if_half  # an eigendecomposition: no half-precision LAPACK
 def psd_cone(x: ArrayLike, hyperparams: None = None) -> jax.Array:
     """Projection onto the cone of symmetric positive semidefinite matrices {Y = Yᵀ ⪰ 0}.
 

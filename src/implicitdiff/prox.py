@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from implicitdiff import _checks, _support, tree
+from implicitdiff._projection_common import in_float32_if_half
 from implicitdiff._typing import PyTree
 
 ProxFn = Callable[..., PyTree]
@@ -501,6 +502,7 @@ def _singular_value_threshold_jvp(primals, tangents):
     return out, jnp.where(identity, dx - shrink, d_out)
 
 
+@in_float32_if_half  # an SVD: no half-precision LAPACK
 def nuclear_norm(x: jax.Array, hyperparams: Any = 1.0, scaling: Any = 1.0) -> jax.Array:
     """Singular-value soft thresholding, the prox of g(Y) = λ‖Y‖_* (the sum of singular values).
 
