@@ -58,6 +58,15 @@ def real_float_array(x: Any) -> jax.Array:
     return x
 
 
+def at_least_float32(a: jax.Array) -> jax.Array:
+    """``a`` in float32 if it is in a half precision (bfloat16, float16), else unchanged: for a
+    LAPACK routine (a solve, an inverse, an eigendecomposition), which has no half-precision
+    form (JAX raises "Unsupported dtype bfloat16"); cast its result back."""
+    a = jnp.asarray(a)
+    half = jnp.issubdtype(a.dtype, jnp.floating) and jnp.dtype(a.dtype).itemsize < 4
+    return a.astype(jnp.float32) if half else a
+
+
 def without_infinities(a: jax.Array) -> jax.Array:
     """``a`` with its ±∞ entries replaced by NaN, for an SVD.
 

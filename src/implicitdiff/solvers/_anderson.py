@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import tree
+from implicitdiff import _checks, tree
 from implicitdiff._typing import PyTree
 
 __all__ = ["mixing_weights", "slot_products", "stack_slot"]
@@ -47,7 +47,8 @@ def mixing_weights(gram: jax.Array, filled: jax.Array, newest: jax.Array, ridge:
     inv_norms = jnp.where(valid, 1.0 / jnp.sqrt(squares), 0.0)
     scaled = jnp.where(both, gram * inv_norms[:, None] * inv_norms[None, :], 0.0)
     regularized = scaled + jnp.diag(jnp.where(valid, ridge, 1.0))
-    w = inv_norms * jnp.linalg.solve(regularized, inv_norms)
+    up = _checks.at_least_float32  # no half-precision LAPACK solve
+    w = inv_norms * jnp.linalg.solve(up(regularized), up(inv_norms)).astype(gram.dtype)
     total = jnp.sum(w)
     ok = jnp.isfinite(total) & (total != 0)
     fallback = jax.nn.one_hot(newest, m, dtype=gram.dtype)

@@ -257,7 +257,8 @@ class Broyden(StopIfLinesearchFails, IterativeSolver):
     def _initial_inverse(self, flat_fun: Callable, x: jax.Array) -> jax.Array:
         n = x.shape[0]
         if self.init_jacobian == "exact":
-            return jnp.linalg.inv(jax.jacfwd(flat_fun)(x))
+            jacobian = _checks.at_least_float32(jax.jacfwd(flat_fun)(x))
+            return jnp.linalg.inv(jacobian).astype(x.dtype)
         return self.gamma * jnp.eye(n, dtype=x.dtype)
 
     def init_state(self, init_params, /, *args, **kwargs) -> BroydenState:
