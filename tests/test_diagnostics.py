@@ -205,3 +205,18 @@ def test_a_bool_is_not_a_count_or_an_index(option, message):
     x = jnp.ones(2)
     with pytest.raises(ValueError, match=message):
         jacobian_error_bound(lambda z, t: z - t, x, x, **{option: True})
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_half_precision_estimate(dtype):
+    """x̂ and θ in bfloat16 or float16 (F(x, θ) = x³ + x − θ near its root): α and γ as in
+    float32 to 1%, and a finite bound within a factor 2 of float32's (F itself is evaluated in
+    the half precision). Its SVD and eigenvalues raised "Unsupported dtype bfloat16"."""
+
+    def F(x, theta):
+        return x**3 + x - theta
+
+    half = jacobian_error_bound(F, jnp.full(3, 0.68, dtype), jnp.ones(3, dtype))
+    single = jacobian_error_bound(F, jnp.full(3, 0.68, jnp.float32), jnp.ones(3, jnp.float32))
+    np.testing.assert_allclose([half.alpha, half.gamma], [single.alpha, single.gamma], rtol=0.01)
+    assert 0.5 * single.bound <= half.bound <= 2.0 * single.bound
