@@ -514,3 +514,43 @@ def test_box_cd_start_of_the_wrong_kind_or_shape_is_refused_by_name():
         x, state = BoxCDQP(tol=1e-12).run(start, (_Q2, _C2), box)
         assert bool(state.converged)
         np.testing.assert_allclose(x, np.zeros(2), atol=1e-12)  # min x² + x on [0, 1]²
+
+
+_HALF_Q = np.array([[1.0, 0.2, 0.0], [0.2, 0.8, 0.1], [0.0, 0.1, 1.2]])
+_HALF_C = np.array([-0.3, 0.5, -0.8])
+_HALF_A, _HALF_B = np.array([[1.0, 1.0, 1.0]]), np.array([0.5])
+
+
+def _half_qp_solution(name, dtype, c):
+    Q, A, b = (jnp.asarray(v, dtype) for v in (_HALF_Q, _HALF_A, _HALF_B))
+    if name == "EqualityConstrainedQP":
+        return EqualityConstrainedQP().run(params_obj=(Q, c), params_eq=(A, b)).params.primal
+    if name == "OSQP":
+        return OSQP().run(params_obj=(Q, c), params_eq=(A, b)).params.primal
+    if name == "BoxOSQP":
+        return BoxOSQP().run(params_obj=(Q, c), params_eq=A, params_ineq=(b, b)).params.primal[0]
+    box = (jnp.full(3, -1.0, dtype), jnp.full(3, 1.0, dtype))
+    return BoxCDQP().run(jnp.zeros(3, dtype), params_obj=(Q, c), params_ineq=box).params
+
+
+@pytest.mark.parametrize("name", ["EqualityConstrainedQP", "OSQP", "BoxOSQP", "BoxCDQP"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_half_precision_data_solve_in_float32(name, dtype):
+    """Q, c (A, b, bounds) in bfloat16 or float16: the QP solves in float32 (its factorizations
+    have no half precision: EqualityConstrainedQP, OSQP and BoxOSQP raised "Unsupported dtype
+    bfloat16"), within the data's rounding of the float64 solution, and its gradient in c is
+    that of float64 to the same accuracy."""
+    weights = jnp.asarray([1.0, 2.0, 3.0])
+
+    def loss(c, dtype):
+        return jnp.vdot(weights, _half_qp_solution(name, dtype, c).astype(jnp.float64))
+
+    c_half = jnp.asarray(_HALF_C, dtype)
+    x = _half_qp_solution(name, dtype, c_half)
+    assert x.dtype == jnp.float32
+    exact = _half_qp_solution(name, jnp.float64, jnp.asarray(_HALF_C))
+    np.testing.assert_allclose(x, exact, atol=0.02)
+    grad = jax.grad(loss)(c_half, dtype)
+    assert grad.dtype == dtype
+    expected = jax.grad(loss)(jnp.asarray(_HALF_C), jnp.float64)
+    np.testing.assert_allclose(np.asarray(grad, np.float64), expected, atol=0.05)
