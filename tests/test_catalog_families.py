@@ -1254,3 +1254,31 @@ def test_half_precision_family(dtype):
             if leaf.dtype != dtype or not error <= 0.03 or not jnp.all(jnp.isfinite(dx)):
                 failures.append(f"{name}: {leaf.dtype}, error {error:.3g}")
     assert not failures, failures
+
+
+@pytest.mark.parametrize("name", sorted(PROXES))
+def test_prox_family_infinite_entries(name):
+    """Every prox with its first or second entry at ±∞: the limit of that entry at ±1e150
+    (entries beyond 1e100 read as ±∞), with a finite gradient of the sum of its finite outputs
+    (group_lasso's was NaN: ∞/∞ in the norm's derivative); nuclear_norm gives NaN throughout
+    (its SVD of a matrix with ∞ never returned, see test_svd_family_*)."""
+    fun = prox.from_projection(P.l2_ball) if name == "from_projection" else getattr(prox, name)
+    h = 1.0 if name == "from_projection" else PROXES[name]
+    x = jnp.asarray(np.outer(_X, [1.0, -0.5, 0.25]) if name == "nuclear_norm" else _X)
+    for index, sign in itertools.product((0, 1), (1.0, -1.0)):
+        where = f"{name}: entry {index} at {sign * np.inf}"
+        with_inf = x.reshape(-1).at[index].set(sign * jnp.inf).reshape(x.shape)
+        got = np.asarray(fun(with_inf, h))
+        if name == "nuclear_norm":
+            assert np.all(np.isnan(got)), where
+            continue
+        limit = np.asarray(fun(x.reshape(-1).at[index].set(sign * 1e150).reshape(x.shape), h))
+        big = np.abs(limit) > 1e100
+        np.testing.assert_array_equal(got[big], np.sign(limit[big]) * np.inf, err_msg=where)
+        np.testing.assert_allclose(got[~big], limit[~big], atol=1e-9, err_msg=where)
+
+        def finite_sum(v):
+            out = fun(v, h)
+            return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0))
+
+        assert np.all(np.isfinite(jax.grad(finite_sum)(with_inf))), where

@@ -370,7 +370,12 @@ def group_lasso(
     # entries of 1e±30); the derivative is the same.
     m = jax.lax.stop_gradient(tree.norm(x, jnp.inf))
     unit = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
-    scaled = tree.map(lambda leaf: leaf / unit.astype(leaf.dtype), x)
+    # An entry at ±∞ (and a finite λ s): the limit, factor 1 (x itself). The norm is then taken
+    # of zeros, so that its derivative, which the select drops, is not ∞/∞ = NaN either.
+    infinite = jnp.isinf(m) & jnp.isfinite(threshold)
+    scaled = tree.map(
+        lambda leaf: jnp.where(infinite, 0, leaf / unit.astype(leaf.dtype)).astype(leaf.dtype), x
+    )
     squared_norm = tree.vdot(scaled, scaled)
     positive = squared_norm > 0
     # sqrt has an infinite derivative at 0: take it of 1 there, a branch jnp.where then discards.
@@ -384,7 +389,7 @@ def group_lasso(
         1 - jnp.where(shrink, threshold, 0) / safe_norm,
         _checks.nan_unless(threshold >= 0, jnp.zeros((), jnp.result_type(safe_norm))),
     )
-    return tree.scale(factor, x)
+    return tree.scale(jnp.where(infinite, 1, factor), x)
 
 
 # ---------------------------------------------------------------------------------------------
