@@ -58,13 +58,22 @@ def real_float_array(x: Any) -> jax.Array:
     return x
 
 
-def at_least_float32(a: jax.Array) -> jax.Array:
-    """``a`` in float32 if it is in a half precision (bfloat16, float16), else unchanged: for a
-    LAPACK routine (a solve, an inverse, an eigendecomposition), which has no half-precision
-    form (JAX raises "Unsupported dtype bfloat16"); cast its result back."""
-    a = jnp.asarray(a)
-    half = jnp.issubdtype(a.dtype, jnp.floating) and jnp.dtype(a.dtype).itemsize < 4
-    return a.astype(jnp.float32) if half else a
+def is_half(dtype: Any) -> bool:
+    """Whether ``dtype`` is a half precision (bfloat16, float16: real floating, under 4 bytes)."""
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4
+
+
+def half_to_float32(value: Any) -> Any:
+    """``value`` (an array or a pytree) with its half-precision leaves in float32, the others
+    unchanged: for a LAPACK routine (a solve, a factorization, an SVD or eigendecomposition),
+    which has no half-precision form (JAX raises "Unsupported dtype bfloat16"), or an iteration
+    whose tolerance is below half-precision rounding; cast the result back if needed."""
+
+    def up(leaf):
+        dtype = getattr(leaf, "dtype", None)
+        return leaf.astype(jnp.float32) if dtype is not None and is_half(dtype) else leaf
+
+    return jax.tree_util.tree_map(up, value)
 
 
 def without_infinities(a: jax.Array) -> jax.Array:

@@ -128,11 +128,6 @@ def nan_throughout(p: PyTree, axes: tuple[int, ...] | None = None) -> PyTree:
     return tree.map(lambda leaf: _checks.nan_unless(clean, leaf), p)
 
 
-def _is_half(leaf: Any) -> bool:
-    dtype = jnp.result_type(leaf)
-    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4
-
-
 def in_float32_if_half(projection: Any) -> Any:
     """``projection(x, *rest, **options)`` computed in float32 when x or its hyperparameters are
     in a half precision (bfloat16, float16), and returned in that precision.
@@ -146,22 +141,16 @@ def in_float32_if_half(projection: Any) -> Any:
 
     @functools.wraps(projection)
     def wrapped(x, *rest, **options):
-        floats = [
-            leaf
+        half = [
+            leaf.dtype
             for leaf in jax.tree_util.tree_leaves((x, rest))
-            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+            if hasattr(leaf, "dtype") and _checks.is_half(leaf.dtype)
         ]
-        half = [leaf for leaf in floats if _is_half(leaf)]
         if not half:
             return projection(x, *rest, **options)
         out_dtype = jnp.result_type(*half)
-
-        def up(value):
-            return jax.tree_util.tree_map(
-                lambda leaf: leaf.astype(jnp.float32) if _is_half(leaf) else leaf, value
-            )
-
-        out = projection(up(x), *up(rest), **options)
+        x, rest = _checks.half_to_float32((x, rest))
+        out = projection(x, *rest, **options)
         return jax.tree_util.tree_map(lambda leaf: leaf.astype(out_dtype), out)
 
     return wrapped

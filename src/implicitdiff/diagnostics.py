@@ -249,7 +249,7 @@ def _estimate(fun, structure, options, x_hat, theta, constants) -> JacobianError
 
     if n <= dense_max_size:
         a_dense = jax.jacfwd(lambda x: F(x, t0))(x0)
-        up = _checks.at_least_float32  # no half-precision LAPACK
+        up = _checks.half_to_float32  # no half-precision LAPACK
         alpha = jnp.linalg.svd(up(_checks.without_infinities(a_dense)), compute_uv=False)[-1]
         b_dense = jax.jacrev(lambda t: F(x0, t))(t0)  # n VJPs: (n, p)
         b_norm = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(up(b_dense @ b_dense.T))[-1], 0.0))
@@ -411,5 +411,5 @@ def _lanczos(op, n: int, k: int, key, dtype) -> tuple[jax.Array, jax.Array]:
     init = (Q, diag, off, q, zeros, jnp.zeros((), dtype))
     _, diag, off, *_ = jax.lax.fori_loop(0, k, step, init)
     tridiagonal = jnp.diag(diag) + jnp.diag(off[:-1], 1) + jnp.diag(off[:-1], -1)
-    ritz = jnp.linalg.eigvalsh(_checks.at_least_float32(tridiagonal))
+    ritz = jnp.linalg.eigvalsh(_checks.half_to_float32(tridiagonal))
     return ritz[0], ritz[-1]

@@ -138,10 +138,6 @@ def _krylov(method, matvec, rhs, tol_like, tol, atol, maxiter, ridge, init, prec
     return x
 
 
-def _is_half(dtype: Any) -> bool:
-    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4
-
-
 def _cast(value: PyTree, dtype: Any) -> PyTree:
     def cast(leaf):
         leaf = jnp.asarray(leaf)
@@ -271,7 +267,7 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     def wrapped(matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
         _check_options(solver.__name__, options)
         dtype = tree.dtype(b)
-        if _is_half(dtype):
+        if _checks.is_half(dtype):
             original = matvec
             matvec = lambda v: _cast(original(_cast(v, dtype)), jnp.float32)  # noqa: E731
             if options.get("init") is not None:

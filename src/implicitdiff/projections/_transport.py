@@ -498,9 +498,9 @@ def _in_float32_if_half(project, kind, name, x, a, b, maxiter, tol, solve) -> ja
     """The projection of X (a, b of its dtype) in float32 when X is in a half precision, returned
     in it: the solvers' tolerance is below half-precision rounding (bfloat16 was 0.42 off)."""
     dtype = x.dtype
-    if jnp.dtype(dtype).itemsize >= 4:
+    if not _checks.is_half(dtype):
         return project(kind, name, x, a, b, maxiter, tol, solve)
-    x, a, b = (v.astype(jnp.float32) for v in (x, a, b))
+    x, a, b = _checks.half_to_float32((x, a, b))
     return project(kind, name, x, a, b, maxiter, tol, solve).astype(dtype)
 
 

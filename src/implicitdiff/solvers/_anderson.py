@@ -47,7 +47,7 @@ def mixing_weights(gram: jax.Array, filled: jax.Array, newest: jax.Array, ridge:
     inv_norms = jnp.where(valid, 1.0 / jnp.sqrt(squares), 0.0)
     scaled = jnp.where(both, gram * inv_norms[:, None] * inv_norms[None, :], 0.0)
     regularized = scaled + jnp.diag(jnp.where(valid, ridge, 1.0))
-    up = _checks.at_least_float32  # no half-precision LAPACK solve
+    up = _checks.half_to_float32  # no half-precision LAPACK solve
     w = inv_norms * jnp.linalg.solve(up(regularized), up(inv_norms)).astype(gram.dtype)
     total = jnp.sum(w)
     ok = jnp.isfinite(total) & (total != 0)

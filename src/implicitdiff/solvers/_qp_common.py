@@ -268,26 +268,12 @@ def clip_to_box(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.maximum(x, lower), upper)
 
 
-def half_to_float32(value: PyTree) -> PyTree:
-    """``value`` with its half-precision (bfloat16, float16) leaves in float32: the data of a QP
-    that factorizes it (LAPACK has no half precision; see :func:`dtype_of`)."""
-
-    def up(leaf):
-        dtype = getattr(leaf, "dtype", None)
-        half = dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4
-        return leaf.astype(jnp.float32) if half else leaf
-
-    return jax.tree_util.tree_map(up, value)
-
-
 def dtype_of(*values: Any) -> Any:
     """The dtype a QP solves in: that of its data, float32 for half-precision data (bfloat16,
     float16), which LAPACK's factorizations do not take and whose rounding is above the QPs'
     tolerances."""
     dtype = tree.dtype([v for v in values if v is not None])
-    if jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4:
-        return jnp.dtype(jnp.float32)
-    return dtype
+    return jnp.dtype(jnp.float32) if _checks.is_half(dtype) else dtype
 
 
 def fun_primal_start(

@@ -28,7 +28,7 @@ __all__ = ["BlockCoordinateDescent", "BlockCoordinateDescentState"]
 def _spectral_norms(hessians: jax.Array) -> jax.Array:
     """‖Hᵢ‖₂ of each symmetrized block Hᵢ (m × width × width), cut from the graph."""
     hessians = 0.5 * (hessians + jnp.swapaxes(hessians, -1, -2))
-    eigenvalues = jnp.linalg.eigvalsh(_checks.at_least_float32(hessians)).astype(hessians.dtype)
+    eigenvalues = jnp.linalg.eigvalsh(_checks.half_to_float32(hessians)).astype(hessians.dtype)
     return jax.lax.stop_gradient(jnp.max(jnp.abs(eigenvalues), axis=-1))
 
 

@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _summary, linear_solve, tree
+from implicitdiff import _checks, _summary, linear_solve, tree
 from implicitdiff._typing import PyTree
-from implicitdiff.solvers import _dtypes, _qp_common
+from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._qp_common import (
     KKTSolution,
@@ -165,7 +165,7 @@ class EqualityConstrainedQP(IterativeSolver):
         if params_obj is None:
             raise TypeError("EqualityConstrainedQP.run: params_obj=(Q, c) is required")
         # Half-precision data solve in float32 (its LU factorization has no half precision).
-        init_params, params_obj, params_eq = _qp_common.half_to_float32(
+        init_params, params_obj, params_eq = _checks.half_to_float32(
             (init_params, params_obj, params_eq)
         )
         if self.fun is None:

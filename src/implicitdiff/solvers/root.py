@@ -257,7 +257,7 @@ class Broyden(StopIfLinesearchFails, IterativeSolver):
     def _initial_inverse(self, flat_fun: Callable, x: jax.Array) -> jax.Array:
         n = x.shape[0]
         if self.init_jacobian == "exact":
-            jacobian = _checks.at_least_float32(jax.jacfwd(flat_fun)(x))
+            jacobian = _checks.half_to_float32(jax.jacfwd(flat_fun)(x))
             return jnp.linalg.inv(jacobian).astype(x.dtype)
         return self.gamma * jnp.eye(n, dtype=x.dtype)
 
