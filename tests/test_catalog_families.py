@@ -1282,3 +1282,71 @@ def test_prox_family_infinite_entries(name):
             return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0))
 
         assert np.all(np.isfinite(jax.grad(finite_sum)(with_inf))), where
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameters closed over by an outer transform: concrete while x is traced.
+
+
+def _leaves_close(got, expected, atol):
+    for g, e in zip(
+        jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=0, atol=atol)
+
+
+def _catalog_calls():
+    """(name, f(x) with the hyperparameters closed over, x) for every projection and prox."""
+    calls = []
+    for name in sorted(SAMPLES):
+        x, h = SAMPLES[name](jnp.float64)
+        calls.append((f"projections.{name}", functools.partial(getattr(P, name), hyperparams=h), x))
+    for name in sorted(set(PROXES) - {"from_projection"}):
+        x = jnp.asarray(_M if name == "nuclear_norm" else _X)
+        fun = getattr(prox, name)
+        calls.append((f"prox.{name}", lambda x, fun=fun, h=PROXES[name]: fun(x, h, 0.7), x))
+    calls.append(("isotonic.isotonic_l2_pav", isotonic.isotonic_l2_pav, jnp.asarray(_X)))
+    return calls
+
+
+_CALLS = {name: (fun, x) for name, fun, x in _catalog_calls()}
+
+
+def _weighted_sum(fun):
+    """x ↦ Σ ⟨w, f(x)⟩ over the output's leaves, w fixed and distinct per entry."""
+
+    def loss(x):
+        leaves = jax.tree_util.tree_leaves(fun(x))
+        return sum(jnp.vdot(v, jnp.linspace(0.3, 1.1, v.size).reshape(v.shape)) for v in leaves)
+
+    return loss
+
+
+@pytest.mark.parametrize("name", sorted(_CALLS))
+def test_catalog_family_hyperparams_closed_over_under_jit(name):
+    """jit, jax.checkpoint and eval_shape of x ↦ f(x, θ) with θ a concrete constant of the
+    closure: the value of the eager call. affine_set and box_section checked their set with jnp
+    operations on θ, which the outer jit stages out: TracerBoolConversionError."""
+    fun, x = _CALLS[name]
+    expected = fun(x)
+    _leaves_close(jax.jit(fun)(x), expected, 1e-12)
+    _leaves_close(jax.checkpoint(fun)(x), expected, 1e-12)
+    shapes = jax.eval_shape(fun, x)
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(expected)
+
+
+@pytest.mark.parametrize("name", sorted(_CALLS))
+def test_catalog_family_vmap_inside_shard_map(name):
+    """A batch per device (vmap inside shard_map over 4 devices, θ closed over, the same on
+    every device): the values and gradients of the one-device vmap. The transport projections
+    (loop carries and marginals that were not marked device-varying) and polyhedron (OSQP's
+    lax.cond, batched by vmap, replayed a pvary JAX then refused) raised."""
+    from jax.sharding import AxisType
+    from jax.sharding import PartitionSpec as PS
+
+    fun, x = _CALLS[name]
+    xs = jax.tree_util.tree_map(lambda v: jnp.stack([v + 0.05 * d for d in range(8)]), x)
+    value_and_grad = jax.vmap(jax.value_and_grad(_weighted_sum(fun)))
+    mesh = jax.make_mesh((4,), ("d",), axis_types=(AxisType.Auto,), devices=jax.devices()[:4])
+    sharded = jax.shard_map(value_and_grad, mesh=mesh, in_specs=PS("d"), out_specs=PS("d"))
+    _leaves_close(jax.jit(sharded)(xs), jax.jit(value_and_grad)(xs), 1e-10)

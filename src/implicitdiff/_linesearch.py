@@ -232,7 +232,7 @@ def backtracking(
         # at the price of one gradient per trial there when the condition needs none.
         resolved = -c1 * eta * slope0 > noise
         if not needs_grad:
-            new_slope = jax.lax.cond(resolved, lambda e: slope0, lambda e: evaluate(e)[2], eta)
+            new_slope = _loop.cond(resolved, lambda e: slope0, lambda e: evaluate(e)[2], eta)
         decrease = jnp.where(
             resolved,
             new_value <= value + c1 * eta * slope0 + noise + tol,
@@ -534,7 +534,7 @@ def proximal_backtracking(
             return 0.5 * tree.vdot_real(tree.sub(grad_fun(candidate), grad), diff) <= model
 
         resolved = model > noise
-        ok = jax.lax.cond(resolved, lambda _: by_value, by_gradient, None)
+        ok = _loop.cond(resolved, lambda _: by_value, by_gradient, None)
         return ok & jnp.isfinite(new_value)
 
     eta, ok, _, _ = shrink(

@@ -7,9 +7,11 @@ its type: a carry initialised with a constant (``jnp.asarray(0.0)``, invariant) 
 depends on the data (varying) is rejected ("while_loop body function carry input and carry output
 must have equal types"). These wrappers trace the body once more to learn its output types and
 mark the matching initial carries varying (``jax.lax.pcast(..., to="varying")``), which changes
-no value. ``cond`` does the same for branches that disagree (one returns a constant, the other
-a value computed from the data). Outside a manual-axis context (no ``shard_map``) they are the
-plain ``lax`` primitives, with no extra tracing.
+no value. ``cond`` evaluates both branches there and selects (``jnp.where``), which also settles
+branches that disagree (one returns a constant, the other a value computed from the data): a
+``lax.cond`` batched by a ``vmap`` inside ``shard_map`` fails in JAX (see :func:`cond`). Outside
+a manual-axis context (no ``shard_map``) they are the plain ``lax`` primitives, with no extra
+tracing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 __all__ = ["cond", "manual_axes", "scan", "varies_within", "vary_like", "while_loop"]
 
@@ -98,22 +101,20 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, **kw
 
 
 def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> Any:
-    """``jax.lax.cond``, also when one branch returns a value varying across devices (computed
-    from sharded data) where the other returns an invariant one (a constant): each output is
-    marked as varying as the most varying of the two branches."""
+    """``jax.lax.cond`` outside ``shard_map``; inside it, both branches evaluated and their
+    outputs selected by ``pred`` (``jnp.where``, leaf by leaf), as ``vmap`` does anyway with a
+    per-example predicate.
+
+    Inside ``shard_map`` with ``vmap`` (a batch per device), a ``lax.cond`` whose predicate is
+    batched fails in JAX (0.10) whenever a branch uses a value that is the same on every device
+    (a constant the user's function closes over, say): JAX's batching rule broadcasts every
+    operand and selects it by the (device-varying) predicate, which makes it varying, then
+    replays the branch, which marks that value varying again (``pvary``) and is refused ("pvary
+    is a invariant->variant collective"). A select has no branch to replay. Only for branches
+    without side effects (a cond that saves work); both are computed, so a branch must give
+    finite values (or values that the select discards without harm) at either outcome.
+    """
     if not manual_axes():
         return jax.lax.cond(pred, true_fun, false_fun, *operands)
-    outs = [jax.tree_util.tree_leaves(jax.eval_shape(f, *operands)) for f in (true_fun, false_fun)]
-    if len(outs[0]) != len(outs[1]):  # malformed: let JAX report it
-        return jax.lax.cond(pred, true_fun, false_fun, *operands)
-    axes = [_varying(a) | _varying(b) for a, b in zip(*outs, strict=True)]
-
-    def widened(fun):
-        def branch(*ops):
-            leaves, treedef = jax.tree_util.tree_flatten(fun(*ops))
-            leaves = [_pcast(x, a) for x, a in zip(leaves, axes, strict=True)]
-            return jax.tree_util.tree_unflatten(treedef, leaves)
-
-        return branch
-
-    return jax.lax.cond(pred, widened(true_fun), widened(false_fun), *operands)
+    on_true, on_false = true_fun(*operands), false_fun(*operands)
+    return jax.tree_util.tree_map(lambda t, f: jnp.where(pred, t, f), on_true, on_false)

@@ -8,6 +8,7 @@ and differentiated implicitly (:func:`implicitdiff.implicit.custom_root`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -245,7 +246,10 @@ def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Ar
     if not _checks.is_traced((A, b)):
         if not (np.all(np.isfinite(np.asarray(A))) and np.all(np.isfinite(np.asarray(b)))):
             raise ValueError("affine_set: A and b must be finite (traced ones give NaN)")
-        *_, kept, _, consistent = _affine_factors(A, b)
+        # Evaluated now, also while an outer jit traces x (A and b closed over): the check is on
+        # concrete values, and staged out it could not be read.
+        with jax.ensure_compile_time_eval():
+            *_, kept, _, consistent = _affine_factors(A, b)
         if not bool(consistent):
             raise ValueError(
                 "affine_set: the set {y: A y = b} is empty: b is not in the range of A (up to "
@@ -379,21 +383,24 @@ def box_section(
     check_ordered("alpha", alpha, "beta", beta)
     x = float_array(x)
     traced = _checks.is_traced((alpha, beta))
-    alpha = jnp.broadcast_to(as_dtype_of(alpha, x), x.shape)
-    beta = jnp.broadcast_to(as_dtype_of(beta, x), x.shape)
-    if traced:  # unchecked bounds: NaN where alpha > beta
-        beta = _checks.nan_unless(alpha <= beta, beta)
-    w = jnp.broadcast_to(as_dtype_of(w, x), x.shape)
-    c = as_dtype_of(c, x)
-    if c.shape != ():
-        raise ValueError(f"c must be a scalar, got shape {c.shape}")
-    # The set is non-empty iff Σ min(wα, wβ) ≤ c ≤ Σ max(wα, wβ) (up to rounding).
-    low = jnp.sum(jnp.minimum(w * alpha, w * beta))
-    high = jnp.sum(jnp.maximum(w * alpha, w * beta))
-    magnitude = jnp.sum(jnp.abs(w) * jnp.maximum(jnp.abs(alpha), jnp.abs(beta))) + jnp.abs(c)
-    slack = 16 * x.size * jnp.finfo(x.dtype).eps * magnitude
-    non_empty = (low - slack <= c) & (c <= high + slack)
-    if not _checks.is_traced((alpha, beta, w, c)):
+    traced_set = _checks.is_traced((alpha, beta, w, c))
+    # A concrete set (closed over by an outer jit, say) is computed with now, to be checked.
+    with contextlib.nullcontext() if traced_set else jax.ensure_compile_time_eval():
+        alpha = jnp.broadcast_to(as_dtype_of(alpha, x), x.shape)
+        beta = jnp.broadcast_to(as_dtype_of(beta, x), x.shape)
+        if traced:  # unchecked bounds: NaN where alpha > beta
+            beta = _checks.nan_unless(alpha <= beta, beta)
+        w = jnp.broadcast_to(as_dtype_of(w, x), x.shape)
+        c = as_dtype_of(c, x)
+        if c.shape != ():
+            raise ValueError(f"c must be a scalar, got shape {c.shape}")
+        # The set is non-empty iff Σ min(wα, wβ) ≤ c ≤ Σ max(wα, wβ) (up to rounding).
+        low = jnp.sum(jnp.minimum(w * alpha, w * beta))
+        high = jnp.sum(jnp.maximum(w * alpha, w * beta))
+        magnitude = jnp.sum(jnp.abs(w) * jnp.maximum(jnp.abs(alpha), jnp.abs(beta))) + jnp.abs(c)
+        slack = 16 * x.size * jnp.finfo(x.dtype).eps * magnitude
+        non_empty = (low - slack <= c) & (c <= high + slack)
+    if not traced_set:
         if not bool(non_empty):
             raise ValueError(
                 f"c must lie in [{float(low)}, {float(high)}] for the set "
@@ -401,6 +408,6 @@ def box_section(
             )
     mu = _box_section_multiplier(jnp.zeros((), x.dtype), x, alpha, beta, w, c)
     p = _box_section_primal(mu, x, alpha, beta, w)
-    if _checks.is_traced((alpha, beta, w, c)):  # unchecked set: NaN where it is empty
+    if traced_set:  # unchecked set: NaN where it is empty
         p = _checks.nan_unless(non_empty, p)
     return nan_throughout(p)  # x with ±∞: the multiplier's bracket is not finite

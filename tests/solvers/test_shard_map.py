@@ -265,8 +265,14 @@ def test_shard_map_family_every_solver_per_device_data(name):
     solve = _solve_one(name)
     thetas, Ms = jnp.asarray(THETAS), jnp.asarray(MS)
 
-    def per_device(theta, M):  # this device's (1,) and (1, 3, 3) slices
-        return solve(theta[0], M[0])[None]
+    # This device's (1,) and (1, 3, 3) slices, solved under vmap (a batch per device, as one
+    # shards a batch over devices): a lax.cond inside the solver whose predicate vmap batches
+    # failed in JAX when a branch used a value the same on every device (C here, closed over by
+    # the objective): GradientDescent, Newton, ArmijoSGD, ProximalGradient, ProjectedGradient,
+    # Broyden, OSQP and BoxOSQP raised "pvary is a invariant->variant collective". (Without
+    # vmap, the per-device solve is in the test matrix's shard_map cells.)
+    def per_device(theta, M):
+        return jax.vmap(solve)(theta, M)
 
     sharded = jax.shard_map(per_device, mesh=_mesh(), in_specs=(P("d"), P("d")), out_specs=P("d"))
 

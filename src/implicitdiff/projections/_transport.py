@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from implicitdiff import _checks, _linesearch, linear_solve
+from implicitdiff import _checks, _linesearch, _loop, linear_solve
 from implicitdiff.implicit import custom_root
 
 __all__ = [
@@ -206,7 +206,7 @@ def _lbfgs(value_and_grad: Callable, z0: jax.Array, h0: Any, gtol: jax.Array, ma
     history = jnp.zeros((memory, z0.shape[0]), dtype)
     f0, g0 = value_and_grad(z0)
     init = (z0, f0, g0, history, history, jnp.zeros(memory, dtype), 0, False)
-    return jax.lax.while_loop(cond, body, init)[0]
+    return _loop.while_loop(cond, body, init)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def _sinkhorn_solver(init, x, a, b, *, maxiter, tol):
         return jnp.where(done, f, f_next), jnp.where(done, g, g_next), error, k + 1
 
     init_state = (f0, g0, jnp.asarray(jnp.inf, x.dtype), 0)
-    f, g, _, _ = jax.lax.while_loop(cond, body, init_state)
+    f, g, _, _ = _loop.while_loop(cond, body, init_state)
     # Move along (f − c, g + c), which leaves P unchanged, to the gauge ⟨f, 1⟩ − ⟨g, 1⟩ = (n + m) s
     # where ∇D vanishes (see the module docstring).
     c = (jnp.sum(f) - jnp.sum(g) - (n + m) * s) / (n + m)
@@ -471,7 +471,7 @@ def _newton_stages(kind, z_found, x, a, b, *, maxiter, tol):
 
     inf = jnp.asarray(jnp.inf, x.dtype)
     carry = (z_found, jnp.asarray(-1, jnp.int32), jnp.zeros((), x.dtype), z_found, inf)
-    return jax.lax.while_loop(more, stage, carry)[3]
+    return _loop.while_loop(more, stage, carry)[3]
 
 
 _NEWTON_MAXITER = 200  # at most this many Newton steps (and at most maxiter), each one CG solve
@@ -562,7 +562,7 @@ def _newton(kind, z0, x, a, b, *, maxiter, tol):
 
     value0, grad0, weights0 = value_grad_weights(z0)
     state = (z0, value0, grad0, weights0, jnp.ones((), dtype), 0, False)
-    z, _, grad, *_ = jax.lax.while_loop(cond, body, state)
+    z, _, grad, *_ = _loop.while_loop(cond, body, state)
     return z, jnp.max(jnp.abs(grad))
 
 
@@ -621,6 +621,11 @@ def _project(kind, name, x, a, b, maxiter, tol, solve):
         solve = "cg" if kind == "euclidean" else "auto"
     maxiter = jnp.asarray(_check_maxiter(maxiter))
     tol = jnp.asarray(_resolve_tol(tol, x.dtype), x.dtype)
+    # Inside shard_map, X, a, b, maxiter and tol all varying alike over the manual axes (the
+    # solvers' loops and conds mix them; X per device with marginals shared failed in JAX's
+    # checks). The identity elsewhere.
+    everything = (x, a, b, maxiter, tol)
+    x, a, b, maxiter, tol = _loop.vary_like(everything, everything)
     p = _project_jit(x, a, b, maxiter, tol, kind=kind, solve=solve)
     return p if valid is None else _checks.poison_unless(valid, p, inputs)
 

@@ -101,7 +101,8 @@ class UnrolledLoop:
         """With ``verbose``: the iteration's line, unless the loop had stopped before it."""
         if self.verbose:
             name = type(self).__name__
-            _loop.cond(stopped, lambda: None, lambda: _run_options.report(name, state))
+            # A side effect: a real cond (``_loop.cond`` would run both branches in shard_map).
+            jax.lax.cond(stopped, lambda: None, lambda: _run_options.report(name, state))
 
     def _continued_step(self, step: Callable, continuation: Any) -> Callable:
         """The scan body of :meth:`_unrolled` with a continuation: ``(live, η), (kept, _)``."""

@@ -348,7 +348,7 @@ class BlockCoordinateDescent(IterativeSolver):
         if self._composite and p is None:  # a state built by hand
             p = self._predictions(params, args, kwargs)
         elif self._composite:  # p from scratch every REFRESH sweeps: no accumulated rounding
-            p = jax.lax.cond(
+            p = _loop.cond(
                 (state.iter_num + 1) % self.REFRESH == 0,
                 lambda: self._predictions(params, args, kwargs),
                 lambda: p,

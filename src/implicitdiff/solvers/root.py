@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, _linesearch, _summary, tree
+from implicitdiff import _checks, _linesearch, _loop, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -363,7 +363,7 @@ class Broyden(StopIfLinesearchFails, IterativeSolver):
             )
             return t, ok, trial_value
 
-        t, ok, trial_value = jax.lax.cond(first_ok, lambda: (one, first_ok, first_value), backtrack)
+        t, ok, trial_value = _loop.cond(first_ok, lambda: (one, first_ok, first_value), backtrack)
         # G at the full step is returned too: a rejected full step still updates the model.
         return sg(t), sg(ok), sg(trial_value), sg(first_value)
 
@@ -433,10 +433,10 @@ class Broyden(StopIfLinesearchFails, IterativeSolver):
             d_kept = d_history.at[slot].set(jnp.where(secant, sh, 0.0))
             h_limited = h_dropped + jnp.outer(c_new, sh)
             updated = (h_limited, -(h_limited @ value_new))
-            c_history, d_history = jax.lax.cond(
+            c_history, d_history = _loop.cond(
                 keep, lambda: (c_kept, d_kept), lambda: (0.0 * c_history, 0.0 * d_history)
             )
-        h_new, direction_new = jax.lax.cond(keep, lambda: updated, reset)
+        h_new, direction_new = _loop.cond(keep, lambda: updated, reset)
         state = state._replace(
             iter_num=state.iter_num + 1,
             error=abs_error(value_new, state.error.dtype),
