@@ -396,3 +396,34 @@ def test_spec_direct_forms_solve_as_their_solver(name):
         np.testing.assert_allclose(x, spec.fun(lambda v: SPD @ v, RHS), rtol=1e-9)
         np.testing.assert_allclose(x, np.linalg.solve(SPD, RHS), rtol=1e-8)
     assert linear_solve.spec("lu").direct is None  # (no transposition rule of its own)
+
+
+COUNT_OPTIONS = [
+    (n, o) for n, o in NUMERIC_OPTIONS if o in ("maxiter", "restart", "dense_max_size")
+]
+
+
+@pytest.mark.parametrize(("name", "option"), COUNT_OPTIONS)
+def test_counts_given_as_numpy_or_concrete_jax_integers_are_taken(name, option):
+    """maxiter=jnp.asarray(50) (a concrete JAX int, as a jnp computation gives one) was refused
+    as "must be None or a positive int"; a NumPy int was taken. Both now solve as the Python int,
+    directly and bound into the engine's solve (functools.partial); a float or a traced count is
+    still refused by name."""
+    import implicitdiff
+
+    solve = getattr(linear_solve, name)
+    matvec = lambda v: SPD @ v  # noqa: E731
+    value = 40 if option != "dense_max_size" else 0
+    expected = solve(matvec, RHS, **{option: value})
+    for given in (np.int64(value), jnp.asarray(value)):
+        np.testing.assert_array_equal(solve(matvec, RHS, **{option: given}), expected)
+    bound = functools.partial(solve, **{option: jnp.asarray(value)})
+    root = implicitdiff.custom_root(lambda x, t: SPD @ x - t, solve=bound)(lambda x0, t: x0)
+    t = jnp.asarray(RHS)
+    exact = np.linalg.solve(SPD, np.ones(N))
+    grad = jax.grad(lambda t: jnp.sum(root(jnp.linalg.solve(SPD, t), t)))(t)
+    np.testing.assert_allclose(grad, exact, rtol=1e-6)
+    with pytest.raises(ValueError, match=rf"{name}: {option} must be"):
+        solve(matvec, RHS, **{option: float(value) + 0.5})
+    with pytest.raises(ValueError, match=rf"{name}: {option} must be"):
+        jax.jit(lambda k: solve(matvec, RHS, **{option: k}))(value)

@@ -346,7 +346,7 @@ def check_numeric_fields(options: Any) -> None:
         value = getattr(options, field.name)
         if value is None and optional:
             continue
-        value = _as_python_number(value, kind)
+        value = as_python_number(value, kind)
         if kind is int:
             ok = is_int(value)
         else:
@@ -358,7 +358,7 @@ def check_numeric_fields(options: Any) -> None:
         object.__setattr__(options, field.name, value)
 
 
-def _as_python_number(value: Any, kind: type) -> Any:
+def as_python_number(value: Any, kind: type) -> Any:
     """A NumPy scalar or a concrete 0-d array (NumPy or JAX) of an integer dtype (for ``int``)
     or a real one (for ``float``) as the Python number it holds, so that the option compares,
     hashes and prints as that number (``maxiter=np.int64(100)`` from ``np.arange``,

@@ -181,7 +181,11 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
     it (a bool is not a number here): ``tol`` None or a number ≥ 0, ``atol`` a number ≥ 0,
     ``ridge`` a scalar ≥ 0 (a traced λ: its kind only), ``maxiter`` and ``restart``
     None or an int ≥ 1, ``dense_max_size`` an int ≥ 0. Options a solver ignores are checked
-    too: a wrong value is wrong wherever it goes."""
+    too: a wrong value is wrong wherever it goes. A count given as a NumPy integer or a concrete
+    JAX one (``jnp.asarray(50)``) is replaced in ``options`` by the Python int it holds."""
+    for option in ("maxiter", "restart", "dense_max_size"):
+        if option in options:
+            options[option] = _checks.as_python_number(options[option], int)
     for option in ("tol", "atol"):
         value = options.get(option)
         if option in options and not (
@@ -917,7 +921,7 @@ def spec(solve: str | Callable | None) -> Spec:
         known = None
     if known is None:
         return Spec(solve)
-    _check_options(func.__name__, keywords)  # at once: a bound option is wrong on every call
+    _check_options(func.__name__, dict(keywords))  # at once: a bound option is wrong on every call
     tol = keywords.get("tol")
     tol = float(tol) if isinstance(tol, (int, float)) else None
     direct = known.direct
