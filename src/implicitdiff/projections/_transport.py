@@ -135,17 +135,74 @@ def _relu(y: jax.Array) -> jax.Array:
     return jnp.where(y > 0, y, 0.0)
 
 
-def _primal(kind: str, x: jax.Array, alpha: jax.Array, beta: jax.Array) -> jax.Array:
+def _active(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The rows and columns of non-zero mass (ā > 0, b̄ > 0); cut from the graph."""
+    a_bar, b_bar, _ = jax.lax.stop_gradient(_projected_marginals(a, b))
+    return a_bar > 0, b_bar > 0
+
+
+def _primal(kind: str, x: jax.Array, alpha: jax.Array, beta: jax.Array, a=None, b=None):
+    """P of the potentials: max(Y, 0) (Euclidean) or exp(Y) (KL), Y = X + α1ᵀ + 1βᵀ.
+
+    With the marginals (a, b) given, rows and columns of no mass (ā_i = 0, b̄_j = 0) are written
+    as the limit of the projection as their mass tends to 0⁺: their potentials (−∞ for KL, any
+    low enough value for the Euclidean projection: a singular direction) are pinned at 0 and
+    unused, and Pᵢⱼ = āᵢ qᵢⱼ with qᵢ the distribution the row's first bit of mass takes over the
+    columns of mass, softmaxⱼ(Xᵢⱼ + βⱼ) (KL) or uniform over the largest Xᵢⱼ + βⱼ (Euclidean).
+    That is exactly 0 at āᵢ = 0, and its derivative in āᵢ there is the one-sided one (as is
+    its effect on the other rows, through the column sums). Columns alike.
+    """
     y = x + alpha[:, None] + beta[None, :]
-    return _relu(y) if kind == "euclidean" else jnp.exp(y)
+    if a is None:
+        return _relu(y) if kind == "euclidean" else jnp.exp(y)
+    rows, cols = _active(a, b)
+    a_bar, b_bar, _ = _projected_marginals(a, b)
+    cells = rows[:, None] & cols[None, :]
+    if kind == "euclidean":
+        inner = _relu(jnp.where(cells, y, -jnp.inf))
+        first_bit = _uniform_over_largest
+    else:
+        inner = jnp.exp(jnp.where(cells, y, -jnp.inf))
+        first_bit = jax.nn.softmax
+    on_rows = a_bar[:, None] * first_bit(jnp.where(cols[None, :], x + beta[None, :], -jnp.inf), 1)
+    on_cols = b_bar[None, :] * first_bit(jnp.where(rows[:, None], x + alpha[:, None], -jnp.inf), 0)
+    edge = jnp.where(rows[:, None], on_cols, on_rows)
+    return jnp.where(cells, inner, jnp.where(rows[:, None] | cols[None, :], edge, 0.0))
+
+
+def _uniform_over_largest(y: jax.Array, axis: int) -> jax.Array:
+    """1/k on the k largest entries of y along ``axis`` (ties), 0 elsewhere; no derivative."""
+    y = jax.lax.stop_gradient(y)
+    top = (y == jnp.max(y, axis=axis, keepdims=True)).astype(y.dtype)
+    return top / jnp.sum(top, axis=axis, keepdims=True)
 
 
 def _dual_gradient(kind: str, dual: tuple, x: jax.Array, a: jax.Array, b: jax.Array) -> tuple:
-    """∇D(α, β) = (a − P1 − s1, b − Pᵀ1 + s1), s = (⟨α, 1⟩ − ⟨β, 1⟩) / (n + m)."""
+    """∇D(α, β) = (a − P1 − s1, b − Pᵀ1 + s1), s = (⟨α, 1⟩ − ⟨β, 1⟩) / (n + m).
+
+    The potentials of rows and columns of no mass (see :func:`_primal`) are pinned, −α_i = 0,
+    and left out of s (the Jacobian stays symmetric negative semi-definite)."""
     alpha, beta = dual
-    p = _primal(kind, x, alpha, beta)
-    s = (jnp.sum(alpha) - jnp.sum(beta)) / (x.shape[0] + x.shape[1])
-    return a - jnp.sum(p, axis=1) - s, b - jnp.sum(p, axis=0) + s
+    n, m = x.shape
+    rows, cols = _active(a, b)
+    p = _primal(kind, x, alpha, beta, a, b)
+    s = (jnp.sum(jnp.where(rows, alpha, 0.0)) - jnp.sum(jnp.where(cols, beta, 0.0))) / (n + m)
+    return (
+        jnp.where(rows, a - jnp.sum(p, axis=1) - s, -alpha),
+        jnp.where(cols, b - jnp.sum(p, axis=0) + s, -beta),
+    )
+
+
+def _pinned(dual: tuple, a: jax.Array, b: jax.Array) -> jax.Array:
+    """(α, β) flat with the potentials of rows and columns of no mass at 0, the others moved
+    along (α − c, β + c) (P does not change) to the gauge of :func:`_dual_gradient`."""
+    alpha, beta = dual
+    n, m = alpha.shape[0], beta.shape[0]
+    rows, cols = _active(a, b)
+    _, _, s = _projected_marginals(a, b)
+    alpha, beta = jnp.where(rows, alpha, 0.0), jnp.where(cols, beta, 0.0)
+    c = (jnp.sum(alpha) - jnp.sum(beta) - (n + m) * s) / (jnp.sum(rows) + jnp.sum(cols))
+    return jnp.concatenate([jnp.where(rows, alpha - c, 0.0), jnp.where(cols, beta + c, 0.0)])
 
 
 def _euclidean_optimality(dual, x, a, b):
@@ -255,10 +312,18 @@ def _euclidean_solver(init, x, a, b, *, maxiter, tol):
 def _sinkhorn_solver(init, x, a, b, *, maxiter, tol):
     n, m = x.shape
     a_bar, b_bar, s = _projected_marginals(a, b)
-    log_a, log_b = jnp.log(a_bar), jnp.log(b_bar)
+    rows, cols = _active(a, b)
+    # Rows and columns of no mass: left out (X there at −∞), their potentials pinned at 0.
+    log_a = jnp.log(jnp.where(rows, a_bar, 1.0))
+    log_b = jnp.log(jnp.where(cols, b_bar, 1.0))
+    x = jnp.where(rows[:, None] & cols[None, :], x, -jnp.inf)
     gtol = _threshold(tol, a, b)
     f0, _ = init
-    g0 = log_b - logsumexp(x + f0[:, None], axis=0)  # columns exact from the start
+
+    def column_step(f):
+        return jnp.where(cols, log_b - logsumexp(x + f[:, None], axis=0), 0.0)
+
+    g0 = column_step(f0)  # columns exact from the start
 
     def cond(state):
         _, _, error, k = state
@@ -268,18 +333,19 @@ def _sinkhorn_solver(init, x, a, b, *, maxiter, tol):
         f, g, _, k = state
         lse_rows = logsumexp(x + g[None, :], axis=1)
         # Row violation of the current (f, g), whose columns are exact: the stopping criterion.
-        error = jnp.max(jnp.abs(jnp.exp(f + lse_rows) - a_bar))
-        f_next = log_a - lse_rows
-        g_next = log_b - logsumexp(x + f_next[:, None], axis=0)
+        error = jnp.max(jnp.where(rows, jnp.abs(jnp.exp(f + lse_rows) - a_bar), 0.0))
+        f_next = jnp.where(rows, log_a - lse_rows, 0.0)
+        g_next = column_step(f_next)
         done = error <= gtol  # keep the pair that was measured
         return jnp.where(done, f, f_next), jnp.where(done, g, g_next), error, k + 1
 
     init_state = (f0, g0, jnp.asarray(jnp.inf, x.dtype), 0)
     f, g, _, _ = _loop.while_loop(cond, body, init_state)
-    # Move along (f − c, g + c), which leaves P unchanged, to the gauge ⟨f, 1⟩ − ⟨g, 1⟩ = (n + m) s
-    # where ∇D vanishes (see the module docstring).
-    c = (jnp.sum(f) - jnp.sum(g) - (n + m) * s) / (n + m)
-    return f - c, g + c
+    # Move along (f − c, g + c) on the rows and columns of non-zero mass, which leaves P
+    # unchanged, to the gauge ⟨f, 1⟩ − ⟨g, 1⟩ = (n + m) s where ∇D vanishes (module docstring).
+    active = jnp.sum(rows) + jnp.sum(cols)
+    c = (jnp.sum(f) - jnp.sum(g) - (n + m) * s) / active
+    return jnp.where(rows, f - c, 0.0), jnp.where(cols, g + c, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "solve"))
@@ -311,7 +377,7 @@ def _project_jit(x, a, b, maxiter, tol, *, kind, solve):
     potentials = _potentials(
         *jax.lax.stop_gradient((lifted, a, b)), maxiter, tol, kind=kind, start=start
     )
-    p = jax.lax.stop_gradient(_primal(kind, lifted, *potentials))
+    p = jax.lax.stop_gradient(_primal(kind, lifted, *potentials, a, b))
     # (The marginals must be met too: with the KL projection, cells that must carry mass but
     # sit 2^34 below the rest underflow to 0 while Sinkhorn fails to converge.)
     gradient = _dual_gradient(kind, potentials, jax.lax.stop_gradient(lifted), a, b)
@@ -389,7 +455,7 @@ def _project_limit(x, a, b, spread, maxiter, tol, *, kind, solve):
     # more slowly still.)
     def probe(z):
         potentials = _potentials(z, a0, b0, maxiter, tol, kind="euclidean", newton=False)
-        return _primal("euclidean", z, *potentials) > 0
+        return _primal("euclidean", z, *potentials, a0, b0) > 0
 
     support = probe(xs * scale)
     support2 = probe(xs * (2 * scale))
@@ -427,7 +493,7 @@ def _potentials(x, a, b, maxiter, tol, *, kind, start=None, newton=True):
         dual = _sinkhorn_solver(init, x, a, b, maxiter=maxiter, tol=tol)
     if not newton:
         return dual
-    z = _newton_stages(kind, jnp.concatenate(dual), x, a, b, maxiter=maxiter, tol=tol)
+    z = _newton_stages(kind, _pinned(dual, a, b), x, a, b, maxiter=maxiter, tol=tol)
     n = x.shape[0]
     return z[:n], z[n:]
 
@@ -447,7 +513,7 @@ def _newton_stages(kind, z_found, x, a, b, *, maxiter, tol):
     spread = jnp.max(jnp.where(finite, x, -jnp.inf)) - jnp.min(jnp.where(finite, x, jnp.inf))
     stages = jnp.clip(jnp.ceil(jnp.log2(spread / _CONTINUATION_SPREAD)), 0, 60).astype(jnp.int32)
     if kind == "euclidean":
-        z_first = jnp.concatenate(_euclidean_init(jnp.exp2(-stages.astype(x.dtype)) * x, a, b))
+        z_first = _pinned(_euclidean_init(jnp.exp2(-stages.astype(x.dtype)) * x, a, b), a, b)
     else:
         z_first = jnp.zeros_like(z_found)
 
@@ -503,10 +569,18 @@ def _newton(kind, z0, x, a, b, *, maxiter, tol):
     gtol = _threshold(tol, a, b)
     eps = jnp.finfo(dtype).eps
 
+    # Rows and columns of no mass are pinned (their potentials stay at 0, see _primal):
+    # gradient 0 there, the identity in the Hessian, and no part in the gauge.
+    rows_on, cols_on = _active(a, b)
+    on = jnp.concatenate([rows_on, cols_on])
+    signs = jnp.concatenate([rows_on.astype(dtype), -cols_on.astype(dtype)])
+    cells = rows_on[:, None] & cols_on[None, :]
+
     def value_grad_weights(z):
         alpha, beta = z[:n], z[n:]
         y = x + alpha[:, None] + beta[None, :]
-        gauge = (jnp.sum(alpha) - jnp.sum(beta)) / (n + m)
+        gauge = jnp.vdot(signs, z) / (n + m)
+        y = jnp.where(cells, y, -jnp.inf)
         if kind == "euclidean":
             p = _relu(y)
             value, weights = 0.5 * jnp.vdot(p, p), (y > 0).astype(dtype)
@@ -515,7 +589,7 @@ def _newton(kind, z0, x, a, b, *, maxiter, tol):
             value, weights = jnp.sum(p), p
         value = value - jnp.vdot(alpha, a) - jnp.vdot(beta, b) + 0.5 * (n + m) * gauge**2
         grad = jnp.concatenate([jnp.sum(p, axis=1) + gauge - a, jnp.sum(p, axis=0) - gauge - b])
-        return value, grad, weights
+        return value, jnp.where(on, grad, 0.0), weights
 
     def cond(state):
         _, _, grad, _, _, k, stalled = state
@@ -531,13 +605,11 @@ def _newton(kind, z0, x, a, b, *, maxiter, tol):
 
         def hessian(d):
             u, v = d[:n], d[n:]
-            gauge = (jnp.sum(u) - jnp.sum(v)) / (n + m)
-            return (
-                jnp.concatenate([rows * u + weights @ v + gauge, cols * v + weights.T @ u - gauge])
-                + damping * d
-            )
+            inner = jnp.concatenate([rows * u + weights @ v, cols * v + weights.T @ u])
+            gauge = jnp.vdot(signs, d) / (n + m) * signs
+            return jnp.where(on, inner + gauge + damping * d, d)
 
-        diagonal = jnp.concatenate([rows, cols]) + 1.0 / (n + m) + damping
+        diagonal = jnp.where(on, jnp.concatenate([rows, cols]) + 1.0 / (n + m) + damping, 1.0)
         step, _ = jax.scipy.sparse.linalg.cg(
             hessian,
             -grad,
@@ -571,7 +643,7 @@ def _with_derivative(potentials, x, a, b, *, kind, solve):
     optimality = _euclidean_optimality if kind == "euclidean" else _kl_optimality
     found = custom_root(optimality, solve=solve, symmetric=True)(_found)
     alpha, beta = found(jax.lax.stop_gradient(potentials), x, a, b)
-    return _primal(kind, x, alpha, beta)
+    return _primal(kind, x, alpha, beta, a, b)
 
 
 def _found(potentials, x, a, b):
@@ -702,7 +774,9 @@ def transport_polytope(
     ``a`` and ``b`` must be non-negative with equal sums. If the sums differ, the marginals used
     are ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and derivatives follow that
     map). A negative entry of a, b, ā or b̄ makes U(a, b) empty: concrete marginals raise
-    ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P.
+    ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P. A
+    zero entry (an empty bin) gives a row or column of zeros; the derivative in that entry is
+    the one-sided one (the limit as it rises from 0).
 
     X may mask cells with −∞ (or any value far below the rest, −1e12 say): they get no mass,
     and their derivative is 0, as long as the other cells can carry the marginals (otherwise,
@@ -774,7 +848,9 @@ def kl_transport_polytope(
     ``a`` and ``b`` must be non-negative with equal sums. If the sums differ, the marginals used
     are ā = a − s 1, b̄ = b + s 1 with s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m) (and derivatives follow that
     map). A negative entry of a, b, ā or b̄ makes U(a, b) empty: concrete marginals raise
-    ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P.
+    ``ValueError``; traced ones (under ``jit``, ``vmap``, a derivative) give an all-NaN P. A
+    zero entry (an empty bin) gives a row or column of zeros; the derivative in that entry is
+    the one-sided one (the limit as it rises from 0).
 
     X may mask cells with −∞ (or any value far below the rest, −1e12 say): they get no mass as
     long as the other cells can carry the marginals (otherwise, for −∞, P is NaN). A +∞ entry
