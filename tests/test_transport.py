@@ -529,6 +529,20 @@ def test_transport_family_zero_marginals(kind):
     np.testing.assert_allclose(lhs, float(jnp.vdot(w, one_sided)), atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["euclidean", "kl"])
+def test_transport_family_zero_marginals_with_totals_apart_by_rounding(kind):
+    """Histograms with empty bins normalized apart: ⟨a, 1⟩ − ⟨b, 1⟩ = 5.6e-17. Balancing moved
+    the zero entry of a to −1.1e-17: "the marginals must be non-negative" (ValueError; NaN under
+    jit). Totals equal to rounding are now taken as equal."""
+    a, b = jnp.array([0.1, 0.2, 0.0]), jnp.array([0.3, 0.0])
+    assert float(jnp.sum(a) - jnp.sum(b)) != 0.0
+    x = jnp.asarray(np.random.default_rng(32).normal(size=(3, 2)))
+    expected = np.array([[0.1, 0.0], [0.2, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(TRANSPORT[kind](x, (a, b)), expected, atol=1e-15)
+    jitted = jax.jit(lambda x, a, b: TRANSPORT[kind](x, (a, b)))(x, a, b)
+    np.testing.assert_allclose(jitted, expected, atol=1e-15)
+
+
 # Masked cells and shifted rows: the projections are invariant to X + r1ᵀ + 1cᵀ, and a cell far
 # below the rest carries no mass when the others can carry the marginals.
 _MASK = np.zeros((4, 5), bool)

@@ -213,9 +213,23 @@ def _kl_optimality(dual, x, a, b):
     return _dual_gradient("kl", dual, x, a, b)
 
 
+def _balance(a: Any, b: Any, xp: Any = jnp) -> tuple[Any, Any]:
+    """s = (⟨a, 1⟩ − ⟨b, 1⟩) / (n + m), and whether the totals are equal to rounding: within
+    (n + m) eps (‖a‖₁ + ‖b‖₁), where s is taken as 0 (so that a zero entry stays 0: two
+    histograms with empty bins, normalized apart, have totals 1e-16 apart, which made ā < 0
+    and the set "empty"). ``xp``: jax.numpy, or NumPy for concrete marginals."""
+    size = a.shape[0] + b.shape[0]
+    difference = xp.sum(a) - xp.sum(b)
+    eps = xp.finfo(xp.result_type(a, b)).eps
+    rounding = size * eps * (xp.sum(xp.abs(a)) + xp.sum(xp.abs(b)))
+    return difference / size, xp.abs(difference) <= rounding
+
+
 def _projected_marginals(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(ā, b̄, s): the Euclidean projection of (a, b) onto {⟨ā, 1⟩ = ⟨b̄, 1⟩}, and its shift s."""
-    s = (jnp.sum(a) - jnp.sum(b)) / (a.shape[0] + b.shape[0])
+    """(ā, b̄, s): the Euclidean projection of (a, b) onto {⟨ā, 1⟩ = ⟨b̄, 1⟩}, and its shift s
+    (0 where the totals are equal to rounding; its derivative is always that of s)."""
+    s, equal = _balance(a, b)
+    s = s - jax.lax.stop_gradient(jnp.where(equal, s, 0.0))
     return a - s, b + s, s
 
 
@@ -668,7 +682,8 @@ def _check_marginals(a: jax.Array, b: jax.Array, name: str) -> jax.Array | None:
         a_bar, b_bar, _ = _projected_marginals(a, b)
         return jnp.all(a >= 0) & jnp.all(b >= 0) & jnp.all(a_bar >= 0) & jnp.all(b_bar >= 0)
     a, b = np.asarray(a), np.asarray(b)
-    s = (a.sum() - b.sum()) / (a.size + b.size)
+    s, equal = _balance(a, b, np)
+    s = 0.0 if equal else s
     a_bar, b_bar = a - s, b + s
     if not (np.all(a >= 0) and np.all(b >= 0) and np.all(a_bar >= 0) and np.all(b_bar >= 0)):
         raise ValueError(
