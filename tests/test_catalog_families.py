@@ -1256,6 +1256,54 @@ def test_half_precision_family(dtype):
     assert not failures, failures
 
 
+def _whole(value):
+    """value's floating leaves times 10, rounded, as int32 (its int leaves kept)."""
+    return jax.tree_util.tree_map(
+        lambda leaf: (
+            jnp.round(leaf * 10).astype(jnp.int32)
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+            else leaf
+        ),
+        value,
+    )
+
+
+def _as_float(value):
+    return jax.tree_util.tree_map(
+        lambda leaf: (
+            leaf.astype(jnp.float64)
+            if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.integer)
+            else leaf
+        ),
+        value,
+    )
+
+
+def test_catalog_family_integer_inputs():
+    """Every projection and prox given whole numbers (x, and its hyperparameters, as int32):
+    the result on the same values as floats, in a floating dtype. prox.group_lasso scaled the
+    int entries by 1/‖x‖∞ in their own dtype (truncating): 0.094 off, or 0.94 with an int λ
+    (JAXopt 0.8.5 is right)."""
+    failures = []
+    members = [(name, getattr(P, name), *SAMPLES[name](jnp.float64)) for name in sorted(SAMPLES)]
+    for name, h in PROXES.items():
+        fun = prox.from_projection(P.l2_ball) if name == "from_projection" else getattr(prox, name)
+        h = 1.0 if name == "from_projection" else h
+        x = np.outer(_X, [1.0, -0.5, 0.25]) if name == "nuclear_norm" else _X
+        members.append((f"prox.{name}", fun, jnp.asarray(x), h))
+    for name, fun, x, h in members:
+        for h_int in (h, _whole(h)):
+            x_int = _whole(x)
+            got = fun(x_int) if h is None else fun(x_int, h_int)
+            want = fun(_as_float(x_int)) if h is None else fun(_as_float(x_int), _as_float(h_int))
+            for leaf, ref in zip(*map(jax.tree_util.tree_leaves, (got, want)), strict=True):
+                error = float(jnp.max(jnp.abs(leaf - ref)))
+                exact = name in ("prox.none", "non_negative") and leaf.dtype == jnp.int32
+                if not (jnp.issubdtype(leaf.dtype, jnp.floating) or exact) or not error <= 1e-12:
+                    failures.append(f"{name} (λ {h_int}): {leaf.dtype}, error {error:.3g}")
+    assert not failures, failures
+
+
 @pytest.mark.parametrize("name", sorted(PROXES))
 def test_prox_family_infinite_entries(name):
     """Every prox with its first or second entry at ±∞: the limit of that entry at ±1e150

@@ -962,3 +962,28 @@ def test_optimality_output_dtype_must_match_the_solution():
     )
     with pytest.raises(TypeError, match=r"optimality_fun .* float32, the solution is float64"):
         jax.grad(lambda lam: jnp.sum(wrapped(jnp.zeros(4), lam, X, Y)))(LAM)
+
+
+@pytest.mark.parametrize("solve", ["cg", "gmres", "bicgstab", "normal_cg", "lu", "auto"])
+def test_solution_mixing_float32_and_float64_leaves(solve):
+    """A solution pytree of a float32 and a float64 leaf (x*_a = A⁻¹θ_a, x*_b = B⁻¹θ_b): the
+    gradient in θ, each leaf in its own dtype. With cg, bicgstab and normal_cg the backward
+    solve raised JAX's "while_loop body function carry input and carry output must have equal
+    types" (it now solves in the common dtype)."""
+    A = jnp.array([[2.0, 0.5], [0.5, 1.0]])
+    B = jnp.diag(jnp.array([1.0, 2.0, 4.0]))
+
+    def F(x, theta):
+        return {"a": A.astype(jnp.float32) @ x["a"] - theta["a"], "b": B @ x["b"] - theta["b"]}
+
+    @custom_root(F, solve=solve)
+    def solver(init, theta):
+        a = jnp.linalg.solve(A.astype(jnp.float32), theta["a"])
+        return {"a": a, "b": jnp.linalg.solve(B, theta["b"])}
+
+    theta = {"a": jnp.array([1.0, 2.0], jnp.float32), "b": jnp.array([1.0, 2.0, 3.0])}
+    init = {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(3)}
+    grad = jax.grad(lambda t: sum(jnp.sum(v) for v in solver(init, t).values()))(theta)
+    assert (grad["a"].dtype, grad["b"].dtype) == (jnp.float32, jnp.float64)
+    np.testing.assert_allclose(grad["a"], np.linalg.solve(A.T, np.ones(2)), rtol=1e-6)
+    np.testing.assert_allclose(grad["b"], [1.0, 0.5, 0.25], rtol=1e-9)

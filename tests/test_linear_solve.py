@@ -225,6 +225,49 @@ def test_linear_solver_family_half_precision(name, dtype):
     )
 
 
+INT_A = jnp.array([[4, 1, 0], [1, 3, 1], [0, 1, 2]])  # symmetric positive definite
+INT_B = jnp.array([1, -2, 3])
+
+
+@pytest.mark.parametrize("name", ALL_SOLVERS)
+def test_linear_solver_family_integer_data(name):
+    """A system with whole-number data (an int matrix, an int b, an int warm start): the real
+    solution, in the default float. gmres, bicgstab, normal_cg and iterative_refinement raised
+    "matvec cannot be applied to a vector shaped like b" (their loops carried b's int dtype; JAXopt
+    0.8.5's solvers all fail on it)."""
+    want = np.linalg.solve(np.asarray(INT_A, float), np.asarray(INT_B, float))
+    solve = linear_solve.resolve(name)
+    for options in ({}, {"init": jnp.array([1, 0, 0])}):
+        x = solve(lambda v: INT_A @ v, INT_B, **options)
+        assert x.dtype == jnp.float64, (options, x.dtype)
+        np.testing.assert_allclose(x, want, rtol=1e-9, err_msg=str(options))
+    x = jax.jit(lambda b: solve(lambda v: INT_A @ v, b))(jnp.array([True, False, True]))
+    np.testing.assert_allclose(x, np.linalg.solve(np.asarray(INT_A, float), [1.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("name", ALL_SOLVERS)
+def test_linear_solver_family_mixed_precision_pytree(name):
+    """b a pytree of a float32 and a float64 leaf (a block-diagonal system): the solution, each
+    leaf in its own dtype, solved in float64; and its derivative in b. cg returned both leaves
+    in float64; gmres, bicgstab and iterative_refinement raised "matvec cannot be applied to a
+    vector shaped like b" (a Krylov loop carries one dtype)."""
+    big = SPD if name in ("cg", "cholesky") else NONSYM  # (cg and cholesky need it symmetric)
+
+    def matvec(v):
+        return {"a": jnp.asarray(SPD[:3, :3] / N, jnp.float32) @ v["a"], "b": big @ v["b"]}
+
+    b = {"a": jnp.asarray(RHS[:3], jnp.float32), "b": RHS}
+    solve = linear_solve.resolve(name)
+    x = solve(matvec, b)
+    assert (x["a"].dtype, x["b"].dtype) == (jnp.float32, jnp.float64)
+    np.testing.assert_allclose(x["a"], np.linalg.solve(SPD[:3, :3] / N, RHS[:3]), rtol=1e-5)
+    np.testing.assert_allclose(x["b"], np.linalg.solve(big, RHS), rtol=1e-8)
+    grad = jax.grad(lambda b: jnp.sum(solve(matvec, b)["b"]))(b)
+    assert grad["a"].dtype == jnp.float32
+    np.testing.assert_allclose(grad["b"], np.linalg.solve(big.T, np.ones(N)), rtol=1e-7)
+    np.testing.assert_allclose(grad["a"], 0.0)
+
+
 WIDE = jnp.asarray(RNG.normal(size=(7, 4)))  # 7 × 4: x ∈ ℝ⁴, b ∈ ℝ⁷
 WIDE_B = jnp.asarray(RNG.normal(size=7))
 

@@ -58,6 +58,20 @@ def real_float_array(x: Any) -> jax.Array:
     return x
 
 
+def float_leaves(value: Any) -> Any:
+    """``value`` (an array or a pytree) with its integer and boolean leaves as JAX arrays of the
+    default float, the others unchanged: the data of a problem whose answer is real even when
+    the data are whole numbers (a right-hand side, a group's entries); JAX's own functions
+    promote them so, and an iteration carried in the integer dtype fails or truncates."""
+
+    def up(leaf):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            return leaf
+        return jnp.asarray(leaf, jnp.result_type(float))
+
+    return jax.tree_util.tree_map(up, value)
+
+
 def is_half(dtype: Any) -> bool:
     """Whether ``dtype`` is a half precision (bfloat16, float16: real floating, under 4 bytes)."""
     return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4

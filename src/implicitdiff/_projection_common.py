@@ -40,10 +40,7 @@ def check_feasible_flag(function: str, check_feasible: Any) -> None:
 
 def float_array(x: ArrayLike) -> jax.Array:
     """x as a JAX array of a floating dtype (integers and booleans become the default float)."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(jnp.result_type(float))
-    return x
+    return _checks.float_leaves(jnp.asarray(x))
 
 
 def as_dtype_of(value: ArrayLike, x: jax.Array) -> jax.Array:

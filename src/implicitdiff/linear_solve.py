@@ -146,6 +146,30 @@ def _cast(value: PyTree, dtype: Any) -> PyTree:
     return tree.map(cast, value)
 
 
+def _cast_like(value: PyTree, like: PyTree) -> PyTree:
+    """value with each floating leaf in the dtype of the matching leaf of ``like``."""
+
+    def cast(leaf, reference):
+        leaf, dtype = jnp.asarray(leaf), jnp.result_type(reference)
+        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return tree.map(cast, value, like)
+
+
+def _working_dtype(b: PyTree) -> Any:
+    """The dtype a system is solved in when it is not b's own, else None: float32 for half
+    precision (LAPACK has none, and CG's recurrences lose all accuracy in it), and the common
+    dtype of real leaves of several precisions (float32 and float64: a Krylov loop carries one
+    dtype; the solution comes back in each leaf's). Complex leaves are solved as given."""
+    dtypes = {jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves(b)}
+    if not dtypes or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
+        return None
+    common = jnp.result_type(*dtypes)
+    if _checks.is_half(common):
+        return jnp.dtype(jnp.float32)
+    return common if len(dtypes) > 1 else None
+
+
 def _shape_text(value: PyTree) -> str:
     shapes = [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(value)]
     return str(shapes[0] if len(shapes) == 1 else shapes)
@@ -250,14 +274,45 @@ def _scaled_solve(wrapped: Callable, matvec: Matvec, b: PyTree, options: dict) -
     return tree.scale(scale.astype(tree.dtype(x)), x)
 
 
+def _float_data(b: PyTree, options: dict) -> tuple[PyTree, dict]:
+    """b and the warm start with their integer leaves in the default float: the solution of a
+    system with whole-number data is real (carried in the integer dtype, the Krylov loops
+    failed with a misleading error about the operator's shape)."""
+    if options.get("init") is not None:
+        options = dict(options, init=_checks.float_leaves(options["init"]))
+    return _checks.float_leaves(b), options
+
+
+def _in_working_dtype(
+    solve: Callable, solver: Callable, matvec: Matvec, b: PyTree, options: dict
+) -> PyTree:
+    """``solve`` of the system cast to :func:`_working_dtype`, the solution cast back."""
+    work = _working_dtype(b)
+    # x is shaped like b, or (normal_cg, a non-square operator) like its warm start.
+    x_like = options.get("init") if solver.__name__ == "normal_cg" else None
+    x_like = b if x_like is None else x_like
+    options = dict(options)
+    if options.get("init") is not None:
+        options["init"] = _cast(options["init"], work)
+    if options.get("preconditioner") is not None:
+        pre = options["preconditioner"]
+        options["preconditioner"] = lambda v: _cast(pre(_cast_like(v, x_like)), work)
+    x = solve(lambda v: _cast(matvec(_cast_like(v, x_like)), work), _cast(b, work), **options)
+    return _cast_like(x, x_like)
+
+
 def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     """Common behaviour of this module's solvers.
+
+    - Integer or boolean leaves of b and of ``init``: the default float (:func:`_float_data`).
 
     - Options of the wrong kind or out of range: a ValueError naming them (:func:`_check_options`).
 
     - Half precision (float16, bfloat16), which LAPACK lacks and in which CG's recurrences lose
       all accuracy: the system is solved in float32 (the matvec still applies the operator as
-      given, on inputs rounded to the half type) and the solution rounded back.
+      given, on inputs rounded to the half type) and the solution rounded back. A pytree whose
+      real leaves mix precisions (float32 and float64) is solved likewise in their common dtype
+      (:func:`_working_dtype`), each leaf of the solution in its own dtype.
     - A non-square operator given to a solver that needs a square one: a ValueError naming the
       shapes, instead of an error from deep inside (the check runs only on failure: free).
     - The Krylov solvers of square systems are custom linear solves that solve for b, and
@@ -270,16 +325,9 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     @functools.wraps(solver)
     def wrapped(matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
         _check_options(solver.__name__, options)
-        dtype = tree.dtype(b)
-        if _checks.is_half(dtype):
-            original = matvec
-            matvec = lambda v: _cast(original(_cast(v, dtype)), jnp.float32)  # noqa: E731
-            if options.get("init") is not None:
-                options["init"] = _cast(options["init"], jnp.float32)
-            if options.get("preconditioner") is not None:
-                pre = options["preconditioner"]
-                options["preconditioner"] = lambda v: _cast(pre(_cast(v, dtype)), jnp.float32)
-            return _cast(wrapped(matvec, _cast(b, jnp.float32), **options), dtype)
+        b, options = _float_data(b, options)
+        if _working_dtype(b) is not None:
+            return _in_working_dtype(wrapped, solver, matvec, b, options)
         try:
             return solver(matvec, b, **options)
         except (TypeError, ValueError) as err:
@@ -299,6 +347,9 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
         # its own right-hand side: the inner solver's own rule would solve the cotangent
         # multiplied by this one's scale (an underflow where b is tiny).
         _check_options(solver.__name__, options)
+        b, options = _float_data(b, options)
+        if _working_dtype(b) is not None:
+            return _in_working_dtype(transposable, solver, matvec, b, options)
         init = options.pop("init", None)
 
         def forward(matvec, rhs):

@@ -366,6 +366,8 @@ def group_lasso(
             f"group_lasso: hyperparams (λ) must be a scalar, got shape {jnp.shape(hyperparams)}"
         )
     threshold = hyperparams * scaling
+    # Integer entries: the result is real (scaling them in their dtype truncated it).
+    x = _checks.float_leaves(x)
     # ‖x‖ = m ‖x/m‖ with m = ‖x‖∞ held constant: no overflow or underflow of ‖x‖² (float32
     # entries of 1e±30); the derivative is the same.
     m = jax.lax.stop_gradient(tree.norm(x, jnp.inf))

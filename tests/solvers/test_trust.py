@@ -884,3 +884,108 @@ def test_bfloat16_family_every_solver():
         if x.dtype not in (jnp.bfloat16, jnp.float64) or not error <= 0.05:
             failures.append(f"{name}: {x.dtype}, error {error:.3g}")
     assert not failures, failures
+
+
+def test_integer_data_family_every_solver():
+    """θ given as whole numbers (an int array): every solver returns x*(θ), in a floating dtype,
+    within 1e-6 of the closed form. EqualityConstrainedQP and IterativeRefinement raised
+    "init_params must have floating-point leaves" about a start the caller had not given (their
+    zero start took θ's int dtype)."""
+    failures = []
+    for name, case in CASES.items():
+        theta = jnp.round(jnp.sign(THETA) if case.theta is THETA else case.theta).astype(int)
+        solver = case.solver() if case.host else case.solver(maxiter=500, tol=1e-10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = _params(case.run(solver, case.init, theta))
+        error = float(jnp.max(jnp.abs(x - case.solution(theta.astype(float)))))
+        if not (jnp.issubdtype(x.dtype, jnp.floating) and error <= 1e-6):
+            failures.append(f"{name}: {x.dtype}, error {error:.2g}")
+    assert not failures, failures
+
+
+# A pytree whose leaves mix precisions: a float32 block and a float64 one, each a quadratic with
+# a closed form (x*_a = A⁻¹θ_a, x*_b = B⁻¹θ_b).
+_MIX_A = jnp.array([[2.0, 0.5], [0.5, 1.0]])
+_MIX_B = jnp.diag(jnp.array([1.0, 2.0, 4.0]))
+_MIX_THETA = {"a": jnp.array([1.0, 2.0], jnp.float32), "b": jnp.array([1.0, 2.0, 3.0])}
+_MIX_INIT = {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(3)}
+
+
+def _mixed_objective(x, theta):
+    a = 0.5 * x["a"] @ (_MIX_A.astype(jnp.float32) @ x["a"]) - theta["a"] @ x["a"]
+    return a + 0.5 * x["b"] @ _MIX_B @ x["b"] - theta["b"] @ x["b"]
+
+
+def _mixed_root(x, theta):
+    return jax.grad(_mixed_objective)(x, theta)
+
+
+def _mixed_map(x, theta):
+    return jax.tree_util.tree_map(lambda v, g: v - 0.3 * g, x, _mixed_root(x, theta))
+
+
+def _mixed_bounds(x):
+    return (
+        jax.tree_util.tree_map(lambda v: v - 10, x),
+        jax.tree_util.tree_map(lambda v: v + 10, x),
+    )
+
+
+_MIXED = {
+    "GradientDescent": lambda o: solvers.GradientDescent(fun=_mixed_objective, **o),
+    "LBFGS": lambda o: solvers.LBFGS(fun=_mixed_objective, **o),
+    "BFGS": lambda o: solvers.BFGS(fun=_mixed_objective, **o),
+    "NonlinearCG": lambda o: solvers.NonlinearCG(fun=_mixed_objective, **o),
+    "Newton": lambda o: solvers.Newton(fun=_mixed_objective, **o),
+    "ArmijoSGD": lambda o: solvers.ArmijoSGD(fun=_mixed_objective, **o),
+    "OptaxSolver": lambda o: solvers.OptaxSolver(_mixed_objective, PlainSGD(0.3), **o),
+    "AndersonWrapper": lambda o: solvers.AndersonWrapper(
+        solvers.GradientDescent(fun=_mixed_objective, stepsize=0.3), **o
+    ),
+    "FixedPointIteration": lambda o: solvers.FixedPointIteration(fixed_point_fun=_mixed_map, **o),
+    "AndersonAcceleration": lambda o: solvers.AndersonAcceleration(fixed_point_fun=_mixed_map, **o),
+    "Broyden": lambda o: solvers.Broyden(fun=_mixed_root, **o),
+    "GaussNewton": lambda o: solvers.GaussNewton(residual_fun=_mixed_root, **o),
+    "LevenbergMarquardt": lambda o: solvers.LevenbergMarquardt(residual_fun=_mixed_root, **o),
+    "ScipyMinimize": lambda o: solvers.ScipyMinimize(fun=_mixed_objective, tol=1e-12),
+    "ScipyRootFinding": lambda o: solvers.ScipyRootFinding(optimality_fun=_mixed_root),
+    "ScipyLeastSquares": lambda o: solvers.ScipyLeastSquares(residual_fun=_mixed_root),
+}
+_MIXED_BOUNDED = {
+    "LBFGSB": lambda o: solvers.LBFGSB(fun=_mixed_objective, **o),
+    "ProximalGradient": lambda o: solvers.ProximalGradient(fun=_mixed_objective, **o),
+    "ProjectedGradient": lambda o: solvers.ProjectedGradient(
+        fun=_mixed_objective, projection=projections.box, **o
+    ),
+    "ScipyBoundedMinimize": lambda o: solvers.ScipyBoundedMinimize(fun=_mixed_objective, tol=1e-12),
+}
+
+
+@pytest.mark.parametrize("name", [*_MIXED, *_MIXED_BOUNDED])
+def test_mixed_precision_pytree_family(name):
+    """init_params a pytree of a float32 and a float64 leaf: the solution, each leaf in its own
+    dtype, within its precision of the closed form, and the implicit derivative in θ. Nine
+    solvers (the gradient, line-search, Newton and stochastic ones, AndersonWrapper) raised JAX's
+    "while_loop body function carry input and carry output must have equal types" (their loops
+    carry one dtype; JAXopt 0.8.5 refuses such a pytree): they now solve in the common dtype."""
+    options = {"maxiter": 500, "tol": 1e-9}
+    if name in _MIXED:
+        solver, leading = _MIXED[name](options), ()
+    else:
+        solver = _MIXED_BOUNDED[name](options)
+        leading = (None,) if name == "ProximalGradient" else (_mixed_bounds(_MIX_INIT),)
+
+    def solve(theta):
+        return solver.run(_MIX_INIT, *leading, theta).params
+
+    x = solve(_MIX_THETA)
+    assert (x["a"].dtype, x["b"].dtype) == (jnp.float32, jnp.float64), name
+    np.testing.assert_allclose(x["a"], np.linalg.solve(_MIX_A, [1.0, 2.0]), atol=2e-6)
+    np.testing.assert_allclose(x["b"], [1.0, 1.0, 0.75], rtol=1e-7)
+    grad = jax.grad(lambda theta: jnp.sum(solve(theta)["a"]) + jnp.sum(solve(theta)["b"]))(
+        _MIX_THETA
+    )
+    assert grad["a"].dtype == jnp.float32
+    np.testing.assert_allclose(grad["a"], np.linalg.solve(_MIX_A.T, np.ones(2)), atol=2e-6)
+    np.testing.assert_allclose(grad["b"], [1.0, 0.5, 0.25], rtol=1e-7)

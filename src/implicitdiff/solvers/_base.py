@@ -356,6 +356,11 @@ class DifferentiableRun(abc.ABC):
         step = self._run(init_params, *args, **kwargs)
         return apply_failure_policy(self, step, status_codes=self._status_codes)
 
+    # Whether the solver's loops carry its iterate in one dtype: then params whose leaves mix
+    # real precisions (float32 and float64) are solved in their common dtype and each leaf of
+    # the solution is returned in its own (the others handle such pytrees as they are).
+    _iterates_in_one_dtype = False
+
     # Whether ``state.status`` holds :class:`~implicitdiff.solvers.Status` codes (named in a
     # failure's message, with a remedy), rather than the codes of a host library (SciPy's).
     _status_codes = False
@@ -447,6 +452,10 @@ class DifferentiableRun(abc.ABC):
             _dtypes.check_real_params(
                 init_params, f"{type(self).__name__}.run", self._COMPLEX_SOLVERS
             )
+        common = _dtypes.mixed_precision(init_params) if self._iterates_in_one_dtype else None
+        if common is not None:  # solved in the common dtype, each leaf returned in its own
+            step = self._run(tree.map(lambda v: v.astype(common), init_params), *args, **kwargs)
+            return step._replace(params=_dtypes.cast_like(step.params, init_params))
         args, kwargs = self._bind_keywords(args, kwargs)
         self._check_arguments(init_params, args, kwargs)
         init_params = self._vary_start(init_params, args, kwargs)

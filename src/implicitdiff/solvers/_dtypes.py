@@ -35,6 +35,7 @@ __all__ = [
     "check_real_params",
     "complex_leaves",
     "from_real",
+    "mixed_precision",
     "real_dtype",
     "to_real",
 ]
@@ -43,6 +44,15 @@ __all__ = [
 def real_dtype(params: PyTree) -> Any:
     """The real floating dtype of the params (float32 for complex64 params, ...)."""
     return jnp.finfo(tree.dtype(params)).dtype
+
+
+def mixed_precision(params: PyTree) -> Any:
+    """The common dtype of params whose real floating leaves mix precisions (float32 and
+    float64, say), else None (one dtype, or some leaf not real floating)."""
+    dtypes = {jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves(params)}
+    if len(dtypes) < 2 or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
+        return None
+    return jnp.result_type(*dtypes)
 
 
 def _cast_leaf(value: Any, dtype: Any) -> Any:

@@ -99,6 +99,8 @@ class StopIfLinesearchFails:
 class LineSearchSolver(Stationary, IterativeSolver):
     """Options and the line-search step shared by LBFGS, BFGS and NonlinearCG."""
 
+    _iterates_in_one_dtype = True  # (mixed float32/float64 params: see DifferentiableRun)
+
     _complex_params = True
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)

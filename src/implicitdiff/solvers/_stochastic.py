@@ -42,6 +42,8 @@ class StochasticSolver(IterativeSolver):
     A subclass has the fields ``fun``, ``value_and_grad``, ``has_aux`` and ``pre_update``.
     """
 
+    _iterates_in_one_dtype = True  # (mixed float32/float64 params: see DifferentiableRun)
+
     def _check_objective_options(self) -> None:
         owner = type(self).__name__
         if not callable(self.fun):

@@ -77,6 +77,8 @@ class AndersonWrapper(IterativeSolver):
       >>> w, state = AndersonWrapper(inner, history_size=3).run(jnp.zeros(3), 0.5)
     """
 
+    _iterates_in_one_dtype = True  # (mixed float32/float64 params: see DifferentiableRun)
+
     _user_function = None  # the wrapped solver's signature: see _run_signature
 
     solver: IterativeSolver | None = dataclasses.field(default=None, kw_only=False)

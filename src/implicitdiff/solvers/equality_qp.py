@@ -190,12 +190,15 @@ class EqualityConstrainedQP(IterativeSolver):
                         f"EqualityConstrainedQP: params_eq = (A, b) must be a matrix (p, {n}) and "
                         f"a vector (p,); got A {jnp.shape(A)}, b {jnp.shape(b)}"
                     )
+        if self._matvec_Q is None and self.matvec_A is None and self.fun is None:
+            # Whole-number data: the solution is real (its zero start was an integer array).
+            params_obj, params_eq = _checks.float_leaves((params_obj, params_eq))
         if params_eq is None:
             nu0 = None
         elif nu0 is None:
-            nu0 = tree.zeros_like(params_eq[1])
+            nu0 = _checks.float_leaves(tree.zeros_like(params_eq[1]))
         if x0 is None:
-            x0 = tree.zeros_like(params_obj[1])
+            x0 = _checks.float_leaves(tree.zeros_like(params_obj[1]))
         if self._matvec_Q is None and self.matvec_A is None:
             # A warm start solves in the data's dtype, as OSQP's (a float32 start of float64 data
             # made the refinement's carry change type).

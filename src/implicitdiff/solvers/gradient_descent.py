@@ -82,6 +82,8 @@ class GradientDescent(Stationary, IterativeSolver):
       >>> w, state = GradientDescent(fun=f).run(jnp.zeros(3), 0.5)
     """
 
+    _iterates_in_one_dtype = True  # (mixed float32/float64 params: see DifferentiableRun)
+
     _complex_params = True
 
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _summary, linear_solve, tree
+from implicitdiff import _checks, _summary, linear_solve, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -122,6 +122,7 @@ class IterativeRefinement(IterativeSolver):
         """
         if A is None or b is None:
             raise TypeError("IterativeRefinement.run: A and b are required: run(init, A, b)")
+        b = _checks.float_leaves(b)  # whole numbers: the solution is real
         if init_params is None:
             init_params = tree.zeros_like(b)
         elif jax.tree_util.tree_structure(init_params) == jax.tree_util.tree_structure(b):

@@ -128,6 +128,8 @@ class Newton(IterativeSolver):
       >>> w, state = Newton(fun=f).run(jnp.zeros(2), X, y, 0.1)
     """
 
+    _iterates_in_one_dtype = True  # (mixed float32/float64 params: see DifferentiableRun)
+
     fun: Callable | None = dataclasses.field(default=None, kw_only=False)
     maxiter: int = 50
     tol: float = 1e-6
