@@ -989,3 +989,29 @@ def test_mixed_precision_pytree_family(name):
     assert grad["a"].dtype == jnp.float32
     np.testing.assert_allclose(grad["a"], np.linalg.solve(_MIX_A.T, np.ones(2)), atol=2e-6)
     np.testing.assert_allclose(grad["b"], [1.0, 0.5, 0.25], rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", [*_MIXED, *_MIXED_BOUNDED])
+def test_mixed_precision_pytree_family_by_hand(name):
+    """The same pytree through init_state and update by hand: each leaf keeps its dtype, or a
+    TypeError names init_params and the cast to make. Nine solvers raised JAX's carry-type error
+    (LBFGS, BFGS, NonlinearCG, Newton, ...) or returned both leaves in float64 (GradientDescent,
+    ArmijoSGD)."""
+    options = {"maxiter": 500, "tol": 1e-9}
+    make = _MIXED[name] if name in _MIXED else _MIXED_BOUNDED[name]
+    solver = make(options)
+    if not isinstance(solver, solvers.IterativeSolver):
+        pytest.skip(f"{name} has no init_state and update")
+    leading = ()
+    if name in _MIXED_BOUNDED:
+        leading = (None,) if name == "ProximalGradient" else (_mixed_bounds(_MIX_INIT),)
+    try:
+        state = solver.init_state(_MIX_INIT, *leading, _MIX_THETA)
+    except TypeError as error:
+        assert "init_params mixes floating dtypes (float32, float64)" in str(error), error
+        assert "astype(jnp.float64)" in str(error)
+        return
+    params = _MIX_INIT
+    for _ in range(3):
+        params, state = solver.update(params, state, *leading, _MIX_THETA)
+    assert (params["a"].dtype, params["b"].dtype) == (jnp.float32, jnp.float64), name

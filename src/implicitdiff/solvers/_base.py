@@ -735,6 +735,8 @@ def _keyword_leading(function: Callable, name: str, leading: tuple) -> Callable:
     def method(self, *args, **kwargs):
         owner = f"{type(self).__name__}.{name}"
         args, kwargs = bind_leading(owner, leading, args, kwargs)
+        if self._iterates_in_one_dtype and args:
+            _check_one_dtype(owner, leading[0], args[0])
         return function(self, *args, **kwargs)
 
     signature = inspect.signature(function)
@@ -745,6 +747,20 @@ def _keyword_leading(function: Callable, name: str, leading: tuple) -> Callable:
     method.__signature__ = signature.replace(parameters=parameters)
     method._positional = function
     return method
+
+
+def _check_one_dtype(owner: str, name: str, params: PyTree) -> None:
+    """Refuse, naming it, a pytree mixing real precisions given to ``init_state`` or ``update``
+    of a solver whose loops carry one dtype (``run`` casts it; a loop by hand cannot)."""
+    common = _dtypes.mixed_precision(params)
+    if common is not None:
+        kinds = sorted({str(jnp.result_type(leaf)) for leaf in jax.tree_util.tree_leaves(params)})
+        raise TypeError(
+            f"{owner}: {name} mixes floating dtypes ({', '.join(kinds)}), and this solver's "
+            f"iterations carry one: cast it first, e.g. jax.tree_util.tree_map(lambda v: "
+            f"v.astype(jnp.{common}), {name}) (run() does so itself, and returns each leaf of "
+            "the solution in its own dtype)"
+        )
 
 
 def _finite(params: PyTree) -> jax.Array:
