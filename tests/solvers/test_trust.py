@@ -1015,3 +1015,28 @@ def test_mixed_precision_pytree_family_by_hand(name):
     for _ in range(3):
         params, state = solver.update(params, state, *leading, _MIX_THETA)
     assert (params["a"].dtype, params["b"].dtype) == (jnp.float32, jnp.float64), name
+
+
+_CLOSING = [
+    name
+    for name, case in CASES.items()
+    if case.body is not None and name != "HostSolver"  # (its solve_fn takes run's arguments)
+]
+
+
+@pytest.mark.parametrize("name", _CLOSING)
+def test_hyperparameter_closed_over_by_the_user_function_family(name):
+    """θ reaches the problem only through a closure of the user function, built inside
+    jax.jacobian (the usual way to write a hyperparameter): the Jacobian dx*/dθ against the
+    closed form. The SciPy wrappers raised JAX's UnexpectedTracerError from their host callback
+    (the closure held a tracer there); the closed-over values now reach the host as arguments."""
+    case = CASES[name]
+
+    def solve(theta):
+        body = functools.partial(lambda x, unused, theta: case.body(x, theta), theta=theta)
+        fun = _named(body, "unused")
+        solver = case.make(fun) if case.host else case.make(fun, maxiter=300, tol=1e-10)
+        return _params(case.run(solver, case.init, jnp.zeros(())))
+
+    jacobian = jax.jacobian(solve)(case.theta)
+    np.testing.assert_allclose(jacobian, case.jacobian(case.theta), atol=1e-7)

@@ -120,6 +120,49 @@ class HostWrapper(DifferentiableRun):
 
         return solution
 
+    # Whether the host callback evaluates the user function (the SciPy wrappers; not HostSolver,
+    # whose host side is the user's own NumPy solve).
+    _evaluates_user_function_on_host = False
+
+    def _run(self, init_params: PyTree, /, *args, **kwargs):
+        converted = self._closure_as_arguments(init_params, args, kwargs)
+        if converted is None:
+            return super()._run(init_params, *args, **kwargs)
+        solver, args, kwargs = converted
+        return solver._run(init_params, *args, **kwargs)
+
+    def _closure_as_arguments(self, init_params: PyTree, args: tuple, kwargs: dict):
+        """(solver, args, kwargs) whose user function takes as trailing arguments the traced
+        values it closed over (a hyperparameter closed over inside ``jax.grad``: evaluated in
+        the host callback, it raised JAX's UnexpectedTracerError), or None if it closes over
+        none. They then reach the host as arrays and get their derivative as any argument."""
+        name = self._user_function
+        fun = getattr(self, name, None) if name else None
+        if not (self._evaluates_user_function_on_host and callable(fun)):
+            return None
+        args, kwargs = self._bind_keywords(args, kwargs)
+        lead = len(self._run_arguments)
+        split = ArgsSplit(args[lead:], kwargs)
+        key = split.key()
+
+        def flat(x, arrays):
+            a, k = ArgsSplit.merge(key, arrays)
+            return fun(x, *a, **k)
+
+        try:
+            closed, consts = jax.closure_convert(flat, init_params, split.arrays)
+        except Exception:  # a function that cannot be traced: the solver reports it itself
+            return None
+        if not any(isinstance(c, jax.core.Tracer) for c in consts):
+            return None
+        count = len(consts)
+
+        def explicit(x, *a, **k):
+            return closed(x, ArgsSplit(a[:-count], k).arrays, *a[-count:])
+
+        solver = dataclasses.replace(self, **{name: explicit})
+        return solver, (*args, *consts), kwargs
+
     def _host_function(self, key: Any, build: Callable[[], Callable]) -> Callable:
         """The host callable for one problem structure, built (and its jits made) once."""
         try:

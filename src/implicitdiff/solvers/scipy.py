@@ -150,6 +150,8 @@ class ScipyMinimize(Stationary, HostWrapper):
       >>> w, state = ScipyMinimize(fun=f).run(jnp.zeros(3), 1.0)  # w = 1 / (1 + lam)
     """
 
+    _evaluates_user_function_on_host = True  # (closures: HostWrapper._run)
+
     _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 
     fun: Callable | None = None

@@ -109,6 +109,8 @@ class ScipyRootFinding(HostWrapper):
       >>> x, state = ScipyRootFinding(optimality_fun=F).run(jnp.ones(2), jnp.array([8.0, 27.0]))
     """
 
+    _evaluates_user_function_on_host = True  # (closures: HostWrapper._run)
+
     _user_function = "optimality_fun"
 
     optimality_fun: Callable | None = None
@@ -227,6 +229,8 @@ class ScipyLeastSquares(HostWrapper):
       >>> t = jnp.linspace(0.0, 1.0, 5)
       >>> p, state = ScipyLeastSquares(residual_fun=r).run(jnp.ones(2), t, 2.0 * jnp.exp(-t))
     """
+
+    _evaluates_user_function_on_host = True  # (closures: HostWrapper._run)
 
     _user_function = "residual_fun"
     _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
