@@ -1228,6 +1228,18 @@ def _in_dtype(value, dtype):
     )
 
 
+def _catalog_members(dtype) -> list:
+    """(name, function, x, hyperparams) of every projection (its sample) and every prox (λ of
+    PROXES; from_projection of l2_ball with radius 1), x in ``dtype``."""
+    members = [(name, getattr(P, name), *SAMPLES[name](dtype)) for name in sorted(SAMPLES)]
+    for name, h in PROXES.items():
+        fun = prox.from_projection(P.l2_ball) if name == "from_projection" else getattr(prox, name)
+        h = 1.0 if name == "from_projection" else h
+        x = np.outer(_X, [1.0, -0.5, 0.25]) if name == "nuclear_norm" else _X
+        members.append((f"prox.{name}", fun, jnp.asarray(x, dtype), h))
+    return members
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
 def test_half_precision_family(dtype):
     """Every projection and prox with x and its hyperparameters in bfloat16 or float16: the
@@ -1238,12 +1250,7 @@ def test_half_precision_family(dtype):
     0.1 to 0.4 off in bfloat16 (their tolerance is below its rounding): these now compute in
     float32 and round the result."""
     failures = []
-    members = [(name, getattr(P, name), *SAMPLES[name](jnp.float32)) for name in sorted(SAMPLES)]
-    for name, h in PROXES.items():
-        fun = prox.from_projection(P.l2_ball) if name == "from_projection" else getattr(prox, name)
-        h = 1.0 if name == "from_projection" else h
-        x = np.outer(_X, [1.0, -0.5, 0.25]) if name == "nuclear_norm" else _X
-        members.append((f"prox.{name}", fun, jnp.asarray(x, jnp.float32), h))
+    members = _catalog_members(jnp.float32)
     for name, fun, x, h in members:
         call = fun if h is None else lambda v, fun=fun, h=h: fun(v, _in_dtype(h, dtype))
         reference = fun(x) if h is None else fun(x, h)
@@ -1285,12 +1292,7 @@ def test_catalog_family_integer_inputs():
     int entries by 1/‖x‖∞ in their own dtype (truncating): 0.094 off, or 0.94 with an int λ
     (JAXopt 0.8.5 is right)."""
     failures = []
-    members = [(name, getattr(P, name), *SAMPLES[name](jnp.float64)) for name in sorted(SAMPLES)]
-    for name, h in PROXES.items():
-        fun = prox.from_projection(P.l2_ball) if name == "from_projection" else getattr(prox, name)
-        h = 1.0 if name == "from_projection" else h
-        x = np.outer(_X, [1.0, -0.5, 0.25]) if name == "nuclear_norm" else _X
-        members.append((f"prox.{name}", fun, jnp.asarray(x), h))
+    members = _catalog_members(jnp.float64)
     for name, fun, x, h in members:
         for h_int in (h, _whole(h)):
             x_int = _whole(x)
