@@ -1228,6 +1228,27 @@ def _in_dtype(value, dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_svd_family_subnormal_entries(dtype):
+    """Matrices of subnormal entries (below finfo.tiny) reach LAPACK's SVD as zeros, as XLA's
+    CPU operations read them: prox.nuclear_norm of a 1 × 5 matrix of 1.1e-308 was all NaN (a
+    falsifying example that hypothesis found in test_prox::test_firm_nonexpansiveness), with
+    its Jacobian; affine_set with such an A is the set of A = 0, and a subnormal entry beside
+    normal ones changes nothing."""
+    tiny = float(jnp.finfo(dtype).tiny) / 2
+    z = jnp.full((1, 5), tiny, dtype)
+    for lam in (0.0, 0.3):
+        assert bool(jnp.all(prox.nuclear_norm(z, lam) == 0)), lam
+        jacobian = jax.jacobian(lambda v, lam=lam: prox.nuclear_norm(v, lam))(z)
+        assert bool(jnp.all(jnp.isfinite(jacobian))), lam
+    x = jnp.arange(5.0, dtype=dtype)
+    np.testing.assert_array_equal(
+        P.affine_set(x, (jnp.full((2, 5), tiny, dtype), jnp.zeros(2, dtype))), x
+    )
+    m = jnp.asarray([[1.0, tiny], [tiny, 3.0]], dtype)
+    np.testing.assert_allclose(prox.nuclear_norm(m, 0.1), [[0.9, 0.0], [0.0, 2.9]], rtol=1e-6)
+
+
 def _catalog_members(dtype) -> list:
     """(name, function, x, hyperparams) of every projection (its sample) and every prox (λ of
     PROXES; from_projection of l2_ball with radius 1), x in ``dtype``."""

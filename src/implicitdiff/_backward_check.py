@@ -265,7 +265,7 @@ def least_squares_fallback(matvec: Callable, b: PyTree, dense: bool):
     rhs = rmatvec(b)
     if dense:
         a, b_flat, unravel = linear_solve._materialize(matvec, b)
-        x = unravel(jnp.linalg.lstsq(_checks.without_infinities(a), b_flat)[0])
+        x = unravel(jnp.linalg.lstsq(_checks.for_lapack(a), b_flat)[0])
         ridge = jnp.zeros((), dtype)
     else:
 

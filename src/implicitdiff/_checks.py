@@ -90,16 +90,20 @@ def half_to_float32(value: Any) -> Any:
     return jax.tree_util.tree_map(up, value)
 
 
-def without_infinities(a: jax.Array) -> jax.Array:
-    """``a`` with its ±∞ entries replaced by NaN, for an SVD.
+def for_lapack(a: jax.Array) -> jax.Array:
+    """``a`` with its ±∞ entries replaced by NaN and its subnormal entries by 0, for an SVD.
 
     On the CPU, JAX's SVD with singular vectors (``jnp.linalg.svd``, and ``lstsq`` and ``pinv``
     through it) never returns on a small matrix that holds ±∞ (jax 0.10: a 5 × 3 or a 4 × 4
     matrix with one entry ∞ ran for minutes); with NaN it returns NaN at once. The result is
     NaN either way, as it would be for such a matrix; finite entries and their derivatives are
     unchanged. (The NaN is made only where there is an ∞, as ∞ · 0: no NaN operation for
-    ``jax.debug_nans`` to report on a finite matrix.)
+    ``jax.debug_nans`` to report on a finite matrix.) A matrix of subnormal entries (1e-308)
+    gave an all-NaN SVD; XLA's CPU operations read subnormals as 0 anyway, and so does the SVD
+    now.
     """
+    tiny = jnp.finfo(jnp.result_type(a)).tiny
+    a = jnp.where(jnp.abs(a) < tiny, jnp.zeros_like(a), a)
     return jnp.where(jnp.isinf(a), a * 0, a)
 
 

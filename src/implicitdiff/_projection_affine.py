@@ -163,7 +163,7 @@ def _affine_factors(A: jax.Array, b: jax.Array):
     """
     m, n = A.shape
     eps = jnp.finfo(A.dtype).eps
-    U, sigma, Vt = jnp.linalg.svd(_checks.without_infinities(A), full_matrices=False)
+    U, sigma, Vt = jnp.linalg.svd(_checks.for_lapack(A), full_matrices=False)
     sigma_max = jnp.max(sigma, initial=0)
     kept = sigma > max(m, n) * eps * sigma_max
     inverse = jnp.where(kept, 1 / jnp.where(kept, sigma, 1), 0)

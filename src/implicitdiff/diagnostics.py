@@ -250,7 +250,7 @@ def _estimate(fun, structure, options, x_hat, theta, constants) -> JacobianError
     if n <= dense_max_size:
         a_dense = jax.jacfwd(lambda x: F(x, t0))(x0)
         up = _checks.half_to_float32  # no half-precision LAPACK
-        alpha = jnp.linalg.svd(up(_checks.without_infinities(a_dense)), compute_uv=False)[-1]
+        alpha = jnp.linalg.svd(up(_checks.for_lapack(a_dense)), compute_uv=False)[-1]
         b_dense = jax.jacrev(lambda t: F(x0, t))(t0)  # n VJPs: (n, p)
         b_norm = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(up(b_dense @ b_dense.T))[-1], 0.0))
     else:

@@ -449,7 +449,7 @@ def from_projection(projection: Callable[[PyTree, Any], PyTree]) -> ProxFn:
 
 
 def _singular_value_threshold_primal(x: jax.Array, tau: jax.Array):
-    u, s, vh = jnp.linalg.svd(_checks.without_infinities(x), full_matrices=False)
+    u, s, vh = jnp.linalg.svd(_checks.for_lapack(x), full_matrices=False)
     f = jnp.maximum(s - tau[..., None], 0)
     return u, s, vh, f, (u * f[..., None, :]) @ vh
 
