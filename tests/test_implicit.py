@@ -987,3 +987,125 @@ def test_solution_mixing_float32_and_float64_leaves(solve):
     assert (grad["a"].dtype, grad["b"].dtype) == (jnp.float32, jnp.float64)
     np.testing.assert_allclose(grad["a"], np.linalg.solve(A.T, np.ones(2)), rtol=1e-6)
     np.testing.assert_allclose(grad["b"], [1.0, 0.5, 0.25], rtol=1e-9)
+
+
+# Complex solutions. F holomorphic in z (z ↦ M z − θ, ∂₁F ℂ-linear), or not (the stationary
+# condition of f(z) = ½ zᴴHz + (β/2) Re Σ zₖ² − Re θᴴz, i.e. Hz + β z̄ − θ = 0: ∂₁F is ℝ-linear).
+# The explicit solvers below are differentiable: their JVP and gradient are the reference.
+_CX_RNG = np.random.default_rng(5)
+_CX_N = 3
+_CX_M = jnp.asarray(_CX_RNG.normal(size=(3, 3)) + 1j * _CX_RNG.normal(size=(3, 3)) + 3 * np.eye(3))
+_CX_H = _CX_M @ _CX_M.conj().T + 3 * jnp.eye(3)  # Hermitian positive definite, eigenvalues ≥ 3
+_CX_BETA = 1.2
+_CX_THETA = jnp.asarray(_CX_RNG.normal(size=3) + 1j * _CX_RNG.normal(size=3))
+_CX_V = jnp.asarray(_CX_RNG.normal(size=3) + 1j * _CX_RNG.normal(size=3))
+
+
+def _cx_holomorphic(matrix):
+    def F(z, theta):
+        return matrix @ z - theta
+
+    def solution(init, theta):
+        return jnp.linalg.solve(matrix, theta)
+
+    return F, solution
+
+
+def _cx_stationary_objective(z, theta):
+    quadratic = 0.5 * jnp.real(jnp.vdot(z, _CX_H @ z))
+    return quadratic + 0.5 * _CX_BETA * jnp.real(jnp.sum(z**2)) - jnp.real(jnp.vdot(theta, z))
+
+
+def _cx_stationary_solution(init, theta):
+    # Hz + βz̄ = θ on the pairs (x, y): [[Re H + βI, −Im H], [Im H, Re H − βI]]
+    eye = jnp.eye(_CX_N)
+    block = jnp.block(
+        [[_CX_H.real + _CX_BETA * eye, -_CX_H.imag], [_CX_H.imag, _CX_H.real - _CX_BETA * eye]]
+    )
+    pairs = jnp.linalg.solve(block, jnp.concatenate([theta.real, theta.imag]))
+    return jax.lax.complex(pairs[:_CX_N], pairs[_CX_N:])
+
+
+def _cx_problem(kind):
+    if kind == "holomorphic_general":
+        return (*_cx_holomorphic(_CX_M), {})
+    if kind == "holomorphic_hermitian":
+        return (*_cx_holomorphic(_CX_H), {})
+    stationary = implicitdiff.optimality.stationary(_cx_stationary_objective)
+    return stationary, _cx_stationary_solution, {}
+
+
+_CX_SOLVES = ["auto", "lu", "qr", "inv", "cholesky", "cg", "gmres", "bicgstab", "normal_cg"]
+_CX_SOLVES += ["iterative_refinement"]
+
+
+def _cx_cases():
+    for solve in _CX_SOLVES:
+        for kind in ("holomorphic_general", "holomorphic_hermitian", "non_holomorphic_stationary"):
+            if solve in ("cg", "cholesky") and kind == "holomorphic_general":
+                continue  # (not Hermitian: no symmetric positive definite pairs)
+            yield solve, kind
+
+
+@pytest.mark.parametrize(("solve", "kind"), list(_cx_cases()))
+def test_complex_solution_family_every_backward_solve(solve, kind):
+    """A complex solution z*(θ), complex θ: forward (jvp) and reverse (grad of a real loss)
+    against the explicit solver's own derivatives. Before, for the non-holomorphic stationary
+    condition (the usual one: a real objective of complex parameters), lu, qr, inv, cholesky,
+    auto and bicgstab were 0.7 to 7 off and gmres 1e-4, silently (the dense matrix was read
+    from the real unit vectors, the Krylov methods ran over ℂ on an ℝ-linear map); normal_cg
+    was wrong for a holomorphic one (a transpose without conjugation)."""
+    F, solution, _ = _cx_problem(kind)
+    implicit = custom_root(F, solve=solve, on_failure="raise")(solution)
+    zeros = jnp.zeros(_CX_N, jnp.complex128)
+    _, tangent = jax.jvp(lambda t: implicit(zeros, t), (_CX_THETA,), (_CX_V,))
+    _, want = jax.jvp(lambda t: solution(zeros, t), (_CX_THETA,), (_CX_V,))
+    np.testing.assert_allclose(tangent, want, atol=1e-10)
+
+    def loss(fn):
+        return lambda t: jnp.sum(jnp.abs(fn(zeros, t) - 1.0) ** 2)
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(loss(implicit)))(_CX_THETA),
+        jax.grad(loss(solution))(_CX_THETA),
+        atol=1e-10,
+    )
+
+
+def _cx_stationary_implicit(solve):
+    F = implicitdiff.optimality.stationary(_cx_stationary_objective)
+    return custom_root(F, solve=solve, on_failure="raise")(_cx_stationary_solution)
+
+
+@pytest.mark.parametrize("solve", ["cg", "cholesky", "auto"])
+def test_complex_solution_stationary_condition_is_symmetric_on_the_pairs(solve):
+    """The stationary condition of a real objective of complex z is marked symmetric: true on
+    the real pairs of conj(∇f) (∇f in JAX's convention, ∂f/∂x − i ∂f/∂y), where the engine
+    solves, so CG and Cholesky apply. A second derivative (the Hessian of a real loss in Re θ)
+    matches the explicit solver's."""
+    implicit = _cx_stationary_implicit(solve)
+    zeros = jnp.zeros(_CX_N, jnp.complex128)
+
+    def loss(fn):
+        return lambda r: jnp.sum(jnp.abs(fn(zeros, r + 1j * _CX_THETA.imag)) ** 4)
+
+    np.testing.assert_allclose(
+        jax.hessian(loss(implicit))(_CX_THETA.real),
+        jax.hessian(loss(_cx_stationary_solution))(_CX_THETA.real),
+        rtol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("kind", ["holomorphic_general", "non_holomorphic_stationary"])
+def test_complex_solution_root_jvp_and_root_vjp(kind):
+    """root_jvp and root_vjp at a complex solution, against the explicit solver's JVP and VJP
+    (root_vjp solved (∂₁F)ᵀ w = v over ℂ with JAX's ℝ-linear VJP: wrong for the
+    non-holomorphic condition)."""
+    F, solution, _ = _cx_problem(kind)
+    sol = solution(None, _CX_THETA)
+    _, want = jax.jvp(lambda t: solution(None, t), (_CX_THETA,), (_CX_V,))
+    np.testing.assert_allclose(root_jvp(F, sol, (_CX_THETA,), (_CX_V,)), want, atol=1e-10)
+    cotangent = _CX_V[::-1]
+    _, vjp = jax.vjp(lambda t: solution(None, t), _CX_THETA)
+    (got,) = root_vjp(F, sol, (_CX_THETA,), cotangent)
+    np.testing.assert_allclose(got, vjp(cotangent)[0], atol=1e-10)

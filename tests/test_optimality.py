@@ -813,6 +813,46 @@ def test_least_squares_exponential_fit(mode):
     assert np.max(np.abs(gauss_newton_only - fd)) > 1e-4
 
 
+_CLS_RNG = np.random.default_rng(12)
+CLS_A = jnp.asarray(_CLS_RNG.normal(size=(6, 3)) + 1j * _CLS_RNG.normal(size=(6, 3)))
+CLS_B = jnp.asarray(_CLS_RNG.normal(size=6) + 1j * _CLS_RNG.normal(size=6))
+CLS_V = jnp.asarray(_CLS_RNG.normal(size=6) + 1j * _CLS_RNG.normal(size=6))
+
+
+def _complex_residual(x, b):
+    return CLS_A @ x - b
+
+
+def _complex_residual_as_reals(x, b):
+    r = CLS_A @ x - b
+    return jnp.concatenate([r.real, r.imag])
+
+
+@pytest.mark.parametrize("residual", [_complex_residual, _complex_residual_as_reals])
+def test_least_squares_complex_parameters(residual):
+    """Complex x, with complex residuals (F was ∂₁rᵀ r, not ∂₁rᵀ r̄: 4.8 at the least-squares
+    solution, and the derivative 1.7 off) or the same residuals as reals: F vanishes at
+    NumPy's lstsq solution, and the implicit JVP and gradient match lstsq's own."""
+    F = optimality.least_squares(residual)
+
+    def lstsq(init, b):
+        return jnp.linalg.lstsq(CLS_A, b)[0]
+
+    x = lstsq(None, CLS_B)
+    np.testing.assert_allclose(F(x, CLS_B), 0.0, atol=1e-12)
+    implicit = custom_root(F, on_failure="raise")(lstsq)
+    _, got = jax.jvp(lambda b: implicit(x, b), (CLS_B,), (CLS_V,))
+    _, want = jax.jvp(lambda b: lstsq(x, b), (CLS_B,), (CLS_V,))
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+    def loss(fn):
+        return lambda b: jnp.sum(jnp.abs(fn(x, b) - 1.0) ** 2)
+
+    np.testing.assert_allclose(
+        jax.grad(loss(implicit))(CLS_B), jax.grad(loss(lstsq))(CLS_B), atol=1e-12
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. newton: the root of G(x, M, a) = Mx + x³ − a, a coupled nonlinear system.
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, _loop, tree
+from implicitdiff import _checks, _loop, _real_pairs, tree
 from implicitdiff._args import ArgsSplit, is_dynamic
 from implicitdiff._backward_check import (
     BackwardSolveError,
@@ -37,6 +37,7 @@ from implicitdiff._backward_check import (
     check_same_structure,
     engine_solve,
 )
+from implicitdiff._condition import Condition
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -93,11 +94,26 @@ def _linear_solve(matvec: Callable, b: PyTree, solve: Callable, symmetric: bool)
     return unravel(x_flat)
 
 
-def _tangent(residual: Callable, sol: PyTree, theta: list, t_theta: list, solve, symmetric):
-    """J t for J = −(∂₁G)⁻¹ ∂₂G at (sol, θ); θ and t given as flat lists (None: no tangent)."""
+def _tangent(
+    residual: Callable, sol: PyTree, theta: list, t_theta: list, solve, symmetric, conjugate=False
+):
+    """J t for J = −(∂₁G)⁻¹ ∂₂G at (sol, θ); θ and t given as flat lists (None: no tangent).
+
+    A complex solution is solved for on its real pairs (:mod:`implicitdiff._real_pairs`), G's
+    value conjugated there if ``conjugate`` (a condition of :mod:`implicitdiff.optimality`, a
+    gradient in JAX's convention): ∂₁G is ℝ-linear, not ℂ-linear, whenever G is not holomorphic
+    in x (the gradient of a real objective of complex parameters), and there a dense matrix, a
+    Krylov method over ℂ and JAX's transpose were silently wrong. The symmetric hint still
+    picks the solver, but the transposed system is JAX's transpose of the pairs' matvec: a hint
+    that does not hold on the pairs costs a flagged solve, never a wrong transpose.
+    """
     moving = [i for i, t in enumerate(t_theta) if t is not None]
     if not moving:
         return tree.zeros_like(sol)
+    if _real_pairs.complex_leaves(sol):
+        on_pairs = _real_pairs.residual_on_pairs(residual, sol, conjugate)
+        pairs = _tangent(on_pairs, _real_pairs.to_real(sol), theta, t_theta, solve, False)
+        return _real_pairs.from_real(pairs, sol)
 
     def residual_of_moving(values):
         full = list(theta)
@@ -154,6 +170,7 @@ def _implicit_solver(
     checked: Callable,
     symmetric: bool,
     masks: Callable,
+    conjugate: bool,
 ) -> Callable:
     """Wrap ``solver``: its output differentiated through residual_fun(x, ...) = 0 (on masks)."""
 
@@ -239,8 +256,9 @@ def _implicit_solver(
             def g(x, flat):
                 return closed_residual(x, flat[:n], *flat[n:])
 
-            solve = functools.partial(checked, support=mask)
-            tangent = _tangent(g, sol, theta, t_theta, solve, symmetric)
+            # (A complex solution is solved for on its real pairs, its support with it.)
+            solve = functools.partial(checked, support=_real_pairs.mask_to_real(mask, sol))
+            tangent = _tangent(g, sol, theta, t_theta, solve, symmetric, conjugate)
             return sol, jax.tree_util.tree_map(lambda t: t * factor(t.dtype), tangent)
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)
@@ -320,7 +338,15 @@ def custom_root(
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            user_fun, user_fun, "optimality_fun", solver, has_aux, checked, hint, masks
+            user_fun,
+            user_fun,
+            "optimality_fun",
+            solver,
+            has_aux,
+            checked,
+            hint,
+            masks,
+            isinstance(optimality_fun, Condition),
         )
 
     return decorator
@@ -378,7 +404,15 @@ def custom_fixed_point(
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            residual, user_fun, "fixed_point_fun", solver, has_aux, checked, hint, masks
+            residual,
+            user_fun,
+            "fixed_point_fun",
+            solver,
+            has_aux,
+            checked,
+            hint,
+            masks,
+            isinstance(fixed_point_fun, Condition),
         )
 
     return decorator
@@ -459,8 +493,9 @@ def root_jvp(
         return optimality_fun(x, *ArgsSplit.merge(key, arrays)[0])
 
     hint, checked, masks = engine_solve(optimality_fun, solve, symmetric, on_failure)
-    solve = functools.partial(checked, support=masks(sol, *args))
-    return _tangent(residual, sol, split.arrays, t_arrays, solve, hint)
+    solve = functools.partial(checked, support=_real_pairs.mask_to_real(masks(sol, *args), sol))
+    conjugate = isinstance(optimality_fun, Condition)
+    return _tangent(residual, sol, split.arrays, t_arrays, solve, hint, conjugate)
 
 
 def root_vjp(
@@ -501,10 +536,18 @@ def root_vjp(
     def residual_of(x, arrays):
         return optimality_fun(x, *ArgsSplit.merge(key, arrays)[0])
 
-    _, vjp_x = jax.vjp(lambda x: residual_of(x, split.arrays), sol)
     _, checked, masks = engine_solve(optimality_fun, solve, symmetric, on_failure)
+    support = masks(sol, *args)
+    if _real_pairs.complex_leaves(sol):  # solved on the real pairs, as in _tangent
+        like, support = sol, _real_pairs.mask_to_real(support, sol)
+        conjugate = isinstance(optimality_fun, Condition)
+        residual_of = _real_pairs.residual_on_pairs(residual_of, like, conjugate)
+        sol = _real_pairs.to_real(sol)
+        _, to_complex = jax.vjp(lambda p: _real_pairs.from_real(p, like), sol)
+        (cotangent,) = to_complex(cotangent)
+    _, vjp_x = jax.vjp(lambda x: residual_of(x, split.arrays), sol)
     # (∂₁F)ᵀ w = v, then vᵀJ = −wᵀ∂₂F: the sign of A = −∂₁F moves onto the last product.
-    w = checked(lambda u: vjp_x(u)[0], cotangent, support=masks(sol, *args))
+    w = checked(lambda u: vjp_x(u)[0], cotangent, support=support)
     _, vjp_args = jax.vjp(lambda arrays: residual_of(sol, arrays), split.arrays)
     (array_cts,) = vjp_args(tree.neg(w))
     merged, _ = ArgsSplit.merge(key, array_cts)

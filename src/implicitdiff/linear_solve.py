@@ -49,7 +49,7 @@ import jax.scipy.sparse.linalg as jsp_sparse
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from implicitdiff import _checks, _gmres, tree
+from implicitdiff import _checks, _gmres, _real_pairs, tree
 from implicitdiff import _linear_solve_more as _more
 from implicitdiff._args import is_traced
 from implicitdiff._typing import PyTree
@@ -160,7 +160,8 @@ def _working_dtype(b: PyTree) -> Any:
     """The dtype a system is solved in when it is not b's own, else None: float32 for half
     precision (LAPACK has none, and CG's recurrences lose all accuracy in it), and the common
     dtype of real leaves of several precisions (float32 and float64: a Krylov loop carries one
-    dtype; the solution comes back in each leaf's). Complex leaves are solved as given."""
+    dtype; the solution comes back in each leaf's). Complex systems are solved on their real pairs
+    (:func:`_in_real_pairs`), before this."""
     dtypes = {jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves(b)}
     if not dtypes or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
         return None
@@ -301,6 +302,25 @@ def _in_working_dtype(
     return _cast_like(x, x_like)
 
 
+def _in_real_pairs(
+    solve: Callable, solver: Callable, matvec: Matvec, b: PyTree, options: dict
+) -> PyTree:
+    """``solve`` of a complex system on its real pairs (:mod:`implicitdiff._real_pairs`), the
+    solution rebuilt as complex: exact for every ℝ-linear operator (a JVP of a non-holomorphic
+    map), where over ℂ the dense matrix, the Krylov methods and ``normal_cg``'s transpose were
+    wrong, and for a ℂ-linear one (its Hermitian part is the pairs' symmetric part, so
+    ``cholesky`` and ``cg`` take a Hermitian positive definite A)."""
+    x_like = options.get("init") if solver.__name__ == "normal_cg" else None
+    x_like = b if x_like is None else x_like
+    options = dict(options)
+    if options.get("init") is not None:
+        options["init"] = _real_pairs.to_real(options["init"])
+    if options.get("preconditioner") is not None:
+        options["preconditioner"] = _real_pairs.on_real_pairs(options["preconditioner"], x_like)
+    x = solve(_real_pairs.on_real_pairs(matvec, x_like), _real_pairs.to_real(b), **options)
+    return _real_pairs.from_real(x, x_like)
+
+
 def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     """Common behaviour of this module's solvers.
 
@@ -326,6 +346,8 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     def wrapped(matvec: Matvec, b: PyTree, **options: Any) -> PyTree:
         _check_options(solver.__name__, options)
         b, options = _float_data(b, options)
+        if _real_pairs.complex_leaves((b, options.get("init"))):
+            return _in_real_pairs(wrapped, solver, matvec, b, options)
         if _working_dtype(b) is not None:
             return _in_working_dtype(wrapped, solver, matvec, b, options)
         try:
@@ -348,6 +370,8 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
         # multiplied by this one's scale (an underflow where b is tiny).
         _check_options(solver.__name__, options)
         b, options = _float_data(b, options)
+        if _real_pairs.complex_leaves((b, options.get("init"))):
+            return _in_real_pairs(transposable, solver, matvec, b, options)
         if _working_dtype(b) is not None:
             return _in_working_dtype(transposable, solver, matvec, b, options)
         init = options.pop("init", None)
@@ -462,9 +486,6 @@ def gmres(
         )
     restart = max(1, min(restart, n))
     cycles = max(1, math.ceil((10 * n if maxiter is None else maxiter) / restart))
-    if jnp.issubdtype(tree.dtype(b), jnp.complexfloating):  # jax.scipy's, for complex systems
-        method = functools.partial(jsp_sparse.gmres, restart=restart, solve_method="batched")
-        return _krylov(method, matvec, b, b, tol, atol, cycles, ridge, init, preconditioner)
     return _gmres.gmres(
         _add_ridge(matvec, ridge),
         b,

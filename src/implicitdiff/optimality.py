@@ -474,7 +474,8 @@ def least_squares(residual_fun: Callable) -> Callable:
 
     The condition at a (local) solution of a nonlinear least-squares problem, as Gauss–Newton
     and Levenberg–Marquardt find it. ∂₁F = JᵀJ + Σ rₖ∇²rₖ is symmetric (marked). Computed with
-    one VJP, never forming J.
+    one VJP, never forming J. For complex residuals, F = ∂₁rᵀ r̄ = ``jax.grad`` of ½Σ|rₖ|² (the
+    normal equations Jᴴ r = 0, conjugated).
 
     Args:
       residual_fun: r(x, *args, **kwargs), the residuals (a pytree); x may be a pytree.
@@ -493,7 +494,7 @@ def least_squares(residual_fun: Callable) -> Callable:
 
     def optimality_fun(x, /, *args, **kwargs):
         r, vjp = jax.vjp(lambda x: residual_fun(x, *args, **kwargs), x)
-        return vjp(r)[0]
+        return vjp(tree.conj(r))[0]  # ∇ of ½Σ|rₖ|² in JAX's convention (complex r: conj r)
 
     return _mark(
         optimality_fun, symmetric=True, name="least_squares_optimality", doc=least_squares.__doc__

@@ -10,7 +10,7 @@ parameters (refused, or viewed as real pairs for the implicit derivative).
   returns ∂f/∂x − i ∂f/∂y (the conjugate of the ℝ²ⁿ gradient read as complex numbers), so the
   steepest-descent direction is −conj(jax.grad f), and the real inner product of ℝ²ⁿ is
   Re⟨u, v⟩ = Re Σ conj(u) v. The Hessian of f is ℝ-linear but not ℂ-linear in general, so the
-  implicit derivative is taken on the real pairs (:func:`to_real`, :func:`from_real`), where the
+  implicit derivative is taken on the real pairs (:mod:`implicitdiff._real_pairs`), where the
   stationarity condition ∇f = 0 has a symmetric Jacobian.
 """
 
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from implicitdiff import tree
 from implicitdiff._condition import Condition
+from implicitdiff._real_pairs import complex_leaves, from_real, to_real
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -87,14 +88,6 @@ def cast_like(value: PyTree, params: PyTree) -> PyTree:
     return jax.tree_util.tree_unflatten(v_tree, [_cast_leaf(v, dtype) for v in v_leaves])
 
 
-def complex_leaves(params: PyTree) -> bool:
-    """Whether any leaf of the params is complex."""
-    return any(
-        jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating)
-        for leaf in jax.tree_util.tree_leaves(params)
-    )
-
-
 def check_real_params(params: PyTree, owner: str, supported: str) -> None:
     """Raise a TypeError naming ``init_params`` and the dtype if a leaf is complex."""
     for i, leaf in enumerate(jax.tree_util.tree_leaves(params)):
@@ -105,29 +98,6 @@ def check_real_params(params: PyTree, owner: str, supported: str) -> None:
                 f"iterates over real parameters only ({supported} minimize a real objective of "
                 "complex parameters). Split z into (z.real, z.imag), or use one of those."
             )
-
-
-def to_real(params: PyTree) -> PyTree:
-    """Each complex leaf z as the real array stack((Re z, Im z), axis=-1); real leaves as given."""
-
-    def split(leaf):
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
-            return jnp.stack([jnp.real(leaf), jnp.imag(leaf)], axis=-1)
-        return leaf
-
-    return tree.map(split, params)
-
-
-def from_real(pairs: PyTree, like: PyTree) -> PyTree:
-    """The inverse of :func:`to_real`: leaves complex in ``like`` rebuilt from their pairs."""
-
-    def merge(pair, leaf):
-        dtype = jnp.result_type(leaf)
-        if jnp.issubdtype(dtype, jnp.complexfloating):
-            return jax.lax.complex(pair[..., 0], pair[..., 1]).astype(dtype)
-        return pair
-
-    return tree.map(merge, pairs, like)
 
 
 def cast_output(fun: Callable) -> Callable:
