@@ -57,6 +57,20 @@ _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 @contextlib.contextmanager
+def assert_derivatives_match(implicit: Callable, explicit: Callable, point, direction, atol):
+    """``implicit`` and ``explicit`` (functions of one array, complex allowed) have the same JVP
+    along ``direction`` and the same gradient of the real loss Σ|f − 1|² at ``point``."""
+    _, got = jax.jvp(implicit, (point,), (direction,))
+    _, want = jax.jvp(explicit, (point,), (direction,))
+    np.testing.assert_allclose(got, want, atol=atol)
+
+    def loss(fn):
+        return lambda p: jnp.sum(jnp.abs(fn(p) - 1.0) ** 2)
+
+    got = jax.jit(jax.grad(loss(implicit)))(point)
+    np.testing.assert_allclose(got, jax.grad(loss(explicit))(point), atol=atol)
+
+
 def compilations():
     """The names of the programs XLA compiles inside the block (a list, filled as they come).
 

@@ -336,6 +336,16 @@ def solver_tol_nan():
 
 
 @case
+def solver_option_traced():
+    """A solver built inside jit from a traced tol or stepsize → ValueError naming the solver,
+    the option and that it is traced (options are static)."""
+    with pytest.raises(ValueError, match=r"LBFGS: tol must be a concrete number, got a traced"):
+        jax.jit(lambda tol: solvers.LBFGS(fun=least_squares, tol=tol))(1e-6)
+    with pytest.raises(ValueError, match=r"GradientDescent: stepsize must be a concrete number"):
+        jax.jit(lambda s: solvers.GradientDescent(fun=least_squares, stepsize=s))(0.1)
+
+
+@case
 def linear_solve_bad_options():
     """A linear solve given maxiter ≤ 0, tol < 0 or NaN, or ridge < 0 → ValueError naming it."""
     identity = lambda v: v  # noqa: E731

@@ -11,7 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_tree_allclose, finite_difference_jvp, random_tangent
+from helpers import (
+    assert_derivatives_match,
+    assert_tree_allclose,
+    finite_difference_jvp,
+    random_tangent,
+)
 from problems import ridge_gradient as ridge_optimality
 from problems import ridge_solution as ridge_closed_form
 
@@ -1058,17 +1063,8 @@ def test_complex_solution_family_every_backward_solve(solve, kind):
     F, solution, _ = _cx_problem(kind)
     implicit = custom_root(F, solve=solve, on_failure="raise")(solution)
     zeros = jnp.zeros(_CX_N, jnp.complex128)
-    _, tangent = jax.jvp(lambda t: implicit(zeros, t), (_CX_THETA,), (_CX_V,))
-    _, want = jax.jvp(lambda t: solution(zeros, t), (_CX_THETA,), (_CX_V,))
-    np.testing.assert_allclose(tangent, want, atol=1e-10)
-
-    def loss(fn):
-        return lambda t: jnp.sum(jnp.abs(fn(zeros, t) - 1.0) ** 2)
-
-    np.testing.assert_allclose(
-        jax.jit(jax.grad(loss(implicit)))(_CX_THETA),
-        jax.grad(loss(solution))(_CX_THETA),
-        atol=1e-10,
+    assert_derivatives_match(
+        lambda t: implicit(zeros, t), lambda t: solution(zeros, t), _CX_THETA, _CX_V, 1e-10
     )
 
 
@@ -1080,9 +1076,9 @@ def _cx_stationary_implicit(solve):
 @pytest.mark.parametrize("solve", ["cg", "cholesky", "auto"])
 def test_complex_solution_stationary_condition_is_symmetric_on_the_pairs(solve):
     """The stationary condition of a real objective of complex z is marked symmetric: true on
-    the real pairs of conj(∇f) (∇f in JAX's convention, ∂f/∂x − i ∂f/∂y), where the engine
-    solves, so CG and Cholesky apply. A second derivative (the Hessian of a real loss in Re θ)
-    matches the explicit solver's."""
+    the real pairs, where the engine solves (∇f as a vector of the space, ∂f/∂a + i ∂f/∂b, the
+    conjugate of jax.grad's), so CG and Cholesky apply. A second derivative (the Hessian of a
+    real loss in Re θ) matches the explicit solver's."""
     implicit = _cx_stationary_implicit(solve)
     zeros = jnp.zeros(_CX_N, jnp.complex128)
 

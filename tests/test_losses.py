@@ -348,3 +348,61 @@ def test_bad_labels():
         with pytest.raises(ValueError, match="shape"):
             loss(jnp.zeros((3, 3)), z)
         jax.jit(loss)(3, z)  # traced: not checked
+
+
+# ---------------------------------------------------------------------------------------------
+# Complex inputs: refused by name, except squared_loss (by modulus).
+
+_CZ = jnp.asarray([0.3 + 0.4j, -1.2 + 0.1j, 0.5 - 2.0j])
+_REAL_SCORES = jnp.asarray([0.3, -1.2, 0.5])
+_FENCHEL_YOUNG = losses.make_fenchel_young_loss(jax.nn.logsumexp)
+# (name, loss(label, scores) or f(scores), argument named for complex scores, a real label)
+COMPLEX_REFUSED = [
+    *((f.__name__, f, "scores", 1) for f in MULTICLASS),
+    ("multiclass_sparsemax_loss", losses.multiclass_sparsemax_loss, "scores", 1),
+    *(
+        (name, getattr(losses, name), "score", 1.0)
+        for name in (
+            "binary_logistic_loss",
+            "binary_hinge_loss",
+            "binary_perceptron_loss",
+            "binary_sparsemax_loss",
+        )
+    ),
+    ("huber_loss", losses.huber_loss, "pred", 1.0),
+    ("fenchel_young_loss", _FENCHEL_YOUNG, "scores", jnp.asarray([0.0, 1.0, 0.0])),
+    ("sparsemax", lambda label, z: losses.sparsemax(z), "scores", None),
+    ("sparse_plus", lambda label, z: losses.sparse_plus(z), "x", None),
+    ("sparse_sigmoid", lambda label, z: losses.sparse_sigmoid(z), "x", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "loss", "argument", "label"),
+    COMPLEX_REFUSED,
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_losses_family_complex_input_is_refused_by_name(name, loss, argument, label):
+    """Complex scores (or a complex label) to a loss defined on real numbers: a TypeError naming
+    the loss and the argument. Before, each cast the complex value to real (keeping the real
+    part) with only JAX's DeprecationWarning, and returned a loss of the real part."""
+    with pytest.raises(TypeError, match=f"{name}: {argument} must be real, got dtype complex128"):
+        loss(label, _CZ)
+    if label is None:
+        return
+    label_name = {"huber_loss": "target", "fenchel_young_loss": "y_true"}.get(name, "label")
+    complex_label = jnp.asarray(label) + 0.5j
+    with pytest.raises(TypeError, match=f"{name}: {label_name} must be real"):
+        loss(complex_label, _REAL_SCORES)
+
+
+def test_squared_loss_complex_leaves_count_by_modulus():
+    """squared_loss of complex leaves: the real ½Σ|target − prediction|² (it returned a complex
+    number, which jax.grad refuses), and jax.grad in the prediction conj(prediction − target)
+    (JAX's convention for a real function of complex inputs)."""
+    target = jnp.asarray([1.0 - 1.0j, 0.5j, 2.0])
+    loss = losses.squared_loss(target, _CZ)
+    assert loss.dtype == jnp.float64
+    np.testing.assert_allclose(loss, 0.5 * np.sum(np.abs(np.asarray(target - _CZ)) ** 2))
+    grad = jax.grad(lambda p: losses.squared_loss(target, p))(_CZ)
+    np.testing.assert_allclose(grad, np.conj(np.asarray(_CZ - target)), rtol=1e-15)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 from helpers import (
+    assert_derivatives_match,
     assert_tree_allclose,
     finite_difference_grad,
     finite_difference_jvp,
@@ -841,16 +842,69 @@ def test_least_squares_complex_parameters(residual):
     x = lstsq(None, CLS_B)
     np.testing.assert_allclose(F(x, CLS_B), 0.0, atol=1e-12)
     implicit = custom_root(F, on_failure="raise")(lstsq)
-    _, got = jax.jvp(lambda b: implicit(x, b), (CLS_B,), (CLS_V,))
-    _, want = jax.jvp(lambda b: lstsq(x, b), (CLS_B,), (CLS_V,))
-    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert_derivatives_match(lambda b: implicit(x, b), lambda b: lstsq(x, b), CLS_B, CLS_V, 1e-12)
 
-    def loss(fn):
-        return lambda b: jnp.sum(jnp.abs(fn(x, b) - 1.0) ** 2)
 
-    np.testing.assert_allclose(
-        jax.grad(loss(implicit))(CLS_B), jax.grad(loss(lstsq))(CLS_B), atol=1e-12
-    )
+def _complex_lasso_objective(z, b):
+    return 0.5 * jnp.sum(jnp.abs(CLS_A @ z - b) ** 2)
+
+
+_CLS_STEP = 1.0 / float(np.linalg.norm(np.asarray(CLS_A), 2) ** 2)
+
+
+def _complex_gradient_loop(operator):
+    """The reference solver: z ← operator(z − η conj(jax.grad f)(z), h) over complex z (ISTA with
+    prox.l1, projected gradient with a projection), to a step of 1e-14, written without the
+    library's gradient steps."""
+
+    def solve(init, h, b):
+        def step(z):
+            g = jnp.conj(jax.grad(_complex_lasso_objective)(z, b))
+            return operator(z - _CLS_STEP * g, h)
+
+        def keep_going(carry):
+            z, previous, k = carry
+            return (jnp.max(jnp.abs(z - previous)) > 1e-14) & (k < 100_000)
+
+        def body(carry):
+            z, _, k = carry
+            return step(z), z, k + 1
+
+        return jax.lax.while_loop(keep_going, body, (step(init), init, 0))[0]
+
+    return solve
+
+
+@pytest.mark.parametrize("condition", ["proximal_gradient", "projected_gradient"])
+def test_gradient_step_conditions_complex_parameters(condition):
+    """A complex lasso, ½‖Az − b‖² + λΣ|zₖ| (prox.l1 shrinks moduli), and complex least squares
+    in an l2 ball: the fixed point of the condition is the solution (the gradient step went
+    along jax.grad, whose imaginary part has the wrong sign for a step), and the implicit
+    derivatives in λ (or the radius) and in b match central differences of the reference."""
+    zeros = jnp.zeros(3, jnp.complex128)
+    if condition == "proximal_gradient":
+        T = optimality.proximal_gradient(_complex_lasso_objective, prox.l1, stepsize=_CLS_STEP)
+        reference = _complex_gradient_loop(lambda y, lam: prox.l1(y, lam, _CLS_STEP))
+        h = 1.5
+    else:
+        T = optimality.projected_gradient(
+            _complex_lasso_objective, projections.l2_ball, stepsize=_CLS_STEP
+        )
+        reference, h = _complex_gradient_loop(projections.l2_ball), 0.2
+    x = reference(zeros, h, CLS_B)
+    assert 0 < np.count_nonzero(np.abs(np.asarray(x)) > 1e-12) <= 3
+    np.testing.assert_allclose(T(x, h, CLS_B), x, atol=1e-13)
+    implicit = custom_fixed_point(T, on_failure="raise")(reference)
+    eps = 1e-6
+
+    def loss(fn, h, b):
+        return jnp.sum(jnp.abs(fn(zeros, h, b) - 0.1) ** 2)
+
+    fd = (loss(reference, h + eps, CLS_B) - loss(reference, h - eps, CLS_B)) / (2 * eps)
+    np.testing.assert_allclose(jax.grad(lambda h: loss(implicit, h, CLS_B))(h), fd, rtol=1e-6)
+    _, tangent = jax.jvp(lambda b: implicit(zeros, h, b), (CLS_B,), (CLS_V,))
+    forward, backward = (reference(zeros, h, CLS_B + s * eps * CLS_V) for s in (1, -1))
+    np.testing.assert_allclose(tangent, (forward - backward) / (2 * eps), atol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,10 +49,15 @@ def jaxopt_keyword(function: str, hyperparams: Any, name: str, value: Any) -> An
     return value
 
 
-def real_float_array(x: Any) -> jax.Array:
+def real_float_array(x: Any, owner: str = "", name: str = "x") -> jax.Array:
     """x as a JAX array of a real floating dtype: integers and booleans become the default
-    float (the losses' inputs: scores, predictions, labels)."""
+    float (the losses' inputs: scores, predictions, labels); complex is refused, naming
+    ``owner`` and ``name`` (its cast kept the real part, with only a DeprecationWarning)."""
+    if owner:
+        refuse_complex(x, owner, name)
     x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
@@ -350,6 +355,18 @@ def is_real_number(value: Any) -> bool:
     )
 
 
+def refuse_traced_option(owner: str, name: str, value: Any) -> None:
+    """Raise a ValueError naming ``owner`` and the option ``name`` if ``value`` is traced: a
+    solver's options are static (they key its compiled run), so it is built from concrete
+    values (a traced value was refused as "not a number", which it looked like)."""
+    if any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(value)):
+        raise ValueError(
+            f"{owner}: {name} must be a concrete number, got a traced value: a solver's "
+            "options are static (they key its compiled run), so the solver is built outside "
+            "jit, grad and vmap; what varies goes to run() as an argument"
+        )
+
+
 def check_numeric_fields(options: Any) -> None:
     """Raise a ValueError naming the option unless each field of the dataclass ``options``
     annotated ``int`` holds a Python int and each annotated ``float`` a real number (either
@@ -364,6 +381,7 @@ def check_numeric_fields(options: Any) -> None:
         value = getattr(options, field.name)
         if value is None and optional:
             continue
+        refuse_traced_option(owner, field.name, value)
         value = as_python_number(value, kind)
         if kind is int:
             ok = is_int(value)
@@ -425,6 +443,23 @@ def check_real(value: Any, name: str, owner: str | None = None) -> None:
     if not (leaves and all(real(leaf) for leaf in leaves)):
         prefix = f"{owner}: " if owner else ""
         raise ValueError(f"{prefix}{name} must be a real number or array, got {value!r}")
+
+
+def refuse_complex(value: Any, owner: str, name: str = "x", complex_ones: str = "") -> None:
+    """Raise a TypeError naming ``owner``, ``name`` and the dtype if a leaf of ``value`` is
+    complex: for operators defined over real vectors (an order, a sign, a real set), which
+    read a complex input's real part or compared it by its real part, silently.
+    ``complex_ones`` names the operators of the same family that do take complex input."""
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(value)):
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            where = "" if i == 0 and len(jax.tree_util.tree_leaves(value)) == 1 else f" (leaf {i})"
+            also = f"; {complex_ones} take complex input" if complex_ones else ""
+            raise TypeError(
+                f"{owner}: {name} must be real, got dtype {dtype}{where}: it is defined over "
+                f"real vectors (apply it to the real pairs (z.real, z.imag) if that is what is "
+                f"meant){also}"
+            )
 
 
 def check_non_negative(value: Any, name: str, owner: str | None = None) -> None:

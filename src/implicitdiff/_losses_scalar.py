@@ -43,7 +43,8 @@ def label_and_score(label: Any, score: Any, fn_name: str) -> tuple[jax.Array, ja
     concrete one raises a ValueError naming ``fn_name``, a traced one (jit, vmap, grad) gives
     NaN there.
     """
-    score = _float_array(score)
+    score = _float_array(score, fn_name, "score")
+    _checks.refuse_complex(label, fn_name, "label")
     if not _checks.is_traced(label):
         concrete = np.asarray(label, dtype=float)
         foreign = (concrete % 1 == 0) & ((concrete < 0) | (concrete > 1))
@@ -88,7 +89,8 @@ def huber_loss(target: Any, pred: Any, delta: Any = 1.0) -> jax.Array:
     _checks.check_real(delta, "delta", "huber_loss")
     if isinstance(delta, numbers.Real) and not delta > 0:
         raise ValueError(f"huber_loss: delta must be positive, got {delta!r}")
-    pred = _float_array(pred)
+    pred = _float_array(pred, "huber_loss", "pred")
+    _checks.refuse_complex(target, "huber_loss", "target")
     return _huber(jnp.asarray(target, pred.dtype), pred, jnp.asarray(delta, pred.dtype))
 
 
@@ -137,7 +139,7 @@ def sparse_plus(x: Any) -> jax.Array:
     >>> print(sparse_plus(0.0))
     0.25
     """
-    x = _float_array(x)
+    x = _float_array(x, "sparse_plus")
     c = jnp.clip(x, -1, 1)
     return 0.25 * jnp.square(c + 1) + jnp.maximum(x - 1, 0)
 
@@ -159,7 +161,7 @@ def sparse_sigmoid(x: Any) -> jax.Array:
     >>> print(sparse_sigmoid(0.0))
     0.5
     """
-    x = _float_array(x)
+    x = _float_array(x, "sparse_sigmoid")
     return jnp.clip(0.5 * x + 0.5, 0, 1)
 
 

@@ -81,14 +81,13 @@ def mask_to_real(mask: PyTree | None, like: PyTree) -> PyTree | None:
     return tree.map(split, mask, like)
 
 
-def residual_on_pairs(residual: Callable, like: PyTree, conjugate: bool) -> Callable:
-    """``(pairs, *rest) ↦ to_real(F(from_real(pairs, like), *rest))``, F's value conjugated first
-    when ``conjugate``: ``jax.grad`` of a real f returns ∂f/∂x − i ∂f/∂y, whose conjugate's
-    pairs are the gradient in ℝ²ⁿ, so that a gradient condition has a symmetric Jacobian there
-    (as a holomorphic F with a Hermitian Jacobian has without conjugation)."""
+def residual_on_pairs(residual: Callable, like: PyTree) -> Callable:
+    """``(pairs, *rest) ↦ to_real(F(from_real(pairs, like), *rest))``: F on the pairs of
+    ``like``'s space. A gradient written as a vector of the space (∂f/∂a + i ∂f/∂b, what the
+    conditions of :mod:`implicitdiff.optimality` return) has a symmetric Jacobian there, as
+    has a holomorphic F with a Hermitian Jacobian."""
 
     def on_pairs(pairs, *rest):
-        value = residual(from_real(pairs, like), *rest)
-        return to_real(tree.conj(value) if conjugate else value)
+        return to_real(residual(from_real(pairs, like), *rest))
 
     return on_pairs

@@ -37,7 +37,6 @@ from implicitdiff._backward_check import (
     check_same_structure,
     engine_solve,
 )
-from implicitdiff._condition import Condition
 from implicitdiff._typing import PyTree
 
 __all__ = [
@@ -94,24 +93,21 @@ def _linear_solve(matvec: Callable, b: PyTree, solve: Callable, symmetric: bool)
     return unravel(x_flat)
 
 
-def _tangent(
-    residual: Callable, sol: PyTree, theta: list, t_theta: list, solve, symmetric, conjugate=False
-):
+def _tangent(residual: Callable, sol: PyTree, theta: list, t_theta: list, solve, symmetric):
     """J t for J = −(∂₁G)⁻¹ ∂₂G at (sol, θ); θ and t given as flat lists (None: no tangent).
 
-    A complex solution is solved for on its real pairs (:mod:`implicitdiff._real_pairs`), G's
-    value conjugated there if ``conjugate`` (a condition of :mod:`implicitdiff.optimality`, a
-    gradient in JAX's convention): ∂₁G is ℝ-linear, not ℂ-linear, whenever G is not holomorphic
-    in x (the gradient of a real objective of complex parameters), and there a dense matrix, a
-    Krylov method over ℂ and JAX's transpose were silently wrong. The symmetric hint still
-    picks the solver, but the transposed system is JAX's transpose of the pairs' matvec: a hint
-    that does not hold on the pairs costs a flagged solve, never a wrong transpose.
+    A complex solution is solved for on its real pairs (:mod:`implicitdiff._real_pairs`): ∂₁G
+    is ℝ-linear, not ℂ-linear, whenever G is not holomorphic in x (the gradient of a real
+    objective of complex parameters), and there a dense matrix, a Krylov method over ℂ and
+    JAX's transpose were silently wrong. The symmetric hint still picks the solver, but the
+    transposed system is JAX's transpose of the pairs' matvec: a hint that does not hold on the
+    pairs costs a flagged solve, never a wrong transpose.
     """
     moving = [i for i, t in enumerate(t_theta) if t is not None]
     if not moving:
         return tree.zeros_like(sol)
     if _real_pairs.complex_leaves(sol):
-        on_pairs = _real_pairs.residual_on_pairs(residual, sol, conjugate)
+        on_pairs = _real_pairs.residual_on_pairs(residual, sol)
         pairs = _tangent(on_pairs, _real_pairs.to_real(sol), theta, t_theta, solve, False)
         return _real_pairs.from_real(pairs, sol)
 
@@ -170,7 +166,6 @@ def _implicit_solver(
     checked: Callable,
     symmetric: bool,
     masks: Callable,
-    conjugate: bool,
 ) -> Callable:
     """Wrap ``solver``: its output differentiated through residual_fun(x, ...) = 0 (on masks)."""
 
@@ -258,7 +253,7 @@ def _implicit_solver(
 
             # (A complex solution is solved for on its real pairs, its support with it.)
             solve = functools.partial(checked, support=_real_pairs.mask_to_real(mask, sol))
-            tangent = _tangent(g, sol, theta, t_theta, solve, symmetric, conjugate)
+            tangent = _tangent(g, sol, theta, t_theta, solve, symmetric)
             return sol, jax.tree_util.tree_map(lambda t: t * factor(t.dtype), tangent)
 
         attach_derivative.defjvp(attach_derivative_jvp, symbolic_zeros=True)
@@ -338,15 +333,7 @@ def custom_root(
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            user_fun,
-            user_fun,
-            "optimality_fun",
-            solver,
-            has_aux,
-            checked,
-            hint,
-            masks,
-            isinstance(optimality_fun, Condition),
+            user_fun, user_fun, "optimality_fun", solver, has_aux, checked, hint, masks
         )
 
     return decorator
@@ -404,15 +391,7 @@ def custom_fixed_point(
 
     def decorator(solver: Callable) -> Callable:
         return _implicit_solver(
-            residual,
-            user_fun,
-            "fixed_point_fun",
-            solver,
-            has_aux,
-            checked,
-            hint,
-            masks,
-            isinstance(fixed_point_fun, Condition),
+            residual, user_fun, "fixed_point_fun", solver, has_aux, checked, hint, masks
         )
 
     return decorator
@@ -494,8 +473,7 @@ def root_jvp(
 
     hint, checked, masks = engine_solve(optimality_fun, solve, symmetric, on_failure)
     solve = functools.partial(checked, support=_real_pairs.mask_to_real(masks(sol, *args), sol))
-    conjugate = isinstance(optimality_fun, Condition)
-    return _tangent(residual, sol, split.arrays, t_arrays, solve, hint, conjugate)
+    return _tangent(residual, sol, split.arrays, t_arrays, solve, hint)
 
 
 def root_vjp(
@@ -540,8 +518,7 @@ def root_vjp(
     support = masks(sol, *args)
     if _real_pairs.complex_leaves(sol):  # solved on the real pairs, as in _tangent
         like, support = sol, _real_pairs.mask_to_real(support, sol)
-        conjugate = isinstance(optimality_fun, Condition)
-        residual_of = _real_pairs.residual_on_pairs(residual_of, like, conjugate)
+        residual_of = _real_pairs.residual_on_pairs(residual_of, like)
         sol = _real_pairs.to_real(sol)
         _, to_complex = jax.vjp(lambda p: _real_pairs.from_real(p, like), sol)
         (cotangent,) = to_complex(cotangent)

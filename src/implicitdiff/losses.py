@@ -79,7 +79,8 @@ _float_array = _checks.real_float_array
 def _label_vector_and_scores(label: Any, scores: Any, fn_name: str) -> tuple[jax.Array, jax.Array]:
     """(y, z): the scores z as a real float array, and the label y as a vector shaped like them
     (one-hot for a class index, else as given), for the multiclass loss ``fn_name``."""
-    scores = _float_array(scores)
+    scores = _float_array(scores, fn_name, "scores")
+    _checks.refuse_complex(label, fn_name, "label")
     label = jnp.asarray(label)
     if label.ndim == scores.ndim:
         return label.astype(scores.dtype), scores
@@ -325,7 +326,7 @@ def sparsemax(scores: Any) -> jax.Array:
     >>> print(sparsemax(jnp.array([1.0, 0.5, -1.0])))
     [0.75 0.25 0.  ]
     """
-    z = _float_array(scores)
+    z = _float_array(scores, "sparsemax", "scores")
     # The projection commutes with adding a constant to every entry; shift the largest entry to
     # 0 so that the cumulative sums stay small (the shift has zero derivative: stop it). +inf
     # scores share the mass equally (the limit), −inf ones get none.
@@ -408,7 +409,9 @@ _sparsemax_loss = _closed_form_loss(
 def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:
     """½‖target − prediction‖², summed over every entry (of every leaf, for pytrees).
 
-    The gradient in ``prediction`` is prediction − target. ``target`` and ``prediction`` must
+    The gradient in ``prediction`` is prediction − target. Complex leaves count by modulus,
+    ½Σ|rⱼ|², and the loss is real (``jax.grad`` returns conj(prediction − target) for them, in
+    JAX's convention). ``target`` and ``prediction`` must
     have the same structure and leaf shapes (no broadcasting): ValueError otherwise.
 
     Args:
@@ -431,7 +434,7 @@ def squared_loss(target: PyTree, prediction: PyTree) -> jax.Array:
             f"{p_tree} {[jnp.shape(p) for p in p_leaves]}"
         )
     residual = tree.sub(target, prediction)
-    return 0.5 * tree.vdot(residual, residual)
+    return 0.5 * tree.vdot_real(residual, residual)  # real also for complex leaves: ½Σ|rⱼ|²
 
 
 def make_fenchel_young_loss(max_fun: Callable[..., Any]) -> Callable[..., jax.Array]:
@@ -465,7 +468,8 @@ def make_fenchel_young_loss(max_fun: Callable[..., Any]) -> Callable[..., jax.Ar
         raise TypeError(f"make_fenchel_young_loss: max_fun must be callable, got {max_fun!r}")
 
     def fenchel_young_loss(y_true: Any, scores: Any, *args: Any, **kwargs: Any) -> jax.Array:
-        scores = _float_array(scores)
+        scores = _float_array(scores, "fenchel_young_loss", "scores")
+        _checks.refuse_complex(y_true, "fenchel_young_loss", "y_true")
         y_true = jnp.asarray(y_true, scores.dtype)
         if y_true.shape != scores.shape:
             raise ValueError(

@@ -90,6 +90,19 @@ def _gradient_step_support(grad: Callable, operator: Callable, stepsize: Any, wi
     return support
 
 
+def _gradient(fun: Callable) -> Callable:
+    """``(x, *args, **kwargs) ↦ ∇₁fun`` as a vector of x's space: ``jax.grad`` for real x; for a
+    complex leaf z = a + ib, ∂f/∂a + i ∂f/∂b, the conjugate of what ``jax.grad`` returns. It is
+    the direction a gradient step takes, and its real pairs are the gradient in ℝ²ⁿ, so that a
+    stationary condition's Jacobian is symmetric there (where the engine solves)."""
+    grad = jax.grad(fun)
+
+    def gradient(x, /, *args, **kwargs):
+        return tree.conj(grad(x, *args, **kwargs))
+
+    return gradient
+
+
 def _check_callable(value: Any, name: str, builder: str) -> None:
     if not callable(value):
         raise TypeError(f"{builder}: {name} must be callable, got {type(value).__name__}")
@@ -98,7 +111,9 @@ def _check_callable(value: Any, name: str, builder: str) -> None:
 def stationary(fun: Callable) -> Callable:
     """F(x, *args) = ∇₁fun(x, *args): the stationarity of an unconstrained objective.
 
-    At a local minimum of a smooth ``fun``, F = 0, and ∂₁F = ∇²₁fun is symmetric (marked).
+    At a local minimum of a smooth ``fun``, F = 0, and ∂₁F = ∇²₁fun is symmetric (marked). For
+    complex x, ∇₁fun is the gradient as a vector of x's space, ∂f/∂a + i ∂f/∂b for z = a + ib
+    (the conjugate of what ``jax.grad`` returns), as in every gradient step of this module.
 
     Args:
       fun: the objective ``fun(x, *args, **kwargs)``, a real scalar; x may be a pytree.
@@ -114,7 +129,7 @@ def stationary(fun: Callable) -> Callable:
       >>> solver = custom_root(optimality.stationary(f))(lambda x0, lam: jnp.ones(3) / (1 + lam))
     """
     _check_callable(fun, "fun", "stationary")
-    grad = jax.grad(fun)
+    grad = _gradient(fun)
 
     def optimality_fun(x, /, *args, **kwargs):
         return grad(x, *args, **kwargs)
@@ -166,7 +181,7 @@ def kkt(
         _check_callable(eq_fun, "eq_fun", "kkt")
     if ineq_fun is not None:
         _check_callable(ineq_fun, "ineq_fun", "kkt")
-    grad = jax.grad(fun)
+    grad = _gradient(fun)
 
     def optimality_fun(z, params_fun, params_eq=None, params_ineq=None):
         if not (isinstance(z, (tuple, list)) and len(z) == 3):
@@ -220,7 +235,7 @@ def proximal_gradient(fun: Callable, prox: Callable, stepsize: float = 1.0) -> C
     """
     _check_callable(fun, "fun", "proximal_gradient")
     _check_callable(prox, "prox", "proximal_gradient")
-    grad = jax.grad(fun)
+    grad = _gradient(fun)
 
     def fixed_point_fun(x, /, hyperparams_prox, *args, **kwargs):
         step = tree.axpy(-stepsize, grad(x, *args, **kwargs), x)
@@ -267,7 +282,7 @@ def projected_gradient(fun: Callable, projection: Callable, stepsize: float = 1.
     """
     _check_callable(fun, "fun", "projected_gradient")
     _check_callable(projection, "projection", "projected_gradient")
-    grad = jax.grad(fun)
+    grad = _gradient(fun)
 
     def fixed_point_fun(x, /, hyperparams_proj, *args, **kwargs):
         return projection(tree.axpy(-stepsize, grad(x, *args, **kwargs), x), hyperparams_proj)
@@ -367,7 +382,7 @@ def mirror_descent(
             "mirror_descent: give both projection and mapping, or neither (the "
             "default negative entropy on the simplex)"
         )
-    grad = jax.grad(fun)
+    grad = _gradient(fun)
 
     if projection is None:
 
@@ -451,7 +466,7 @@ def block_proximal_gradient(fun: Callable, block_prox: Callable, stepsize: Any =
     """
     _check_callable(fun, "fun", "block_proximal_gradient")
     _check_callable(block_prox, "block_prox", "block_proximal_gradient")
-    grad = jax.grad(fun)
+    grad = _gradient(fun)
 
     def fixed_point_fun(x, /, hyperparams_prox, *args, **kwargs):
         x = jnp.asarray(x)
@@ -474,8 +489,9 @@ def least_squares(residual_fun: Callable) -> Callable:
 
     The condition at a (local) solution of a nonlinear least-squares problem, as Gauss–Newton
     and Levenberg–Marquardt find it. ∂₁F = JᵀJ + Σ rₖ∇²rₖ is symmetric (marked). Computed with
-    one VJP, never forming J. For complex residuals, F = ∂₁rᵀ r̄ = ``jax.grad`` of ½Σ|rₖ|² (the
-    normal equations Jᴴ r = 0, conjugated).
+    one VJP, never forming J. For complex x or residuals, F is the gradient of ½Σ|rₖ|² as a
+    vector of x's space (∂/∂a + i ∂/∂b for z = a + ib: the conjugate of ``jax.grad``'s), which is
+    Jᴴr for a holomorphic r.
 
     Args:
       residual_fun: r(x, *args, **kwargs), the residuals (a pytree); x may be a pytree.
@@ -494,7 +510,7 @@ def least_squares(residual_fun: Callable) -> Callable:
 
     def optimality_fun(x, /, *args, **kwargs):
         r, vjp = jax.vjp(lambda x: residual_fun(x, *args, **kwargs), x)
-        return vjp(tree.conj(r))[0]  # ∇ of ½Σ|rₖ|² in JAX's convention (complex r: conj r)
+        return tree.conj(vjp(tree.conj(r))[0])  # ∇ of ½Σ|rₖ|² (as _gradient, for complex x)
 
     return _mark(
         optimality_fun, symmetric=True, name="least_squares_optimality", doc=least_squares.__doc__

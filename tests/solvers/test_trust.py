@@ -1040,3 +1040,45 @@ def test_hyperparameter_closed_over_by_the_user_function_family(name):
 
     jacobian = jax.jacobian(solve)(case.theta)
     np.testing.assert_allclose(jacobian, case.jacobian(case.theta), atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "traced options": a solver's options are static; a traced one is named as such.
+
+_STEPSIZE_SOLVERS = {
+    "GradientDescent": lambda s: solvers.GradientDescent(fun=_quadratic, stepsize=s),
+    "LBFGS": lambda s: solvers.LBFGS(fun=_quadratic, stepsize=s),
+    "ProximalGradient": lambda s: solvers.ProximalGradient(fun=_quadratic, stepsize=s),
+    "BlockCoordinateDescent": lambda s: solvers.BlockCoordinateDescent(
+        fun=_quadratic, block_prox=prox.none, stepsize=s
+    ),
+    "Broyden": lambda s: solvers.Broyden(fun=_root, stepsize=s),
+}
+
+
+def _traced_option_cases():
+    for name, case in CASES.items():
+        if not case.host:
+            yield name, "tol", lambda v, case=case: case.solver(tol=v)
+            yield name, "maxiter", lambda v, case=case: case.solver(maxiter=v)
+    for name, make in _STEPSIZE_SOLVERS.items():
+        yield name, "stepsize", make
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "make"),
+    list(_traced_option_cases()),
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_traced_options_family_are_named_as_traced(name, option, make):
+    """A solver built inside jit from a traced tol, maxiter or stepsize: a ValueError naming the
+    solver, the option and why (its options key the compiled run). Before, a traced tol read
+    "tol must be a non-negative number" without the solver, and a traced stepsize "must be ≥ 0",
+    both true of the value given. (JAXopt 0.8.5 fails on a traced stepsize too, with JAX's
+    TracerBoolConversionError.)"""
+    value = {"tol": 1e-9, "maxiter": 50, "stepsize": 0.1}[option]
+    with pytest.raises(
+        ValueError, match=f"{name}: {option} must be a concrete number, got a traced"
+    ):
+        jax.jit(make)(jnp.asarray(value))
+    make(value)  # the concrete value is taken

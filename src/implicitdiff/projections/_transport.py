@@ -723,6 +723,7 @@ def _project(kind, name, x, a, b, maxiter, tol, solve):
 
 def _transport(kind: str, name: str, x, hyperparams, maxiter, tol, solve) -> jax.Array:
     """The projection onto U(a, b), (a, b) = ``hyperparams``, for the public function ``name``."""
+    _checks.refuse_complex(x, name)
     a, b = _unpack_marginals(hyperparams, name)
     x, a, b = _as_problem(x, a, b, name)
     return _in_float32_if_half(_project, kind, name, x, a, b, maxiter, tol, solve)
@@ -731,6 +732,7 @@ def _transport(kind: str, name: str, x, hyperparams, maxiter, tol, solve) -> jax
 def _birkhoff(kind: str, name: str, x, maxiter, tol, solve) -> jax.Array:
     """The projection onto the Birkhoff polytope U(1, 1) of a square X, for the public function
     ``name``."""
+    _checks.refuse_complex(x, name)
     x, a, b = _square(x, name)
     return _in_float32_if_half(_project, kind, name, x, a, b, maxiter, tol, solve)
 

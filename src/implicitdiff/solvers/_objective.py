@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _support, optimality, tree
+from implicitdiff import _checks, _support, optimality, tree
 from implicitdiff._condition import Condition
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
@@ -64,6 +64,7 @@ def check_stepsize(owner: str, stepsize: Any) -> None:
     """``stepsize``: a number ≥ 0 (0: a line search) or a callable ``stepsize(iter_num)``."""
     if callable(stepsize):
         return
+    _checks.refuse_traced_option(owner, "stepsize", stepsize)
     ok = isinstance(stepsize, (int, float)) and not isinstance(stepsize, bool) and stepsize >= 0
     if not ok:
         raise ValueError(

@@ -209,6 +209,7 @@ class BlockCoordinateDescent(IterativeSolver):
         if isinstance(self.stepsize, (int, float)) and not isinstance(self.stepsize, bool):
             _checks.check_positive_number(self.stepsize, "stepsize", name, allow_zero=True)
         else:
+            _checks.refuse_traced_option(name, "stepsize", self.stepsize)
             try:
                 steps = jnp.asarray(self.stepsize)
             except (TypeError, ValueError):  # not an array (None: a ValueError)
