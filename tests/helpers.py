@@ -56,7 +56,6 @@ def assert_tree_allclose(actual: Any, expected: Any, rtol: float = 1e-7, atol: f
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
-@contextlib.contextmanager
 def assert_derivatives_match(implicit: Callable, explicit: Callable, point, direction, atol):
     """``implicit`` and ``explicit`` (functions of one array, complex allowed) have the same JVP
     along ``direction`` and the same gradient of the real loss Σ|f − 1|² at ``point``."""
@@ -71,6 +70,7 @@ def assert_derivatives_match(implicit: Callable, explicit: Callable, point, dire
     np.testing.assert_allclose(got, jax.grad(loss(explicit))(point), atol=atol)
 
 
+@contextlib.contextmanager
 def compilations():
     """The names of the programs XLA compiles inside the block (a list, filled as they come).
 

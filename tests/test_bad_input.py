@@ -24,6 +24,7 @@ from implicitdiff import (
     custom_root,
     linear_solve,
     losses,
+    objective,
     optimality,
     projections,
     prox,
@@ -343,6 +344,18 @@ def solver_option_traced():
         jax.jit(lambda tol: solvers.LBFGS(fun=least_squares, tol=tol))(1e-6)
     with pytest.raises(ValueError, match=r"GradientDescent: stepsize must be a concrete number"):
         jax.jit(lambda s: solvers.GradientDescent(fun=least_squares, stepsize=s))(0.1)
+
+
+@case
+def svm_dual_class_indices():
+    """objective.multiclass_linear_svm_dual given class indices for Y → ValueError naming Y and
+    the one-hot shape (it broadcast into JAX's "Incompatible shapes", as in JAXopt)."""
+    beta = jnp.full((8, 3), 1 / 3)
+    y = jnp.asarray(_rng.randint(0, 3, 8))
+    with pytest.raises(ValueError, match=r"Y in data = \(X, Y\) must be one-hot labels"):
+        objective.multiclass_linear_svm_dual(beta, 1.0, (X, y))
+    value = objective.multiclass_linear_svm_dual(beta, 1.0, (X, jax.nn.one_hot(y, 3)))
+    assert np.isfinite(value)
 
 
 @case

@@ -22,6 +22,7 @@ from implicitdiff._projection_common import (
     check_feasible_flag,
     check_ordered,
     float_array,
+    in_dtype_of_x,
     in_float32_if_half,
     nan_throughout,
     stable_norm,
@@ -110,6 +111,7 @@ def _project_onto_constraint(
     return nan_throughout(p)  # x with ±∞ across the set: ∞ − ∞
 
 
+@in_dtype_of_x
 def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     """Projection onto the hyperplane {y: aᵀy = b}: p = x − ((aᵀx − b) / ‖a‖²) a.
 
@@ -134,6 +136,7 @@ def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     return _project_onto_constraint(x, hyperparams, "hyperplane", inequality=False)
 
 
+@in_dtype_of_x
 def halfspace(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     """Projection onto the halfspace {y: aᵀy ≤ b}: p = x − (max(aᵀx − b, 0) / ‖a‖²) a.
 
@@ -208,6 +211,7 @@ def _affine_projection_jvp(primals, tangents):
     return p, _checks.nan_unless(consistent, dp)
 
 
+@in_dtype_of_x
 @in_float32_if_half  # an SVD: no half-precision LAPACK
 def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Array:
     """Projection onto the affine set {y: A y = b}, for any m × n matrix A.
@@ -354,6 +358,7 @@ _box_section_multiplier = custom_root(
 )(_box_section_bisection)
 
 
+@in_dtype_of_x
 def box_section(
     x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any], check_feasible: bool = False
 ) -> jax.Array:

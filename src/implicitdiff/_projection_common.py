@@ -22,6 +22,7 @@ __all__ = [
     "check_feasible_flag",
     "check_ordered",
     "float_array",
+    "in_dtype_of_x",
     "jaxopt_keyword",
     "safe_sqrt",
     "stable_norm",
@@ -149,5 +150,31 @@ def in_float32_if_half(projection: Any) -> Any:
         x, rest = _checks.half_to_float32((x, rest))
         out = projection(x, *rest, **options)
         return jax.tree_util.tree_map(lambda leaf: leaf.astype(out_dtype), out)
+
+    return wrapped
+
+
+def in_dtype_of_x(projection: Any) -> Any:
+    """``projection(x, *rest, **options)`` returned in the dtype of x, leaf by leaf (x floating;
+    an integer x gives the default float): a projection maps x's space to itself, whatever the
+    dtype of its hyperparameters. Before, a float32 x with float64 hyperparameters came back
+    in float64 from half of the projections (by JAX's promotion) and in float32 from the other
+    half. The computation keeps the promoted dtype; only the result is rounded, and a cast is
+    differentiable (the hyperparameters' derivatives keep their dtype)."""
+
+    @functools.wraps(projection)
+    def wrapped(x, *rest, **options):
+        out = projection(x, *rest, **options)
+
+        def cast(leaf, like):
+            dtype = getattr(like, "dtype", None)
+            if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or leaf.dtype == dtype:
+                return leaf
+            return leaf.astype(dtype)
+
+        try:
+            return jax.tree_util.tree_map(cast, out, x)
+        except ValueError:  # (a result structured unlike x: left as computed)
+            return out
 
     return wrapped

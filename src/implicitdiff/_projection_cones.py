@@ -13,6 +13,7 @@ from implicitdiff import _checks
 from implicitdiff._projection_common import (
     as_dtype_of,
     float_array,
+    in_dtype_of_x,
     in_float32_if_half,
     nan_throughout,
     stable_norm,
@@ -24,6 +25,7 @@ __all__ = ["psd_cone", "second_order_cone"]
 _TAKE_COMPLEX = "l2_ball and l2_sphere"
 
 
+@in_dtype_of_x
 def second_order_cone(x: tuple[ArrayLike, ArrayLike], hyperparams: None = None) -> tuple:
     """Projection onto the second-order (Lorentz) cone {(t, z): ‖z‖₂ ≤ t}.
 
@@ -85,6 +87,7 @@ def _psd_symmetric_jvp(primals, tangents):
     return out, d_out
 
 
+@in_dtype_of_x
 @in_float32_if_half  # an eigendecomposition: no half-precision LAPACK
 def psd_cone(x: ArrayLike, hyperparams: None = None) -> jax.Array:
     """Projection onto the cone of symmetric positive semidefinite matrices {Y = Yᵀ ⪰ 0}.

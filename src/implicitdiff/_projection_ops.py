@@ -31,6 +31,7 @@ from implicitdiff._projection_common import (
     as_dtype_of,
     check_ordered,
     float_array,
+    in_dtype_of_x,
     jaxopt_keyword,
     limit_at_infinity,
     stable_norm,
@@ -66,6 +67,7 @@ _TAKE_COMPLEX = "l2_ball and l2_sphere"
 # Orthant, boxes and the ∞-ball.
 
 
+@in_dtype_of_x
 def non_negative(x: PyTree, hyperparams: None = None) -> PyTree:
     """Projection onto the non-negative orthant ℝ₊ⁿ: p = max(x, 0), entry by entry.
 
@@ -94,6 +96,7 @@ def _bounds_like(x: PyTree, bound: Any) -> PyTree:
     return jax.tree_util.tree_unflatten(x_struct, [bound] * x_struct.num_leaves)
 
 
+@in_dtype_of_x
 def box(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
     """Projection onto the box {y: lower ≤ y ≤ upper}: p = min(max(x, lower), upper).
 
@@ -164,6 +167,7 @@ def _set_size(function: str, hyperparams: Any, keyword: str, given: Any, name: s
     return size
 
 
+@in_dtype_of_x
 def hypercube(x: PyTree, hyperparams: ArrayLike = ONE, *, unit: ArrayLike | None = None) -> PyTree:
     """Projection onto the hypercube [0, scale]ⁿ: p = min(max(x, 0), scale).
 
@@ -185,6 +189,7 @@ def hypercube(x: PyTree, hyperparams: ArrayLike = ONE, *, unit: ArrayLike | None
     return box(x, (0.0, _checks.nan_if_negative(hyperparams)))
 
 
+@in_dtype_of_x
 def linf_ball(
     x: PyTree, hyperparams: ArrayLike = ONE, *, max_value: ArrayLike | None = None
 ) -> PyTree:
@@ -265,6 +270,7 @@ def _simplex_any_shape(x: jax.Array, scale: jax.Array) -> jax.Array:
     return _simplex_vector(x.ravel(), jnp.broadcast_to(scale, ())).reshape(x.shape)
 
 
+@in_dtype_of_x
 def simplex(
     x: ArrayLike, hyperparams: ArrayLike = ONE, *, value: ArrayLike | None = None
 ) -> jax.Array:
@@ -293,6 +299,7 @@ def simplex(
     return _simplex_any_shape(x, as_dtype_of(_checks.nan_if_negative(hyperparams), x))
 
 
+@in_dtype_of_x
 def sparse_simplex(
     x: ArrayLike,
     hyperparams: tuple[ArrayLike, int] | int | None = None,
@@ -347,7 +354,7 @@ def sparse_simplex(
     values, indices = jax.lax.top_k(flat, max_nz)
     kept = _simplex_vector(values, jnp.broadcast_to(scale, ()))
     # (a NaN scale, from a traced negative one, makes every entry NaN, not only the kept ones)
-    rest = _checks.nan_unless(jnp.logical_not(jnp.isnan(scale)), jnp.zeros_like(flat))
+    rest = _checks.nan_unless(jnp.logical_not(jnp.isnan(scale)), jnp.zeros_like(flat, kept.dtype))
     return rest.at[indices].set(kept).reshape(x.shape)
 
 
@@ -378,6 +385,7 @@ def _sparse_simplex_arguments(hyperparams, use_approx_max_nz, value, max_nz) -> 
     return (1.0 if value is None else value), max_nz
 
 
+@in_dtype_of_x
 def l1_sphere(
     x: ArrayLike, hyperparams: ArrayLike = ONE, *, value: ArrayLike | None = None
 ) -> jax.Array:
@@ -407,6 +415,7 @@ def l1_sphere(
     return signs * _simplex_any_shape(jnp.abs(x), as_dtype_of(hyperparams, x))
 
 
+@in_dtype_of_x
 def l1_ball(
     x: ArrayLike, hyperparams: ArrayLike = ONE, *, max_value: ArrayLike | None = None
 ) -> jax.Array:
@@ -443,6 +452,7 @@ def l1_ball(
 # ℓ₂ sets.
 
 
+@in_dtype_of_x
 def l2_ball(
     x: PyTree, hyperparams: ArrayLike = ONE, *, max_value: ArrayLike | None = None
 ) -> PyTree:
@@ -477,6 +487,7 @@ def l2_ball(
     return tree.map(lambda leaf: (factor * leaf).astype(leaf.dtype), x)
 
 
+@in_dtype_of_x
 def l2_sphere(x: PyTree, hyperparams: ArrayLike = ONE, *, value: ArrayLike | None = None) -> PyTree:
     """Projection onto the Euclidean sphere {y: ‖y‖₂ = radius}: p = radius · x / ‖x‖₂.
 

@@ -405,22 +405,34 @@ class MulticlassLogreg(_DesignMatrixObjective):
         return super().__call__(W, data)
 
 
+def _one_hot_data(data: Any) -> tuple[jax.Array, jax.Array]:
+    """(X, Y) of the multiclass SVM dual, Y one-hot labels (n, k): class indices (n,) are
+    refused by name (they broadcast against Xᵀβ into JAX's "Incompatible shapes" error)."""
+    X, Y = _data(data, "multiclass_linear_svm_dual")
+    if Y.ndim != 2:
+        raise ValueError(
+            "multiclass_linear_svm_dual: Y in data = (X, Y) must be one-hot labels of shape "
+            f"(n, k), got shape {Y.shape}; for class indices y pass jax.nn.one_hot(y, k)"
+        )
+    return X, Y
+
+
 class MulticlassLinearSvmDual(CompositeLinearFunction):
     """Dual of the multiclass linear SVM (see :data:`multiclass_linear_svm_dual`)."""
 
     def make_linop(self, l2reg: Any, data: Any) -> LinearOperator:
         """A = Xᵀ (so A β = Xᵀβ)."""
-        return LinearOperator(_data(data, "multiclass_linear_svm_dual")[0].T)
+        return LinearOperator(_one_hot_data(data)[0].T)
 
     def subfun(self, Xbeta: jax.Array, l2reg: Any, data: Any) -> jax.Array:
         """(1/2λ) ‖XᵀY − Xᵀβ‖²_F given Xᵀβ."""
-        X, Y = data
-        V = jnp.dot(jnp.asarray(X).T, jnp.asarray(Y)) - Xbeta
+        X, Y = _one_hot_data(data)
+        V = jnp.dot(X.T, Y) - Xbeta
         return 0.5 / l2reg * jnp.vdot(V, V)
 
     def b(self, l2reg: Any, data: Any) -> jax.Array:
         """Y − 1."""
-        return jnp.asarray(data[1]) - 1
+        return _one_hot_data(data)[1] - 1
 
     def columnwise_lipschitz_const(self, l2reg: Any, data: Any) -> jax.Array:
         """‖xᵢ‖² for each sample i (the columns of Xᵀ), as JAXopt (without the 1/λ)."""

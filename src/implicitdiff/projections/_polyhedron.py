@@ -15,7 +15,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from implicitdiff import _checks
-from implicitdiff._projection_common import in_float32_if_half, nan_throughout
+from implicitdiff._projection_common import in_dtype_of_x, in_float32_if_half, nan_throughout
 from implicitdiff.solvers import OSQP
 
 __all__ = ["polyhedron"]
@@ -73,6 +73,7 @@ def _independent_rows(A: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]
     return A_new, _checks.nan_unless(consistent, b_new)
 
 
+@in_dtype_of_x
 @in_float32_if_half  # OSQP's factorizations: no half-precision LAPACK
 def polyhedron(
     x: ArrayLike, hyperparams: tuple[Any, Any, Any, Any], check_feasible: bool = True

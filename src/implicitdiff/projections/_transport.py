@@ -56,6 +56,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from implicitdiff import _checks, _linesearch, _loop, linear_solve
+from implicitdiff._projection_common import in_dtype_of_x
 from implicitdiff.implicit import custom_root
 
 __all__ = [
@@ -763,6 +764,7 @@ def _jaxopt_options(function: str, hyperparams: Any, make_solver: Any, use_semi_
         )
 
 
+@in_dtype_of_x
 def transport_polytope(
     x: Any,
     hyperparams: tuple[Any, Any],
@@ -838,6 +840,7 @@ def transport_polytope(
     return _transport("euclidean", "transport_polytope", x, hyperparams, maxiter, tol, solve)
 
 
+@in_dtype_of_x
 def kl_transport_polytope(
     x: Any,
     hyperparams: tuple[Any, Any],
@@ -914,6 +917,7 @@ def kl_transport_polytope(
     return _transport("kl", "kl_transport_polytope", x, hyperparams, maxiter, tol, solve)
 
 
+@in_dtype_of_x
 def birkhoff_polytope(
     x: Any,
     hyperparams: None = None,
@@ -959,6 +963,7 @@ def birkhoff_polytope(
     return _birkhoff("euclidean", "birkhoff_polytope", x, maxiter, tol, solve)
 
 
+@in_dtype_of_x
 def kl_birkhoff_polytope(
     x: Any,
     hyperparams: None = None,
