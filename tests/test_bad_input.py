@@ -337,6 +337,13 @@ def solver_tol_nan():
 
 
 @case
+def objective_one_element_value():
+    """A solver's fun returning shape (1,) → TypeError naming fun, the shape and the fix."""
+    with pytest.raises(TypeError, match=r"fun must return a scalar objective value .* \(1,\)"):
+        solvers.LBFGS(fun=lambda w, X, y: least_squares(w, X, y)[None]).run(jnp.zeros(3), X, Y)
+
+
+@case
 def solver_option_traced():
     """A solver built inside jit from a traced tol or stepsize → ValueError naming the solver,
     the option and that it is traced (options are static)."""

@@ -563,3 +563,32 @@ def test_linear_solver_family_complex_warm_start_and_preconditioner(name):
         options["preconditioner"] = pre
     x = solve(matvec, C_RHS, tol=1e-12, **options)
     np.testing.assert_allclose(x, want, atol=1e-10)
+
+
+_DT_A = jnp.asarray(SPD / N + np.eye(N))  # symmetric positive definite, float64
+_DT_B = RHS
+
+
+@pytest.mark.parametrize("name", ALL_SOLVERS)
+def test_linear_solver_family_matvec_of_another_dtype(name):
+    """A matvec whose output dtype is not b's: a float64 matrix applied to a float32 b, or a
+    matvec computing in float32 for a float64 b. The solution in the promoted dtype (float64,
+    as A⁻¹b and the dense solvers give it), to the accuracy of the matvec, and its JVP in b.
+    Before, cg (float32 b), gmres, bicgstab, normal_cg and iterative_refinement raised JAX's
+    "carry input and carry output must have equal types" or "cotangent type does not match"
+    (JAXopt 0.8.5's gmres, bicgstab and normal_cg the same)."""
+    solve = linear_solve.resolve(name)
+    want = np.linalg.solve(np.asarray(_DT_A), np.asarray(_DT_B))
+    a32 = _DT_A.astype(jnp.float32)
+    cases = [
+        (lambda v: _DT_A @ v, _DT_B.astype(jnp.float32), 1e-7),  # (b rounded to float32)
+        (lambda v: a32 @ v.astype(jnp.float32), _DT_B, 1e-6),
+    ]
+    for matvec, b, rtol in cases:
+        x = solve(matvec, b)
+        assert x.dtype == jnp.float64, (name, b.dtype, x.dtype)
+        np.testing.assert_allclose(x, want, rtol=rtol, atol=rtol)
+        _, tangent = jax.jvp(functools.partial(solve, matvec), (b,), (jnp.ones_like(b),))
+        np.testing.assert_allclose(
+            tangent, np.linalg.solve(np.asarray(_DT_A), np.ones(6)), rtol=rtol, atol=rtol
+        )

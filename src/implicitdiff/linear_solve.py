@@ -321,6 +321,38 @@ def _in_real_pairs(
     return _real_pairs.from_real(x, x_like)
 
 
+def _in_promoted_dtype(
+    solve: Callable, solver: Callable, matvec: Matvec, b: PyTree, options: dict
+) -> PyTree | None:
+    """``solve`` again in the dtype of b promoted with that of ``matvec``'s output, leaf by leaf,
+    if they differ (a float64 matrix applied to a float32 b, or a matvec computing in float32
+    for a float64 b): the Krylov loops, which carry one dtype, failed with JAX's "carry input
+    and carry output must have equal types" or "cotangent type does not match". The dense
+    solvers promote as ``A⁻¹ b`` does. None if the dtypes agree (the error is another one).
+    Called only on failure: free otherwise."""
+    x_like = options.get("init") if solver.__name__ == "normal_cg" else None
+    try:
+        out = jax.eval_shape(matvec, b if x_like is None else x_like)
+    except (TypeError, ValueError):
+        return None
+    out_leaves, b_leaves = jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(b)
+    if len(out_leaves) != len(b_leaves):
+        return None
+    dtypes = [jnp.result_type(o.dtype, leaf) for o, leaf in zip(out_leaves, b_leaves, strict=True)]
+    if all(
+        o.dtype == d and jnp.result_type(leaf) == d
+        for o, leaf, d in zip(out_leaves, b_leaves, dtypes, strict=True)
+    ):
+        return None
+    like = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(b), [jnp.zeros((), d) for d in dtypes]
+    )
+    options = dict(options)
+    if options.get("init") is not None and solver.__name__ != "normal_cg":
+        options["init"] = _cast_like(options["init"], like)
+    return solve(lambda v: _cast_like(matvec(v), like), _cast_like(b, like), **options)
+
+
 def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
     """Common behaviour of this module's solvers.
 
@@ -353,6 +385,9 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
         try:
             return solver(matvec, b, **options)
         except (TypeError, ValueError) as err:
+            promoted = _in_promoted_dtype(wrapped, solver, matvec, b, options)
+            if promoted is not None:
+                return promoted
             if solver.__name__ == "normal_cg":  # it diagnoses its own shapes
                 raise
             square = _square_operator_error(solver.__name__, matvec, b)
@@ -387,7 +422,11 @@ def _linear_solver(solver: Callable[..., PyTree]) -> Callable[..., PyTree]:
             return jax.lax.custom_linear_solve(
                 matvec, b, solve=forward, transpose_solve=transposed, symmetric=symmetric
             )
-        except (TypeError, ValueError) as err:  # (the check runs only on failure: free)
+        except (TypeError, ValueError) as err:  # (the checks run only on failure: free)
+            options = dict(options, init=init)
+            promoted = _in_promoted_dtype(transposable, solver, matvec, b, options)
+            if promoted is not None:
+                return promoted
             square = _square_operator_error(solver.__name__, matvec, b)
             if square is not None:
                 raise square from err

@@ -1082,3 +1082,25 @@ def test_traced_options_family_are_named_as_traced(name, option, make):
     ):
         jax.jit(make)(jnp.asarray(value))
     make(value)  # the concrete value is taken
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "scalar objective": fun returning a one-element array is named.
+
+_OBJECTIVE_SOLVERS = [n for n, c in CASES.items() if c.body in (_quadratic, _mirror_body)]
+
+
+@pytest.mark.parametrize("name", _OBJECTIVE_SOLVERS)
+def test_scalar_objective_family_one_element_value_is_named(name):
+    """fun returning shape (1,) (a sum kept as an array, X @ w for one sample): a TypeError
+    naming fun, the shape and the fix. Before, every solver raised JAX's "Gradient only defined
+    for scalar-output functions. Output had shape: (1,)", which names neither (as JAXopt
+    0.8.5 does)."""
+    case = CASES[name]
+    body = case.body
+    solver = case.make(lambda x, theta: jnp.reshape(body(x, theta), (1,)))
+    expected = r"fun must return a scalar objective value \(shape \(\)\), got shape \(1,\); return"
+    with pytest.raises(TypeError, match=expected):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            case.run(solver, case.init, case.theta)

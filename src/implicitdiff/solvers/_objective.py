@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +114,31 @@ def first_trial(
     )
 
 
+def scalar_value(value: Any, owner: str = "", name: str = "fun") -> Any:
+    """``value`` if it is a scalar (shape ()), else a TypeError naming ``name``: a one-element
+    array (shape (1,) or (1, 1)) met JAX's "Gradient only defined for scalar-output
+    functions", which names neither the function nor the fix."""
+    shape = jnp.shape(value)
+    if shape != ():
+        prefix = f"{owner}: " if owner else ""
+        fix = "; return its entry (value[0], or jnp.sum)" if math.prod(shape) == 1 else ""
+        raise TypeError(
+            f"{prefix}{name} must return a scalar objective value (shape ()), got shape "
+            f"{shape}{fix}"
+        )
+    return value
+
+
+def scalar_valued(fun: Callable) -> Callable:
+    """``fun`` with its value checked by :func:`scalar_value` (same signature)."""
+
+    @functools.wraps(fun)
+    def checked(x, /, *args, **kwargs):
+        return scalar_value(fun(x, *args, **kwargs))
+
+    return checked
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """``fun`` read in any of JAXopt's forms (see the module): f, ∇₁f and aux at x.
@@ -155,23 +181,28 @@ class Objective:
         if self.value_and_grad:
             out, grad = self._pair(self.fun(x, *args, **kwargs))
             value, aux = self._split(out)
+            value = scalar_value(value)
         elif self.has_aux:
             (value, aux), grad = jax.value_and_grad(self._value_aux, has_aux=True)(
                 x, *args, **kwargs
             )
         else:
-            (value, grad), aux = jax.value_and_grad(self.fun)(x, *args, **kwargs), None
+            (value, grad), aux = jax.value_and_grad(self._plain)(x, *args, **kwargs), None
         return value, grad, aux
 
+    def _plain(self, x, /, *args, **kwargs):
+        return scalar_value(self.fun(x, *args, **kwargs))
+
     def _value_aux(self, x, /, *args, **kwargs):
-        return self._split(self.fun(x, *args, **kwargs))
+        value, aux = self._split(self.fun(x, *args, **kwargs))
+        return scalar_value(value), aux
 
     def value(self, x: PyTree, /, *args, **kwargs) -> jax.Array:
         """f(x) alone (with ``value_and_grad``, JAX prunes the unused gradient under jit)."""
         out = self.fun(x, *args, **kwargs)
         if self.value_and_grad:
             out = self._pair(out)[0]
-        return self._split(out)[0]
+        return scalar_value(self._split(out)[0])
 
     def grad(self, x: PyTree, /, *args, **kwargs) -> PyTree:
         """∇₁f(x): the user's with ``value_and_grad``, else ``jax.grad`` of f."""
@@ -190,7 +221,7 @@ class Objective:
 
     def scalar(self) -> Callable:
         """x, *args ↦ f: ``fun`` itself when plain, else its value part."""
-        return self.fun if self.plain else self.value
+        return self._plain if self.plain else self.value
 
     def stationary(self) -> Callable:
         """The condition F(x, *args) = ∇₁f(x, *args) = 0 (marked symmetric: ∂₁F = ∇²f).

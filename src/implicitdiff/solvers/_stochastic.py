@@ -30,6 +30,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
+from implicitdiff.solvers._objective import scalar_value
 
 __all__ = ["AdaptiveSGD", "StochasticSolver"]
 
@@ -82,7 +83,8 @@ class StochasticSolver(IterativeSolver):
         out = self.fun(params, *args, **kwargs)
         if self.value_and_grad:
             out = out[0]
-        return out if self.has_aux else (out, None)
+        value, aux = out if self.has_aux else (out, None)
+        return scalar_value(value), aux
 
     def _value(self, params, /, *args, **kwargs):
         """f(x), the scalar objective."""
@@ -93,7 +95,7 @@ class StochasticSolver(IterativeSolver):
         if self.value_and_grad:
             out, grad = self.fun(params, *args, **kwargs)
             value, aux = out if self.has_aux else (out, None)
-            return value, aux, grad
+            return scalar_value(value), aux, grad
         (value, aux), grad = jax.value_and_grad(self._value_aux, has_aux=True)(
             params, *args, **kwargs
         )

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from implicitdiff import _checks, _loop, _summary, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._objective import scalar_value
 
 __all__ = ["BlockCoordinateDescent", "BlockCoordinateDescentState"]
 
@@ -220,9 +221,13 @@ class BlockCoordinateDescent(IterativeSolver):
                     f"per-block steps, got {self.stepsize!r}"
                 )
         object.__setattr__(
-            self, "_smooth", self.fun if self.fun is not None else self._composite_fun
+            self, "_smooth", self._plain_fun if self.fun is not None else self._composite_fun
         )
         object.__setattr__(self, "_grad", jax.grad(self._smooth))
+
+    def _plain_fun(self, x, /, *args, **kwargs):
+        """f(x) = fun(x, *args), checked to be a scalar."""
+        return scalar_value(self.fun(x, *args, **kwargs))
 
     def _composite_fun(self, x, /, *args, **kwargs):
         """f(x) = outer_fun(Σᵢ block_fun(xᵢ, i, *args), *args)."""
@@ -242,7 +247,7 @@ class BlockCoordinateDescent(IterativeSolver):
         if self._composite:
             lipschitz = _composite_block_lipschitz(self.outer_fun, self.block_fun, x, args, kwargs)
         else:
-            lipschitz = _block_lipschitz(self.fun, x, args, kwargs)
+            lipschitz = _block_lipschitz(self._smooth, x, args, kwargs)
         fallback = jnp.max(lipschitz)
         fallback = jnp.where(fallback > 0, fallback, 1.0)
         return 1.0 / jnp.where(lipschitz > 0, lipschitz, fallback)

@@ -14,6 +14,7 @@ import numpy as np
 from implicitdiff import _checks, _linesearch, _loop, _summary, optimality, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._objective import scalar_valued
 
 __all__ = ["Newton"]
 
@@ -152,8 +153,9 @@ class Newton(IterativeSolver):
                 f"Newton: cg_maxiter must be None or a positive int, got {self.cg_maxiter!r}"
             )
         _checks.check_positive_int(self.maxls, "maxls", "Newton")
-        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self.fun))
-        object.__setattr__(self, "_grad", jax.grad(self.fun))
+        object.__setattr__(self, "_scalar_fun", scalar_valued(self.fun))
+        object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self._scalar_fun))
+        object.__setattr__(self, "_grad", jax.grad(self._scalar_fun))
 
     def init_state(self, init_params, /, *args, **kwargs) -> NewtonState:
         """The state at ``init_params``: f and ∇f evaluated there.
@@ -238,7 +240,7 @@ class Newton(IterativeSolver):
             grad,
             direction,
             jnp.asarray(1.0, dtype),
-            value_fun=lambda x: self.fun(x, *cut_args, **cut_kwargs),
+            value_fun=lambda x: self._scalar_fun(x, *cut_args, **cut_kwargs),
             condition="armijo",
             decrease_factor=0.5,
             maxiter=self.maxls + 1,
@@ -271,4 +273,4 @@ class Newton(IterativeSolver):
         Returns:
           ``("root", optimality.stationary(fun))``.
         """
-        return "root", optimality.stationary(self.fun)
+        return "root", optimality.stationary(self._scalar_fun)
