@@ -53,11 +53,8 @@ def real_float_array(x: Any, owner: str = "", name: str = "x") -> jax.Array:
     """x as a JAX array of a real floating dtype: integers and booleans become the default
     float (the losses' inputs: scores, predictions, labels); complex is refused, naming
     ``owner`` and ``name`` (its cast kept the real part, with only a DeprecationWarning)."""
-    if owner:
-        refuse_complex(x, owner, name)
+    refuse_complex(x, owner, name)
     x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
@@ -450,13 +447,15 @@ def refuse_complex(value: Any, owner: str, name: str = "x", complex_ones: str = 
     complex: for operators defined over real vectors (an order, a sign, a real set), which
     read a complex input's real part or compared it by its real part, silently.
     ``complex_ones`` names the operators of the same family that do take complex input."""
-    for i, leaf in enumerate(jax.tree_util.tree_leaves(value)):
+    leaves = jax.tree_util.tree_leaves(value)
+    for i, leaf in enumerate(leaves):
         dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
         if jnp.issubdtype(dtype, jnp.complexfloating):
-            where = "" if i == 0 and len(jax.tree_util.tree_leaves(value)) == 1 else f" (leaf {i})"
+            where = "" if len(leaves) == 1 else f" (leaf {i})"
             also = f"; {complex_ones} take complex input" if complex_ones else ""
+            prefix = f"{owner}: " if owner else ""
             raise TypeError(
-                f"{owner}: {name} must be real, got dtype {dtype}{where}: it is defined over "
+                f"{prefix}{name} must be real, got dtype {dtype}{where}: it is defined over "
                 f"real vectors (apply it to the real pairs (z.real, z.imag) if that is what is "
                 f"meant){also}"
             )

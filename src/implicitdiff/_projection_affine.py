@@ -18,6 +18,7 @@ from jax.typing import ArrayLike
 
 from implicitdiff import _checks, tree
 from implicitdiff._projection_common import (
+    PROJECTIONS_TAKING_COMPLEX,
     as_dtype_of,
     check_feasible_flag,
     check_ordered,
@@ -31,9 +32,6 @@ from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_root
 
 __all__ = ["affine_set", "box_section", "halfspace", "hyperplane"]
-
-# The operators of this family that take complex input (the others refuse it by name).
-_TAKE_COMPLEX = "l2_ball and l2_sphere"
 
 
 def _check_same_shape(name: str, a: jax.Array, x: jax.Array) -> None:
@@ -132,7 +130,7 @@ def hyperplane(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
       >>> hyperplane(jnp.array([1.0, 1.0]), (jnp.array([1.0, 0.0]), 0.0))
       Array([0., 1.], dtype=float32)
     """
-    _checks.refuse_complex(x, "hyperplane", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "hyperplane", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     return _project_onto_constraint(x, hyperparams, "hyperplane", inequality=False)
 
 
@@ -157,7 +155,7 @@ def halfspace(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
       >>> halfspace(jnp.array([2.0, 1.0]), (jnp.array([1.0, 0.0]), 1.0))
       Array([1., 1.], dtype=float32)
     """
-    _checks.refuse_complex(x, "halfspace", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "halfspace", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     return _project_onto_constraint(x, hyperparams, "halfspace", inequality=True)
 
 
@@ -237,7 +235,7 @@ def affine_set(x: ArrayLike, hyperparams: tuple[ArrayLike, ArrayLike]) -> jax.Ar
       >>> jnp.round(affine_set(jnp.array([1.0, 0.0, 0.0]), (A, jnp.array([0.0, 2.0]))), 4)
       Array([ 0.5, -0.5,  2. ], dtype=float32)
     """
-    _checks.refuse_complex(x, "affine_set", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "affine_set", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     A, b = _checks.unpack_parts("affine_set", "hyperparams", hyperparams, ("A", "b"))
     x = float_array(x)
     A = as_dtype_of(A, x)
@@ -387,7 +385,7 @@ def box_section(
       >>> box_section(jnp.array([1.0, 0.6, 0.0]), (0.0, 1.0, jnp.ones(3), 1.0))
       Array([0.7, 0.3, 0. ], dtype=float32)
     """
-    _checks.refuse_complex(x, "box_section", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "box_section", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     check_feasible_flag("box_section", check_feasible)
     alpha, beta, w, c = _checks.unpack_parts(
         "box_section", "hyperparams", hyperparams, ("alpha", "beta", "w", "c")

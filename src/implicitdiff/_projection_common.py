@@ -18,6 +18,7 @@ from implicitdiff._typing import PyTree
 
 __all__ = [
     "ONE",
+    "PROJECTIONS_TAKING_COMPLEX",
     "as_dtype_of",
     "check_feasible_flag",
     "check_ordered",
@@ -30,6 +31,11 @@ __all__ = [
 
 # ONE (the default size of the sets, scale or radius, one object) and jaxopt_keyword live in
 # _checks, shared with prox (its default λ and JAXopt's l1reg= / l2reg=).
+
+
+#: The projections that take complex x (defined by norms, with closed forms on ℂⁿ); every other
+#: one refuses it by name, naming these (``_checks.refuse_complex``).
+PROJECTIONS_TAKING_COMPLEX = "l2_ball and l2_sphere"
 
 
 def check_feasible_flag(function: str, check_feasible: Any) -> None:
@@ -165,6 +171,11 @@ def in_dtype_of_x(projection: Any) -> Any:
     @functools.wraps(projection)
     def wrapped(x, *rest, **options):
         out = projection(x, *rest, **options)
+        # Leaf by leaf (a list x may come back a tuple, as second_order_cone's).
+        out_leaves, out_def = jax.tree_util.tree_flatten(out)
+        x_leaves = jax.tree_util.tree_leaves(x)
+        if len(out_leaves) != len(x_leaves):
+            return out
 
         def cast(leaf, like):
             dtype = getattr(like, "dtype", None)
@@ -172,9 +183,6 @@ def in_dtype_of_x(projection: Any) -> Any:
                 return leaf
             return leaf.astype(dtype)
 
-        try:
-            return jax.tree_util.tree_map(cast, out, x)
-        except ValueError:  # (a result structured unlike x: left as computed)
-            return out
+        return out_def.unflatten([cast(o, v) for o, v in zip(out_leaves, x_leaves, strict=True)])
 
     return wrapped

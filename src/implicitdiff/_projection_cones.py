@@ -11,6 +11,7 @@ from jax.typing import ArrayLike
 
 from implicitdiff import _checks
 from implicitdiff._projection_common import (
+    PROJECTIONS_TAKING_COMPLEX,
     as_dtype_of,
     float_array,
     in_dtype_of_x,
@@ -20,9 +21,6 @@ from implicitdiff._projection_common import (
 )
 
 __all__ = ["psd_cone", "second_order_cone"]
-
-# The operators of this family that take complex input (the others refuse it by name).
-_TAKE_COMPLEX = "l2_ball and l2_sphere"
 
 
 @in_dtype_of_x
@@ -44,7 +42,7 @@ def second_order_cone(x: tuple[ArrayLike, ArrayLike], hyperparams: None = None) 
       >>> second_order_cone((jnp.array(0.0), jnp.array([2.0, 0.0])))
       (Array(1., dtype=float32), Array([1., 0.], dtype=float32))
     """
-    _checks.refuse_complex(x, "second_order_cone", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "second_order_cone", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     del hyperparams
     t, z = _checks.unpack_parts("second_order_cone", "x", x, ("t", "z"))
     z = float_array(z)
@@ -108,7 +106,7 @@ def psd_cone(x: ArrayLike, hyperparams: None = None) -> jax.Array:
       Array([[1., 0.],
              [0., 0.]], dtype=float32)
     """
-    _checks.refuse_complex(x, "psd_cone", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "psd_cone", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     del hyperparams
     x = float_array(x)
     if x.ndim < 2 or x.shape[-1] != x.shape[-2]:

@@ -28,6 +28,7 @@ from implicitdiff._projection_affine import halfspace as halfspace
 from implicitdiff._projection_affine import hyperplane as hyperplane
 from implicitdiff._projection_common import (
     ONE,
+    PROJECTIONS_TAKING_COMPLEX,
     as_dtype_of,
     check_ordered,
     float_array,
@@ -59,9 +60,6 @@ __all__ = [
     "sparse_simplex",
 ]
 
-# The operators of this family that take complex input (the others refuse it by name).
-_TAKE_COMPLEX = "l2_ball and l2_sphere"
-
 
 # ---------------------------------------------------------------------------------------------
 # Orthant, boxes and the ∞-ball.
@@ -83,7 +81,7 @@ def non_negative(x: PyTree, hyperparams: None = None) -> PyTree:
       >>> non_negative(jnp.array([-1.0, 2.0]))
       Array([0., 2.], dtype=float32)
     """
-    _checks.refuse_complex(x, "non_negative", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "non_negative", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     del hyperparams
     return tree.map(lambda leaf: jnp.maximum(float_array(leaf), 0), x)
 
@@ -113,7 +111,7 @@ def box(x: PyTree, hyperparams: tuple[Any, Any]) -> PyTree:
       >>> box(jnp.array([-2.0, 0.5, 3.0]), (-1.0, 1.0))
       Array([-1. ,  0.5,  1. ], dtype=float32)
     """
-    _checks.refuse_complex(x, "box", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "box", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     lower, upper = _checks.unpack_parts("box", "hyperparams", hyperparams, ("lower", "upper"))
     check_ordered("lower", lower, "upper", upper)
 
@@ -184,7 +182,7 @@ def hypercube(x: PyTree, hyperparams: ArrayLike = ONE, *, unit: ArrayLike | None
       >>> hypercube(jnp.array([-1.0, 0.5, 3.0]), 2.0)
       Array([0. , 0.5, 2. ], dtype=float32)
     """
-    _checks.refuse_complex(x, "hypercube", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "hypercube", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     hyperparams = _set_size("hypercube", hyperparams, "unit", unit, "scale")
     return box(x, (0.0, _checks.nan_if_negative(hyperparams)))
 
@@ -208,7 +206,7 @@ def linf_ball(
       >>> linf_ball(jnp.array([-3.0, 0.5]), 1.0)
       Array([-1. ,  0.5], dtype=float32)
     """
-    _checks.refuse_complex(x, "linf_ball", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "linf_ball", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     hyperparams = _set_size("linf_ball", hyperparams, "max_value", max_value, "radius")
     radius = _checks.nan_if_negative(hyperparams)
     return tree.map(lambda leaf: box(leaf, (-as_dtype_of(radius, float_array(leaf)), radius)), x)
@@ -293,7 +291,7 @@ def simplex(
       >>> simplex(jnp.array([1.0, 0.5, -1.0]))
       Array([0.75, 0.25, 0.  ], dtype=float32)
     """
-    _checks.refuse_complex(x, "simplex", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "simplex", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     hyperparams = _set_size("simplex", hyperparams, "value", value, "scale")
     x = float_array(x)
     return _simplex_any_shape(x, as_dtype_of(_checks.nan_if_negative(hyperparams), x))
@@ -334,7 +332,7 @@ def sparse_simplex(
       >>> sparse_simplex(jnp.array([1.0, 0.25, 0.5]), (1.0, 2))
       Array([0.75, 0.  , 0.25], dtype=float32)
     """
-    _checks.refuse_complex(x, "sparse_simplex", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "sparse_simplex", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     scale, max_nz = _sparse_simplex_arguments(hyperparams, use_approx_max_nz, value, max_nz)
     _checks.check_non_negative(scale, "scale", "sparse_simplex")
     try:
@@ -407,7 +405,7 @@ def l1_sphere(
       >>> l1_sphere(jnp.array([0.25, -0.25]))
       Array([ 0.5, -0.5], dtype=float32)
     """
-    _checks.refuse_complex(x, "l1_sphere", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "l1_sphere", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     hyperparams = _set_size("l1_sphere", hyperparams, "value", value, "radius")
     hyperparams = _checks.nan_if_negative(hyperparams)
     x = float_array(x)
@@ -437,7 +435,7 @@ def l1_ball(
       >>> l1_ball(jnp.array([2.0, -1.0]))
       Array([ 1., -0.], dtype=float32)
     """
-    _checks.refuse_complex(x, "l1_ball", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "l1_ball", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     hyperparams = _set_size("l1_ball", hyperparams, "max_value", max_value, "radius")
     x = float_array(x)
     if x.size == 0:  # ℝ⁰ is the ball

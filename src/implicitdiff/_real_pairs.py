@@ -26,7 +26,6 @@ __all__ = [
     "complex_leaves",
     "from_real",
     "mask_to_real",
-    "on_real_pairs",
     "residual_on_pairs",
     "to_real",
 ]
@@ -56,17 +55,11 @@ def from_real(pairs: PyTree, like: PyTree) -> PyTree:
     """The inverse of :func:`to_real`: leaves complex in ``like`` rebuilt from their pairs."""
 
     def merge(pair, leaf):
-        dtype = jnp.result_type(leaf)
-        if jnp.issubdtype(dtype, jnp.complexfloating):
-            return jax.lax.complex(pair[..., 0], pair[..., 1]).astype(dtype)
+        if _is_complex(leaf):
+            return jax.lax.complex(pair[..., 0], pair[..., 1]).astype(jnp.result_type(leaf))
         return pair
 
     return tree.map(merge, pairs, like)
-
-
-def on_real_pairs(fun: Callable, like: PyTree) -> Callable:
-    """``v ↦ to_real(fun(from_real(v, like)))``: fun read on the pairs of ``like``'s space."""
-    return lambda v: to_real(fun(from_real(v, like)))
 
 
 def mask_to_real(mask: PyTree | None, like: PyTree) -> PyTree | None:

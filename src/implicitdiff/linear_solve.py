@@ -284,22 +284,38 @@ def _float_data(b: PyTree, options: dict) -> tuple[PyTree, dict]:
     return _checks.float_leaves(b), options
 
 
+def _in_another_form(
+    solve: Callable,
+    solver: Callable,
+    matvec: Matvec,
+    b: PyTree,
+    options: dict,
+    into: Callable[[PyTree], PyTree],
+    back: Callable[[PyTree, PyTree], PyTree],
+) -> PyTree:
+    """``solve`` of the system carried into another form by ``into`` (b, the warm start, the
+    outputs of the matvec and of the preconditioner), their inputs and the solution brought
+    back by ``back(value, x_like)``. x is shaped like b, or (normal_cg, a non-square operator)
+    like its warm start."""
+    x_like = options.get("init") if solver.__name__ == "normal_cg" else None
+    x_like = b if x_like is None else x_like
+    options = dict(options)
+    if options.get("init") is not None:
+        options["init"] = into(options["init"])
+    if options.get("preconditioner") is not None:
+        pre = options["preconditioner"]
+        options["preconditioner"] = lambda v: into(pre(back(v, x_like)))
+    x = solve(lambda v: into(matvec(back(v, x_like))), into(b), **options)
+    return back(x, x_like)
+
+
 def _in_working_dtype(
     solve: Callable, solver: Callable, matvec: Matvec, b: PyTree, options: dict
 ) -> PyTree:
     """``solve`` of the system cast to :func:`_working_dtype`, the solution cast back."""
     work = _working_dtype(b)
-    # x is shaped like b, or (normal_cg, a non-square operator) like its warm start.
-    x_like = options.get("init") if solver.__name__ == "normal_cg" else None
-    x_like = b if x_like is None else x_like
-    options = dict(options)
-    if options.get("init") is not None:
-        options["init"] = _cast(options["init"], work)
-    if options.get("preconditioner") is not None:
-        pre = options["preconditioner"]
-        options["preconditioner"] = lambda v: _cast(pre(_cast_like(v, x_like)), work)
-    x = solve(lambda v: _cast(matvec(_cast_like(v, x_like)), work), _cast(b, work), **options)
-    return _cast_like(x, x_like)
+    into = functools.partial(_cast, dtype=work)
+    return _in_another_form(solve, solver, matvec, b, options, into, _cast_like)
 
 
 def _in_real_pairs(
@@ -310,15 +326,8 @@ def _in_real_pairs(
     map), where over ℂ the dense matrix, the Krylov methods and ``normal_cg``'s transpose were
     wrong, and for a ℂ-linear one (its Hermitian part is the pairs' symmetric part, so
     ``cholesky`` and ``cg`` take a Hermitian positive definite A)."""
-    x_like = options.get("init") if solver.__name__ == "normal_cg" else None
-    x_like = b if x_like is None else x_like
-    options = dict(options)
-    if options.get("init") is not None:
-        options["init"] = _real_pairs.to_real(options["init"])
-    if options.get("preconditioner") is not None:
-        options["preconditioner"] = _real_pairs.on_real_pairs(options["preconditioner"], x_like)
-    x = solve(_real_pairs.on_real_pairs(matvec, x_like), _real_pairs.to_real(b), **options)
-    return _real_pairs.from_real(x, x_like)
+    into, back = _real_pairs.to_real, _real_pairs.from_real
+    return _in_another_form(solve, solver, matvec, b, options, into, back)
 
 
 def _in_promoted_dtype(

@@ -15,13 +15,15 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from implicitdiff import _checks
-from implicitdiff._projection_common import in_dtype_of_x, in_float32_if_half, nan_throughout
+from implicitdiff._projection_common import (
+    PROJECTIONS_TAKING_COMPLEX,
+    in_dtype_of_x,
+    in_float32_if_half,
+    nan_throughout,
+)
 from implicitdiff.solvers import OSQP
 
 __all__ = ["polyhedron"]
-
-# The operators of this family that take complex input (the others refuse it by name).
-_TAKE_COMPLEX = "l2_ball and l2_sphere"
 
 # One solver per dtype, kept so that its compilation cache serves every call.
 _SOLVERS: dict[str, Any] = {}
@@ -106,7 +108,7 @@ def polyhedron(
       >>> jnp.round(polyhedron(jnp.array([2.0, 1.0]), (None, None, G, h)), 4)
       Array([1., 0.], dtype=float32)
     """
-    _checks.refuse_complex(x, "polyhedron", complex_ones=_TAKE_COMPLEX)
+    _checks.refuse_complex(x, "polyhedron", complex_ones=PROJECTIONS_TAKING_COMPLEX)
     if not isinstance(check_feasible, bool):
         raise TypeError(f"polyhedron: check_feasible must be a bool, got {check_feasible!r}")
     A, b, G, h = _checks.unpack_parts(
