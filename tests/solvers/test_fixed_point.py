@@ -243,15 +243,30 @@ def test_bisection_invalid_bracket_is_flagged():
     np.testing.assert_allclose(float(x), 1.0, rtol=1e-10)
 
 
-def test_bisection_unrolled_gives_the_root_and_a_zero_derivative():
-    """Documented: the iterates are piecewise constant in θ, so unrolling differentiates to 0."""
-    unrolled = Bisection(
-        optimality_fun=cubic, lower=-10.0, upper=10.0, tol=TOL, implicit_diff=False
+@pytest.mark.parametrize("fun", [cubic, cubic_decreasing], ids=["increasing", "decreasing"])
+@pytest.mark.parametrize("tol", [TOL, 1e-6])
+def test_bisection_unrolled_derivative_is_the_implicit_one(fun, tol):
+    """The bisection iterates are piecewise constant in θ (their own derivative is 0, as
+    JAXopt's unrolled Bisection returns); the continuation carries the derivative on from the
+    stopped iterate by Newton's step, to 1/(3x² + 1), in reverse and forward mode and under
+    vmap, while the values stay those of the bisection."""
+    unrolled = Bisection(optimality_fun=fun, lower=-10.0, upper=10.0, tol=tol, implicit_diff=False)
+    implicit = Bisection(optimality_fun=fun, lower=-10.0, upper=10.0, tol=tol)
+
+    def solve(a):
+        return unrolled.run(None, a).params
+
+    a = jnp.array([-3.0, 0.5, 2.0, 100.0])
+    roots = np.array([cubic_root(float(t)) for t in a])
+    expected = 1.0 / (3.0 * roots**2 + 1.0)
+    x, state = jax.vmap(lambda a: unrolled.run(None, a))(a)
+    assert np.all(state.converged)
+    np.testing.assert_array_equal(x, jax.vmap(lambda a: implicit.run(None, a).params)(a))
+    np.testing.assert_allclose(jax.vmap(jax.grad(solve))(a), expected, rtol=1e-9)
+    np.testing.assert_allclose(
+        jax.jvp(jax.vmap(solve), (a,), (jnp.ones(4),))[1], expected, rtol=1e-9
     )
-    x, state = unrolled.run(None, 2.0)
-    assert bool(state.converged)
-    np.testing.assert_allclose(float(x), 1.0, rtol=1e-11)
-    assert float(jax.grad(lambda a: unrolled.run(None, a).params)(2.0)) == 0.0
+    np.testing.assert_allclose(float(jax.jit(jax.grad(solve))(2.0)), 0.25, rtol=1e-12)
 
 
 @pytest.mark.parametrize("init_name", BROYDEN_SOLVERS)

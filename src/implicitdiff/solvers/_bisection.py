@@ -16,6 +16,7 @@ from implicitdiff import _checks, _summary, tree
 from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
+from implicitdiff.solvers._continuation import Continuation
 from implicitdiff.solvers._failures import Status
 from implicitdiff.solvers._objective import WithAux
 
@@ -75,8 +76,10 @@ class Bisection(IterativeSolver):
     upper and the values of G there (this reads ``state.valid_bracket`` back to the host).
 
     The solution is differentiated through G(x, *args) = 0 (:func:`implicitdiff.custom_root`):
-    dx/dθ = −∂₂G / ∂₁G. Unrolling (``implicit_diff=False``) gives a zero derivative: the
-    iterates are piecewise constant in θ (lower and upper are constants). Keep the default.
+    dx/dθ = −∂₂G / ∂₁G. Unrolled (``implicit_diff=False``), the iterates are piecewise constant
+    in θ (lower and upper are constants) and their derivative is 0; once the bisection has
+    stopped, the derivative is carried on by one Newton step x − G(x)/∂₁G from the stopped
+    iterate (values unchanged), which gives the same −∂₂G / ∂₁G (see ``_continuation``).
 
     Attributes:
       optimality_fun: G(x, *args, **kwargs), a scalar for a scalar x; (G(x), aux) with
@@ -233,6 +236,34 @@ class Bisection(IterativeSolver):
             aux=self._with_aux.aux(x, *args, **kwargs),
         )
         return OptStep(x, state)
+
+    def _continuation(self, /, *args, **kwargs) -> Continuation:
+        """Unrolling's derivative continuation (see ``UnrolledLoop._unrolled``): Newton's step
+
+            T(x) = x − s · η · G(x),    η = 1/|∂₁G(x_stop)|,  s = sign ∂₁G(x),
+
+        η computed once at the stopped iterate, on values cut from the graph. The bisection
+        iterates are piecewise constant in θ (their derivative is 0); one step of T from the
+        stopped iterate carries the derivative to −∂₂G/∂₁G (exactly, for η from that iterate),
+        the implicit derivative, while the values returned stay those of the bisection. A zero
+        slope at the root (no derivative there) gives a NaN derivative, not a silent 0.
+        """
+
+        def value(x, args, kwargs):
+            return self._value(x, args, kwargs)
+
+        def slope(x, args, kwargs):
+            return jax.jvp(lambda y: value(y, args, kwargs), (x,), (jnp.ones_like(x),))[1]
+
+        def stepsize(x):
+            x, cut_args, cut_kwargs = jax.lax.stop_gradient((x, args, kwargs))
+            return 1.0 / jnp.abs(slope(x, cut_args, cut_kwargs))
+
+        def step(x, eta):
+            sign = jnp.sign(jax.lax.stop_gradient(slope(x, args, kwargs)))
+            return (x - sign * eta.astype(x.dtype) * value(x, args, kwargs)).astype(x.dtype)
+
+        return Continuation(stepsize, step)
 
     def _done(self, state) -> jax.Array:
         midpoint = 0.5 * (state.low + state.high)
