@@ -1104,3 +1104,77 @@ def test_scalar_objective_family_one_element_value_is_named(name):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             case.run(solver, case.init, case.theta)
+
+
+def _aux_body(x, theta):
+    """An auxiliary output that depends on the solution and on θ."""
+    return jnp.sin(x) * theta + jnp.sum(x * x)
+
+
+# HostSolver's and BlockCoordinateDescent's states hold neither aux nor the objective's value.
+_AUX_SOLVERS = [
+    n
+    for n, c in CASES.items()
+    if c.body is not None and n not in ("HostSolver", "BlockCoordinateDescent")
+]
+
+
+@pytest.mark.parametrize("name", _AUX_SOLVERS)
+def test_state_fields_family_value_and_aux_have_the_derivative_of_the_composition(name):
+    """``state.aux`` = aux(x*(θ), θ) and a minimizer's ``state.value`` = f(x*(θ), θ) are
+    functions of the solution: in an implicitly differentiated run their derivative is that of
+    the composition (∂₁ · dx*/dθ + ∂₂), in forward and reverse mode, and their values are the
+    loop's. Before, both had a zero derivative, silently (JAXopt's too: its state is not
+    differentiated), while an unrolled run gave the right one."""
+    case = CASES[name]
+    body = case.body
+    opts = {"tol": 1e-11, "maxiter": 20000}
+    try:
+        solver = case.make(
+            lambda x, theta: (body(x, theta), _aux_body(x, theta)), has_aux=True, **opts
+        )
+        with_aux = True
+    except TypeError as error:  # solvers without JAXopt's has_aux (Newton, ...): value only
+        assert "has_aux" in str(error)
+        solver = case.make(lambda x, theta: body(x, theta), **opts)
+        with_aux = False
+    theta, v = (
+        case.theta,
+        jnp.ones_like(case.theta) * jnp.array([1.0, -0.5, 0.25])[: case.theta.size],
+    )
+    if theta.ndim == 0:
+        v = jnp.asarray(0.7)
+
+    def fields(t):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = case.run(solver, case.init, t)[1]
+        if name == "AndersonWrapper":
+            state = state.solver_state
+        out = {"aux": state.aux} if with_aux else {}
+        if body in (_quadratic, _mirror_body) and "value" in state._fields:
+            out["value"] = state.value
+        return out
+
+    values, tangents = jax.jvp(fields, (theta,), (v,))
+    assert values, f"{name}: neither aux nor a value of f in its state"
+    solution = case.solution
+    if name == "Bisection":  # x³ + x = θ: x* = 1 at θ = 2, dx*/dθ = 1/4 (to first order)
+        solution = lambda t: 1.0 + 0.25 * (t - 2.0)  # noqa: E731
+
+    def expected(t):
+        x = solution(t)
+        out = {"aux": _aux_body(x, t), "value": body(x, t)}
+        return {key: out[key] for key in values}
+
+    want_values, want_tangents = jax.jvp(expected, (theta,), (v,))
+    for key in values:
+        np.testing.assert_allclose(values[key], want_values[key], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(tangents[key], want_tangents[key], rtol=1e-6, atol=1e-8)
+
+    def total(fn):
+        return lambda t: sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(fn(t)))
+
+    np.testing.assert_allclose(
+        jax.grad(total(fields))(theta), jax.grad(total(expected))(theta), rtol=1e-6, atol=1e-8
+    )

@@ -36,7 +36,7 @@ from implicitdiff import _checks, _loop, _summary, linear_solve, optimality, tre
 from implicitdiff._args import ArgsSplit
 from implicitdiff._typing import PyTree
 from implicitdiff.implicit import custom_fixed_point, custom_root
-from implicitdiff.solvers import _dtypes, _run_options
+from implicitdiff.solvers import _dtypes, _run_options, _state_fields
 from implicitdiff.solvers._compile_cache import CompiledView, freeze
 from implicitdiff.solvers._failures import Status, apply_failure_policy, check_failure_policies
 from implicitdiff.solvers._jaxopt_options import refuse_jaxopt_options
@@ -303,15 +303,58 @@ class DifferentiableRun(abc.ABC):
         real = decorator(fun, has_aux=True, solve=self._backward_solve(), on_failure=backward)(
             self._solution
         )
-        if not self._complex_params:
-            return real
 
         def solution(init_params, /, *args, **kwargs):
-            if not _dtypes.complex_leaves(init_params):  # (dtypes are static under jit)
-                return real(init_params, *args, **kwargs)
-            return self._complex_solution(init_params, args, kwargs, backward)
+            if self._complex_params and _dtypes.complex_leaves(init_params):  # (static dtypes)
+                params, state = self._complex_solution(init_params, args, kwargs, backward)
+            else:
+                params, state = real(init_params, *args, **kwargs)
+            return params, self._state_with_derivatives(params, state, args, kwargs)
 
         return solution
+
+    # How many of ``run``'s arguments after ``init_params`` come before those of the user's
+    # function (ProximalGradient's hyperparams_prox, LBFGSB's bounds, ...).
+    _leading_run_arguments = 0
+
+    def _state_fields(self) -> tuple[tuple[str, ...], Callable]:
+        """The state's fields that are functions of the solution and the problem's arguments
+        alone: the objective's value (a solver with an ``Objective``) and the user function's
+        aux (with ``has_aux``). Returns their names and ``fields(params, *args, **kwargs)``, a
+        dict of them recomputed at ``params`` (``args`` those of the user's function, after
+        ``_leading_run_arguments``). A solver that keeps them otherwise overrides this.
+        """
+        objective = getattr(self, "_objective", None)
+        with_aux = getattr(self, "_with_aux", None)
+        if objective is not None:
+
+            def fields(params, /, *args, **kwargs):
+                value, aux = objective.value_and_aux(params, *args, **kwargs)
+                return {"value": value, "aux": aux}
+
+            return ("value", "aux") if objective.has_aux else ("value",), fields
+        if with_aux is not None and with_aux.has_aux:
+            return ("aux",), lambda params, /, *a, **k: {"aux": with_aux.aux(params, *a, **k)}
+        return (), lambda params, /, *args, **kwargs: {}
+
+    def _state_with_derivatives(self, params: PyTree, state: Any, args: tuple, kwargs: dict):
+        """The state of an implicitly differentiated run: its fields that are functions of the
+        solution (:meth:`_state_fields`) get the derivative of that composition
+        (:mod:`implicitdiff.solvers._state_fields`); the others have none."""
+        names, fields = self._state_fields()
+        present = getattr(state, "_fields", ())
+        names = [n for n in names if n in present and getattr(state, n) is not None]
+        if not names:
+            return state
+        kept = {name: getattr(state, name) for name in names}
+
+        leading = self._leading_run_arguments
+
+        def chosen(params, args, kwargs):
+            out = fields(params, *args[leading:], **kwargs)
+            return {name: out[name] for name in names}
+
+        return state._replace(**_state_fields.with_derivative(chosen, kept, params, args, kwargs))
 
     def _complex_solution(self, init_params, args, kwargs, backward):
         """The implicitly differentiated run on complex params, on their real pairs (x, y):

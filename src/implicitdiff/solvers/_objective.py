@@ -210,6 +210,14 @@ class Objective:
             return self._pair(self.fun(x, *args, **kwargs))[1]
         return jax.grad(self.value)(x, *args, **kwargs)
 
+    def value_and_aux(self, x: PyTree, /, *args, **kwargs) -> tuple[jax.Array, Any]:
+        """(f(x), aux(x)) from one evaluation of ``fun``; aux None without ``has_aux``."""
+        out = self.fun(x, *args, **kwargs)
+        if self.value_and_grad:
+            out = self._pair(out)[0]
+        value, aux = self._split(out)
+        return scalar_value(value), aux
+
     def aux(self, x: PyTree, /, *args, **kwargs) -> Any:
         """aux(x) with ``has_aux`` (cut from nothing: differentiable as ``fun`` is), else None."""
         if not self.has_aux:
@@ -330,8 +338,8 @@ class WithAux:
         return value
 
     def aux(self, x: PyTree, /, *args, **kwargs) -> Any:
-        """aux(x) with ``has_aux``, else None (an implicitly differentiated run returns it
-        without derivative, as every state)."""
+        """aux(x) with ``has_aux``, else None (an implicitly differentiated run gives
+        ``state.aux`` the derivative of aux(x*(θ), θ): see ``solvers._state_fields``)."""
         if not self.has_aux:
             return None
         return self._split(self.fun(x, *args, **kwargs))[1]

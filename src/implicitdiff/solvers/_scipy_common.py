@@ -263,6 +263,8 @@ class BoxBounds:
     (ScipyBoundedMinimize, ScipyBoundedLeastSquares): the checks of ``bounds``, and the error of
     a solution in the box."""
 
+    _leading_run_arguments = 1  # run's argument before fun's (see DifferentiableRun)
+
     def _check_arguments(self, init_params, args, kwargs) -> None:
         if args and isinstance(args[0], (tuple, list)) and len(args[0]) == 2:
             _checks.check_bounds(f"{type(self).__name__}.run", *args[0])

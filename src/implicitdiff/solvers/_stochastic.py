@@ -78,6 +78,17 @@ class StochasticSolver(IterativeSolver):
             "converged": jnp.asarray(False),
         }
 
+    def _state_fields(self):
+        """``state.value`` and ``state.aux``: f and aux at x, functions of the solution (see
+        ``DifferentiableRun``; the loop keeps them at the iterate before the last step, the
+        same point at convergence)."""
+
+        def fields(params, /, *args, **kwargs):
+            value, aux = self._value_aux(params, *args, **kwargs)
+            return {"value": value, "aux": aux}
+
+        return ("value", "aux") if self.has_aux else ("value",), fields
+
     def _value_aux(self, params, /, *args, **kwargs) -> tuple[Any, Any]:
         """(f(x), aux) at x; aux is None without ``has_aux``."""
         out = self.fun(params, *args, **kwargs)

@@ -195,6 +195,12 @@ class AndersonWrapper(IterativeSolver):
         )
         return OptStep(next_params, state)
 
+    def _state_with_derivatives(self, params, state, args, kwargs):
+        """The wrapped solver's state gets the derivatives its own run would give it (its value
+        and aux, functions of the solution: see ``DifferentiableRun``)."""
+        inner = self.solver._state_with_derivatives(params, state.solver_state, args, kwargs)
+        return state._replace(solver_state=inner)
+
     def optimality(self):
         """The wrapped solver's condition (acceleration changes the path, not the solution).
 

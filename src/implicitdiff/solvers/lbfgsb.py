@@ -137,6 +137,8 @@ class LBFGSB(StopIfLinesearchFails, IterativeSolver):
       >>> x, state = LBFGSB(fun=f).run(jnp.zeros(2), (0.0, 1.0), jnp.array([2.0, -1.0]))
     """
 
+    _leading_run_arguments = 1  # run's argument before fun's (see DifferentiableRun)
+
     _run_arguments = ("bounds",)  # run(init_params, bounds, *args, **kwargs)
     _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)
 

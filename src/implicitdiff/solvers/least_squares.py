@@ -87,6 +87,20 @@ def _check_common(least_squares: Any) -> Callable:
         raise type(err)(f"{name}: solver: {err}") from None
 
 
+class _LeastSquaresFields:
+    """Mixin of GaussNewton and LevenbergMarquardt: ``state.value`` = ½‖r(x)‖² and
+    ``state.aux`` (with ``has_aux``), functions of the solution (see ``DifferentiableRun``)."""
+
+    def _state_fields(self):
+        with_aux = self._with_aux
+
+        def fields(params, /, *args, **kwargs):
+            r = self._residual(params, *args, **kwargs)
+            return {"value": 0.5 * tree.vdot(r, r), "aux": with_aux.aux(params, *args, **kwargs)}
+
+        return ("value", "aux") if with_aux.has_aux else ("value",), fields
+
+
 class GaussNewtonState(NamedTuple):
     """iter_num, error = ‖Jᵀr‖ at the current x, converged, value = ½‖r(x)‖², gradient = Jᵀr."""
 
@@ -102,7 +116,7 @@ class GaussNewtonState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class GaussNewton(IterativeSolver):
+class GaussNewton(_LeastSquaresFields, IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Gauss–Newton: x ← x + d, (JᵀJ) d = −Jᵀr, J = ∂₁r(x, *args).
 
     ``run(init_params, *args, **kwargs)``, with ``residual_fun(x, *args, **kwargs)`` returning
@@ -246,7 +260,7 @@ def _max_normal_diagonal(jvp: Callable, params: PyTree) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class LevenbergMarquardt(IterativeSolver):
+class LevenbergMarquardt(_LeastSquaresFields, IterativeSolver):
     """min_x ½‖r(x, *args)‖² by Levenberg–Marquardt: (JᵀJ + μI) d = −Jᵀr, J = ∂₁r(x, *args).
 
     ``run(init_params, *args, **kwargs)``, with ``residual_fun(x, *args, **kwargs)`` returning

@@ -85,6 +85,8 @@ class MirrorDescent(IterativeSolver):
       >>> p, state = MirrorDescent(fun=f, stepsize=0.5).run(jnp.ones(3) / 3, None, jnp.arange(3.0))
     """
 
+    _leading_run_arguments = 1  # run's argument before fun's (see DifferentiableRun)
+
     _run_arguments = ("hyperparams_proj",)  # run(init_params, hyperparams_proj, *args, **kwargs)
     _run_argument_optional = True  # hyperparams_proj=None, as JAXopt
     _solution_name = "sol"  # JAXopt's optimality_fun(sol, ...)

@@ -157,6 +157,12 @@ class Newton(IterativeSolver):
         object.__setattr__(self, "_value_and_grad", jax.value_and_grad(self._scalar_fun))
         object.__setattr__(self, "_grad", jax.grad(self._scalar_fun))
 
+    def _state_fields(self):
+        """``state.value`` = f(x), a function of the solution (see ``DifferentiableRun``)."""
+        return ("value",), lambda x, /, *a, **k: {
+            "value": jnp.asarray(self._scalar_fun(x, *a, **k))
+        }
+
     def init_state(self, init_params, /, *args, **kwargs) -> NewtonState:
         """The state at ``init_params``: f and ∇f evaluated there.
 

@@ -71,6 +71,8 @@ class _ProximalGradientBase(IterativeSolver):
     Each subclass declares its positional fields in JAXopt's order (fun, prox or projection,
     value_and_grad, has_aux, stepsize); the options here are keyword-only."""
 
+    _leading_run_arguments = 1  # run's argument before fun's (see DifferentiableRun)
+
     _iterates_in_one_dtype = True  # (mixed float32/float64 params: see DifferentiableRun)
 
     acceleration: bool = True

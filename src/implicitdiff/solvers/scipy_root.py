@@ -246,6 +246,19 @@ class ScipyLeastSquares(HostWrapper):
     has_aux: bool = False
     use_jacrev: bool = True
 
+    def _state_fields(self):
+        """``state.value`` = C(x) (SciPy's cost) and ``state.aux`` (with ``has_aux``),
+        functions of the solution (see ``DifferentiableRun``)."""
+        with_aux = self._with_aux
+
+        def fields(params, /, *args, **kwargs):
+            return {
+                "value": self._cost(params, *args, **kwargs),
+                "aux": with_aux.aux(params, *args, **kwargs),
+            }
+
+        return ("value", "aux") if with_aux.has_aux else ("value",), fields
+
     def __post_init__(self):
         if self.fun is not None:  # JAXopt's name for the residual function
             if self.residual_fun is not None:
