@@ -308,15 +308,17 @@ def root_jvp_tangent_for_integer_argument():
 
 @case
 def solver_maxiter_zero():
-    """maxiter=0 for a solver → ValueError naming maxiter."""
-    with pytest.raises(ValueError, match=r"maxiter must be a positive int, got 0"):
+    """maxiter=0 for a solver → ValueError naming the solver and maxiter."""
+    with pytest.raises(
+        ValueError, match=r"^GradientDescent: maxiter must be a positive int, got 0"
+    ):
         solvers.GradientDescent(fun=ridge_objective, maxiter=0)
 
 
 @case
 def solver_maxiter_negative():
     """maxiter < 0 (or a float) for a solver → ValueError naming maxiter."""
-    with pytest.raises(ValueError, match=r"maxiter must be a positive int, got -5"):
+    with pytest.raises(ValueError, match=r"^LBFGS: maxiter must be a positive int, got -5"):
         solvers.LBFGS(fun=ridge_objective, maxiter=-5)
     with pytest.raises(ValueError, match=r"LBFGS: maxiter must be an int, got 10.0"):
         solvers.LBFGS(fun=ridge_objective, maxiter=10.0)
@@ -324,8 +326,10 @@ def solver_maxiter_negative():
 
 @case
 def solver_tol_negative():
-    """tol < 0 for a solver → ValueError naming tol."""
-    with pytest.raises(ValueError, match=r"tol must be a non-negative number, got -1e-06"):
+    """tol < 0 for a solver → ValueError naming the solver and tol."""
+    with pytest.raises(
+        ValueError, match=r"^ProximalGradient: tol must be a non-negative number, got -1e-06"
+    ):
         solvers.ProximalGradient(fun=least_squares, tol=-1e-6)
 
 

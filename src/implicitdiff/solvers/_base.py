@@ -614,12 +614,15 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
                 setattr(cls, name, _keyword_leading(function, name, leading))
 
     def __post_init__(self):
+        owner = type(self).__name__
         if not (isinstance(self.maxiter, int) and self.maxiter >= 1):
-            raise ValueError(f"maxiter must be a positive int, got {self.maxiter!r}")
+            raise ValueError(f"{owner}: maxiter must be a positive int, got {self.maxiter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+            raise ValueError(f"{owner}: tol must be a non-negative number, got {self.tol!r}")
         if not isinstance(self.unroll_checkpoint, bool):
-            raise TypeError(f"unroll_checkpoint must be a bool, got {self.unroll_checkpoint!r}")
+            raise TypeError(
+                f"{owner}: unroll_checkpoint must be a bool, got {self.unroll_checkpoint!r}"
+            )
         _run_options.check_verbose(type(self).__name__, self.verbose)
         if not (self.unroll == "auto" or isinstance(self.unroll, bool)):
             raise TypeError(
