@@ -592,3 +592,39 @@ def test_linear_solver_family_matvec_of_another_dtype(name):
         np.testing.assert_allclose(
             tangent, np.linalg.solve(np.asarray(_DT_A), np.ones(6)), rtol=rtol, atol=rtol
         )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_linear_solver_family_derivatives_in_the_matrix_and_b(name):
+    """Every solver differentiated through, with respect to the matrix the matvec closes over
+    and to b: reverse mode (G = −A⁻ᵀw xᵀ for wᵀA⁻¹b), forward mode along a symmetric change of
+    A, and reverse mode under vmap over A, against ``jnp.linalg.solve``'s. Cholesky solves the
+    symmetrized matrix (its documented precondition), so its gradient in A is ½(G + Gᵀ); on a
+    general matrix only the solvers of GENERAL run."""
+    solve = linear_solve.resolve(name)
+    w = jnp.cos(jnp.arange(N) + 0.5)
+    matrices = {"spd": SPD, **({"general": NONSYM} if name in GENERAL else {})}
+    for kind, a in matrices.items():
+
+        def ours(m, b):
+            return w @ solve(lambda v: m @ v, b)
+
+        def reference(m, b):
+            return w @ jnp.linalg.solve(m, b)
+
+        grad_a, grad_b = jax.grad(ours, argnums=(0, 1))(a, RHS)
+        want_a, want_b = jax.grad(reference, argnums=(0, 1))(a, RHS)
+        if name == "cholesky":
+            want_a = 0.5 * (want_a + want_a.T)
+        np.testing.assert_allclose(grad_a, want_a, rtol=1e-8, atol=1e-10, err_msg=kind)
+        np.testing.assert_allclose(grad_b, want_b, rtol=1e-8, atol=1e-10, err_msg=kind)
+        da = jnp.outer(w, w) + jnp.eye(N)  # symmetric
+        tangent = jax.jvp(ours, (a, RHS), (da, w))[1]
+        want = jax.jvp(reference, (a, RHS), (da, w))[1]
+        np.testing.assert_allclose(tangent, want, rtol=1e-8, atol=1e-10, err_msg=kind)
+        stack = jnp.stack([a, a + 0.5 * jnp.eye(N)])
+        batched = jax.vmap(lambda m: jax.grad(ours)(m, RHS))(stack)
+        want = jax.vmap(lambda m: jax.grad(reference)(m, RHS))(stack)
+        if name == "cholesky":
+            want = 0.5 * (want + jnp.swapaxes(want, 1, 2))
+        np.testing.assert_allclose(batched, want, rtol=1e-8, atol=1e-10, err_msg=kind)

@@ -700,8 +700,10 @@ def cholesky(matvec: Matvec, b: PyTree, *, ridge: float = 0.0, **ignored: Any) -
     """Dense solve of (A + ridge · I) x = b by Cholesky factorization.
 
     A + ridge · I must be symmetric positive definite (it is symmetrized, (M + Mᵀ)/2, before
-    factorizing). For a symmetric *negative* definite A (a fixed point's I − ∂T negated), use
-    ``lu``. Builds the n × n matrix of A with n matvecs.
+    factorizing; so the gradient with respect to entries of the matrix is symmetric, ½(G + Gᵀ)
+    where ``lu`` gives G: the same derivative along every symmetric change of A). For a
+    symmetric *negative* definite A (a fixed point's I − ∂T negated), use ``lu``. Builds the
+    n × n matrix of A with n matvecs.
 
     Args:
       matvec: the linear map ``x ↦ A x``, from pytrees like b to pytrees like b.
