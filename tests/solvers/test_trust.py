@@ -185,7 +185,6 @@ CASES = {
         jacobian=lambda a: jnp.asarray(0.25),
         theta=jnp.asarray(2.0),
         init=jnp.asarray(0.0),
-        unrolls=False,  # documented: bisection's iterates are piecewise constant in θ
     ),
     "EqualityConstrainedQP": Case(
         lambda f, **o: solvers.EqualityConstrainedQP(**o),
@@ -1119,16 +1118,30 @@ _AUX_SOLVERS = [
 ]
 
 
-@pytest.mark.parametrize("name", _AUX_SOLVERS)
-def test_state_fields_family_value_and_aux_have_the_derivative_of_the_composition(name):
+def _state_field_cases():
+    for name in _AUX_SOLVERS:
+        yield pytest.param(name, "implicit", id=f"{name}-implicit")
+        if not CASES[name].host:
+            yield pytest.param(name, "unrolled", id=f"{name}-unrolled")
+            yield pytest.param(name, "unrolled-at-solution", id=f"{name}-unrolled-at-solution")
+
+
+@pytest.mark.parametrize(("name", "mode"), list(_state_field_cases()))
+def test_state_fields_family_value_and_aux_have_the_derivative_of_the_composition(name, mode):
     """``state.aux`` = aux(x*(θ), θ) and a minimizer's ``state.value`` = f(x*(θ), θ) are
-    functions of the solution: in an implicitly differentiated run their derivative is that of
-    the composition (∂₁ · dx*/dθ + ∂₂), in forward and reverse mode, and their values are the
-    loop's. Before, both had a zero derivative, silently (JAXopt's too: its state is not
-    differentiated), while an unrolled run gave the right one."""
+    functions of the solution: their derivative is that of the composition (∂₁ · dx*/dθ + ∂₂),
+    in forward and reverse mode, implicit and unrolled (also started at the solution), and their
+    values are the loop's. Before, both had a zero derivative in an implicitly differentiated
+    run, silently (JAXopt's too: its state is not differentiated); unrolled, they had the
+    derivative of the steps made before the stop: wrong for a start at the solution (where the
+    params' derivative is continued past the stop) and for Bisection's aux."""
     case = CASES[name]
     body = case.body
-    opts = {"tol": 1e-11, "maxiter": 20000}
+    implicit = mode == "implicit"
+    opts = {"tol": 1e-11, "maxiter": 20000 if implicit else 2000, "implicit_diff": implicit}
+    if case.host:
+        del opts["implicit_diff"]
+    init = _start_at_solution(case) if mode == "unrolled-at-solution" else case.init
     try:
         solver = case.make(
             lambda x, theta: (body(x, theta), _aux_body(x, theta)), has_aux=True, **opts
@@ -1148,7 +1161,7 @@ def test_state_fields_family_value_and_aux_have_the_derivative_of_the_compositio
     def fields(t):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            state = case.run(solver, case.init, t)[1]
+            state = case.run(solver, init, t)[1]
         if name == "AndersonWrapper":
             state = state.solver_state
         out = {"aux": state.aux} if with_aux else {}

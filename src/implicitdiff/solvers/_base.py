@@ -293,7 +293,15 @@ class DifferentiableRun(abc.ABC):
 
     def _differentiable_solution(self) -> Callable:
         if not self.implicit_diff:
-            return self._solution
+            # Unrolled: the params carry the derivative of the iterations (continued past the
+            # stop, see UnrolledLoop); the state's value and aux get that of their function at
+            # the returned params (the loop's own state stops being differentiated at the stop).
+
+            def unrolled(init_params, /, *args, **kwargs):
+                params, state = self._solution(init_params, *args, **kwargs)
+                return params, self._state_with_derivatives(params, state, args, kwargs)
+
+            return unrolled
         kind, fun = self.optimality()
         # The user's functions may compute in another float dtype: the condition's value in the
         # solution's dtype, where the derivative's linear system lives.
