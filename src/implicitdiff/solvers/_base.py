@@ -346,9 +346,10 @@ class DifferentiableRun(abc.ABC):
         return (), lambda params, /, *args, **kwargs: {}
 
     def _state_with_derivatives(self, params: PyTree, state: Any, args: tuple, kwargs: dict):
-        """The state of an implicitly differentiated run: its fields that are functions of the
-        solution (:meth:`_state_fields`) get the derivative of that composition
-        (:mod:`implicitdiff.solvers._state_fields`); the others have none."""
+        """The state of a differentiated run (implicit or unrolled): its fields that are
+        functions of the solution (:meth:`_state_fields`) get the derivative of that composition
+        at the returned params (:mod:`implicitdiff.solvers._state_fields`); the others have
+        none."""
         names, fields = self._state_fields()
         present = getattr(state, "_fields", ())
         names = [n for n in names if n in present and getattr(state, n) is not None]

@@ -1,11 +1,13 @@
-"""The derivative of a state's fields in an implicitly differentiated run.
+"""The derivative of a state's fields in a differentiated run.
 
 An implicitly differentiated run differentiates its solution x*(θ) through the optimality
 condition (:func:`implicitdiff.custom_root`); the state comes out of the loop, whose iterations
-are not differentiated, so every field of it would have a zero derivative. Some fields are
-functions of the solution and of the problem's arguments alone: the objective's value
-f(x*(θ), θ) and the user's auxiliary output aux(x*(θ), θ). Their derivative is that of the
-composition, by the chain rule through dx*/dθ:
+are not differentiated, so every field of it would have a zero derivative (and an unrolled run
+differentiates its state only up to the loop's stop, while its params' derivative is continued
+past it: see ``UnrolledLoop._unrolled``). Some fields are functions of the solution and of the
+problem's arguments alone: the objective's value f(x*(θ), θ) and the user's auxiliary output
+aux(x*(θ), θ). Their derivative is that of the composition, by the chain rule through dx*/dθ
+(the run's own, implicit or unrolled):
 
     d/dθ f(x*(θ), θ) = ∂₁f · dx*/dθ + ∂₂f,
 
