@@ -555,6 +555,26 @@ def mirror_descent_negative_scale():
     assert_flagged(solver, (p0, 1.0, c), (p0, -1.0, c))
 
 
+@case
+def mirror_descent_negative_start():
+    """MirrorDescent's entropic step from a start with a negative entry converged, silently, to
+    a point that is not the minimizer ([0.5, −0.2, 0.1] ended at [0, 1, 0], reported converged):
+    concrete → ValueError naming init_params; traced (jit, vmap) → NaN, converged False."""
+    solver = solvers.MirrorDescent(fun=lambda p, c: jnp.sum(p * c) + 0.5 * jnp.sum(p**2))
+    c, bad = jnp.array([0.05, -0.02, 0.01]), jnp.array([0.5, -0.2, 0.1])
+    with pytest.raises(ValueError, match=r"MirrorDescent.run: init_params must have non-negative"):
+        solver.run(bad, None, c)
+    x, state = jax.jit(lambda p0: run_quietly(solver, p0, None, c)[:2])(bad)
+    assert not bool(state.converged) and bool(jnp.all(jnp.isnan(x)))
+    starts = jnp.stack([jnp.ones(3) / 3, bad])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xs, states = jax.vmap(lambda p0: solver.run(p0, None, c))(starts)
+    np.testing.assert_array_equal(states.converged, [True, False])
+    np.testing.assert_allclose(xs[0], 1 / 3 - (c - jnp.mean(c)), rtol=1e-5)
+    assert bool(jnp.all(jnp.isnan(xs[1])))
+
+
 # ---------------------------------------------------------------------------------------------
 # Callables of the wrong signature, unknown names.
 

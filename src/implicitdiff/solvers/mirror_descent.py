@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from implicitdiff import _checks, _summary, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
@@ -131,6 +132,26 @@ class MirrorDescent(IterativeSolver):
         object.__setattr__(self, "_objective", Objective(self.fun, has_aux=self.has_aux))
         object.__setattr__(self, "_grad", self._objective.grad)
 
+    def _entropy(self) -> bool:
+        """Whether the step is the default entropic one (x ⊙ exp(−η∇f), normalized)."""
+        return self.projection_grad is None and self.projection is None
+
+    def _check_arguments(self, init_params, args, kwargs) -> None:
+        """With the entropy, a concrete start with a negative entry is refused: the
+        multiplicative step keeps its signs and support, and stops at a fixed point that is not
+        the minimizer, reported converged (a start [0.5, −0.2, 0.1] ended at [0, 1, 0]). A NaN
+        start is flagged, as with every solver (NaN result, converged False)."""
+        super()._check_arguments(init_params, args, kwargs)
+        if not self._entropy():
+            return
+        leaves = _checks.concrete_leaves(init_params)
+        if leaves is not None and any(np.any(leaf < 0) for leaf in leaves):
+            raise ValueError(
+                "MirrorDescent.run: init_params must have non-negative entries with the entropy "
+                "(the default mirror map), whose steps keep the signs and the support of the "
+                "start: start from positive rows (e.g. uniform ones)"
+            )
+
     def _fixed_stepsize(self) -> float:
         """η in the fixed point that differentiates the solution: 1 for a schedule."""
         return 1.0 if callable(self.stepsize) else self.stepsize
@@ -175,9 +196,17 @@ class MirrorDescent(IterativeSolver):
         Returns:
           A ``MirrorDescentState``: iter_num 0, error inf.
         """
+        error = jnp.asarray(jnp.inf, tree.dtype(init_params))
+        if self._entropy():  # a start with a negative entry (traced): NaN, flagged at once
+            leaves = jax.tree_util.tree_leaves(init_params)
+            if leaves:
+                bad = jnp.any(jnp.stack([jnp.any(~(jnp.asarray(v) >= 0)) for v in leaves]))
+                # inf · 0 = NaN only where the start is bad (no NaN sentinel selected away,
+                # which jax.debug_nans would report as the user's).
+                error = error * jnp.where(bad, 0, 1).astype(error.dtype)
         return MirrorDescentState(
             iter_num=jnp.asarray(0),
-            error=jnp.asarray(jnp.inf, tree.dtype(init_params)),
+            error=error,
             converged=jnp.asarray(False),
             aux=self._objective.aux(init_params, *args, **kwargs),
         )
