@@ -1151,12 +1151,8 @@ def test_state_fields_family_value_and_aux_have_the_derivative_of_the_compositio
         assert "has_aux" in str(error)
         solver = case.make(lambda x, theta: body(x, theta), **opts)
         with_aux = False
-    theta, v = (
-        case.theta,
-        jnp.ones_like(case.theta) * jnp.array([1.0, -0.5, 0.25])[: case.theta.size],
-    )
-    if theta.ndim == 0:
-        v = jnp.asarray(0.7)
+    theta = case.theta
+    v = jnp.asarray(0.7) if theta.ndim == 0 else jnp.array([1.0, -0.5, 0.25])
 
     def fields(t):
         with warnings.catch_warnings():

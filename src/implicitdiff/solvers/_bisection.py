@@ -249,8 +249,7 @@ class Bisection(IterativeSolver):
         slope at the root (no derivative there) gives a NaN derivative, not a silent 0.
         """
 
-        def value(x, args, kwargs):
-            return self._value(x, args, kwargs)
+        value = self._value
 
         def slope(x, args, kwargs):
             return jax.jvp(lambda y: value(y, args, kwargs), (x,), (jnp.ones_like(x),))[1]
