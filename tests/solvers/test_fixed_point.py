@@ -246,8 +246,8 @@ def test_bisection_invalid_bracket_is_flagged():
 @pytest.mark.parametrize("fun", [cubic, cubic_decreasing], ids=["increasing", "decreasing"])
 @pytest.mark.parametrize("tol", [TOL, 1e-6])
 def test_bisection_unrolled_derivative_is_the_implicit_one(fun, tol):
-    """The bisection iterates are piecewise constant in θ (their own derivative is 0, as
-    JAXopt's unrolled Bisection returns); the continuation carries the derivative on from the
+    """The bisection iterates are piecewise constant in θ (their own derivative is 0; JAXopt
+    0.8.5's Bisection has no unrolled mode); the continuation carries the derivative on from the
     stopped iterate by Newton's step, to 1/(3x² + 1), in reverse and forward mode and under
     vmap, while the values stay those of the bisection."""
     unrolled = Bisection(optimality_fun=fun, lower=-10.0, upper=10.0, tol=tol, implicit_diff=False)
