@@ -457,7 +457,7 @@ def test_bisection_jit_and_vmap():
     "make, error, match",
     [
         (lambda: FixedPointIteration(fixed_point_fun=None), TypeError, "fixed_point_fun"),
-        (lambda: FixedPointIteration(fixed_point_fun=affine, maxiter=0), ValueError, "maxiter"),
+        (lambda: FixedPointIteration(fixed_point_fun=affine, maxiter=-1), ValueError, "maxiter"),
         (lambda: AndersonAcceleration(fixed_point_fun=1.0), TypeError, "fixed_point_fun"),
         (lambda: AndersonAcceleration(fixed_point_fun=affine, tol=-1.0), ValueError, "tol"),
         (

@@ -145,7 +145,7 @@ def test_nonfinite_iterates_are_not_converged():
     ("options", "message"),
     [
         (dict(fun=None), "fun must be callable"),
-        (dict(fun=ridge_objective, maxiter=0), "maxiter must be a positive int"),
+        (dict(fun=ridge_objective, maxiter=-1), "maxiter must be an int ≥ 0"),
         (dict(fun=ridge_objective, tol=-1.0), "tol must be a non-negative number"),
         (dict(fun=ridge_objective, stepsize=-0.1), "stepsize must be ≥ 0"),
         # The step search grows the last accepted step by increase_factor: below 1 (or not a

@@ -299,7 +299,7 @@ def test_jit_and_vmap(solver_name):
     [
         (lambda: GaussNewton(residual_fun="r"), TypeError, "residual_fun"),
         (lambda: LevenbergMarquardt(residual_fun=None), TypeError, "residual_fun"),
-        (lambda: GaussNewton(residual_fun=linear, maxiter=0), ValueError, "maxiter"),
+        (lambda: GaussNewton(residual_fun=linear, maxiter=-1), ValueError, "maxiter"),
         (lambda: LevenbergMarquardt(residual_fun=linear, tol=-1.0), ValueError, "tol"),
         (lambda: GaussNewton(residual_fun=linear, solver="svd"), ValueError, "solver"),
         (lambda: LevenbergMarquardt(residual_fun=linear, solver=3), TypeError, "solver"),

@@ -205,3 +205,98 @@ def test_projected_gradient_onto_a_pytree_hyperplane_derivative():
     a = jnp.concatenate([A_TREE["u"], A_TREE["v"].ravel()])
     np.testing.assert_allclose(d_b, a / (a @ a), rtol=1e-8)  # closed form
     np.testing.assert_allclose(d_t, jnp.eye(5) - jnp.outer(a, a) / (a @ a), rtol=1e-8, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# maxiter=0, side by side with JAXopt: the start, its state, and the derivative.
+
+
+def _gradient_map(x, c):
+    return x - 0.5 * (Q @ x - c)
+
+
+def _residual(x, c):
+    return Q @ x - c
+
+
+_MAXITER_ZERO = {
+    "GradientDescent": (dict(fun=quadratic), ()),
+    "LBFGS": (dict(fun=quadratic), ()),
+    "BFGS": (dict(fun=quadratic), ()),
+    "NonlinearCG": (dict(fun=quadratic), ()),
+    "ProximalGradient": (dict(fun=quadratic), (None,)),
+    "FixedPointIteration": (dict(fixed_point_fun=_gradient_map), ()),
+    "AndersonAcceleration": (dict(fixed_point_fun=_gradient_map), ()),
+    "GaussNewton": (dict(residual_fun=_residual), ()),
+    "LevenbergMarquardt": (dict(residual_fun=_residual), ()),
+}
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "unrolled"])
+@pytest.mark.parametrize("name", list(_MAXITER_ZERO))
+def test_maxiter_zero_matches_jaxopt(name, implicit):
+    """maxiter=0 (refused here before): the start, iter_num 0, and the derivative: implicitly
+    JAXopt's, the implicit formula at the start (here Q⁻¹, F being linear in x); unrolled 0, the
+    derivative of the start (JAXopt 0.8.5 fails to differentiate an unrolled run of maxiter=0:
+    its loop of maxiter − 1 steps has length −1, an MLIRError)."""
+    options, leading = _MAXITER_ZERO[name]
+    ours = getattr(S, name)(maxiter=0, implicit_diff=implicit, on_failure="ignore", **options)
+    theirs = getattr(jaxopt, name)(maxiter=0, **options)  # its implicit run
+    x0 = jnp.array([0.2, -0.1, 0.4])
+
+    def solution(solver):
+        return lambda c: solver.run(x0, *leading, c)[0]
+
+    x, state = ours.run(x0, *leading, C)
+    x_jaxopt, state_jaxopt = theirs.run(x0, *leading, C)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(x_jaxopt, x0)
+    assert int(state.iter_num) == int(state_jaxopt.iter_num) == 0
+    assert not bool(state.converged)
+    jacobian = jax.jacobian(solution(ours))(C)
+    if implicit:
+        jacobian_jaxopt = jax.jacobian(solution(theirs))(C)
+        np.testing.assert_allclose(jacobian, jacobian_jaxopt, rtol=1e-12, atol=1e-15)
+    expected = jnp.linalg.inv(Q) if implicit else jnp.zeros((3, 3))
+    np.testing.assert_allclose(jacobian, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["PolyakSGD", "ArmijoSGD", "OptaxSolver"])
+def test_maxiter_zero_run_iterator_matches_jaxopt(name):
+    """run_iterator with maxiter=0 takes no batch and returns the start, as JAXopt's."""
+    optax = pytest.importorskip("optax")
+
+    def fun(x, data):
+        return quadratic(x, data)
+
+    def make(module):
+        if name == "OptaxSolver":
+            return module.OptaxSolver(fun, optax.sgd(0.5), maxiter=0)
+        return getattr(module, name)(fun=fun, maxiter=0)
+
+    x0 = jnp.array([0.2, -0.1, 0.4])
+    x, state = make(S).run_iterator(x0, iter([C] * 3))
+    x_jaxopt, state_jaxopt = make(jaxopt).run_iterator(x0, iter([C] * 3))
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(x_jaxopt, x0)
+    assert int(state.iter_num) == int(state_jaxopt.iter_num) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "bounded"),
+    [("ScipyMinimize", "BFGS", False), ("ScipyBoundedMinimize", "L-BFGS-B", True)],
+)
+def test_maxiter_zero_scipy_wrappers_pass_it_to_scipy_as_jaxopt(name, method, bounded):
+    """The SciPy wrappers hand maxiter=0 to SciPy, as JAXopt's: BFGS returns the start,
+    L-BFGS-B makes one iteration (SciPy's reading of it); not converged either way."""
+    x0 = jnp.array([0.2, -0.1, 0.4])
+    bounds = ((jnp.full(3, -9.0), jnp.full(3, 9.0)),) if bounded else ()
+    ours = getattr(S, name)(fun=quadratic, method=method, maxiter=0, on_failure="ignore")
+    theirs = getattr(jaxopt, name)(fun=quadratic, method=method, maxiter=0)
+    x, state = ours.run(x0, *bounds, C)
+    x_jaxopt, state_jaxopt = theirs.run(x0, *bounds, C)
+    np.testing.assert_allclose(x, x_jaxopt, rtol=1e-12, atol=1e-15)
+    assert int(state.iter_num) == int(state_jaxopt.iter_num) == (1 if bounded else 0)
+    assert not bool(state.converged) and not bool(state_jaxopt.success)
+    if not bounded:
+        np.testing.assert_array_equal(x, x0)

@@ -463,7 +463,7 @@ def test_vmap_and_jit_of_run_and_gradient(case):
 @pytest.mark.parametrize(
     "cls, kwargs, match",
     [
-        (ProximalGradient, dict(fun=least_squares, maxiter=0), "maxiter"),
+        (ProximalGradient, dict(fun=least_squares, maxiter=-1), "maxiter"),
         (ProximalGradient, dict(fun=least_squares, tol=-1.0), "tol"),
         (ProximalGradient, dict(fun=None), "fun"),
         (ProximalGradient, dict(fun=least_squares, prox=3), "prox"),

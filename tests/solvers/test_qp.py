@@ -448,7 +448,7 @@ def test_jit_vmap_of_run_and_gradient_over_c_equals_one_by_one(loss):
 @pytest.mark.parametrize(
     ("cls", "options", "message"),
     [
-        (OSQP, dict(maxiter=0), "maxiter must be a positive int"),
+        (OSQP, dict(maxiter=-1), "maxiter must be an int ≥ 0"),
         (OSQP, dict(tol=-1.0), "tol must be a non-negative number"),
         (OSQP, dict(rho=0.0), "rho must be a positive number"),
         (OSQP, dict(sigma=-1.0), "sigma must be a positive number"),
@@ -456,7 +456,7 @@ def test_jit_vmap_of_run_and_gradient_over_c_equals_one_by_one(loss):
         (OSQP, dict(rho=10.0, rho_max=1.0), "rho must lie in"),
         (OSQP, dict(rho_update_frequency=0), "rho_update_frequency must be a positive int"),
         (OSQP, dict(eps_primal_infeasible=-1.0), "eps_primal_infeasible must be"),
-        (BoxCDQP, dict(maxiter=0), "maxiter must be a positive int"),
+        (BoxCDQP, dict(maxiter=-1), "maxiter must be an int ≥ 0"),
         (EqualityConstrainedQP, dict(matvec_Q=3), "matvec_Q must be callable"),
         (EqualityConstrainedQP, dict(kkt_solve="nope"), "not a known linear solver"),
     ],

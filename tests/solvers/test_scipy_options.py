@@ -126,7 +126,7 @@ def test_maxiter_is_forwarded_as_jaxopt_does():
     assert int(state.iter_num) == 2
     np.testing.assert_array_equal(x_options, x)
     with pytest.raises(ValueError, match="maxiter"):
-        S.ScipyBoundedMinimize(fun=quartic, maxiter=0)
+        S.ScipyBoundedMinimize(fun=quartic, maxiter=-1)
     with pytest.raises(TypeError, match="has_aux"):
         S.ScipyMinimize(fun=quartic, has_aux=1)
 

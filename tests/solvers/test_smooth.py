@@ -312,7 +312,7 @@ def test_newton_from_indefinite_start_reaches_a_minimum():
 
 
 BAD_OPTIONS = [
-    (LBFGS, dict(fun=rosenbrock, maxiter=0), "maxiter"),
+    (LBFGS, dict(fun=rosenbrock, maxiter=-1), "maxiter"),
     (LBFGS, dict(fun=rosenbrock, tol=-1.0), "tol"),
     (LBFGS, dict(fun="rosenbrock"), "fun"),
     (LBFGS, dict(fun=rosenbrock, history_size=0), "history_size"),
@@ -323,7 +323,7 @@ BAD_OPTIONS = [
     (BFGS, dict(fun=rosenbrock, max_stepsize=0.0), "max_stepsize"),
     (NonlinearCG, dict(fun=rosenbrock, method="dai-yuan"), "method"),
     (NonlinearCG, dict(fun=rosenbrock, linesearch="more-thuente"), "linesearch"),
-    (Newton, dict(fun=rosenbrock, maxiter=0), "maxiter"),
+    (Newton, dict(fun=rosenbrock, maxiter=-1), "maxiter"),
     (Newton, dict(fun=1.0), "fun"),
     (Newton, dict(fun=rosenbrock, cg_tol=1.5), "cg_tol"),
     (Newton, dict(fun=rosenbrock, cg_maxiter=0), "cg_maxiter"),

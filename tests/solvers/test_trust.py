@@ -1187,3 +1187,62 @@ def test_state_fields_family_value_and_aux_have_the_derivative_of_the_compositio
     np.testing.assert_allclose(
         jax.grad(total(fields))(theta), jax.grad(total(expected))(theta), rtol=1e-6, atol=1e-8
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "maxiter=0": JAXopt takes it and returns the start (a sweep over iteration counts
+# from 0, as in a plot of the error along the iterations); it used to be refused here.
+
+
+def _maxiter_zero_cases():
+    for name, case in CASES.items():
+        if case.host:  # the SciPy wrappers pass maxiter to SciPy (test_maxiter_zero_scipy...)
+            continue
+        for implicit in (True, False):
+            yield pytest.param(
+                name, implicit, id=f"{name}-{'implicit' if implicit else 'unrolled'}"
+            )
+
+
+@pytest.mark.parametrize(("name", "implicit"), list(_maxiter_zero_cases()))
+def test_maxiter_zero_family_returns_the_start_not_converged(name, implicit):
+    """maxiter=0: the run makes no iteration and returns its start, flagged as not converged
+    (status MAX_ITERATIONS, with the non-convergence warning), as JAXopt's. Its derivative:
+    unrolled, 0 (the start does not depend on θ); implicit, the implicit formula at the start,
+    which is dx*/dθ for the catalog's conditions that are linear in x (JAXopt's too). The QP
+    solvers started from None begin at the point their init_state computes (OSQP: the solution
+    of the equality-constrained part, which, without inequalities, is the solution: converged).
+    Before, maxiter=0 was a ValueError; and the solvers whose init_state sets error = inf (not
+    yet measured) would have flagged that inf as a non-finite failure and returned NaN."""
+    case = CASES[name]
+    solver = case.solver(maxiter=0, implicit_diff=implicit)
+    init = case.init
+
+    def solve(theta):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return case.run(solver, init, theta)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = case.run(solver, init, case.theta)
+    x, state = _params(out), out[1]
+    warned = any("did not converge" in str(w.message) for w in caught)
+    assert warned == (not bool(state.converged))
+    if name == "AndersonWrapper":
+        state = state.solver_state
+    assert int(state.iter_num) == 0
+    jacobian = jax.jacobian(lambda t: _params(solve(t)))(case.theta)
+    if init is None:  # a QP started from init_state's own point: no constraint but the box
+        assert bool(state.converged) == (name != "EqualityConstrainedQP")
+        return
+    np.testing.assert_array_equal(x, init)
+    assert not bool(state.converged)
+    assert int(state.status) == solvers.Status.MAX_ITERATIONS
+    if not implicit:
+        np.testing.assert_array_equal(jacobian, np.zeros_like(jacobian))
+    elif name == "Bisection":  # G = x³ + x − θ at x = 0: −∂₂G/∂₁G = 1/(3x² + 1) = 1
+        np.testing.assert_allclose(jacobian, 1.0, rtol=1e-12)
+    elif name != "MirrorDescent":  # conditions linear in x: the implicit formula is dx*/dθ
+        np.testing.assert_allclose(jacobian, case.jacobian(case.theta), rtol=1e-10, atol=1e-12)
+    assert np.all(np.isfinite(jacobian))

@@ -545,7 +545,7 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
     JAXopt's order (each solver documents its defaults):
 
     Attributes:
-      maxiter: the most iterations (≥ 1).
+      maxiter: the most iterations (≥ 0; 0 returns the start, not converged, as JAXopt).
       tol: stop when ``state.error`` ≤ tol (≥ 0).
       unroll_checkpoint: with ``implicit_diff=False``, recompute each iteration in the backward
         pass instead of storing it (``jax.checkpoint``): memory of one iteration's intermediates
@@ -624,8 +624,9 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
 
     def __post_init__(self):
         owner = type(self).__name__
-        if not (isinstance(self.maxiter, int) and self.maxiter >= 1):
-            raise ValueError(f"{owner}: maxiter must be a positive int, got {self.maxiter!r}")
+        maxiter = self.maxiter
+        if not (isinstance(maxiter, int) and not isinstance(maxiter, bool) and maxiter >= 0):
+            raise ValueError(f"{owner}: maxiter must be an int ≥ 0, got {maxiter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise ValueError(f"{owner}: tol must be a non-negative number, got {self.tol!r}")
         if not isinstance(self.unroll_checkpoint, bool):
@@ -688,7 +689,10 @@ class IterativeSolver(UnrolledLoop, DifferentiableRun):
         has_status = "status" in getattr(state, "_fields", ())
         own = jnp.asarray(state.status if has_status else Status.MAX_ITERATIONS, jnp.int32)
         own_failure = own >= Status.PRIMAL_INFEASIBLE
-        finite = jnp.isfinite(state.error) & _finite(params)
+        # error = +inf before the first iteration is "not measured yet" (see _stop): a run of
+        # maxiter=0 returns its start, not converged (MAX_ITERATIONS), as JAXopt's does.
+        unmeasured = (state.error == jnp.inf) & (state.iter_num == 0)
+        finite = (jnp.isfinite(state.error) | unmeasured) & _finite(params)
         converged = (state.error <= self.tol) & finite & jnp.logical_not(own_failure)
         state = state._replace(converged=converged)
         # A non-finite error with a finite iterate (NaN data: the error is NaN from the start and

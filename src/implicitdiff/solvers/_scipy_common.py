@@ -219,12 +219,13 @@ DEFAULT_MAXITER = 500  # JAXopt's default of the minimize wrappers' maxiter
 
 
 def check_maxiter(solver: Any, owner: str) -> None:
-    """``maxiter`` an int ≥ 1, not in conflict with an ``options["maxiter"]``: one given in
-    ``options`` is used when ``maxiter`` is left at its default (JAXopt raises a ValueError for
-    any ``options["maxiter"]``); a different non-default ``maxiter`` too is a ValueError."""
+    """``maxiter`` an int ≥ 0 (0 is passed on to SciPy, as JAXopt does), not in conflict with
+    an ``options["maxiter"]``: one given in ``options`` is used when ``maxiter`` is left at its
+    default (JAXopt raises a ValueError for any ``options["maxiter"]``); a different non-default
+    ``maxiter`` too is a ValueError."""
     maxiter = solver.maxiter
-    if not (isinstance(maxiter, int) and not isinstance(maxiter, bool) and maxiter >= 1):
-        raise ValueError(f"{owner}: maxiter must be an int ≥ 1, got {maxiter!r}")
+    if not (isinstance(maxiter, int) and not isinstance(maxiter, bool) and maxiter >= 0):
+        raise ValueError(f"{owner}: maxiter must be an int ≥ 0, got {maxiter!r}")
     given = (solver.options or {}).get("maxiter", maxiter)
     if maxiter != DEFAULT_MAXITER and given != maxiter:
         raise ValueError(
