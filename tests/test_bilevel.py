@@ -5,6 +5,7 @@ Outer: L(λ) = ½‖X_v x*(λ) − y_v‖², with dL/dλ = −(X_v x* − y_v)�
 (from dx*/dλ = −(XᵀX + λI)⁻¹ x*).
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -65,6 +66,41 @@ def test_first_step_matches_the_closed_form():
     assert abs(lr * grad) > 1e-2  # the step is not negligible: the check above has teeth
     np.testing.assert_allclose(result.inner_params, x, rtol=1e-9, atol=1e-10)
     assert bool(result.history["inner_converged"][0])
+
+
+def test_a_batch_of_inner_problems_by_vmap():
+    """A vmapped inner solve (one problem per task, as in meta-learning; the second task's
+    data is the first's scaled by 2, which squares into a different x*): the history holds
+    whether all converged and the most iterations (it crashed before, "can only convert an
+    array of size 1": the per-task flags went to .item()), and the hypergradient of the summed
+    loss is the sum of the tasks' closed forms."""
+    Xs, Ys = jnp.stack([X, 2.0 * X]), jnp.stack([Y, Y])
+    solver = GradientDescent(
+        fun=SOLVER.fun, stepsize=1.0 / (4.0 * np.linalg.norm(X, 2) ** 2 + 10.0), tol=1e-11,
+        maxiter=80_000,
+    )  # fmt: skip
+
+    def batched_solve(x0, lam):
+        return jax.vmap(solver.run, in_axes=(0, None, 0, 0))(x0, lam, Xs, Ys)
+
+    def batched_loss(x, lam):
+        return outer_loss(x[0], lam) + outer_loss(x[1], lam)
+
+    lam0, lr = 2.0, 0.01
+    result = bilevel.minimize(
+        batched_loss, batched_solve, lam0, jnp.zeros((2, P)), optax.sgd(lr), 1
+    )
+    _, state = batched_solve(jnp.zeros((2, P)), lam0)
+    assert bool(result.history["inner_converged"][0])
+    assert result.history["inner_iterations"][0] == int(jnp.max(state.iter_num))
+    assert int(jnp.min(state.iter_num)) < int(jnp.max(state.iter_num))  # the max has teeth
+    grads = []
+    for scale in (1.0, 2.0):
+        a = scale**2 * X.T @ X + lam0 * np.eye(P)
+        x = np.linalg.solve(a, scale * X.T @ Y)
+        residual = X_VAL @ x - Y_VAL
+        grads.append(-(residual @ X_VAL) @ np.linalg.solve(a, x))
+    np.testing.assert_allclose(result.hyperparams, lam0 - lr * sum(grads), rtol=1e-10)
 
 
 def test_warm_start_reduces_inner_iterations():

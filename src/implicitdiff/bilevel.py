@@ -36,7 +36,8 @@ class BilevelResult(NamedTuple):
       history: a dict of NumPy arrays, one entry per outer step: ``"outer_loss"`` (the loss at the
         step's hyperparameters, before the update), ``"grad_norm"`` (‖∇θ L‖), ``"time"`` (seconds
         since the start, after the step), and, when the inner solver returns a state,
-        ``"inner_converged"`` and ``"inner_iterations"``.
+        ``"inner_converged"`` and ``"inner_iterations"`` (for a batch of inner problems, a
+        vmapped solve: whether all converged, and the most iterations one took).
     """
 
     hyperparams: PyTree
@@ -123,10 +124,12 @@ def minimize(
         updates, opt_state = optimizer.update(grads, opt_state, theta)
         theta = tree.map(lambda t, u: (t + u).astype(t.dtype), theta, updates)
         info = {"outer_loss": loss, "grad_norm": tree.norm(grads)}
+        # A batch of inner problems (a vmapped solve): whether all converged, the most
+        # iterations one took.
         if state is not None and hasattr(state, "converged"):
-            info["inner_converged"] = state.converged
+            info["inner_converged"] = jnp.all(state.converged)
         if state is not None and hasattr(state, "iter_num"):
-            info["inner_iterations"] = state.iter_num
+            info["inner_iterations"] = jnp.max(state.iter_num)
         return theta, opt_state, x, info
 
     # Strongly typed arrays from the start: a Python number (weakly typed) comes back from the
