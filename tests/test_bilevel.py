@@ -135,6 +135,25 @@ def test_reaches_the_grid_optimum_in_log_space():
     assert result.history["grad_norm"][-1] < 1e-2 * result.history["grad_norm"][0]
 
 
+def test_optax_lbfgs_gets_the_line_search_arguments():
+    """optax.lbfgs()'s update needs value, grad and value_fn (its zoom line search evaluates
+    L(θ) at trial points, each an inner solve): it failed before with optax's "missing 3
+    required keyword-only arguments". It now reaches the grid optimum in 12 outer steps (adam
+    takes 150 above)."""
+    grid = np.linspace(-3.0, 2.3, 5301)
+    losses = np.array([closed_form(np.exp(g))[1] for g in grid])
+    result = bilevel.minimize(
+        lambda x, log_lam: outer_loss(x, jnp.exp(log_lam)),
+        lambda x0, log_lam: inner_solve(x0, jnp.exp(log_lam)),
+        0.0,
+        jnp.zeros(P),
+        optax.lbfgs(),
+        12,
+    )
+    np.testing.assert_allclose(result.hyperparams, grid[np.argmin(losses)], atol=2e-3)
+    np.testing.assert_allclose(result.history["outer_loss"][-1], losses.min(), rtol=1e-6)
+
+
 def test_step_compiles_once_for_python_numbers_and_pytrees():
     traces = []
 

@@ -12,6 +12,7 @@ solution, takes the hypergradient with ``jax.value_and_grad`` and applies the op
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -82,7 +83,10 @@ def minimize(
       hyperparams: the initial θ (a pytree of float arrays).
       inner_init: the first inner warm start.
       optimizer: an Optax ``GradientTransformation`` (anything with ``init(params)`` and
-        ``update(grads, state, params) -> (updates, state)``), e.g. ``optax.adam(1e-2)``.
+        ``update(grads, state, params) -> (updates, state)``), e.g. ``optax.adam(1e-2)``; one
+        whose ``update`` takes keyword arguments (Optax's ``GradientTransformationExtraArgs``)
+        also gets ``value`` (L_k), ``grad`` (g_k) and ``value_fn`` (θ ↦ L at the same warm
+        start), which the line search of ``optax.lbfgs()`` needs.
       num_steps: the number of outer steps (≥ 1).
       progress: show a progress bar (tqdm, if installed); a string is used as its label.
       callback: called after each step as ``callback(step, record)`` with that step's history
@@ -118,10 +122,22 @@ def minimize(
         x, state = _split_inner(inner_solve(x0, theta))
         return outer_loss(x, theta), (tree.stop_gradient(x), state)
 
+    extra_args = _takes_extra_args(optimizer.update)
+
     @jax.jit
     def step(theta, opt_state, x0):
         (loss, (x, state)), grads = jax.value_and_grad(objective, has_aux=True)(theta, x0)
-        updates, opt_state = optimizer.update(grads, opt_state, theta)
+        if extra_args:  # Optax's line searches (optax.lbfgs): the loss, its gradient and L(θ)
+            updates, opt_state = optimizer.update(
+                grads,
+                opt_state,
+                theta,
+                value=loss,
+                grad=grads,
+                value_fn=lambda t: objective(t, x0)[0],
+            )
+        else:
+            updates, opt_state = optimizer.update(grads, opt_state, theta)
         theta = tree.map(lambda t, u: (t + u).astype(t.dtype), theta, updates)
         info = {"outer_loss": loss, "grad_norm": tree.norm(grads)}
         # A batch of inner problems (a vmapped solve): whether all converged, the most
@@ -159,6 +175,19 @@ def minimize(
             bar.close()
     history = {name: np.asarray([r[name] for r in records]) for name in records[0]}
     return BilevelResult(theta, x, history)
+
+
+def _takes_extra_args(update: Callable) -> bool:
+    """Whether ``update`` takes Optax's extra keyword arguments (``value``, ``grad``,
+    ``value_fn``: a ``GradientTransformationExtraArgs``, whose line searches need them; the
+    others ignore them)."""
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: the plain call
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD or p.name in ("value", "grad", "value_fn") for p in parameters
+    )
 
 
 def _strongly_typed(values: PyTree) -> PyTree:
