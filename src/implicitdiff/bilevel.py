@@ -12,7 +12,6 @@ solution, takes the hypergradient with ``jax.value_and_grad`` and applies the op
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _summary, tree
+from implicitdiff import _checks, _summary, tree
 from implicitdiff._typing import PyTree
 
 __all__ = ["BilevelResult", "minimize"]
@@ -122,7 +121,7 @@ def minimize(
         x, state = _split_inner(inner_solve(x0, theta))
         return outer_loss(x, theta), (tree.stop_gradient(x), state)
 
-    extra_args = _takes_extra_args(optimizer.update)
+    extra_args = _checks.takes_optax_extra_args(optimizer.update)
 
     @jax.jit
     def step(theta, opt_state, x0):
@@ -175,19 +174,6 @@ def minimize(
             bar.close()
     history = {name: np.asarray([r[name] for r in records]) for name in records[0]}
     return BilevelResult(theta, x, history)
-
-
-def _takes_extra_args(update: Callable) -> bool:
-    """Whether ``update`` takes Optax's extra keyword arguments (``value``, ``grad``,
-    ``value_fn``: a ``GradientTransformationExtraArgs``, whose line searches need them; the
-    others ignore them)."""
-    try:
-        parameters = inspect.signature(update).parameters.values()
-    except (TypeError, ValueError):  # a callable without a signature: the plain call
-        return False
-    return any(
-        p.kind is p.VAR_KEYWORD or p.name in ("value", "grad", "value_fn") for p in parameters
-    )
 
 
 def _strongly_typed(values: PyTree) -> PyTree:

@@ -171,6 +171,19 @@ class StochasticSolver(IterativeSolver):
             params, state = update(params, state, *args, **kwargs, data=batch)
         return OptStep(params, state)
 
+    def _searches_its_step(self) -> bool:
+        """The step adapts to f and ∇f (Polyak's and Armijo's steps; Optax's adaptive
+        optimizers and line searches): unrolling continues past the stop with a fixed step."""
+        return True
+
+    def _continuation(self, /, *args, **kwargs):
+        """Unrolling past the stop continues with x ← x − η∇f(x), η = 1/L̂ (see
+        :mod:`implicitdiff.solvers._continuation`): an adaptive step's own linearization at
+        the solution need not contract (Adam's divides by √v → 0: its derivative drifted 1%
+        off dx*/dθ in 5,000 steps past the stop; optax's L-BFGS, whose history pairs s, y → 0,
+        gave NaN)."""
+        return gradient_continuation(self._value, args, kwargs)
+
     def _jitted_update(self) -> Callable:
         """``update`` compiled once per solver (kept in the solver's entry of the shared cache)."""
         compiled = self._compiled.get("run_iterator.update")
@@ -183,7 +196,7 @@ class StochasticSolver(IterativeSolver):
 class AdaptiveSGD(StochasticSolver):
     """Base of the SGDs whose step adapts to f and ∇f on each batch (PolyakSGD, ArmijoSGD):
     the checks of their cap ``max_stepsize`` and ``momentum`` (fields of theirs), the momentum's
-    first velocity, and the continuation of unrolling past the stop."""
+    first velocity."""
 
     def _check_step_options(self) -> None:
         owner = type(self).__name__
@@ -195,12 +208,3 @@ class AdaptiveSGD(StochasticSolver):
     def _initial_velocity(self, init_params) -> PyTree:
         """The velocity before the first step: zeros like the params (None without momentum)."""
         return None if self.momentum == 0 else tree.zeros_like(init_params)
-
-    def _searches_its_step(self) -> bool:
-        """The step adapts to f and ∇f: unrolling continues past the stop with a fixed step."""
-        return True
-
-    def _continuation(self, /, *args, **kwargs):
-        """Unrolling past the stop continues with x ← x − η∇f(x), η = 1/L̂ (see
-        :mod:`implicitdiff.solvers._continuation`)."""
-        return gradient_continuation(self._value, args, kwargs)

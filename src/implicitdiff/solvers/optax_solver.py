@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _summary, tree
+from implicitdiff import _checks, _summary, tree
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import StochasticSolver
 
@@ -62,7 +62,12 @@ class OptaxSolver(StochasticSolver):
       fun: the objective, f(x, *args, **kwargs) a scalar; with ``has_aux`` it returns
         ``(f, aux)``, with ``value_and_grad`` ``(f, ∇f)`` (``((f, aux), ∇f)`` with both).
       opt: the optimizer: an ``optax.GradientTransformation`` (any object with ``init(params)``
-        and ``update(grads, state, params)``). Its learning rate and schedule are its own.
+        and ``update(grads, state, params)``). Its learning rate and schedule are its own. One
+        whose ``update`` takes keyword arguments (Optax's ``GradientTransformationExtraArgs``)
+        also gets ``value`` = f(x), ``grad`` = ∇f(x) and ``value_fn`` = f on the same
+        arguments, which a line search (``optax.lbfgs()``) needs; differentiating such a run
+        unrolled works in forward mode only (the search is a ``while_loop``, which JAX cannot
+        reverse): the default implicit derivative works in both.
       value_and_grad: whether ``fun`` returns its gradient too (default False).
       pre_update: None, or ``(x, state) = pre_update(x, state, *args, **kwargs)`` run at the
         start of each ``update``.
@@ -128,7 +133,17 @@ class OptaxSolver(StochasticSolver):
         """
         params, state = self._pre_update(params, state, args, kwargs)
         value, aux, grad = self._value_aux_grad(params, *args, **kwargs)
-        updates, internal_state = self.opt.update(grad, state.internal_state, params)
+        if _checks.takes_optax_extra_args(self.opt.update):  # Optax's line searches
+            updates, internal_state = self.opt.update(
+                grad,
+                state.internal_state,
+                params,
+                value=value,
+                grad=grad,
+                value_fn=lambda x: self._value(x, *args, **kwargs),
+            )
+        else:
+            updates, internal_state = self.opt.update(grad, state.internal_state, params)
         new_params = jax.tree_util.tree_map(
             lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates
         )
