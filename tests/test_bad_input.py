@@ -209,6 +209,17 @@ def custom_solve_wrong_structure():
 
 
 @case
+def custom_solve_returns_x_and_info():
+    """solve=jax.scipy.sparse.linalg.cg itself (it returns (x, info)) → TypeError naming solve
+    and the fix ([0])."""
+    solver = custom_root(ridge_condition, solve=jax.scipy.sparse.linalg.cg)(
+        lambda init_x, lam, X, y: ridge_closed_form(lam, X, y)
+    )
+    with pytest.raises(TypeError, match=r"solve \(cg\) must .* a pair \(x, info\).*\[0\]"):
+        jax.grad(lambda lam: jnp.sum(solver(jnp.zeros(3), lam, X, Y)))(1.0)
+
+
+@case
 def root_vjp_cotangent_mismatch():
     """root_vjp: a cotangent shaped unlike the solution → TypeError naming cotangent."""
     sol = ridge_closed_form(1.0, X, Y)

@@ -295,9 +295,21 @@ def check_same_structure(
     (structure and shapes; and dtypes if ``dtypes``)."""
     e_tree, g_tree = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(got)
     if e_tree != g_tree:
+        # jax.scipy.sparse.linalg's solvers return (x, info): the commonest mismatch.
+        pair = (
+            isinstance(got, tuple)
+            and len(got) == 2
+            and (jax.tree_util.tree_structure(got[0]) == e_tree)
+        )
+        hint = (
+            " (it returned a pair (x, info), as jax.scipy.sparse.linalg's solvers do: pass "
+            "lambda matvec, b: cg(matvec, b)[0])"
+            if pair
+            else ""
+        )
         raise TypeError(
             f"{what} must return a pytree with the structure of {expected_name}: "
-            f"expected {e_tree}, got {g_tree}"
+            f"expected {e_tree}, got {g_tree}{hint}"
         )
     for i, (e, g) in enumerate(
         zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got), strict=True)
