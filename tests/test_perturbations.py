@@ -176,6 +176,10 @@ def test_bad_options_are_named():
         make_perturbed_argmax(one_hot_argmax, num_samples=0)
     with pytest.raises(ValueError, match="sigma"):
         make_perturbed_max(one_hot_argmax, sigma=-1.0)
+    # sigma = inf gave a finite, meaningless output (the noise's own argmax) and a 0 derivative
+    for sigma in (float("inf"), np.inf, float("nan")):
+        with pytest.raises(ValueError, match="sigma must be a finite positive number"):
+            make_perturbed_argmax(one_hot_argmax, sigma=sigma)
     with pytest.raises(TypeError, match="noise must have a sample method"):
         make_perturbed_fun(jnp.sum, noise=object())
 

@@ -132,9 +132,9 @@ def _check_options(owner: str, fun: Any, num_samples: Any, sigma: Any, noise: An
         raise TypeError(f"{owner}: the function to perturb must be callable, got {fun!r}")
     _checks.check_positive_int(num_samples, "num_samples", owner)
     if not isinstance(sigma, jax.core.Tracer):
-        sigma_ok = _checks.is_real_number(sigma) and float(sigma) > 0
-        if not sigma_ok:
-            raise ValueError(f"{owner}: sigma must be a positive number, got {sigma!r}")
+        sigma_ok = _checks.is_real_number(sigma) and 0 < float(sigma) < float("inf")
+        if not sigma_ok:  # inf: every sample's argmax is the noise's, and the derivative 0
+            raise ValueError(f"{owner}: sigma must be a finite positive number, got {sigma!r}")
     for method in ("sample", "log_prob"):
         if not callable(getattr(noise, method, None)):
             raise TypeError(f"{owner}: noise must have a {method} method (like Gumbel or Normal)")
