@@ -220,6 +220,40 @@ def custom_solve_returns_x_and_info():
 
 
 @case
+def user_prox_or_projection_output_unlike_x():
+    """A user's prox (ProximalGradient), projection (ProjectedGradient, MirrorDescent) or
+    block_prox (BlockCoordinateDescent) returning a pair, or another shape → TypeError naming
+    it (it failed inside JAX: "sub got incompatible shapes for broadcasting")."""
+    pair = lambda x, hyperparams=None, scaling=1.0: (x, None)  # noqa: E731
+    short = lambda x, hyperparams=None, scaling=1.0: x[:2]  # noqa: E731
+    for make, name in (
+        (lambda op: solvers.ProximalGradient(fun=ridge_objective, prox=op), "prox"),
+        (lambda op: solvers.ProjectedGradient(fun=ridge_objective, projection=op), "projection"),
+    ):
+        with pytest.raises(TypeError, match=rf"{name} must return a pytree with the structure"):
+            make(pair).run(jnp.zeros(3), None, 1.0, X, Y)
+        with pytest.raises(TypeError, match=rf"{name} must return leaves shaped like its input"):
+            make(short).run(jnp.zeros(3), None, 1.0, X, Y)
+    block = solvers.BlockCoordinateDescent(fun=ridge_objective, block_prox=pair)
+    with pytest.raises(TypeError, match=r"block_prox must return a pytree with the structure"):
+        block.run(jnp.zeros(3), None, 1.0, X, Y)
+    mirror = solvers.MirrorDescent(
+        fun=ridge_objective, projection=lambda z, h: z[:2], mapping=jnp.log, stepsize=0.1
+    )
+    with pytest.raises(TypeError, match=r"MirrorDescent: projection must return leaves shaped"):
+        mirror.run(jnp.ones(3) / 3, None, 1.0, X, Y)
+
+
+@case
+def block_prox_without_scaling():
+    """BlockCoordinateDescent: a block_prox that cannot take (x, hyperparams, scaling) →
+    TypeError naming block_prox when the solver is built (it was Python's bare "takes 2
+    positional arguments but 3 were given" from inside the loop), as ProximalGradient's prox."""
+    with pytest.raises(TypeError, match=r"block_prox <lambda>\(x, h\) cannot be called as"):
+        solvers.BlockCoordinateDescent(fun=ridge_objective, block_prox=lambda x, h: x)
+
+
+@case
 def root_vjp_cotangent_mismatch():
     """root_vjp: a cotangent shaped unlike the solution → TypeError naming cotangent."""
     sol = ridge_closed_form(1.0, X, Y)

@@ -285,6 +285,32 @@ def check_like(expected: PyTree, got: PyTree, owner: str, what: str, expected_na
             )
 
 
+def output_like_input(operator: Callable, owner: str, name: str) -> Callable:
+    """``operator(x, *rest)`` with its output checked against x: the same pytree structure and
+    leaf shapes (dtypes may differ: the solvers cast), else a TypeError naming ``name`` (a
+    user's prox or projection returning a tuple or another shape failed inside JAX, "sub got
+    incompatible shapes"). The check is on static shapes: free under ``jit``."""
+
+    def checked(x, *rest, **kwargs):
+        out = operator(x, *rest, **kwargs)
+        e_tree, g_tree = jax.tree_util.tree_structure(x), jax.tree_util.tree_structure(out)
+        if e_tree != g_tree:
+            raise TypeError(
+                f"{owner}: {name} must return a pytree with the structure of its input x: "
+                f"expected {e_tree}, got {g_tree}"
+            )
+        leaves = zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(out), strict=True)
+        for i, (a, b) in enumerate(leaves):
+            if jnp.shape(a) != jnp.shape(b):
+                raise TypeError(
+                    f"{owner}: {name} must return leaves shaped like its input x: leaf {i} is "
+                    f"{jnp.shape(b)}, expected {jnp.shape(a)}"
+                )
+        return out
+
+    return checked
+
+
 def concrete_leaves(value: Any) -> list[np.ndarray] | None:
     """The leaves of ``value`` as NumPy arrays, or None if any of them is traced."""
     if is_traced(value):

@@ -40,6 +40,7 @@ not known and cannot raise: the output is then NaN, so that a solver using it en
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -414,14 +415,28 @@ def group_lasso(
 # Projections.
 
 
+def _binds_one_argument(function: Callable) -> bool:
+    """Whether ``function(x)`` binds (True for a callable without a signature)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # no signature to read
+        return True
+    try:
+        signature.bind(None)
+    except TypeError:
+        return False
+    return True
+
+
 def from_projection(projection: Callable[[PyTree, Any], PyTree]) -> ProxFn:
     """The prox of the indicator of a set C(θ), given the projection onto it.
 
     For g(y, θ) = ι_{C(θ)}(y) (0 on C(θ), +∞ outside), s · g = g for every s > 0, so
     prox_{s·g}(x) = argmin_{y ∈ C(θ)} ‖y − x‖ = projection(x, θ) whatever the scaling. The
     returned function has the prox signature ``prox(x, hyperparams=None, scaling=1.0)``,
-    calls ``projection(x, hyperparams)`` (``projection(x)`` when hyperparams is None, so that
-    the projection's default applies, e.g. the unit simplex) and ignores ``scaling``.
+    calls ``projection(x, hyperparams)`` (``projection(x)`` when hyperparams is None and the
+    projection can be called with x alone, so that its default applies, e.g. the unit simplex;
+    ``projection(x, None)`` otherwise, as JAXopt) and ignores ``scaling``.
 
     Args:
       projection: a function ``projection(x, hyperparams) -> p``.
@@ -437,9 +452,14 @@ def from_projection(projection: Callable[[PyTree, Any], PyTree]) -> ProxFn:
     if not callable(projection):
         raise TypeError(f"from_projection: projection must be callable, got {projection!r}")
 
+    # hyperparams None (not given): projection(x), so that the projection's own default
+    # applies, when it can be called so; else projection(x, None), as JAXopt calls it (a
+    # user's projection(x, hyperparams) that ignores its second argument).
+    alone = _binds_one_argument(projection)
+
     def prox(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
         del scaling
-        if hyperparams is None:  # not given: the projection's own default, if it has one
+        if hyperparams is None and alone:
             return projection(x)
         return projection(x, hyperparams)
 
@@ -448,7 +468,9 @@ def from_projection(projection: Callable[[PyTree, Any], PyTree]) -> ProxFn:
 
         def free(y: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
             del scaling
-            return declared.free(y) if hyperparams is None else declared.free(y, hyperparams)
+            if hyperparams is None and alone:
+                return declared.free(y)
+            return declared.free(y, hyperparams)
 
         _support.declare(prox, free)
     name = getattr(projection, "__name__", "projection")

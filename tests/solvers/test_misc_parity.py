@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from implicitdiff import projections
+from implicitdiff import projections, prox
 from implicitdiff import solvers as S
 
 jaxopt = pytest.importorskip("jaxopt")
@@ -128,6 +128,32 @@ def test_projected_gradient_hyperparams_proj_is_optional():
     jac = jax.jit(jax.jacrev(lambda c: ours.run(init, c=c).params))(C)
     fd = _central_jacobian(lambda c: ours.run(init, c=jnp.asarray(c)).params, C)
     np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_projected_gradient_projection_that_needs_its_second_argument():
+    """A projection written projection(x, hyperparams) with no default for hyperparams (it
+    ignores it), run with hyperparams_proj=None: JAXopt calls projection(x, None); here it was
+    called projection(x) ("missing 1 required positional argument"). Both now agree, and the
+    derivative is the closed form (Q⁻¹ on the free coordinates, 0 on the active bound)."""
+
+    def nonneg(x, hyperparams):
+        del hyperparams
+        return jnp.maximum(x, 0.0)
+
+    c = jnp.array([1.0, -2.0, 0.4])  # the second coordinate ends on its bound
+    ours = S.ProjectedGradient(quadratic, nonneg, tol=1e-12, maxiter=5000)
+    theirs = jaxopt.ProjectedGradient(quadratic, nonneg, tol=1e-12, maxiter=5000)
+    init = jnp.zeros(3)
+    x = ours.run(init, None, c).params
+    np.testing.assert_allclose(x, theirs.run(init, None, c).params, rtol=1e-9, atol=1e-12)
+    free = np.asarray(x) > 0
+    assert free.tolist() == [True, False, True]
+    jac = jax.jacrev(lambda c: ours.run(init, None, c).params)(c)
+    expected = np.zeros((3, 3))
+    expected[np.ix_(free, free)] = np.linalg.inv(np.asarray(Q)[np.ix_(free, free)])
+    np.testing.assert_allclose(jac, expected, rtol=1e-9, atol=1e-12)
+    p = prox.from_projection(nonneg)
+    np.testing.assert_array_equal(p(-c), jnp.maximum(-c, 0.0))
 
 
 # ---------------------------------------------------------------------------------------------

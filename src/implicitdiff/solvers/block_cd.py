@@ -207,6 +207,9 @@ class BlockCoordinateDescent(IterativeSolver):
                 raise TypeError(f"{name}: {label} must be callable, got {getattr(self, label)!r}")
         if not callable(self.block_prox):
             raise TypeError(f"{name}: block_prox must be callable, got {self.block_prox!r}")
+        how = "block_prox(x, hyperparams, scaling)"
+        hint = "A projection(x, hyperparams)? Wrap it with prox.from_projection."
+        _checks.check_signature(self.block_prox, name, "block_prox", (0, 0, 1), {}, how, hint)
         if isinstance(self.stepsize, (int, float)) and not isinstance(self.stepsize, bool):
             _checks.check_positive_number(self.stepsize, "stepsize", name, allow_zero=True)
         else:
@@ -308,8 +311,10 @@ class BlockCoordinateDescent(IterativeSolver):
     def _sweep(self, x, p, steps, hyperparams_prox, args, kwargs):
         """One pass over the blocks, each updated with the latest x; returns x and p."""
 
+        block_prox = _checks.output_like_input(self.block_prox, type(self).__name__, "block_prox")
+
         def prox_step(i, x, g):
-            return self.block_prox(x[i] - steps[i] * g, hyperparams_prox, steps[i])
+            return block_prox(x[i] - steps[i] * g, hyperparams_prox, steps[i])
 
         if not self._composite:
 

@@ -160,12 +160,15 @@ class MirrorDescent(IterativeSolver):
         return self.stepsize(iter_num) if callable(self.stepsize) else self.stepsize
 
     def _step(self, params, hyperparams, grad, stepsize):
+        def checked(name):  # the user's operator, its output checked against its input
+            return _checks.output_like_input(getattr(self, name), "MirrorDescent", name)
+
         if self.projection_grad is not None:
-            return self.projection_grad(params, grad, stepsize, hyperparams)
+            return checked("projection_grad")(params, grad, stepsize, hyperparams)
         if self.projection is None:
             return optimality.negative_entropy(params, grad, stepsize, hyperparams)
-        dual = tree.axpy(-stepsize, grad, self.mapping(params))
-        return self.projection(dual, hyperparams)
+        dual = tree.axpy(-stepsize, grad, checked("mapping")(params))
+        return checked("projection")(dual, hyperparams)
 
     def run(self, init_params, hyperparams_proj=None, *args, **kwargs) -> OptStep:
         """Solve from ``init_params``.

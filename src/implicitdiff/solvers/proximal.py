@@ -86,6 +86,12 @@ class _ProximalGradientBase(IterativeSolver):
     def _prox(self) -> Callable:
         """The prox operator of the non-smooth part (ProximalGradient / ProjectedGradient)."""
 
+    def _iteration_prox(self) -> Callable:
+        """The prox the iterations call: the user's operator, its output checked against its
+        input (structure and leaf shapes, at trace time), named as the user gave it."""
+        name = "prox" if isinstance(self, ProximalGradient) else "projection"
+        return _checks.output_like_input(self._prox(), type(self).__name__, name)
+
     def _check_options(self, name: str) -> None:
         _fista.check_options(self, name)
         object.__setattr__(
@@ -116,7 +122,7 @@ class _ProximalGradientBase(IterativeSolver):
         (:mod:`implicitdiff.solvers._continuation`)."""
         if not self._searches_its_step():
             return None
-        prox = self._prox()
+        prox = self._iteration_prox()
         return gradient_continuation(
             self._objective.scalar(),
             args,
@@ -145,7 +151,7 @@ class _ProximalGradientBase(IterativeSolver):
         )
 
     def _update(self, params, state: ProximalGradientState, hyperparams, args, kwargs) -> OptStep:
-        prox = self._prox()
+        prox = self._iteration_prox()
         y = state.velocity
         value, grad, aux = self._objective.evaluate(y, *args, **kwargs)
         eta = state.stepsize
