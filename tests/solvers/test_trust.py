@@ -1246,3 +1246,47 @@ def test_maxiter_zero_family_returns_the_start_not_converged(name, implicit):
     elif name != "MirrorDescent":  # conditions linear in x: the implicit formula is dx*/dθ
         np.testing.assert_allclose(jacobian, case.jacobian(case.theta), rtol=1e-10, atol=1e-12)
     assert np.all(np.isfinite(jacobian))
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "step-size schedules": stepsize=callable(iter_num), JAXopt's schedules.
+
+_SCHEDULED = [
+    "GradientDescent",
+    "LBFGS",
+    "BFGS",
+    "LBFGSB",
+    "ProximalGradient",
+    "ProjectedGradient",
+    "Broyden",
+    "MirrorDescent",
+]
+
+
+def _scheduled_solver(name, schedule):
+    case = CASES[name]
+    if name == "MirrorDescent":  # its catalog entry fixes the step
+        return solvers.MirrorDescent(fun=_mirror_body, stepsize=schedule, tol=1e-9, maxiter=3000)
+    return case.solver(stepsize=schedule, tol=1e-9, maxiter=3000)
+
+
+@pytest.mark.parametrize("name", _SCHEDULED)
+def test_schedule_family_bad_steps_are_flagged_or_named(name):
+    """A schedule returning a negative step: NaN, not converged (ProximalGradient,
+    ProjectedGradient and MirrorDescent read the negative error ‖x⁺ − y‖/η as convergence and
+    returned a wrong point, converged True); one returning a vector: a TypeError naming the
+    solver (it was JAX's "while_loop body function carry input and carry output must have
+    equal types"). A decaying positive schedule still solves the problem (checked with the
+    closed form)."""
+    case = CASES[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, state = case.run(_scheduled_solver(name, lambda k: -0.5), case.init, case.theta)
+    assert not bool(state.converged)
+    assert np.all(np.isnan(np.asarray(x)))
+    with pytest.raises(TypeError, match=rf"^{name}: stepsize\(iter_num\) must return a scalar"):
+        case.run(_scheduled_solver(name, lambda k: jnp.full(3, 0.5)), case.init, case.theta)
+    solver = _scheduled_solver(name, lambda k: 0.5 + 0.5 / (1.0 + k))
+    x, state = case.run(solver, case.init, case.theta)
+    assert bool(state.converged)
+    np.testing.assert_allclose(x, case.solution(case.theta), rtol=1e-7, atol=1e-8)

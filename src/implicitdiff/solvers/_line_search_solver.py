@@ -196,7 +196,7 @@ class LineSearchSolver(Stationary, IterativeSolver):
         fixed step)."""
         dtype = jnp.result_type(state.stepsize)
         if self._fixed_step():
-            eta = scheduled_stepsize(self.stepsize, state.iter_num, dtype)
+            eta = scheduled_stepsize(self.stepsize, state.iter_num, dtype, type(self).__name__)
             value, grad, aux = self._evaluate_with_aux(
                 tree.axpy(eta, direction, params), *args, **kwargs
             )

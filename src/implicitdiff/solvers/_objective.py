@@ -84,10 +84,21 @@ def check_complex(owner: str, objective: Objective, init_params: PyTree) -> None
     )
 
 
-def scheduled_stepsize(stepsize: Any, iter_num: jax.Array, dtype: Any) -> jax.Array:
-    """The fixed step: ``stepsize(iter_num)`` when callable, else ``stepsize``; a constant."""
-    eta = stepsize(iter_num) if callable(stepsize) else stepsize
-    return jax.lax.stop_gradient(jnp.asarray(eta, dtype))
+def scheduled_stepsize(stepsize: Any, iter_num: jax.Array, dtype: Any, owner: str) -> jax.Array:
+    """The fixed step: ``stepsize(iter_num)`` when callable, else ``stepsize``; a constant.
+
+    A schedule must return a scalar (else a TypeError naming ``owner``'s stepsize); a negative
+    value from it is NaN (a fixed negative stepsize is refused when the solver is built; from a
+    schedule, a negative η made the error ‖x⁺ − y‖/η negative, which passed for convergence)."""
+    if not callable(stepsize):
+        return jax.lax.stop_gradient(jnp.asarray(stepsize, dtype))
+    eta = jnp.asarray(stepsize(iter_num))
+    if eta.shape != ():
+        raise TypeError(
+            f"{owner}: stepsize(iter_num) must return a scalar step, got shape {eta.shape}"
+        )
+    eta = eta.astype(dtype)
+    return jax.lax.stop_gradient(_checks.nan_unless(jnp.logical_not(eta < 0), eta))
 
 
 def first_trial(

@@ -189,7 +189,9 @@ class GradientDescent(Stationary, IterativeSolver):
         point = state.velocity  # y (= x without acceleration)
         eta = state.stepsize
         if self._fixed_step():
-            eta = scheduled_stepsize(self.stepsize, state.iter_num, state.stepsize.dtype)
+            eta = scheduled_stepsize(
+                self.stepsize, state.iter_num, state.stepsize.dtype, type(self).__name__
+            )
         else:
             # At an exact stationary point every step is accepted: keep η (growing it there
             # would overflow it, and the derivative of a run continued past convergence).

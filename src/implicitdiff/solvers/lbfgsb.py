@@ -334,7 +334,7 @@ class LBFGSB(StopIfLinesearchFails, IterativeSolver):
             return jnp.clip(z, cut_lower, cut_upper)
 
         if self._fixed_step():
-            alpha = scheduled_stepsize(self.stepsize, state.iter_num, x.dtype)
+            alpha = scheduled_stepsize(self.stepsize, state.iter_num, x.dtype, "LBFGSB")
             ok = jnp.asarray(True)
         else:
             start = 1.0

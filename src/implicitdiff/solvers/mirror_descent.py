@@ -18,7 +18,11 @@ import numpy as np
 
 from implicitdiff import _checks, _summary, optimality, tree
 from implicitdiff.solvers._base import IterativeSolver, OptStep
-from implicitdiff.solvers._objective import Objective, check_objective_options
+from implicitdiff.solvers._objective import (
+    Objective,
+    check_objective_options,
+    scheduled_stepsize,
+)
 
 __all__ = ["MirrorDescent", "MirrorDescentState"]
 
@@ -156,8 +160,8 @@ class MirrorDescent(IterativeSolver):
         """η in the fixed point that differentiates the solution: 1 for a schedule."""
         return 1.0 if callable(self.stepsize) else self.stepsize
 
-    def _stepsize_at(self, iter_num):
-        return self.stepsize(iter_num) if callable(self.stepsize) else self.stepsize
+    def _stepsize_at(self, iter_num, dtype):
+        return scheduled_stepsize(self.stepsize, iter_num, dtype, "MirrorDescent")
 
     def _step(self, params, hyperparams, grad, stepsize):
         def checked(name):  # the user's operator, its output checked against its input
@@ -232,7 +236,7 @@ class MirrorDescent(IterativeSolver):
           ``OptStep(params, state)``: x⁺ and its state (error ‖x⁺ − x‖/η).
         """
         grad = self._grad(params, *args, **kwargs)
-        stepsize = self._stepsize_at(state.iter_num)
+        stepsize = self._stepsize_at(state.iter_num, state.error.dtype)
         new_params = self._step(params, hyperparams_proj, grad, stepsize)
         diff = jax.lax.stop_gradient(tree.sub(new_params, params))
         error = (tree.norm(diff) / stepsize).astype(state.error.dtype)

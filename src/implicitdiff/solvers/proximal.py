@@ -157,7 +157,9 @@ class _ProximalGradientBase(IterativeSolver):
         eta = state.stepsize
         searched = jnp.asarray(True)
         if self._fixed_step():
-            eta = scheduled_stepsize(self.stepsize, state.iter_num, state.stepsize.dtype)
+            eta = scheduled_stepsize(
+                self.stepsize, state.iter_num, state.stepsize.dtype, type(self).__name__
+            )
         else:
             cut_hyperparams, cut_args, cut_kwargs = tree.stop_gradient((hyperparams, args, kwargs))
             eta, searched = _linesearch.proximal_backtracking(

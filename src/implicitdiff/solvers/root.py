@@ -308,7 +308,7 @@ class Broyden(StopIfLinesearchFails, IterativeSolver):
         """(t, ok, G at the last trial, G at the full step): the fixed step, JAXopt's search or
         the safeguard. ``ok`` False means a failed search (x is kept only by the safeguard)."""
         if self._fixed_step():
-            t = scheduled_stepsize(self.stepsize, state.iter_num, x.dtype)
+            t = scheduled_stepsize(self.stepsize, state.iter_num, x.dtype, "Broyden")
             trial_value = jax.lax.stop_gradient(flat_fun(jax.lax.stop_gradient(x + t * direction)))
             return t, jnp.asarray(True), trial_value, trial_value
         if self._search is None:
