@@ -230,17 +230,26 @@ def user_prox_or_projection_output_unlike_x():
         (lambda op: solvers.ProximalGradient(fun=ridge_objective, prox=op), "prox"),
         (lambda op: solvers.ProjectedGradient(fun=ridge_objective, projection=op), "projection"),
     ):
-        with pytest.raises(TypeError, match=rf"{name} must return a pytree with the structure"):
+        with pytest.raises(
+            TypeError, match=rf"{name} must return a pytree shaped like its input x: got structure"
+        ):
             make(pair).run(jnp.zeros(3), None, 1.0, X, Y)
-        with pytest.raises(TypeError, match=rf"{name} must return leaves shaped like its input"):
+        with pytest.raises(
+            TypeError,
+            match=rf"{name} must return a pytree shaped like its input x: got leaf 0 of shape",
+        ):
             make(short).run(jnp.zeros(3), None, 1.0, X, Y)
     block = solvers.BlockCoordinateDescent(fun=ridge_objective, block_prox=pair)
-    with pytest.raises(TypeError, match=r"block_prox must return a pytree with the structure"):
+    with pytest.raises(
+        TypeError, match=r"block_prox must return a pytree shaped like its input x: got structure"
+    ):
         block.run(jnp.zeros(3), None, 1.0, X, Y)
     mirror = solvers.MirrorDescent(
         fun=ridge_objective, projection=lambda z, h: z[:2], mapping=jnp.log, stepsize=0.1
     )
-    with pytest.raises(TypeError, match=r"MirrorDescent: projection must return leaves shaped"):
+    with pytest.raises(
+        TypeError, match=r"MirrorDescent: projection must return a pytree shaped like its input x"
+    ):
         mirror.run(jnp.ones(3) / 3, None, 1.0, X, Y)
 
 

@@ -285,27 +285,32 @@ def check_like(expected: PyTree, got: PyTree, owner: str, what: str, expected_na
             )
 
 
+def shape_mismatch(expected: PyTree, got: PyTree) -> str | None:
+    """How ``got`` differs from ``expected`` in pytree structure or leaf shapes (None if it
+    does not; dtypes are not compared)."""
+    e_tree, g_tree = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(got)
+    if e_tree != g_tree:
+        return f"structure {g_tree}, expected {e_tree}"
+    leaves = zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got), strict=True)
+    for i, (e, g) in enumerate(leaves):
+        if jnp.shape(e) != jnp.shape(g):
+            return f"leaf {i} of shape {jnp.shape(g)}, expected {jnp.shape(e)}"
+    return None
+
+
 def output_like_input(operator: Callable, owner: str, name: str) -> Callable:
-    """``operator(x, *rest)`` with its output checked against x: the same pytree structure and
-    leaf shapes (dtypes may differ: the solvers cast), else a TypeError naming ``name`` (a
-    user's prox or projection returning a tuple or another shape failed inside JAX, "sub got
-    incompatible shapes"). The check is on static shapes: free under ``jit``."""
+    """``operator(x, *rest)`` with its output checked against x by :func:`shape_mismatch`, else
+    a TypeError naming ``name`` (a user's prox or projection returning a tuple or another shape
+    failed inside JAX, "sub got incompatible shapes"). Static shapes: free under ``jit``; dtypes
+    may differ (the solvers cast)."""
 
     def checked(x, *rest, **kwargs):
         out = operator(x, *rest, **kwargs)
-        e_tree, g_tree = jax.tree_util.tree_structure(x), jax.tree_util.tree_structure(out)
-        if e_tree != g_tree:
+        mismatch = shape_mismatch(x, out)
+        if mismatch is not None:
             raise TypeError(
-                f"{owner}: {name} must return a pytree with the structure of its input x: "
-                f"expected {e_tree}, got {g_tree}"
+                f"{owner}: {name} must return a pytree shaped like its input x: got {mismatch}"
             )
-        leaves = zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(out), strict=True)
-        for i, (a, b) in enumerate(leaves):
-            if jnp.shape(a) != jnp.shape(b):
-                raise TypeError(
-                    f"{owner}: {name} must return leaves shaped like its input x: leaf {i} is "
-                    f"{jnp.shape(b)}, expected {jnp.shape(a)}"
-                )
         return out
 
     return checked

@@ -1290,3 +1290,66 @@ def test_schedule_family_bad_steps_are_flagged_or_named(name):
     x, state = case.run(solver, case.init, case.theta)
     assert bool(state.converged)
     np.testing.assert_allclose(x, case.solution(case.theta), rtol=1e-7, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family "the form of fun": a function whose output does not match has_aux / value_and_grad.
+
+_FORM_MISTAKES = {
+    # has_aux=True, but fun returns f alone
+    "aux-missing": (
+        {"has_aux": True},
+        lambda body: lambda x, t: body(x, t),
+        r"must return \(value, aux\) with has_aux=True, got an array of shape \(\)",
+    ),
+    # fun returns (f, aux), but has_aux is False
+    "aux-unannounced": (
+        {},
+        lambda body: lambda x, t: (body(x, t), {"x": x}),
+        r"must return a scalar.* got a tuple of 2 elements; pass has_aux=True",
+    ),
+    "aux-three": (
+        {"has_aux": True},
+        lambda body: lambda x, t: (body(x, t), 1.0, 2.0),
+        r"must return \(value, aux\) with has_aux=True, got a tuple of 3 elements",
+    ),
+    # value_and_grad=True, but fun returns f alone
+    "grad-missing": (
+        {"value_and_grad": True},
+        lambda body: lambda x, t: body(x, t),
+        r"must return \(value, grad\) with value_and_grad=True.*got an array of shape \(\)",
+    ),
+    # value_and_grad=True, with a gradient of another shape than x
+    "grad-misshapen": (
+        {"value_and_grad": True},
+        lambda body: lambda x, t: (body(x, t), jnp.zeros(2)),
+        r"gradient \(value_and_grad=True\) must be shaped like x, the params: got leaf 0 of shape",
+    ),
+}
+
+
+def _form_cases():
+    for name, case in CASES.items():
+        if case.body not in (_quadratic, _mirror_body) or case.host:
+            continue
+        for mistake in _FORM_MISTAKES:
+            yield pytest.param(name, mistake, id=f"{name}-{mistake}")
+
+
+@pytest.mark.parametrize(("name", "mistake"), list(_form_cases()))
+def test_fun_form_family_mismatches_are_named(name, mistake):
+    """A fun whose output does not have the form its options announce is a TypeError that says
+    which form was expected and what came (before: "TracerArrayConversionError", "iteration
+    over a 0-d array", "too many values to unpack", "add got incompatible shapes", or a
+    tracer's class name). Solvers that take neither option refuse it by name when built."""
+    options, wrap, expected = _FORM_MISTAKES[mistake]
+    case = CASES[name]
+    try:
+        solver = case.make(wrap(case.body), **options)
+    except TypeError as error:  # the option itself is refused (Newton, BlockCoordinateDescent)
+        assert "is not supported" in str(error) or "unexpected keyword" in str(error), error
+        return
+    with pytest.raises(TypeError, match=expected):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            case.run(solver, case.init, case.theta)

@@ -136,7 +136,14 @@ class Bisection(IterativeSolver):
             )
 
     def _value(self, x, args, kwargs) -> jax.Array:
-        value = jnp.asarray(self._root_fun(x, *args, **kwargs))
+        value = self._root_fun(x, *args, **kwargs)
+        if isinstance(value, (tuple, list)):  # (value, aux) without has_aux
+            raise TypeError(
+                f"Bisection: optimality_fun must return a scalar, got a {type(value).__name__} "
+                f"of {len(value)} elements; pass has_aux=True for a function returning "
+                "(value, aux)"
+            )
+        value = jnp.asarray(value)
         if value.shape != ():
             raise TypeError(
                 f"Bisection: optimality_fun must return a scalar, got shape {value.shape}"

@@ -125,13 +125,28 @@ def first_trial(
     )
 
 
+def _described(out: Any) -> str:
+    """What a user's function returned, in words: "a tuple of 3 elements", "an array of shape
+    ()" (a tracer's class name, as JAX calls it, means nothing to the user)."""
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)} elements"
+    if isinstance(out, jax.Array) or hasattr(out, "shape"):
+        return f"an array of shape {tuple(jnp.shape(out))}"
+    return type(out).__name__
+
+
 def scalar_value(value: Any, owner: str = "", name: str = "fun") -> Any:
     """``value`` if it is a scalar (shape ()), else a TypeError naming ``name``: a one-element
     array (shape (1,) or (1, 1)) met JAX's "Gradient only defined for scalar-output
     functions", which names neither the function nor the fix."""
+    prefix = f"{owner}: " if owner else ""
+    if isinstance(value, (tuple, list)):  # (value, aux) from a function with auxiliary output
+        raise TypeError(
+            f"{prefix}{name} must return a scalar objective value, got a {type(value).__name__} "
+            f"of {len(value)} elements; pass has_aux=True for a function returning (value, aux)"
+        )
     shape = jnp.shape(value)
     if shape != ():
-        prefix = f"{owner}: " if owner else ""
         fix = "; return its entry (value[0], or jnp.sum)" if math.prod(shape) == 1 else ""
         raise TypeError(
             f"{prefix}{name} must return a scalar objective value (shape ()), got shape "
@@ -174,8 +189,8 @@ class Objective:
             return out, None
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TypeError(
-                "fun must return (value, aux) with has_aux=True, got "
-                f"{type(out).__name__}; pass has_aux=False for a function returning f alone"
+                f"fun must return (value, aux) with has_aux=True, got {_described(out)}; pass "
+                "has_aux=False for a function returning f alone"
             )
         return out[0], out[1]
 
@@ -183,14 +198,26 @@ class Objective:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TypeError(
                 "fun must return (value, grad) with value_and_grad=True (((value, aux), grad) "
-                f"with has_aux=True too), got {type(out).__name__}"
+                f"with has_aux=True too), got {_described(out)}"
             )
         return out[0], out[1]
+
+    def _user_grad(self, x: PyTree, out: Any) -> tuple[Any, PyTree]:
+        """(value part, grad) of ``fun``'s output with ``value_and_grad``, the gradient checked
+        against x (structure and leaf shapes: a wrong one failed deep inside a step)."""
+        value, grad = self._pair(out)
+        mismatch = _checks.shape_mismatch(x, grad)
+        if mismatch is not None:
+            raise TypeError(
+                "fun's gradient (value_and_grad=True) must be shaped like x, the params: got "
+                f"{mismatch}"
+            )
+        return value, grad
 
     def evaluate(self, x: PyTree, /, *args, **kwargs) -> tuple[jax.Array, PyTree, Any]:
         """(f(x), ∇₁f(x), aux(x)); aux None without ``has_aux``; ∇ as ``jax.grad`` gives it."""
         if self.value_and_grad:
-            out, grad = self._pair(self.fun(x, *args, **kwargs))
+            out, grad = self._user_grad(x, self.fun(x, *args, **kwargs))
             value, aux = self._split(out)
             value = scalar_value(value)
         elif self.has_aux:
@@ -218,7 +245,7 @@ class Objective:
     def grad(self, x: PyTree, /, *args, **kwargs) -> PyTree:
         """∇₁f(x): the user's with ``value_and_grad``, else ``jax.grad`` of f."""
         if self.value_and_grad:
-            return self._pair(self.fun(x, *args, **kwargs))[1]
+            return self._user_grad(x, self.fun(x, *args, **kwargs))[1]
         return jax.grad(self.value)(x, *args, **kwargs)
 
     def value_and_aux(self, x: PyTree, /, *args, **kwargs) -> tuple[jax.Array, Any]:
@@ -332,7 +359,7 @@ class WithAux:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TypeError(
                 f"{self.owner}: {self.name} must return (value, aux) with has_aux=True, got "
-                f"{type(out).__name__}; pass has_aux=False for a function returning its value"
+                f"{_described(out)}; pass has_aux=False for a function returning its value"
             )
         return out[0], out[1]
 

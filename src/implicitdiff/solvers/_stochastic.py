@@ -30,7 +30,7 @@ from implicitdiff._typing import PyTree
 from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import gradient_continuation
-from implicitdiff.solvers._objective import scalar_value
+from implicitdiff.solvers._objective import Objective
 
 __all__ = ["AdaptiveSGD", "StochasticSolver"]
 
@@ -89,13 +89,13 @@ class StochasticSolver(IterativeSolver):
 
         return ("value", "aux") if self.has_aux else ("value",), fields
 
+    def _objective(self) -> Objective:
+        """``fun`` read in its form (value_and_grad, has_aux), with the checks of its output."""
+        return Objective(self.fun, self.value_and_grad, self.has_aux)
+
     def _value_aux(self, params, /, *args, **kwargs) -> tuple[Any, Any]:
         """(f(x), aux) at x; aux is None without ``has_aux``."""
-        out = self.fun(params, *args, **kwargs)
-        if self.value_and_grad:
-            out = out[0]
-        value, aux = out if self.has_aux else (out, None)
-        return scalar_value(value), aux
+        return self._objective().value_and_aux(params, *args, **kwargs)
 
     def _value(self, params, /, *args, **kwargs):
         """f(x), the scalar objective."""
@@ -103,13 +103,7 @@ class StochasticSolver(IterativeSolver):
 
     def _value_aux_grad(self, params, /, *args, **kwargs) -> tuple[Any, Any, PyTree]:
         """(f(x), aux, ∇f(x)): the user's gradient with ``value_and_grad``, else JAX's."""
-        if self.value_and_grad:
-            out, grad = self.fun(params, *args, **kwargs)
-            value, aux = out if self.has_aux else (out, None)
-            return scalar_value(value), aux, grad
-        (value, aux), grad = jax.value_and_grad(self._value_aux, has_aux=True)(
-            params, *args, **kwargs
-        )
+        value, grad, aux = self._objective().evaluate(params, *args, **kwargs)
         return value, aux, grad
 
     def _gradient(self, params, /, *args, **kwargs) -> PyTree:
