@@ -408,9 +408,13 @@ def _scaled_squares(leaf: jax.Array) -> tuple[jax.Array, jax.Array]:
     magnitude = jnp.abs(leaf).ravel()
     real = magnitude.dtype
     zero = jnp.zeros((), real)
-    return jax.lax.reduce(
-        (magnitude, jnp.ones_like(magnitude)), (zero, zero), _combine_scaled_squares, (0,)
-    )
+    # The ones, written as a function of the magnitudes (min(|x|, 0) + 1 = 1, NaN stays NaN):
+    # JAX cannot differentiate a variadic reduction with an operand that has no tangent
+    # ("Error interpreting argument to reshape ... ad_util.Zero"). _two_norm has its own
+    # derivative rule, but where its input has no tangent JAX runs it inline, and a second
+    # derivative through a loop (an unrolled run's Hessian) then differentiates this reduction.
+    ones = jnp.minimum(magnitude, zero) + 1
+    return jax.lax.reduce((magnitude, ones), (zero, zero), _combine_scaled_squares, (0,))
 
 
 def _combine_scaled_squares(a, b):

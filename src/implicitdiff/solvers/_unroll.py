@@ -169,6 +169,9 @@ def _value_with_derivative_of(value: jax.Array, carrier: jax.Array) -> jax.Array
 
 @_value_with_derivative_of.defjvp
 def _value_with_derivative_of_jvp(primals, tangents):
-    value, _ = primals
+    value, carrier = primals
     _, carrier_tangent = tangents
-    return value, carrier_tangent
+    # The primal out is this function again, not ``value``: differentiated once more (a
+    # Hessian), the rule's own output then has the carrier's derivative too, where ``value``
+    # (cut from the graph) would give 0 and drop every term that differentiates x twice.
+    return _value_with_derivative_of(value, carrier), carrier_tangent
