@@ -1398,3 +1398,40 @@ def test_unrolled_family_hessian_of_the_outer_loss(name):
         jac = jnp.reshape(case.jacobian(theta), (-1, jnp.size(theta)))
         expected = jnp.reshape(jac.T @ jac, jnp.shape(theta) * 2)
     np.testing.assert_allclose(hessian, expected, rtol=1e-7, atol=1e-9)
+
+
+def _state_value_hessian_cases():
+    for name in _AUX_SOLVERS:
+        case = CASES[name]
+        if case.body is not _quadratic or name in ("ProximalGradient", "ProjectedGradient"):
+            continue  # (the proximal solvers' state holds no value of f)
+        yield pytest.param(name, True, id=f"{name}-implicit")
+        if not case.host:
+            yield pytest.param(name, False, id=f"{name}-unrolled")
+
+
+@pytest.mark.parametrize(("name", "implicit"), list(_state_value_hessian_cases()))
+def test_state_fields_family_second_derivative_of_the_optimal_value(name, implicit):
+    """h(θ) = f*(θ)², f* = state.value = −½θᵀH⁻¹θ: ∇²h = 2∇f*∇f*ᵀ + 2f*∇²f*, ∇f* = −H⁻¹θ,
+    ∇²f* = −H⁻¹. Before, the term 2∇f*∇f*ᵀ was missing (error 1.4) in every implicitly
+    differentiated run and in ArmijoSGD's unrolled one: the state's value carried its
+    derivative at first order only (the loop's value was returned, without derivative, from
+    the derivative rule itself)."""
+    case = CASES[name]
+    options = {"tol": 1e-11, "maxiter": 5000}
+    if not case.host:
+        options["implicit_diff"] = implicit
+    solver = case.make(case.body, **options)
+
+    def squared_value(t):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = case.run(solver, case.init, t)[1]
+        state = state.solver_state if name == "AndersonWrapper" else state
+        return state.value**2
+
+    theta = case.theta
+    value, gradient = -0.5 * theta @ H_INV @ theta, -H_INV @ theta
+    expected = 2 * jnp.outer(gradient, gradient) - 2 * value * H_INV
+    hessian = jax.hessian(squared_value)(theta)
+    np.testing.assert_allclose(hessian, expected, rtol=1e-8, atol=1e-10)

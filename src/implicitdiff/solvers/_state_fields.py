@@ -82,6 +82,10 @@ def with_derivative(
             (params, arrays, consts),
             (params_dot, arrays_dot, consts_dot),
         )
-        return kept, jax.tree_util.tree_map(_tangent_like, kept, out_dot)
+        # The primal out is ``carried`` again, not ``kept``: differentiated once more (a
+        # Hessian of a function of the field), it then has this derivative too, where ``kept``
+        # (the loop's value, no derivative) would drop every term that differentiates it twice.
+        primal = carried(kept, params, arrays, consts)
+        return primal, jax.tree_util.tree_map(_tangent_like, kept, out_dot)
 
     return carried(kept, params, arrays, consts)
