@@ -26,6 +26,7 @@ LAYERS = {
     "implicitdiff._loop": 0,
     "implicitdiff._summary": 0,
     "implicitdiff._real_pairs": 0,
+    "implicitdiff._optimizer": 0,
     # 1. numerical kernels: linear algebra, line searches
     "implicitdiff.linear_solve": 1,
     "implicitdiff._linesearch": 1,

@@ -251,20 +251,6 @@ def check_solution_signature(
         ) from None
 
 
-def takes_optax_extra_args(update: Callable) -> bool:
-    """Whether an optimizer's ``update`` takes Optax's extra keyword arguments (``value``,
-    ``grad``, ``value_fn``): a ``GradientTransformationExtraArgs``, whose line searches
-    (``optax.lbfgs()``, ``optax.scale_by_zoom_linesearch``) need them and whose other members
-    ignore them. Callables without a signature get the plain call."""
-    try:
-        parameters = inspect.signature(update).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.kind is p.VAR_KEYWORD or p.name in ("value", "grad", "value_fn") for p in parameters
-    )
-
-
 def check_like(expected: PyTree, got: PyTree, owner: str, what: str, expected_name: str) -> None:
     """Raise TypeError naming ``what`` if ``got`` differs from ``expected`` in structure, leaf
     shapes or leaf dtypes."""

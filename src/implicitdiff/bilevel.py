@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicitdiff import _checks, _summary, tree
+from implicitdiff import _optimizer, _summary, tree
 from implicitdiff._typing import PyTree
 
 __all__ = ["BilevelResult", "minimize"]
@@ -121,22 +121,13 @@ def minimize(
         x, state = _split_inner(inner_solve(x0, theta))
         return outer_loss(x, theta), (tree.stop_gradient(x), state)
 
-    extra_args = _checks.takes_optax_extra_args(optimizer.update)
-
     @jax.jit
     def step(theta, opt_state, x0):
         (loss, (x, state)), grads = jax.value_and_grad(objective, has_aux=True)(theta, x0)
-        if extra_args:  # Optax's line searches (optax.lbfgs): the loss, its gradient and L(θ)
-            updates, opt_state = optimizer.update(
-                grads,
-                opt_state,
-                theta,
-                value=loss,
-                grad=grads,
-                value_fn=lambda t: objective(t, x0)[0],
-            )
-        else:
-            updates, opt_state = optimizer.update(grads, opt_state, theta)
+        # (an optimizer with a line search, optax.lbfgs, also gets L and θ ↦ L at this x0)
+        updates, opt_state = _optimizer.update(
+            optimizer, grads, opt_state, theta, loss, lambda t: objective(t, x0)[0]
+        )
         theta = tree.map(lambda t, u: (t + u).astype(t.dtype), theta, updates)
         info = {"outer_loss": loss, "grad_norm": tree.norm(grads)}
         # A batch of inner problems (a vmapped solve): whether all converged, the most

@@ -18,7 +18,7 @@ from implicitdiff.solvers import _dtypes
 from implicitdiff.solvers._base import IterativeSolver, OptStep
 from implicitdiff.solvers._continuation import Continuation
 from implicitdiff.solvers._failures import Status
-from implicitdiff.solvers._objective import WithAux
+from implicitdiff.solvers._objective import WithAux, describe_output
 
 __all__ = ["Bisection", "BisectionState"]
 
@@ -139,9 +139,8 @@ class Bisection(IterativeSolver):
         value = self._root_fun(x, *args, **kwargs)
         if isinstance(value, (tuple, list)):  # (value, aux) without has_aux
             raise TypeError(
-                f"Bisection: optimality_fun must return a scalar, got a {type(value).__name__} "
-                f"of {len(value)} elements; pass has_aux=True for a function returning "
-                "(value, aux)"
+                f"Bisection: optimality_fun must return a scalar, got {describe_output(value)}; "
+                "pass has_aux=True for a function returning (value, aux)"
             )
         value = jnp.asarray(value)
         if value.shape != ():

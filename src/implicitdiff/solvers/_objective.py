@@ -41,6 +41,7 @@ __all__ = [
     "check_complex",
     "check_objective_options",
     "check_stepsize",
+    "describe_output",
     "first_trial",
     "scheduled_stepsize",
 ]
@@ -125,7 +126,7 @@ def first_trial(
     )
 
 
-def _described(out: Any) -> str:
+def describe_output(out: Any) -> str:
     """What a user's function returned, in words: "a tuple of 3 elements", "an array of shape
     ()" (a tracer's class name, as JAX calls it, means nothing to the user)."""
     if isinstance(out, (tuple, list)):
@@ -142,8 +143,8 @@ def scalar_value(value: Any, owner: str = "", name: str = "fun") -> Any:
     prefix = f"{owner}: " if owner else ""
     if isinstance(value, (tuple, list)):  # (value, aux) from a function with auxiliary output
         raise TypeError(
-            f"{prefix}{name} must return a scalar objective value, got a {type(value).__name__} "
-            f"of {len(value)} elements; pass has_aux=True for a function returning (value, aux)"
+            f"{prefix}{name} must return a scalar objective value, got {describe_output(value)}; "
+            "pass has_aux=True for a function returning (value, aux)"
         )
     shape = jnp.shape(value)
     if shape != ():
@@ -189,7 +190,7 @@ class Objective:
             return out, None
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TypeError(
-                f"fun must return (value, aux) with has_aux=True, got {_described(out)}; pass "
+                f"fun must return (value, aux) with has_aux=True, got {describe_output(out)}; pass "
                 "has_aux=False for a function returning f alone"
             )
         return out[0], out[1]
@@ -198,7 +199,7 @@ class Objective:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TypeError(
                 "fun must return (value, grad) with value_and_grad=True (((value, aux), grad) "
-                f"with has_aux=True too), got {_described(out)}"
+                f"with has_aux=True too), got {describe_output(out)}"
             )
         return out[0], out[1]
 
@@ -359,7 +360,7 @@ class WithAux:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TypeError(
                 f"{self.owner}: {self.name} must return (value, aux) with has_aux=True, got "
-                f"{_described(out)}; pass has_aux=False for a function returning its value"
+                f"{describe_output(out)}; pass has_aux=False for a function returning its value"
             )
         return out[0], out[1]
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from implicitdiff import _checks, _summary, tree
+from implicitdiff import _optimizer, _summary, tree
 from implicitdiff.solvers._base import OptStep
 from implicitdiff.solvers._stochastic import StochasticSolver
 
@@ -133,17 +133,14 @@ class OptaxSolver(StochasticSolver):
         """
         params, state = self._pre_update(params, state, args, kwargs)
         value, aux, grad = self._value_aux_grad(params, *args, **kwargs)
-        if _checks.takes_optax_extra_args(self.opt.update):  # Optax's line searches
-            updates, internal_state = self.opt.update(
-                grad,
-                state.internal_state,
-                params,
-                value=value,
-                grad=grad,
-                value_fn=lambda x: self._value(x, *args, **kwargs),
-            )
-        else:
-            updates, internal_state = self.opt.update(grad, state.internal_state, params)
+        updates, internal_state = _optimizer.update(
+            self.opt,
+            grad,
+            state.internal_state,
+            params,
+            value,
+            lambda x: self._value(x, *args, **kwargs),
+        )
         new_params = jax.tree_util.tree_map(
             lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates
         )
